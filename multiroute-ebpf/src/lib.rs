@@ -1,0 +1,154 @@
+//! The contract between the datapath and userspace: map names, `#[repr(C)]` key and
+//! value layouts, and the flow hash. Both sides compile this file, so a layout change
+//! cannot reach one side only.
+#![no_std]
+
+/// Uplinks the datapath can address. Bounded so every array map has a fixed size.
+pub const MAX_UPLINKS: u32 = 64;
+
+/// Slots in the Maglev lookup table. Prime, as Maglev's permutations require; large
+/// enough that weights are honoured to well under a tenth of a percent.
+pub const RING_SIZE: u32 = 65_537;
+
+/// A ring slot or flow that points at no uplink (all uplinks dead or drained).
+pub const NO_UPLINK: u32 = u32::MAX;
+
+/// Default capacity of the flow table; userspace may resize it at load time.
+pub const FLOW_TABLE_SIZE: u32 = 262_144;
+
+/// Pin and map names, shared so userspace opens exactly what the program declares.
+pub mod map_names {
+    pub const FLOWS: &str = "MR_FLOWS";
+    pub const RING: &str = "MR_RING";
+    pub const UPLINKS: &str = "MR_UPLINKS";
+    pub const TRAFFIC: &str = "MR_TRAFFIC";
+    pub const COUNTERS: &str = "MR_COUNTERS";
+}
+
+/// Name of the classifier function inside the object file.
+pub const PROGRAM_NAME: &str = "multiroute";
+
+/// Flow identity. Addresses and ports are stored as they appear on the wire (network
+/// byte order) so the hot path copies them without swapping. Fragments and protocols
+/// without ports have zero ports; ICMP echo carries its identifier in `src_port`,
+/// as conntrack does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// What the flow table remembers about a flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Index into the uplink table.
+    pub uplink: u32,
+    pub pad: u32,
+    /// `bpf_ktime_get_ns()` when the flow was first seen (CLOCK_MONOTONIC).
+    pub created_ns: u64,
+}
+
+/// One uplink as the datapath sees it. `mark` already sits inside `mask`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Uplink {
+    pub mark: u32,
+    pub mask: u32,
+    /// Non-zero while the uplink may carry traffic. Flows on a dead uplink are
+    /// re-steered through the ring on their next packet.
+    pub alive: u32,
+    pub pad: u32,
+}
+
+/// Per-uplink, per-CPU traffic the datapath steered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a packet went the way it did: one per-CPU counter each.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Known flow, its uplink alive: remembered mark applied.
+    FlowHit = 0,
+    /// New flow, uplink chosen from the ring and remembered.
+    FlowNew = 1,
+    /// Known flow whose uplink died: moved to a live one.
+    FlowMoved = 2,
+    /// Not IPv4 (ARP, IPv6, LLDP, …): passed untouched.
+    PassNotIpv4 = 3,
+    /// Too short or malformed to parse: passed untouched.
+    PassMalformed = 4,
+    /// Multicast or broadcast destination: never routed by default route.
+    PassNotUnicast = 5,
+    /// No uplink alive and weighted: passed unmarked so the main table decides.
+    PassNoUplink = 6,
+    /// The flow table refused an insert; the packet was still marked.
+    FlowInsertFailed = 7,
+}
+
+pub const COUNTER_COUNT: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::FlowHit,
+        Counter::FlowNew,
+        Counter::FlowMoved,
+        Counter::PassNotIpv4,
+        Counter::PassMalformed,
+        Counter::PassNotUnicast,
+        Counter::PassNoUplink,
+        Counter::FlowInsertFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::FlowHit => "flow_hit",
+            Counter::FlowNew => "flow_new",
+            Counter::FlowMoved => "flow_moved",
+            Counter::PassNotIpv4 => "pass_not_ipv4",
+            Counter::PassMalformed => "pass_malformed",
+            Counter::PassNotUnicast => "pass_not_unicast",
+            Counter::PassNoUplink => "pass_no_uplink",
+            Counter::FlowInsertFailed => "flow_insert_failed",
+        }
+    }
+}
+
+/// The flow hash that indexes the ring. Deterministic (no per-boot seed) so a flow's
+/// choice can be predicted and tested from userspace; a 64-bit multiply-xorshift mix
+/// is cheap in BPF and spreads sequential ports and addresses evenly.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let a = ((key.src as u64) << 32) | key.dst as u64;
+    let b = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    let mut h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
+    h ^= h >> 29;
+    h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h ^= h >> 32;
+    h as u32
+}
+
+/// The ring slot a flow falls in.
+#[inline(always)]
+pub fn ring_slot(key: &FlowKey) -> u32 {
+    flow_hash(key) % RING_SIZE
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are #[repr(C)] plain integers with explicit padding fields.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::Uplink {}
+    unsafe impl aya::Pod for super::Traffic {}
+}

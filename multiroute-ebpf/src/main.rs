@@ -1,0 +1,265 @@
+//! multiroute's datapath: a TC classifier on the ingress of each LAN interface.
+//!
+//! It only marks packets. For each flow it picks an uplink once, from the Maglev ring
+//! userspace writes, remembers the choice in an LRU flow table and sets the uplink's
+//! fwmark inside the configured mask; `ip rule fwmark … lookup <uplink table>` does
+//! the routing. All policy (weights, liveness, the ring itself) lives in userspace.
+//! Whatever the program cannot parse or must not steer it passes untouched.
+#![no_std]
+#![no_main]
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{__sk_buff, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::TcContext,
+    EbpfContext,
+};
+use multiroute_ebpf::{
+    ring_slot, Counter, Flow, FlowKey, Traffic, Uplink, COUNTER_COUNT, FLOW_TABLE_SIZE,
+    MAX_UPLINKS, NO_UPLINK, RING_SIZE,
+};
+
+#[map(name = "MR_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
+
+#[map(name = "MR_RING")]
+static RING: Array<u32> = Array::pinned(RING_SIZE, 0);
+
+#[map(name = "MR_UPLINKS")]
+static UPLINKS: Array<Uplink> = Array::pinned(MAX_UPLINKS, 0);
+
+#[map(name = "MR_TRAFFIC")]
+static TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::pinned(MAX_UPLINKS, 0);
+
+#[map(name = "MR_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const ICMP_ECHOREPLY: u8 = 0;
+const ICMP_ECHO: u8 = 8;
+/// Ethernet + VLAN + the largest IPv4 header + 8 bytes of L4: all we ever read.
+const MAX_HEADER_BYTES: u32 = (ETH_HLEN + VLAN_HLEN + 60 + 8) as u32;
+
+#[classifier]
+pub fn multiroute(ctx: TcContext) -> i32 {
+    match flow_key(&ctx) {
+        Ok(key) => steer(&ctx, &key),
+        Err(reason) => count(reason),
+    }
+    // Never drop, never short-circuit classifiers attached after us.
+    TC_ACT_UNSPEC
+}
+
+/// Marks the packet with its flow's uplink, choosing and remembering one for a new flow.
+#[inline(always)]
+fn steer(ctx: &TcContext, key: &FlowKey) {
+    let (index, uplink) = match FLOWS.get_ptr_mut(key) {
+        Some(flow) => match remembered_uplink(flow) {
+            Some(found) => {
+                count(Counter::FlowHit);
+                found
+            }
+            None => {
+                let Some(chosen) = choose_uplink(key) else {
+                    return count(Counter::PassNoUplink);
+                };
+                // SAFETY: `flow` points into the flow table's value for this key.
+                unsafe { (*flow).uplink = chosen.0 };
+                count(Counter::FlowMoved);
+                chosen
+            }
+        },
+        None => {
+            let Some(chosen) = choose_uplink(key) else {
+                return count(Counter::PassNoUplink);
+            };
+            remember(key, chosen.0);
+            chosen
+        }
+    };
+    set_mark(ctx, &uplink);
+    account(ctx, index);
+}
+
+/// The uplink a known flow uses, unless that uplink has died since.
+#[inline(always)]
+fn remembered_uplink(flow: *mut Flow) -> Option<(u32, Uplink)> {
+    // SAFETY: the pointer comes from a successful lookup in the flow table.
+    let index = unsafe { (*flow).uplink };
+    let uplink = UPLINKS.get(index)?;
+    (uplink.alive != 0).then_some((index, *uplink))
+}
+
+/// Indexes the Maglev ring with the flow hash: O(1), weights and liveness already
+/// folded in by userspace.
+#[inline(always)]
+fn choose_uplink(key: &FlowKey) -> Option<(u32, Uplink)> {
+    let index = *RING.get(ring_slot(key))?;
+    if index == NO_UPLINK {
+        return None;
+    }
+    let uplink = UPLINKS.get(index)?;
+    (uplink.alive != 0).then_some((index, *uplink))
+}
+
+#[inline(always)]
+fn remember(key: &FlowKey, uplink: u32) {
+    let flow = Flow {
+        uplink,
+        pad: 0,
+        // SAFETY: helper without preconditions.
+        created_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    match FLOWS.insert(key, &flow, 0) {
+        Ok(()) => count(Counter::FlowNew),
+        Err(_) => count(Counter::FlowInsertFailed),
+    }
+}
+
+/// Replaces only the bits multiroute owns, so marks set by others survive.
+#[inline(always)]
+fn set_mark(ctx: &TcContext, uplink: &Uplink) {
+    // SAFETY: the context pointer is the kernel's __sk_buff for this program run.
+    let mark = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).mark };
+    ctx.set_mark((mark & !uplink.mask) | uplink.mark);
+}
+
+#[inline(always)]
+fn account(ctx: &TcContext, index: u32) {
+    if let Some(traffic) = TRAFFIC.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe {
+            (*traffic).packets += 1;
+            (*traffic).bytes += u64::from(ctx.len());
+        }
+    }
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Bounds-checked pointer into the packet's linear data (direct packet access).
+#[inline(always)]
+fn header<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
+    let start = ctx.data() + offset;
+    if start + size_of::<T>() > ctx.data_end() {
+        return Err(Counter::PassMalformed);
+    }
+    Ok(start as *const T)
+}
+
+#[inline(always)]
+fn read_u16_be(ctx: &TcContext, offset: usize) -> Result<u16, Counter> {
+    // SAFETY: `header` checked the two bytes lie inside the packet.
+    Ok(u16::from_be(unsafe { header::<u16>(ctx, offset)?.read_unaligned() }))
+}
+
+/// Parses Ethernet (one optional VLAN tag) and IPv4 into the flow key.
+#[inline(always)]
+fn flow_key(ctx: &TcContext) -> Result<FlowKey, Counter> {
+    make_headers_linear(ctx);
+    let mut l3 = ETH_HLEN;
+    let mut ethertype = read_u16_be(ctx, 12)?;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = read_u16_be(ctx, ETH_HLEN + 2)?;
+        l3 += VLAN_HLEN;
+    }
+    if ethertype != ETH_P_IP {
+        return Err(Counter::PassNotIpv4);
+    }
+    let ip = header::<[u8; 20]>(ctx, l3)?;
+    // SAFETY: `header` checked 20 bytes at `l3` lie inside the packet.
+    let ip = unsafe { ip.read_unaligned() };
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 {
+        return Err(Counter::PassMalformed);
+    }
+    let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    if !is_unicast(ip[16], dst) {
+        return Err(Counter::PassNotUnicast);
+    }
+    let mut key = FlowKey {
+        src,
+        dst,
+        proto: ip[9],
+        ..FlowKey::default()
+    };
+    // Fragments carry no (or not all) ports: key them by addresses, as the kernel's
+    // own multipath hash does.
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    if !fragment {
+        fill_ports(ctx, l3 + ihl, &mut key)?;
+    }
+    Ok(key)
+}
+
+#[inline(always)]
+fn fill_ports(ctx: &TcContext, l4: usize, key: &mut FlowKey) -> Result<(), Counter> {
+    match key.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports = header::<[u16; 2]>(ctx, l4)?;
+            // SAFETY: `header` checked the four port bytes lie inside the packet.
+            let ports = unsafe { ports.read_unaligned() };
+            key.src_port = ports[0];
+            key.dst_port = ports[1];
+        }
+        IPPROTO_ICMP => {
+            let icmp = header::<[u8; 8]>(ctx, l4)?;
+            // SAFETY: `header` checked the eight ICMP header bytes lie inside the packet.
+            let icmp = unsafe { icmp.read_unaligned() };
+            if icmp[0] == ICMP_ECHO || icmp[0] == ICMP_ECHOREPLY {
+                key.src_port = u16::from_ne_bytes([icmp[4], icmp[5]]);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Multicast (224/4) and limited broadcast never follow a default route.
+#[inline(always)]
+fn is_unicast(first_octet: u8, dst: u32) -> bool {
+    first_octet & 0xf0 != 0xe0 && dst != u32::MAX
+}
+
+/// Headers of a non-linear skb may sit outside the directly readable area; pull them
+/// in once, only when needed, so direct packet access can see them.
+#[inline(always)]
+fn make_headers_linear(ctx: &TcContext) {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let wanted = if ctx.len() < MAX_HEADER_BYTES {
+        ctx.len()
+    } else {
+        MAX_HEADER_BYTES
+    };
+    if linear < wanted {
+        let _ = ctx.pull_data(wanted);
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

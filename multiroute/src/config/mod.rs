@@ -1,0 +1,472 @@
+//! The TOML config of PRODUCT.md: parsed strictly (unknown keys are errors), then
+//! validated into a [`Config`] whose every field is known good. Validation reads
+//! nothing from the host; `check` adds the host's side.
+use std::{
+    collections::HashSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+use crate::net::Ipv4Net;
+
+pub const DEFAULT_PATH: &str = "/etc/multiroute/multiroute.toml";
+
+/// A config problem, always naming the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub lan: Vec<String>,
+    pub uplinks: Vec<UplinkConfig>,
+    pub health: HealthConfig,
+    pub routing: RoutingConfig,
+    pub control: ControlConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkConfig {
+    pub name: String,
+    pub interface: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub weight: u32,
+    pub pin: Vec<Ipv4Net>,
+    pub pin_from: Vec<Ipv4Net>,
+    pub probe: Vec<ProbeTarget>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeTarget {
+    Gateway,
+    Address(Ipv4Addr),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub targets: Vec<ProbeTarget>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub down: u32,
+    pub up: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    pub table_base: u32,
+    pub rule_priority: u32,
+    pub fwmark_mask: u32,
+    pub main_default: bool,
+    pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+}
+
+/// Weights above this are refused: the kernel's nexthop weight is one byte.
+pub const MAX_WEIGHT: u32 = 256;
+/// Rule priorities multiroute may use above `rule_priority`.
+pub const RULE_PRIORITY_SPAN: u32 = 1000;
+
+// ---- raw, as written in the file ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    lan: Vec<String>,
+    #[serde(default)]
+    uplink: Vec<RawUplink>,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    routing: RawRouting,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    name: String,
+    interface: String,
+    gateway: Option<String>,
+    #[serde(default = "default_weight")]
+    weight: i64,
+    #[serde(default)]
+    pin: Vec<String>,
+    #[serde(default)]
+    pin_from: Vec<String>,
+    probe: Option<Vec<String>>,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    targets: Vec<String>,
+    interval_ms: i64,
+    timeout_ms: i64,
+    down: i64,
+    up: i64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            targets: vec!["gateway".into()],
+            interval_ms: 500,
+            timeout_ms: 1000,
+            down: 3,
+            up: 3,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRouting {
+    table_base: i64,
+    rule_priority: i64,
+    fwmark_mask: i64,
+    main_default: bool,
+    pin_path: PathBuf,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        Self {
+            table_base: 100,
+            rule_priority: 10_000,
+            fwmark_mask: 0xff00,
+            main_default: true,
+            pin_path: "/sys/fs/bpf/multiroute".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawControl {
+    socket: PathBuf,
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        Self {
+            socket: "/run/multiroute/control.sock".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+            file: path.to_owned(),
+            key: "(file)".into(),
+            problem: format!("cannot read it: {err}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text`; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let fail = |key: &str, problem: String| ConfigError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|err| {
+            let problem = err.message().trim().to_owned();
+            let key = err
+                .span()
+                .map(|span| describe_location(text, span.start))
+                .unwrap_or_else(|| "(file)".into());
+            fail(&key, problem)
+        })?;
+        Validator { fail: &fail }.config(raw)
+    }
+
+    /// The mark of uplink `index` (0-based): the value `index + 1` placed at the lowest
+    /// set bit of the mask, so mark 0 always means "not steered".
+    pub fn mark(&self, index: usize) -> u32 {
+        mark_for(self.routing.fwmark_mask, index)
+    }
+
+    /// Routing table of uplink `index` (0-based), as PRODUCT.md fixes it.
+    pub fn table(&self, index: usize) -> u32 {
+        self.routing.table_base + index as u32 + 1
+    }
+
+    /// Where the original main-table default routes are kept while multiroute
+    /// replaces them, so a later `unload` (even after SIGKILL) can restore them.
+    pub fn saved_default_table(&self) -> u32 {
+        self.routing.table_base
+    }
+
+    pub fn uplink_index(&self, name: &str) -> Option<usize> {
+        self.uplinks.iter().position(|uplink| uplink.name == name)
+    }
+}
+
+fn mark_for(mask: u32, index: usize) -> u32 {
+    (index as u32 + 1) << mask.trailing_zeros()
+}
+
+/// "line N" for a parse error without a key path; toml gives byte spans only.
+fn describe_location(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    format!("line {line}")
+}
+
+struct Validator<'a, F: Fn(&str, String) -> ConfigError> {
+    fail: &'a F,
+}
+
+impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let fail = self.fail;
+        if raw.lan.is_empty() {
+            return Err(fail("lan", "list at least one LAN interface".into()));
+        }
+        for (i, name) in raw.lan.iter().enumerate() {
+            self.interface_name(&format!("lan[{i}]"), name)?;
+        }
+        if let Some(dup) = first_duplicate(raw.lan.iter()) {
+            return Err(fail("lan", format!("interface {dup:?} is listed twice")));
+        }
+        if raw.uplink.is_empty() {
+            return Err(fail("uplink", "define at least one [[uplink]]".into()));
+        }
+        let routing = self.routing(raw.routing, raw.uplink.len())?;
+        let health = self.health(raw.health)?;
+        let uplinks = raw
+            .uplink
+            .into_iter()
+            .enumerate()
+            .map(|(i, uplink)| self.uplink(i, uplink))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(dup) = first_duplicate(uplinks.iter().map(|u| &u.name)) {
+            return Err(fail("uplink.name", format!("{dup:?} is used twice")));
+        }
+        if let Some(dup) = first_duplicate(uplinks.iter().map(|u| &u.interface)) {
+            return Err(fail(
+                "uplink.interface",
+                format!("{dup:?} is used by two uplinks"),
+            ));
+        }
+        if let Some(uplink) = uplinks.iter().find(|u| raw.lan.contains(&u.interface)) {
+            return Err(fail(
+                "uplink.interface",
+                format!(
+                    "{:?} of uplink {:?} is also a LAN interface",
+                    uplink.interface, uplink.name
+                ),
+            ));
+        }
+        Ok(Config {
+            lan: raw.lan,
+            uplinks,
+            health,
+            routing,
+            control: ControlConfig {
+                socket: raw.control.socket,
+            },
+        })
+    }
+
+    fn uplink(&self, i: usize, raw: RawUplink) -> Result<UplinkConfig, ConfigError> {
+        let fail = self.fail;
+        let key = |field: &str| format!("uplink[{i}].{field}");
+        let name_ok = (1..=15).contains(&raw.name.len())
+            && raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(fail(
+                &key("name"),
+                format!("{:?} must be 1-15 characters of a-z, 0-9, _ or -", raw.name),
+            ));
+        }
+        self.interface_name(&key("interface"), &raw.interface)?;
+        let gateway = raw
+            .gateway
+            .map(|text| {
+                text.parse::<Ipv4Addr>()
+                    .map_err(|_| fail(&key("gateway"), format!("{text:?} is not an IPv4 address")))
+            })
+            .transpose()?;
+        let weight = u32::try_from(raw.weight)
+            .ok()
+            .filter(|w| *w <= MAX_WEIGHT)
+            .ok_or_else(|| {
+                fail(
+                    &key("weight"),
+                    format!("{} must be between 0 and {MAX_WEIGHT}", raw.weight),
+                )
+            })?;
+        let prefixes = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|text| {
+                    text.parse::<Ipv4Net>().map_err(|problem| {
+                        fail(&key(field), format!("{text:?} is not an address or prefix: {problem}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let pin = prefixes("pin", &raw.pin)?;
+        let pin_from = prefixes("pin_from", &raw.pin_from)?;
+        let probe = match raw.probe {
+            Some(list) => self.probe_targets(&key("probe"), &list)?,
+            None => Vec::new(),
+        };
+        Ok(UplinkConfig {
+            name: raw.name,
+            interface: raw.interface,
+            gateway,
+            weight,
+            pin,
+            pin_from,
+            probe,
+        })
+    }
+
+    fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
+        let positive = |key: &str, value: i64, max: i64| {
+            if (1..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err((self.fail)(key, format!("{value} must be between 1 and {max}")))
+            }
+        };
+        let targets = self.probe_targets("health.targets", &raw.targets)?;
+        if targets.is_empty() {
+            return Err((self.fail)(
+                "health.targets",
+                "list at least one target (\"gateway\" or an address)".into(),
+            ));
+        }
+        Ok(HealthConfig {
+            targets,
+            interval_ms: positive("health.interval_ms", raw.interval_ms, 3_600_000)? as u64,
+            timeout_ms: positive("health.timeout_ms", raw.timeout_ms, 3_600_000)? as u64,
+            down: positive("health.down", raw.down, 1000)? as u32,
+            up: positive("health.up", raw.up, 1000)? as u32,
+        })
+    }
+
+    fn routing(&self, raw: RawRouting, uplinks: usize) -> Result<RoutingConfig, ConfigError> {
+        let fail = self.fail;
+        let max_uplinks = multiroute_ebpf::MAX_UPLINKS as usize;
+        if uplinks > max_uplinks {
+            return Err(fail(
+                "uplink",
+                format!("{uplinks} uplinks defined; at most {max_uplinks} are supported"),
+            ));
+        }
+        // Tables 253-255 are the kernel's default/main/local; 0 is "unspec".
+        let last_table = raw.table_base.saturating_add(uplinks as i64);
+        if raw.table_base < 1 || last_table > u32::MAX as i64 || (raw.table_base..=last_table)
+            .any(|t| (253..=255).contains(&t))
+        {
+            return Err(fail(
+                "routing.table_base",
+                format!(
+                    "{} gives tables {}..={last_table}, which must be positive and avoid 253-255 (default, main, local)",
+                    raw.table_base, raw.table_base
+                ),
+            ));
+        }
+        // Priority 0 is the local table's rule and 32766/32767 are main/default.
+        if raw.rule_priority < 1 || raw.rule_priority + RULE_PRIORITY_SPAN as i64 > 32_766 {
+            return Err(fail(
+                "routing.rule_priority",
+                format!(
+                    "{} must leave room for {RULE_PRIORITY_SPAN} rules between 1 and 32765",
+                    raw.rule_priority
+                ),
+            ));
+        }
+        let mask = u32::try_from(raw.fwmark_mask)
+            .ok()
+            .filter(|m| *m != 0)
+            .ok_or_else(|| {
+                fail(
+                    "routing.fwmark_mask",
+                    format!("{:#x} must be a non-zero 32-bit mask", raw.fwmark_mask),
+                )
+            })?;
+        if (0..uplinks).any(|i| mark_for(mask, i) & !mask != 0) {
+            return Err(fail(
+                "routing.fwmark_mask",
+                format!(
+                    "{mask:#x} is too small for {uplinks} uplinks: it needs {} contiguous bits from its lowest set bit",
+                    usize::BITS - uplinks.leading_zeros()
+                ),
+            ));
+        }
+        if !raw.pin_path.is_absolute() {
+            return Err(fail(
+                "routing.pin_path",
+                format!("{} must be an absolute path", raw.pin_path.display()),
+            ));
+        }
+        Ok(RoutingConfig {
+            table_base: raw.table_base as u32,
+            rule_priority: raw.rule_priority as u32,
+            fwmark_mask: mask,
+            main_default: raw.main_default,
+            pin_path: raw.pin_path,
+        })
+    }
+
+    fn probe_targets(&self, key: &str, list: &[String]) -> Result<Vec<ProbeTarget>, ConfigError> {
+        list.iter()
+            .map(|text| match text.as_str() {
+                "gateway" => Ok(ProbeTarget::Gateway),
+                other => other.parse().map(ProbeTarget::Address).map_err(|_| {
+                    (self.fail)(
+                        key,
+                        format!("{text:?} is neither \"gateway\" nor an IPv4 address"),
+                    )
+                }),
+            })
+            .collect()
+    }
+
+    fn interface_name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
+        // IFNAMSIZ is 16 including the NUL; "/" and whitespace are refused by the kernel.
+        let ok = (1..=15).contains(&name.len())
+            && !name.contains(['/', ' ', '\t', '\n'])
+            && name != "."
+            && name != "..";
+        if ok {
+            Ok(())
+        } else {
+            Err((self.fail)(
+                key,
+                format!("{name:?} is not a valid interface name (1-15 characters, no '/' or spaces)"),
+            ))
+        }
+    }
+}
+
+fn first_duplicate<'a>(items: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    let mut seen = HashSet::new();
+    items.into_iter().find(|item| !seen.insert(*item))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! What multiroute wants the kernel to hold, as pure data: the seed's per-uplink
+//! tables, the rules that lead into them, the main-table multipath default and the
+//! datapath's map contents. Computed from the config and what the host shows; applied
+//! by `apply`; tested here without root against the seed's own commands.
+mod maglev;
+mod model;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+pub use maglev::{Member, build_ring};
+pub use model::{MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector};
+
+use crate::{
+    config::{Config, UplinkConfig},
+    net::Ipv4Net,
+};
+
+/// Rule priority offsets inside `[rule_priority, rule_priority + 999]`, in the order
+/// the kernel consults them.
+pub mod priority {
+    /// `lookup main suppress_prefixlength 0`: specific main routes (LAN, VPN, other
+    /// local subnets) win over every steering rule below.
+    pub const MAIN_SPECIFIC: u32 = 0;
+    /// `from <uplink address>`: replies and router-originated traffic sourced from an
+    /// uplink's address leave through that uplink (the seed's NAT/DNAT symmetry).
+    pub const FROM_UPLINK: u32 = 100;
+    /// `to <pin>`: pinned destinations.
+    pub const PIN_TO: u32 = 200;
+    /// `from <pin_from>`: pinned LAN sources.
+    pub const PIN_FROM: u32 = 500;
+    /// `fwmark <mark>/<mask>`: the datapath's per-flow choice.
+    pub const FWMARK: u32 = 800;
+}
+
+/// What the host shows of one interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interface {
+    pub index: u32,
+    /// IPv4 addresses with their prefix lengths, primary first.
+    pub addresses: Vec<Ipv4Net>,
+    /// Gateway of a default route through this interface, if the host has one
+    /// (DHCP client, PPP, the admin).
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The host's interfaces by name.
+pub type Observed = BTreeMap<String, Interface>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("LAN interface {0:?} does not exist; fix `lan` or create the interface")]
+    MissingLan(String),
+    #[error("interface {interface:?} of uplink {uplink:?} does not exist; fix `uplink.interface` or create the interface")]
+    MissingUplink { uplink: String, interface: String },
+}
+
+/// Why an uplink cannot carry traffic right now, or `Ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready { address: Ipv4Net, gateway: Ipv4Addr },
+    NoAddress,
+    NoGateway { address: Ipv4Net },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkPlan {
+    pub name: String,
+    pub interface: String,
+    pub table: u32,
+    pub mark: u32,
+    pub weight: u32,
+    pub readiness: Readiness,
+    /// Ready and not declared dead by health checks.
+    pub alive: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub uplinks: Vec<UplinkPlan>,
+    /// Routes of the per-uplink tables.
+    pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
+    /// The weighted multipath default for the main table, when `main_default` is on
+    /// and at least one uplink is alive and weighted.
+    pub main_default: Option<Route>,
+    /// Contents of the datapath's uplink table, indexed like `uplinks`.
+    pub datapath_uplinks: Vec<multiroute_ebpf::Uplink>,
+    pub ring: Vec<u32>,
+    /// Ifindex of every LAN interface, by name, for the classifier.
+    pub lan: Vec<(String, u32)>,
+}
+
+impl Plan {
+    /// `dead` names uplinks health checks consider down.
+    pub fn build(
+        config: &Config,
+        observed: &Observed,
+        dead: &BTreeSet<String>,
+    ) -> Result<Plan, PlanError> {
+        let lan = config
+            .lan
+            .iter()
+            .map(|name| {
+                observed
+                    .get(name)
+                    .map(|iface| (name.clone(), iface.index))
+                    .ok_or_else(|| PlanError::MissingLan(name.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let uplinks = config
+            .uplinks
+            .iter()
+            .enumerate()
+            .map(|(i, uplink)| {
+                let iface =
+                    observed
+                        .get(&uplink.interface)
+                        .ok_or_else(|| PlanError::MissingUplink {
+                            uplink: uplink.name.clone(),
+                            interface: uplink.interface.clone(),
+                        })?;
+                let readiness = readiness(uplink, iface);
+                Ok(UplinkPlan {
+                    name: uplink.name.clone(),
+                    interface: uplink.interface.clone(),
+                    table: config.table(i),
+                    mark: config.mark(i),
+                    weight: uplink.weight,
+                    alive: matches!(readiness, Readiness::Ready { .. })
+                        && !dead.contains(&uplink.name),
+                    readiness,
+                })
+            })
+            .collect::<Result<Vec<_>, PlanError>>()?;
+
+        let routes = table_routes(config, observed, &uplinks);
+        let rules = rules(config, &uplinks);
+        let main_default = config
+            .routing
+            .main_default
+            .then(|| main_default(&uplinks))
+            .flatten();
+        let mask = config.routing.fwmark_mask;
+        let datapath_uplinks = uplinks
+            .iter()
+            .map(|u| multiroute_ebpf::Uplink {
+                mark: u.mark,
+                mask,
+                alive: u32::from(u.alive),
+                pad: 0,
+            })
+            .collect();
+        let members: Vec<_> = uplinks
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.alive)
+            .map(|(i, u)| Member {
+                index: i as u32,
+                name: &u.name,
+                weight: u.weight,
+            })
+            .collect();
+        let ring = build_ring(&members, multiroute_ebpf::RING_SIZE);
+        Ok(Plan {
+            uplinks,
+            routes,
+            rules,
+            main_default,
+            datapath_uplinks,
+            ring,
+            lan,
+        })
+    }
+}
+
+fn readiness(uplink: &UplinkConfig, iface: &Interface) -> Readiness {
+    let Some(&address) = iface.addresses.first() else {
+        return Readiness::NoAddress;
+    };
+    match uplink.gateway.or(iface.gateway) {
+        Some(gateway) => Readiness::Ready { address, gateway },
+        None => Readiness::NoGateway { address },
+    }
+}
+
+/// The seed's tables: every table knows loopback, the LAN and every uplink's
+/// connected network (with its `src`), and defaults via its own uplink's gateway.
+fn table_routes(config: &Config, observed: &Observed, uplinks: &[UplinkPlan]) -> Vec<Route> {
+    let mut shared = vec![(
+        Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8),
+        RouteNext::Dev {
+            dev: "lo".into(),
+            src: None,
+        },
+    )];
+    for name in &config.lan {
+        // No `src` on LAN routes: it would break DNAT (port forwarding), says the seed.
+        for net in lan_networks(observed, name) {
+            shared.push((
+                net,
+                RouteNext::Dev {
+                    dev: name.clone(),
+                    src: None,
+                },
+            ));
+        }
+    }
+    for uplink in uplinks {
+        if let Readiness::Ready { address, .. } | Readiness::NoGateway { address } =
+            uplink.readiness
+        {
+            shared.push((
+                address.network(),
+                RouteNext::Dev {
+                    dev: uplink.interface.clone(),
+                    src: Some(address.addr),
+                },
+            ));
+        }
+    }
+    let mut routes = Vec::new();
+    for uplink in uplinks {
+        let Readiness::Ready { gateway, .. } = uplink.readiness else {
+            continue;
+        };
+        routes.extend(shared.iter().map(|(dst, next)| Route {
+            table: uplink.table,
+            dst: *dst,
+            next: next.clone(),
+        }));
+        routes.push(Route {
+            table: uplink.table,
+            dst: Ipv4Net::DEFAULT,
+            next: RouteNext::Gateway {
+                gateway,
+                dev: uplink.interface.clone(),
+            },
+        });
+    }
+    routes
+}
+
+fn lan_networks(observed: &Observed, name: &str) -> BTreeSet<Ipv4Net> {
+    observed
+        .get(name)
+        .map(|iface| iface.addresses.iter().map(|a| a.network()).collect())
+        .unwrap_or_default()
+}
+
+fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
+    let base = config.routing.rule_priority;
+    let mut rules = vec![Rule {
+        priority: base + priority::MAIN_SPECIFIC,
+        selector: Selector::All,
+        table: MAIN_TABLE,
+        suppress_prefixlength: Some(0),
+    }];
+    let ready: Vec<_> = config
+        .uplinks
+        .iter()
+        .zip(uplinks)
+        .filter_map(|(cfg, plan)| match plan.readiness {
+            Readiness::Ready { address, .. } => Some((cfg, plan, address)),
+            _ => None,
+        })
+        .collect();
+    let lookup = |priority: u32, selector: Selector, table: u32| Rule {
+        priority,
+        selector,
+        table,
+        suppress_prefixlength: None,
+    };
+    for (i, (_, plan, address)) in ready.iter().enumerate() {
+        rules.push(lookup(
+            base + priority::FROM_UPLINK + i as u32,
+            Selector::From(Ipv4Net::host(address.addr)),
+            plan.table,
+        ));
+    }
+    let pins = |offset: u32, pick: fn(&UplinkConfig) -> &[Ipv4Net], wrap: fn(Ipv4Net) -> Selector| {
+        ready
+            .iter()
+            .flat_map(move |(cfg, plan, _)| pick(cfg).iter().map(move |net| (wrap(*net), plan.table)))
+            .enumerate()
+            .map(move |(i, (selector, table))| lookup(base + offset + i as u32, selector, table))
+    };
+    rules.extend(pins(priority::PIN_TO, |c| &c.pin, Selector::To));
+    rules.extend(pins(priority::PIN_FROM, |c| &c.pin_from, Selector::From));
+    for (i, (_, plan, _)) in ready.iter().enumerate() {
+        rules.push(lookup(
+            base + priority::FWMARK + i as u32,
+            Selector::Fwmark {
+                mark: plan.mark,
+                mask: config.routing.fwmark_mask,
+            },
+            plan.table,
+        ));
+    }
+    rules
+}
+
+/// The seed's `default scope global nexthop via … weight …` over the live, weighted
+/// uplinks, for traffic the router itself originates.
+fn main_default(uplinks: &[UplinkPlan]) -> Option<Route> {
+    let nexthops: Vec<_> = uplinks
+        .iter()
+        .filter(|u| u.alive && u.weight > 0)
+        .filter_map(|u| match u.readiness {
+            Readiness::Ready { gateway, .. } => Some(Nexthop {
+                gateway,
+                dev: u.interface.clone(),
+                weight: u.weight,
+            }),
+            _ => None,
+        })
+        .collect();
+    let next = match nexthops.as_slice() {
+        [] => return None,
+        [only] => RouteNext::Gateway {
+            gateway: only.gateway,
+            dev: only.dev.clone(),
+        },
+        _ => RouteNext::Multipath(nexthops),
+    };
+    Some(Route {
+        table: MAIN_TABLE,
+        dst: Ipv4Net::DEFAULT,
+        next,
+    })
+}
+
+#[cfg(test)]
+mod tests;

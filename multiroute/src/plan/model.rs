@@ -1,0 +1,90 @@
+//! Routes and rules in domain terms. `Display` prints them as the `ip` command a
+//! user would type, which is also how the seed writes them and how tests compare.
+use std::{fmt, net::Ipv4Addr};
+
+use crate::net::Ipv4Net;
+
+pub const MAIN_TABLE: u32 = 254;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub table: u32,
+    pub dst: Ipv4Net,
+    pub next: RouteNext,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteNext {
+    /// Directly connected, optionally with a preferred source address.
+    Dev { dev: String, src: Option<Ipv4Addr> },
+    Gateway { gateway: Ipv4Addr, dev: String },
+    Multipath(Vec<Nexthop>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Nexthop {
+    pub gateway: Ipv4Addr,
+    pub dev: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rule {
+    pub priority: u32,
+    pub selector: Selector,
+    pub table: u32,
+    pub suppress_prefixlength: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Selector {
+    All,
+    From(Ipv4Net),
+    To(Ipv4Net),
+    Fwmark { mark: u32, mask: u32 },
+}
+
+fn table_name(table: u32) -> String {
+    match table {
+        MAIN_TABLE => "main".into(),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.dst)?;
+        match &self.next {
+            RouteNext::Dev { dev, src } => {
+                write!(f, " dev {dev}")?;
+                if let Some(src) = src {
+                    write!(f, " src {src}")?;
+                }
+            }
+            RouteNext::Gateway { gateway, dev } => write!(f, " via {gateway} dev {dev}")?,
+            RouteNext::Multipath(hops) => {
+                for hop in hops {
+                    write!(f, " nexthop via {} dev {} weight {}", hop.gateway, hop.dev, hop.weight)?;
+                }
+            }
+        }
+        write!(f, " table {}", table_name(self.table))
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pref {} ", self.priority)?;
+        match &self.selector {
+            Selector::All => write!(f, "from all")?,
+            Selector::From(net) => write!(f, "from {net}")?,
+            Selector::To(net) => write!(f, "to {net}")?,
+            Selector::Fwmark { mark, mask } => write!(f, "fwmark {mark:#x}/{mask:#x}")?,
+        }
+        write!(f, " lookup {}", table_name(self.table))?;
+        if let Some(len) = self.suppress_prefixlength {
+            write!(f, " suppress_prefixlength {len}")?;
+        }
+        Ok(())
+    }
+}

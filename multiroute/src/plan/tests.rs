@@ -1,0 +1,168 @@
+//! The plan for the seed's own example must be the seed's own commands.
+use std::path::Path;
+
+use super::*;
+
+/// The seed's interfaces: eth0 LAN 192.168.0.1/24, eth1 DSL 142.154.64.7/24 via
+/// 142.154.64.1, eth2 cable 24.19.12.45/24 via 24.19.12.1, and its two DNS pins.
+const SEED_CONFIG: &str = r#"
+lan = ["eth0"]
+
+[[uplink]]
+name = "dsl"
+interface = "eth1"
+gateway = "142.154.64.1"
+pin = ["142.154.61.100"]
+
+[[uplink]]
+name = "cable"
+interface = "eth2"
+gateway = "24.19.12.1"
+pin = ["24.19.100.1"]
+"#;
+
+fn seed_host() -> Observed {
+    let iface = |index, addr: [u8; 4], prefix_len| Interface {
+        index,
+        addresses: vec![Ipv4Net::new(addr.into(), prefix_len)],
+        gateway: None,
+    };
+    Observed::from([
+        ("eth0".into(), iface(2, [192, 168, 0, 1], 24)),
+        ("eth1".into(), iface(3, [142, 154, 64, 7], 24)),
+        ("eth2".into(), iface(4, [24, 19, 12, 45], 24)),
+        ("lo".into(), iface(1, [127, 0, 0, 1], 8)),
+    ])
+}
+
+fn seed_plan() -> Plan {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    Plan::build(&config, &seed_host(), &BTreeSet::new()).unwrap()
+}
+
+fn lines<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn seed_tables_match_the_seed_commands() {
+    // The seed's `ip route add … table dsl_internet|cable_internet`, with
+    // dsl_internet = 101 and cable_internet = 102 and the gateway's device spelled out.
+    let expected = [
+        "127.0.0.0/8 dev lo table 101",
+        "192.168.0.0/24 dev eth0 table 101",
+        "142.154.64.0/24 dev eth1 src 142.154.64.7 table 101",
+        "24.19.12.0/24 dev eth2 src 24.19.12.45 table 101",
+        "default via 142.154.64.1 dev eth1 table 101",
+        "127.0.0.0/8 dev lo table 102",
+        "192.168.0.0/24 dev eth0 table 102",
+        "142.154.64.0/24 dev eth1 src 142.154.64.7 table 102",
+        "24.19.12.0/24 dev eth2 src 24.19.12.45 table 102",
+        "default via 24.19.12.1 dev eth2 table 102",
+    ];
+    assert_eq!(lines(&seed_plan().routes), expected);
+}
+
+#[test]
+fn seed_rules_match_the_seed_commands_plus_steering() {
+    let expected = [
+        "pref 10000 from all lookup main suppress_prefixlength 0",
+        // ip rule add from 142.154.64.7 table dsl_internet; … from 24.19.12.45 …
+        "pref 10100 from 142.154.64.7 lookup 101",
+        "pref 10101 from 24.19.12.45 lookup 102",
+        // ip rule add to 142.154.61.100 table dsl_internet; to 24.19.100.1 table cable_internet
+        "pref 10200 to 142.154.61.100 lookup 101",
+        "pref 10201 to 24.19.100.1 lookup 102",
+        "pref 10800 fwmark 0x100/0xff00 lookup 101",
+        "pref 10801 fwmark 0x200/0xff00 lookup 102",
+    ];
+    assert_eq!(lines(&seed_plan().rules), expected);
+}
+
+#[test]
+fn seed_main_default_is_the_seed_multipath_route() {
+    // ip route add default scope global nexthop via 142.154.64.1 dev eth1 weight 1
+    //                                  nexthop via 24.19.12.1 dev eth2 weight 1
+    let route = seed_plan().main_default.unwrap();
+    assert_eq!(
+        route.to_string(),
+        "default nexthop via 142.154.64.1 dev eth1 weight 1 nexthop via 24.19.12.1 dev eth2 weight 1 table main"
+    );
+}
+
+#[test]
+fn datapath_gets_marks_inside_the_mask_and_a_ring_of_both() {
+    let plan = seed_plan();
+    let marks: Vec<_> = plan.datapath_uplinks.iter().map(|u| (u.mark, u.mask, u.alive)).collect();
+    assert_eq!(marks, [(0x100, 0xff00, 1), (0x200, 0xff00, 1)]);
+    let on_dsl = plan.ring.iter().filter(|&&i| i == 0).count();
+    assert!((on_dsl as f64 / plan.ring.len() as f64 - 0.5).abs() < 0.001);
+    assert_eq!(plan.lan, [("eth0".to_string(), 2)]);
+}
+
+#[test]
+fn dead_uplink_leaves_ring_and_main_default_but_keeps_its_table() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let dead = BTreeSet::from(["dsl".to_string()]);
+    let plan = Plan::build(&config, &seed_host(), &dead).unwrap();
+    assert!(plan.ring.iter().all(|&i| i == 1));
+    assert_eq!(plan.datapath_uplinks[0].alive, 0);
+    assert_eq!(
+        plan.main_default.unwrap().to_string(),
+        "default via 24.19.12.1 dev eth2 table main"
+    );
+    assert!(plan.routes.iter().any(|r| r.table == 101));
+}
+
+#[test]
+fn gateway_is_learned_from_the_host_when_omitted() {
+    let text = SEED_CONFIG.replace("gateway = \"142.154.64.1\"\n", "");
+    let config = Config::parse(&text, Path::new("seed.toml")).unwrap();
+    let mut host = seed_host();
+    host.get_mut("eth1").unwrap().gateway = Some("142.154.64.254".parse().unwrap());
+    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    assert!(lines(&plan.routes).contains(&"default via 142.154.64.254 dev eth1 table 101".into()));
+
+    host.get_mut("eth1").unwrap().gateway = None;
+    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    assert!(matches!(plan.uplinks[0].readiness, Readiness::NoGateway { .. }));
+    assert!(!plan.uplinks[0].alive);
+    assert!(plan.routes.iter().all(|r| r.table != 101), "no table for an uplink without gateway");
+}
+
+#[test]
+fn uplink_without_address_is_not_ready() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let mut host = seed_host();
+    host.get_mut("eth2").unwrap().addresses.clear();
+    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    assert_eq!(plan.uplinks[1].readiness, Readiness::NoAddress);
+    assert!(!lines(&plan.rules).iter().any(|r| r.contains("lookup 102")));
+}
+
+#[test]
+fn missing_interfaces_are_named() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let mut host = seed_host();
+    host.remove("eth2");
+    let err = Plan::build(&config, &host, &BTreeSet::new()).unwrap_err();
+    assert_eq!(
+        err,
+        PlanError::MissingUplink {
+            uplink: "cable".into(),
+            interface: "eth2".into()
+        }
+    );
+    host.remove("eth0");
+    assert_eq!(
+        Plan::build(&config, &host, &BTreeSet::new()).unwrap_err(),
+        PlanError::MissingLan("eth0".into())
+    );
+}
+
+#[test]
+fn main_default_off_means_no_main_route() {
+    let text = format!("{SEED_CONFIG}\n[routing]\nmain_default = false\n");
+    let config = Config::parse(&text, Path::new("seed.toml")).unwrap();
+    assert!(Plan::build(&config, &seed_host(), &BTreeSet::new()).unwrap().main_default.is_none());
+}
