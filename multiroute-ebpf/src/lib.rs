@@ -76,7 +76,7 @@ pub struct Traffic {
 
 /// Why a packet went the way it did: one per-CPU counter each.
 #[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {
     /// Known flow, its uplink alive: remembered mark applied.
     FlowHit = 0,

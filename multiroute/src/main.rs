@@ -1,1 +1,55 @@
-fn main(){}
+//! The `multiroute` command line: parses arguments, sets up logging, dispatches to
+//! one file per subcommand, and turns failures into one line and an exit code.
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use multiroute::config::DEFAULT_PATH;
+
+#[derive(Parser)]
+#[command(name = "multiroute", version, about = "Per-session multi-WAN routing over NATed uplinks")]
+struct Cli {
+    /// Config file of the instance to act on.
+    #[arg(short = 'c', long = "config", global = true, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set up tables, rules, routes and the datapath, then run in the foreground.
+    Load,
+    /// Remove everything multiroute set up (also after a crash); idempotent.
+    Unload,
+    /// Show each uplink's state, addresses, table, flows and traffic.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config and the host without changing anything.
+    Check,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MULTIROUTE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Load => commands::load::run(&cli.config),
+        Command::Unload => commands::unload::run(&cli.config),
+        Command::Status { json } => commands::status::run(&cli.config, json),
+        Command::Check => commands::check::run(&cli.config),
+    };
+    if let Err(failure) = result {
+        eprintln!("multiroute: {:#}", failure.error());
+        std::process::exit(failure.exit_code());
+    }
+}

@@ -1,1 +1,428 @@
+//! The lab: real network namespaces, veth pairs, nftables masquerade and real
+//! servers, built the same way for the end-to-end tests, the demo and the
+//! benchmarks.
+//!
+//! ```text
+//!  client ──lan0── router ──wanN── ispN ──inetN── inet (203.0.113.10, HTTP :8080)
+//!  100.64.0.2      100.64.0.1  198.18.N.2  198.18.N.1   198.19.N.1  198.19.N.2
+//! ```
+//!
+//! The router masquerades on every `wan*`, so the server sees the uplink address a
+//! connection took. Everything lives in namespaces named `<prefix>-…`, removed on
+//! drop (also when a test panics). Only documentation/benchmark ranges are used.
+pub mod datapath;
 
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const SERVER_PORT: u16 = 8080;
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+
+/// Labs share the CPU and the kernel's program list: one at a time per process.
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Skips (locally) or fails (in CI) when the lab cannot run here.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: needs root, and CI=true forbids skipping");
+    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test` as root)");
+    false
+}
+
+/// The `multiroute` binary built next to the test binary.
+pub fn multiroute_bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_multiroute") {
+        return PathBuf::from(path);
+    }
+    let mut dir = std::env::current_exe().unwrap_or_default();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("multiroute")
+}
+
+/// Runs a command to completion; fails with its stderr when it exits non-zero.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(output)
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    pub weights: Vec<u32>,
+    /// Extra TOML appended to the generated config.
+    pub extra_config: String,
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub isps: usize,
+    children: Vec<Child>,
+    router: Option<Child>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    pub fn client(&self) -> String {
+        format!("{}-client", self.prefix)
+    }
+    pub fn router(&self) -> String {
+        format!("{}-router", self.prefix)
+    }
+    pub fn isp(&self, n: usize) -> String {
+        format!("{}-isp{n}", self.prefix)
+    }
+    pub fn inet(&self) -> String {
+        format!("{}-inet", self.prefix)
+    }
+    /// The address uplink `n` has on the router (what the server sees).
+    pub fn uplink_address(n: usize) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, n as u8, 2)
+    }
+    pub fn pin_path(&self) -> PathBuf {
+        self.dir.join("bpf/multiroute")
+    }
+
+    /// Builds the topology with `options.weights.len()` ISPs and writes the config;
+    /// the router is not started.
+    pub fn new(options: &LabOptions) -> Result<Lab> {
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let prefix = format!(
+            "mrt{}x{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = PathBuf::from("/run").join(&prefix);
+        let mut lab = Lab {
+            config: dir.join("multiroute.toml"),
+            prefix,
+            dir,
+            isps: options.weights.len(),
+            children: Vec::new(),
+            router: None,
+            _serial: serial,
+        };
+        lab.build(options)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, options: &LabOptions) -> Result<()> {
+        std::fs::create_dir_all(self.dir.join("bpf")).context("creating the lab directory")?;
+        // A bpffs in the host's mount namespace: `ip netns exec` remounts /sys, and a
+        // mount made inside one `ip netns exec` dies with that process.
+        run("mount", &["-t", "bpf", "bpf", &self.dir.join("bpf").to_string_lossy()])?;
+        let (client, router, inet) = (self.client(), self.router(), self.inet());
+        for ns in [&client, &router, &inet] {
+            run("ip", &["netns", "add", ns])?;
+        }
+        for n in 0..self.isps {
+            run("ip", &["netns", "add", &self.isp(n)])?;
+        }
+        self.veth(&client, "eth0", &router, "lan0")?;
+        self.addr(&client, "eth0", "100.64.0.2/24")?;
+        self.addr(&router, "lan0", "100.64.0.1/24")?;
+        self.ns(&client, "ip", &["route", "add", "default", "via", "100.64.0.1"])?;
+        self.ns(&inet, "ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"])?;
+        for n in 0..self.isps {
+            let isp = self.isp(n);
+            let wan = format!("wan{n}");
+            let inet_if = format!("inet{n}");
+            self.veth(&router, &wan, &isp, "cpe")?;
+            self.addr(&router, &wan, &format!("198.18.{n}.2/24"))?;
+            self.addr(&isp, "cpe", &format!("198.18.{n}.1/24"))?;
+            self.veth(&isp, "inet", &inet, &inet_if)?;
+            self.addr(&isp, "inet", &format!("198.19.{n}.1/24"))?;
+            self.addr(&inet, &inet_if, &format!("198.19.{n}.2/24"))?;
+            self.ns(&isp, "ip", &["route", "add", &format!("{SERVER}/32"), "via", &format!("198.19.{n}.2")])?;
+            self.ns(&inet, "ip", &["route", "add", &format!("198.18.{n}.0/24"), "via", &format!("198.19.{n}.1")])?;
+            self.ns(&isp, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        }
+        // The router's own default before multiroute: via the first ISP, as a box with
+        // one working uplink would have it.
+        self.ns(&router, "ip", &["route", "add", "default", "via", "198.18.0.1", "dev", "wan0"])?;
+        self.ns(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        self.ns(
+            &router,
+            "nft",
+            &["add table ip lab; add chain ip lab post { type nat hook postrouting priority 100; }; add rule ip lab post oifname \"wan*\" masquerade"],
+        )?;
+        self.write_config(options)?;
+        let server = self.spawn_ns(&inet, "python3", &[&lab_script("server.py"), &SERVER.to_string(), &SERVER_PORT.to_string()])?;
+        self.children.push(server);
+        self.wait_for_server()
+    }
+
+    fn write_config(&self, options: &LabOptions) -> Result<()> {
+        let mut text = String::from("lan = [\"lan0\"]\n");
+        for (n, weight) in options.weights.iter().enumerate() {
+            text += &format!(
+                "\n[[uplink]]\nname = \"isp{n}\"\ninterface = \"wan{n}\"\ngateway = \"198.18.{n}.1\"\nweight = {weight}\n"
+            );
+        }
+        text += &format!(
+            "\n[routing]\npin_path = \"{}\"\n\n[control]\nsocket = \"{}\"\n",
+            self.pin_path().display(),
+            self.dir.join("control.sock").display()
+        );
+        text += &options.extra_config;
+        std::fs::write(&self.config, text).context("writing the lab config")
+    }
+
+    fn wait_for_server(&self) -> Result<()> {
+        let url = self.url("/");
+        wait_until(Duration::from_secs(10), || {
+            self.ns(&self.isp(0), "python3", &[&lab_script("client.py"), "count", &url, "1", "2"])
+                .map(|out| stdout(&out).contains("\"failures\": 0"))
+                .unwrap_or(false)
+        })
+        .context("the lab's HTTP server did not come up")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{SERVER}:{SERVER_PORT}{path}")
+    }
+
+    fn veth(&self, ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
+        run("ip", &["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b])?;
+        self.ns(ns_a, "ip", &["link", "set", a, "up"])?;
+        self.ns(ns_b, "ip", &["link", "set", b, "up"])?;
+        self.ns(ns_a, "ip", &["link", "set", "lo", "up"])?;
+        self.ns(ns_b, "ip", &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn addr(&self, ns: &str, dev: &str, cidr: &str) -> Result<()> {
+        self.ns(ns, "ip", &["addr", "add", cidr, "dev", dev]).map(drop)
+    }
+
+    /// Runs a command inside namespace `ns` to completion.
+    pub fn ns(&self, ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+        let mut full = vec!["netns", "exec", ns, program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    fn spawn_ns(&self, ns: &str, program: &str, args: &[&str]) -> Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {program} in {ns}"))
+    }
+
+    /// `multiroute -c <lab config> ARGS` inside the router namespace.
+    pub fn multiroute(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.router()])
+            .arg(multiroute_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().unwrap_or_else(|err| panic!("cannot run multiroute: {err}"))
+    }
+
+    /// Starts `multiroute load` in the router and waits until the datapath is attached.
+    pub fn start_router(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("router.log")).context("creating the router log")?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.router()])
+            .arg(multiroute_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .arg("load")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting multiroute load")?;
+        self.router = Some(child);
+        let start = Instant::now();
+        while !self.pin_path().join("link-lan0").exists() {
+            let exited = self.router.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
+                self.router = None;
+                bail!("multiroute load did not come up ({exited:?}):\n{}", self.router_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    pub fn router_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("router.log")).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the running `load` and waits for it to exit.
+    pub fn stop_router(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
+        let mut child = self.router.take().context("the router is not running")?;
+        // `ip netns exec` execs the program, so the child's PID is multiroute's.
+        // SAFETY: kill(2) on a child we started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for multiroute")? {
+                return Ok(status);
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("multiroute did not exit within 15 s after signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `count` new connections from the LAN client; returns (hits per uplink index, failures).
+    pub fn connections(&self, count: usize) -> Result<(Vec<usize>, usize)> {
+        let out = self.ns(
+            &self.client(),
+            "python3",
+            &[&lab_script("client.py"), "count", &self.url("/"), &count.to_string(), "240"],
+        )?;
+        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).context("parsing the client's report")?;
+        let mut hits = vec![0; self.isps];
+        let seen = report["seen"].as_object().context("client report without `seen`")?;
+        for (address, n) in seen {
+            let n = n.as_u64().unwrap_or(0) as usize;
+            match (0..self.isps).find(|&i| Self::uplink_address(i).to_string() == *address) {
+                Some(i) => hits[i] += n,
+                None => bail!("the server saw an unexpected source {address}"),
+            }
+        }
+        Ok((hits, report["failures"].as_u64().unwrap_or(u64::MAX) as usize))
+    }
+
+    /// Starts a long download from the client in the background.
+    pub fn start_stream(&self, seconds: u32) -> Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client(), "python3", &lab_script("client.py"), "stream"])
+            .arg(self.url(&format!("/stream?seconds={seconds}")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the long download")
+    }
+
+    /// Received bytes on each of the router's uplink interfaces.
+    pub fn uplink_rx_bytes(&self) -> Result<Vec<u64>> {
+        (0..self.isps)
+            .map(|n| {
+                let out = self.ns(&self.router(), "cat", &[&format!("/sys/class/net/wan{n}/statistics/rx_bytes")])?;
+                stdout(&out).trim().parse().context("parsing rx_bytes")
+            })
+            .collect()
+    }
+
+    /// What the router's routing and TC state look like, for before/after comparisons.
+    pub fn router_snapshot(&self) -> Result<String> {
+        let router = self.router();
+        let mut snapshot = String::new();
+        for args in [
+            &["-j", "rule", "show"][..],
+            &["-j", "route", "show", "table", "all"],
+            &["-j", "link", "show"],
+        ] {
+            snapshot += &stdout(&self.ns(&router, "ip", args)?);
+            snapshot.push('\n');
+        }
+        for dev in ["lan0"] {
+            snapshot += &stdout(&self.ns(&router, "tc", &["-j", "qdisc", "show", "dev", dev])?);
+            snapshot += &stdout(&self.ns(&router, "tc", &["-j", "filter", "show", "dev", dev, "ingress"])?);
+        }
+        Ok(snapshot)
+    }
+
+    pub fn pins(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.join("bpf"))
+            .map(|entries| entries.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Number of `multiroute` classifiers loaded in the kernel (any namespace).
+pub fn loaded_classifiers() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str() == Some(multiroute_ebpf::PROGRAM_NAME))
+        .count()
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut router) = self.router.take() {
+            let _ = router.kill();
+            let _ = router.wait();
+            // A killed router leaves its set-up behind; remove it like an operator would.
+            let _ = self.multiroute(&["unload"]);
+        }
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut namespaces = vec![self.client(), self.router(), self.inet()];
+        namespaces.extend((0..self.isps).map(|n| self.isp(n)));
+        for ns in namespaces {
+            let _ = run("ip", &["netns", "del", &ns]);
+        }
+        let _ = run("umount", &[&self.dir.join("bpf").to_string_lossy()]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn lab_script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab").join(name).to_string_lossy().into_owned()
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("gave up after {limit:?}")
+}
+
+/// Share of `part` in `total`, in percentage points.
+pub fn percent(part: usize, total: usize) -> f64 {
+    100.0 * part as f64 / total.max(1) as f64
+}

@@ -1,0 +1,368 @@
+//! The classifier in the kernel: loading it, attaching it to the LAN interfaces,
+//! writing the plan into its maps, and removing it.
+//!
+//! Everything lives under `pin_path` on a bpffs: the maps (pinned by name, so a new
+//! `load` reuses the running flow table instead of creating an empty one) and one TCX
+//! link per LAN interface (`link-<ifname>`; the pin keeps the classifier attached when
+//! the daemon dies, and deleting it detaches the classifier at once).
+use std::{
+    ffi::CString,
+    io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+};
+use multiroute_ebpf::{
+    COUNTER_COUNT, Counter, Flow, FlowKey, MAX_UPLINKS, PROGRAM_NAME, Traffic, Uplink, map_names,
+};
+use tracing::{debug, info};
+
+use crate::plan::Plan;
+
+/// The compiled classifier, built by build.rs through aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multiroute"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const LINK_PREFIX: &str = "link-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the classifier (pins under {path}): {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("{what}: {source}")]
+    Link {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn io_error(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
+    let path = path.to_owned();
+    move |source| DatapathError::Io { path, what, source }
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// True when `path` lies on a bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes `pin_path` a directory on a bpffs, mounting one on its parent when the parent
+/// is not on one (bpffs is not mounted at boot on every distribution).
+pub fn prepare_pin_path(pin_path: &Path) -> Result<(), DatapathError> {
+    let parent = pin_path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(io_error(parent, "creating the bpffs mount point"))?;
+    if !is_bpffs(parent) {
+        info!(path = %parent.display(), "mounting a bpffs");
+        let target = CString::new(parent.as_os_str().as_bytes())
+            .map_err(|_| io_error(parent, "path with a NUL byte")(io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(io_error(parent, "mounting a bpffs")(io::Error::last_os_error()));
+        }
+    }
+    std::fs::create_dir_all(pin_path).map_err(io_error(pin_path, "creating the pin directory"))
+}
+
+/// The loaded classifier, its maps pinned under `pin_path`.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the classifier, reusing maps already pinned under `pin_path` (a running
+    /// flow table survives a daemon restart this way).
+    pub fn load(pin_path: &Path) -> Result<Self, DatapathError> {
+        prepare_pin_path(pin_path)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_path)
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load {
+                path: pin_path.to_owned(),
+                source: Box::new(source),
+            })?;
+        let classifier = classifier(&mut ebpf)?;
+        classifier.load().map_err(|source| DatapathError::Program {
+            what: "verifying the classifier".into(),
+            source: Box::new(source),
+        })?;
+        Ok(Self {
+            ebpf,
+            pin_path: pin_path.to_owned(),
+        })
+    }
+
+    pub fn classifier(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        classifier(&mut self.ebpf)
+    }
+
+    /// Attaches to the ingress of every LAN interface, atomically replacing the program
+    /// behind a link a previous `load` pinned, and detaches from interfaces no longer
+    /// listed.
+    pub fn attach(&mut self, lan: &[(String, u32)]) -> Result<(), DatapathError> {
+        let pin_path = self.pin_path.clone();
+        for (name, index) in lan {
+            let link_pin = link_pin_path(&pin_path, name);
+            if link_pin.exists() {
+                match self.replace_program(&link_pin) {
+                    Ok(()) => {
+                        debug!(interface = %name, "replaced the program behind the pinned link");
+                        continue;
+                    }
+                    Err(err) => {
+                        info!(interface = %name, "re-attaching: the pinned link is unusable ({err})");
+                        std::fs::remove_file(&link_pin)
+                            .map_err(io_error(&link_pin, "removing a stale link pin"))?;
+                    }
+                }
+            }
+            let classifier = self.classifier()?;
+            let program_error = |what: String| {
+                move |source| DatapathError::Program {
+                    what,
+                    source: Box::new(source),
+                }
+            };
+            let link_id = classifier
+                .attach(*index, TcAttachType::Ingress)
+                .map_err(program_error(format!("attaching to the ingress of {name}")))?;
+            let link = classifier
+                .take_link(link_id)
+                .map_err(program_error(format!("taking the link on {name}")))?;
+            let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+                what: format!("link on {name} is not a TCX link"),
+                source: Box::new(source),
+            })?;
+            link.pin(&link_pin).map_err(|source| DatapathError::Link {
+                what: format!("pinning the link on {name} at {}", link_pin.display()),
+                source: Box::new(source),
+            })?;
+            info!(interface = %name, "classifier attached (TCX ingress)");
+        }
+        for stale in link_pins(&pin_path)? {
+            let listed = lan
+                .iter()
+                .any(|(name, _)| link_pin_path(&pin_path, name) == stale);
+            if !listed {
+                std::fs::remove_file(&stale).map_err(io_error(&stale, "detaching"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn replace_program(&mut self, link_pin: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let link = FdLink::from(PinnedLink::from_pin(link_pin)?);
+        let link = SchedClassifierLink::try_from(link)?;
+        self.classifier()?.attach_to_link(link)?;
+        Ok(())
+    }
+}
+
+fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    let missing = || DatapathError::Program {
+        what: format!("the object has no classifier named {PROGRAM_NAME}"),
+        source: Box::new(aya::programs::ProgramError::NotLoaded),
+    };
+    let program = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
+    program.try_into().map_err(|source| DatapathError::Program {
+        what: format!("{PROGRAM_NAME} is not a TC classifier"),
+        source: Box::new(source),
+    })
+}
+
+fn link_pin_path(pin_path: &Path, interface: &str) -> PathBuf {
+    pin_path.join(format!("{LINK_PREFIX}{interface}"))
+}
+
+fn link_pins(pin_path: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    pin_entries(pin_path).map(|entries| {
+        entries
+            .into_iter()
+            .filter(|path| {
+                path.file_name()
+                    .is_some_and(|name| name.as_bytes().starts_with(LINK_PREFIX.as_bytes()))
+            })
+            .collect()
+    })
+}
+
+fn pin_entries(pin_path: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    match std::fs::read_dir(pin_path) {
+        Ok(entries) => entries
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io_error(pin_path, "listing pins")),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(io_error(pin_path, "listing pins")(err)),
+    }
+}
+
+/// Detaches the classifier (link pins first, so steering stops before the maps go)
+/// and removes every pin and the pin directory. Returns how many pins it removed.
+pub fn remove(pin_path: &Path) -> Result<usize, DatapathError> {
+    let links = link_pins(pin_path)?;
+    let mut removed = 0;
+    for path in links.iter().chain(pin_entries(pin_path)?.iter().filter(|p| !links.contains(p))) {
+        match std::fs::remove_file(path) {
+            Ok(()) => removed += 1,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_error(path, "removing a pin")(err)),
+        }
+    }
+    match std::fs::remove_dir(pin_path) {
+        Ok(()) => Ok(removed),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(removed),
+        Err(err) => Err(io_error(pin_path, "removing the pin directory")(err)),
+    }
+}
+
+/// Names of interfaces the classifier is pinned to under `pin_path`.
+pub fn attached_interfaces(pin_path: &Path) -> Result<Vec<String>, DatapathError> {
+    Ok(link_pins(pin_path)?
+        .iter()
+        .filter_map(|path| path.file_name()?.to_str()?.strip_prefix(LINK_PREFIX).map(str::to_owned))
+        .collect())
+}
+
+/// The datapath's maps, opened from their pins: the same view for the daemon that
+/// loaded them, for `status`/`flows`, and for tests.
+pub struct Maps {
+    flows: HashMap<MapData, FlowKey, Flow>,
+    ring: Array<MapData, u32>,
+    uplinks: Array<MapData, Uplink>,
+    traffic: PerCpuArray<MapData, Traffic>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn open_map<T>(pin_path: &Path, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(pin_path.join(name)).map_err(map_error(name))?;
+    let map = Map::from_map_data(data).map_err(map_error(name))?;
+    T::try_from(map).map_err(map_error(name))
+}
+
+impl Maps {
+    pub fn open(pin_path: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            flows: open_map(pin_path, map_names::FLOWS)?,
+            ring: open_map(pin_path, map_names::RING)?,
+            uplinks: open_map(pin_path, map_names::UPLINKS)?,
+            traffic: open_map(pin_path, map_names::TRAFFIC)?,
+            counters: open_map(pin_path, map_names::COUNTERS)?,
+        })
+    }
+
+    /// Writes the plan's uplinks and ring. Uplinks first: a ring slot must never
+    /// point at an uplink the datapath does not know yet. Unused uplink slots are
+    /// cleared so a removed uplink's flows are re-steered.
+    pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
+        for index in 0..MAX_UPLINKS {
+            let uplink = plan.datapath_uplinks.get(index as usize).copied().unwrap_or_default();
+            self.uplinks
+                .set(index, &uplink, 0)
+                .map_err(map_error(map_names::UPLINKS))?;
+        }
+        self.write_ring(&plan.ring)
+    }
+
+    pub fn write_ring(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
+        for (slot, index) in ring.iter().enumerate() {
+            self.ring
+                .set(slot as u32, index, 0)
+                .map_err(map_error(map_names::RING))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_uplink(&mut self, index: u32, uplink: Uplink) -> Result<(), DatapathError> {
+        self.uplinks
+            .set(index, &uplink, 0)
+            .map_err(map_error(map_names::UPLINKS))
+    }
+
+    /// Every tracked flow. Entries the LRU evicts while we iterate are skipped.
+    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Packets and bytes steered to uplink `index`, summed over CPUs.
+    pub fn traffic(&self, index: u32) -> Result<Traffic, DatapathError> {
+        let per_cpu: PerCpuValues<Traffic> = self
+            .traffic
+            .get(&index, 0)
+            .map_err(map_error(map_names::TRAFFIC))?;
+        Ok(per_cpu.iter().fold(Traffic::default(), |sum, t| Traffic {
+            packets: sum.packets + t.packets,
+            bytes: sum.bytes + t.bytes,
+        }))
+    }
+
+    /// Every outcome counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        (0..COUNTER_COUNT)
+            .zip(Counter::ALL)
+            .map(|(index, counter)| {
+                let per_cpu = self
+                    .counters
+                    .get(&index, 0)
+                    .map_err(map_error(map_names::COUNTERS))?;
+                Ok((counter, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+}

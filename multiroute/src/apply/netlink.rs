@@ -1,0 +1,416 @@
+//! A typed layer over rtnetlink: the rest of the code reads and writes [`Route`]s and
+//! [`Rule`]s, never netlink attributes. Everything multiroute adds carries
+//! [`PROTOCOL`], which is how `unload` finds it again after a crash.
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    AddressFamily,
+    address::AddressAttribute,
+    link::LinkAttribute,
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
+        RouteScope, RouteType,
+    },
+    rule::{RuleAction, RuleAttribute, RuleMessage},
+};
+use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+
+use crate::{
+    net::Ipv4Net,
+    plan::{Interface, MAIN_TABLE, Nexthop, Observed, Route, RouteNext, Rule, Selector},
+};
+
+/// Route/rule protocol number that marks multiroute's own entries (`ip route show
+/// proto 77`). Unassigned in iproute2's rt_protos.
+pub const PROTOCOL: u8 = 77;
+
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("cannot open a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("netlink: {what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("route {route} names interface {dev:?}, which does not exist")]
+    UnknownDevice { route: String, dev: String },
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn request(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+fn errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the current network namespace. Must be called inside a
+    /// tokio runtime: the connection runs as a task on it.
+    pub fn connect() -> Result<Self, NetlinkError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// Interfaces with their IPv4 addresses and the gateway of any default route
+    /// through them (in the main table, or saved away by multiroute in `saved_table`).
+    pub async fn observe(&self, saved_table: u32) -> Result<Observed, NetlinkError> {
+        let mut observed = Observed::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.map_err(request("listing links"))? {
+            let name = link.attributes.iter().find_map(|attr| match attr {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            if let Some(name) = name {
+                observed.insert(
+                    name,
+                    Interface {
+                        index: link.header.index,
+                        ..Interface::default()
+                    },
+                );
+            }
+        }
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(msg) = addresses.try_next().await.map_err(request("listing addresses"))? {
+            let local = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
+                _ => None,
+            });
+            let address = local.or_else(|| {
+                msg.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
+                    _ => None,
+                })
+            });
+            if let (Some(addr), Some(iface)) = (address, interface_mut(&mut observed, msg.header.index)) {
+                iface.addresses.push(Ipv4Net::new(addr, msg.header.prefix_len));
+            }
+        }
+        for route in self.routes().await? {
+            let table = route_table(&route);
+            let Some(parsed) = parse_route(&route, &observed) else {
+                continue;
+            };
+            let own_default = route.header.protocol == RouteProtocol::Other(PROTOCOL);
+            if parsed.dst != Ipv4Net::DEFAULT || own_default || (table != MAIN_TABLE && table != saved_table) {
+                continue;
+            }
+            let hops = match parsed.next {
+                RouteNext::Gateway { gateway, dev } => vec![(gateway, dev)],
+                RouteNext::Multipath(hops) => hops.into_iter().map(|h| (h.gateway, h.dev)).collect(),
+                RouteNext::Dev { .. } => Vec::new(),
+            };
+            for (gateway, dev) in hops {
+                if let Some(iface) = observed.get_mut(&dev) {
+                    iface.gateway.get_or_insert(gateway);
+                }
+            }
+        }
+        Ok(observed)
+    }
+
+    /// Every IPv4 route of every table.
+    pub async fn routes(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build();
+        self.handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request("listing routes"))
+    }
+
+    pub async fn rules(&self) -> Result<Vec<RuleMessage>, NetlinkError> {
+        self.handle
+            .rule()
+            .get(IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request("listing rules"))
+    }
+
+    /// Adds `route`, replacing a route with the same destination and metric.
+    pub async fn replace_route(&self, route: &Route, observed: &Observed) -> Result<(), NetlinkError> {
+        let message = route_message(route, observed)?;
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(request(format!("adding route {route}")))
+    }
+
+    /// Adds a route exactly as another program left it (used to save and restore the
+    /// main table's default); an identical route already there is fine.
+    pub async fn add_raw_route(&self, mut message: RouteMessage, table: u32) -> Result<(), NetlinkError> {
+        set_table(&mut message, table);
+        match self.handle.route().add(message).execute().await {
+            Err(err) if errno(&err) == Some(EEXIST) => Ok(()),
+            other => other.map_err(request(format!("restoring a route into table {table}"))),
+        }
+    }
+
+    /// Deletes a route; one already gone is fine.
+    pub async fn delete_route(&self, message: RouteMessage) -> Result<(), NetlinkError> {
+        match self.handle.route().del(message).execute().await {
+            Err(err) if matches!(errno(&err), Some(ESRCH | ENOENT)) => Ok(()),
+            other => other.map_err(request("deleting a route")),
+        }
+    }
+
+    pub async fn add_rule(&self, rule: &Rule) -> Result<(), NetlinkError> {
+        let mut request_ = self.handle.rule().add();
+        *request_.message_mut() = rule_message(rule);
+        match request_.execute().await {
+            Err(err) if errno(&err) == Some(EEXIST) => Ok(()),
+            other => other.map_err(request(format!("adding rule {rule}"))),
+        }
+    }
+
+    /// Deletes a rule; one already gone is fine.
+    pub async fn delete_rule(&self, message: RuleMessage) -> Result<(), NetlinkError> {
+        match self.handle.rule().del(message).execute().await {
+            Err(err) if matches!(errno(&err), Some(ESRCH | ENOENT)) => Ok(()),
+            other => other.map_err(request("deleting a rule")),
+        }
+    }
+}
+
+fn interface_mut(observed: &mut Observed, index: u32) -> Option<&mut Interface> {
+    observed.values_mut().find(|iface| iface.index == index)
+}
+
+fn interface_name(observed: &Observed, index: u32) -> Option<String> {
+    observed
+        .iter()
+        .find(|(_, iface)| iface.index == index)
+        .map(|(name, _)| name.clone())
+}
+
+fn interface_index(observed: &Observed, dev: &str, route: &Route) -> Result<u32, NetlinkError> {
+    observed
+        .get(dev)
+        .map(|iface| iface.index)
+        .ok_or_else(|| NetlinkError::UnknownDevice {
+            route: route.to_string(),
+            dev: dev.to_owned(),
+        })
+}
+
+pub fn route_table(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table))
+}
+
+pub fn is_own_route(message: &RouteMessage) -> bool {
+    message.header.protocol == RouteProtocol::Other(PROTOCOL)
+}
+
+pub fn is_own_rule(message: &RuleMessage) -> bool {
+    message
+        .attributes
+        .iter()
+        .any(|attr| matches!(attr, RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL))))
+}
+
+pub fn rule_priority(message: &RuleMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            RuleAttribute::Priority(priority) => Some(*priority),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn set_table(message: &mut RouteMessage, table: u32) {
+    message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    message.attributes.retain(|attr| !matches!(attr, RouteAttribute::Table(_)));
+    message.attributes.push(RouteAttribute::Table(table));
+}
+
+fn v4(addr: Ipv4Addr) -> RouteAddress {
+    RouteAddress::Inet(addr)
+}
+
+/// Builds the netlink message for one of multiroute's routes.
+fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, NetlinkError> {
+    let mut message = RouteMessage::default();
+    message.header.address_family = AddressFamily::Inet;
+    message.header.destination_prefix_length = route.dst.prefix_len;
+    message.header.protocol = RouteProtocol::Other(PROTOCOL);
+    message.header.kind = RouteType::Unicast;
+    if route.dst != Ipv4Net::DEFAULT {
+        message.attributes.push(RouteAttribute::Destination(v4(route.dst.addr)));
+    }
+    match &route.next {
+        RouteNext::Dev { dev, src } => {
+            message.header.scope = RouteScope::Link;
+            message
+                .attributes
+                .push(RouteAttribute::Oif(interface_index(observed, dev, route)?));
+            if let Some(src) = src {
+                message.attributes.push(RouteAttribute::PrefSource(v4(*src)));
+            }
+        }
+        RouteNext::Gateway { gateway, dev } => {
+            message.header.scope = RouteScope::Universe;
+            message.attributes.push(RouteAttribute::Gateway(v4(*gateway)));
+            message
+                .attributes
+                .push(RouteAttribute::Oif(interface_index(observed, dev, route)?));
+        }
+        RouteNext::Multipath(hops) => {
+            message.header.scope = RouteScope::Universe;
+            let hops = hops
+                .iter()
+                .map(|hop| {
+                    let mut next = RouteNextHop::default();
+                    // The kernel stores weight - 1 in rtnh_hops.
+                    next.hops = (hop.weight.clamp(1, 256) - 1) as u8;
+                    next.interface_index = interface_index(observed, &hop.dev, route)?;
+                    next.attributes = vec![RouteAttribute::Gateway(v4(hop.gateway))];
+                    Ok(next)
+                })
+                .collect::<Result<Vec<_>, NetlinkError>>()?;
+            message.attributes.push(RouteAttribute::MultiPath(hops));
+        }
+    }
+    set_table(&mut message, route.table);
+    Ok(message)
+}
+
+/// Reads a kernel route back into domain terms; `None` for shapes multiroute never
+/// makes (blackhole, local, broadcast, routes through unknown interfaces).
+pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route> {
+    if message.header.address_family != AddressFamily::Inet || message.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let (mut gateway, mut oif, mut src, mut hops) = (None, None, None, None);
+    for attr in &message.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(addr)) => dst = *addr,
+            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
+            RouteAttribute::PrefSource(RouteAddress::Inet(addr)) => src = Some(*addr),
+            RouteAttribute::Oif(index) => oif = interface_name(observed, *index),
+            RouteAttribute::MultiPath(list) => hops = Some(list),
+            _ => {}
+        }
+    }
+    let next = match (hops, gateway, oif) {
+        (Some(list), _, _) => RouteNext::Multipath(
+            list.iter()
+                .map(|hop| {
+                    let gateway = hop.attributes.iter().find_map(|attr| match attr {
+                        RouteAttribute::Gateway(RouteAddress::Inet(addr)) => Some(*addr),
+                        _ => None,
+                    })?;
+                    Some(Nexthop {
+                        gateway,
+                        dev: interface_name(observed, hop.interface_index)?,
+                        weight: u32::from(hop.hops) + 1,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        (None, Some(gateway), Some(dev)) => RouteNext::Gateway { gateway, dev },
+        (None, None, Some(dev)) => RouteNext::Dev { dev, src },
+        _ => return None,
+    };
+    Some(Route {
+        table: route_table(message),
+        dst: Ipv4Net::new(dst, message.header.destination_prefix_length),
+        next,
+    })
+}
+
+fn rule_message(rule: &Rule) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.action = RuleAction::ToTable;
+    message.header.table = u8::try_from(rule.table).unwrap_or(0);
+    let attrs = &mut message.attributes;
+    attrs.push(RuleAttribute::Priority(rule.priority));
+    attrs.push(RuleAttribute::Table(rule.table));
+    attrs.push(RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL)));
+    match rule.selector {
+        Selector::All => {}
+        Selector::From(net) => {
+            message.header.src_len = net.prefix_len;
+            attrs.push(RuleAttribute::Source(IpAddr::V4(net.addr)));
+        }
+        Selector::To(net) => {
+            message.header.dst_len = net.prefix_len;
+            attrs.push(RuleAttribute::Destination(IpAddr::V4(net.addr)));
+        }
+        Selector::Fwmark { mark, mask } => {
+            attrs.push(RuleAttribute::FwMark(mark));
+            attrs.push(RuleAttribute::FwMask(mask));
+        }
+    }
+    if let Some(len) = rule.suppress_prefixlength {
+        attrs.push(RuleAttribute::SuppressPrefixLen(u32::from(len)));
+    }
+    message
+}
+
+/// Reads a kernel rule back into domain terms.
+pub fn parse_rule(message: &RuleMessage) -> Rule {
+    let mut rule = Rule {
+        priority: 0,
+        selector: Selector::All,
+        table: u32::from(message.header.table),
+        suppress_prefixlength: None,
+    };
+    let (mut mark, mut mask) = (None, u32::MAX);
+    for attr in &message.attributes {
+        match attr {
+            RuleAttribute::Priority(priority) => rule.priority = *priority,
+            RuleAttribute::Table(table) => rule.table = *table,
+            RuleAttribute::Source(IpAddr::V4(addr)) => {
+                rule.selector = Selector::From(Ipv4Net::new(*addr, message.header.src_len));
+            }
+            RuleAttribute::Destination(IpAddr::V4(addr)) => {
+                rule.selector = Selector::To(Ipv4Net::new(*addr, message.header.dst_len));
+            }
+            RuleAttribute::FwMark(value) => mark = Some(*value),
+            RuleAttribute::FwMask(value) => mask = *value,
+            // The kernel reports "no suppression" as u32::MAX.
+            RuleAttribute::SuppressPrefixLen(len) => rule.suppress_prefixlength = u8::try_from(*len).ok(),
+            _ => {}
+        }
+    }
+    if let Some(mark) = mark {
+        rule.selector = Selector::Fwmark { mark, mask };
+    }
+    rule
+}

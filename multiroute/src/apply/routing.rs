@@ -1,0 +1,171 @@
+//! Brings the kernel's routes and rules to the plan, idempotently: what multiroute
+//! owns (protocol [`super::netlink::PROTOCOL`]) and the plan does not want is removed, what is
+//! missing is added, nothing else is touched. The main table's original default
+//! routes are parked in table `table_base` while multiroute's multipath default
+//! stands, so the kernel itself remembers them across a crash.
+use std::collections::BTreeSet;
+
+use netlink_packet_route::route::RouteMessage;
+use tracing::{debug, info};
+
+use super::netlink::{
+    Netlink, NetlinkError, is_own_route, is_own_rule, parse_route, parse_rule, route_table,
+    rule_priority,
+};
+use crate::{
+    config::{Config, RULE_PRIORITY_SPAN},
+    plan::{MAIN_TABLE, Observed, Plan},
+};
+
+/// Tables multiroute may own: the saved-default table and one per possible uplink.
+fn own_tables(config: &Config) -> std::ops::RangeInclusive<u32> {
+    let base = config.routing.table_base;
+    base..=base + multiroute_ebpf::MAX_UPLINKS
+}
+
+fn own_priorities(config: &Config) -> std::ops::Range<u32> {
+    let base = config.routing.rule_priority;
+    base..base + RULE_PRIORITY_SPAN
+}
+
+pub async fn apply(nl: &Netlink, config: &Config, plan: &Plan, observed: &Observed) -> Result<(), NetlinkError> {
+    sync_tables(nl, config, plan, observed).await?;
+    sync_rules(nl, config, plan).await?;
+    match &plan.main_default {
+        Some(route) => {
+            park_main_defaults(nl, config).await?;
+            nl.replace_route(route, observed).await?;
+        }
+        None => {
+            restore_main_defaults(nl, config).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every rule and route multiroute owns and puts the main default back.
+pub async fn remove(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError> {
+    let mut removed = 0;
+    for message in nl.rules().await? {
+        if is_own_rule(&message) && own_priorities(config).contains(&rule_priority(&message)) {
+            nl.delete_rule(message).await?;
+            removed += 1;
+        }
+    }
+    for message in nl.routes().await? {
+        let table = route_table(&message);
+        if is_own_route(&message) && (table == MAIN_TABLE || own_tables(config).contains(&table)) {
+            nl.delete_route(message).await?;
+            removed += 1;
+        }
+    }
+    removed += restore_main_defaults(nl, config).await?;
+    Ok(removed)
+}
+
+async fn sync_tables(nl: &Netlink, config: &Config, plan: &Plan, observed: &Observed) -> Result<(), NetlinkError> {
+    let wanted: BTreeSet<_> = plan.routes.iter().collect();
+    let mut present = BTreeSet::new();
+    for message in nl.routes().await? {
+        let table = route_table(&message);
+        if !is_own_route(&message) || table == config.saved_default_table() || !own_tables(config).contains(&table) {
+            continue;
+        }
+        match parse_route(&message, observed) {
+            Some(route) if wanted.contains(&route) => {
+                present.insert(route);
+            }
+            _ => {
+                debug!(table, "removing stale route");
+                nl.delete_route(message).await?;
+            }
+        }
+    }
+    for route in wanted {
+        if !present.contains(route) {
+            debug!(%route, "adding route");
+            nl.replace_route(route, observed).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<(), NetlinkError> {
+    let wanted: BTreeSet<_> = plan.rules.iter().collect();
+    let mut present = BTreeSet::new();
+    for message in nl.rules().await? {
+        if !is_own_rule(&message) || !own_priorities(config).contains(&rule_priority(&message)) {
+            continue;
+        }
+        let rule = parse_rule(&message);
+        if wanted.contains(&rule) {
+            present.insert(rule);
+        } else {
+            debug!(%rule, "removing stale rule");
+            nl.delete_rule(message).await?;
+        }
+    }
+    for rule in wanted {
+        if !present.contains(rule) {
+            debug!(%rule, "adding rule");
+            nl.add_rule(rule).await?;
+        }
+    }
+    Ok(())
+}
+
+fn is_default(message: &RouteMessage) -> bool {
+    message.header.destination_prefix_length == 0
+}
+
+/// Moves the main table's foreign default routes into the saved table. Copy first,
+/// delete second: a crash in between leaves both, and the restore is idempotent.
+async fn park_main_defaults(nl: &Netlink, config: &Config) -> Result<(), NetlinkError> {
+    for message in nl.routes().await? {
+        if route_table(&message) == MAIN_TABLE && is_default(&message) && !is_own_route(&message) {
+            info!("parking the main table's default route in table {}", config.saved_default_table());
+            nl.add_raw_route(scrub(&message), config.saved_default_table()).await?;
+            nl.delete_route(message).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts parked default routes back into the main table after removing multiroute's.
+async fn restore_main_defaults(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError> {
+    let routes = nl.routes().await?;
+    let mut restored = 0;
+    for message in &routes {
+        if route_table(message) == MAIN_TABLE && is_default(message) && is_own_route(message) {
+            nl.delete_route(message.clone()).await?;
+        }
+    }
+    for message in routes {
+        if route_table(&message) == config.saved_default_table() && is_default(&message) {
+            info!("restoring the main table's original default route");
+            nl.add_raw_route(scrub(&message), MAIN_TABLE).await?;
+            nl.delete_route(message).await?;
+            restored += 1;
+        }
+    }
+    Ok(restored)
+}
+
+/// A dumped route reduced to what defines it, so it can be added again elsewhere.
+fn scrub(message: &RouteMessage) -> RouteMessage {
+    use netlink_packet_route::route::RouteAttribute as A;
+    let mut copy = message.clone();
+    copy.header.flags = Default::default();
+    copy.attributes.retain(|attr| {
+        matches!(
+            attr,
+            A::Destination(_) | A::Gateway(_) | A::Oif(_) | A::PrefSource(_) | A::Priority(_) | A::MultiPath(_) | A::Metrics(_)
+        )
+    });
+    if let Some(A::MultiPath(hops)) = copy.attributes.iter_mut().find(|a| matches!(a, A::MultiPath(_))) {
+        for hop in hops {
+            hop.flags = Default::default();
+        }
+    }
+    copy
+}

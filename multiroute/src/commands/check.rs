@@ -1,0 +1,83 @@
+//! `multiroute check`: validate the config and the host without changing anything.
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::{Context as _, anyhow};
+use multiroute::{
+    apply::{self, datapath, netlink::Netlink},
+    instance,
+    plan::Readiness,
+};
+
+use super::{CommandResult, Failure, read_config, runtime};
+
+/// TCX (multi-program TC attachment through bpf links) arrived in Linux 6.6.
+const MIN_KERNEL: (u32, u32) = (6, 6);
+
+pub fn run(config_path: &Path) -> CommandResult {
+    let config = read_config(config_path)?;
+    println!("ok: {} is valid ({} uplinks)", config_path.display(), config.uplinks.len());
+    let mut problems = Vec::new();
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push("not running as root: load needs CAP_NET_ADMIN and CAP_BPF".to_owned());
+    }
+    match kernel_version() {
+        Some(version) if version >= MIN_KERNEL => println!("ok: kernel {}.{} has TCX", version.0, version.1),
+        Some(version) => problems.push(format!(
+            "kernel {}.{} is older than {}.{}, which multiroute needs for TCX attachment",
+            version.0, version.1, MIN_KERNEL.0, MIN_KERNEL.1
+        )),
+        None => problems.push("cannot read the kernel version from /proc/sys/kernel/osrelease".into()),
+    }
+    let pin_path = &config.routing.pin_path;
+    let bpffs_at = pin_path.parent().unwrap_or(Path::new("/"));
+    if datapath::is_bpffs(bpffs_at) {
+        println!("ok: {} is on a bpffs", bpffs_at.display());
+    } else {
+        println!("note: {} is not a bpffs yet; load will mount one there", bpffs_at.display());
+    }
+    if let Some(pid) = instance::running(&config.control.socket) {
+        println!("note: multiroute is running for this config (PID {pid})");
+    }
+
+    let (plan, _) = runtime()?.block_on(async {
+        let nl = Netlink::connect().context("connecting to the kernel")?;
+        apply::plan(&nl, &config, &BTreeSet::new()).await.map_err(Failure::from)
+    })?;
+    for (name, index) in &plan.lan {
+        println!("ok: LAN interface {name} (ifindex {index})");
+    }
+    for uplink in &plan.uplinks {
+        match &uplink.readiness {
+            Readiness::Ready { address, gateway } => println!(
+                "ok: uplink {} on {}: address {address}, gateway {gateway}, table {}, mark {:#x}",
+                uplink.name, uplink.interface, uplink.table, uplink.mark
+            ),
+            Readiness::NoAddress => println!(
+                "warning: uplink {} on {} has no IPv4 address; it will carry no traffic until it gets one",
+                uplink.name, uplink.interface
+            ),
+            Readiness::NoGateway { .. } => println!(
+                "warning: uplink {} on {} has no gateway: set `gateway` or give {} a default route",
+                uplink.name, uplink.interface, uplink.interface
+            ),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+        Err(Failure::Runtime(anyhow!("{} problem(s) found on this host", problems.len())))
+    }
+}
+
+fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}

@@ -1,0 +1,66 @@
+//! One file per subcommand: each command's whole story in one place.
+pub mod check;
+pub mod load;
+pub mod status;
+pub mod unload;
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use multiroute::{
+    apply::ApplyError,
+    config::Config,
+};
+
+/// How a command failed, which decides the exit code (PRODUCT.md: 1 runtime, 2 usage
+/// or config).
+#[derive(Debug)]
+pub enum Failure {
+    Config(anyhow::Error),
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Config(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+
+    pub fn error(&self) -> &anyhow::Error {
+        match self {
+            Failure::Config(err) | Failure::Runtime(err) => err,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Failure::Runtime(err)
+    }
+}
+
+impl From<ApplyError> for Failure {
+    fn from(err: ApplyError) -> Self {
+        match err {
+            // A config that names interfaces the host lacks is the config's problem.
+            ApplyError::Plan(plan) => Failure::Config(plan.into()),
+            other => Failure::Runtime(other.into()),
+        }
+    }
+}
+
+pub type CommandResult = Result<(), Failure>;
+
+pub fn read_config(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|err| Failure::Config(err.into()))
+}
+
+/// multiroute talks to the kernel from one thread; netlink and signals are async.
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| Failure::Runtime(anyhow!("cannot start the async runtime: {err}")))
+}

@@ -1,0 +1,42 @@
+"""The lab's "internet" server: answers GET / with the client's address as the
+server sees it (after the router's NAT, that is the uplink it came through) and
+GET /stream?seconds=N with a steady stream of data for N seconds."""
+import http.server
+import sys
+import time
+import urllib.parse
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        url = urllib.parse.urlparse(self.path)
+        if url.path == "/stream":
+            seconds = float(urllib.parse.parse_qs(url.query).get("seconds", ["10"])[0])
+            self.send_response(200)
+            self.end_headers()
+            chunk = b"x" * 16384
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                self.wfile.write(chunk)
+                time.sleep(0.01)
+            return
+        body = (self.client_address[0] + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024
+    daemon_threads = True
+
+
+if __name__ == "__main__":
+    address, port = sys.argv[1], int(sys.argv[2])
+    Server((address, port), Handler).serve_forever()

@@ -1,0 +1,104 @@
+//! Drives the loaded classifier through `BPF_PROG_TEST_RUN`: packets built field by
+//! field with etherparse, the resulting `skb->mark` and return code read back.
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::PacketBuilder;
+use multiroute::apply::datapath::{Datapath, Maps};
+
+/// `sizeof(struct __sk_buff)`; `mark` sits at offset 8.
+const SKB_CTX_LEN: usize = 192;
+const MARK_OFFSET: usize = 8;
+
+/// What the classifier did to one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub return_code: i32,
+    pub mark: u32,
+}
+
+/// A classifier loaded (not attached) with its maps pinned on a private bpffs.
+pub struct LoadedDatapath {
+    pub datapath: Datapath,
+    pub maps: Maps,
+    dir: PathBuf,
+}
+
+impl LoadedDatapath {
+    pub fn load(name: &str) -> Result<Self> {
+        let dir = PathBuf::from("/run").join(format!("mrdp-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).context("creating the bpffs mount point")?;
+        crate::run("mount", &["-t", "bpf", "bpf", &dir.to_string_lossy()])?;
+        let pin_path = dir.join("multiroute");
+        let datapath = Datapath::load(&pin_path)?;
+        let maps = Maps::open(&pin_path)?;
+        Ok(Self { datapath, maps, dir })
+    }
+
+    /// Runs one packet through the classifier `repeat` times with `mark` preset.
+    pub fn run(&mut self, packet: &[u8], mark: u32, repeat: u32) -> Result<(Verdict, std::time::Duration)> {
+        let mut ctx_in = [0u8; SKB_CTX_LEN];
+        ctx_in[MARK_OFFSET..MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_CTX_LEN];
+        let mut data_out = vec![0u8; packet.len().max(64) + 256];
+        let classifier = self.datapath.classifier()?;
+        let result = classifier
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        let mark = u32::from_ne_bytes(ctx_out[MARK_OFFSET..MARK_OFFSET + 4].try_into()?);
+        Ok((
+            Verdict {
+                return_code: result.return_value as i32,
+                mark,
+            },
+            result.duration,
+        ))
+    }
+}
+
+impl Drop for LoadedDatapath {
+    fn drop(&mut self) {
+        let _ = multiroute::apply::datapath::remove(&self.dir.join("multiroute"));
+        let _ = crate::run("umount", &[&self.dir.to_string_lossy()]);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC).ipv4(src.octets(), dst.octets(), 64)
+}
+
+// Writing into a Vec cannot fail, hence the `expect`s below.
+
+/// An Ethernet/IPv4/TCP SYN.
+pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let builder = ipv4(src, dst).tcp(sport, dport, 1, 65535).syn();
+    let mut packet = Vec::with_capacity(builder.size(0));
+    builder.write(&mut packet, &[]).expect("write into Vec");
+    packet
+}
+
+pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let builder = ipv4(src, dst).udp(sport, dport);
+    let mut packet = Vec::with_capacity(builder.size(5));
+    builder.write(&mut packet, b"query").expect("write into Vec");
+    packet
+}
+
+pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+    let builder = ipv4(src, dst).icmpv4_echo_request(id, seq);
+    let mut packet = Vec::with_capacity(builder.size(4));
+    builder.write(&mut packet, b"ping").expect("write into Vec");
+    packet
+}
