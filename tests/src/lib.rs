@@ -369,9 +369,16 @@ impl Lab {
         Ok(snapshot)
     }
 
+    /// What is pinned on the lab's bpffs, besides the kernel's own preloaded
+    /// `maps.debug`/`progs.debug` iterators.
     pub fn pins(&self) -> Vec<String> {
         std::fs::read_dir(self.dir.join("bpf"))
-            .map(|entries| entries.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .filter(|name| !name.ends_with(".debug"))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
