@@ -11,16 +11,16 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::TcContext,
-    EbpfContext,
 };
 use multiroute_ebpf::{
-    ring_slot, Counter, Flow, FlowKey, Traffic, Uplink, COUNTER_COUNT, FLOW_TABLE_SIZE,
-    MAX_UPLINKS, NO_UPLINK, RING_SIZE,
+    COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS, NO_UPLINK, RING_SIZE,
+    Traffic, Uplink, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -167,7 +167,9 @@ fn header<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
 #[inline(always)]
 fn read_u16_be(ctx: &TcContext, offset: usize) -> Result<u16, Counter> {
     // SAFETY: `header` checked the two bytes lie inside the packet.
-    Ok(u16::from_be(unsafe { header::<u16>(ctx, offset)?.read_unaligned() }))
+    Ok(u16::from_be(unsafe {
+        header::<u16>(ctx, offset)?.read_unaligned()
+    }))
 }
 
 /// Parses Ethernet (one optional VLAN tag) and IPv4 into the flow key.

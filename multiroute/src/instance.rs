@@ -9,7 +9,9 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
-    #[error("multiroute is already running for this config (PID {pid}); stop it first or use `multiroute unload`")]
+    #[error(
+        "multiroute is already running for this config (PID {pid}); stop it first or use `multiroute unload`"
+    )]
     Running { pid: u32 },
     #[error("{path}: {what}: {source}")]
     Io {
@@ -32,7 +34,13 @@ pub fn lock_path(socket: &Path) -> PathBuf {
 }
 
 fn open(path: &Path) -> Result<File, InstanceError> {
-    let io_err = |what| move |source| InstanceError::Io { path: path.to_owned(), what, source };
+    let io_err = |what| {
+        move |source| InstanceError::Io {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("creating the runtime directory"))?;
     }
@@ -61,14 +69,20 @@ impl InstanceLock {
         let path = lock_path(socket);
         let mut file = open(&path)?;
         if !try_lock(&file) {
-            return Err(InstanceError::Running { pid: read_pid(&mut file) });
+            return Err(InstanceError::Running {
+                pid: read_pid(&mut file),
+            });
         }
         let write = |file: &mut File| -> io::Result<()> {
             file.set_len(0)?;
             file.rewind()?;
             writeln!(file, "{}", std::process::id())
         };
-        write(&mut file).map_err(|source| InstanceError::Io { path, what: "writing the PID", source })?;
+        write(&mut file).map_err(|source| InstanceError::Io {
+            path,
+            what: "writing the PID",
+            source,
+        })?;
         Ok(Self { _file: file })
     }
 }

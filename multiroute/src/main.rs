@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use multiroute::config::DEFAULT_PATH;
 
 #[derive(Parser)]
-#[command(name = "multiroute", version, about = "Per-session multi-WAN routing over NATed uplinks")]
+#[command(
+    name = "multiroute",
+    version,
+    about = "Per-session multi-WAN routing over NATed uplinks"
+)]
 struct Cli {
     /// Config file of the instance to act on.
     #[arg(short = 'c', long = "config", global = true, default_value = DEFAULT_PATH)]

@@ -20,12 +20,17 @@ impl Ipv4Net {
     }
 
     fn mask(self) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0)
     }
 
     /// The network this prefix belongs to (host bits cleared).
     pub fn network(self) -> Self {
-        Self::new(Ipv4Addr::from(u32::from(self.addr) & self.mask()), self.prefix_len)
+        Self::new(
+            Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            self.prefix_len,
+        )
     }
 
     pub fn contains(self, addr: Ipv4Addr) -> bool {
@@ -76,7 +81,10 @@ mod tests {
 
     #[test]
     fn parses_hosts_and_prefixes() {
-        assert_eq!("192.0.2.7".parse(), Ok(Ipv4Net::host(Ipv4Addr::new(192, 0, 2, 7))));
+        assert_eq!(
+            "192.0.2.7".parse(),
+            Ok(Ipv4Net::host(Ipv4Addr::new(192, 0, 2, 7)))
+        );
         let net: Ipv4Net = "198.51.100.0/24".parse().unwrap();
         assert!(net.contains(Ipv4Addr::new(198, 51, 100, 200)));
         assert!(!net.contains(Ipv4Addr::new(198, 51, 101, 1)));
@@ -85,7 +93,12 @@ mod tests {
 
     #[test]
     fn refuses_host_bits_and_bad_lengths() {
-        assert!("198.51.100.1/24".parse::<Ipv4Net>().unwrap_err().contains("198.51.100.0/24"));
+        assert!(
+            "198.51.100.1/24"
+                .parse::<Ipv4Net>()
+                .unwrap_err()
+                .contains("198.51.100.0/24")
+        );
         assert!("198.51.100.0/33".parse::<Ipv4Net>().is_err());
         assert!("198.51.100".parse::<Ipv4Net>().is_err());
     }

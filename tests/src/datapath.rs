@@ -33,11 +33,20 @@ impl LoadedDatapath {
         let pin_path = dir.join("multiroute");
         let datapath = Datapath::load(&pin_path)?;
         let maps = Maps::open(&pin_path)?;
-        Ok(Self { datapath, maps, dir })
+        Ok(Self {
+            datapath,
+            maps,
+            dir,
+        })
     }
 
     /// Runs one packet through the classifier `repeat` times with `mark` preset.
-    pub fn run(&mut self, packet: &[u8], mark: u32, repeat: u32) -> Result<(Verdict, std::time::Duration)> {
+    pub fn run(
+        &mut self,
+        packet: &[u8],
+        mark: u32,
+        repeat: u32,
+    ) -> Result<(Verdict, std::time::Duration)> {
         let mut ctx_in = [0u8; SKB_CTX_LEN];
         ctx_in[MARK_OFFSET..MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
         let mut ctx_out = [0u8; SKB_CTX_LEN];
@@ -92,7 +101,9 @@ pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
 pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     let builder = ipv4(src, dst).udp(sport, dport);
     let mut packet = Vec::with_capacity(builder.size(5));
-    builder.write(&mut packet, b"query").expect("write into Vec");
+    builder
+        .write(&mut packet, b"query")
+        .expect("write into Vec");
     packet
 }
 

@@ -39,7 +39,10 @@ pub fn require_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: needs root, and CI=true forbids skipping");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root, and CI=true forbids skipping"
+    );
     eprintln!("SKIPPED {test}: needs root (run `cargo xtask test` as root)");
     false
 }
@@ -118,7 +121,9 @@ impl Lab {
     /// Builds the topology with `options.weights.len()` ISPs and writes the config;
     /// the router is not started.
     pub fn new(options: &LabOptions) -> Result<Lab> {
-        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let prefix = format!(
             "mrt{}x{}",
             std::process::id() % 100_000,
@@ -142,7 +147,10 @@ impl Lab {
         std::fs::create_dir_all(self.dir.join("bpf")).context("creating the lab directory")?;
         // A bpffs in the host's mount namespace: `ip netns exec` remounts /sys, and a
         // mount made inside one `ip netns exec` dies with that process.
-        run("mount", &["-t", "bpf", "bpf", &self.dir.join("bpf").to_string_lossy()])?;
+        run(
+            "mount",
+            &["-t", "bpf", "bpf", &self.dir.join("bpf").to_string_lossy()],
+        )?;
         let (client, router, inet) = (self.client(), self.router(), self.inet());
         for ns in [&client, &router, &inet] {
             run("ip", &["netns", "add", ns])?;
@@ -153,8 +161,16 @@ impl Lab {
         self.veth(&client, "eth0", &router, "lan0")?;
         self.addr(&client, "eth0", "100.64.0.2/24")?;
         self.addr(&router, "lan0", "100.64.0.1/24")?;
-        self.ns(&client, "ip", &["route", "add", "default", "via", "100.64.0.1"])?;
-        self.ns(&inet, "ip", &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"])?;
+        self.ns(
+            &client,
+            "ip",
+            &["route", "add", "default", "via", "100.64.0.1"],
+        )?;
+        self.ns(
+            &inet,
+            "ip",
+            &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"],
+        )?;
         for n in 0..self.isps {
             let isp = self.isp(n);
             let wan = format!("wan{n}");
@@ -165,13 +181,45 @@ impl Lab {
             self.veth(&isp, "inet", &inet, &inet_if)?;
             self.addr(&isp, "inet", &format!("198.19.{n}.1/24"))?;
             self.addr(&inet, &inet_if, &format!("198.19.{n}.2/24"))?;
-            self.ns(&isp, "ip", &["route", "add", &format!("{SERVER}/32"), "via", &format!("198.19.{n}.2")])?;
-            self.ns(&inet, "ip", &["route", "add", &format!("198.18.{n}.0/24"), "via", &format!("198.19.{n}.1")])?;
+            self.ns(
+                &isp,
+                "ip",
+                &[
+                    "route",
+                    "add",
+                    &format!("{SERVER}/32"),
+                    "via",
+                    &format!("198.19.{n}.2"),
+                ],
+            )?;
+            self.ns(
+                &inet,
+                "ip",
+                &[
+                    "route",
+                    "add",
+                    &format!("198.18.{n}.0/24"),
+                    "via",
+                    &format!("198.19.{n}.1"),
+                ],
+            )?;
             self.ns(&isp, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         }
         // The router's own default before multiroute: via the first ISP, as a box with
         // one working uplink would have it.
-        self.ns(&router, "ip", &["route", "add", "default", "via", "198.18.0.1", "dev", "wan0"])?;
+        self.ns(
+            &router,
+            "ip",
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.18.0.1",
+                "dev",
+                "wan0",
+            ],
+        )?;
         self.ns(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         self.ns(
             &router,
@@ -179,7 +227,15 @@ impl Lab {
             &["add table ip lab; add chain ip lab post { type nat hook postrouting priority 100; }; add rule ip lab post oifname \"wan*\" masquerade"],
         )?;
         self.write_config(options)?;
-        let server = self.spawn_ns(&inet, "python3", &[&lab_script("server.py"), &SERVER.to_string(), &SERVER_PORT.to_string()])?;
+        let server = self.spawn_ns(
+            &inet,
+            "python3",
+            &[
+                &lab_script("server.py"),
+                &SERVER.to_string(),
+                &SERVER_PORT.to_string(),
+            ],
+        )?;
         self.children.push(server);
         self.wait_for_server()
     }
@@ -203,9 +259,13 @@ impl Lab {
     fn wait_for_server(&self) -> Result<()> {
         let url = self.url("/");
         wait_until(Duration::from_secs(10), || {
-            self.ns(&self.isp(0), "python3", &[&lab_script("client.py"), "count", &url, "1", "2"])
-                .map(|out| stdout(&out).contains("\"failures\": 0"))
-                .unwrap_or(false)
+            self.ns(
+                &self.isp(0),
+                "python3",
+                &[&lab_script("client.py"), "count", &url, "1", "2"],
+            )
+            .map(|out| stdout(&out).contains("\"failures\": 0"))
+            .unwrap_or(false)
         })
         .context("the lab's HTTP server did not come up")
     }
@@ -215,7 +275,12 @@ impl Lab {
     }
 
     fn veth(&self, ns_a: &str, a: &str, ns_b: &str, b: &str) -> Result<()> {
-        run("ip", &["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b])?;
+        run(
+            "ip",
+            &[
+                "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b,
+            ],
+        )?;
         self.ns(ns_a, "ip", &["link", "set", a, "up"])?;
         self.ns(ns_b, "ip", &["link", "set", b, "up"])?;
         self.ns(ns_a, "ip", &["link", "set", "lo", "up"])?;
@@ -224,7 +289,8 @@ impl Lab {
     }
 
     fn addr(&self, ns: &str, dev: &str, cidr: &str) -> Result<()> {
-        self.ns(ns, "ip", &["addr", "add", cidr, "dev", dev]).map(drop)
+        self.ns(ns, "ip", &["addr", "add", cidr, "dev", dev])
+            .map(drop)
     }
 
     /// Runs a command inside namespace `ns` to completion.
@@ -254,12 +320,14 @@ impl Lab {
             .arg(&self.config)
             .args(args)
             .stdin(Stdio::null());
-        cmd.output().unwrap_or_else(|err| panic!("cannot run multiroute: {err}"))
+        cmd.output()
+            .unwrap_or_else(|err| panic!("cannot run multiroute: {err}"))
     }
 
     /// Starts `multiroute load` in the router and waits until the datapath is attached.
     pub fn start_router(&mut self) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join("router.log")).context("creating the router log")?;
+        let log = std::fs::File::create(self.dir.join("router.log"))
+            .context("creating the router log")?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.router()])
             .arg(multiroute_bin())
@@ -274,10 +342,16 @@ impl Lab {
         self.router = Some(child);
         let start = Instant::now();
         while !self.pin_path().join("link-lan0").exists() {
-            let exited = self.router.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = self
+                .router
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
                 self.router = None;
-                bail!("multiroute load did not come up ({exited:?}):\n{}", self.router_log());
+                bail!(
+                    "multiroute load did not come up ({exited:?}):\n{}",
+                    self.router_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -313,11 +387,20 @@ impl Lab {
         let out = self.ns(
             &self.client(),
             "python3",
-            &[&lab_script("client.py"), "count", &self.url("/"), &count.to_string(), "240"],
+            &[
+                &lab_script("client.py"),
+                "count",
+                &self.url("/"),
+                &count.to_string(),
+                "240",
+            ],
         )?;
-        let report: serde_json::Value = serde_json::from_str(stdout(&out).trim()).context("parsing the client's report")?;
+        let report: serde_json::Value =
+            serde_json::from_str(stdout(&out).trim()).context("parsing the client's report")?;
         let mut hits = vec![0; self.isps];
-        let seen = report["seen"].as_object().context("client report without `seen`")?;
+        let seen = report["seen"]
+            .as_object()
+            .context("client report without `seen`")?;
         for (address, n) in seen {
             let n = n.as_u64().unwrap_or(0) as usize;
             match (0..self.isps).find(|&i| Self::uplink_address(i).to_string() == *address) {
@@ -325,13 +408,23 @@ impl Lab {
                 None => bail!("the server saw an unexpected source {address}"),
             }
         }
-        Ok((hits, report["failures"].as_u64().unwrap_or(u64::MAX) as usize))
+        Ok((
+            hits,
+            report["failures"].as_u64().unwrap_or(u64::MAX) as usize,
+        ))
     }
 
     /// Starts a long download from the client in the background.
     pub fn start_stream(&self, seconds: u32) -> Result<Child> {
         Command::new("ip")
-            .args(["netns", "exec", &self.client(), "python3", &lab_script("client.py"), "stream"])
+            .args([
+                "netns",
+                "exec",
+                &self.client(),
+                "python3",
+                &lab_script("client.py"),
+                "stream",
+            ])
             .arg(self.url(&format!("/stream?seconds={seconds}")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -344,7 +437,11 @@ impl Lab {
     pub fn uplink_rx_bytes(&self) -> Result<Vec<u64>> {
         (0..self.isps)
             .map(|n| {
-                let out = self.ns(&self.router(), "cat", &[&format!("/sys/class/net/wan{n}/statistics/rx_bytes")])?;
+                let out = self.ns(
+                    &self.router(),
+                    "cat",
+                    &[&format!("/sys/class/net/wan{n}/statistics/rx_bytes")],
+                )?;
                 stdout(&out).trim().parse().context("parsing rx_bytes")
             })
             .collect()
@@ -362,10 +459,13 @@ impl Lab {
             snapshot += &stdout(&self.ns(&router, "ip", args)?);
             snapshot.push('\n');
         }
-        for dev in ["lan0"] {
-            snapshot += &stdout(&self.ns(&router, "tc", &["-j", "qdisc", "show", "dev", dev])?);
-            snapshot += &stdout(&self.ns(&router, "tc", &["-j", "filter", "show", "dev", dev, "ingress"])?);
-        }
+        // The classifier must leave no qdisc or legacy filter behind on the LAN side.
+        snapshot += &stdout(&self.ns(&router, "tc", &["-j", "qdisc", "show", "dev", "lan0"])?);
+        snapshot += &stdout(&self.ns(
+            &router,
+            "tc",
+            &["-j", "filter", "show", "dev", "lan0", "ingress"],
+        )?);
         Ok(snapshot)
     }
 
@@ -414,7 +514,11 @@ impl Drop for Lab {
 }
 
 pub fn lab_script(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab").join(name).to_string_lossy().into_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("lab")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Polls `check` every 50 ms until it holds or `limit` passes.

@@ -17,19 +17,43 @@ fn assert_split(weights: &[u32], count: usize) {
     let mut lab = lab(weights);
     lab.start_router().expect("starting multiroute");
     let (hits, failures) = lab.connections(count).expect("running the client");
-    assert_eq!(failures, 0, "every connection must succeed; router log:\n{}", lab.router_log());
+    assert_eq!(
+        failures,
+        0,
+        "every connection must succeed; router log:\n{}",
+        lab.router_log()
+    );
     let total: u32 = weights.iter().sum();
     for (i, weight) in weights.iter().enumerate() {
         let want = 100.0 * f64::from(*weight) / f64::from(total);
         let got = percent(hits[i], count);
-        println!("uplink isp{i} (weight {weight}): {} connections = {got:.2}% (want {want:.2}%)", hits[i]);
-        assert!((got - want).abs() <= 3.0, "isp{i}: {got:.2}% vs {want:.2}% ({hits:?})");
+        println!(
+            "uplink isp{i} (weight {weight}): {} connections = {got:.2}% (want {want:.2}%)",
+            hits[i]
+        );
+        assert!(
+            (got - want).abs() <= 3.0,
+            "isp{i}: {got:.2}% vs {want:.2}% ({hits:?})"
+        );
     }
     let status = lab.multiroute(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
-    let flows: u64 = status["uplinks"].as_array().unwrap().iter().map(|u| u["flows"].as_u64().unwrap()).sum();
-    assert!(flows as usize >= count, "the flow table tracks every connection ({flows} < {count})");
-    assert_eq!(lab.stop_router(libc::SIGTERM).unwrap().code(), Some(0), "{}", lab.router_log());
+    let flows: u64 = status["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["flows"].as_u64().unwrap())
+        .sum();
+    assert!(
+        flows as usize >= count,
+        "the flow table tracks every connection ({flows} < {count})"
+    );
+    assert_eq!(
+        lab.stop_router(libc::SIGTERM).unwrap().code(),
+        Some(0),
+        "{}",
+        lab.router_log()
+    );
 }
 
 #[test]
@@ -58,9 +82,16 @@ fn long_transfer_keeps_its_uplink() {
     // New flows keep arriving on both uplinks while the transfer runs.
     let (hits, failures) = lab.connections(1000).unwrap();
     assert_eq!(failures, 0);
-    assert!(hits.iter().all(|h| *h > 300), "both uplinks take new flows meanwhile: {hits:?}");
+    assert!(
+        hits.iter().all(|h| *h > 300),
+        "both uplinks take new flows meanwhile: {hits:?}"
+    );
     let output = stream.wait_with_output().unwrap();
-    assert!(output.status.success(), "the download failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "the download failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let bytes = report["bytes"].as_u64().unwrap();
     let seconds = report["seconds"].as_f64().unwrap();
@@ -69,9 +100,20 @@ fn long_transfer_keeps_its_uplink() {
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     println!("download: {bytes} bytes in {seconds:.1} s; received per uplink: {delta:?}");
     let carried = delta.iter().filter(|d| **d >= bytes).count();
-    assert_eq!(carried, 1, "exactly one uplink carried the whole transfer: {delta:?} for {bytes} bytes");
-    let busiest_other = delta.iter().copied().filter(|d| *d < bytes).max().unwrap_or(0);
-    assert!(busiest_other < bytes / 4, "the other uplink saw only the short connections: {delta:?}");
+    assert_eq!(
+        carried, 1,
+        "exactly one uplink carried the whole transfer: {delta:?} for {bytes} bytes"
+    );
+    let busiest_other = delta
+        .iter()
+        .copied()
+        .filter(|d| *d < bytes)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest_other < bytes / 4,
+        "the other uplink saw only the short connections: {delta:?}"
+    );
 }
 
 #[test]
@@ -81,7 +123,11 @@ fn unload_restores_the_host_exactly() {
     }
     let mut lab = lab(&[1, 1]);
     let pristine = lab.router_snapshot().unwrap();
-    assert_eq!(loaded_classifiers(), 0, "no classifier loaded before the test");
+    assert_eq!(
+        loaded_classifiers(),
+        0,
+        "no classifier loaded before the test"
+    );
 
     // SIGTERM: the daemon removes everything itself.
     lab.start_router().unwrap();
@@ -90,12 +136,27 @@ fn unload_restores_the_host_exactly() {
     let rules = stdout(&lab.ns(&lab.router(), "ip", &["rule"]).unwrap());
     assert!(rules.contains("fwmark 0x100/0xff00 lookup 101"), "{rules}");
     assert!(rules.contains("suppress_prefixlength 0"), "{rules}");
-    let main = stdout(&lab.ns(&lab.router(), "ip", &["route", "show", "default"]).unwrap());
-    assert!(main.contains("nexthop via 198.18.0.1") && main.contains("nexthop via 198.18.1.1"), "{main}");
+    let main = stdout(
+        &lab.ns(&lab.router(), "ip", &["route", "show", "default"])
+            .unwrap(),
+    );
+    assert!(
+        main.contains("nexthop via 198.18.0.1") && main.contains("nexthop via 198.18.1.1"),
+        "{main}"
+    );
     assert_eq!(loaded_classifiers(), 1);
     lab.connections(200).unwrap();
-    assert_eq!(lab.stop_router(libc::SIGTERM).unwrap().code(), Some(0), "{}", lab.router_log());
-    assert_eq!(lab.router_snapshot().unwrap(), pristine, "SIGTERM must restore the host");
+    assert_eq!(
+        lab.stop_router(libc::SIGTERM).unwrap().code(),
+        Some(0),
+        "{}",
+        lab.router_log()
+    );
+    assert_eq!(
+        lab.router_snapshot().unwrap(),
+        pristine,
+        "SIGTERM must restore the host"
+    );
     assert_eq!(loaded_classifiers(), 0, "the classifier is gone");
     assert!(lab.pins().is_empty(), "no pins left: {:?}", lab.pins());
 
@@ -104,16 +165,31 @@ fn unload_restores_the_host_exactly() {
     lab.stop_router(libc::SIGKILL).unwrap();
     let (hits, failures) = lab.connections(400).unwrap();
     assert_eq!(failures, 0);
-    assert!(hits.iter().all(|h| *h > 100), "the pinned datapath still steers: {hits:?}");
+    assert!(
+        hits.iter().all(|h| *h > 100),
+        "the pinned datapath still steers: {hits:?}"
+    );
     let unload = lab.multiroute(&["unload"]);
-    assert!(unload.status.success(), "{}", String::from_utf8_lossy(&unload.stderr));
-    assert_eq!(lab.router_snapshot().unwrap(), pristine, "unload after SIGKILL must restore the host");
+    assert!(
+        unload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unload.stderr)
+    );
+    assert_eq!(
+        lab.router_snapshot().unwrap(),
+        pristine,
+        "unload after SIGKILL must restore the host"
+    );
     assert_eq!(loaded_classifiers(), 0);
     assert!(lab.pins().is_empty(), "no pins left: {:?}", lab.pins());
 
     let again = lab.multiroute(&["unload"]);
     assert_eq!(again.status.code(), Some(0), "unload is idempotent");
-    assert!(stdout(&again).contains("nothing to remove"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("nothing to remove"),
+        "{}",
+        stdout(&again)
+    );
 }
 
 #[test]
@@ -129,26 +205,50 @@ fn bad_input_changes_nothing() {
     let out = lab.multiroute(&["load"]);
     assert_eq!(out.status.code(), Some(2), "config error exits 2");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("multiroute.toml") && err.contains("intervall_ms") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("multiroute.toml") && err.contains("intervall_ms") && err.lines().count() == 1,
+        "{err}"
+    );
 
     std::fs::write(&lab.config, good.replace("wan1", "wan9")).unwrap();
     let out = lab.multiroute(&["load"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("\"wan9\" of uplink \"isp1\" does not exist"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"wan9\" of uplink \"isp1\" does not exist")
+    );
     assert_eq!(lab.router_snapshot().unwrap(), pristine, "nothing changed");
     assert!(lab.pins().is_empty());
 
     std::fs::write(&lab.config, &good).unwrap();
     let check = lab.multiroute(&["check"]);
-    assert!(check.status.success(), "{}{}", stdout(&check), String::from_utf8_lossy(&check.stderr));
-    assert!(stdout(&check).contains("ok: uplink isp1 on wan1: address 198.18.1.2/24, gateway 198.18.1.1"));
-    assert_eq!(lab.router_snapshot().unwrap(), pristine, "check changes nothing");
+    assert!(
+        check.status.success(),
+        "{}{}",
+        stdout(&check),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout(&check)
+            .contains("ok: uplink isp1 on wan1: address 198.18.1.2/24, gateway 198.18.1.1")
+    );
+    assert_eq!(
+        lab.router_snapshot().unwrap(),
+        pristine,
+        "check changes nothing"
+    );
 
     lab.start_router().unwrap();
     let second = lab.multiroute(&["load"]);
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("already running") && err.contains("PID"), "{err}");
+    assert!(
+        err.contains("already running") && err.contains("PID"),
+        "{err}"
+    );
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(lab.stop_router(libc::SIGTERM).unwrap().code(), Some(0), "the first one is unharmed");
+    assert_eq!(
+        lab.stop_router(libc::SIGTERM).unwrap().code(),
+        Some(0),
+        "the first one is unharmed"
+    );
 }

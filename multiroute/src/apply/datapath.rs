@@ -99,14 +99,23 @@ pub fn prepare_pin_path(pin_path: &Path) -> Result<(), DatapathError> {
     std::fs::create_dir_all(parent).map_err(io_error(parent, "creating the bpffs mount point"))?;
     if !is_bpffs(parent) {
         info!(path = %parent.display(), "mounting a bpffs");
-        let target = CString::new(parent.as_os_str().as_bytes())
-            .map_err(|_| io_error(parent, "path with a NUL byte")(io::ErrorKind::InvalidInput.into()))?;
+        let target = CString::new(parent.as_os_str().as_bytes()).map_err(|_| {
+            io_error(parent, "path with a NUL byte")(io::ErrorKind::InvalidInput.into())
+        })?;
         // SAFETY: all pointers are NUL-terminated strings that outlive the call.
         let rc = unsafe {
-            libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
-            return Err(io_error(parent, "mounting a bpffs")(io::Error::last_os_error()));
+            return Err(io_error(parent, "mounting a bpffs")(
+                io::Error::last_os_error(),
+            ));
         }
     }
     std::fs::create_dir_all(pin_path).map_err(io_error(pin_path, "creating the pin directory"))
@@ -199,7 +208,10 @@ impl Datapath {
         Ok(())
     }
 
-    fn replace_program(&mut self, link_pin: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    fn replace_program(
+        &mut self,
+        link_pin: &Path,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let link = FdLink::from(PinnedLink::from_pin(link_pin)?);
         let link = SchedClassifierLink::try_from(link)?;
         self.classifier()?.attach_to_link(link)?;
@@ -251,7 +263,10 @@ fn pin_entries(pin_path: &Path) -> Result<Vec<PathBuf>, DatapathError> {
 pub fn remove(pin_path: &Path) -> Result<usize, DatapathError> {
     let links = link_pins(pin_path)?;
     let mut removed = 0;
-    for path in links.iter().chain(pin_entries(pin_path)?.iter().filter(|p| !links.contains(p))) {
+    for path in links
+        .iter()
+        .chain(pin_entries(pin_path)?.iter().filter(|p| !links.contains(p)))
+    {
         match std::fs::remove_file(path) {
             Ok(()) => removed += 1,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -269,7 +284,12 @@ pub fn remove(pin_path: &Path) -> Result<usize, DatapathError> {
 pub fn attached_interfaces(pin_path: &Path) -> Result<Vec<String>, DatapathError> {
     Ok(link_pins(pin_path)?
         .iter()
-        .filter_map(|path| path.file_name()?.to_str()?.strip_prefix(LINK_PREFIX).map(str::to_owned))
+        .filter_map(|path| {
+            path.file_name()?
+                .to_str()?
+                .strip_prefix(LINK_PREFIX)
+                .map(str::to_owned)
+        })
         .collect())
 }
 
@@ -308,7 +328,11 @@ impl Maps {
     /// cleared so a removed uplink's flows are re-steered.
     pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
         for index in 0..MAX_UPLINKS {
-            let uplink = plan.datapath_uplinks.get(index as usize).copied().unwrap_or_default();
+            let uplink = plan
+                .datapath_uplinks
+                .get(index as usize)
+                .copied()
+                .unwrap_or_default();
             self.uplinks
                 .set(index, &uplink, 0)
                 .map_err(map_error(map_names::UPLINKS))?;

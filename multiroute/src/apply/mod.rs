@@ -25,7 +25,11 @@ pub enum ApplyError {
 }
 
 /// Reads the host and plans against it.
-pub async fn plan(nl: &Netlink, config: &Config, dead: &BTreeSet<String>) -> Result<(Plan, Observed), ApplyError> {
+pub async fn plan(
+    nl: &Netlink,
+    config: &Config,
+    dead: &BTreeSet<String>,
+) -> Result<(Plan, Observed), ApplyError> {
     let observed = nl.observe(config.saved_default_table()).await?;
     let plan = Plan::build(config, &observed, dead)?;
     Ok((plan, observed))
@@ -33,7 +37,12 @@ pub async fn plan(nl: &Netlink, config: &Config, dead: &BTreeSet<String>) -> Res
 
 /// Routing first, datapath second: marks are only set once the rules that give them
 /// meaning exist.
-pub async fn apply(nl: &Netlink, config: &Config, plan: &Plan, observed: &Observed) -> Result<Datapath, ApplyError> {
+pub async fn apply(
+    nl: &Netlink,
+    config: &Config,
+    plan: &Plan,
+    observed: &Observed,
+) -> Result<Datapath, ApplyError> {
     routing::apply(nl, config, plan, observed).await?;
     let mut datapath = Datapath::load(&config.routing.pin_path)?;
     Maps::open(&config.routing.pin_path)?.write_plan(plan)?;

@@ -89,7 +89,11 @@ impl Netlink {
             }
         }
         let mut addresses = self.handle.address().get().execute();
-        while let Some(msg) = addresses.try_next().await.map_err(request("listing addresses"))? {
+        while let Some(msg) = addresses
+            .try_next()
+            .await
+            .map_err(request("listing addresses"))?
+        {
             let local = msg.attributes.iter().find_map(|attr| match attr {
                 AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
                 _ => None,
@@ -100,8 +104,12 @@ impl Netlink {
                     _ => None,
                 })
             });
-            if let (Some(addr), Some(iface)) = (address, interface_mut(&mut observed, msg.header.index)) {
-                iface.addresses.push(Ipv4Net::new(addr, msg.header.prefix_len));
+            if let (Some(addr), Some(iface)) =
+                (address, interface_mut(&mut observed, msg.header.index))
+            {
+                iface
+                    .addresses
+                    .push(Ipv4Net::new(addr, msg.header.prefix_len));
             }
         }
         for route in self.routes().await? {
@@ -110,12 +118,17 @@ impl Netlink {
                 continue;
             };
             let own_default = route.header.protocol == RouteProtocol::Other(PROTOCOL);
-            if parsed.dst != Ipv4Net::DEFAULT || own_default || (table != MAIN_TABLE && table != saved_table) {
+            if parsed.dst != Ipv4Net::DEFAULT
+                || own_default
+                || (table != MAIN_TABLE && table != saved_table)
+            {
                 continue;
             }
             let hops = match parsed.next {
                 RouteNext::Gateway { gateway, dev } => vec![(gateway, dev)],
-                RouteNext::Multipath(hops) => hops.into_iter().map(|h| (h.gateway, h.dev)).collect(),
+                RouteNext::Multipath(hops) => {
+                    hops.into_iter().map(|h| (h.gateway, h.dev)).collect()
+                }
                 RouteNext::Dev { .. } => Vec::new(),
             };
             for (gateway, dev) in hops {
@@ -150,7 +163,11 @@ impl Netlink {
     }
 
     /// Adds `route`, replacing a route with the same destination and metric.
-    pub async fn replace_route(&self, route: &Route, observed: &Observed) -> Result<(), NetlinkError> {
+    pub async fn replace_route(
+        &self,
+        route: &Route,
+        observed: &Observed,
+    ) -> Result<(), NetlinkError> {
         let message = route_message(route, observed)?;
         self.handle
             .route()
@@ -163,7 +180,11 @@ impl Netlink {
 
     /// Adds a route exactly as another program left it (used to save and restore the
     /// main table's default); an identical route already there is fine.
-    pub async fn add_raw_route(&self, mut message: RouteMessage, table: u32) -> Result<(), NetlinkError> {
+    pub async fn add_raw_route(
+        &self,
+        mut message: RouteMessage,
+        table: u32,
+    ) -> Result<(), NetlinkError> {
         set_table(&mut message, table);
         match self.handle.route().add(message).execute().await {
             Err(err) if errno(&err) == Some(EEXIST) => Ok(()),
@@ -234,10 +255,12 @@ pub fn is_own_route(message: &RouteMessage) -> bool {
 }
 
 pub fn is_own_rule(message: &RuleMessage) -> bool {
-    message
-        .attributes
-        .iter()
-        .any(|attr| matches!(attr, RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL))))
+    message.attributes.iter().any(|attr| {
+        matches!(
+            attr,
+            RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL))
+        )
+    })
 }
 
 pub fn rule_priority(message: &RuleMessage) -> u32 {
@@ -253,7 +276,9 @@ pub fn rule_priority(message: &RuleMessage) -> u32 {
 
 fn set_table(message: &mut RouteMessage, table: u32) {
     message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
-    message.attributes.retain(|attr| !matches!(attr, RouteAttribute::Table(_)));
+    message
+        .attributes
+        .retain(|attr| !matches!(attr, RouteAttribute::Table(_)));
     message.attributes.push(RouteAttribute::Table(table));
 }
 
@@ -269,7 +294,9 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
     message.header.protocol = RouteProtocol::Other(PROTOCOL);
     message.header.kind = RouteType::Unicast;
     if route.dst != Ipv4Net::DEFAULT {
-        message.attributes.push(RouteAttribute::Destination(v4(route.dst.addr)));
+        message
+            .attributes
+            .push(RouteAttribute::Destination(v4(route.dst.addr)));
     }
     match &route.next {
         RouteNext::Dev { dev, src } => {
@@ -278,12 +305,16 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
                 .attributes
                 .push(RouteAttribute::Oif(interface_index(observed, dev, route)?));
             if let Some(src) = src {
-                message.attributes.push(RouteAttribute::PrefSource(v4(*src)));
+                message
+                    .attributes
+                    .push(RouteAttribute::PrefSource(v4(*src)));
             }
         }
         RouteNext::Gateway { gateway, dev } => {
             message.header.scope = RouteScope::Universe;
-            message.attributes.push(RouteAttribute::Gateway(v4(*gateway)));
+            message
+                .attributes
+                .push(RouteAttribute::Gateway(v4(*gateway)));
             message
                 .attributes
                 .push(RouteAttribute::Oif(interface_index(observed, dev, route)?));
@@ -311,7 +342,9 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
 /// Reads a kernel route back into domain terms; `None` for shapes multiroute never
 /// makes (blackhole, local, broadcast, routes through unknown interfaces).
 pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route> {
-    if message.header.address_family != AddressFamily::Inet || message.header.kind != RouteType::Unicast {
+    if message.header.address_family != AddressFamily::Inet
+        || message.header.kind != RouteType::Unicast
+    {
         return None;
     }
     let mut dst = Ipv4Addr::UNSPECIFIED;
@@ -405,7 +438,9 @@ pub fn parse_rule(message: &RuleMessage) -> Rule {
             RuleAttribute::FwMark(value) => mark = Some(*value),
             RuleAttribute::FwMask(value) => mask = *value,
             // The kernel reports "no suppression" as u32::MAX.
-            RuleAttribute::SuppressPrefixLen(len) => rule.suppress_prefixlength = u8::try_from(*len).ok(),
+            RuleAttribute::SuppressPrefixLen(len) => {
+                rule.suppress_prefixlength = u8::try_from(*len).ok()
+            }
             _ => {}
         }
     }

@@ -28,7 +28,12 @@ fn own_priorities(config: &Config) -> std::ops::Range<u32> {
     base..base + RULE_PRIORITY_SPAN
 }
 
-pub async fn apply(nl: &Netlink, config: &Config, plan: &Plan, observed: &Observed) -> Result<(), NetlinkError> {
+pub async fn apply(
+    nl: &Netlink,
+    config: &Config,
+    plan: &Plan,
+    observed: &Observed,
+) -> Result<(), NetlinkError> {
     sync_tables(nl, config, plan, observed).await?;
     sync_rules(nl, config, plan).await?;
     match &plan.main_default {
@@ -63,12 +68,20 @@ pub async fn remove(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError
     Ok(removed)
 }
 
-async fn sync_tables(nl: &Netlink, config: &Config, plan: &Plan, observed: &Observed) -> Result<(), NetlinkError> {
+async fn sync_tables(
+    nl: &Netlink,
+    config: &Config,
+    plan: &Plan,
+    observed: &Observed,
+) -> Result<(), NetlinkError> {
     let wanted: BTreeSet<_> = plan.routes.iter().collect();
     let mut present = BTreeSet::new();
     for message in nl.routes().await? {
         let table = route_table(&message);
-        if !is_own_route(&message) || table == config.saved_default_table() || !own_tables(config).contains(&table) {
+        if !is_own_route(&message)
+            || table == config.saved_default_table()
+            || !own_tables(config).contains(&table)
+        {
             continue;
         }
         match parse_route(&message, observed) {
@@ -123,8 +136,12 @@ fn is_default(message: &RouteMessage) -> bool {
 async fn park_main_defaults(nl: &Netlink, config: &Config) -> Result<(), NetlinkError> {
     for message in nl.routes().await? {
         if route_table(&message) == MAIN_TABLE && is_default(&message) && !is_own_route(&message) {
-            info!("parking the main table's default route in table {}", config.saved_default_table());
-            nl.add_raw_route(scrub(&message), config.saved_default_table()).await?;
+            info!(
+                "parking the main table's default route in table {}",
+                config.saved_default_table()
+            );
+            nl.add_raw_route(scrub(&message), config.saved_default_table())
+                .await?;
             nl.delete_route(message).await?;
         }
     }
@@ -159,10 +176,20 @@ fn scrub(message: &RouteMessage) -> RouteMessage {
     copy.attributes.retain(|attr| {
         matches!(
             attr,
-            A::Destination(_) | A::Gateway(_) | A::Oif(_) | A::PrefSource(_) | A::Priority(_) | A::MultiPath(_) | A::Metrics(_)
+            A::Destination(_)
+                | A::Gateway(_)
+                | A::Oif(_)
+                | A::PrefSource(_)
+                | A::Priority(_)
+                | A::MultiPath(_)
+                | A::Metrics(_)
         )
     });
-    if let Some(A::MultiPath(hops)) = copy.attributes.iter_mut().find(|a| matches!(a, A::MultiPath(_))) {
+    if let Some(A::MultiPath(hops)) = copy
+        .attributes
+        .iter_mut()
+        .find(|a| matches!(a, A::MultiPath(_)))
+    {
         for hop in hops {
             hop.flags = Default::default();
         }

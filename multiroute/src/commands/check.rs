@@ -15,7 +15,11 @@ const MIN_KERNEL: (u32, u32) = (6, 6);
 
 pub fn run(config_path: &Path) -> CommandResult {
     let config = read_config(config_path)?;
-    println!("ok: {} is valid ({} uplinks)", config_path.display(), config.uplinks.len());
+    println!(
+        "ok: {} is valid ({} uplinks)",
+        config_path.display(),
+        config.uplinks.len()
+    );
     let mut problems = Vec::new();
 
     // SAFETY: geteuid has no preconditions.
@@ -23,19 +27,26 @@ pub fn run(config_path: &Path) -> CommandResult {
         problems.push("not running as root: load needs CAP_NET_ADMIN and CAP_BPF".to_owned());
     }
     match kernel_version() {
-        Some(version) if version >= MIN_KERNEL => println!("ok: kernel {}.{} has TCX", version.0, version.1),
+        Some(version) if version >= MIN_KERNEL => {
+            println!("ok: kernel {}.{} has TCX", version.0, version.1)
+        }
         Some(version) => problems.push(format!(
             "kernel {}.{} is older than {}.{}, which multiroute needs for TCX attachment",
             version.0, version.1, MIN_KERNEL.0, MIN_KERNEL.1
         )),
-        None => problems.push("cannot read the kernel version from /proc/sys/kernel/osrelease".into()),
+        None => {
+            problems.push("cannot read the kernel version from /proc/sys/kernel/osrelease".into())
+        }
     }
     let pin_path = &config.routing.pin_path;
     let bpffs_at = pin_path.parent().unwrap_or(Path::new("/"));
     if datapath::is_bpffs(bpffs_at) {
         println!("ok: {} is on a bpffs", bpffs_at.display());
     } else {
-        println!("note: {} is not a bpffs yet; load will mount one there", bpffs_at.display());
+        println!(
+            "note: {} is not a bpffs yet; load will mount one there",
+            bpffs_at.display()
+        );
     }
     if let Some(pid) = instance::running(&config.control.socket) {
         println!("note: multiroute is running for this config (PID {pid})");
@@ -43,7 +54,9 @@ pub fn run(config_path: &Path) -> CommandResult {
 
     let (plan, _) = runtime()?.block_on(async {
         let nl = Netlink::connect().context("connecting to the kernel")?;
-        apply::plan(&nl, &config, &BTreeSet::new()).await.map_err(Failure::from)
+        apply::plan(&nl, &config, &BTreeSet::new())
+            .await
+            .map_err(Failure::from)
     })?;
     for (name, index) in &plan.lan {
         println!("ok: LAN interface {name} (ifindex {index})");
@@ -70,7 +83,10 @@ pub fn run(config_path: &Path) -> CommandResult {
         for problem in &problems {
             println!("problem: {problem}");
         }
-        Err(Failure::Runtime(anyhow!("{} problem(s) found on this host", problems.len())))
+        Err(Failure::Runtime(anyhow!(
+            "{} problem(s) found on this host",
+            problems.len()
+        )))
     }
 }
 

@@ -17,7 +17,8 @@ use super::{CommandResult, Failure, read_config, runtime};
 
 pub fn run(config_path: &Path) -> CommandResult {
     let config = read_config(config_path)?;
-    let _lock = InstanceLock::acquire(&config.control.socket).map_err(|err| Failure::Runtime(err.into()))?;
+    let _lock = InstanceLock::acquire(&config.control.socket)
+        .map_err(|err| Failure::Runtime(err.into()))?;
     runtime()?.block_on(serve(config_path, config))
 }
 
@@ -38,7 +39,8 @@ async fn serve(config_path: &Path, mut config: Config) -> CommandResult {
     report(&plan);
     info!(config = %config_path.display(), "multiroute is running; SIGHUP reloads, SIGTERM stops");
 
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     loop {
@@ -56,12 +58,18 @@ async fn serve(config_path: &Path, mut config: Config) -> CommandResult {
     }
     info!("stopping: removing everything multiroute set up");
     drop(datapath);
-    let removed = apply::teardown(&nl, &config).await.context("removing multiroute's set-up")?;
+    let removed = apply::teardown(&nl, &config)
+        .await
+        .context("removing multiroute's set-up")?;
     info!(pins = removed.pins, routing = removed.routing, "removed");
     Ok(())
 }
 
-async fn reload(nl: &Netlink, config_path: &Path, dead: &BTreeSet<String>) -> anyhow::Result<(Config, Datapath)> {
+async fn reload(
+    nl: &Netlink,
+    config_path: &Path,
+    dead: &BTreeSet<String>,
+) -> anyhow::Result<(Config, Datapath)> {
     let config = Config::load(config_path)?;
     let (plan, observed) = apply::plan(nl, &config, dead).await?;
     let datapath = apply::apply(nl, &config, &plan, &observed).await?;

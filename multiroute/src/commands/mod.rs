@@ -7,10 +7,7 @@ pub mod unload;
 use std::path::Path;
 
 use anyhow::anyhow;
-use multiroute::{
-    apply::ApplyError,
-    config::Config,
-};
+use multiroute::{apply::ApplyError, config::Config};
 
 /// How a command failed, which decides the exit code (PRODUCT.md: 1 runtime, 2 usage
 /// or config).

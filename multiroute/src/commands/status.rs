@@ -48,16 +48,23 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
     let pin_path = &config.routing.pin_path;
     let (plan, _) = runtime()?.block_on(async {
         let nl = Netlink::connect().context("connecting to the kernel")?;
-        apply::plan(&nl, &config, &BTreeSet::new()).await.map_err(super::Failure::from)
+        apply::plan(&nl, &config, &BTreeSet::new())
+            .await
+            .map_err(super::Failure::from)
     })?;
     let maps = Maps::open(pin_path).ok();
     let flows = maps.as_ref().map(Maps::flows).unwrap_or_default();
     let mut uplinks = Vec::new();
     for (index, uplink) in plan.uplinks.iter().enumerate() {
         let index = index as u32;
-        let traffic = maps.as_ref().and_then(|m| m.traffic(index).ok()).unwrap_or_default();
+        let traffic = maps
+            .as_ref()
+            .and_then(|m| m.traffic(index).ok())
+            .unwrap_or_default();
         let (address, gateway) = match &uplink.readiness {
-            Readiness::Ready { address, gateway } => (Some(address.to_string()), Some(gateway.to_string())),
+            Readiness::Ready { address, gateway } => {
+                (Some(address.to_string()), Some(gateway.to_string()))
+            }
             Readiness::NoGateway { address } => (Some(address.to_string()), None),
             Readiness::NoAddress => (None, None),
         };
@@ -75,7 +82,10 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             gateway,
             table: uplink.table,
             mark: format!("{:#x}", uplink.mark),
-            flows: flows.iter().filter(|(_, flow)| flow.uplink == index).count(),
+            flows: flows
+                .iter()
+                .filter(|(_, flow)| flow.uplink == index)
+                .count(),
             packets: traffic.packets,
             bytes: traffic.bytes,
         });
@@ -94,7 +104,10 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         counters,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).context("encoding JSON")?
+        );
     } else {
         print_table(&status);
     }
@@ -103,13 +116,28 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
 
 fn print_table(status: &Status) {
     match (status.pid, status.attached.is_empty()) {
-        (Some(pid), _) => println!("multiroute running (PID {pid}), datapath attached to: {}", status.attached.join(", ")),
-        (None, false) => println!("multiroute not running; datapath still attached to: {}", status.attached.join(", ")),
+        (Some(pid), _) => println!(
+            "multiroute running (PID {pid}), datapath attached to: {}",
+            status.attached.join(", ")
+        ),
+        (None, false) => println!(
+            "multiroute not running; datapath still attached to: {}",
+            status.attached.join(", ")
+        ),
         (None, true) => println!("multiroute not running; datapath not attached"),
     }
     println!(
         "{:<15} {:<8} {:>6} {:<15} {:<18} {:<15} {:>5} {:>7} {:>10} {:>12}",
-        "UPLINK", "STATE", "WEIGHT", "INTERFACE", "ADDRESS", "GATEWAY", "TABLE", "FLOWS", "PACKETS", "BYTES"
+        "UPLINK",
+        "STATE",
+        "WEIGHT",
+        "INTERFACE",
+        "ADDRESS",
+        "GATEWAY",
+        "TABLE",
+        "FLOWS",
+        "PACKETS",
+        "BYTES"
     );
     for u in &status.uplinks {
         println!(

@@ -46,12 +46,17 @@ fn stop(pid: u32, still_running: impl Fn() -> bool) -> anyhow::Result<()> {
     let pid_t = i32::try_from(pid).context("PID out of range")?;
     // SAFETY: plain kill(2); the PID comes from the lock its holder wrote.
     if unsafe { libc::kill(pid_t, libc::SIGTERM) } != 0 {
-        bail!("cannot signal multiroute (PID {pid}): {}", std::io::Error::last_os_error());
+        bail!(
+            "cannot signal multiroute (PID {pid}): {}",
+            std::io::Error::last_os_error()
+        );
     }
     let start = Instant::now();
     while still_running() {
         if start.elapsed() > STOP_TIMEOUT {
-            bail!("multiroute (PID {pid}) did not stop within {STOP_TIMEOUT:?}; kill it and run unload again");
+            bail!(
+                "multiroute (PID {pid}) did not stop within {STOP_TIMEOUT:?}; kill it and run unload again"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -321,7 +321,10 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             list.iter()
                 .map(|text| {
                     text.parse::<Ipv4Net>().map_err(|problem| {
-                        fail(&key(field), format!("{text:?} is not an address or prefix: {problem}"))
+                        fail(
+                            &key(field),
+                            format!("{text:?} is not an address or prefix: {problem}"),
+                        )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -348,7 +351,10 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             if (1..=max).contains(&value) {
                 Ok(value)
             } else {
-                Err((self.fail)(key, format!("{value} must be between 1 and {max}")))
+                Err((self.fail)(
+                    key,
+                    format!("{value} must be between 1 and {max}"),
+                ))
             }
         };
         let targets = self.probe_targets("health.targets", &raw.targets)?;
@@ -378,8 +384,9 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         }
         // Tables 253-255 are the kernel's default/main/local; 0 is "unspec".
         let last_table = raw.table_base.saturating_add(uplinks as i64);
-        if raw.table_base < 1 || last_table > u32::MAX as i64 || (raw.table_base..=last_table)
-            .any(|t| (253..=255).contains(&t))
+        if raw.table_base < 1
+            || last_table > u32::MAX as i64
+            || (raw.table_base..=last_table).any(|t| (253..=255).contains(&t))
         {
             return Err(fail(
                 "routing.table_base",
@@ -457,7 +464,9 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         } else {
             Err((self.fail)(
                 key,
-                format!("{name:?} is not a valid interface name (1-15 characters, no '/' or spaces)"),
+                format!(
+                    "{name:?} is not a valid interface name (1-15 characters, no '/' or spaces)"
+                ),
             ))
         }
     }

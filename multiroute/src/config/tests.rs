@@ -24,14 +24,20 @@ fn defaults_are_those_of_the_contract() {
     assert_eq!(config.uplinks[0].weight, 1);
     assert_eq!(config.uplinks[0].gateway, None);
     assert_eq!(config.health.targets, [ProbeTarget::Gateway]);
-    assert_eq!((config.health.interval_ms, config.health.timeout_ms), (500, 1000));
+    assert_eq!(
+        (config.health.interval_ms, config.health.timeout_ms),
+        (500, 1000)
+    );
     assert_eq!((config.health.down, config.health.up), (3, 3));
     assert_eq!(config.routing.table_base, 100);
     assert_eq!(config.routing.rule_priority, 10_000);
     assert_eq!(config.routing.fwmark_mask, 0xff00);
     assert!(config.routing.main_default);
     assert_eq!(config.routing.pin_path, Path::new("/sys/fs/bpf/multiroute"));
-    assert_eq!(config.control.socket, Path::new("/run/multiroute/control.sock"));
+    assert_eq!(
+        config.control.socket,
+        Path::new("/run/multiroute/control.sock")
+    );
     assert_eq!((config.table(0), config.mark(0)), (101, 0x100));
 }
 
@@ -67,7 +73,13 @@ socket = "/run/mr/ctl.sock"
     .unwrap();
     let dsl = &config.uplinks[0];
     assert_eq!(dsl.weight, 0);
-    assert_eq!(dsl.probe, [ProbeTarget::Gateway, ProbeTarget::Address("198.51.100.9".parse().unwrap())]);
+    assert_eq!(
+        dsl.probe,
+        [
+            ProbeTarget::Gateway,
+            ProbeTarget::Address("198.51.100.9".parse().unwrap())
+        ]
+    );
     assert_eq!(dsl.pin_from[0].to_string(), "203.0.113.50");
     assert_eq!((config.table(0), config.mark(0)), (201, 0x10));
 }
@@ -84,31 +96,100 @@ fn unknown_keys_are_refused_with_their_name() {
 #[test]
 fn each_validation_error_names_its_key() {
     let cases: &[(&str, &str, &str)] = &[
-        (r#"lan = []
+        (
+            r#"lan = []
 [[uplink]]
 name = "a"
-interface = "wan0""#, "lan:", "at least one"),
+interface = "wan0""#,
+            "lan:",
+            "at least one",
+        ),
         ("lan = [\"lan0\"]\n", "uplink:", "at least one"),
-        (&MINIMAL.replace("\"a\"", "\"Bad Name\""), "uplink[0].name", "a-z"),
-        (&format!("{MINIMAL}gateway = \"192.0.2.256\"\n"), "uplink[0].gateway", "not an IPv4 address"),
-        (&format!("{MINIMAL}weight = -1\n"), "uplink[0].weight", "between 0 and 256"),
-        (&format!("{MINIMAL}pin = [\"198.51.100.1/24\"]\n"), "uplink[0].pin", "host bits"),
-        (&format!("{MINIMAL}probe = [\"gw\"]\n"), "uplink[0].probe", "neither"),
-        (&format!("{MINIMAL}[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\n"), "uplink.name", "used twice"),
-        (&format!("{MINIMAL}[[uplink]]\nname = \"b\"\ninterface = \"wan0\"\n"), "uplink.interface", "two uplinks"),
-        (&MINIMAL.replace("\"wan0\"", "\"lan0\""), "uplink.interface", "also a LAN interface"),
-        (&format!("{MINIMAL}[routing]\nfwmark_mask = 0x1\n[[uplink]]\nname = \"b\"\ninterface = \"wan1\"\n"), "routing.fwmark_mask", "too small"),
-        (&format!("{MINIMAL}[routing]\ntable_base = 252\n"), "routing.table_base", "253-255"),
-        (&format!("{MINIMAL}[routing]\nrule_priority = 32000\n"), "routing.rule_priority", "room"),
-        (&format!("{MINIMAL}[routing]\npin_path = \"bpf\"\n"), "routing.pin_path", "absolute"),
-        (&format!("{MINIMAL}[health]\ninterval_ms = 0\n"), "health.interval_ms", "between 1"),
-        (&format!("{MINIMAL}[health]\ntargets = []\n"), "health.targets", "at least one"),
-        (&MINIMAL.replace("\"lan0\"", "\"a/b\""), "lan[0]", "not a valid interface name"),
+        (
+            &MINIMAL.replace("\"a\"", "\"Bad Name\""),
+            "uplink[0].name",
+            "a-z",
+        ),
+        (
+            &format!("{MINIMAL}gateway = \"192.0.2.256\"\n"),
+            "uplink[0].gateway",
+            "not an IPv4 address",
+        ),
+        (
+            &format!("{MINIMAL}weight = -1\n"),
+            "uplink[0].weight",
+            "between 0 and 256",
+        ),
+        (
+            &format!("{MINIMAL}pin = [\"198.51.100.1/24\"]\n"),
+            "uplink[0].pin",
+            "host bits",
+        ),
+        (
+            &format!("{MINIMAL}probe = [\"gw\"]\n"),
+            "uplink[0].probe",
+            "neither",
+        ),
+        (
+            &format!("{MINIMAL}[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\n"),
+            "uplink.name",
+            "used twice",
+        ),
+        (
+            &format!("{MINIMAL}[[uplink]]\nname = \"b\"\ninterface = \"wan0\"\n"),
+            "uplink.interface",
+            "two uplinks",
+        ),
+        (
+            &MINIMAL.replace("\"wan0\"", "\"lan0\""),
+            "uplink.interface",
+            "also a LAN interface",
+        ),
+        (
+            &format!(
+                "{MINIMAL}[routing]\nfwmark_mask = 0x1\n[[uplink]]\nname = \"b\"\ninterface = \"wan1\"\n"
+            ),
+            "routing.fwmark_mask",
+            "too small",
+        ),
+        (
+            &format!("{MINIMAL}[routing]\ntable_base = 252\n"),
+            "routing.table_base",
+            "253-255",
+        ),
+        (
+            &format!("{MINIMAL}[routing]\nrule_priority = 32000\n"),
+            "routing.rule_priority",
+            "room",
+        ),
+        (
+            &format!("{MINIMAL}[routing]\npin_path = \"bpf\"\n"),
+            "routing.pin_path",
+            "absolute",
+        ),
+        (
+            &format!("{MINIMAL}[health]\ninterval_ms = 0\n"),
+            "health.interval_ms",
+            "between 1",
+        ),
+        (
+            &format!("{MINIMAL}[health]\ntargets = []\n"),
+            "health.targets",
+            "at least one",
+        ),
+        (
+            &MINIMAL.replace("\"lan0\"", "\"a/b\""),
+            "lan[0]",
+            "not a valid interface name",
+        ),
         ("lan = [\"x\"\n", "line", ""),
     ];
     for (text, key, problem) in cases {
         let err = error(text);
-        assert!(err.contains(key) && err.contains(problem), "{key}/{problem}: got {err:?}");
+        assert!(
+            err.contains(key) && err.contains(problem),
+            "{key}/{problem}: got {err:?}"
+        );
         assert!(!err.contains('\n') || err.lines().count() <= 6, "{err}");
     }
 }
@@ -127,5 +208,8 @@ fn mask_fits_exactly_as_many_uplinks_as_it_can_number() {
 #[test]
 fn unreadable_file_is_a_config_error() {
     let err = Config::load(Path::new("/nonexistent/multiroute.toml")).unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/multiroute.toml: (file): cannot read it"));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/multiroute.toml: (file): cannot read it")
+    );
 }

@@ -69,9 +69,10 @@ impl Walker {
 }
 
 fn fnv1a(text: &str, seed: u64) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325 ^ seed, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 #[cfg(test)]
@@ -89,9 +90,21 @@ mod tests {
     #[test]
     fn slots_follow_weights() {
         let members = [
-            Member { index: 0, name: "dsl", weight: 1 },
-            Member { index: 1, name: "cable", weight: 2 },
-            Member { index: 2, name: "lte", weight: 3 },
+            Member {
+                index: 0,
+                name: "dsl",
+                weight: 1,
+            },
+            Member {
+                index: 1,
+                name: "cable",
+                weight: 2,
+            },
+            Member {
+                index: 2,
+                name: "lte",
+                weight: 3,
+            },
         ];
         let ring = build_ring(&members, SIZE);
         let got = shares(&ring, 3);
@@ -103,8 +116,16 @@ mod tests {
     #[test]
     fn drained_and_absent_members_get_nothing() {
         let members = [
-            Member { index: 0, name: "a", weight: 0 },
-            Member { index: 1, name: "b", weight: 5 },
+            Member {
+                index: 0,
+                name: "a",
+                weight: 0,
+            },
+            Member {
+                index: 1,
+                name: "b",
+                weight: 5,
+            },
         ];
         assert!(build_ring(&members, SIZE).iter().all(|&x| x == 1));
         assert!(build_ring(&[], SIZE).iter().all(|&x| x == NO_UPLINK));
@@ -113,9 +134,21 @@ mod tests {
     #[test]
     fn removing_a_member_moves_few_other_slots() {
         let three = [
-            Member { index: 0, name: "a", weight: 1 },
-            Member { index: 1, name: "b", weight: 1 },
-            Member { index: 2, name: "c", weight: 1 },
+            Member {
+                index: 0,
+                name: "a",
+                weight: 1,
+            },
+            Member {
+                index: 1,
+                name: "b",
+                weight: 1,
+            },
+            Member {
+                index: 2,
+                name: "c",
+                weight: 1,
+            },
         ];
         let before = build_ring(&three, SIZE);
         let after = build_ring(&three[..2], SIZE);

@@ -53,7 +53,9 @@ pub type Observed = BTreeMap<String, Interface>;
 pub enum PlanError {
     #[error("LAN interface {0:?} does not exist; fix `lan` or create the interface")]
     MissingLan(String),
-    #[error("interface {interface:?} of uplink {uplink:?} does not exist; fix `uplink.interface` or create the interface")]
+    #[error(
+        "interface {interface:?} of uplink {uplink:?} does not exist; fix `uplink.interface` or create the interface"
+    )]
     MissingUplink { uplink: String, interface: String },
 }
 
@@ -280,10 +282,14 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
             plan.table,
         ));
     }
-    let pins = |offset: u32, pick: fn(&UplinkConfig) -> &[Ipv4Net], wrap: fn(Ipv4Net) -> Selector| {
+    let pins = |offset: u32,
+                pick: fn(&UplinkConfig) -> &[Ipv4Net],
+                wrap: fn(Ipv4Net) -> Selector| {
         ready
             .iter()
-            .flat_map(move |(cfg, plan, _)| pick(cfg).iter().map(move |net| (wrap(*net), plan.table)))
+            .flat_map(move |(cfg, plan, _)| {
+                pick(cfg).iter().map(move |net| (wrap(*net), plan.table))
+            })
             .enumerate()
             .map(move |(i, (selector, table))| lookup(base + offset + i as u32, selector, table))
     };

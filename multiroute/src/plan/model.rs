@@ -16,8 +16,14 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RouteNext {
     /// Directly connected, optionally with a preferred source address.
-    Dev { dev: String, src: Option<Ipv4Addr> },
-    Gateway { gateway: Ipv4Addr, dev: String },
+    Dev {
+        dev: String,
+        src: Option<Ipv4Addr>,
+    },
+    Gateway {
+        gateway: Ipv4Addr,
+        dev: String,
+    },
     Multipath(Vec<Nexthop>),
 }
 
@@ -64,7 +70,11 @@ impl fmt::Display for Route {
             RouteNext::Gateway { gateway, dev } => write!(f, " via {gateway} dev {dev}")?,
             RouteNext::Multipath(hops) => {
                 for hop in hops {
-                    write!(f, " nexthop via {} dev {} weight {}", hop.gateway, hop.dev, hop.weight)?;
+                    write!(
+                        f,
+                        " nexthop via {} dev {} weight {}",
+                        hop.gateway, hop.dev, hop.weight
+                    )?;
                 }
             }
         }

@@ -93,7 +93,11 @@ fn seed_main_default_is_the_seed_multipath_route() {
 #[test]
 fn datapath_gets_marks_inside_the_mask_and_a_ring_of_both() {
     let plan = seed_plan();
-    let marks: Vec<_> = plan.datapath_uplinks.iter().map(|u| (u.mark, u.mask, u.alive)).collect();
+    let marks: Vec<_> = plan
+        .datapath_uplinks
+        .iter()
+        .map(|u| (u.mark, u.mask, u.alive))
+        .collect();
     assert_eq!(marks, [(0x100, 0xff00, 1), (0x200, 0xff00, 1)]);
     let on_dsl = plan.ring.iter().filter(|&&i| i == 0).count();
     assert!((on_dsl as f64 / plan.ring.len() as f64 - 0.5).abs() < 0.001);
@@ -125,9 +129,15 @@ fn gateway_is_learned_from_the_host_when_omitted() {
 
     host.get_mut("eth1").unwrap().gateway = None;
     let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
-    assert!(matches!(plan.uplinks[0].readiness, Readiness::NoGateway { .. }));
+    assert!(matches!(
+        plan.uplinks[0].readiness,
+        Readiness::NoGateway { .. }
+    ));
     assert!(!plan.uplinks[0].alive);
-    assert!(plan.routes.iter().all(|r| r.table != 101), "no table for an uplink without gateway");
+    assert!(
+        plan.routes.iter().all(|r| r.table != 101),
+        "no table for an uplink without gateway"
+    );
 }
 
 #[test]
@@ -164,5 +174,10 @@ fn missing_interfaces_are_named() {
 fn main_default_off_means_no_main_route() {
     let text = format!("{SEED_CONFIG}\n[routing]\nmain_default = false\n");
     let config = Config::parse(&text, Path::new("seed.toml")).unwrap();
-    assert!(Plan::build(&config, &seed_host(), &BTreeSet::new()).unwrap().main_default.is_none());
+    assert!(
+        Plan::build(&config, &seed_host(), &BTreeSet::new())
+            .unwrap()
+            .main_default
+            .is_none()
+    );
 }
