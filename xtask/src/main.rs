@@ -3,7 +3,10 @@
 //! before anything that needs it is compiled.
 mod deps;
 
-use std::process::{Command, ExitCode};
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, ExitCode, Stdio},
+};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -79,7 +82,7 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The e2e tests run the `multiroute` binary inside namespaces.
     cargo(&["build", "--package", "multiroute"])?;
-    cargo(&[
+    cargo_test(&[
         "test",
         "--workspace",
         "--exclude",
@@ -87,6 +90,39 @@ fn test() -> Result<()> {
         "--",
         "--nocapture",
     ])
+}
+
+/// Runs `cargo test`, echoing its output, and closes with one summary line over all
+/// test binaries (cargo's own last line is that of whichever binary ran last).
+fn cargo_test(args: &[&str]) -> Result<()> {
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test without stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("\ntests: {passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// The number right before `label` in "ok. 21 passed; 0 failed; …".
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split_once(label)
+        .and_then(|(head, _)| head.rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
