@@ -1,5 +1,6 @@
 //! One `load` per config: an advisory lock file beside the control socket, holding
 //! the PID of the running instance.
+use crate::path_error::PathError;
 use std::{
     fs::{File, OpenOptions},
     io::{self, Read, Seek, Write},
@@ -13,13 +14,8 @@ pub enum InstanceError {
         "multiroute is already running for this config (PID {pid}); stop it first or use `multiroute unload`"
     )]
     Running { pid: u32 },
-    #[error("{path}: {what}: {source}")]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
 }
 
 /// Held for the life of `load`; released (by the kernel, also on SIGKILL) when dropped.
@@ -33,14 +29,8 @@ pub fn lock_path(socket: &Path) -> PathBuf {
     socket.with_file_name(name)
 }
 
-fn open(path: &Path) -> Result<File, InstanceError> {
-    let io_err = |what| {
-        move |source| InstanceError::Io {
-            path: path.to_owned(),
-            what,
-            source,
-        }
-    };
+fn open(path: &Path) -> Result<File, PathError> {
+    let io_err = |what| PathError::at(path, what);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("creating the runtime directory"))?;
     }
@@ -78,11 +68,7 @@ impl InstanceLock {
             file.rewind()?;
             writeln!(file, "{}", std::process::id())
         };
-        write(&mut file).map_err(|source| InstanceError::Io {
-            path,
-            what: "writing the PID",
-            source,
-        })?;
+        write(&mut file).map_err(PathError::at(&path, "writing the PID"))?;
         Ok(Self { _file: file })
     }
 }

@@ -8,4 +8,5 @@ pub mod apply;
 pub mod config;
 pub mod instance;
 pub mod net;
+pub mod path_error;
 pub mod plan;

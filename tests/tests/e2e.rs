@@ -183,6 +183,27 @@ fn unload_restores_the_host_exactly() {
     assert_eq!(loaded_classifiers(), 0);
     assert!(lab.pins().is_empty(), "no pins left: {:?}", lab.pins());
 
+    // `unload` while `load` runs: the daemon is asked to stop and cleans up itself.
+    lab.start_router().unwrap();
+    let unload = lab.multiroute(&["unload"]);
+    assert!(
+        unload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unload.stderr)
+    );
+    assert_eq!(
+        lab.stop_router(libc::SIGTERM).unwrap().code(),
+        Some(0),
+        "{}",
+        lab.router_log()
+    );
+    assert_eq!(
+        lab.router_snapshot().unwrap(),
+        pristine,
+        "unload of a running load must restore the host"
+    );
+    assert_eq!(loaded_classifiers(), 0);
+
     let again = lab.multiroute(&["unload"]);
     assert_eq!(again.status.code(), Some(0), "unload is idempotent");
     assert!(

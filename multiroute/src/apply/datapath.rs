@@ -26,7 +26,7 @@ use multiroute_ebpf::{
 };
 use tracing::{debug, info};
 
-use crate::plan::Plan;
+use crate::{path_error::PathError, plan::Plan};
 
 /// The compiled classifier, built by build.rs through aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multiroute"));
@@ -36,13 +36,8 @@ const LINK_PREFIX: &str = "link-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("{path}: {what}: {source}")]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathError),
     #[error("loading the classifier (pins under {path}): {source}")]
     Load {
         path: PathBuf,
@@ -70,8 +65,8 @@ pub enum DatapathError {
 }
 
 fn io_error(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
-    let path = path.to_owned();
-    move |source| DatapathError::Io { path, what, source }
+    let at = PathError::at(path, what);
+    move |source| DatapathError::Io(at(source))
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
