@@ -324,7 +324,7 @@ impl Lab {
             .unwrap_or_else(|err| panic!("cannot run multiroute: {err}"))
     }
 
-    /// Starts `multiroute load` in the router and waits until the datapath is attached.
+    /// Starts `multiroute load` in the router and waits until it is fully set up.
     pub fn start_router(&mut self) -> Result<()> {
         let log = std::fs::File::create(self.dir.join("router.log"))
             .context("creating the router log")?;
@@ -341,7 +341,8 @@ impl Lab {
             .context("starting multiroute load")?;
         self.router = Some(child);
         let start = Instant::now();
-        while !self.pin_path().join("link-lan0").exists() {
+        // The daemon logs this once routes, rules, maps and links are all in place.
+        while !self.router_log().contains("multiroute is running") {
             let exited = self
                 .router
                 .as_mut()

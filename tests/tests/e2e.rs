@@ -273,3 +273,46 @@ fn bad_input_changes_nothing() {
         "the first one is unharmed"
     );
 }
+
+#[test]
+fn restart_after_sigkill_adopts_the_flow_table() {
+    if !require_root("restart_after_sigkill_adopts_the_flow_table") {
+        return;
+    }
+    let flows = |lab: &Lab| -> Vec<u64> {
+        let out = lab.multiroute(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        status["uplinks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["flows"].as_u64().unwrap())
+            .collect()
+    };
+    let mut lab = lab(&[1, 1]);
+    lab.start_router().unwrap();
+    lab.connections(500).unwrap();
+    let before = flows(&lab);
+    assert!(before.iter().sum::<u64>() >= 500, "{before:?}");
+    lab.stop_router(libc::SIGKILL).unwrap();
+    lab.start_router().unwrap();
+    assert_eq!(
+        flows(&lab),
+        before,
+        "the new load adopted the pinned flow table unchanged"
+    );
+    assert_eq!(
+        loaded_classifiers(),
+        1,
+        "the old program was replaced behind the pinned link, not stacked"
+    );
+    let (_, failures) = lab.connections(200).unwrap();
+    assert_eq!(failures, 0);
+    assert_eq!(
+        lab.stop_router(libc::SIGTERM).unwrap().code(),
+        Some(0),
+        "{}",
+        lab.router_log()
+    );
+    assert_eq!(loaded_classifiers(), 0);
+}
