@@ -73,6 +73,9 @@ pub struct ControlConfig {
 
 /// Weights above this are refused: the kernel's nexthop weight is one byte.
 pub const MAX_WEIGHT: u32 = 256;
+/// Destination pins, and separately source pins, over all uplinks: each kind has a
+/// band of 300 rule priorities (see `plan::priority`).
+pub const MAX_PINS: usize = 300;
 /// Rule priorities multiroute may use above `rule_priority`.
 pub const RULE_PRIORITY_SPAN: u32 = 1000;
 
@@ -265,6 +268,25 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 "uplink.interface",
                 format!("{dup:?} is used by two uplinks"),
             ));
+        }
+        for (key, count) in [
+            (
+                "uplink.pin",
+                uplinks.iter().map(|u| u.pin.len()).sum::<usize>(),
+            ),
+            (
+                "uplink.pin_from",
+                uplinks.iter().map(|u| u.pin_from.len()).sum(),
+            ),
+        ] {
+            if count > MAX_PINS {
+                return Err(fail(
+                    key,
+                    format!(
+                        "{count} entries over all uplinks; at most {MAX_PINS} fit in the rule priority range"
+                    ),
+                ));
+            }
         }
         if let Some(uplink) = uplinks.iter().find(|u| raw.lan.contains(&u.interface)) {
             return Err(fail(

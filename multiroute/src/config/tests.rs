@@ -182,6 +182,17 @@ interface = "wan0""#,
             "lan[0]",
             "not a valid interface name",
         ),
+        (
+            &format!(
+                "{MINIMAL}pin = [{}]\n",
+                (0..301)
+                    .map(|i| format!("\"198.18.{}.{}\"", i / 256, i % 256))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "uplink.pin",
+            "at most 300",
+        ),
         ("lan = [\"x\"\n", "line", ""),
     ];
     for (text, key, problem) in cases {
