@@ -36,26 +36,52 @@ fn assert_split(weights: &[u32], count: usize) {
             "isp{i}: {got:.2}% vs {want:.2}% ({hits:?})"
         );
     }
-    let status = lab.multiroute(&["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
-    let flows: u64 = status["uplinks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["flows"].as_u64().unwrap())
-        .sum();
+    let flows = status_flows(&lab).iter().sum::<u64>() as usize;
     // The server closes first, so the client may reuse a source port at once: such a
     // connection is the same 5-tuple, hence the same flow. Nothing else crosses lan0.
-    let flows = flows as usize;
     assert!(
         flows <= count && flows >= count * 9 / 10,
         "the flow table tracks the connections' 5-tuples: {flows} flows for {count} connections"
     );
-    assert_eq!(
-        lab.stop_router(libc::SIGTERM).unwrap().code(),
-        Some(0),
+    stop_cleanly(&mut lab);
+}
+
+/// Connections tracked per uplink, as `status --json` reports them.
+fn status_flows(lab: &Lab) -> Vec<u64> {
+    let out = lab.multiroute(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    status["uplinks"]
+        .as_array()
+        .expect("status --json lists uplinks")
+        .iter()
+        .map(|u| u["flows"].as_u64().expect("flows is a number"))
+        .collect()
+}
+
+/// SIGTERM to the running `load`: it must clean up and exit 0.
+fn stop_cleanly(lab: &mut Lab) {
+    let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
+    assert_eq!(status.code(), Some(0), "{}", lab.router_log());
+}
+
+fn unload(lab: &Lab) {
+    let out = lab.multiroute(&["unload"]);
+    assert!(
+        out.status.success(),
         "{}",
-        lab.router_log()
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The router is exactly as before `load`: routing, TC, pins, and no classifier
+/// left in the kernel.
+fn assert_restored(lab: &Lab, pristine: &str, when: &str) {
+    assert_eq!(lab.router_snapshot().unwrap(), pristine, "{when}");
+    assert_eq!(loaded_classifiers(), 0, "{when}: the classifier is gone");
+    assert!(
+        lab.pins().is_empty(),
+        "{when}: no pins left: {:?}",
+        lab.pins()
     );
 }
 
@@ -149,19 +175,8 @@ fn unload_restores_the_host_exactly() {
     );
     assert_eq!(loaded_classifiers(), 1);
     lab.connections(200).unwrap();
-    assert_eq!(
-        lab.stop_router(libc::SIGTERM).unwrap().code(),
-        Some(0),
-        "{}",
-        lab.router_log()
-    );
-    assert_eq!(
-        lab.router_snapshot().unwrap(),
-        pristine,
-        "SIGTERM must restore the host"
-    );
-    assert_eq!(loaded_classifiers(), 0, "the classifier is gone");
-    assert!(lab.pins().is_empty(), "no pins left: {:?}", lab.pins());
+    stop_cleanly(&mut lab);
+    assert_restored(&lab, &pristine, "SIGTERM must restore the host");
 
     // SIGKILL: steering goes on without the daemon; `unload` cleans up.
     lab.start_router().unwrap();
@@ -172,40 +187,22 @@ fn unload_restores_the_host_exactly() {
         hits.iter().all(|h| *h > 100),
         "the pinned datapath still steers: {hits:?}"
     );
-    let unload = lab.multiroute(&["unload"]);
-    assert!(
-        unload.status.success(),
-        "{}",
-        String::from_utf8_lossy(&unload.stderr)
+    unload(&lab);
+    assert_restored(
+        &lab,
+        &pristine,
+        "unload after SIGKILL must restore the host",
     );
-    assert_eq!(
-        lab.router_snapshot().unwrap(),
-        pristine,
-        "unload after SIGKILL must restore the host"
-    );
-    assert_eq!(loaded_classifiers(), 0);
-    assert!(lab.pins().is_empty(), "no pins left: {:?}", lab.pins());
 
     // `unload` while `load` runs: the daemon is asked to stop and cleans up itself.
     lab.start_router().unwrap();
-    let unload = lab.multiroute(&["unload"]);
-    assert!(
-        unload.status.success(),
-        "{}",
-        String::from_utf8_lossy(&unload.stderr)
+    unload(&lab);
+    stop_cleanly(&mut lab);
+    assert_restored(
+        &lab,
+        &pristine,
+        "unload of a running load must restore the host",
     );
-    assert_eq!(
-        lab.stop_router(libc::SIGTERM).unwrap().code(),
-        Some(0),
-        "{}",
-        lab.router_log()
-    );
-    assert_eq!(
-        lab.router_snapshot().unwrap(),
-        pristine,
-        "unload of a running load must restore the host"
-    );
-    assert_eq!(loaded_classifiers(), 0);
 
     let again = lab.multiroute(&["unload"]);
     assert_eq!(again.status.code(), Some(0), "unload is idempotent");
@@ -270,11 +267,7 @@ fn bad_input_changes_nothing() {
         "{err}"
     );
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        lab.stop_router(libc::SIGTERM).unwrap().code(),
-        Some(0),
-        "the first one is unharmed"
-    );
+    stop_cleanly(&mut lab); // the first one is unharmed by the refused second load
 }
 
 #[test]
@@ -282,25 +275,15 @@ fn restart_after_sigkill_adopts_the_flow_table() {
     if !require_root("restart_after_sigkill_adopts_the_flow_table") {
         return;
     }
-    let flows = |lab: &Lab| -> Vec<u64> {
-        let out = lab.multiroute(&["status", "--json"]);
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
-        status["uplinks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["flows"].as_u64().unwrap())
-            .collect()
-    };
     let mut lab = lab(&[1, 1]);
     lab.start_router().unwrap();
     lab.connections(500).unwrap();
-    let before = flows(&lab);
+    let before = status_flows(&lab);
     assert!(before.iter().sum::<u64>() >= 500, "{before:?}");
     lab.stop_router(libc::SIGKILL).unwrap();
     lab.start_router().unwrap();
     assert_eq!(
-        flows(&lab),
+        status_flows(&lab),
         before,
         "the new load adopted the pinned flow table unchanged"
     );
@@ -311,11 +294,6 @@ fn restart_after_sigkill_adopts_the_flow_table() {
     );
     let (_, failures) = lab.connections(200).unwrap();
     assert_eq!(failures, 0);
-    assert_eq!(
-        lab.stop_router(libc::SIGTERM).unwrap().code(),
-        Some(0),
-        "{}",
-        lab.router_log()
-    );
+    stop_cleanly(&mut lab);
     assert_eq!(loaded_classifiers(), 0);
 }
