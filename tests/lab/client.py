@@ -1,7 +1,9 @@
 """The lab's LAN client.
 
-count URL N [SECONDS]  N sequential HTTP requests (each a new TCP connection, so a new
-                       flow); prints JSON {"seen": {address: count}, "failures": k}.
+count URL N [SECONDS]  N sequential HTTP requests (each a new TCP connection); prints
+                       JSON {"seen": {address: count}, "failures": k, "ports": p}, p being
+                       the distinct local ports used: a reused port is the same 5-tuple,
+                       hence the same flow.
 stream URL             one long download; prints JSON {"bytes": n, "seconds": s}.
 """
 import json
@@ -11,9 +13,11 @@ import time
 import urllib.parse
 
 
-def get(url, timeout=5.0):
+def get(url, timeout=5.0, ports=None):
     parts = urllib.parse.urlparse(url)
     with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as conn:
+        if ports is not None:
+            ports.add(conn.getsockname()[1])
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
@@ -31,18 +35,18 @@ def get(url, timeout=5.0):
 
 
 def count(url, n, seconds):
-    seen, failures = {}, 0
+    seen, failures, ports = {}, 0, set()
     deadline = time.monotonic() + seconds
     for _ in range(n):
         if time.monotonic() > deadline:
             failures += 1
             continue
         try:
-            address = get(url).decode().strip()
+            address = get(url, ports=ports).decode().strip()
             seen[address] = seen.get(address, 0) + 1
         except OSError:
             failures += 1
-    print(json.dumps({"seen": seen, "failures": failures}))
+    print(json.dumps({"seen": seen, "failures": failures, "ports": len(ports)}))
 
 
 def stream(url):

@@ -87,6 +87,16 @@ pub struct LabOptions {
     pub extra_config: String,
 }
 
+/// What a run of [`Lab::connections`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connections {
+    /// Connections answered through each uplink, by uplink index.
+    pub hits: Vec<usize>,
+    pub failures: usize,
+    /// Distinct client ports used: a reused port is the same 5-tuple, the same flow.
+    pub ports: usize,
+}
+
 pub struct Lab {
     pub prefix: String,
     pub dir: PathBuf,
@@ -383,8 +393,8 @@ impl Lab {
         }
     }
 
-    /// `count` new connections from the LAN client; returns (hits per uplink index, failures).
-    pub fn connections(&self, count: usize) -> Result<(Vec<usize>, usize)> {
+    /// `count` new connections from the LAN client, one after another.
+    pub fn connections(&self, count: usize) -> Result<Connections> {
         let out = self.ns(
             &self.client(),
             "python3",
@@ -409,10 +419,11 @@ impl Lab {
                 None => bail!("the server saw an unexpected source {address}"),
             }
         }
-        Ok((
+        Ok(Connections {
             hits,
-            report["failures"].as_u64().unwrap_or(u64::MAX) as usize,
-        ))
+            failures: report["failures"].as_u64().unwrap_or(u64::MAX) as usize,
+            ports: report["ports"].as_u64().unwrap_or(0) as usize,
+        })
     }
 
     /// Starts a long download from the client in the background.

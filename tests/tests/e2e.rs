@@ -2,7 +2,9 @@
 //! HTTP server behind simulated ISPs, and `multiroute load` running in the router.
 use std::time::Duration;
 
-use multiroute_tests::{Lab, LabOptions, loaded_classifiers, percent, require_root, stdout};
+use multiroute_tests::{
+    Connections, Lab, LabOptions, loaded_classifiers, percent, require_root, stdout,
+};
 
 fn lab(weights: &[u32]) -> Lab {
     Lab::new(&LabOptions {
@@ -16,7 +18,11 @@ fn lab(weights: &[u32]) -> Lab {
 fn assert_split(weights: &[u32], count: usize) {
     let mut lab = lab(weights);
     lab.start_router().expect("starting multiroute");
-    let (hits, failures) = lab.connections(count).expect("running the client");
+    let Connections {
+        hits,
+        failures,
+        ports,
+    } = lab.connections(count).expect("running the client");
     assert_eq!(
         failures,
         0,
@@ -39,9 +45,9 @@ fn assert_split(weights: &[u32], count: usize) {
     let flows = status_flows(&lab).iter().sum::<u64>() as usize;
     // The server closes first, so the client may reuse a source port at once: such a
     // connection is the same 5-tuple, hence the same flow. Nothing else crosses lan0.
-    assert!(
-        flows <= count && flows >= count * 9 / 10,
-        "the flow table tracks the connections' 5-tuples: {flows} flows for {count} connections"
+    assert_eq!(
+        flows, ports,
+        "one flow per distinct 5-tuple ({count} connections)"
     );
     stop_cleanly(&mut lab);
 }
@@ -109,7 +115,7 @@ fn long_transfer_keeps_its_uplink() {
     let before = lab.uplink_rx_bytes().unwrap();
     let stream = lab.start_stream(12).expect("starting the download");
     // New flows keep arriving on both uplinks while the transfer runs.
-    let (hits, failures) = lab.connections(1000).unwrap();
+    let Connections { hits, failures, .. } = lab.connections(1000).unwrap();
     assert_eq!(failures, 0);
     assert!(
         hits.iter().all(|h| *h > 300),
@@ -181,7 +187,7 @@ fn unload_restores_the_host_exactly() {
     // SIGKILL: steering goes on without the daemon; `unload` cleans up.
     lab.start_router().unwrap();
     lab.stop_router(libc::SIGKILL).unwrap();
-    let (hits, failures) = lab.connections(400).unwrap();
+    let Connections { hits, failures, .. } = lab.connections(400).unwrap();
     assert_eq!(failures, 0);
     assert!(
         hits.iter().all(|h| *h > 100),
@@ -292,7 +298,7 @@ fn restart_after_sigkill_adopts_the_flow_table() {
         1,
         "the old program was replaced behind the pinned link, not stacked"
     );
-    let (_, failures) = lab.connections(200).unwrap();
+    let failures = lab.connections(200).unwrap().failures;
     assert_eq!(failures, 0);
     stop_cleanly(&mut lab);
     assert_eq!(loaded_classifiers(), 0);

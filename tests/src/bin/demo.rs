@@ -54,7 +54,7 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let mut totals = vec![0; weights.len()];
     while !STOP.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(seconds) {
-        let (hits, failures) = lab.connections(60)?;
+        let multiroute_tests::Connections { hits, failures, .. } = lab.connections(60)?;
         for (total, hit) in totals.iter_mut().zip(&hits) {
             *total += hit;
         }
