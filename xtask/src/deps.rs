@@ -23,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "curl",
     "iputils-ping",
+    "conntrack",
 ];
 
 pub fn is_root() -> bool {

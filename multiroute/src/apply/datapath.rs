@@ -319,9 +319,15 @@ impl Maps {
     }
 
     /// Writes the plan's uplinks and ring. Uplinks first: a ring slot must never
-    /// point at an uplink the datapath does not know yet. Unused uplink slots are
-    /// cleared so a removed uplink's flows are re-steered.
-    pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
+    /// point at an uplink the datapath does not know yet, and a dead uplink's flows
+    /// move (and new flows stop landing on it) from that one write on. Unused uplink
+    /// slots are cleared so a removed uplink's flows are re-steered. With the ring
+    /// the datapath holds now, only changed slots are written (one syscall each).
+    pub fn write_plan(
+        &mut self,
+        plan: &Plan,
+        current_ring: Option<&[u32]>,
+    ) -> Result<(), DatapathError> {
         for index in 0..MAX_UPLINKS {
             let uplink = plan
                 .datapath_uplinks
@@ -332,14 +338,24 @@ impl Maps {
                 .set(index, &uplink, 0)
                 .map_err(map_error(map_names::UPLINKS))?;
         }
-        self.write_ring(&plan.ring)
+        self.write_ring_over(&plan.ring, current_ring)
     }
 
     pub fn write_ring(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
+        self.write_ring_over(ring, None)
+    }
+
+    fn write_ring_over(
+        &mut self,
+        ring: &[u32],
+        current: Option<&[u32]>,
+    ) -> Result<(), DatapathError> {
         for (slot, index) in ring.iter().enumerate() {
-            self.ring
-                .set(slot as u32, index, 0)
-                .map_err(map_error(map_names::RING))?;
+            if current.and_then(|ring| ring.get(slot)) != Some(index) {
+                self.ring
+                    .set(slot as u32, index, 0)
+                    .map_err(map_error(map_names::RING))?;
+            }
         }
         Ok(())
     }

@@ -1,11 +1,14 @@
 //! Makes the kernel match a [`Plan`]: routes and rules over netlink, the classifier
 //! and its maps over bpf(2). Every step is idempotent, so applying twice, or after a
 //! crash half-way, converges; [`teardown`] removes all of it, also after SIGKILL.
+pub mod conntrack;
 pub mod datapath;
 pub mod netlink;
 pub mod routing;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use conntrack::ConntrackError;
 
 use crate::{
     config::Config,
@@ -22,6 +25,8 @@ pub enum ApplyError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
 }
 
 /// Reads the host and plans against it.
@@ -45,9 +50,72 @@ pub async fn apply(
 ) -> Result<Datapath, ApplyError> {
     routing::apply(nl, config, plan, observed).await?;
     let mut datapath = Datapath::load(&config.routing.pin_path)?;
-    Maps::open(&config.routing.pin_path)?.write_plan(plan)?;
+    Maps::open(&config.routing.pin_path)?.write_plan(plan, None)?;
     datapath.attach(&plan.lan)?;
     Ok(datapath)
+}
+
+/// Conntrack entries removed for an uplink that stopped carrying traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    pub uplink: String,
+    pub address: Ipv4Addr,
+    pub entries: usize,
+}
+
+/// Moves a running set-up from `previous` to `plan` (liveness, addresses, links).
+///
+/// When an uplink stops being alive the datapath hears first (new flows avoid it,
+/// its flows move on their next packet), then routing (its nexthop leaves the main
+/// default), then the conntrack entries NATed to its address go, so the moved
+/// flows are NATed afresh. Otherwise routing goes first, so no mark ever points at
+/// a table that is not there yet.
+pub async fn update(
+    nl: &Netlink,
+    config: &Config,
+    maps: &mut Maps,
+    previous: &Plan,
+    plan: &Plan,
+    observed: &Observed,
+) -> Result<Vec<Flushed>, ApplyError> {
+    let stopped = stopped_addresses(previous, plan);
+    if stopped.is_empty() {
+        routing::apply(nl, config, plan, observed).await?;
+        maps.write_plan(plan, Some(&previous.ring))?;
+    } else {
+        maps.write_plan(plan, Some(&previous.ring))?;
+        routing::apply(nl, config, plan, observed).await?;
+    }
+    let mut flushed = Vec::new();
+    for (uplink, address) in stopped {
+        let entries = tokio::task::spawn_blocking(move || conntrack::flush_nated_to(address))
+            .await
+            .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
+        flushed.push(Flushed {
+            uplink,
+            address,
+            entries,
+        });
+    }
+    Ok(flushed)
+}
+
+/// Uplinks that carried traffic from an address under `previous` and no longer do
+/// from that address under `plan`: dead, down, removed, or readdressed.
+fn stopped_addresses(previous: &Plan, plan: &Plan) -> Vec<(String, Ipv4Addr)> {
+    previous
+        .uplinks
+        .iter()
+        .filter(|old| old.alive)
+        .filter_map(|old| {
+            let address = old.address()?;
+            let still = plan
+                .uplinks
+                .iter()
+                .any(|new| new.name == old.name && new.alive && new.address() == Some(address));
+            (!still).then(|| (old.name.clone(), address))
+        })
+        .collect()
 }
 
 /// What [`teardown`] removed.

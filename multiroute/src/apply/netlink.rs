@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily,
     address::AddressAttribute,
-    link::LinkAttribute,
+    link::{LinkAttribute, LinkFlags},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
         RouteScope, RouteType,
@@ -83,6 +83,10 @@ impl Netlink {
                     name,
                     Interface {
                         index: link.header.index,
+                        up: link
+                            .header
+                            .flags
+                            .contains(LinkFlags::Up | LinkFlags::LowerUp),
                         ..Interface::default()
                     },
                 );

@@ -62,18 +62,16 @@ pub fn run(config_path: &Path) -> CommandResult {
         println!("ok: LAN interface {name} (ifindex {index})");
     }
     for uplink in &plan.uplinks {
-        match &uplink.readiness {
-            Readiness::Ready { address, gateway } => println!(
+        match (&uplink.readiness, uplink.readiness.problem()) {
+            (Readiness::Ready { address, gateway }, _) => println!(
                 "ok: uplink {} on {}: address {address}, gateway {gateway}, table {}, mark {:#x}",
                 uplink.name, uplink.interface, uplink.table, uplink.mark
             ),
-            Readiness::NoAddress => println!(
-                "warning: uplink {} on {} has no IPv4 address; it will carry no traffic until it gets one",
-                uplink.name, uplink.interface
-            ),
-            Readiness::NoGateway { .. } => println!(
-                "warning: uplink {} on {} has no gateway: set `gateway` or give {} a default route",
-                uplink.name, uplink.interface, uplink.interface
+            (_, problem) => println!(
+                "warning: uplink {} on {}: {}",
+                uplink.name,
+                uplink.interface,
+                problem.unwrap_or_default()
             ),
         }
     }

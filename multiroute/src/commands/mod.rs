@@ -7,7 +7,7 @@ pub mod unload;
 use std::path::Path;
 
 use anyhow::anyhow;
-use multiroute::{apply::ApplyError, config::Config};
+use multiroute::{apply::ApplyError, config::Config, run::DaemonError};
 
 /// How a command failed, which decides the exit code (PRODUCT.md: 1 runtime, 2 usage
 /// or config).
@@ -43,6 +43,16 @@ impl From<ApplyError> for Failure {
         match err {
             // A config that names interfaces the host lacks is the config's problem.
             ApplyError::Plan(plan) => Failure::Config(plan.into()),
+            other => Failure::Runtime(other.into()),
+        }
+    }
+}
+
+impl From<DaemonError> for Failure {
+    fn from(err: DaemonError) -> Self {
+        match err {
+            DaemonError::Apply(apply) => apply.into(),
+            DaemonError::Config(config) => Failure::Config(config.into()),
             other => Failure::Runtime(other.into()),
         }
     }

@@ -1,6 +1,8 @@
 //! `multiroute status`: what each uplink is doing, read from the kernel (the pinned
-//! maps and the interfaces), so it works whether or not `load` is still running.
-use std::{collections::BTreeSet, path::Path};
+//! maps and the interfaces), so it works whether or not `load` is still running, plus
+//! the running daemon's health view (state since when and why, probe RTT and loss)
+//! from its control socket.
+use std::{collections::BTreeSet, path::Path, time::SystemTime};
 
 use anyhow::Context as _;
 use multiroute::{
@@ -11,6 +13,11 @@ use multiroute::{
     },
     instance,
     plan::Readiness,
+    run::{
+        HealthReport, UplinkHealth,
+        control::{self, Request},
+        health::TargetReport,
+    },
 };
 use serde::Serialize;
 
@@ -22,6 +29,8 @@ struct Status {
     pid: Option<u32>,
     /// LAN interfaces the classifier is attached to.
     attached: Vec<String>,
+    /// Every uplink is down: LAN traffic follows the main table's original default.
+    fail_open: bool,
     uplinks: Vec<UplinkStatus>,
     /// Datapath outcome counters (flow_hit, flow_new, pass_not_ipv4, …).
     counters: std::collections::BTreeMap<&'static str, u64>,
@@ -41,6 +50,17 @@ struct UplinkStatus {
     flows: usize,
     packets: u64,
     bytes: u64,
+    /// Since when the uplink is in its state (Unix seconds; null without a daemon).
+    since: Option<f64>,
+    /// Why it is in that state.
+    reason: Option<String>,
+    /// Up/down transitions since `load` started.
+    state_changes: u64,
+    /// Last probe round-trip time, from the best answering target.
+    rtt_ms: Option<f64>,
+    /// Probe loss over the last probes of the best target, in percent.
+    loss_percent: Option<f64>,
+    probes: Vec<TargetReport>,
 }
 
 pub fn run(config_path: &Path, json: bool) -> CommandResult {
@@ -52,6 +72,13 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             .await
             .map_err(super::Failure::from)
     })?;
+    let pid = instance::running(&config.control.socket);
+    let health: Option<HealthReport> = match pid {
+        Some(_) => control::ask(&config.control.socket, &Request::Health)
+            .context("asking the running multiroute")?
+            .and_then(|reply| serde_json::from_value(reply).ok()),
+        None => None,
+    };
     let maps = Maps::open(pin_path).ok();
     let flows = maps.as_ref().map(Maps::flows).unwrap_or_default();
     let mut uplinks = Vec::new();
@@ -66,9 +93,13 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
                 (Some(address.to_string()), Some(gateway.to_string()))
             }
             Readiness::NoGateway { address } => (Some(address.to_string()), None),
-            Readiness::NoAddress => (None, None),
+            Readiness::NoAddress | Readiness::LinkDown => (None, None),
         };
-        let state = match (uplink.alive, uplink.weight) {
+        let daemon_view = health
+            .as_ref()
+            .and_then(|h| h.uplinks.iter().find(|u| u.name == uplink.name));
+        let alive = daemon_view.map_or(uplink.alive, |u| u.alive);
+        let state = match (alive, uplink.weight) {
             (false, _) => "down",
             (true, 0) => "drained",
             (true, _) => "up",
@@ -88,6 +119,14 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
                 .count(),
             packets: traffic.packets,
             bytes: traffic.bytes,
+            since: daemon_view.map(|u| u.since),
+            reason: daemon_view
+                .map(|u| u.reason.clone())
+                .or_else(|| uplink.readiness.problem().map(str::to_owned)),
+            state_changes: daemon_view.map_or(0, |u| u.state_changes),
+            rtt_ms: daemon_view.and_then(best_rtt),
+            loss_percent: daemon_view.and_then(best_loss),
+            probes: daemon_view.map(|u| u.probes.clone()).unwrap_or_default(),
         });
     }
     let counters = maps
@@ -98,7 +137,8 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         .map(|(counter, value)| (counter.name(), value))
         .collect();
     let status = Status {
-        pid: instance::running(&config.control.socket),
+        fail_open: health.as_ref().is_some_and(|h| h.fail_open),
+        pid,
         attached: datapath::attached_interfaces(pin_path).context("reading the pin directory")?,
         uplinks,
         counters,
@@ -114,6 +154,41 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
     Ok(())
 }
 
+fn best_rtt(health: &UplinkHealth) -> Option<f64> {
+    health
+        .probes
+        .iter()
+        .filter(|p| p.up)
+        .filter_map(|p| p.rtt_ms)
+        .reduce(f64::min)
+}
+
+fn best_loss(health: &UplinkHealth) -> Option<f64> {
+    health
+        .probes
+        .iter()
+        .map(|p| p.loss_percent)
+        .reduce(f64::min)
+}
+
+/// "12s", "4m", "3h", "2d": how long ago `since` was.
+fn age(since: Option<f64>) -> String {
+    let Some(since) = since else {
+        return "-".into();
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let seconds = (now - since).max(0.0) as u64;
+    match seconds {
+        0..120 => format!("{seconds}s"),
+        120..7200 => format!("{}m", seconds / 60),
+        7200..172_800 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
 fn print_table(status: &Status) {
     match (status.pid, status.attached.is_empty()) {
         (Some(pid), _) => println!(
@@ -126,32 +201,62 @@ fn print_table(status: &Status) {
         ),
         (None, true) => println!("multiroute not running; datapath not attached"),
     }
-    println!(
-        "{:<15} {:<8} {:>6} {:<15} {:<18} {:<15} {:>5} {:>7} {:>10} {:>12}",
+    if status.fail_open {
+        println!("ALL UPLINKS DOWN: failing open, LAN traffic follows the main table");
+    }
+    let row = |cells: [&str; 13]| {
+        println!(
+            "{:<15} {:<8} {:>5} {:>6} {:<10} {:<18} {:<15} {:>5} {:>8} {:>5} {:>7} {:>10} {:>12}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9],
+            cells[10],
+            cells[11],
+            cells[12]
+        );
+    };
+    row([
         "UPLINK",
         "STATE",
+        "SINCE",
         "WEIGHT",
         "INTERFACE",
         "ADDRESS",
         "GATEWAY",
         "TABLE",
+        "RTT",
+        "LOSS",
         "FLOWS",
         "PACKETS",
-        "BYTES"
-    );
+        "BYTES",
+    ]);
     for u in &status.uplinks {
-        println!(
-            "{:<15} {:<8} {:>6} {:<15} {:<18} {:<15} {:>5} {:>7} {:>10} {:>12}",
-            u.name,
+        row([
+            &u.name,
             u.state,
-            u.weight,
-            u.interface,
+            &age(u.since),
+            &u.weight.to_string(),
+            &u.interface,
             u.address.as_deref().unwrap_or("-"),
             u.gateway.as_deref().unwrap_or("-"),
-            u.table,
-            u.flows,
-            u.packets,
-            u.bytes
-        );
+            &u.table.to_string(),
+            &u.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
+            &u.loss_percent.map_or("-".into(), |p| format!("{p:.0}%")),
+            &u.flows.to_string(),
+            &u.packets.to_string(),
+            &u.bytes.to_string(),
+        ]);
+    }
+    for u in status.uplinks.iter().filter(|u| u.state == "down") {
+        if let Some(reason) = &u.reason {
+            println!("{} is down: {reason}", u.name);
+        }
     }
 }

@@ -39,6 +39,8 @@ pub mod priority {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Interface {
     pub index: u32,
+    /// Administratively up with carrier (IFF_UP and IFF_LOWER_UP).
+    pub up: bool,
     /// IPv4 addresses with their prefix lengths, primary first.
     pub addresses: Vec<Ipv4Net>,
     /// Gateway of a default route through this interface, if the host has one
@@ -62,9 +64,32 @@ pub enum PlanError {
 /// Why an uplink cannot carry traffic right now, or `Ready`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
-    Ready { address: Ipv4Net, gateway: Ipv4Addr },
+    Ready {
+        address: Ipv4Net,
+        gateway: Ipv4Addr,
+    },
+    /// Down, or no carrier: the kernel cannot send through it.
+    LinkDown,
     NoAddress,
-    NoGateway { address: Ipv4Net },
+    NoGateway {
+        address: Ipv4Net,
+    },
+}
+
+impl Readiness {
+    /// Why the uplink cannot carry traffic, in words an operator acts on.
+    pub fn problem(&self) -> Option<&'static str> {
+        match self {
+            Readiness::Ready { .. } => None,
+            Readiness::LinkDown => Some("the interface is down or has no carrier"),
+            Readiness::NoAddress => {
+                Some("the interface has no IPv4 address; it carries no traffic until it gets one")
+            }
+            Readiness::NoGateway { .. } => Some(
+                "no gateway: set `gateway` in the config or give the interface a default route",
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +203,30 @@ impl Plan {
     }
 }
 
+impl UplinkPlan {
+    /// The uplink's own address, when it has one.
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        match self.readiness {
+            Readiness::Ready { address, .. } | Readiness::NoGateway { address } => {
+                Some(address.addr)
+            }
+            Readiness::LinkDown | Readiness::NoAddress => None,
+        }
+    }
+}
+
+impl Plan {
+    /// No uplink can take new flows: the datapath passes them unmarked and the main
+    /// table's original default carries them, rather than blackholing the LAN.
+    pub fn fail_open(&self) -> bool {
+        !self.uplinks.is_empty() && !self.uplinks.iter().any(|u| u.alive && u.weight > 0)
+    }
+}
+
 fn readiness(uplink: &UplinkConfig, iface: &Interface) -> Readiness {
+    if !iface.up {
+        return Readiness::LinkDown;
+    }
     let Some(&address) = iface.addresses.first() else {
         return Readiness::NoAddress;
     };

@@ -24,6 +24,7 @@ pin = ["24.19.100.1"]
 fn seed_host() -> Observed {
     let iface = |index, addr: [u8; 4], prefix_len| Interface {
         index,
+        up: true,
         addresses: vec![Ipv4Net::new(addr.into(), prefix_len)],
         gateway: None,
     };
@@ -116,6 +117,12 @@ fn dead_uplink_leaves_ring_and_main_default_but_keeps_its_table() {
         "default via 24.19.12.1 dev eth2 table main"
     );
     assert!(plan.routes.iter().any(|r| r.table == 101));
+    // Probes must keep flowing through the dead uplink to see it recover.
+    assert!(
+        lines(&plan.rules)
+            .iter()
+            .any(|r| r.ends_with("from 142.154.64.7 lookup 101"))
+    );
 }
 
 #[test]
@@ -180,4 +187,35 @@ fn main_default_off_means_no_main_route() {
             .main_default
             .is_none()
     );
+}
+
+#[test]
+fn link_down_uplink_has_no_table_and_no_rules() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let mut host = seed_host();
+    host.get_mut("eth1").unwrap().up = false;
+    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    assert_eq!(plan.uplinks[0].readiness, Readiness::LinkDown);
+    assert!(!plan.uplinks[0].alive);
+    assert!(plan.routes.iter().all(|r| r.table != 101));
+    assert!(
+        !lines(&plan.routes).iter().any(|r| r.contains("dev eth1")),
+        "no table routes through a down link: the kernel would refuse them"
+    );
+    assert!(!lines(&plan.rules).iter().any(|r| r.contains("lookup 101")));
+    assert!(plan.ring.iter().all(|&i| i == 1), "every new flow to cable");
+}
+
+#[test]
+fn all_dead_fails_open() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let dead = BTreeSet::from(["dsl".to_owned(), "cable".to_owned()]);
+    let plan = Plan::build(&config, &seed_host(), &dead).unwrap();
+    assert!(plan.fail_open());
+    assert!(
+        plan.main_default.is_none(),
+        "the original default comes back"
+    );
+    assert!(plan.ring.iter().all(|&i| i == multiroute_ebpf::NO_UPLINK));
+    assert!(!seed_plan().fail_open());
 }

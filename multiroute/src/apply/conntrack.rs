@@ -1,0 +1,236 @@
+//! Selective conntrack flush over netlink (ctnetlink). When an uplink dies, the
+//! connections masqueraded to its address cannot live on elsewhere: their NAT binding
+//! names the dead address. Deleting exactly those entries lets the next packet of each
+//! flow, now steered to a live uplink, be NATed afresh (UDP and QUIC carry on; TCP
+//! peers reset and reconnect). Every other entry, on healthy uplinks, is untouched:
+//! never a global flush.
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, Tuple},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+const ENOENT: i32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("conntrack netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("conntrack netlink: malformed reply: {0}")]
+    Decode(String),
+    #[error("conntrack netlink: the kernel refused {what}: {source}")]
+    Kernel {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An entry's two directions, as far as the flush cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    original: Vec<Tuple>,
+    original_src: Option<Ipv4Addr>,
+    reply_dst: Option<Ipv4Addr>,
+}
+
+impl Entry {
+    fn from_attributes(attributes: Vec<ConntrackAttribute>) -> Self {
+        let mut entry = Entry {
+            original: Vec::new(),
+            original_src: None,
+            reply_dst: None,
+        };
+        for attribute in attributes {
+            match attribute {
+                ConntrackAttribute::CtaTupleOrig(tuple) => {
+                    entry.original_src = address(&tuple, true);
+                    entry.original = tuple;
+                }
+                ConntrackAttribute::CtaTupleReply(tuple) => {
+                    entry.reply_dst = address(&tuple, false);
+                }
+                _ => {}
+            }
+        }
+        entry
+    }
+
+    /// Source-NATed to `address`: replies come back to it, though the connection
+    /// started elsewhere (a LAN host, or the router from another address).
+    fn nated_to(&self, address: Ipv4Addr) -> bool {
+        self.reply_dst == Some(address) && self.original_src != Some(address)
+    }
+}
+
+fn address(tuple: &[Tuple], source: bool) -> Option<Ipv4Addr> {
+    tuple.iter().find_map(|part| match part {
+        Tuple::Ip(ips) => ips.iter().find_map(|ip| match (ip, source) {
+            (IPTuple::SourceAddress(IpAddr::V4(a)), true)
+            | (IPTuple::DestinationAddress(IpAddr::V4(a)), false) => Some(*a),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+struct Ctnetlink {
+    socket: Socket,
+    sequence: u32,
+}
+
+impl Ctnetlink {
+    fn open() -> Result<Self, ConntrackError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(ConntrackError::Socket)?;
+        socket.bind_auto().map_err(ConntrackError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(ConntrackError::Socket)?;
+        Ok(Self {
+            socket,
+            sequence: 0,
+        })
+    }
+
+    fn send(&mut self, flags: u16, message: ConntrackMessage) -> Result<(), ConntrackError> {
+        self.sequence += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                message,
+            )),
+        );
+        packet.finalize();
+        let mut buffer = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buffer);
+        self.socket
+            .send(&buffer, 0)
+            .map(drop)
+            .map_err(ConntrackError::Socket)
+    }
+
+    /// Reads replies to the last request until it is done; `each` sees every
+    /// conntrack message. Returns the kernel's error code, if it sent one.
+    fn receive(
+        &mut self,
+        mut each: impl FnMut(ConntrackMessage),
+    ) -> Result<Option<i32>, ConntrackError> {
+        loop {
+            let (bytes, _) = self
+                .socket
+                .recv_from_full()
+                .map_err(ConntrackError::Socket)?;
+            let mut offset = 0;
+            while offset < bytes.len() {
+                let message = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[offset..])
+                    .map_err(|err| ConntrackError::Decode(err.to_string()))?;
+                let length = message.header.length as usize;
+                match message.payload {
+                    NetlinkPayload::Done(_) => return Ok(None),
+                    NetlinkPayload::Error(error) => return Ok(error.code.map(|c| c.get().abs())),
+                    NetlinkPayload::InnerMessage(NetfilterMessage {
+                        inner: NetfilterMessageInner::Conntrack(conntrack),
+                        ..
+                    }) => each(conntrack),
+                    _ => {}
+                }
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+            }
+        }
+    }
+}
+
+/// Deletes every IPv4 conntrack entry source-NATed to `address`; returns how many.
+/// Blocking: run it off the async runtime's thread.
+pub fn flush_nated_to(address: Ipv4Addr) -> Result<usize, ConntrackError> {
+    let mut ct = Ctnetlink::open()?;
+    ct.send(
+        NLM_F_REQUEST | NLM_F_DUMP,
+        ConntrackMessage::Get(Vec::new()),
+    )?;
+    let mut doomed = Vec::new();
+    let dumped = ct.receive(|message| {
+        if let ConntrackMessage::New(attributes) = message {
+            let entry = Entry::from_attributes(attributes);
+            if entry.nated_to(address) {
+                doomed.push(entry.original);
+            }
+        }
+    })?;
+    if let Some(code) = dumped.filter(|&c| c != 0) {
+        return Err(ConntrackError::Kernel {
+            what: "the conntrack dump",
+            source: std::io::Error::from_raw_os_error(code),
+        });
+    }
+    let mut deleted = 0;
+    for original in doomed {
+        ct.send(
+            NLM_F_REQUEST | NLM_F_ACK,
+            ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(original)]),
+        )?;
+        match ct.receive(drop)? {
+            None | Some(0) => deleted += 1,
+            // Gone meanwhile (timed out, or closed): nothing to do.
+            Some(ENOENT) => {}
+            Some(code) => {
+                return Err(ConntrackError::Kernel {
+                    what: "a conntrack delete",
+                    source: std::io::Error::from_raw_os_error(code),
+                });
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<Tuple> {
+        vec![Tuple::Ip(vec![
+            IPTuple::SourceAddress(src.into()),
+            IPTuple::DestinationAddress(dst.into()),
+        ])]
+    }
+
+    const LAN_HOST: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const UPLINK: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+    const OTHER_UPLINK: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+
+    fn entry(original: (Ipv4Addr, Ipv4Addr), reply: (Ipv4Addr, Ipv4Addr)) -> Entry {
+        Entry::from_attributes(vec![
+            ConntrackAttribute::CtaTupleOrig(tuple(original.0, original.1)),
+            ConntrackAttribute::CtaTupleReply(tuple(reply.0, reply.1)),
+            ConntrackAttribute::CtaMark(0),
+        ])
+    }
+
+    #[test]
+    fn only_connections_masqueraded_to_the_address_are_chosen() {
+        let masqueraded = entry((LAN_HOST, SERVER), (SERVER, UPLINK));
+        assert!(masqueraded.nated_to(UPLINK));
+        assert!(!masqueraded.nated_to(OTHER_UPLINK), "another uplink's");
+        let routers_own = entry((UPLINK, SERVER), (SERVER, UPLINK));
+        assert!(!routers_own.nated_to(UPLINK), "not NATed: the router's own");
+        let inbound = entry((SERVER, UPLINK), (LAN_HOST, SERVER));
+        assert!(
+            !inbound.nated_to(UPLINK),
+            "port-forwarded in, not NATed out"
+        );
+    }
+}

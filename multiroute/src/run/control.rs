@@ -1,0 +1,153 @@
+//! The running `load`'s control socket: a Unix socket (mode 0600, root only) that
+//! speaks one JSON request and one JSON reply per line. The daemon's loop answers
+//! every request itself, so a reply always shows one consistent state.
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+use tracing::debug;
+
+use crate::path_error::PathError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    /// Health, state and timing of every uplink.
+    Health,
+}
+
+/// A request and where its answer goes.
+pub struct Incoming {
+    pub request: Request,
+    pub reply: oneshot::Sender<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Io(#[from] PathError),
+    #[error("{path}: permission denied: the control socket is root-only")]
+    PermissionDenied { path: PathBuf },
+    #[error("{path}: the running multiroute sent an unreadable reply: {problem}")]
+    BadReply { path: PathBuf, problem: String },
+}
+
+/// The bound socket; removed when dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the socket (replacing a stale one: the caller holds the instance lock, so
+/// no live daemon owns it) and serves it on the runtime.
+pub fn listen(path: &Path) -> Result<(ControlSocket, mpsc::Receiver<Incoming>), PathError> {
+    let at = |what| PathError::at(path, what);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(PathError::at(dir, "creating the socket directory"))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(at("removing a stale control socket")(err));
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(at("binding the control socket"))?;
+    let socket = ControlSocket {
+        path: path.to_owned(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(at("restricting the control socket to root"))?;
+    let (requests, incoming) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, requests.clone()));
+        }
+    });
+    Ok((socket, incoming))
+}
+
+async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (reply, answer) = oneshot::channel();
+                if requests.send(Incoming { request, reply }).await.is_err() {
+                    return;
+                }
+                answer
+                    .await
+                    .unwrap_or_else(|_| serde_json::json!({"error": "shutting down"}))
+            }
+            Err(err) => serde_json::json!({ "error": format!("bad request: {err}") }),
+        };
+        let mut text = answer.to_string();
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    debug!("control connection closed");
+}
+
+/// Sends one request to the daemon behind `path` and waits (bounded) for its reply.
+/// `Ok(None)`: no daemon listens there.
+pub fn ask(path: &Path, request: &Request) -> Result<Option<serde_json::Value>, ControlError> {
+    let at = |what| PathError::at(path, what);
+    let mut stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ControlError::PermissionDenied {
+                path: path.to_owned(),
+            });
+        }
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(err) => return Err(at("connecting to the control socket")(err).into()),
+    };
+    let timeout = Some(Duration::from_secs(5));
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .map_err(at("setting control socket timeouts"))?;
+    let mut text = serde_json::to_string(request).map_err(|err| ControlError::BadReply {
+        path: path.to_owned(),
+        problem: err.to_string(),
+    })?;
+    text.push('\n');
+    stream
+        .write_all(text.as_bytes())
+        .map_err(at("writing to the control socket"))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(at("reading from the control socket"))?;
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|err| ControlError::BadReply {
+            path: path.to_owned(),
+            problem: err.to_string(),
+        })
+}

@@ -1,0 +1,425 @@
+//! The running `load`: one loop that owns the plan and reacts to everything that
+//! can change it — probe results ([`prober`] → [`health`]), link and address events
+//! ([`link_events`]), signals and control requests ([`control`]). Every reaction is
+//! the same step: re-read the host, re-plan with the uplinks health declares dead,
+//! and [`apply::update`] the kernel to the new plan.
+pub mod control;
+pub mod health;
+pub mod link_events;
+pub mod prober;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    apply::{self, ApplyError, Removed, datapath::Datapath, datapath::Maps, netlink::Netlink},
+    config::{Config, ConfigError, ProbeTarget},
+    path_error::PathError,
+    plan::{Plan, Readiness},
+};
+use control::{Incoming, Request};
+use health::{Change, HealthBook, TargetReport, Thresholds};
+use prober::{ProbeResult, ProbeSpec, Prober, Timing};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Io(#[from] PathError),
+    #[error("{what}: {source}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Os { what, source }
+}
+
+/// One uplink's health as the daemon reports it (`status`, the control socket).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkHealth {
+    pub name: String,
+    pub alive: bool,
+    /// When the uplink entered its current state (seconds since the Unix epoch).
+    pub since: f64,
+    /// Why it is in that state.
+    pub reason: String,
+    /// Up/down transitions since `load` started.
+    pub state_changes: u64,
+    pub probes: Vec<TargetReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// No uplink can take new flows: traffic falls back to the main table.
+    pub fail_open: bool,
+    pub uplinks: Vec<UplinkHealth>,
+}
+
+struct UplinkState {
+    alive: bool,
+    since: SystemTime,
+    reason: String,
+    changes: u64,
+}
+
+pub struct Daemon {
+    nl: Netlink,
+    config_path: PathBuf,
+    config: Config,
+    plan: Plan,
+    maps: Maps,
+    /// Keeps the loaded program's handle until teardown; the pinned links keep it
+    /// attached on their own.
+    datapath: Datapath,
+    health: HealthBook,
+    probers: BTreeMap<String, Prober>,
+    next_ident: u16,
+    states: BTreeMap<String, UplinkState>,
+    results: mpsc::Sender<ProbeResult>,
+    incoming_results: mpsc::Receiver<ProbeResult>,
+}
+
+fn thresholds(config: &Config) -> Thresholds {
+    Thresholds {
+        down: config.health.down,
+        up: config.health.up,
+    }
+}
+
+impl Daemon {
+    /// Applies the config (every uplink trusted until probed) and starts probing.
+    /// On failure the host is left as it was.
+    pub async fn start(config_path: PathBuf, config: Config) -> Result<Self, DaemonError> {
+        let nl = Netlink::connect().map_err(ApplyError::from)?;
+        let (plan, observed) = apply::plan(&nl, &config, &Default::default()).await?;
+        let datapath = match apply::apply(&nl, &config, &plan, &observed).await {
+            Ok(datapath) => datapath,
+            Err(err) => {
+                // A half-applied set-up helps nobody.
+                if let Err(cleanup) = apply::teardown(&nl, &config).await {
+                    error!("cleaning up after the failed load also failed: {cleanup}");
+                }
+                return Err(err.into());
+            }
+        };
+        let maps = Maps::open(&config.routing.pin_path).map_err(ApplyError::from)?;
+        let (results, incoming_results) = mpsc::channel(256);
+        let now = SystemTime::now();
+        let states = plan
+            .uplinks
+            .iter()
+            .map(|u| {
+                let state = UplinkState {
+                    alive: u.alive,
+                    since: now,
+                    reason: u.readiness.problem().unwrap_or("started").to_owned(),
+                    changes: 0,
+                };
+                (u.name.clone(), state)
+            })
+            .collect();
+        let mut daemon = Daemon {
+            nl,
+            config_path,
+            health: HealthBook::new(thresholds(&config)),
+            config,
+            plan,
+            maps,
+            datapath,
+            probers: BTreeMap::new(),
+            // Distinct echo identifiers per daemon and per prober.
+            next_ident: std::process::id() as u16,
+            states,
+            results,
+            incoming_results,
+        };
+        log_plan(&daemon.plan);
+        daemon.sync_probers();
+        Ok(daemon)
+    }
+
+    /// Runs until SIGTERM/SIGINT, then removes everything multiroute set up.
+    pub async fn run(mut self) -> Result<Removed, DaemonError> {
+        let mut terminate = signal(SignalKind::terminate()).map_err(os("handling SIGTERM"))?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(os("handling SIGINT"))?;
+        let mut hangup = signal(SignalKind::hangup()).map_err(os("handling SIGHUP"))?;
+        let links = link_events::subscribe().map_err(os("subscribing to link events"))?;
+        let (_socket, mut requests) = control::listen(&self.config.control.socket)?;
+        info!(
+            config = %self.config_path.display(),
+            "multiroute is running; SIGHUP reloads, SIGTERM stops"
+        );
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = hangup.recv() => self.reload().await,
+                () = links.notified() => self.reconcile(None).await,
+                Some(result) = self.incoming_results.recv() => {
+                    let change = self.health.record(&result.uplink, result.target, result.rtt);
+                    if change.is_some() {
+                        self.reconcile(change).await;
+                    }
+                }
+                Some(incoming) = requests.recv() => self.answer(incoming),
+            }
+        }
+        info!("stopping: removing everything multiroute set up");
+        self.probers.clear();
+        drop(self.datapath);
+        Ok(apply::teardown(&self.nl, &self.config).await?)
+    }
+
+    /// Re-reads the host and moves the kernel to the plan for it; `change` is the
+    /// probe verdict that prompted this, if one did.
+    async fn reconcile(&mut self, change: Option<Change>) {
+        let started = Instant::now();
+        let dead = self.health.dead();
+        let result = async {
+            let (plan, observed) = apply::plan(&self.nl, &self.config, &dead).await?;
+            let flushed = apply::update(
+                &self.nl,
+                &self.config,
+                &mut self.maps,
+                &self.plan,
+                &plan,
+                &observed,
+            )
+            .await?;
+            Ok::<_, ApplyError>((plan, flushed))
+        }
+        .await;
+        let (plan, flushed) = match result {
+            Ok(done) => done,
+            Err(err) => {
+                error!("could not follow a change on the host, will retry on the next one: {err}");
+                return;
+            }
+        };
+        let elapsed = started.elapsed();
+        self.plan = plan;
+        self.record_transitions(change.as_ref(), elapsed);
+        for flush in flushed {
+            info!(
+                uplink = %flush.uplink,
+                address = %flush.address,
+                entries = flush.entries,
+                "flushed the conntrack entries NATed to the uplink's old address"
+            );
+        }
+        self.sync_probers();
+    }
+
+    /// Logs and remembers every uplink whose liveness changed with the new plan.
+    fn record_transitions(&mut self, change: Option<&Change>, elapsed: Duration) {
+        let now = SystemTime::now();
+        for uplink in &self.plan.uplinks {
+            let reason = match uplink.readiness.problem() {
+                Some(problem) => problem.to_owned(),
+                None => match change {
+                    Some(change) if change.uplink == uplink.name => change.reason.clone(),
+                    _ if uplink.alive => "ready".to_owned(),
+                    _ => "probes failing".to_owned(),
+                },
+            };
+            let state = self
+                .states
+                .entry(uplink.name.clone())
+                .or_insert_with(|| UplinkState {
+                    alive: !uplink.alive,
+                    since: now,
+                    reason: String::new(),
+                    changes: 0,
+                });
+            if state.alive == uplink.alive {
+                continue;
+            }
+            state.alive = uplink.alive;
+            state.since = now;
+            state.changes += 1;
+            state.reason = reason;
+            let applied_ms = elapsed.as_secs_f64() * 1000.0;
+            if uplink.alive {
+                info!(uplink = %uplink.name, reason = %state.reason, applied_ms, "uplink up");
+            } else {
+                warn!(uplink = %uplink.name, reason = %state.reason, applied_ms, "uplink DOWN");
+            }
+        }
+        self.states
+            .retain(|name, _| self.plan.uplinks.iter().any(|u| &u.name == name));
+        if self.plan.fail_open() {
+            error!(
+                "ALL UPLINKS ARE DOWN: failing open, LAN traffic follows the main table's original default"
+            );
+        }
+    }
+
+    /// Starts, restarts or stops probers so each ready uplink is probed at its
+    /// current address and targets.
+    fn sync_probers(&mut self) {
+        let timing = Timing {
+            interval: Duration::from_millis(self.config.health.interval_ms),
+            timeout: Duration::from_millis(self.config.health.timeout_ms),
+        };
+        let wanted: BTreeMap<String, ProbeSpec> = self
+            .config
+            .uplinks
+            .iter()
+            .zip(&self.plan.uplinks)
+            .filter_map(|(config, plan)| {
+                let Readiness::Ready { address, gateway } = plan.readiness else {
+                    return None;
+                };
+                let targets = if config.probe.is_empty() {
+                    &self.config.health.targets
+                } else {
+                    &config.probe
+                };
+                let targets: Vec<Ipv4Addr> = targets
+                    .iter()
+                    .map(|t| match t {
+                        ProbeTarget::Gateway => gateway,
+                        ProbeTarget::Address(a) => *a,
+                    })
+                    .collect();
+                let spec = ProbeSpec {
+                    uplink: plan.name.clone(),
+                    interface: plan.interface.clone(),
+                    address: address.addr,
+                    targets,
+                };
+                Some((plan.name.clone(), spec))
+            })
+            .collect();
+        self.probers
+            .retain(|name, prober| wanted.get(name) == Some(&prober.spec));
+        for (name, spec) in &wanted {
+            if self.probers.contains_key(name) {
+                continue;
+            }
+            self.next_ident = self.next_ident.wrapping_add(1);
+            match prober::spawn(spec.clone(), timing, self.next_ident, self.results.clone()) {
+                Ok(prober) => {
+                    self.probers.insert(name.clone(), prober);
+                }
+                Err(err) => error!(uplink = %name, "cannot start probing: {err}"),
+            }
+        }
+        self.health.track(
+            &wanted
+                .into_iter()
+                .map(|(name, spec)| (name, spec.targets))
+                .collect(),
+        );
+    }
+
+    /// SIGHUP: re-read the config and apply it; on any error keep running as is.
+    async fn reload(&mut self) {
+        let result = async {
+            let config = Config::load(&self.config_path)?;
+            let (plan, observed) = apply::plan(&self.nl, &config, &self.health.dead()).await?;
+            let datapath = apply::apply(&self.nl, &config, &plan, &observed).await?;
+            Ok::<_, DaemonError>((config, plan, datapath))
+        }
+        .await;
+        match result {
+            Ok((config, plan, datapath)) => {
+                if thresholds(&config) != thresholds(&self.config) {
+                    self.health = HealthBook::new(thresholds(&config));
+                }
+                if config.health != self.config.health {
+                    // New timing: every prober restarts with it.
+                    self.probers.clear();
+                }
+                self.config = config;
+                self.plan = plan;
+                self.datapath = datapath;
+                info!("configuration reloaded");
+                log_plan(&self.plan);
+                self.record_transitions(None, Duration::ZERO);
+                self.sync_probers();
+            }
+            Err(err) => error!("reload failed, keeping the running set-up: {err}"),
+        }
+    }
+
+    fn answer(&self, incoming: Incoming) {
+        let reply = match incoming.request {
+            Request::Health => serde_json::to_value(self.health_report()),
+        };
+        let reply = reply.unwrap_or_else(|err| serde_json::json!({ "error": err.to_string() }));
+        // The asker may have gone away; nothing to do then.
+        let _ = incoming.reply.send(reply);
+    }
+
+    fn health_report(&self) -> HealthReport {
+        let uplinks = self
+            .plan
+            .uplinks
+            .iter()
+            .filter_map(|u| {
+                let state = self.states.get(&u.name)?;
+                Some(UplinkHealth {
+                    name: u.name.clone(),
+                    alive: state.alive,
+                    since: state
+                        .since
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                    reason: state.reason.clone(),
+                    state_changes: state.changes,
+                    probes: self.health.report(&u.name),
+                })
+            })
+            .collect();
+        HealthReport {
+            fail_open: self.plan.fail_open(),
+            uplinks,
+        }
+    }
+}
+
+fn log_plan(plan: &Plan) {
+    for uplink in &plan.uplinks {
+        match (&uplink.readiness, uplink.readiness.problem()) {
+            (Readiness::Ready { address, gateway }, _) => info!(
+                uplink = %uplink.name,
+                interface = %uplink.interface,
+                address = %address,
+                gateway = %gateway,
+                table = uplink.table,
+                mark = format_args!("{:#x}", uplink.mark),
+                weight = uplink.weight,
+                "uplink ready"
+            ),
+            (_, problem) => warn!(
+                uplink = %uplink.name,
+                interface = %uplink.interface,
+                "uplink not ready: {}",
+                problem.unwrap_or_default()
+            ),
+        }
+    }
+    if let Some(route) = &plan.main_default {
+        info!(%route, "main table default");
+    }
+}
