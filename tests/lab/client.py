@@ -5,10 +5,22 @@ count URL N [SECONDS]  N sequential HTTP requests (each a new TCP connection); p
                        the distinct local ports used: a reused port is the same 5-tuple,
                        hence the same flow.
 stream URL             one long download; prints JSON {"bytes": n, "seconds": s}.
+attempts URL SECONDS INTERVAL TIMEOUT
+                       a new connection every INTERVAL s, each in its own thread and
+                       given TIMEOUT s; prints a JSON list of {"start": wall-clock s,
+                       "ok": bool, "address": uplink address or null}, by start.
+udp HOST PORT SECONDS INTERVAL
+                       one UDP socket (one flow) sending a numbered request every
+                       INTERVAL s to the echo server; prints {"first": address} as soon
+                       as the first answer comes, then {"sent", "answered", "lost",
+                       "by_address", "last_address"}.
 """
+import collections
 import json
+import select
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -55,11 +67,65 @@ def stream(url):
     print(json.dumps({"bytes": len(body), "seconds": time.monotonic() - start}))
 
 
+def attempts(url, seconds, interval, timeout):
+    results, lock, threads = [], threading.Lock(), []
+
+    def one(start):
+        try:
+            address, ok = get(url, timeout=timeout).decode().strip(), True
+        except OSError:
+            address, ok = None, False
+        with lock:
+            results.append({"start": start, "ok": ok, "address": address})
+
+    end, next_at = time.time() + seconds, time.time()
+    while next_at < end:
+        delay = next_at - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=one, args=(time.time(),))
+        thread.start()
+        threads.append(thread)
+        next_at += interval
+    for thread in threads:
+        thread.join()
+    print(json.dumps(sorted(results, key=lambda r: r["start"])))
+
+
+def udp(host, port, seconds, interval):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    answered, by_address, last = set(), collections.Counter(), None
+    sent, start = 0, time.time()
+    end, next_at, linger = start + seconds, start, start + seconds + 0.5
+    while time.time() < linger:
+        now = time.time()
+        if now >= next_at and now < end:
+            sock.sendto(str(sent).encode(), (host, port))
+            sent += 1
+            next_at += interval
+        wake = min(next_at, linger) if now < end else linger
+        ready, _, _ = select.select([sock], [], [], max(0.0, wake - time.time()))
+        if ready:
+            seq, address = sock.recv(200).decode().split()
+            if last is None:
+                print(json.dumps({"first": address}), flush=True)
+            answered.add(int(seq))
+            by_address[address] += 1
+            last = address
+    print(json.dumps({"sent": sent, "answered": len(answered), "lost": sent - len(answered),
+                      "by_address": by_address, "last_address": last}), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "count":
         count(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 300)
     elif mode == "stream":
         stream(sys.argv[2])
+    elif mode == "attempts":
+        attempts(sys.argv[2], *map(float, sys.argv[3:6]))
+    elif mode == "udp":
+        udp(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
     else:
         sys.exit(f"unknown mode {mode}")

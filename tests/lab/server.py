@@ -1,8 +1,11 @@
 """The lab's "internet" server: answers GET / with the client's address as the
 server sees it (after the router's NAT, that is the uplink it came through) and
-GET /stream?seconds=N with a steady stream of data for N seconds."""
+GET /stream?seconds=N with a steady stream of data for N seconds. On UDP port+1 it
+echoes each datagram followed by the sender's address."""
 import http.server
+import socket
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -37,6 +40,15 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
+def udp_echo(address, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    while True:
+        data, peer = sock.recvfrom(200)
+        sock.sendto(data + b" " + peer[0].encode(), peer)
+
+
 if __name__ == "__main__":
     address, port = sys.argv[1], int(sys.argv[2])
+    threading.Thread(target=udp_echo, args=(address, port + 1), daemon=True).start()
     Server((address, port), Handler).serve_forever()

@@ -28,6 +28,28 @@ use anyhow::{Context as _, Result, bail, ensure};
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const SERVER_PORT: u16 = 8080;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+/// The server's UDP echo port.
+pub const ECHO_PORT: u16 = SERVER_PORT + 1;
+/// An address in no ISP's routes: probes to it are never answered.
+pub const UNREACHABLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+
+/// One connection of [`Lab::start_attempts`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Attempt {
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub start: f64,
+    pub ok: bool,
+    /// The uplink address the server saw.
+    pub address: Option<String>,
+}
+
+/// Seconds since the Unix epoch, comparable with [`Attempt::start`].
+pub fn wall_clock() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
 
 /// Labs share the CPU and the kernel's program list: one at a time per process.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -428,6 +450,44 @@ impl Lab {
 
     /// Starts a long download from the client in the background.
     pub fn start_stream(&self, seconds: u32) -> Result<Child> {
+        self.spawn_client(&["stream", &self.url(&format!("/stream?seconds={seconds}"))])
+    }
+
+    /// A new connection from the client every `interval_ms`, each given
+    /// `timeout_ms`, for `seconds`, in the background; [`Lab::attempts`] collects them.
+    pub fn start_attempts(&self, seconds: f64, interval_ms: u32, timeout_ms: u32) -> Result<Child> {
+        self.spawn_client(&[
+            "attempts",
+            &self.url("/"),
+            &seconds.to_string(),
+            &(f64::from(interval_ms) / 1000.0).to_string(),
+            &(f64::from(timeout_ms) / 1000.0).to_string(),
+        ])
+    }
+
+    pub fn attempts(child: Child) -> Result<Vec<Attempt>> {
+        let output = child.wait_with_output().context("waiting for the client")?;
+        ensure!(
+            output.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).context("parsing the attempts")
+    }
+
+    /// One UDP flow from the client to the echo server, a request every
+    /// `interval_ms`, for `seconds`, in the background (stdout piped).
+    pub fn start_udp(&self, seconds: f64, interval_ms: u32) -> Result<Child> {
+        self.spawn_client(&[
+            "udp",
+            &SERVER.to_string(),
+            &ECHO_PORT.to_string(),
+            &seconds.to_string(),
+            &(f64::from(interval_ms) / 1000.0).to_string(),
+        ])
+    }
+
+    fn spawn_client(&self, args: &[&str]) -> Result<Child> {
         Command::new("ip")
             .args([
                 "netns",
@@ -435,14 +495,67 @@ impl Lab {
                 &self.client(),
                 "python3",
                 &lab_script("client.py"),
-                "stream",
             ])
-            .arg(self.url(&format!("/stream?seconds={seconds}")))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting the long download")
+            .context("starting the lab client")
+    }
+
+    /// ISP `n` silently stops forwarding: its gateway still answers ARP and ping from
+    /// the router, nothing beyond it does.
+    pub fn fail_upstream(&self, n: usize) -> Result<()> {
+        self.ns(
+            &self.isp(n),
+            "nft",
+            &["add table ip outage; add chain ip outage forward { type filter hook forward priority 0; policy drop; }"],
+        )
+        .map(drop)
+    }
+
+    pub fn restore_upstream(&self, n: usize) -> Result<()> {
+        self.ns(&self.isp(n), "nft", &["delete table ip outage"])
+            .map(drop)
+    }
+
+    /// ISP `n` drops every other ICMP echo request it forwards: the router's probes
+    /// beyond the gateway see 50 % loss, alternating.
+    pub fn flap_probes(&self, n: usize) -> Result<()> {
+        self.ns(
+            &self.isp(n),
+            "nft",
+            &["add table ip flap; add chain ip flap forward { type filter hook forward priority 0; }; add rule ip flap forward icmp type echo-request numgen inc mod 2 == 0 drop"],
+        )
+        .map(drop)
+    }
+
+    /// Sets the router's uplink interface `wan<n>` up or down.
+    pub fn set_uplink_link(&self, n: usize, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.ns(
+            &self.router(),
+            "ip",
+            &["link", "set", &format!("wan{n}"), state],
+        )
+        .map(drop)
+    }
+
+    /// `multiroute status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = self.multiroute(&["status", "--json"]);
+        ensure!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("parsing status --json")
+    }
+
+    /// The uplink index whose address is `address`.
+    pub fn uplink_index(&self, address: &str) -> Option<usize> {
+        (0..self.isps).find(|&i| Self::uplink_address(i).to_string() == address)
     }
 
     /// Received bytes on each of the router's uplink interfaces.

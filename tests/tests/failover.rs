@@ -1,0 +1,350 @@
+//! Health checks and failover, end to end: a silent upstream outage, a link going
+//! down, a running UDP exchange, a long transfer on the healthy uplink, flapping
+//! probes, and every uplink dead. Times are measured from the outside: a client opens
+//! a new connection every 20 ms and the test finds when they all succeed again.
+use std::{
+    io::{BufRead, BufReader, Read},
+    thread::sleep,
+    time::Duration,
+};
+
+use multiroute_tests::{
+    Attempt, Lab, LabOptions, SERVER, UNREACHABLE, percent, require_root, wait_until, wall_clock,
+};
+
+/// The health config: a probe every 200 ms to a target beyond the ISP's
+/// gateway, 3 losses down, 3 answers up.
+const INTERVAL_S: f64 = 0.2;
+const UP: f64 = 3.0;
+
+fn health(target: std::net::Ipv4Addr) -> String {
+    format!(
+        "\n[health]\ntargets = [\"{target}\"]\ninterval_ms = 200\ntimeout_ms = 200\ndown = 3\nup = 3\n"
+    )
+}
+
+fn running_lab(target: std::net::Ipv4Addr) -> Lab {
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: health(target),
+    })
+    .expect("building the lab");
+    lab.start_router().expect("starting multiroute");
+    lab
+}
+
+/// Attempts: one new connection every 20 ms, each given 500 ms.
+fn start_attempts(lab: &Lab, seconds: f64) -> std::process::Child {
+    lab.start_attempts(seconds, 20, 500)
+        .expect("starting the client")
+}
+
+/// Seconds from `t0` until new connections succeed 100 % of the time (the start of
+/// the first attempt after the last failure), and how many failed.
+fn failover_after(attempts: &[Attempt], t0: f64) -> (f64, usize) {
+    let failed = attempts.iter().filter(|a| !a.ok).count();
+    let last_failure = attempts.iter().rposition(|a| !a.ok);
+    let recovered_at = match last_failure {
+        Some(i) => {
+            let tail = &attempts[i + 1..];
+            assert!(
+                tail.len() >= 25,
+                "at least half a second of successes must follow the last failure ({} attempts)",
+                tail.len()
+            );
+            tail[0].start
+        }
+        None => t0,
+    };
+    ((recovered_at - t0).max(0.0), failed)
+}
+
+/// The uplink's entry in `status --json`.
+fn uplink_status(lab: &Lab, name: &str) -> serde_json::Value {
+    let status = lab.status().expect("status --json");
+    status["uplinks"]
+        .as_array()
+        .expect("uplinks")
+        .iter()
+        .find(|u| u["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} missing from status: {status}"))
+}
+
+fn stop_cleanly(lab: &mut Lab) {
+    let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
+    assert_eq!(status.code(), Some(0), "{}", lab.router_log());
+}
+
+/// The long transfer's conntrack entry: (client port, conntrack id).
+fn transfer_entry(lab: &Lab, client_port: Option<u16>) -> (u16, u64) {
+    let mut args = vec![
+        "-L",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "--state",
+        "ESTABLISHED",
+        "-o",
+        "id",
+    ];
+    let port = client_port.map(|p| p.to_string());
+    if let Some(port) = &port {
+        args.extend(["--sport", port]);
+    }
+    let out = lab
+        .ns(&lab.router(), "conntrack", &args)
+        .expect("conntrack -L");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly the transfer is established:\n{text}"
+    );
+    let field = |name: &str| -> u64 {
+        lines[0]
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {}", lines[0]))
+    };
+    (field("sport=") as u16, field("id="))
+}
+
+#[test]
+fn silent_upstream_failure_fails_over_within_a_second_and_recovers() {
+    if !require_root("silent_upstream_failure_fails_over_within_a_second_and_recovers") {
+        return;
+    }
+    let mut lab = running_lab(SERVER);
+    // A long download: whichever uplink carries it is the healthy one.
+    let before = lab.uplink_rx_bytes().unwrap();
+    let stream = lab.start_stream(14).expect("starting the download");
+    sleep(Duration::from_secs(1));
+    let after = lab.uplink_rx_bytes().unwrap();
+    let healthy = if after[0] - before[0] > after[1] - before[1] {
+        0
+    } else {
+        1
+    };
+    let victim = 1 - healthy;
+    let (port, id) = transfer_entry(&lab, None);
+
+    let client = start_attempts(&lab, 3.0);
+    sleep(Duration::from_millis(800));
+    let t0 = wall_clock();
+    lab.fail_upstream(victim).unwrap();
+    let attempts = Lab::attempts(client).unwrap();
+    let (failover, failed) = failover_after(&attempts, t0);
+    println!(
+        "silent failure of isp{victim}: new connections all succeed {:.0} ms after the outage ({failed} of {} failed before)",
+        failover * 1000.0,
+        attempts.len()
+    );
+    assert!(failed > 0, "connections through isp{victim} fail at first");
+    assert!(failover <= 1.0, "failover took {failover:.3} s");
+    let healthy_address = Lab::uplink_address(healthy).to_string();
+    assert!(
+        attempts
+            .iter()
+            .filter(|a| a.start > t0 + failover)
+            .all(|a| a.address.as_deref() == Some(&healthy_address)),
+        "after failover every new flow uses isp{healthy}"
+    );
+    let down = uplink_status(&lab, &format!("isp{victim}"));
+    assert_eq!(down["state"], "down", "{down}");
+    assert_eq!(down["state_changes"], 1, "{down}");
+    let reason = down["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("missed 3 probes"), "{reason}");
+    assert!(down["loss_percent"].as_f64().unwrap_or(0.0) > 0.0, "{down}");
+    assert!(!lab.status().unwrap()["fail_open"].as_bool().unwrap());
+    assert!(
+        lab.router_log().contains("uplink DOWN"),
+        "{}",
+        lab.router_log()
+    );
+
+    // Recovery: new flows come back to the ISP in proportion to weight.
+    let client = start_attempts(&lab, 3.0);
+    sleep(Duration::from_millis(500));
+    let t1 = wall_clock();
+    lab.restore_upstream(victim).unwrap();
+    let attempts = Lab::attempts(client).unwrap();
+    let victim_address = Lab::uplink_address(victim).to_string();
+    let back = attempts
+        .iter()
+        .find(|a| a.start >= t1 && a.address.as_deref() == Some(&victim_address))
+        .map(|a| a.start - t1)
+        .expect("new flows use the recovered ISP again");
+    let after_recovery: Vec<_> = attempts.iter().filter(|a| a.start > t1 + back).collect();
+    let share = percent(
+        after_recovery
+            .iter()
+            .filter(|a| a.address.as_deref() == Some(&victim_address))
+            .count(),
+        after_recovery.len(),
+    );
+    println!(
+        "recovery of isp{victim}: first new flow through it {:.0} ms after the ISP came back; then {share:.1}% of {} new flows (weight share 50%)",
+        back * 1000.0,
+        after_recovery.len()
+    );
+    assert!(back <= UP * INTERVAL_S + 0.5, "recovery took {back:.3} s");
+    assert!(
+        (35.0..=65.0).contains(&share),
+        "share after recovery {share:.1}%"
+    );
+    assert!(
+        attempts.iter().all(|a| a.ok),
+        "no connection fails on recovery"
+    );
+    assert_eq!(
+        uplink_status(&lab, &format!("isp{victim}"))["state_changes"],
+        2
+    );
+
+    // The transfer on the healthy uplink never noticed.
+    assert_eq!(
+        transfer_entry(&lab, Some(port)),
+        (port, id),
+        "the healthy uplink's conntrack entry was not flushed"
+    );
+    let output = stream.wait_with_output().unwrap();
+    assert!(output.status.success(), "the transfer was interrupted");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["seconds"].as_f64().unwrap() >= 13.5, "{report}");
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn link_down_fails_over_within_200_ms() {
+    if !require_root("link_down_fails_over_within_200_ms") {
+        return;
+    }
+    let mut lab = running_lab(SERVER);
+    let client = start_attempts(&lab, 2.5);
+    sleep(Duration::from_millis(800));
+    let t0 = wall_clock();
+    lab.set_uplink_link(0, false).unwrap();
+    let attempts = Lab::attempts(client).unwrap();
+    let (failover, failed) = failover_after(&attempts, t0);
+    println!(
+        "link down on wan0: new connections all succeed {:.0} ms after ({failed} of {} failed)",
+        failover * 1000.0,
+        attempts.len()
+    );
+    assert!(failover <= 0.2, "failover took {failover:.3} s");
+    let down = uplink_status(&lab, "isp0");
+    assert_eq!(down["state"], "down", "{down}");
+    assert!(
+        down["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("down or has no carrier"),
+        "{down}"
+    );
+
+    let client = start_attempts(&lab, 2.5);
+    sleep(Duration::from_millis(500));
+    let t1 = wall_clock();
+    lab.set_uplink_link(0, true).unwrap();
+    let attempts = Lab::attempts(client).unwrap();
+    let back = attempts
+        .iter()
+        .find(|a| a.start >= t1 && a.address.as_deref() == Some("198.18.0.2"))
+        .map(|a| a.start - t1)
+        .expect("new flows use wan0 again once it is up");
+    println!(
+        "link up on wan0: first new flow through it after {:.0} ms",
+        back * 1000.0
+    );
+    assert!(back <= UP * INTERVAL_S + 0.5, "recovery took {back:.3} s");
+    assert!(
+        attempts.iter().all(|a| a.ok),
+        "no connection fails on recovery"
+    );
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn udp_exchange_moves_to_a_live_uplink() {
+    if !require_root("udp_exchange_moves_to_a_live_uplink") {
+        return;
+    }
+    let mut lab = running_lab(SERVER);
+    let mut client = lab.start_udp(4.0, 20).expect("starting the UDP client");
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().unwrap().unwrap()).expect("the first answer");
+    let first = first["first"]
+        .as_str()
+        .expect("an answer before failure")
+        .to_owned();
+    let victim = lab.uplink_index(&first).expect("an uplink address");
+    sleep(Duration::from_millis(500));
+    lab.fail_upstream(victim).unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(&lines.next().unwrap().unwrap()).expect("the UDP report");
+    let mut stderr = String::new();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(client.wait().unwrap().success(), "{stderr}");
+    let lost = last["lost"].as_u64().unwrap();
+    println!(
+        "UDP, one request per 20 ms, isp{victim} failed silently: {lost} of {} requests lost (≈{} ms), then answered via {}",
+        last["sent"],
+        lost * 20,
+        last["last_address"]
+    );
+    assert_ne!(last["last_address"], first.as_str(), "{last}");
+    assert!(lost > 0 && lost <= 60, "lost {lost} requests: {last}");
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn flapping_probes_do_not_flip_the_state() {
+    if !require_root("flapping_probes_do_not_flip_the_state") {
+        return;
+    }
+    let mut lab = running_lab(SERVER);
+    lab.flap_probes(0).unwrap();
+    sleep(Duration::from_secs(5));
+    let flapping = uplink_status(&lab, "isp0");
+    println!("isp0 losing every other probe for 5 s: {flapping}");
+    assert_eq!(flapping["state"], "up", "{flapping}");
+    assert_eq!(flapping["state_changes"], 0, "{flapping}");
+    let loss = flapping["loss_percent"].as_f64().unwrap();
+    assert!((35.0..=65.0).contains(&loss), "loss {loss}");
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn all_uplinks_dead_fails_open() {
+    if !require_root("all_uplinks_dead_fails_open") {
+        return;
+    }
+    let mut lab = running_lab(UNREACHABLE);
+    wait_until(Duration::from_secs(5), || {
+        lab.status()
+            .is_ok_and(|s| s["fail_open"].as_bool() == Some(true))
+    })
+    .expect("both uplinks go down when nothing answers their probes");
+    assert!(
+        lab.router_log().contains("ALL UPLINKS ARE DOWN"),
+        "{}",
+        lab.router_log()
+    );
+    let human = lab.multiroute(&["status"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("ALL UPLINKS DOWN"));
+    // The main table's original default (via isp0) carries the LAN meanwhile.
+    let seen = lab.connections(100).unwrap();
+    assert_eq!(seen.failures, 0, "{}", lab.router_log());
+    assert_eq!(seen.hits, [100, 0]);
+    stop_cleanly(&mut lab);
+}
