@@ -2,7 +2,7 @@
 //! one file per subcommand, and turns failures into one line and an exit code.
 mod commands;
 
-use std::path::PathBuf;
+use std::{io::IsTerminal, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 use multiroute::config::DEFAULT_PATH;
@@ -41,6 +41,8 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not in journald or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MULTIROUTE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

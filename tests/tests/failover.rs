@@ -71,6 +71,17 @@ fn uplink_status(lab: &Lab, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{name} missing from status: {status}"))
 }
 
+/// The daemon's own account of state changes, with its apply times.
+fn print_transitions(lab: &Lab) {
+    for line in lab
+        .router_log()
+        .lines()
+        .filter(|l| l.contains("uplink DOWN") || l.contains("uplink up"))
+    {
+        println!("  router: {line}");
+    }
+}
+
 fn stop_cleanly(lab: &mut Lab) {
     let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
     assert_eq!(status.code(), Some(0), "{}", lab.router_log());
@@ -191,6 +202,7 @@ fn silent_upstream_failure_fails_over_within_a_second_and_recovers() {
         back * 1000.0,
         after_recovery.len()
     );
+    print_transitions(&lab);
     assert!(back <= UP * INTERVAL_S + 0.5, "recovery took {back:.3} s");
     assert!(
         (35.0..=65.0).contains(&share),
