@@ -23,6 +23,7 @@ pub mod map_names {
     pub const UPLINKS: &str = "MR_UPLINKS";
     pub const TRAFFIC: &str = "MR_TRAFFIC";
     pub const COUNTERS: &str = "MR_COUNTERS";
+    pub const SLOTS: &str = "MR_SLOTS";
 }
 
 /// Name of the classifier function inside the object file.
@@ -52,6 +53,17 @@ pub struct Flow {
     pub pad: u32,
     /// `bpf_ktime_get_ns()` when the flow was first seen (CLOCK_MONOTONIC).
     pub created_ns: u64,
+    /// Packets of the flow the classifier has seen (LAN → uplink direction).
+    pub packets: u64,
+}
+
+/// The uplink name that owns a slot of the uplink table, NUL-padded; all zero for a
+/// free slot. The datapath never reads it: it is kept next to the other maps so a
+/// restarted daemon finds which uplink each slot (mark, table, flows) belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotName {
+    pub bytes: [u8; 16],
 }
 
 /// One uplink as the datapath sees it. `mark` already sits inside `mask`.
@@ -146,9 +158,10 @@ pub fn ring_slot(key: &FlowKey) -> u32 {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are #[repr(C)] plain integers with explicit padding fields.
+    // SAFETY: all five are #[repr(C)] plain integers with explicit padding fields.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::SlotName {}
 }

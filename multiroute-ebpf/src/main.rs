@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use multiroute_ebpf::{
     COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS, NO_UPLINK, RING_SIZE,
-    Traffic, Uplink, ring_slot,
+    SlotName, Traffic, Uplink, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -34,6 +34,10 @@ static UPLINKS: Array<Uplink> = Array::pinned(MAX_UPLINKS, 0);
 
 #[map(name = "MR_TRAFFIC")]
 static TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::pinned(MAX_UPLINKS, 0);
+
+/// Which uplink owns each slot: written and read by userspace only.
+#[map(name = "MR_SLOTS")]
+static SLOTS: Array<SlotName> = Array::pinned(MAX_UPLINKS, 0);
 
 #[map(name = "MR_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
@@ -92,11 +96,18 @@ fn steer(ctx: &TcContext, key: &FlowKey) {
     account(ctx, index);
 }
 
-/// The uplink a known flow uses, unless that uplink has died since.
+/// The uplink a known flow uses, unless that uplink has died since. Counts the
+/// packet on the flow.
 #[inline(always)]
 fn remembered_uplink(flow: *mut Flow) -> Option<(u32, Uplink)> {
-    // SAFETY: the pointer comes from a successful lookup in the flow table.
-    let index = unsafe { (*flow).uplink };
+    // SAFETY: the pointer comes from a successful lookup in the flow table. The
+    // count is statistics only: a flow's packets arrive on one receive queue, and the
+    // bpf target offers no 64-bit fetch-add to core's atomics, so a rare lost
+    // increment when two CPUs race is accepted.
+    let index = unsafe {
+        (*flow).packets += 1;
+        (*flow).uplink
+    };
     let uplink = UPLINKS.get(index)?;
     (uplink.alive != 0).then_some((index, *uplink))
 }
@@ -120,6 +131,7 @@ fn remember(key: &FlowKey, uplink: u32) {
         pad: 0,
         // SAFETY: helper without preconditions.
         created_ns: unsafe { bpf_ktime_get_ns() },
+        packets: 1,
     };
     match FLOWS.insert(key, &flow, 0) {
         Ok(()) => count(Counter::FlowNew),

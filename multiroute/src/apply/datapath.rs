@@ -22,11 +22,15 @@ use aya::{
     },
 };
 use multiroute_ebpf::{
-    COUNTER_COUNT, Counter, Flow, FlowKey, MAX_UPLINKS, PROGRAM_NAME, Traffic, Uplink, map_names,
+    COUNTER_COUNT, Counter, Flow, FlowKey, MAX_UPLINKS, PROGRAM_NAME, SlotName, Traffic, Uplink,
+    map_names,
 };
 use tracing::{debug, info};
 
-use crate::{path_error::PathError, plan::Plan};
+use crate::{
+    path_error::PathError,
+    plan::{Plan, slots::Slots},
+};
 
 /// The compiled classifier, built by build.rs through aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multiroute"));
@@ -296,6 +300,38 @@ pub struct Maps {
     uplinks: Array<MapData, Uplink>,
     traffic: PerCpuArray<MapData, Traffic>,
     counters: PerCpuArray<MapData, u64>,
+    slots: Array<MapData, SlotName>,
+}
+
+/// The slot assignment a loaded datapath holds; empty when nothing is pinned.
+pub fn read_slots(pin_path: &Path) -> Result<Slots, DatapathError> {
+    if !pin_path.join(map_names::SLOTS).exists() {
+        return Ok(Slots::new());
+    }
+    let names: Array<MapData, SlotName> = open_map(pin_path, map_names::SLOTS)?;
+    let mut slots = Slots::new();
+    for slot in 0..MAX_UPLINKS {
+        let name = names.get(&slot, 0).map_err(map_error(map_names::SLOTS))?;
+        let len = name
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name.bytes.len());
+        if let Ok(name) = std::str::from_utf8(&name.bytes[..len])
+            && !name.is_empty()
+        {
+            slots.insert(name.to_owned(), slot);
+        }
+    }
+    Ok(slots)
+}
+
+fn slot_name(name: &str) -> SlotName {
+    let mut bytes = [0; 16];
+    // Config validation keeps names to 15 bytes, leaving the NUL.
+    let len = name.len().min(15);
+    bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+    SlotName { bytes }
 }
 
 fn open_map<T>(pin_path: &Path, name: &'static str) -> Result<T, DatapathError>
@@ -315,6 +351,7 @@ impl Maps {
             uplinks: open_map(pin_path, map_names::UPLINKS)?,
             traffic: open_map(pin_path, map_names::TRAFFIC)?,
             counters: open_map(pin_path, map_names::COUNTERS)?,
+            slots: open_map(pin_path, map_names::SLOTS)?,
         })
     }
 
@@ -337,6 +374,15 @@ impl Maps {
             self.uplinks
                 .set(index, &uplink, 0)
                 .map_err(map_error(map_names::UPLINKS))?;
+            let owner = plan
+                .uplinks
+                .iter()
+                .find(|u| u.slot == index)
+                .map(|u| slot_name(&u.name))
+                .unwrap_or_default();
+            self.slots
+                .set(index, &owner, 0)
+                .map_err(map_error(map_names::SLOTS))?;
         }
         self.write_ring_over(&plan.ring, current_ring)
     }

@@ -29,14 +29,15 @@ pub enum ApplyError {
     Conntrack(#[from] ConntrackError),
 }
 
-/// Reads the host and plans against it.
+/// Reads the host (and the slots a running datapath holds) and plans against it.
 pub async fn plan(
     nl: &Netlink,
     config: &Config,
     dead: &BTreeSet<String>,
 ) -> Result<(Plan, Observed), ApplyError> {
     let observed = nl.observe(config.saved_default_table()).await?;
-    let plan = Plan::build(config, &observed, dead)?;
+    let slots = datapath::read_slots(&config.routing.pin_path)?;
+    let plan = Plan::build(config, &observed, dead, &slots)?;
     Ok((plan, observed))
 }
 

@@ -82,8 +82,8 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
     let maps = Maps::open(pin_path).ok();
     let flows = maps.as_ref().map(Maps::flows).unwrap_or_default();
     let mut uplinks = Vec::new();
-    for (index, uplink) in plan.uplinks.iter().enumerate() {
-        let index = index as u32;
+    for uplink in &plan.uplinks {
+        let index = uplink.slot;
         let traffic = maps
             .as_ref()
             .and_then(|m| m.traffic(index).ok())

@@ -218,8 +218,13 @@ impl Config {
         self.routing.table_base
     }
 
-    pub fn uplink_index(&self, name: &str) -> Option<usize> {
-        self.uplinks.iter().position(|uplink| uplink.name == name)
+    /// How many uplink slots the mark mask and the datapath's table allow.
+    pub fn slot_capacity(&self) -> u32 {
+        let mask = self.routing.fwmark_mask;
+        // Marks are (slot + 1) << the mask's lowest bit, within its contiguous run.
+        let bits = (!(mask >> mask.trailing_zeros())).trailing_zeros();
+        let marks = 1u64.checked_shl(bits).map_or(u64::MAX, |n| n - 1);
+        marks.min(u64::from(multiroute_ebpf::MAX_UPLINKS)) as u32
     }
 }
 

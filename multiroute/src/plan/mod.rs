@@ -4,6 +4,7 @@
 //! by `apply`; tested here without root against the seed's own commands.
 mod maglev;
 mod model;
+pub mod slots;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -95,6 +96,8 @@ impl Readiness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkPlan {
     pub name: String,
+    /// Index in the datapath's uplink table; decides `table` and `mark` (see `slots`).
+    pub slot: u32,
     pub interface: String,
     pub table: u32,
     pub mark: u32,
@@ -113,7 +116,8 @@ pub struct Plan {
     /// The weighted multipath default for the main table, when `main_default` is on
     /// and at least one uplink is alive and weighted.
     pub main_default: Option<Route>,
-    /// Contents of the datapath's uplink table, indexed like `uplinks`.
+    /// Contents of the datapath's uplink table, indexed by slot; free slots are
+    /// all zero (not alive).
     pub datapath_uplinks: Vec<multiroute_ebpf::Uplink>,
     pub ring: Vec<u32>,
     /// Ifindex of every LAN interface, by name, for the classifier.
@@ -121,12 +125,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `dead` names uplinks health checks consider down.
+    /// `dead` names uplinks health checks consider down; `previous_slots` is the
+    /// slot assignment the datapath holds now (empty on a fresh start).
     pub fn build(
         config: &Config,
         observed: &Observed,
         dead: &BTreeSet<String>,
+        previous_slots: &slots::Slots,
     ) -> Result<Plan, PlanError> {
+        let slots = slots::assign(
+            previous_slots,
+            config.uplinks.iter().map(|u| u.name.as_str()),
+            config.slot_capacity(),
+        );
         let lan = config
             .lan
             .iter()
@@ -140,8 +151,9 @@ impl Plan {
         let uplinks = config
             .uplinks
             .iter()
-            .enumerate()
-            .map(|(i, uplink)| {
+            .map(|uplink| {
+                // Validation keeps the uplink count within the capacity.
+                let slot = slots.get(&uplink.name).copied().unwrap_or_default();
                 let iface =
                     observed
                         .get(&uplink.interface)
@@ -152,9 +164,10 @@ impl Plan {
                 let readiness = readiness(uplink, iface);
                 Ok(UplinkPlan {
                     name: uplink.name.clone(),
+                    slot,
                     interface: uplink.interface.clone(),
-                    table: config.table(i),
-                    mark: config.mark(i),
+                    table: config.table(slot as usize),
+                    mark: config.mark(slot as usize),
                     weight: uplink.weight,
                     alive: matches!(readiness, Readiness::Ready { .. })
                         && !dead.contains(&uplink.name),
@@ -171,21 +184,21 @@ impl Plan {
             .then(|| main_default(&uplinks))
             .flatten();
         let mask = config.routing.fwmark_mask;
-        let datapath_uplinks = uplinks
-            .iter()
-            .map(|u| multiroute_ebpf::Uplink {
+        let used = uplinks.iter().map(|u| u.slot + 1).max().unwrap_or(0);
+        let mut datapath_uplinks = vec![multiroute_ebpf::Uplink::default(); used as usize];
+        for u in &uplinks {
+            datapath_uplinks[u.slot as usize] = multiroute_ebpf::Uplink {
                 mark: u.mark,
                 mask,
                 alive: u32::from(u.alive),
                 pad: 0,
-            })
-            .collect();
+            };
+        }
         let members: Vec<_> = uplinks
             .iter()
-            .enumerate()
-            .filter(|(_, u)| u.alive)
-            .map(|(i, u)| Member {
-                index: i as u32,
+            .filter(|u| u.alive)
+            .map(|u| Member {
+                index: u.slot,
                 name: &u.name,
                 weight: u.weight,
             })

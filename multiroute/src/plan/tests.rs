@@ -1,6 +1,7 @@
 //! The plan for the seed's own example must be the seed's own commands.
 use std::path::Path;
 
+use super::slots::Slots;
 use super::*;
 
 /// The seed's interfaces: eth0 LAN 192.168.0.1/24, eth1 DSL 142.154.64.7/24 via
@@ -38,7 +39,12 @@ fn seed_host() -> Observed {
 
 fn seed_plan() -> Plan {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
-    Plan::build(&config, &seed_host(), &BTreeSet::new()).unwrap()
+    build(&config, &seed_host(), &BTreeSet::new()).unwrap()
+}
+
+/// A fresh start: no slots held yet.
+fn build(config: &Config, host: &Observed, dead: &BTreeSet<String>) -> Result<Plan, PlanError> {
+    Plan::build(config, host, dead, &Slots::new())
 }
 
 fn lines<T: ToString>(items: &[T]) -> Vec<String> {
@@ -109,7 +115,7 @@ fn datapath_gets_marks_inside_the_mask_and_a_ring_of_both() {
 fn dead_uplink_leaves_ring_and_main_default_but_keeps_its_table() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let dead = BTreeSet::from(["dsl".to_string()]);
-    let plan = Plan::build(&config, &seed_host(), &dead).unwrap();
+    let plan = build(&config, &seed_host(), &dead).unwrap();
     assert!(plan.ring.iter().all(|&i| i == 1));
     assert_eq!(plan.datapath_uplinks[0].alive, 0);
     assert_eq!(
@@ -131,11 +137,11 @@ fn gateway_is_learned_from_the_host_when_omitted() {
     let config = Config::parse(&text, Path::new("seed.toml")).unwrap();
     let mut host = seed_host();
     host.get_mut("eth1").unwrap().gateway = Some("142.154.64.254".parse().unwrap());
-    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
     assert!(lines(&plan.routes).contains(&"default via 142.154.64.254 dev eth1 table 101".into()));
 
     host.get_mut("eth1").unwrap().gateway = None;
-    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
     assert!(matches!(
         plan.uplinks[0].readiness,
         Readiness::NoGateway { .. }
@@ -152,7 +158,7 @@ fn uplink_without_address_is_not_ready() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let mut host = seed_host();
     host.get_mut("eth2").unwrap().addresses.clear();
-    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
     assert_eq!(plan.uplinks[1].readiness, Readiness::NoAddress);
     assert!(!lines(&plan.rules).iter().any(|r| r.contains("lookup 102")));
 }
@@ -162,7 +168,7 @@ fn missing_interfaces_are_named() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let mut host = seed_host();
     host.remove("eth2");
-    let err = Plan::build(&config, &host, &BTreeSet::new()).unwrap_err();
+    let err = build(&config, &host, &BTreeSet::new()).unwrap_err();
     assert_eq!(
         err,
         PlanError::MissingUplink {
@@ -172,7 +178,7 @@ fn missing_interfaces_are_named() {
     );
     host.remove("eth0");
     assert_eq!(
-        Plan::build(&config, &host, &BTreeSet::new()).unwrap_err(),
+        build(&config, &host, &BTreeSet::new()).unwrap_err(),
         PlanError::MissingLan("eth0".into())
     );
 }
@@ -182,7 +188,7 @@ fn main_default_off_means_no_main_route() {
     let text = format!("{SEED_CONFIG}\n[routing]\nmain_default = false\n");
     let config = Config::parse(&text, Path::new("seed.toml")).unwrap();
     assert!(
-        Plan::build(&config, &seed_host(), &BTreeSet::new())
+        build(&config, &seed_host(), &BTreeSet::new())
             .unwrap()
             .main_default
             .is_none()
@@ -194,7 +200,7 @@ fn link_down_uplink_has_no_table_and_no_rules() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let mut host = seed_host();
     host.get_mut("eth1").unwrap().up = false;
-    let plan = Plan::build(&config, &host, &BTreeSet::new()).unwrap();
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
     assert_eq!(plan.uplinks[0].readiness, Readiness::LinkDown);
     assert!(!plan.uplinks[0].alive);
     assert!(plan.routes.iter().all(|r| r.table != 101));
@@ -210,7 +216,7 @@ fn link_down_uplink_has_no_table_and_no_rules() {
 fn all_dead_fails_open() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let dead = BTreeSet::from(["dsl".to_owned(), "cable".to_owned()]);
-    let plan = Plan::build(&config, &seed_host(), &dead).unwrap();
+    let plan = build(&config, &seed_host(), &dead).unwrap();
     assert!(plan.fail_open());
     assert!(
         plan.main_default.is_none(),
@@ -218,4 +224,20 @@ fn all_dead_fails_open() {
     );
     assert!(plan.ring.iter().all(|&i| i == multiroute_ebpf::NO_UPLINK));
     assert!(!seed_plan().fail_open());
+}
+
+#[test]
+fn uplinks_keep_the_slot_the_datapath_holds() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let held = Slots::from([("dsl".to_owned(), 1), ("cable".to_owned(), 0)]);
+    let plan = Plan::build(&config, &seed_host(), &BTreeSet::new(), &held).unwrap();
+    let dsl = &plan.uplinks[0];
+    assert_eq!((dsl.slot, dsl.table, dsl.mark), (1, 102, 0x200));
+    assert_eq!(plan.datapath_uplinks[1].mark, 0x200);
+    assert_eq!(plan.datapath_uplinks[0].mark, 0x100, "cable in slot 0");
+    assert!(
+        lines(&plan.rules)
+            .iter()
+            .any(|r| r.ends_with("from 142.154.64.7 lookup 102"))
+    );
 }
