@@ -44,6 +44,20 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// Source address octets, as on the wire.
+    pub fn src_octets(&self) -> [u8; 4] {
+        self.src.to_ne_bytes()
+    }
+    pub fn dst_octets(&self) -> [u8; 4] {
+        self.dst.to_ne_bytes()
+    }
+    /// Ports in host order (the ICMP echo identifier for ICMP).
+    pub fn ports(&self) -> (u16, u16) {
+        (u16::from_be(self.src_port), u16::from_be(self.dst_port))
+    }
+}
+
 /// What the flow table remembers about a flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

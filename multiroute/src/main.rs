@@ -5,7 +5,7 @@ mod commands;
 use std::{io::IsTerminal, path::PathBuf};
 
 use clap::{Parser, Subcommand};
-use multiroute::config::DEFAULT_PATH;
+use multiroute::{config::DEFAULT_PATH, net::Ipv4Net};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,28 @@ enum Command {
     },
     /// Validate the config and the host without changing anything.
     Check,
+    /// Change one uplink's weight in the running `load` (0 drains it).
+    Weight {
+        /// The uplink's `name` from the config.
+        name: String,
+        /// New weight, 0-256. Live until the next reload or restart.
+        weight: u32,
+    },
+    /// List the tracked flows and the uplink each one uses.
+    Flows {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Only flows on this uplink.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// Only flows from this LAN address or prefix.
+        #[arg(long)]
+        src: Option<Ipv4Net>,
+        /// Only flows to this address or prefix.
+        #[arg(long)]
+        dst: Option<Ipv4Net>,
+    },
 }
 
 fn main() {
@@ -53,6 +75,17 @@ fn main() {
         Command::Unload => commands::unload::run(&cli.config),
         Command::Status { json } => commands::status::run(&cli.config, json),
         Command::Check => commands::check::run(&cli.config),
+        Command::Weight { name, weight } => commands::weight::run(&cli.config, &name, weight),
+        Command::Flows {
+            json,
+            uplink,
+            src,
+            dst,
+        } => commands::flows::run(
+            &cli.config,
+            json,
+            &commands::flows::Filter { uplink, src, dst },
+        ),
     };
     if let Err(failure) = result {
         eprintln!("multiroute: {:#}", failure.error());

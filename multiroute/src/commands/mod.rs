@@ -1,8 +1,10 @@
 //! One file per subcommand: each command's whole story in one place.
 pub mod check;
+pub mod flows;
 pub mod load;
 pub mod status;
 pub mod unload;
+pub mod weight;
 
 use std::path::Path;
 

@@ -14,7 +14,7 @@ use multiroute::{
     instance,
     plan::Readiness,
     run::{
-        HealthReport, UplinkHealth,
+        DaemonReport, UplinkReport,
         control::{self, Request},
         health::TargetReport,
     },
@@ -73,8 +73,8 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             .map_err(super::Failure::from)
     })?;
     let pid = instance::running(&config.control.socket);
-    let health: Option<HealthReport> = match pid {
-        Some(_) => control::ask(&config.control.socket, &Request::Health)
+    let health: Option<DaemonReport> = match pid {
+        Some(_) => control::ask(&config.control.socket, &Request::Status)
             .context("asking the running multiroute")?
             .and_then(|reply| serde_json::from_value(reply).ok()),
         None => None,
@@ -99,7 +99,9 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             .as_ref()
             .and_then(|h| h.uplinks.iter().find(|u| u.name == uplink.name));
         let alive = daemon_view.map_or(uplink.alive, |u| u.alive);
-        let state = match (alive, uplink.weight) {
+        // `multiroute weight` changes live in the daemon, not in the file.
+        let weight = daemon_view.map_or(uplink.weight, |u| u.weight);
+        let state = match (alive, weight) {
             (false, _) => "down",
             (true, 0) => "drained",
             (true, _) => "up",
@@ -107,7 +109,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         uplinks.push(UplinkStatus {
             name: uplink.name.clone(),
             state,
-            weight: uplink.weight,
+            weight,
             interface: uplink.interface.clone(),
             address,
             gateway,
@@ -154,7 +156,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
     Ok(())
 }
 
-fn best_rtt(health: &UplinkHealth) -> Option<f64> {
+fn best_rtt(health: &UplinkReport) -> Option<f64> {
     health
         .probes
         .iter()
@@ -163,7 +165,7 @@ fn best_rtt(health: &UplinkHealth) -> Option<f64> {
         .reduce(f64::min)
 }
 
-fn best_loss(health: &UplinkHealth) -> Option<f64> {
+fn best_loss(health: &UplinkReport) -> Option<f64> {
     health
         .probes
         .iter()

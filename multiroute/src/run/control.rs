@@ -21,8 +21,18 @@ use crate::path_error::PathError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
-    /// Health, state and timing of every uplink.
-    Health,
+    /// State, weight, health and timing of every uplink.
+    Status,
+    /// Change one uplink's weight; new flows follow at once, existing flows stay.
+    Weight { uplink: String, weight: u32 },
+}
+
+/// The daemon's answer to a request it could not carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub error: String,
+    /// The request itself was wrong (exit 2), not the daemon's situation.
+    pub usage: bool,
 }
 
 /// A request and where its answer goes.
@@ -95,7 +105,7 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
                     .await
                     .unwrap_or_else(|_| serde_json::json!({"error": "shutting down"}))
             }
-            Err(err) => serde_json::json!({ "error": format!("bad request: {err}") }),
+            Err(err) => refusal(&format!("bad request: {err}"), true),
         };
         let mut text = answer.to_string();
         text.push('\n');
@@ -104,6 +114,13 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
         }
     }
     debug!("control connection closed");
+}
+
+pub fn refusal(error: &str, usage: bool) -> serde_json::Value {
+    serde_json::json!(Refusal {
+        error: error.to_owned(),
+        usage
+    })
 }
 
 /// Sends one request to the daemon behind `path` and waits (bounded) for its reply.

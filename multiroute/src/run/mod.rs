@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, ApplyError, Removed, datapath::Datapath, datapath::Maps, netlink::Netlink},
-    config::{Config, ConfigError, ProbeTarget},
+    config::{Config, ConfigError, MAX_WEIGHT, ProbeTarget},
     path_error::PathError,
     plan::{Plan, Readiness},
 };
@@ -54,9 +54,11 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
 
 /// One uplink's health as the daemon reports it (`status`, the control socket).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UplinkHealth {
+pub struct UplinkReport {
     pub name: String,
     pub alive: bool,
+    /// The weight in force (the config's, or what `multiroute weight` set since).
+    pub weight: u32,
     /// When the uplink entered its current state (seconds since the Unix epoch).
     pub since: f64,
     /// Why it is in that state.
@@ -67,10 +69,10 @@ pub struct UplinkHealth {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HealthReport {
+pub struct DaemonReport {
     /// No uplink can take new flows: traffic falls back to the main table.
     pub fail_open: bool,
-    pub uplinks: Vec<UplinkHealth>,
+    pub uplinks: Vec<UplinkReport>,
 }
 
 struct UplinkState {
@@ -179,7 +181,7 @@ impl Daemon {
                         self.reconcile(change).await;
                     }
                 }
-                Some(incoming) = requests.recv() => self.answer(incoming),
+                Some(incoming) = requests.recv() => self.answer(incoming).await,
             }
         }
         info!("stopping: removing everything multiroute set up");
@@ -331,55 +333,84 @@ impl Daemon {
         );
     }
 
-    /// SIGHUP: re-read the config and apply it; on any error keep running as is.
+    /// SIGHUP: re-read the config and move to it like to any other change: uplinks
+    /// that stay keep their slot and flows, removed ones' flows move, new ones join
+    /// the ring. A config that does not validate changes nothing.
     async fn reload(&mut self) {
-        let result = async {
+        let checked = async {
             let config = Config::load(&self.config_path)?;
-            let (plan, observed) = apply::plan(&self.nl, &config, &self.health.dead()).await?;
-            let datapath = apply::apply(&self.nl, &config, &plan, &observed).await?;
-            Ok::<_, DaemonError>((config, plan, datapath))
+            // Interfaces the new config names must exist before anything changes.
+            apply::plan(&self.nl, &config, &self.health.dead()).await?;
+            Ok::<_, DaemonError>(config)
+        };
+        let config = match checked.await {
+            Ok(config) => config,
+            Err(err) => return error!("reload refused, keeping the running set-up: {err}"),
+        };
+        if thresholds(&config) != thresholds(&self.config) {
+            self.health = HealthBook::new(thresholds(&config));
         }
-        .await;
-        match result {
-            Ok((config, plan, datapath)) => {
-                if thresholds(&config) != thresholds(&self.config) {
-                    self.health = HealthBook::new(thresholds(&config));
-                }
-                if config.health != self.config.health {
-                    // New timing: every prober restarts with it.
-                    self.probers.clear();
-                }
-                self.config = config;
-                self.plan = plan;
-                self.datapath = datapath;
-                info!("configuration reloaded");
-                log_plan(&self.plan);
-                self.record_transitions(None, Duration::ZERO);
-                self.sync_probers();
-            }
-            Err(err) => error!("reload failed, keeping the running set-up: {err}"),
+        if config.health != self.config.health {
+            // New timing: every prober restarts with it.
+            self.probers.clear();
         }
+        self.config = config;
+        info!("configuration reloaded");
+        self.reconcile(None).await;
+        if let Err(err) = self.datapath.attach(&self.plan.lan) {
+            error!("attaching to the LAN interfaces of the new config: {err}");
+        }
+        log_plan(&self.plan);
     }
 
-    fn answer(&self, incoming: Incoming) {
+    async fn answer(&mut self, incoming: Incoming) {
         let reply = match incoming.request {
-            Request::Health => serde_json::to_value(self.health_report()),
+            Request::Status => serde_json::to_value(self.report())
+                .unwrap_or_else(|err| control::refusal(&err.to_string(), false)),
+            Request::Weight { uplink, weight } => self.set_weight(&uplink, weight).await,
         };
-        let reply = reply.unwrap_or_else(|err| serde_json::json!({ "error": err.to_string() }));
         // The asker may have gone away; nothing to do then.
         let _ = incoming.reply.send(reply);
     }
 
-    fn health_report(&self) -> HealthReport {
+    /// `multiroute weight`: live until the next reload or restart (the file's
+    /// weights win then).
+    async fn set_weight(&mut self, name: &str, weight: u32) -> serde_json::Value {
+        if weight > MAX_WEIGHT {
+            return control::refusal(&format!("weight {weight} is above {MAX_WEIGHT}"), true);
+        }
+        let Some(uplink) = self.config.uplinks.iter_mut().find(|u| u.name == name) else {
+            let names: Vec<_> = self
+                .config
+                .uplinks
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect();
+            return control::refusal(
+                &format!(
+                    "no uplink named {name:?}; the uplinks are: {}",
+                    names.join(", ")
+                ),
+                true,
+            );
+        };
+        let previous = std::mem::replace(&mut uplink.weight, weight);
+        info!(uplink = name, previous, weight, "weight changed");
+        self.reconcile(None).await;
+        serde_json::json!({ "uplink": name, "previous": previous, "weight": weight })
+    }
+
+    fn report(&self) -> DaemonReport {
         let uplinks = self
             .plan
             .uplinks
             .iter()
             .filter_map(|u| {
                 let state = self.states.get(&u.name)?;
-                Some(UplinkHealth {
+                Some(UplinkReport {
                     name: u.name.clone(),
                     alive: state.alive,
+                    weight: u.weight,
                     since: state
                         .since
                         .duration_since(SystemTime::UNIX_EPOCH)
@@ -391,7 +422,7 @@ impl Daemon {
                 })
             })
             .collect();
-        HealthReport {
+        DaemonReport {
             fail_open: self.plan.fail_open(),
             uplinks,
         }

@@ -1,0 +1,58 @@
+//! `multiroute weight NAME N`: change one uplink's weight in the running `load`. New
+//! flows follow at once; existing flows keep their uplink; `0` drains.
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+use multiroute::{
+    config::MAX_WEIGHT,
+    run::control::{self, Refusal, Request},
+};
+
+use super::{CommandResult, Failure, read_config};
+
+pub fn run(config_path: &Path, name: &str, weight: u32) -> CommandResult {
+    let config = read_config(config_path)?;
+    if !config.uplinks.iter().any(|u| u.name == name) {
+        let names: Vec<_> = config.uplinks.iter().map(|u| u.name.as_str()).collect();
+        return Err(Failure::Config(anyhow!(
+            "no uplink named {name:?} in {}; the uplinks are: {}",
+            config_path.display(),
+            names.join(", ")
+        )));
+    }
+    if weight > MAX_WEIGHT {
+        return Err(Failure::Config(anyhow!(
+            "weight {weight} is above the maximum of {MAX_WEIGHT}"
+        )));
+    }
+    let request = Request::Weight {
+        uplink: name.to_owned(),
+        weight,
+    };
+    let reply = control::ask(&config.control.socket, &request)
+        .context("asking the running multiroute")?
+        .ok_or_else(|| {
+            anyhow!(
+                "multiroute is not running for {}; start it with `multiroute load`",
+                config_path.display()
+            )
+        })?;
+    if let Ok(refusal) = serde_json::from_value::<Refusal>(reply.clone()) {
+        let err = anyhow!("{}", refusal.error);
+        return Err(if refusal.usage {
+            Failure::Config(err)
+        } else {
+            Failure::Runtime(err)
+        });
+    }
+    let drained = if weight == 0 {
+        " (drained: no new flows)"
+    } else {
+        ""
+    };
+    println!(
+        "{name}: weight {} -> {weight}{drained}; new flows follow now, existing flows keep their uplink",
+        reply["previous"]
+    );
+    Ok(())
+}
