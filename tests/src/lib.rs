@@ -273,8 +273,14 @@ impl Lab {
     }
 
     fn write_config(&self, options: &LabOptions) -> Result<()> {
+        let uplinks: Vec<_> = options.weights.iter().copied().enumerate().collect();
+        self.write_uplinks(&uplinks, &options.extra_config)
+    }
+
+    /// Rewrites the config with uplinks for the given (ISP index, weight) pairs only.
+    pub fn write_uplinks(&self, uplinks: &[(usize, u32)], extra_config: &str) -> Result<()> {
         let mut text = String::from("lan = [\"lan0\"]\n");
-        for (n, weight) in options.weights.iter().enumerate() {
+        for (n, weight) in uplinks {
             text += &format!(
                 "\n[[uplink]]\nname = \"isp{n}\"\ninterface = \"wan{n}\"\ngateway = \"198.18.{n}.1\"\nweight = {weight}\n"
             );
@@ -284,7 +290,7 @@ impl Lab {
             self.pin_path().display(),
             self.dir.join("control.sock").display()
         );
-        text += &options.extra_config;
+        text += extra_config;
         std::fs::write(&self.config, text).context("writing the lab config")
     }
 
@@ -395,6 +401,17 @@ impl Lab {
         std::fs::read_to_string(self.dir.join("router.log")).unwrap_or_default()
     }
 
+    /// Sends `signal` to the running `load` without waiting.
+    pub fn signal_router(&self, signal: i32) -> Result<()> {
+        let child = self.router.as_ref().context("the router is not running")?;
+        // SAFETY: kill(2) on a child we started.
+        ensure!(
+            unsafe { libc::kill(child.id() as i32, signal) } == 0,
+            "cannot signal multiroute"
+        );
+        Ok(())
+    }
+
     /// Sends `signal` to the running `load` and waits for it to exit.
     pub fn stop_router(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
         let mut child = self.router.take().context("the router is not running")?;
@@ -417,26 +434,31 @@ impl Lab {
 
     /// `count` new connections from the LAN client, one after another.
     pub fn connections(&self, count: usize) -> Result<Connections> {
-        let out = self.ns(
-            &self.client(),
-            "python3",
-            &[
-                &lab_script("client.py"),
-                "count",
-                &self.url("/"),
-                &count.to_string(),
-                "240",
-            ],
-        )?;
+        let child = self.start_connections(count)?;
+        self.finish_connections(child)
+    }
+
+    /// [`Lab::connections`] in the background.
+    pub fn start_connections(&self, count: usize) -> Result<Child> {
+        self.spawn_client(&["count", &self.url("/"), &count.to_string(), "240"])
+    }
+
+    pub fn finish_connections(&self, child: Child) -> Result<Connections> {
+        let output = child.wait_with_output().context("waiting for the client")?;
+        ensure!(
+            output.status.success(),
+            "client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let report: serde_json::Value =
-            serde_json::from_str(stdout(&out).trim()).context("parsing the client's report")?;
+            serde_json::from_slice(&output.stdout).context("parsing the client's report")?;
         let mut hits = vec![0; self.isps];
         let seen = report["seen"]
             .as_object()
             .context("client report without `seen`")?;
         for (address, n) in seen {
             let n = n.as_u64().unwrap_or(0) as usize;
-            match (0..self.isps).find(|&i| Self::uplink_address(i).to_string() == *address) {
+            match self.uplink_index(address) {
                 Some(i) => hits[i] += n,
                 None => bail!("the server saw an unexpected source {address}"),
             }
@@ -551,6 +573,19 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).context("parsing status --json")
+    }
+
+    /// `multiroute flows --json ARGS`, parsed.
+    pub fn flows(&self, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+        let mut full = vec!["flows", "--json"];
+        full.extend_from_slice(args);
+        let out = self.multiroute(&full);
+        ensure!(
+            out.status.success(),
+            "flows failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("parsing flows --json")
     }
 
     /// The uplink index whose address is `address`.

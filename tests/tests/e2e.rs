@@ -275,31 +275,3 @@ fn bad_input_changes_nothing() {
     std::thread::sleep(Duration::from_millis(100));
     stop_cleanly(&mut lab); // the first one is unharmed by the refused second load
 }
-
-#[test]
-fn restart_after_sigkill_adopts_the_flow_table() {
-    if !require_root("restart_after_sigkill_adopts_the_flow_table") {
-        return;
-    }
-    let mut lab = lab(&[1, 1]);
-    lab.start_router().unwrap();
-    lab.connections(500).unwrap();
-    let before = status_flows(&lab);
-    assert!(before.iter().sum::<u64>() >= 500, "{before:?}");
-    lab.stop_router(libc::SIGKILL).unwrap();
-    lab.start_router().unwrap();
-    assert_eq!(
-        status_flows(&lab),
-        before,
-        "the new load adopted the pinned flow table unchanged"
-    );
-    assert_eq!(
-        loaded_classifiers(),
-        1,
-        "the old program was replaced behind the pinned link, not stacked"
-    );
-    let failures = lab.connections(200).unwrap().failures;
-    assert_eq!(failures, 0);
-    stop_cleanly(&mut lab);
-    assert_eq!(loaded_classifiers(), 0);
-}

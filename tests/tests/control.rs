@@ -1,0 +1,259 @@
+//! Runtime control, end to end: live weights, `flows` and `status` against what the
+//! server saw, reload adding and removing uplinks, restart adoption under load.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    thread::sleep,
+    time::Duration,
+};
+
+use multiroute_tests::{
+    Lab, LabOptions, loaded_classifiers, percent, require_root, stdout, wait_until,
+};
+
+fn lab(weights: &[u32]) -> Lab {
+    Lab::new(&LabOptions {
+        weights: weights.to_vec(),
+        extra_config: String::new(),
+    })
+    .expect("building the lab")
+}
+
+fn multiroute_ok(lab: &Lab, args: &[&str]) -> String {
+    let out = lab.multiroute(args);
+    assert!(
+        out.status.success(),
+        "multiroute {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout(&out)
+}
+
+fn stop_cleanly(lab: &mut Lab) {
+    let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
+    assert_eq!(status.code(), Some(0), "{}", lab.router_log());
+}
+
+/// Every flow as (proto, src, sport, dst, dport) → uplink.
+fn flow_table(lab: &Lab) -> BTreeMap<String, String> {
+    lab.flows(&[])
+        .expect("flows --json")
+        .iter()
+        .map(|f| {
+            let key = format!(
+                "{} {}:{} {}:{}",
+                f["proto"], f["src"], f["src_port"], f["dst"], f["dst_port"]
+            );
+            (key, f["uplink"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+fn per_uplink(table: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for uplink in table.values() {
+        *counts.entry(uplink.clone()).or_default() += 1;
+    }
+    counts
+}
+
+/// The uplink index that received most of the bytes since `before`.
+fn busiest(lab: &Lab, before: &[u64]) -> usize {
+    let after = lab.uplink_rx_bytes().unwrap();
+    (0..after.len())
+        .max_by_key(|&i| after[i] - before[i])
+        .unwrap_or(0)
+}
+
+#[test]
+fn weight_changes_apply_to_new_flows_only() {
+    if !require_root("weight_changes_apply_to_new_flows_only") {
+        return;
+    }
+    let mut lab = lab(&[1, 1]);
+    lab.start_router().unwrap();
+    let before = lab.uplink_rx_bytes().unwrap();
+    let stream = lab.start_stream(10).unwrap();
+    sleep(Duration::from_secs(1));
+    let carrier = busiest(&lab, &before);
+
+    let out = multiroute_ok(&lab, &["weight", "isp0", "3"]);
+    assert!(out.contains("weight 1 -> 3"), "{out}");
+    let seen = lab.connections(2000).unwrap();
+    assert_eq!(seen.failures, 0);
+    let share = percent(seen.hits[0], 2000);
+    println!("weight isp0 3, isp1 1: isp0 took {share:.2}% of 2000 new connections (want 75%)");
+    assert!((share - 75.0).abs() <= 3.0, "{:?}", seen.hits);
+
+    // status and flows agree with each other and with the server.
+    let status = lab.status().unwrap();
+    assert_eq!(status["uplinks"][0]["weight"], 3);
+    let table = flow_table(&lab);
+    let counts = per_uplink(&table);
+    for (i, uplink) in status["uplinks"].as_array().unwrap().iter().enumerate() {
+        let name = uplink["name"].as_str().unwrap();
+        let flows = counts.get(name).copied().unwrap_or(0);
+        assert_eq!(uplink["flows"].as_u64().unwrap() as usize, flows, "{name}");
+        // A reused client port is the same flow; the stream adds one.
+        assert!(
+            flows <= seen.hits[i] + 1,
+            "{name}: {flows} flows, {:?}",
+            seen.hits
+        );
+    }
+    assert_eq!(
+        table.len(),
+        seen.ports + 1,
+        "one flow per 5-tuple plus the stream"
+    );
+    let isp1_only = lab.flows(&["--uplink", "isp1"]).unwrap();
+    assert_eq!(isp1_only.len(), counts["isp1"]);
+    assert!(isp1_only.iter().all(|f| f["uplink"] == "isp1"));
+    let from_client = lab.flows(&["--src", "100.64.0.2/32"]).unwrap();
+    assert_eq!(from_client.len(), table.len());
+    assert!(
+        from_client
+            .iter()
+            .all(|f| f["packets"].as_u64().unwrap() >= 1)
+    );
+
+    // Draining the stream's uplink: no new flow uses it, the stream carries on.
+    let name = format!("isp{carrier}");
+    multiroute_ok(&lab, &["weight", &name, "0"]);
+    let seen = lab.connections(300).unwrap();
+    assert_eq!(seen.failures, 0);
+    assert_eq!(seen.hits[carrier], 0, "{name} is drained: {:?}", seen.hits);
+    let status = lab.status().unwrap();
+    assert_eq!(status["uplinks"][carrier]["state"], "drained");
+    let output = stream.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let after = lab.uplink_rx_bytes().unwrap();
+    assert!(
+        after[carrier] - before[carrier] >= report["bytes"].as_u64().unwrap(),
+        "the whole transfer stayed on {name}"
+    );
+
+    let unknown = lab.multiroute(&["weight", "nope", "1"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("isp0, isp1") && err.lines().count() == 1,
+        "{err}"
+    );
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn reload_moves_only_the_removed_uplinks_flows() {
+    if !require_root("reload_moves_only_the_removed_uplinks_flows") {
+        return;
+    }
+    let mut lab = lab(&[1, 1, 1]);
+    lab.write_uplinks(&[(0, 1), (1, 1)], "").unwrap();
+    lab.start_router().unwrap();
+    let seen = lab.connections(600).unwrap();
+    assert_eq!(seen.hits[2], 0, "isp2 is not configured yet");
+    let before = flow_table(&lab);
+
+    // isp0 goes, isp2 comes.
+    lab.write_uplinks(&[(1, 1), (2, 1)], "").unwrap();
+    lab.signal_router(libc::SIGHUP).unwrap();
+    wait_until(Duration::from_secs(5), || {
+        lab.status().is_ok_and(|s| {
+            let names: Vec<_> = s["uplinks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["name"].clone())
+                .collect();
+            names == ["isp1", "isp2"]
+        })
+    })
+    .expect("the reload takes effect");
+    let after = flow_table(&lab);
+    let mut moved = 0;
+    for (key, uplink) in &before {
+        match uplink.as_str() {
+            "isp1" => assert_eq!(after.get(key), Some(uplink), "isp1's flow {key} stays"),
+            _ => moved += usize::from(after.get(key) != Some(uplink)),
+        }
+    }
+    println!(
+        "reload: {} flows on isp1 untouched, {moved} of isp0's released",
+        before.values().filter(|u| *u == "isp1").count()
+    );
+    let rules = stdout(&lab.ns(&lab.router(), "ip", &["rule"]).unwrap());
+    assert!(
+        rules.contains("fwmark 0x200/0xff00 lookup 102"),
+        "isp1 keeps its mark and table: {rules}"
+    );
+    assert!(
+        rules.contains("fwmark 0x300/0xff00 lookup 103"),
+        "isp2 takes a fresh slot: {rules}"
+    );
+    assert!(
+        !rules.contains("lookup 101"),
+        "isp0's rules are gone: {rules}"
+    );
+
+    let seen = lab.connections(600).unwrap();
+    assert_eq!(seen.failures, 0);
+    assert_eq!(
+        seen.hits[0], 0,
+        "nothing uses the removed uplink: {:?}",
+        seen.hits
+    );
+    let share = percent(seen.hits[2], 600);
+    assert!(
+        (share - 50.0).abs() <= 7.0,
+        "isp2 takes its share: {:?}",
+        seen.hits
+    );
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn sigkill_under_load_loses_no_connection_and_restart_moves_no_flow() {
+    if !require_root("sigkill_under_load_loses_no_connection_and_restart_moves_no_flow") {
+        return;
+    }
+    let mut lab = lab(&[1, 1]);
+    lab.start_router().unwrap();
+    let client = lab.start_connections(3000).unwrap();
+    sleep(Duration::from_secs(1));
+    lab.stop_router(libc::SIGKILL).unwrap();
+    let seen = lab.finish_connections(client).unwrap();
+    assert_eq!(seen.failures, 0, "the pinned datapath kept steering");
+    let before = flow_table(&lab);
+    assert_eq!(before.len(), seen.ports, "one flow per 5-tuple");
+
+    lab.start_router().unwrap();
+    let after = flow_table(&lab);
+    let moved = before
+        .iter()
+        .filter(|(k, u)| after.get(*k) != Some(u))
+        .count();
+    println!(
+        "SIGKILL during 3000 connections: 0 failed; load again adopted {} of {} flows, {moved} moved",
+        after.len(),
+        before.len()
+    );
+    assert_eq!(after.len(), before.len());
+    assert_eq!(moved, 0);
+    assert_eq!(
+        loaded_classifiers(),
+        1,
+        "the old program was replaced behind the pinned link, not stacked"
+    );
+    let out = lab.multiroute(&["load"]);
+    assert_eq!(out.status.code(), Some(1), "a second load is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already running") && err.contains("PID"),
+        "{err}"
+    );
+    assert_eq!(lab.connections(200).unwrap().failures, 0);
+    let used: BTreeSet<_> = after.values().collect();
+    assert_eq!(used.len(), 2, "both uplinks carry flows: {used:?}");
+    stop_cleanly(&mut lab);
+}
