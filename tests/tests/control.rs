@@ -257,3 +257,131 @@ fn sigkill_under_load_loses_no_connection_and_restart_moves_no_flow() {
     assert_eq!(used.len(), 2, "both uplinks carry flows: {used:?}");
     stop_cleanly(&mut lab);
 }
+
+#[test]
+fn metrics_endpoint_shows_what_status_shows() {
+    if !require_root("metrics_endpoint_shows_what_status_shows") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 2],
+        extra_config: "\n[metrics]\nlisten = \"127.0.0.1:9750\"\n".into(),
+    })
+    .expect("building the lab");
+    lab.start_router().unwrap();
+    assert_eq!(lab.connections(300).unwrap().failures, 0);
+    let status = lab.status().unwrap();
+    let scrape = lab
+        .ns(
+            &lab.router(),
+            "curl",
+            &["-sSf", "--max-time", "5", "http://127.0.0.1:9750/metrics"],
+        )
+        .expect("scraping the metrics endpoint");
+    let text = stdout(&scrape);
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(value("multiroute_fail_open"), 0.0);
+    for uplink in status["uplinks"].as_array().unwrap() {
+        let name = uplink["name"].as_str().unwrap();
+        let series = |metric: &str| format!("multiroute_{metric}{{uplink=\"{name}\"}}");
+        assert_eq!(value(&series("uplink_up")), 1.0);
+        assert_eq!(
+            value(&series("uplink_weight")),
+            uplink["weight"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value(&series("uplink_flows")),
+            uplink["flows"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value(&series("uplink_packets_total")),
+            uplink["packets"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value(&series("uplink_bytes_total")),
+            uplink["bytes"].as_f64().unwrap()
+        );
+        assert_eq!(value(&series("uplink_state_changes_total")), 0.0);
+        // The default target is the gateway: answered, so an RTT and no loss.
+        let gateway = uplink["gateway"].as_str().unwrap();
+        let probe = format!("{{uplink=\"{name}\",target=\"{gateway}\"}}");
+        assert!(value(&format!("multiroute_probe_rtt_seconds{probe}")) > 0.0);
+        assert_eq!(value(&format!("multiroute_probe_loss_ratio{probe}")), 0.0);
+    }
+    assert!(value("multiroute_datapath_packets_total{outcome=\"flow_new\"}") >= 300.0 * 0.9);
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    let missing = lab.ns(
+        &lab.router(),
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9750/",
+        ],
+    );
+    assert_eq!(stdout(&missing.unwrap()), "404");
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/multiroute.service"
+    ))
+    .expect("contrib/multiroute.service");
+    if which("systemd-analyze").is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "systemd-analyze is missing and CI=true forbids skipping"
+        );
+        eprintln!("SKIPPED systemd_unit_verifies: systemd-analyze is not installed");
+        return;
+    }
+    for line in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line}");
+    }
+    // Verify it as installed, with the binary we just built in place.
+    let dir = std::env::temp_dir().join(format!("mr-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("multiroute.service");
+    let bin = multiroute_tests::multiroute_bin();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/multiroute", &bin.to_string_lossy()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.exists())
+}

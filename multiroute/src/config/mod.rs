@@ -3,7 +3,7 @@
 //! nothing from the host; `check` adds the host's side.
 use std::{
     collections::HashSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -29,6 +29,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub routing: RoutingConfig,
     pub control: ControlConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,12 @@ pub struct ControlConfig {
     pub socket: PathBuf,
 }
 
+/// `[metrics]`: Prometheus/OpenMetrics text over HTTP, off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
 /// Weights above this are refused: the kernel's nexthop weight is one byte.
 pub const MAX_WEIGHT: u32 = 256;
 /// Destination pins, and separately source pins, over all uplinks: each kind has a
@@ -93,6 +100,14 @@ struct RawConfig {
     routing: RawRouting,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -309,6 +324,22 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             routing,
             control: ControlConfig {
                 socket: raw.control.socket,
+            },
+            metrics: MetricsConfig {
+                listen: raw
+                    .metrics
+                    .listen
+                    .map(|text| {
+                        text.parse().map_err(|_| {
+                            fail(
+                                "metrics.listen",
+                                format!(
+                                    "{text:?} is not an address:port such as \"127.0.0.1:9750\""
+                                ),
+                            )
+                        })
+                    })
+                    .transpose()?,
             },
         })
     }

@@ -39,6 +39,8 @@ fn defaults_are_those_of_the_contract() {
         Path::new("/run/multiroute/control.sock")
     );
     assert_eq!((config.table(0), config.mark(0)), (101, 0x100));
+    assert_eq!(config.metrics.listen, None, "metrics are off by default");
+    assert_eq!(config.slot_capacity(), 64);
 }
 
 #[test]
@@ -68,9 +70,16 @@ main_default = false
 pin_path = "/run/mr/bpf"
 [control]
 socket = "/run/mr/ctl.sock"
+[metrics]
+listen = "127.0.0.1:9750"
 "#,
     )
     .unwrap();
+    assert_eq!(
+        config.metrics.listen,
+        Some("127.0.0.1:9750".parse().unwrap())
+    );
+    assert_eq!(config.slot_capacity(), 15, "a 4-bit mask holds 15 marks");
     let dsl = &config.uplinks[0];
     assert_eq!(dsl.weight, 0);
     assert_eq!(
@@ -151,6 +160,11 @@ interface = "wan0""#,
             ),
             "routing.fwmark_mask",
             "too small",
+        ),
+        (
+            &format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"),
+            "metrics.listen",
+            "not an address:port",
         ),
         (
             &format!("{MINIMAL}[routing]\ntable_base = 252\n"),

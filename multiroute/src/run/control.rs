@@ -25,6 +25,8 @@ pub enum Request {
     Status,
     /// Change one uplink's weight; new flows follow at once, existing flows stay.
     Weight { uplink: String, weight: u32 },
+    /// The metrics text (OpenMetrics), as a JSON string.
+    Metrics,
 }
 
 /// The daemon's answer to a request it could not carry out.
@@ -64,7 +66,7 @@ impl Drop for ControlSocket {
 
 /// Binds the socket (replacing a stale one: the caller holds the instance lock, so
 /// no live daemon owns it) and serves it on the runtime.
-pub fn listen(path: &Path) -> Result<(ControlSocket, mpsc::Receiver<Incoming>), PathError> {
+pub fn listen(path: &Path, requests: mpsc::Sender<Incoming>) -> Result<ControlSocket, PathError> {
     let at = |what| PathError::at(path, what);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -82,13 +84,12 @@ pub fn listen(path: &Path) -> Result<(ControlSocket, mpsc::Receiver<Incoming>), 
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(at("restricting the control socket to root"))?;
-    let (requests, incoming) = mpsc::channel(16);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(serve(stream, requests.clone()));
         }
     });
-    Ok((socket, incoming))
+    Ok(socket)
 }
 
 async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod health;
 pub mod link_events;
+pub mod metrics;
 pub mod prober;
 
 use std::{
@@ -15,6 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use sd_notify::NotifyState;
 use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -164,11 +166,19 @@ impl Daemon {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(os("handling SIGINT"))?;
         let mut hangup = signal(SignalKind::hangup()).map_err(os("handling SIGHUP"))?;
         let links = link_events::subscribe().map_err(os("subscribing to link events"))?;
-        let (_socket, mut requests) = control::listen(&self.config.control.socket)?;
+        let (request_tx, mut requests) = mpsc::channel(16);
+        let _socket = control::listen(&self.config.control.socket, request_tx.clone())?;
+        if let Some(listen) = self.config.metrics.listen {
+            metrics::serve(listen, request_tx)
+                .await
+                .map_err(os("listening for metrics scrapes"))?;
+        }
         info!(
             config = %self.config_path.display(),
             "multiroute is running; SIGHUP reloads, SIGTERM stops"
         );
+        notify_systemd(&[NotifyState::Ready]);
+        self.notify_status();
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
@@ -185,6 +195,7 @@ impl Daemon {
             }
         }
         info!("stopping: removing everything multiroute set up");
+        notify_systemd(&[NotifyState::Stopping]);
         self.probers.clear();
         drop(self.datapath);
         Ok(apply::teardown(&self.nl, &self.config).await?)
@@ -267,11 +278,23 @@ impl Daemon {
         }
         self.states
             .retain(|name, _| self.plan.uplinks.iter().any(|u| &u.name == name));
+        self.notify_status();
         if self.plan.fail_open() {
             error!(
                 "ALL UPLINKS ARE DOWN: failing open, LAN traffic follows the main table's original default"
             );
         }
+    }
+
+    /// One line for `systemctl status`.
+    fn notify_status(&self) {
+        let up = self.plan.uplinks.iter().filter(|u| u.alive).count();
+        let line = if self.plan.fail_open() {
+            "ALL UPLINKS DOWN: failing open".to_owned()
+        } else {
+            format!("{up}/{} uplinks up", self.plan.uplinks.len())
+        };
+        notify_systemd(&[NotifyState::Status(&line)]);
     }
 
     /// Starts, restarts or stops probers so each ready uplink is probed at its
@@ -368,6 +391,7 @@ impl Daemon {
             Request::Status => serde_json::to_value(self.report())
                 .unwrap_or_else(|err| control::refusal(&err.to_string(), false)),
             Request::Weight { uplink, weight } => self.set_weight(&uplink, weight).await,
+            Request::Metrics => serde_json::Value::String(metrics::render(&self.metrics())),
         };
         // The asker may have gone away; nothing to do then.
         let _ = incoming.reply.send(reply);
@@ -400,6 +424,41 @@ impl Daemon {
         serde_json::json!({ "uplink": name, "previous": previous, "weight": weight })
     }
 
+    fn metrics(&self) -> metrics::Snapshot {
+        let flows = self.maps.flows();
+        let report = self.report();
+        let uplinks = self
+            .plan
+            .uplinks
+            .iter()
+            .zip(&report.uplinks)
+            .map(|(plan, report)| {
+                let traffic = self.maps.traffic(plan.slot).unwrap_or_default();
+                metrics::UplinkMetrics {
+                    name: plan.name.clone(),
+                    up: report.alive,
+                    weight: plan.weight,
+                    flows: flows.iter().filter(|(_, f)| f.uplink == plan.slot).count() as u64,
+                    packets: traffic.packets,
+                    bytes: traffic.bytes,
+                    state_changes: report.state_changes,
+                    probes: report.probes.clone(),
+                }
+            })
+            .collect();
+        metrics::Snapshot {
+            fail_open: report.fail_open,
+            uplinks,
+            datapath: self
+                .maps
+                .counters()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(counter, value)| (counter.name(), value))
+                .collect(),
+        }
+    }
+
     fn report(&self) -> DaemonReport {
         let uplinks = self
             .plan
@@ -426,6 +485,13 @@ impl Daemon {
             fail_open: self.plan.fail_open(),
             uplinks,
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) about our state; a no-op outside systemd.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!("cannot notify systemd: {err}");
     }
 }
 

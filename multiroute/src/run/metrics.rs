@@ -1,0 +1,245 @@
+//! `[metrics] listen`: the daemon's state as OpenMetrics text (which Prometheus
+//! scrapes natively) over a minimal HTTP/1.1 endpoint, `GET /metrics`. Each scrape
+//! asks the daemon's loop for a fresh [`Snapshot`]; nothing is cached or counted
+//! twice. Encoding is prometheus-client's.
+use std::{net::SocketAddr, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeMetric, text::encode},
+    metrics::{TypedMetric, counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use std::sync::atomic::AtomicU64;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+};
+use tracing::{debug, info};
+
+use super::{
+    control::{Incoming, Request},
+    health::TargetReport,
+};
+
+/// Everything one scrape shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub fail_open: bool,
+    pub uplinks: Vec<UplinkMetrics>,
+    /// Datapath outcome counters by name.
+    pub datapath: Vec<(&'static str, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkMetrics {
+    pub name: String,
+    pub up: bool,
+    pub weight: u32,
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub state_changes: u64,
+    pub probes: Vec<TargetReport>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// A labelled metric family, registered under `name`.
+fn family<M>(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, M>
+where
+    M: EncodeMetric + TypedMetric + Default + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<Labels, M>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// Renders a snapshot as OpenMetrics text.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("multiroute");
+    let fail_open = family::<Gauge>(
+        &mut registry,
+        "fail_open",
+        "1 while every uplink is down and LAN traffic follows the main table",
+    );
+    let up = family::<Gauge>(
+        &mut registry,
+        "uplink_up",
+        "1 while the uplink takes traffic",
+    );
+    let weight = family::<Gauge>(&mut registry, "uplink_weight", "Weight in force");
+    let flows = family::<Gauge>(&mut registry, "uplink_flows", "Flows tracked on the uplink");
+    let packets = family::<Counter>(
+        &mut registry,
+        "uplink_packets",
+        "Packets steered to the uplink",
+    );
+    let bytes = family::<Counter>(&mut registry, "uplink_bytes", "Bytes steered to the uplink");
+    let changes = family::<Counter>(
+        &mut registry,
+        "uplink_state_changes",
+        "Up/down transitions since load started",
+    );
+    let rtt = family::<FloatGauge>(
+        &mut registry,
+        "probe_rtt_seconds",
+        "Last probe round-trip time per target",
+    );
+    let loss = family::<FloatGauge>(
+        &mut registry,
+        "probe_loss_ratio",
+        "Probe loss per target over the last probes",
+    );
+    let datapath = family::<Counter>(
+        &mut registry,
+        "datapath_packets",
+        "Packets the classifier handled, by outcome",
+    );
+
+    fail_open
+        .get_or_create(&Vec::new())
+        .set(i64::from(snapshot.fail_open));
+    for u in &snapshot.uplinks {
+        let labels = vec![("uplink", u.name.clone())];
+        up.get_or_create(&labels).set(i64::from(u.up));
+        weight.get_or_create(&labels).set(i64::from(u.weight));
+        flows.get_or_create(&labels).set(u.flows as i64);
+        packets.get_or_create(&labels).inc_by(u.packets);
+        bytes.get_or_create(&labels).inc_by(u.bytes);
+        changes.get_or_create(&labels).inc_by(u.state_changes);
+        for probe in &u.probes {
+            let labels = vec![
+                ("uplink", u.name.clone()),
+                ("target", probe.target.to_string()),
+            ];
+            if let Some(ms) = probe.rtt_ms {
+                rtt.get_or_create(&labels).set(ms / 1000.0);
+            }
+            loss.get_or_create(&labels).set(probe.loss_percent / 100.0);
+        }
+    }
+    for (outcome, value) in &snapshot.datapath {
+        datapath
+            .get_or_create(&vec![("outcome", (*outcome).to_owned())])
+            .inc_by(*value);
+    }
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+/// Serves `GET /metrics` on `listen`, asking the daemon through `requests`.
+pub async fn serve(listen: SocketAddr, requests: mpsc::Sender<Incoming>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    info!(%listen, "serving metrics at /metrics");
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            debug!(%peer, "metrics scrape");
+            tokio::spawn(answer(stream, requests.clone()));
+        }
+    });
+    Ok(())
+}
+
+/// One request per connection, bounded in size and time.
+async fn answer(mut stream: TcpStream, requests: mpsc::Sender<Incoming>) {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), read_head)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let wanted = head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?");
+    let (status, content_type, body) = if wanted {
+        let (reply, answer) = oneshot::channel();
+        let sent = requests
+            .send(Incoming {
+                request: Request::Metrics,
+                reply,
+            })
+            .await;
+        match (sent, answer.await) {
+            (Ok(()), Ok(serde_json::Value::String(text))) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            _ => (
+                "503 Service Unavailable",
+                "text/plain",
+                "shutting down\n".into(),
+            ),
+        }
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "metrics are at /metrics\n".into(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_renders_every_series_with_its_value() {
+        let snapshot = Snapshot {
+            fail_open: false,
+            uplinks: vec![UplinkMetrics {
+                name: "dsl".into(),
+                up: true,
+                weight: 3,
+                flows: 42,
+                packets: 1000,
+                bytes: 64000,
+                state_changes: 2,
+                probes: vec![TargetReport {
+                    target: "192.0.2.1".parse().unwrap(),
+                    up: true,
+                    rtt_ms: Some(12.5),
+                    loss_percent: 5.0,
+                }],
+            }],
+            datapath: vec![("flow_hit", 958)],
+        };
+        let text = render(&snapshot);
+        for line in [
+            "multiroute_fail_open 0",
+            "multiroute_uplink_up{uplink=\"dsl\"} 1",
+            "multiroute_uplink_weight{uplink=\"dsl\"} 3",
+            "multiroute_uplink_flows{uplink=\"dsl\"} 42",
+            "multiroute_uplink_packets_total{uplink=\"dsl\"} 1000",
+            "multiroute_uplink_bytes_total{uplink=\"dsl\"} 64000",
+            "multiroute_uplink_state_changes_total{uplink=\"dsl\"} 2",
+            "multiroute_probe_rtt_seconds{uplink=\"dsl\",target=\"192.0.2.1\"} 0.0125",
+            "multiroute_probe_loss_ratio{uplink=\"dsl\",target=\"192.0.2.1\"} 0.05",
+            "multiroute_datapath_packets_total{outcome=\"flow_hit\"} 958",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}
