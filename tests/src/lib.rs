@@ -13,6 +13,7 @@
 pub mod datapath;
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -295,17 +296,68 @@ impl Lab {
     }
 
     fn wait_for_server(&self) -> Result<()> {
-        let url = self.url("/");
+        self.wait_for_http(&self.isp(0), &self.url("/"))
+    }
+
+    /// Waits until `url` answers from namespace `ns`.
+    fn wait_for_http(&self, ns: &str, url: &str) -> Result<()> {
         wait_until(Duration::from_secs(10), || {
             self.ns(
-                &self.isp(0),
+                ns,
                 "python3",
-                &[&lab_script("client.py"), "count", &url, "1", "2"],
+                &[&lab_script("client.py"), "count", url, "1", "2"],
             )
             .map(|out| stdout(&out).contains("\"failures\": 0"))
             .unwrap_or(false)
         })
-        .context("the lab's HTTP server did not come up")
+        .with_context(|| format!("{url} did not come up"))
+    }
+
+    /// Starts the lab's HTTP server in namespace `ns` on `address:port` (stopped with
+    /// the lab) and waits until `ns` itself reaches it.
+    pub fn start_http_server(&mut self, ns: &str, address: &str, port: u16) -> Result<()> {
+        let server = self.spawn_ns(
+            ns,
+            "python3",
+            &[&lab_script("server.py"), address, &port.to_string()],
+        )?;
+        self.children.push(server);
+        let probe = if address == "0.0.0.0" {
+            "127.0.0.1"
+        } else {
+            address
+        };
+        self.wait_for_http(ns, &format!("http://{probe}:{port}/"))
+    }
+
+    /// Runs the lab client's `count` mode against `url` from namespace `ns`:
+    /// (answers by the address the server saw, failures).
+    pub fn count_from(
+        &self,
+        ns: &str,
+        url: &str,
+        count: usize,
+    ) -> Result<(BTreeMap<String, u64>, u64)> {
+        let out = self.ns(
+            ns,
+            "python3",
+            &[
+                &lab_script("client.py"),
+                "count",
+                url,
+                &count.to_string(),
+                "120",
+            ],
+        )?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing the client's report")?;
+        let seen = report["seen"]
+            .as_object()
+            .context("client report without `seen`")?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+            .collect();
+        Ok((seen, report["failures"].as_u64().unwrap_or(u64::MAX)))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -622,6 +674,8 @@ impl Lab {
             snapshot += &stdout(&self.ns(&router, "ip", args)?);
             snapshot.push('\n');
         }
+        // Nor any nftables table of its own.
+        snapshot += &stdout(&self.ns(&router, "nft", &["list", "tables"])?);
         // The classifier must leave no qdisc or legacy filter behind on the LAN side.
         snapshot += &stdout(&self.ns(&router, "tc", &["-j", "qdisc", "show", "dev", "lan0"])?);
         snapshot += &stdout(&self.ns(

@@ -4,6 +4,7 @@
 pub mod conntrack;
 pub mod datapath;
 pub mod netlink;
+pub mod nftables;
 pub mod routing;
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
@@ -16,6 +17,7 @@ use crate::{
 };
 use datapath::{Datapath, DatapathError, Maps};
 use netlink::{Netlink, NetlinkError};
+use nftables::NftError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -27,6 +29,8 @@ pub enum ApplyError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Conntrack(#[from] ConntrackError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
 }
 
 /// Reads the host (and the slots a running datapath holds) and plans against it.
@@ -50,6 +54,7 @@ pub async fn apply(
     observed: &Observed,
 ) -> Result<Datapath, ApplyError> {
     routing::apply(nl, config, plan, observed).await?;
+    nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
     let mut datapath = Datapath::load(&config.routing.pin_path)?;
     Maps::open(&config.routing.pin_path)?.write_plan(plan, None)?;
     datapath.attach(&plan.lan)?;
@@ -86,6 +91,9 @@ pub async fn update(
     } else {
         maps.write_plan(plan, Some(&previous.ring))?;
         routing::apply(nl, config, plan, observed).await?;
+    }
+    if plan.inbound != previous.inbound {
+        nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
     }
     let mut flushed = Vec::new();
     for (uplink, address) in stopped {
@@ -126,10 +134,11 @@ pub struct Removed {
     pub routing: usize,
 }
 
-/// Datapath first (steering stops), then rules and routes, then the main default is
-/// restored.
+/// Datapath first (steering stops), then the nftables table, rules and routes, then
+/// the main default is restored.
 pub async fn teardown(nl: &Netlink, config: &Config) -> Result<Removed, ApplyError> {
     let pins = datapath::remove(&config.routing.pin_path)?;
-    let routing = routing::remove(nl, config).await?;
+    let nft = usize::from(nftables::remove()?);
+    let routing = routing::remove(nl, config).await? + nft;
     Ok(Removed { pins, routing })
 }

@@ -235,16 +235,31 @@ impl Config {
 
     /// How many uplink slots the mark mask and the datapath's table allow.
     pub fn slot_capacity(&self) -> u32 {
+        slot_capacity(self.routing.fwmark_mask)
+    }
+
+    /// The mark bit that flags replies to connections which arrived on an uplink
+    /// (set from the conntrack mark, see `plan::nft`): the top bit of the mask's
+    /// lowest contiguous run, which uplink marks never reach.
+    pub fn inbound_flag(&self) -> u32 {
         let mask = self.routing.fwmark_mask;
-        // Marks are (slot + 1) << the mask's lowest bit, within its contiguous run.
-        let bits = (!(mask >> mask.trailing_zeros())).trailing_zeros();
-        let marks = 1u64.checked_shl(bits).map_or(u64::MAX, |n| n - 1);
-        marks.min(u64::from(multiroute_ebpf::MAX_UPLINKS)) as u32
+        1 << (mask.trailing_zeros() + mask_run_bits(mask) - 1)
     }
 }
 
 fn mark_for(mask: u32, index: usize) -> u32 {
     (index as u32 + 1) << mask.trailing_zeros()
+}
+
+/// Length of the mask's lowest run of contiguous set bits.
+fn mask_run_bits(mask: u32) -> u32 {
+    (!(mask >> mask.trailing_zeros())).trailing_zeros()
+}
+
+/// Uplink marks are (slot + 1) << the mask's lowest bit, below the inbound flag.
+fn slot_capacity(mask: u32) -> u32 {
+    let marks = (1u64 << (mask_run_bits(mask) - 1)) - 1;
+    marks.min(u64::from(multiroute_ebpf::MAX_UPLINKS)) as u32
 }
 
 /// "line N" for a parse error without a key path; toml gives byte spans only.
@@ -473,12 +488,12 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                     format!("{:#x} must be a non-zero 32-bit mask", raw.fwmark_mask),
                 )
             })?;
-        if (0..uplinks).any(|i| mark_for(mask, i) & !mask != 0) {
+        if (slot_capacity(mask) as usize) < uplinks {
             return Err(fail(
                 "routing.fwmark_mask",
                 format!(
-                    "{mask:#x} is too small for {uplinks} uplinks: it needs {} contiguous bits from its lowest set bit",
-                    usize::BITS - uplinks.leading_zeros()
+                    "{mask:#x} is too small for {uplinks} uplinks: it needs {} contiguous bits from its lowest set bit (the uplinks' numbers plus one bit for replies to inbound connections)",
+                    usize::BITS - uplinks.leading_zeros() + 1
                 ),
             ));
         }

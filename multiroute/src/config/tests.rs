@@ -41,6 +41,7 @@ fn defaults_are_those_of_the_contract() {
     assert_eq!((config.table(0), config.mark(0)), (101, 0x100));
     assert_eq!(config.metrics.listen, None, "metrics are off by default");
     assert_eq!(config.slot_capacity(), 64);
+    assert_eq!(config.inbound_flag(), 0x8000);
 }
 
 #[test]
@@ -79,7 +80,12 @@ listen = "127.0.0.1:9750"
         config.metrics.listen,
         Some("127.0.0.1:9750".parse().unwrap())
     );
-    assert_eq!(config.slot_capacity(), 15, "a 4-bit mask holds 15 marks");
+    assert_eq!(
+        config.slot_capacity(),
+        7,
+        "a 4-bit mask: 7 marks and the inbound flag"
+    );
+    assert_eq!(config.inbound_flag(), 0x80);
     let dsl = &config.uplinks[0];
     assert_eq!(dsl.weight, 0);
     assert_eq!(
@@ -224,10 +230,13 @@ fn mask_fits_exactly_as_many_uplinks_as_it_can_number() {
     let three = format!(
         "{MINIMAL}[[uplink]]\nname = \"b\"\ninterface = \"wan1\"\n[[uplink]]\nname = \"c\"\ninterface = \"wan2\"\n"
     );
-    // 0x3 numbers marks 1..=3: three uplinks fit, mark 0 stays "unsteered".
-    assert!(parse(&format!("{three}[routing]\nfwmark_mask = 0x3\n")).is_ok());
+    // 0x7 numbers marks 1..=3 below the inbound flag 0x4: three uplinks fit, mark 0
+    // stays "unsteered".
+    let config = parse(&format!("{three}[routing]\nfwmark_mask = 0x7\n")).unwrap();
+    assert_eq!((config.slot_capacity(), config.inbound_flag()), (3, 0x4));
+    assert_eq!(config.mark(2), 0x3);
     let four = format!("{three}[[uplink]]\nname = \"d\"\ninterface = \"wan3\"\n");
-    assert!(error(&format!("{four}[routing]\nfwmark_mask = 0x3\n")).contains("too small"));
+    assert!(error(&format!("{four}[routing]\nfwmark_mask = 0x7\n")).contains("too small"));
 }
 
 #[test]

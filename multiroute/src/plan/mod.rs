@@ -4,6 +4,7 @@
 //! by `apply`; tested here without root against the seed's own commands.
 mod maglev;
 mod model;
+pub mod nft;
 pub mod slots;
 
 use std::{
@@ -28,6 +29,9 @@ pub mod priority {
     /// `from <uplink address>`: replies and router-originated traffic sourced from an
     /// uplink's address leave through that uplink (the seed's NAT/DNAT symmetry).
     pub const FROM_UPLINK: u32 = 100;
+    /// `fwmark <mark | inbound flag>/<mask>`: replies to connections that arrived on
+    /// an uplink (port forwards), marked from conntrack (see `nft`).
+    pub const INBOUND: u32 = 150;
     /// `to <pin>`: pinned destinations.
     pub const PIN_TO: u32 = 200;
     /// `from <pin_from>`: pinned LAN sources.
@@ -122,6 +126,8 @@ pub struct Plan {
     pub ring: Vec<u32>,
     /// Ifindex of every LAN interface, by name, for the classifier.
     pub lan: Vec<(String, u32)>,
+    /// The conntrack marks of inbound symmetry, per ready uplink.
+    pub inbound: Vec<nft::InboundMark>,
 }
 
 impl Plan {
@@ -204,6 +210,14 @@ impl Plan {
             })
             .collect();
         let ring = build_ring(&members, multiroute_ebpf::RING_SIZE);
+        let inbound = uplinks
+            .iter()
+            .filter(|u| matches!(u.readiness, Readiness::Ready { .. }))
+            .map(|u| nft::InboundMark {
+                interface: u.interface.clone(),
+                mark: u.mark | config.inbound_flag(),
+            })
+            .collect();
         Ok(Plan {
             uplinks,
             routes,
@@ -212,6 +226,7 @@ impl Plan {
             datapath_uplinks,
             ring,
             lan,
+            inbound,
         })
     }
 }
@@ -354,6 +369,16 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
             .enumerate()
             .map(move |(i, (selector, table))| lookup(base + offset + i as u32, selector, table))
     };
+    for (i, (_, plan, _)) in ready.iter().enumerate() {
+        rules.push(lookup(
+            base + priority::INBOUND + i as u32,
+            Selector::Fwmark {
+                mark: plan.mark | config.inbound_flag(),
+                mask: config.routing.fwmark_mask,
+            },
+            plan.table,
+        ));
+    }
     rules.extend(pins(priority::PIN_TO, |c| &c.pin, Selector::To));
     rules.extend(pins(priority::PIN_FROM, |c| &c.pin_from, Selector::From));
     for (i, (_, plan, _)) in ready.iter().enumerate() {
