@@ -1,6 +1,8 @@
 """The lab's LAN client.
 
-count URL N [SECONDS]  N sequential HTTP requests (each a new TCP connection); prints
+count URL N [SECONDS [SOURCE]]
+                       N sequential HTTP requests (each a new TCP connection, from
+                       SOURCE when given); prints
                        JSON {"seen": {address: count}, "failures": k, "ports": p}, p being
                        the distinct local ports used: a reused port is the same 5-tuple,
                        hence the same flow.
@@ -9,6 +11,8 @@ attempts URL SECONDS INTERVAL TIMEOUT
                        a new connection every INTERVAL s, each in its own thread and
                        given TIMEOUT s; prints a JSON list of {"start": wall-clock s,
                        "ok": bool, "address": uplink address or null}, by start.
+dns SERVER NAME N     N DNS queries (type A) for NAME, one at a time; prints JSON
+                       {"answers": {address: count}, "failures": k}.
 udp HOST PORT SECONDS INTERVAL
                        one UDP socket (one flow) sending a numbered request every
                        INTERVAL s to the echo server; prints {"first": address} as soon
@@ -19,15 +23,18 @@ import collections
 import json
 import select
 import socket
+import struct
 import sys
 import threading
 import time
 import urllib.parse
 
 
-def get(url, timeout=5.0, ports=None):
+def get(url, timeout=5.0, ports=None, source=None):
     parts = urllib.parse.urlparse(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as conn:
+    bind = (source, 0) if source else None
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout,
+                                  source_address=bind) as conn:
         if ports is not None:
             ports.add(conn.getsockname()[1])
         path = parts.path or "/"
@@ -46,7 +53,7 @@ def get(url, timeout=5.0, ports=None):
     return body
 
 
-def count(url, n, seconds):
+def count(url, n, seconds, source=None):
     seen, failures, ports = {}, 0, set()
     deadline = time.monotonic() + seconds
     for _ in range(n):
@@ -54,7 +61,7 @@ def count(url, n, seconds):
             failures += 1
             continue
         try:
-            address = get(url, ports=ports).decode().strip()
+            address = get(url, ports=ports, source=source).decode().strip()
             seen[address] = seen.get(address, 0) + 1
         except OSError:
             failures += 1
@@ -92,6 +99,28 @@ def attempts(url, seconds, interval, timeout):
     print(json.dumps(sorted(results, key=lambda r: r["start"])))
 
 
+def dns(server, name, n):
+    answers, failures = collections.Counter(), 0
+    for i in range(n):
+        query = struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0)
+        query += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+        query += struct.pack(">HH", 1, 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2.0)
+            try:
+                sock.sendto(query, (server, 53))
+                reply = sock.recv(512)
+            except OSError:
+                failures += 1
+                continue
+        ident, flags, _, count_answers = struct.unpack(">HHHH", reply[:8])
+        if ident != i or flags & 0xF != 0 or count_answers == 0:
+            failures += 1
+            continue
+        answers[socket.inet_ntoa(reply[-4:])] += 1
+    print(json.dumps({"answers": answers, "failures": failures}))
+
+
 def udp(host, port, seconds, interval):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
@@ -120,7 +149,10 @@ def udp(host, port, seconds, interval):
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "count":
-        count(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 300)
+        count(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4 else 300,
+              sys.argv[5] if len(sys.argv) > 5 else None)
+    elif mode == "dns":
+        dns(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif mode == "stream":
         stream(sys.argv[2])
     elif mode == "attempts":

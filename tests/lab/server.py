@@ -1,7 +1,10 @@
 """The lab's "internet" server: answers GET / with the client's address as the
 server sees it (after the router's NAT, that is the uplink it came through) and
 GET /stream?seconds=N with a steady stream of data for N seconds. On UDP port+1 it
-echoes each datagram followed by the sender's address."""
+echoes each datagram followed by the sender's address.
+
+usage: server.py ADDRESS PORT [UDP_ADDRESS]   (UDP binds UDP_ADDRESS, default ADDRESS:
+a UDP socket bound to 0.0.0.0 would answer from whatever address routing picks)"""
 import http.server
 import socket
 import sys
@@ -50,5 +53,6 @@ def udp_echo(address, port):
 
 if __name__ == "__main__":
     address, port = sys.argv[1], int(sys.argv[2])
-    threading.Thread(target=udp_echo, args=(address, port + 1), daemon=True).start()
+    udp_address = sys.argv[3] if len(sys.argv) > 3 else address
+    threading.Thread(target=udp_echo, args=(udp_address, port + 1), daemon=True).start()
     Server((address, port), Handler).serve_forever()

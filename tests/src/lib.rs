@@ -28,6 +28,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const SERVER_PORT: u16 = 8080;
+/// A second address of the same server, for tests that pin one destination.
+pub const SERVER2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 /// The server's UDP echo port.
 pub const ECHO_PORT: u16 = SERVER_PORT + 1;
@@ -199,11 +201,13 @@ impl Lab {
             "ip",
             &["route", "add", "default", "via", "100.64.0.1"],
         )?;
-        self.ns(
-            &inet,
-            "ip",
-            &["addr", "add", &format!("{SERVER}/32"), "dev", "lo"],
-        )?;
+        for server in [SERVER, SERVER2] {
+            self.ns(
+                &inet,
+                "ip",
+                &["addr", "add", &format!("{server}/32"), "dev", "lo"],
+            )?;
+        }
         for n in 0..self.isps {
             let isp = self.isp(n);
             let wan = format!("wan{n}");
@@ -220,7 +224,7 @@ impl Lab {
                 &[
                     "route",
                     "add",
-                    &format!("{SERVER}/32"),
+                    "203.0.113.0/24",
                     "via",
                     &format!("198.19.{n}.2"),
                 ],
@@ -265,8 +269,9 @@ impl Lab {
             "python3",
             &[
                 &lab_script("server.py"),
-                &SERVER.to_string(),
+                "0.0.0.0",
                 &SERVER_PORT.to_string(),
+                &SERVER.to_string(),
             ],
         )?;
         self.children.push(server);
@@ -280,12 +285,24 @@ impl Lab {
 
     /// Rewrites the config with uplinks for the given (ISP index, weight) pairs only.
     pub fn write_uplinks(&self, uplinks: &[(usize, u32)], extra_config: &str) -> Result<()> {
+        let blocks: String = uplinks
+            .iter()
+            .map(|(n, weight)| Self::uplink_block(*n, *weight))
+            .collect();
+        self.write_config_with(&blocks, extra_config)
+    }
+
+    /// The `[[uplink]]` table for ISP `n`; lines appended to it belong to it.
+    pub fn uplink_block(n: usize, weight: u32) -> String {
+        format!(
+            "\n[[uplink]]\nname = \"isp{n}\"\ninterface = \"wan{n}\"\ngateway = \"198.18.{n}.1\"\nweight = {weight}\n"
+        )
+    }
+
+    /// Rewrites the config from `[[uplink]]` tables and extra sections.
+    pub fn write_config_with(&self, uplink_blocks: &str, extra_config: &str) -> Result<()> {
         let mut text = String::from("lan = [\"lan0\"]\n");
-        for (n, weight) in uplinks {
-            text += &format!(
-                "\n[[uplink]]\nname = \"isp{n}\"\ninterface = \"wan{n}\"\ngateway = \"198.18.{n}.1\"\nweight = {weight}\n"
-            );
-        }
+        text += uplink_blocks;
         text += &format!(
             "\n[routing]\npin_path = \"{}\"\n\n[control]\nsocket = \"{}\"\n",
             self.pin_path().display(),
@@ -313,6 +330,13 @@ impl Lab {
         .with_context(|| format!("{url} did not come up"))
     }
 
+    /// Starts `program` in namespace `ns` for the life of the lab.
+    pub fn start_in(&mut self, ns: &str, program: &str, args: &[&str]) -> Result<()> {
+        let child = self.spawn_ns(ns, program, args)?;
+        self.children.push(child);
+        Ok(())
+    }
+
     /// Starts the lab's HTTP server in namespace `ns` on `address:port` (stopped with
     /// the lab) and waits until `ns` itself reaches it.
     pub fn start_http_server(&mut self, ns: &str, address: &str, port: u16) -> Result<()> {
@@ -330,25 +354,20 @@ impl Lab {
         self.wait_for_http(ns, &format!("http://{probe}:{port}/"))
     }
 
-    /// Runs the lab client's `count` mode against `url` from namespace `ns`:
-    /// (answers by the address the server saw, failures).
+    /// Runs the lab client's `count` mode against `url` from namespace `ns`, from
+    /// `source` if given: (answers by the address the server saw, failures).
     pub fn count_from(
         &self,
         ns: &str,
         url: &str,
         count: usize,
+        source: Option<&str>,
     ) -> Result<(BTreeMap<String, u64>, u64)> {
-        let out = self.ns(
-            ns,
-            "python3",
-            &[
-                &lab_script("client.py"),
-                "count",
-                url,
-                &count.to_string(),
-                "120",
-            ],
-        )?;
+        let count = count.to_string();
+        let script = lab_script("client.py");
+        let mut args = vec![script.as_str(), "count", url, &count, "120"];
+        args.extend(source);
+        let out = self.ns(ns, "python3", &args)?;
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("parsing the client's report")?;
         let seen = report["seen"]
@@ -524,7 +543,45 @@ impl Lab {
 
     /// Starts a long download from the client in the background.
     pub fn start_stream(&self, seconds: u32) -> Result<Child> {
-        self.spawn_client(&["stream", &self.url(&format!("/stream?seconds={seconds}"))])
+        self.start_stream_from(SERVER, seconds)
+    }
+
+    /// A long download from `server` (one of the server's addresses).
+    pub fn start_stream_from(&self, server: Ipv4Addr, seconds: u32) -> Result<Child> {
+        self.spawn_client(&[
+            "stream",
+            &format!("http://{server}:{SERVER_PORT}/stream?seconds={seconds}"),
+        ])
+    }
+
+    /// `count` DNS queries for `name` from the client to `server`:
+    /// (answers by address, failures).
+    pub fn dns_queries(
+        &self,
+        server: &str,
+        name: &str,
+        count: usize,
+    ) -> Result<(BTreeMap<String, u64>, u64)> {
+        let out = self.ns(
+            &self.client(),
+            "python3",
+            &[
+                &lab_script("client.py"),
+                "dns",
+                server,
+                name,
+                &count.to_string(),
+            ],
+        )?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing the DNS report")?;
+        let answers = report["answers"]
+            .as_object()
+            .context("DNS report without answers")?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+            .collect();
+        Ok((answers, report["failures"].as_u64().unwrap_or(u64::MAX)))
     }
 
     /// A new connection from the client every `interval_ms`, each given

@@ -1,7 +1,12 @@
 //! Router reality, end to end: connections arriving on an uplink answered through it
 //! (port forwards to a LAN host and services on the router), pins for the router's
 //! own DNS forwarder and for LAN sources, and an uplink readdressed as by DHCP.
-use multiroute_tests::{CLIENT, Lab, LabOptions, require_root, stdout};
+use std::{
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use multiroute_tests::{CLIENT, Lab, LabOptions, SERVER2, require_root, stdout};
 
 fn lab(weights: &[u32], extra_config: &str) -> Lab {
     Lab::new(&LabOptions {
@@ -81,7 +86,7 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
             (8001, "the router's own"),
         ] {
             let (seen, failures) = lab
-                .count_from(&lab.inet(), &format!("http://{address}:{port}/"), 500)
+                .count_from(&lab.inet(), &format!("http://{address}:{port}/"), 500, None)
                 .unwrap();
             println!(
                 "500 connections to {address}:{port} ({what}): {failures} failed, server saw {seen:?}"
@@ -98,5 +103,248 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
     let seen = lab.connections(400).unwrap();
     assert_eq!(seen.failures, 0);
     assert!(seen.hits.iter().all(|h| *h > 120), "{:?}", seen.hits);
+    stop_cleanly(&mut lab);
+}
+
+/// A dnsmasq in namespace `ns`, logging queries to `<lab dir>/<log>`.
+fn start_dnsmasq(lab: &mut Lab, ns: &str, log: &str, listen: &str, rules: &[String]) {
+    let dir = lab.dir.clone();
+    let mut args = vec![
+        "--keep-in-foreground".to_owned(),
+        "--conf-file=/dev/null".into(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--bind-interfaces".into(),
+        "--user=root".into(),
+        "--cache-size=0".into(),
+        "--log-queries".into(),
+        format!("--listen-address={listen}"),
+        format!("--log-facility={}", dir.join(log).display()),
+        format!("--pid-file={}", dir.join(format!("{log}.pid")).display()),
+    ];
+    args.extend(rules.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.start_in(ns, "dnsmasq", &args)
+        .expect("starting dnsmasq");
+}
+
+/// Sources each resolver logged queries from.
+fn query_sources(lab: &Lab, log: &str) -> Vec<String> {
+    std::fs::read_to_string(lab.dir.join(log))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("query[A]"))
+        .filter_map(|l| l.rsplit(" from ").next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn pinned_resolvers_are_reached_through_their_own_isp() {
+    if !require_root("pinned_resolvers_are_reached_through_their_own_isp") {
+        return;
+    }
+    let mut lab = lab(&[1, 1], "");
+    // Each ISP runs a resolver only reachable through it, answering its own name.
+    for n in 0..2 {
+        let resolver = format!("198.51.100.{}", 10 + n);
+        lab.ns(
+            &lab.isp(n),
+            "ip",
+            &["addr", "add", &format!("{resolver}/32"), "dev", "lo"],
+        )
+        .unwrap();
+        let isp = lab.isp(n);
+        start_dnsmasq(
+            &mut lab,
+            &isp,
+            &format!("resolver{n}.log"),
+            &resolver,
+            &[format!("--address=/isp{n}.test/192.0.2.{}", 10 + n)],
+        );
+    }
+    // The router's caching DNS forwards each name to its ISP's resolver (the seed's
+    // scenario), with the resolvers pinned to their uplinks.
+    let router = lab.router();
+    start_dnsmasq(
+        &mut lab,
+        &router,
+        "router-dns.log",
+        "100.64.0.1",
+        &[
+            "--server=/isp0.test/198.51.100.10".into(),
+            "--server=/isp1.test/198.51.100.11".into(),
+        ],
+    );
+    let blocks = format!(
+        "{}pin = [\"198.51.100.10\"]\n{}pin = [\"198.51.100.11\"]\n",
+        Lab::uplink_block(0, 1),
+        Lab::uplink_block(1, 1)
+    );
+    lab.write_config_with(&blocks, "").unwrap();
+    lab.start_router().unwrap();
+
+    for n in 0..2 {
+        let (answers, failures) = lab
+            .dns_queries("100.64.0.1", &format!("isp{n}.test"), 50)
+            .unwrap();
+        println!("isp{n}.test via the router's dnsmasq: {answers:?}, {failures} failed");
+        assert_eq!(failures, 0);
+        assert_eq!(answers.get(&format!("192.0.2.{}", 10 + n)), Some(&50));
+        let sources = query_sources(&lab, &format!("resolver{n}.log"));
+        assert!(
+            sources.len() >= 50,
+            "resolver {n} saw {} queries",
+            sources.len()
+        );
+        let own = Lab::uplink_address(n).to_string();
+        assert!(
+            sources.iter().all(|s| *s == own),
+            "resolver {n} sees queries only from {own}: {sources:?}"
+        );
+    }
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn a_pinned_lan_source_always_uses_its_uplink() {
+    if !require_root("a_pinned_lan_source_always_uses_its_uplink") {
+        return;
+    }
+    let mut lab = lab(&[1, 1], "");
+    lab.ns(
+        &lab.client(),
+        "ip",
+        &["addr", "add", "100.64.0.3/24", "dev", "eth0"],
+    )
+    .unwrap();
+    let blocks = format!(
+        "{}{}pin_from = [\"100.64.0.3\"]\n",
+        Lab::uplink_block(0, 1),
+        Lab::uplink_block(1, 1)
+    );
+    lab.write_config_with(&blocks, "").unwrap();
+    lab.start_router().unwrap();
+    let url = lab.url("/");
+    let (seen, failures) = lab
+        .count_from(&lab.client(), &url, 500, Some("100.64.0.3"))
+        .unwrap();
+    println!("500 connections from the pinned 100.64.0.3: {seen:?}");
+    assert_eq!(failures, 0);
+    assert_eq!(seen.get("198.18.1.2"), Some(&500), "{seen:?}");
+    let others = lab.connections(500).unwrap();
+    println!("500 connections from 100.64.0.2: {:?}", others.hits);
+    assert_eq!(others.failures, 0);
+    assert!(others.hits.iter().all(|h| *h > 175), "{:?}", others.hits);
+    stop_cleanly(&mut lab);
+}
+
+#[test]
+fn a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second() {
+    if !require_root("a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second") {
+        return;
+    }
+    let mut lab = lab(&[1, 1], "");
+    let router = lab.router();
+    // isp1's gateway is whatever the DHCP client put in the main table.
+    lab.ns(
+        &router,
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.1.1",
+            "dev",
+            "wan1",
+            "metric",
+            "200",
+        ],
+    )
+    .unwrap();
+    let blocks = format!(
+        "{}pin = [\"{SERVER2}\"]\n{}",
+        Lab::uplink_block(0, 1),
+        Lab::uplink_block(1, 1).replace("gateway = \"198.18.1.1\"\n", "")
+    );
+    lab.write_config_with(&blocks, "").unwrap();
+    lab.start_router().unwrap();
+    let status = lab.status().unwrap();
+    assert_eq!(status["uplinks"][1]["gateway"], "198.18.1.1", "{status}");
+    assert_eq!(status["uplinks"][1]["state"], "up");
+    // A transfer on isp0 (its server address is pinned there) runs throughout.
+    let stream = lab.start_stream_from(SERVER2, 8).unwrap();
+    sleep(Duration::from_secs(1));
+
+    // The renew: a new address and a new gateway on wan1.
+    lab.ns(
+        &lab.isp(1),
+        "ip",
+        &["addr", "add", "198.18.1.254/24", "dev", "cpe"],
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    for args in [
+        &["addr", "del", "198.18.1.2/24", "dev", "wan1"][..],
+        &["addr", "add", "198.18.1.5/24", "dev", "wan1"],
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "198.18.1.254",
+            "dev",
+            "wan1",
+            "metric",
+            "200",
+        ],
+    ] {
+        lab.ns(&router, "ip", args).unwrap();
+    }
+    let url = lab.url("/");
+    let mut followed = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let (seen, _) = lab.count_from(&lab.client(), &url, 4, None).unwrap();
+        if seen.contains_key("198.18.1.5") {
+            followed = Some(t0.elapsed());
+            break;
+        }
+    }
+    let followed = followed.expect("new flows use isp1's new address");
+    println!(
+        "DHCP renew on wan1: new flows through it work {} ms later",
+        followed.as_millis()
+    );
+    assert!(followed <= Duration::from_secs(1), "{followed:?}");
+
+    let status = lab.status().unwrap();
+    assert_eq!(status["uplinks"][1]["address"], "198.18.1.5/24", "{status}");
+    assert_eq!(status["uplinks"][1]["gateway"], "198.18.1.254", "{status}");
+    let rules = stdout(&lab.ns(&router, "ip", &["rule"]).unwrap());
+    assert!(rules.contains("from 198.18.1.5 lookup 102"), "{rules}");
+    assert!(!rules.contains("198.18.1.2"), "{rules}");
+    let table = stdout(
+        &lab.ns(&router, "ip", &["route", "show", "table", "102"])
+            .unwrap(),
+    );
+    assert!(
+        table.contains("default via 198.18.1.254 dev wan1"),
+        "{table}"
+    );
+    let (seen, failures) = lab.count_from(&lab.client(), &url, 300, None).unwrap();
+    assert_eq!(failures, 0);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["198.18.0.2", "198.18.1.5"],
+        "{seen:?}"
+    );
+
+    let output = stream.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the transfer on isp0 was interrupted"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["seconds"].as_f64().unwrap() >= 7.5, "{report}");
     stop_cleanly(&mut lab);
 }

@@ -24,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iputils-ping",
     "conntrack",
+    "dnsmasq-base",
     // `systemd-analyze verify` checks the shipped unit
     "systemd",
 ];

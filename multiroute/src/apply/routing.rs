@@ -132,20 +132,36 @@ fn is_default(message: &RouteMessage) -> bool {
 }
 
 /// Moves the main table's foreign default routes into the saved table. Copy first,
-/// delete second: a crash in between leaves both, and the restore is idempotent.
+/// delete second: a crash in between leaves both, and the restore is idempotent. A
+/// new default through an interface (a DHCP renew, a PPP reconnect) replaces the one
+/// saved for that interface, so the saved table always holds the latest gateway.
 async fn park_main_defaults(nl: &Netlink, config: &Config) -> Result<(), NetlinkError> {
-    for message in nl.routes().await? {
-        if route_table(&message) == MAIN_TABLE && is_default(&message) && !is_own_route(&message) {
-            info!(
-                "parking the main table's default route in table {}",
-                config.saved_default_table()
-            );
-            nl.add_raw_route(scrub(&message), config.saved_default_table())
-                .await?;
-            nl.delete_route(message).await?;
+    let routes = nl.routes().await?;
+    let saved = config.saved_default_table();
+    for message in &routes {
+        if route_table(message) == MAIN_TABLE && is_default(message) && !is_own_route(message) {
+            info!("parking the main table's default route in table {saved}");
+            for old in &routes {
+                if route_table(old) == saved
+                    && is_default(old)
+                    && route_oif(old).is_some()
+                    && route_oif(old) == route_oif(message)
+                {
+                    nl.delete_route(old.clone()).await?;
+                }
+            }
+            nl.add_raw_route(scrub(message), saved).await?;
+            nl.delete_route(message.clone()).await?;
         }
     }
     Ok(())
+}
+
+fn route_oif(message: &RouteMessage) -> Option<u32> {
+    message.attributes.iter().find_map(|attr| match attr {
+        netlink_packet_route::route::RouteAttribute::Oif(index) => Some(*index),
+        _ => None,
+    })
 }
 
 /// Puts parked default routes back into the main table after removing multiroute's.

@@ -358,11 +358,14 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
             plan.table,
         ));
     }
+    // While an uplink is dead its pinned traffic follows the normal choice: a pin
+    // into a dead uplink would only blackhole it.
     let pins = |offset: u32,
                 pick: fn(&UplinkConfig) -> &[Ipv4Net],
                 wrap: fn(Ipv4Net) -> Selector| {
         ready
             .iter()
+            .filter(|(_, plan, _)| plan.alive)
             .flat_map(move |(cfg, plan, _)| {
                 pick(cfg).iter().map(move |net| (wrap(*net), plan.table))
             })

@@ -126,6 +126,17 @@ fn dead_uplink_leaves_ring_and_main_default_but_keeps_its_table() {
         "default via 24.19.12.1 dev eth2 table main"
     );
     assert!(plan.routes.iter().any(|r| r.table == 101));
+    // Its pins lapse: pinned traffic follows the normal choice meanwhile.
+    assert!(
+        !lines(&plan.rules)
+            .iter()
+            .any(|r| r.contains("to 142.154.61.100"))
+    );
+    assert!(
+        lines(&plan.rules)
+            .iter()
+            .any(|r| r.contains("to 24.19.100.1 lookup 102"))
+    );
     // Probes must keep flowing through the dead uplink to see it recover.
     assert!(
         lines(&plan.rules)
