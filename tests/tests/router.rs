@@ -348,3 +348,105 @@ fn a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second() {
     assert!(report["seconds"].as_f64().unwrap() >= 7.5, "{report}");
     stop_cleanly(&mut lab);
 }
+
+fn sysctl(lab: &Lab, key: &str) -> String {
+    stdout(&lab.ns(&lab.router(), "sysctl", &["-n", key]).unwrap())
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn host_settings_are_checked_set_and_restored() {
+    if !require_root("host_settings_are_checked_set_and_restored") {
+        return;
+    }
+    let mut lab = lab(&[1, 1], "");
+    let router = lab.router();
+    lab.ns(
+        &router,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.ip_forward=0",
+            "net.ipv4.conf.wan0.rp_filter=1",
+        ],
+    )
+    .unwrap();
+    lab.ns(
+        &router,
+        "ip",
+        &[
+            "rule",
+            "add",
+            "pref",
+            "10005",
+            "from",
+            "192.0.2.99",
+            "lookup",
+            "main",
+        ],
+    )
+    .unwrap();
+    let pristine = lab.router_snapshot().unwrap();
+
+    let check = lab.multiroute(&["check"]);
+    let report = stdout(&check);
+    println!("{report}");
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "a foreign rule in the range is a problem"
+    );
+    assert!(
+        report.contains("problem: rule `pref 10005 from 192.0.2.99 lookup main`"),
+        "{report}"
+    );
+    assert!(
+        report.contains("load will set net.ipv4.ip_forward = 1 (now 0)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("load will set net.ipv4.conf.wan0.rp_filter = 2 (now 1)"),
+        "{report}"
+    );
+
+    let load = lab.multiroute(&["load"]);
+    assert_eq!(load.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&load.stderr);
+    assert!(
+        err.contains("ip rule del pref 10005") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(
+        lab.router_snapshot().unwrap(),
+        pristine,
+        "a refused load changes nothing"
+    );
+    assert_eq!(sysctl(&lab, "net.ipv4.ip_forward"), "0");
+
+    lab.ns(&router, "ip", &["rule", "del", "pref", "10005"])
+        .unwrap();
+    lab.start_router().unwrap();
+    assert_eq!(sysctl(&lab, "net.ipv4.ip_forward"), "1");
+    assert_eq!(sysctl(&lab, "net.ipv4.conf.wan0.rp_filter"), "2");
+    assert_eq!(lab.connections(200).unwrap().failures, 0);
+    // SIGKILL, then unload: the record beside the lock file restores them.
+    lab.stop_router(libc::SIGKILL).unwrap();
+    let out = lab.multiroute(&["unload"]);
+    assert!(
+        stdout(&out).contains("restored 2 sysctls"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(sysctl(&lab, "net.ipv4.ip_forward"), "0");
+    assert_eq!(sysctl(&lab, "net.ipv4.conf.wan0.rp_filter"), "1");
+
+    // Without the lab's masquerade, check names the fix.
+    lab.ns(&router, "nft", &["delete", "table", "ip", "lab"])
+        .unwrap();
+    let report = stdout(&lab.multiroute(&["check"]));
+    assert!(
+        report.contains("warning: nothing source-NATs traffic leaving wan0"),
+        "{report}"
+    );
+}

@@ -3,6 +3,7 @@
 //! crash half-way, converges; [`teardown`] removes all of it, also after SIGKILL.
 pub mod conntrack;
 pub mod datapath;
+pub mod host;
 pub mod netlink;
 pub mod nftables;
 pub mod routing;
@@ -31,6 +32,8 @@ pub enum ApplyError {
     Conntrack(#[from] ConntrackError),
     #[error(transparent)]
     Nft(#[from] NftError),
+    #[error(transparent)]
+    Io(#[from] crate::path_error::PathError),
 }
 
 /// Reads the host (and the slots a running datapath holds) and plans against it.
@@ -132,13 +135,20 @@ fn stopped_addresses(previous: &Plan, plan: &Plan) -> Vec<(String, Ipv4Addr)> {
 pub struct Removed {
     pub pins: usize,
     pub routing: usize,
+    /// Sysctls put back to their values from before `load`.
+    pub sysctls: usize,
 }
 
 /// Datapath first (steering stops), then the nftables table, rules and routes, then
-/// the main default is restored.
+/// the main default is restored, then the sysctls `load` changed.
 pub async fn teardown(nl: &Netlink, config: &Config) -> Result<Removed, ApplyError> {
     let pins = datapath::remove(&config.routing.pin_path)?;
     let nft = usize::from(nftables::remove()?);
     let routing = routing::remove(nl, config).await? + nft;
-    Ok(Removed { pins, routing })
+    let sysctls = host::restore_sysctls(config)?;
+    Ok(Removed {
+        pins,
+        routing,
+        sysctls,
+    })
 }

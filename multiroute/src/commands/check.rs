@@ -3,7 +3,7 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use multiroute::{
-    apply::{self, datapath, netlink::Netlink},
+    apply::{self, datapath, host, netlink::Netlink},
     instance,
     plan::Readiness,
 };
@@ -52,12 +52,26 @@ pub fn run(config_path: &Path) -> CommandResult {
         println!("note: multiroute is running for this config (PID {pid})");
     }
 
-    let (plan, _) = runtime()?.block_on(async {
+    let (plan, assessment) = runtime()?.block_on(async {
         let nl = Netlink::connect().context("connecting to the kernel")?;
-        apply::plan(&nl, &config, &BTreeSet::new())
+        let (plan, _) = apply::plan(&nl, &config, &BTreeSet::new())
             .await
-            .map_err(Failure::from)
+            .map_err(Failure::from)?;
+        let facts = host::facts(&nl, &config)
+            .await
+            .context("reading the host's settings")?;
+        Ok::<_, Failure>((plan, host::assess(&config, &facts)))
     })?;
+    for change in &assessment.changes {
+        println!(
+            "note: load will set {} = {} (now {}): {}; unload restores it",
+            change.key, change.to, change.from, change.why
+        );
+    }
+    for warning in &assessment.warnings {
+        println!("warning: {warning}");
+    }
+    problems.extend(assessment.conflicts);
     for (name, index) in &plan.lan {
         println!("ok: LAN interface {name} (ifindex {index})");
     }

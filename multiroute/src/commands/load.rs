@@ -15,7 +15,12 @@ pub fn run(config_path: &Path) -> CommandResult {
     runtime()?.block_on(async {
         let daemon = Daemon::start(config_path.to_owned(), config).await?;
         let removed = daemon.run().await?;
-        info!(pins = removed.pins, routing = removed.routing, "removed");
+        info!(
+            pins = removed.pins,
+            routing = removed.routing,
+            sysctls = removed.sysctls,
+            "removed"
+        );
         Ok(())
     })
 }

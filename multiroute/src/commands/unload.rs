@@ -34,8 +34,8 @@ pub fn run(config_path: &Path) -> CommandResult {
             println!("nothing to remove");
         } else {
             println!(
-                "removed {} pinned objects and {} routes/rules; main default restored",
-                removed.pins, removed.routing
+                "removed {} pinned objects and {} routes/rules/tables, restored {} sysctls; main default restored",
+                removed.pins, removed.routing, removed.sysctls
             );
         }
         Ok(())

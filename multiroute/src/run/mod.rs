@@ -25,7 +25,9 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    apply::{self, ApplyError, Removed, datapath::Datapath, datapath::Maps, netlink::Netlink},
+    apply::{
+        self, ApplyError, Removed, datapath::Datapath, datapath::Maps, host, netlink::Netlink,
+    },
     config::{Config, ConfigError, MAX_WEIGHT, ProbeTarget},
     path_error::PathError,
     plan::{Plan, Readiness},
@@ -42,6 +44,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error("{0}")]
+    Host(String),
     #[error("{what}: {source}")]
     Os {
         what: &'static str,
@@ -114,6 +118,7 @@ impl Daemon {
     pub async fn start(config_path: PathBuf, config: Config) -> Result<Self, DaemonError> {
         let nl = Netlink::connect().map_err(ApplyError::from)?;
         let (plan, observed) = apply::plan(&nl, &config, &Default::default()).await?;
+        prepare_host(&nl, &config).await?;
         let datapath = match apply::apply(&nl, &config, &plan, &observed).await {
             Ok(datapath) => datapath,
             Err(err) => {
@@ -486,6 +491,27 @@ impl Daemon {
             uplinks,
         }
     }
+}
+
+/// Refuses a host with rules in multiroute's range, warns about what will not work,
+/// and sets the sysctls multiroute needs (recorded for `unload`).
+async fn prepare_host(nl: &Netlink, config: &Config) -> Result<(), DaemonError> {
+    let facts = host::facts(nl, config).await.map_err(ApplyError::from)?;
+    let assessment = host::assess(config, &facts);
+    if let Some(conflict) = assessment.conflicts.first() {
+        return Err(DaemonError::Host(conflict.clone()));
+    }
+    for warning in &assessment.warnings {
+        warn!("{warning}");
+    }
+    for change in &assessment.changes {
+        info!(
+            "setting {} = {} (was {}): {}; restored on unload",
+            change.key, change.to, change.from, change.why
+        );
+    }
+    host::apply_sysctls(config, &assessment.changes)?;
+    Ok(())
 }
 
 /// Tells systemd (`Type=notify`) about our state; a no-op outside systemd.

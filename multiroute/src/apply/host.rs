@@ -1,0 +1,308 @@
+//! Host settings a multi-WAN router depends on, outside routes and rules: IPv4
+//! forwarding, reverse-path filtering on the uplinks, source NAT, and nobody else's
+//! rules in multiroute's priority range. [`assess`] is pure; `load` applies its
+//! sysctl changes (recording the old values next to the lock file, so `unload`
+//! restores them even after a crash), `check` only reports.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use super::netlink::{Netlink, NetlinkError, is_own_rule, parse_rule, rule_priority};
+use crate::{config::Config, path_error::PathError};
+
+/// What the host looks like, as far as [`assess`] cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    pub ip_forward: Option<u8>,
+    pub rp_filter_all: Option<u8>,
+    /// `rp_filter` of each uplink interface.
+    pub rp_filter: BTreeMap<String, u8>,
+    /// `nft list ruleset`, when nft could be run.
+    pub nft_ruleset: Option<String>,
+    /// Rules multiroute did not add inside its priority range: (priority, the rule
+    /// in `ip rule` syntax).
+    pub foreign_rules: Vec<(u32, String)>,
+}
+
+/// A sysctl `load` sets, and `unload` puts back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlChange {
+    pub key: String,
+    pub from: u8,
+    pub to: u8,
+    pub why: &'static str,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assessment {
+    pub changes: Vec<SysctlChange>,
+    /// Things that will not work as the user expects, with the fix.
+    pub warnings: Vec<String>,
+    /// Things that stop `load`, with the fix.
+    pub conflicts: Vec<String>,
+}
+
+pub fn assess(config: &Config, facts: &HostFacts) -> Assessment {
+    let mut assessment = Assessment::default();
+    if let Some(from @ 0) = facts.ip_forward {
+        assessment.changes.push(SysctlChange {
+            key: "net.ipv4.ip_forward".into(),
+            from,
+            to: 1,
+            why: "the LAN's traffic is forwarded to the uplinks",
+        });
+    }
+    let all = facts.rp_filter_all.unwrap_or(0);
+    for uplink in &config.uplinks {
+        let Some(&own) = facts.rp_filter.get(&uplink.interface) else {
+            continue;
+        };
+        // The kernel applies the larger of `all` and the interface's value; 1 is
+        // strict, which drops replies whenever the main multipath default would
+        // have sent the request out another uplink.
+        if own.max(all) == 1 {
+            assessment.changes.push(SysctlChange {
+                key: format!("net.ipv4.conf.{}.rp_filter", uplink.interface),
+                from: own,
+                to: 2,
+                why: "strict reverse-path filtering drops replies on a multi-WAN router; loose keeps spoofing protection",
+            });
+        }
+    }
+    match &facts.nft_ruleset {
+        Some(ruleset) => {
+            for uplink in &config.uplinks {
+                if !masquerades(ruleset, &uplink.interface) {
+                    assessment.warnings.push(format!(
+                        "nothing source-NATs traffic leaving {} (uplink {}): the ISP drops the LAN's private addresses; add `nft add table ip nat; nft add chain ip nat postrouting {{ type nat hook postrouting priority 100 \\; }}; nft add rule ip nat postrouting oifname \"{}\" masquerade`",
+                        uplink.interface, uplink.name, uplink.interface
+                    ));
+                }
+            }
+        }
+        None => assessment
+            .warnings
+            .push("cannot run `nft list ruleset` to check source NAT; install nftables".into()),
+    }
+    for (priority, rule) in &facts.foreign_rules {
+        assessment.conflicts.push(format!(
+            "rule `{rule}` sits in multiroute's priority range {}..={}: delete it (`ip rule del pref {priority}`) or move `routing.rule_priority`",
+            config.routing.rule_priority,
+            config.routing.rule_priority + crate::config::RULE_PRIORITY_SPAN - 1
+        ));
+    }
+    assessment
+}
+
+/// Whether some masquerade or snat rule applies to packets leaving `interface`: one
+/// naming it, a wildcard (`"wan*"`) covering it, or one without an interface match.
+fn masquerades(ruleset: &str, interface: &str) -> bool {
+    ruleset
+        .lines()
+        .filter(|line| line.contains("masquerade") || line.contains("snat"))
+        .any(|line| match line.split("oifname").nth(1) {
+            None => !line.contains("oif "),
+            Some(rest) => {
+                let name = rest
+                    .trim_start_matches([' ', '=', '!'])
+                    .trim_start_matches('"')
+                    .split('"')
+                    .next()
+                    .unwrap_or_default();
+                match name.strip_suffix('*') {
+                    Some(prefix) => interface.starts_with(prefix),
+                    None => name == interface,
+                }
+            }
+        })
+}
+
+/// Reads what [`assess`] needs from this host (this network namespace).
+pub async fn facts(nl: &Netlink, config: &Config) -> Result<HostFacts, NetlinkError> {
+    let range = config.routing.rule_priority
+        ..config.routing.rule_priority + crate::config::RULE_PRIORITY_SPAN;
+    let foreign_rules = nl
+        .rules()
+        .await?
+        .into_iter()
+        .filter(|rule| !is_own_rule(rule) && range.contains(&rule_priority(rule)))
+        .map(|rule| (rule_priority(&rule), parse_rule(&rule).to_string()))
+        .collect();
+    let nft_ruleset = std::process::Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+    Ok(HostFacts {
+        ip_forward: read_sysctl("net.ipv4.ip_forward"),
+        rp_filter_all: read_sysctl("net.ipv4.conf.all.rp_filter"),
+        rp_filter: config
+            .uplinks
+            .iter()
+            .filter_map(|u| {
+                let key = format!("net.ipv4.conf.{}.rp_filter", u.interface);
+                Some((u.interface.clone(), read_sysctl(&key)?))
+            })
+            .collect(),
+        nft_ruleset,
+        foreign_rules,
+    })
+}
+
+fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
+}
+
+pub fn read_sysctl(key: &str) -> Option<u8> {
+    std::fs::read_to_string(sysctl_path(key))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Where `load` records the values it changed: beside the lock file.
+pub fn record_path(config: &Config) -> PathBuf {
+    let socket = &config.control.socket;
+    let mut name = socket.file_name().unwrap_or_default().to_owned();
+    name.push(".sysctl");
+    socket.with_file_name(name)
+}
+
+/// Applies `changes`, recording each original value first. A record left by a
+/// crashed `load` is kept: it holds the values from before multiroute.
+pub fn apply_sysctls(config: &Config, changes: &[SysctlChange]) -> Result<(), PathError> {
+    let record = record_path(config);
+    let mut originals: BTreeMap<String, u8> = read_record(&record);
+    for change in changes {
+        originals.entry(change.key.clone()).or_insert(change.from);
+    }
+    if !changes.is_empty() {
+        write_record(&record, &originals)?;
+    }
+    for change in changes {
+        let path = sysctl_path(&change.key);
+        std::fs::write(&path, change.to.to_string())
+            .map_err(PathError::at(&path, "setting a sysctl"))?;
+    }
+    Ok(())
+}
+
+/// Puts back every sysctl `load` changed; returns how many.
+pub fn restore_sysctls(config: &Config) -> Result<usize, PathError> {
+    let record = record_path(config);
+    let originals = read_record(&record);
+    for (key, value) in &originals {
+        let path = sysctl_path(key);
+        match std::fs::write(&path, value.to_string()) {
+            // An interface that went away took its sysctl with it.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(PathError::at(&path, "restoring a sysctl"))?,
+        }
+    }
+    match std::fs::remove_file(&record) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(PathError::at(&record, "removing the sysctl record")(err))
+        }
+        _ => Ok(originals.len()),
+    }
+}
+
+fn read_record(path: &Path) -> BTreeMap<String, u8> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+fn write_record(path: &Path, originals: &BTreeMap<String, u8>) -> Result<(), PathError> {
+    let text = serde_json::to_string(originals).unwrap_or_default();
+    std::fs::write(path, text).map_err(PathError::at(path, "recording sysctls"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            "lan = [\"lan0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"wan0\"\n[[uplink]]\nname = \"b\"\ninterface = \"ppp0\"\n",
+            Path::new("test.toml"),
+        )
+        .unwrap()
+    }
+
+    fn healthy() -> HostFacts {
+        HostFacts {
+            ip_forward: Some(1),
+            rp_filter_all: Some(0),
+            rp_filter: BTreeMap::from([("wan0".into(), 0), ("ppp0".into(), 2)]),
+            nft_ruleset: Some(
+                "table ip nat {\n\tchain post {\n\t\toifname \"wan*\" masquerade\n\t\toifname \"ppp0\" snat to 192.0.2.1\n\t}\n}\n"
+                    .into(),
+            ),
+            foreign_rules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_healthy_host_needs_nothing() {
+        assert_eq!(assess(&config(), &healthy()), Assessment::default());
+    }
+
+    #[test]
+    fn forwarding_and_strict_rp_filter_are_adjusted() {
+        let facts = HostFacts {
+            ip_forward: Some(0),
+            rp_filter_all: Some(1),
+            ..healthy()
+        };
+        let keys: Vec<_> = assess(&config(), &facts)
+            .changes
+            .into_iter()
+            .map(|c| (c.key, c.from, c.to))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("net.ipv4.ip_forward".to_owned(), 0, 1),
+                // all=1 makes wan0 strict; ppp0's own 2 already wins.
+                ("net.ipv4.conf.wan0.rp_filter".to_owned(), 0, 2),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_masquerade_is_named_with_its_fix() {
+        let facts = HostFacts {
+            nft_ruleset: Some("table ip nat {\n\toifname \"eth9\" masquerade\n}\n".into()),
+            ..healthy()
+        };
+        let warnings = assess(&config(), &facts).warnings;
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("oifname \"wan0\" masquerade"),
+            "{}",
+            warnings[0]
+        );
+        assert!(masquerades("ip saddr 10.0.0.0/8 masquerade", "anything"));
+    }
+
+    #[test]
+    fn foreign_rules_in_the_range_are_conflicts() {
+        let facts = HostFacts {
+            foreign_rules: vec![(10005, "pref 10005 from 192.0.2.9 lookup main".into())],
+            ..healthy()
+        };
+        let conflicts = assess(&config(), &facts).conflicts;
+        assert_eq!(conflicts.len(), 1);
+        assert!(conflicts[0].contains("10000..=10999"), "{}", conflicts[0]);
+        assert!(
+            conflicts[0].contains("`ip rule del pref 10005`"),
+            "{}",
+            conflicts[0]
+        );
+    }
+}
