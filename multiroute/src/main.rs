@@ -34,7 +34,12 @@ enum Command {
         json: bool,
     },
     /// Validate the config and the host without changing anything.
-    Check,
+    Check {
+        /// Also print the rules and routes multiroute wants (the running load's
+        /// plan when one runs), in `ip` syntax.
+        #[arg(long)]
+        plan: bool,
+    },
     /// Change one uplink's weight in the running `load` (0 drains it).
     Weight {
         /// The uplink's `name` from the config.
@@ -74,7 +79,7 @@ fn main() {
         Command::Load => commands::load::run(&cli.config),
         Command::Unload => commands::unload::run(&cli.config),
         Command::Status { json } => commands::status::run(&cli.config, json),
-        Command::Check => commands::check::run(&cli.config),
+        Command::Check { plan } => commands::check::run(&cli.config, plan),
         Command::Weight { name, weight } => commands::weight::run(&cli.config, &name, weight),
         Command::Flows {
             json,

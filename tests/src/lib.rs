@@ -697,6 +697,94 @@ impl Lab {
         serde_json::from_slice(&out.stdout).context("parsing flows --json")
     }
 
+    /// Fails unless the router's multiroute rules and routes (protocol 77) are exactly
+    /// the plan in force (`multiroute check --plan`), line for line.
+    pub fn assert_kernel_matches_plan(&self) -> Result<()> {
+        let out = self.multiroute(&["check", "--plan"]);
+        let report = stdout(&out);
+        let planned: std::collections::BTreeSet<String> = report
+            .lines()
+            .skip_while(|l| !l.ends_with("plan:"))
+            .skip(1)
+            .map(|l| l.trim().to_owned())
+            .collect();
+        ensure!(!planned.is_empty(), "no plan in:\n{report}");
+        let kernel = self.kernel_lines()?;
+        let missing: Vec<_> = planned.difference(&kernel).collect();
+        let extra: Vec<_> = kernel.difference(&planned).collect();
+        ensure!(
+            missing.is_empty() && extra.is_empty(),
+            "kernel differs from the plan:\n  planned, not in the kernel: {missing:#?}\n  in the kernel, not planned: {extra:#?}"
+        );
+        Ok(())
+    }
+
+    /// The router's protocol-77 rules and routes in the plan's `ip` syntax.
+    fn kernel_lines(&self) -> Result<std::collections::BTreeSet<String>> {
+        let json = |args: &[&str]| -> Result<Vec<serde_json::Value>> {
+            let out = self.ns(&self.router(), "ip", args)?;
+            serde_json::from_slice(&out.stdout).context("parsing ip -j")
+        };
+        let text = |v: &serde_json::Value| {
+            v.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string())
+        };
+        let net = |addr: &serde_json::Value, len: &serde_json::Value| match len.as_u64() {
+            Some(len) if len != 32 => format!("{}/{len}", text(addr)),
+            _ => text(addr),
+        };
+        let mut lines = std::collections::BTreeSet::new();
+        for rule in json(&["-4", "-j", "rule", "show"])? {
+            if rule["protocol"] != "77" {
+                continue;
+            }
+            let selector = if !rule["fwmark"].is_null() {
+                format!("fwmark {}/{}", text(&rule["fwmark"]), text(&rule["fwmask"]))
+            } else if !rule["dst"].is_null() {
+                format!("to {}", net(&rule["dst"], &rule["dstlen"]))
+            } else {
+                format!("from {}", net(&rule["src"], &rule["srclen"]))
+            };
+            let mut line = format!(
+                "pref {} {selector} lookup {}",
+                rule["priority"],
+                text(&rule["table"])
+            );
+            if let Some(len) = rule["suppress_prefixlen"].as_u64() {
+                line += &format!(" suppress_prefixlength {len}");
+            }
+            lines.insert(line);
+        }
+        for route in json(&["-4", "-j", "route", "show", "table", "all", "proto", "77"])? {
+            let mut line = text(&route["dst"]);
+            if let Some(hops) = route["nexthops"].as_array() {
+                for hop in hops {
+                    line += &format!(
+                        " nexthop via {} dev {} weight {}",
+                        text(&hop["gateway"]),
+                        text(&hop["dev"]),
+                        hop["weight"]
+                    );
+                }
+            } else if !route["gateway"].is_null() {
+                line += &format!(
+                    " via {} dev {}",
+                    text(&route["gateway"]),
+                    text(&route["dev"])
+                );
+            } else {
+                line += &format!(" dev {}", text(&route["dev"]));
+                if !route["prefsrc"].is_null() {
+                    line += &format!(" src {}", text(&route["prefsrc"]));
+                }
+            }
+            let table = route["table"].as_str().unwrap_or("main");
+            lines.insert(format!("{line} table {table}"));
+        }
+        Ok(lines)
+    }
+
     /// The uplink index whose address is `address`.
     pub fn uplink_index(&self, address: &str) -> Option<usize> {
         (0..self.isps).find(|&i| Self::uplink_address(i).to_string() == address)

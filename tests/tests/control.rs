@@ -195,6 +195,7 @@ fn reload_moves_only_the_removed_uplinks_flows() {
         !rules.contains("lookup 101"),
         "isp0's rules are gone: {rules}"
     );
+    lab.assert_kernel_matches_plan().unwrap();
 
     let seen = lab.connections(600).unwrap();
     assert_eq!(seen.failures, 0);

@@ -176,6 +176,9 @@ fn silent_upstream_failure_fails_over_within_a_second_and_recovers() {
         "{}",
         lab.router_log()
     );
+    // The dead uplink keeps its table (probes still go through it) but leaves the
+    // main default: the kernel holds exactly the running plan.
+    lab.assert_kernel_matches_plan().unwrap();
 
     // Recovery: new flows come back to the ISP in proportion to weight.
     let client = start_attempts(&lab, 3.0);
@@ -257,6 +260,7 @@ fn link_down_fails_over_within_200_ms() {
             .contains("down or has no carrier"),
         "{down}"
     );
+    lab.assert_kernel_matches_plan().unwrap();
 
     let client = start_attempts(&lab, 2.5);
     sleep(Duration::from_millis(500));

@@ -99,6 +99,7 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
         [0, 0],
         "no reply left through an uplink other than the one its connection arrived on"
     );
+    lab.assert_kernel_matches_plan().unwrap();
     // Outbound LAN traffic is still spread as before.
     let seen = lab.connections(400).unwrap();
     assert_eq!(seen.failures, 0);
@@ -202,6 +203,7 @@ fn pinned_resolvers_are_reached_through_their_own_isp() {
             "resolver {n} sees queries only from {own}: {sources:?}"
         );
     }
+    lab.assert_kernel_matches_plan().unwrap();
     stop_cleanly(&mut lab);
 }
 
@@ -235,6 +237,7 @@ fn a_pinned_lan_source_always_uses_its_uplink() {
     println!("500 connections from 100.64.0.2: {:?}", others.hits);
     assert_eq!(others.failures, 0);
     assert!(others.hits.iter().all(|h| *h > 175), "{:?}", others.hits);
+    lab.assert_kernel_matches_plan().unwrap();
     stop_cleanly(&mut lab);
 }
 
@@ -331,6 +334,7 @@ fn a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second() {
         table.contains("default via 198.18.1.254 dev wan1"),
         "{table}"
     );
+    lab.assert_kernel_matches_plan().unwrap();
     let (seen, failures) = lab.count_from(&lab.client(), &url, 300, None).unwrap();
     assert_eq!(failures, 0);
     assert_eq!(

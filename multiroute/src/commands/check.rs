@@ -6,14 +6,32 @@ use multiroute::{
     apply::{self, datapath, host, netlink::Netlink},
     instance,
     plan::Readiness,
+    run::control::{self, Request},
 };
 
 use super::{CommandResult, Failure, read_config, runtime};
 
+/// The running load's plan (it knows which uplinks are dead) or, without one, the
+/// plan for the host as it is.
+fn print_plan(config: &multiroute::config::Config, computed: Vec<String>) -> CommandResult {
+    let running = control::ask(&config.control.socket, &Request::Plan)
+        .context("asking the running multiroute for its plan")?;
+    let (lines, source) = match running.and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+    {
+        Some(lines) => (lines, "the running load's plan"),
+        None => (computed, "plan for this host"),
+    };
+    println!("{source}:");
+    for line in lines {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
 /// TCX (multi-program TC attachment through bpf links) arrived in Linux 6.6.
 const MIN_KERNEL: (u32, u32) = (6, 6);
 
-pub fn run(config_path: &Path) -> CommandResult {
+pub fn run(config_path: &Path, show_plan: bool) -> CommandResult {
     let config = read_config(config_path)?;
     println!(
         "ok: {} is valid ({} uplinks)",
@@ -88,6 +106,9 @@ pub fn run(config_path: &Path) -> CommandResult {
                 problem.unwrap_or_default()
             ),
         }
+    }
+    if show_plan {
+        print_plan(&config, plan.lines())?;
     }
     if problems.is_empty() {
         Ok(())

@@ -244,6 +244,19 @@ impl UplinkPlan {
 }
 
 impl Plan {
+    /// The rules, then every route (uplink tables and the main default), one per
+    /// line in `ip` syntax: what `check --plan` prints and tests compare with the
+    /// kernel.
+    pub fn lines(&self) -> Vec<String> {
+        let rules = self.rules.iter().map(ToString::to_string);
+        let routes = self
+            .routes
+            .iter()
+            .chain(&self.main_default)
+            .map(ToString::to_string);
+        rules.chain(routes).collect()
+    }
+
     /// No uplink can take new flows: the datapath passes them unmarked and the main
     /// table's original default carries them, rather than blackholing the LAN.
     pub fn fail_open(&self) -> bool {

@@ -27,6 +27,8 @@ pub enum Request {
     Weight { uplink: String, weight: u32 },
     /// The metrics text (OpenMetrics), as a JSON string.
     Metrics,
+    /// The plan in force, as [`crate::plan::Plan::lines`].
+    Plan,
 }
 
 /// The daemon's answer to a request it could not carry out.

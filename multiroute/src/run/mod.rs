@@ -397,6 +397,7 @@ impl Daemon {
                 .unwrap_or_else(|err| control::refusal(&err.to_string(), false)),
             Request::Weight { uplink, weight } => self.set_weight(&uplink, weight).await,
             Request::Metrics => serde_json::Value::String(metrics::render(&self.metrics())),
+            Request::Plan => serde_json::json!(self.plan.lines()),
         };
         // The asker may have gone away; nothing to do then.
         let _ = incoming.reply.send(reply);
