@@ -28,6 +28,8 @@ pub mod map_names {
 
 /// Name of the classifier function inside the object file.
 pub const PROGRAM_NAME: &str = "multiroute";
+/// The empty classifier benchmarks use as their floor.
+pub const FLOOR_PROGRAM_NAME: &str = "multiroute_floor";
 
 /// Flow identity. Addresses and ports are stored as they appear on the wire (network
 /// byte order) so the hot path copies them without swapping. Fragments and protocols

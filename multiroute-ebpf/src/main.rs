@@ -65,6 +65,13 @@ pub fn multiroute(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// An empty classifier: the floor `cargo xtask bench` measures the real one against
+/// (the cost of a TC program run itself). Never attached.
+#[classifier]
+pub fn multiroute_floor(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 /// Marks the packet with its flow's uplink, choosing and remembering one for a new flow.
 #[inline(always)]
 fn steer(ctx: &TcContext, key: &FlowKey) {

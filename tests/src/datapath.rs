@@ -27,11 +27,16 @@ pub struct LoadedDatapath {
 
 impl LoadedDatapath {
     pub fn load(name: &str) -> Result<Self> {
+        Self::load_sized(name, multiroute_ebpf::FLOW_TABLE_SIZE)
+    }
+
+    /// With a flow table of `flows` entries.
+    pub fn load_sized(name: &str, flows: u32) -> Result<Self> {
         let dir = PathBuf::from("/run").join(format!("mrdp-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).context("creating the bpffs mount point")?;
         crate::run("mount", &["-t", "bpf", "bpf", &dir.to_string_lossy()])?;
         let pin_path = dir.join("multiroute");
-        let datapath = Datapath::load(&pin_path)?;
+        let datapath = Datapath::load_sized(&pin_path, flows)?;
         let maps = Maps::open(&pin_path)?;
         Ok(Self {
             datapath,
@@ -40,37 +45,57 @@ impl LoadedDatapath {
         })
     }
 
-    /// Runs one packet through the classifier `repeat` times with `mark` preset.
+    /// Runs one packet through the classifier `repeat` times with `mark` preset;
+    /// returns the verdict and the kernel's time per run.
     pub fn run(
         &mut self,
         packet: &[u8],
         mark: u32,
         repeat: u32,
     ) -> Result<(Verdict, std::time::Duration)> {
-        let mut ctx_in = [0u8; SKB_CTX_LEN];
-        ctx_in[MARK_OFFSET..MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
-        let mut ctx_out = [0u8; SKB_CTX_LEN];
-        let mut data_out = vec![0u8; packet.len().max(64) + 256];
-        let classifier = self.datapath.classifier()?;
-        let result = classifier
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut data_out),
-                ctx_in: Some(&ctx_in),
-                ctx_out: Some(&mut ctx_out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        let mark = u32::from_ne_bytes(ctx_out[MARK_OFFSET..MARK_OFFSET + 4].try_into()?);
-        Ok((
-            Verdict {
-                return_code: result.return_value as i32,
-                mark,
-            },
-            result.duration,
-        ))
+        let program = self.datapath.classifier()?;
+        test_run(program, packet, mark, repeat)
     }
+
+    /// The same through the empty program (the floor benchmarks compare against).
+    pub fn run_floor(
+        &mut self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, std::time::Duration)> {
+        let program = self.datapath.floor_program()?;
+        test_run(program, packet, 0, repeat)
+    }
+}
+
+fn test_run(
+    classifier: &mut aya::programs::SchedClassifier,
+    packet: &[u8],
+    mark: u32,
+    repeat: u32,
+) -> Result<(Verdict, std::time::Duration)> {
+    let mut ctx_in = [0u8; SKB_CTX_LEN];
+    ctx_in[MARK_OFFSET..MARK_OFFSET + 4].copy_from_slice(&mark.to_ne_bytes());
+    let mut ctx_out = [0u8; SKB_CTX_LEN];
+    let mut data_out = vec![0u8; packet.len().max(64) + 256];
+    let result = classifier
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut data_out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    let mark = u32::from_ne_bytes(ctx_out[MARK_OFFSET..MARK_OFFSET + 4].try_into()?);
+    Ok((
+        Verdict {
+            return_code: result.return_value as i32,
+            mark,
+        },
+        result.duration,
+    ))
 }
 
 impl Drop for LoadedDatapath {
@@ -91,6 +116,21 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> etherparse::PacketBuilderStep<etherpars
 // Writing into a Vec cannot fail, hence the `expect`s below.
 
 /// An Ethernet/IPv4/TCP SYN.
+/// An ARP request: not IP, passed untouched.
+pub fn arp() -> Vec<u8> {
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&[0x08, 0x06]);
+    // htype 1, ptype IPv4, hlen 6, plen 4, op request
+    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&CLIENT_MAC);
+    frame.extend_from_slice(&[100, 64, 0, 2]);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&[100, 64, 0, 1]);
+    frame
+}
+
 pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     let builder = ipv4(src, dst).tcp(sport, dport, 1, 65535).syn();
     let mut packet = Vec::with_capacity(builder.size(0));

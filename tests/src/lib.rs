@@ -10,6 +10,7 @@
 //! The router masquerades on every `wan*`, so the server sees the uplink address a
 //! connection took. Everything lives in namespaces named `<prefix>-…`, removed on
 //! drop (also when a test panics). Only documentation/benchmark ranges are used.
+pub mod bench;
 pub mod datapath;
 
 use std::{
@@ -44,6 +45,37 @@ pub struct Attempt {
     pub ok: bool,
     /// The uplink address the server saw.
     pub address: Option<String>,
+}
+
+/// What a stream of [`Attempt`]s saw of an outage that began at `t0`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outage {
+    /// From `t0` until the first attempt after which every attempt succeeded.
+    pub seconds: f64,
+    pub failed: usize,
+}
+
+/// Finds when new connections succeed 100 % of the time again: the start of the
+/// first attempt after the last failure. At least half a second of successes
+/// (25 attempts at 20 ms) must follow, or the outage did not end in the window.
+pub fn measure_outage(attempts: &[Attempt], t0: f64) -> Result<Outage> {
+    let failed = attempts.iter().filter(|a| !a.ok).count();
+    let recovered_at = match attempts.iter().rposition(|a| !a.ok) {
+        Some(i) => {
+            let tail = &attempts[i + 1..];
+            ensure!(
+                tail.len() >= 25,
+                "only {} successful attempts follow the last failure",
+                tail.len()
+            );
+            tail[0].start
+        }
+        None => t0,
+    };
+    Ok(Outage {
+        seconds: (recovered_at - t0).max(0.0),
+        failed,
+    })
 }
 
 /// Seconds since the Unix epoch, comparable with [`Attempt::start`].
@@ -470,6 +502,11 @@ impl Lab {
 
     pub fn router_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("router.log")).unwrap_or_default()
+    }
+
+    /// PID of the running `load` (`ip netns exec` execs it, so it is the child's).
+    pub fn router_pid(&self) -> Option<u32> {
+        self.router.as_ref().map(Child::id)
     }
 
     /// Sends `signal` to the running `load` without waiting.

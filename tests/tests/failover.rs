@@ -9,7 +9,8 @@ use std::{
 };
 
 use multiroute_tests::{
-    Attempt, Lab, LabOptions, SERVER, UNREACHABLE, percent, require_root, wait_until, wall_clock,
+    Attempt, Lab, LabOptions, SERVER, UNREACHABLE, measure_outage, percent, require_root,
+    wait_until, wall_clock,
 };
 
 /// The health config: a probe every 200 ms to a target beyond the ISP's
@@ -39,24 +40,10 @@ fn start_attempts(lab: &Lab, seconds: f64) -> std::process::Child {
         .expect("starting the client")
 }
 
-/// Seconds from `t0` until new connections succeed 100 % of the time (the start of
-/// the first attempt after the last failure), and how many failed.
+/// Seconds from `t0` until every new connection succeeds, and how many failed.
 fn failover_after(attempts: &[Attempt], t0: f64) -> (f64, usize) {
-    let failed = attempts.iter().filter(|a| !a.ok).count();
-    let last_failure = attempts.iter().rposition(|a| !a.ok);
-    let recovered_at = match last_failure {
-        Some(i) => {
-            let tail = &attempts[i + 1..];
-            assert!(
-                tail.len() >= 25,
-                "at least half a second of successes must follow the last failure ({} attempts)",
-                tail.len()
-            );
-            tail[0].start
-        }
-        None => t0,
-    };
-    ((recovered_at - t0).max(0.0), failed)
+    let outage = measure_outage(attempts, t0).expect("measuring the outage");
+    (outage.seconds, outage.failed)
 }
 
 /// The uplink's entry in `status --json`.

@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "conntrack",
     "dnsmasq-base",
+    // benchmarks
+    "iperf3",
     // `systemd-analyze verify` checks the shipped unit
     "systemd",
 ];

@@ -1,5 +1,5 @@
 //! Developer entry points (README, in this order): `cargo xtask run`, `cargo xtask
-//! test`. xtask depends on no multiroute crate, so it can install the eBPF toolchain
+//! test`, `cargo xtask bench`. xtask depends on no multiroute crate, so it can install the eBPF toolchain
 //! before anything that needs it is compiled.
 mod deps;
 
@@ -31,6 +31,13 @@ enum Task {
     },
     /// The whole suite: format, lints, unit tests, datapath test-runs, namespace e2e.
     Test,
+    /// Benchmarks against the floor and the alternatives; writes BENCHMARKS.md and
+    /// target/bench/results.json (release build; needs root).
+    Bench {
+        /// The developer's run: fewer repetitions and trials, about two minutes.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Only install what is missing (apt packages, the eBPF nightly, bpf-linker).
     Deps,
 }
@@ -48,6 +55,25 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Deps => deps::ensure(),
+        Task::Bench { quick } => {
+            deps::ensure()?;
+            // The lab runs the release `multiroute` next to the bench binary.
+            cargo(&["build", "--release", "--package", "multiroute"])?;
+            let mut args = vec![
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "multiroute-tests",
+                "--bin",
+                "bench",
+                "--",
+            ];
+            if quick {
+                args.push("--quick");
+            }
+            cargo(&args)
+        }
         Task::Test => {
             deps::ensure()?;
             test()

@@ -22,8 +22,8 @@ use aya::{
     },
 };
 use multiroute_ebpf::{
-    COUNTER_COUNT, Counter, Flow, FlowKey, MAX_UPLINKS, PROGRAM_NAME, SlotName, Traffic, Uplink,
-    map_names,
+    COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS,
+    PROGRAM_NAME, SlotName, Traffic, Uplink, map_names,
 };
 use tracing::{debug, info};
 
@@ -136,9 +136,16 @@ impl Datapath {
     /// Loads the classifier, reusing maps already pinned under `pin_path` (a running
     /// flow table survives a daemon restart this way).
     pub fn load(pin_path: &Path) -> Result<Self, DatapathError> {
+        Self::load_sized(pin_path, FLOW_TABLE_SIZE)
+    }
+
+    /// [`Datapath::load`] with a flow table of `flows` entries (benchmarks size it
+    /// to a million; an adopted, pinned table keeps its size).
+    pub fn load_sized(pin_path: &Path, flows: u32) -> Result<Self, DatapathError> {
         prepare_pin_path(pin_path)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
+            .map_max_entries(map_names::FLOWS, flows)
             .load(OBJECT)
             .map_err(|source| DatapathError::Load {
                 path: pin_path.to_owned(),
@@ -157,6 +164,19 @@ impl Datapath {
 
     pub fn classifier(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
         classifier(&mut self.ebpf)
+    }
+
+    /// The empty classifier shipped in the same object, loaded on first use: the
+    /// floor benchmarks compare against.
+    pub fn floor_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        let floor = program(&mut self.ebpf, FLOOR_PROGRAM_NAME)?;
+        if floor.fd().is_err() {
+            floor.load().map_err(|source| DatapathError::Program {
+                what: "verifying the floor program".into(),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(floor)
     }
 
     /// Attaches to the ingress of every LAN interface, atomically replacing the program
@@ -225,13 +245,17 @@ impl Datapath {
 }
 
 fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    program(ebpf, PROGRAM_NAME)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
     let missing = || DatapathError::Program {
-        what: format!("the object has no classifier named {PROGRAM_NAME}"),
+        what: format!("the object has no classifier named {name}"),
         source: Box::new(aya::programs::ProgramError::NotLoaded),
     };
-    let program = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
+    let program = ebpf.program_mut(name).ok_or_else(missing)?;
     program.try_into().map_err(|source| DatapathError::Program {
-        what: format!("{PROGRAM_NAME} is not a TC classifier"),
+        what: format!("{name} is not a TC classifier"),
         source: Box::new(source),
     })
 }
@@ -473,6 +497,13 @@ impl Maps {
     /// Every tracked flow. Entries the LRU evicts while we iterate are skipped.
     pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
         self.flows.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Remembers a flow, as the datapath would (benchmarks pre-fill the table).
+    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<(), DatapathError> {
+        self.flows
+            .insert(key, flow, 0)
+            .map_err(map_error(map_names::FLOWS))
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {

@@ -1,0 +1,201 @@
+//! Suite 1, datapath cost: the classifier in the kernel through `BPF_PROG_TEST_RUN`,
+//! against the empty TC program of the same object measured in the same run. The
+//! kernel times the program runs itself, so the syscall is not in the figures.
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use multiroute::plan::{Member, build_ring};
+use multiroute_ebpf::{Flow, FlowKey, RING_SIZE, Uplink};
+use serde::Serialize;
+
+use super::{Options, median};
+use crate::datapath::{LoadedDatapath, arp, tcp};
+
+const MASK: u32 = 0xff00;
+/// Big enough for a million flows plus the ones a run adds.
+const BIG_TABLE: u32 = 1 << 21;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub name: String,
+    pub ns_per_packet: f64,
+    /// Against the empty program run the same way (`repeat` or one packet per run).
+    pub ratio_to_floor: f64,
+    /// The target for this ratio, if it has one.
+    pub target_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// The empty program, `repeat` runs of one packet.
+    pub floor_ns: f64,
+    /// The empty program, one run per packet (what a new flow's run is compared with).
+    pub floor_single_ns: f64,
+    pub cases: Vec<Case>,
+}
+
+/// Uplink table and ring for `n` equally weighted uplinks.
+fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
+    let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    for i in 0..n {
+        dp.maps.set_uplink(
+            i,
+            Uplink {
+                mark: (i + 1) << 8,
+                mask: MASK,
+                alive: 1,
+                pad: 0,
+            },
+        )?;
+    }
+    let members: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Member {
+            index: i as u32,
+            name,
+            weight: 1,
+        })
+        .collect();
+    dp.maps.write_ring(&build_ring(&members, RING_SIZE))?;
+    Ok(())
+}
+
+/// The `i`-th distinct flow: a TCP SYN from its own source address and port.
+fn flow_packet(i: u32) -> Vec<u8> {
+    let src = Ipv4Addr::from(0x6440_0000 | (i >> 14)); // 100.64.0.0/10
+    tcp(
+        src,
+        1024 + (i & 0x3fff) as u16,
+        Ipv4Addr::new(203, 0, 113, 10),
+        443,
+    )
+}
+
+fn flow_key(i: u32) -> FlowKey {
+    let src = Ipv4Addr::from(0x6440_0000 | (i >> 14));
+    FlowKey {
+        src: u32::from_ne_bytes(src.octets()),
+        dst: u32::from_ne_bytes([203, 0, 113, 10]),
+        src_port: (1024 + (i & 0x3fff) as u16).to_be(),
+        dst_port: 443u16.to_be(),
+        proto: 6,
+        pad: [0; 3],
+    }
+}
+
+/// Median over `runs` of the per-packet time of `repeat` runs of `packet`.
+fn repeated(dp: &mut LoadedDatapath, floor: bool, packet: &[u8], options: &Options) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..options.runs {
+        let (_, per_packet) = if floor {
+            dp.run_floor(packet, options.repeat)?
+        } else {
+            dp.run(packet, 0, options.repeat)?
+        };
+        samples.push(per_packet.as_nanos() as f64);
+    }
+    Ok(median(samples))
+}
+
+/// Median over `runs` of the mean kernel time of single runs over fresh flows,
+/// numbered from `*next` on.
+fn single_runs(
+    dp: &mut LoadedDatapath,
+    floor: bool,
+    next: &mut u32,
+    options: &Options,
+) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..options.runs {
+        let mut total = 0.0;
+        for _ in 0..options.new_flows {
+            let packet = flow_packet(*next);
+            *next += 1;
+            let (_, took) = if floor {
+                dp.run_floor(&packet, 1)?
+            } else {
+                dp.run(&packet, 0, 1)?
+            };
+            total += took.as_nanos() as f64;
+        }
+        samples.push(total / f64::from(options.new_flows));
+    }
+    Ok(median(samples))
+}
+
+pub fn run(options: &Options) -> Result<Results> {
+    let mut dp = LoadedDatapath::load_sized("bench", BIG_TABLE)?;
+    configure(&mut dp, 2)?;
+    let known = flow_packet(u32::MAX >> 1);
+    let floor_ns = repeated(&mut dp, true, &known, options)?;
+    let mut next = 0;
+    let floor_single_ns = single_runs(&mut dp, true, &mut next, options)?;
+    let mut cases = Vec::new();
+    let mut push = |name: String, ns: f64, floor: f64, target: Option<f64>| {
+        cases.push(Case {
+            name,
+            ns_per_packet: ns,
+            ratio_to_floor: ns / floor,
+            target_ratio: target,
+        })
+    };
+    for uplinks in [1, 4, 16] {
+        configure(&mut dp, uplinks)?;
+        dp.run(&known, 0, 1)?;
+        let ns = repeated(&mut dp, false, &known, options)?;
+        push(
+            format!("known flow, {uplinks} uplinks"),
+            ns,
+            floor_ns,
+            Some(3.0),
+        );
+        let ns = single_runs(&mut dp, false, &mut next, options)?;
+        push(
+            format!("new flow, {uplinks} uplinks"),
+            ns,
+            floor_single_ns,
+            Some(8.0),
+        );
+    }
+    configure(&mut dp, 2)?;
+    let ns = repeated(&mut dp, false, &arp(), options)?;
+    push("non-IP pass-through (ARP)".into(), ns, floor_ns, None);
+
+    // A full flow table: the flows live at the far end of the numbering so the new
+    // flows above do not collide with them.
+    for entries in [1_000u32, 1_000_000] {
+        let mut dp = LoadedDatapath::load_sized(&format!("bench{entries}"), BIG_TABLE)?;
+        configure(&mut dp, 2)?;
+        let base = 1 << 30;
+        for i in 0..entries {
+            dp.maps.insert_flow(
+                &flow_key(base + i),
+                &Flow {
+                    uplink: i % 2,
+                    ..Flow::default()
+                },
+            )?;
+        }
+        let ns = repeated(&mut dp, false, &flow_packet(base + entries / 2), options)?;
+        push(
+            format!("known flow, {entries} flows in the table"),
+            ns,
+            floor_ns,
+            Some(3.0),
+        );
+        let mut fresh = 0;
+        let ns = single_runs(&mut dp, false, &mut fresh, options)?;
+        push(
+            format!("new flow, {entries} flows in the table"),
+            ns,
+            floor_single_ns,
+            Some(8.0),
+        );
+    }
+    Ok(Results {
+        floor_ns,
+        floor_single_ns,
+        cases,
+    })
+}

@@ -1,0 +1,196 @@
+//! Suites 2 and 3, forwarding throughput and connection-setup rate: the same
+//! two-ISP lab with four routers — plain forwarding + masquerade (the baseline),
+//! multiroute, an nftables mark router as mwan3 and VyOS build it (hash → mark,
+//! saved in and restored from the conntrack mark, same fwmark rules and tables),
+//! and kernel ECMP with L4 hashing. iperf3 measures, the lab's client counts
+//! connections.
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+use super::{Options, median};
+use crate::{Lab, LabOptions, SERVER, lab_script};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Variant {
+    Baseline,
+    Multiroute,
+    NftMark,
+    Ecmp,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 4] = [
+        Variant::Baseline,
+        Variant::Multiroute,
+        Variant::NftMark,
+        Variant::Ecmp,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Baseline => "plain forwarding + masquerade",
+            Variant::Multiroute => "multiroute",
+            Variant::NftMark => "nft mark router (mwan3/VyOS style)",
+            Variant::Ecmp => "kernel ECMP, L4 hash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub variant: Variant,
+    pub tcp1_gbps: f64,
+    pub tcp8_gbps: f64,
+    /// 64-byte UDP datagrams received per second.
+    pub udp64_kpps: f64,
+    pub connections_per_s: f64,
+}
+
+/// The mwan3/VyOS way: restore a connection's mark from conntrack, else hash the
+/// 5-tuple onto a mark and save it.
+const NFT_MARK_RULESET: &str = "table ip nftmark {
+    chain pre {
+        type filter hook prerouting priority mangle; policy accept;
+        iifname \"lan0\" ct mark and 0xff00 != 0 meta mark set ct mark accept
+        iifname \"lan0\" meta mark set jhash ip saddr . ip daddr . th sport . th dport mod 2 map { 0 : 0x100, 1 : 0x200 }
+        iifname \"lan0\" ct mark set meta mark
+    }
+}
+";
+
+fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
+    let router = lab.router();
+    match variant {
+        Variant::Baseline => {}
+        Variant::Multiroute => lab.start_router()?,
+        Variant::NftMark => {
+            // multiroute's tables and rules, with nftables doing the marking.
+            lab.start_router()?;
+            std::fs::remove_file(lab.pin_path().join("link-lan0"))
+                .context("detaching the classifier")?;
+            lab.ns(&router, "nft", &[NFT_MARK_RULESET])?;
+        }
+        Variant::Ecmp => {
+            lab.ns(
+                &router,
+                "sysctl",
+                &["-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+            )?;
+            lab.ns(
+                &router,
+                "ip",
+                &[
+                    "route",
+                    "replace",
+                    "default",
+                    "nexthop",
+                    "via",
+                    "198.18.0.1",
+                    "dev",
+                    "wan0",
+                    "weight",
+                    "1",
+                    "nexthop",
+                    "via",
+                    "198.18.1.1",
+                    "dev",
+                    "wan1",
+                    "weight",
+                    "1",
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `iperf3 -J` from the client to the server; the parsed report.
+fn iperf(lab: &Lab, args: &[&str]) -> Result<serde_json::Value> {
+    let server = SERVER.to_string();
+    let mut full = vec!["-c", server.as_str(), "-J"];
+    full.extend_from_slice(args);
+    let out = lab.ns(&lab.client(), "iperf3", &full)?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J")?;
+    if let Some(error) = report["error"].as_str() {
+        bail!("iperf3: {error}");
+    }
+    Ok(report)
+}
+
+fn measure(lab: &Lab, variant: Variant, options: &Options) -> Result<Measured> {
+    let seconds = options.iperf_seconds.to_string();
+    let mut tcp1 = Vec::new();
+    let mut tcp8 = Vec::new();
+    let mut udp = Vec::new();
+    let mut rate = Vec::new();
+    for _ in 0..options.forwarding_runs {
+        let report = iperf(lab, &["-t", &seconds])?;
+        tcp1.push(
+            report["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e9,
+        );
+        let report = iperf(lab, &["-t", &seconds, "-P", "8"])?;
+        tcp8.push(
+            report["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / 1e9,
+        );
+        let report = iperf(lab, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
+        let sum = &report["end"]["sum"];
+        let received =
+            sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+        udp.push(received / sum["seconds"].as_f64().unwrap_or(1.0) / 1e3);
+        let start = Instant::now();
+        let out = lab.ns(
+            &lab.client(),
+            "python3",
+            &[
+                &lab_script("client.py"),
+                "count",
+                &lab.url("/"),
+                &options.connections.to_string(),
+                "120",
+            ],
+        )?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if report["failures"].as_u64() != Some(0) {
+            bail!("{}: connections failed: {report}", variant.label());
+        }
+        rate.push(options.connections as f64 / elapsed);
+    }
+    Ok(Measured {
+        variant,
+        tcp1_gbps: median(tcp1),
+        tcp8_gbps: median(tcp8),
+        udp64_kpps: median(udp),
+        connections_per_s: median(rate),
+    })
+}
+
+pub fn run(options: &Options) -> Result<Vec<Measured>> {
+    let mut results = Vec::new();
+    for variant in Variant::ALL {
+        let mut lab = Lab::new(&LabOptions {
+            weights: vec![1, 1],
+            extra_config: String::new(),
+        })?;
+        let inet = lab.inet();
+        lab.start_in(&inet, "iperf3", &["-s", "-B", &SERVER.to_string()])?;
+        set_up(&mut lab, variant)?;
+        // iperf3's server needs a moment to listen.
+        crate::wait_until(std::time::Duration::from_secs(5), || {
+            iperf(&lab, &["-n", "1K"]).is_ok()
+        })
+        .context("iperf3 server did not come up")?;
+        let measured = measure(&lab, variant, options)?;
+        eprintln!("bench: forwarding, {}: {measured:?}", variant.label());
+        results.push(measured);
+    }
+    Ok(results)
+}

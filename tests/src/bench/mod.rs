@@ -1,0 +1,145 @@
+//! `cargo xtask bench`: multiroute against the floor and the alternatives, on the
+//! same machine in the same run, reported as ratios (absolute figures on shared
+//! machines are noise). Each suite is its own module; this one holds the options,
+//! runs them and writes `target/bench/results.json` and `BENCHMARKS.md`.
+pub mod datapath;
+pub mod failover;
+pub mod forwarding;
+pub mod memory;
+mod report;
+
+use anyhow::Result;
+use serde::Serialize;
+
+pub use report::markdown;
+
+/// How much to measure: `--quick` is what a developer runs (≤ 2 minutes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    pub quick: bool,
+    /// Medians are taken over this many runs.
+    pub runs: u32,
+    /// `BPF_PROG_TEST_RUN` repetitions for one-packet cases.
+    pub repeat: u32,
+    /// Fresh flows per run for the new-flow cases.
+    pub new_flows: u32,
+    pub iperf_seconds: u32,
+    pub forwarding_runs: u32,
+    pub connections: usize,
+    pub failover_trials: u32,
+    pub memory_flows: u32,
+}
+
+impl Options {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Options {
+                quick,
+                runs: 3,
+                repeat: 1_000_000,
+                new_flows: 5_000,
+                iperf_seconds: 2,
+                forwarding_runs: 1,
+                connections: 300,
+                failover_trials: 1,
+                memory_flows: 1_000_000,
+            }
+        } else {
+            Options {
+                quick,
+                runs: 5,
+                repeat: 1_000_000,
+                new_flows: 50_000,
+                iperf_seconds: 5,
+                forwarding_runs: 3,
+                connections: 1_000,
+                failover_trials: 5,
+                memory_flows: 1_000_000,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub command: String,
+    pub date: String,
+    pub machine: String,
+    pub options: Options,
+    pub datapath: datapath::Results,
+    pub forwarding: Vec<forwarding::Measured>,
+    pub failover: Vec<failover::Measured>,
+    pub memory: memory::Measured,
+}
+
+pub fn run(options: &Options, command: String) -> Result<Results> {
+    eprintln!("bench: datapath cost (BPF_PROG_TEST_RUN)");
+    let datapath = datapath::run(options)?;
+    eprintln!("bench: forwarding throughput and connection rate (namespace lab, iperf3)");
+    let forwarding = forwarding::run(options)?;
+    eprintln!("bench: failover and recovery");
+    let failover = failover::run(options)?;
+    eprintln!("bench: memory");
+    let memory = memory::run(options.memory_flows, options.connections)?;
+    Ok(Results {
+        command,
+        date: crate::stdout(&crate::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?)
+            .trim()
+            .to_owned(),
+        machine: machine(),
+        options: options.clone(),
+        datapath,
+        forwarding,
+        failover,
+        memory,
+    })
+}
+
+/// Kernel, CPU model and count, memory: what a reader needs to weigh the figures.
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    format!("Linux {}, {cpus} × {model}, {memory}", kernel.trim())
+}
+
+/// The median of `samples` (the mean of the middle two for an even count).
+pub fn median(mut samples: Vec<f64>) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    let mid = samples.len() / 2;
+    if samples.len().is_multiple_of(2) {
+        (samples[mid - 1] + samples[mid]) / 2.0
+    } else {
+        samples[mid]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+}
