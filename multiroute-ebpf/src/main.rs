@@ -135,9 +135,8 @@ fn choose_uplink(key: &FlowKey) -> Option<(u32, Uplink)> {
 fn remember(key: &FlowKey, uplink: u32) {
     let flow = Flow {
         uplink,
-        pad: 0,
         // SAFETY: helper without preconditions.
-        created_ns: unsafe { bpf_ktime_get_ns() },
+        created_s: (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32,
         packets: 1,
     };
     match FLOWS.insert(key, &flow, 0) {

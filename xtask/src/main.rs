@@ -37,6 +37,9 @@ enum Task {
         /// The developer's run: fewer repetitions and trials, about two minutes.
         #[arg(long)]
         quick: bool,
+        /// Only the datapath suite, printed (BENCHMARKS.md is left alone).
+        #[arg(long)]
+        datapath_only: bool,
     },
     /// Only install what is missing (apt packages, the eBPF nightly, bpf-linker).
     Deps,
@@ -55,7 +58,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Deps => deps::ensure(),
-        Task::Bench { quick } => {
+        Task::Bench {
+            quick,
+            datapath_only,
+        } => {
             deps::ensure()?;
             // The lab runs the release `multiroute` next to the bench binary.
             cargo(&["build", "--release", "--package", "multiroute"])?;
@@ -71,6 +77,9 @@ fn run(cli: Cli) -> Result<()> {
             ];
             if quick {
                 args.push("--quick");
+            }
+            if datapath_only {
+                args.push("--datapath-only");
             }
             cargo(&args)
         }

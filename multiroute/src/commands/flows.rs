@@ -29,8 +29,8 @@ struct FlowRow {
     /// The uplink's name, or `slot N` for a slot no configured uplink holds (its
     /// flows move on their next packet).
     uplink: String,
-    /// Seconds since the flow's first packet.
-    age_s: f64,
+    /// Whole seconds since the flow's first packet.
+    age_s: u64,
     /// Packets seen from the LAN side.
     packets: u64,
 }
@@ -44,15 +44,15 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
-fn monotonic_ns() -> u64 {
+/// CLOCK_MONOTONIC in seconds: the clock of `bpf_ktime_get_ns()`.
+fn monotonic_s() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    now.tv_sec as u64
 }
 
 pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
@@ -71,7 +71,7 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         anyhow!("no datapath is loaded for this config ({err}); start it with `multiroute load`")
     })?;
     let slots = datapath::read_slots(pin_path).context("reading the uplink slots")?;
-    let now = monotonic_ns();
+    let now = monotonic_s();
     let mut rows: Vec<FlowRow> = maps
         .flows()
         .into_iter()
@@ -87,7 +87,7 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
                     .iter()
                     .find(|(_, slot)| **slot == flow.uplink)
                     .map_or_else(|| format!("slot {}", flow.uplink), |(name, _)| name.clone()),
-                age_s: now.saturating_sub(flow.created_ns) as f64 / 1e9,
+                age_s: now.saturating_sub(u64::from(flow.created_s)),
                 packets: flow.packets,
             }
         })
@@ -95,7 +95,7 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         .filter(|row| filter.src.is_none_or(|net| net.contains(row.src)))
         .filter(|row| filter.dst.is_none_or(|net| net.contains(row.dst)))
         .collect();
-    rows.sort_by(|a, b| a.age_s.total_cmp(&b.age_s));
+    rows.sort_by_key(|row| row.age_s);
     if json {
         println!(
             "{}",
@@ -109,7 +109,7 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
     );
     for row in &rows {
         println!(
-            "{:<5} {:<21} {:<21} {:<15} {:>8.1}s {:>9}",
+            "{:<5} {:<21} {:<21} {:<15} {:>8}s {:>9}",
             row.proto,
             format!("{}:{}", row.src, row.src_port),
             format!("{}:{}", row.dst, row.dst_port),

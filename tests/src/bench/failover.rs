@@ -65,6 +65,9 @@ fn trial(lab: &Lab, kind: Kind, window: f64) -> Result<(f64, f64)> {
 pub fn run(options: &Options) -> Result<Vec<Measured>> {
     let mut results = Vec::new();
     for (health, section, window) in CONFIGS {
+        if section.is_empty() && !options.failover_default_config {
+            continue;
+        }
         let mut lab = Lab::new(&LabOptions {
             weights: vec![1, 1],
             extra_config: format!("\n[health]\ntargets = [\"{SERVER}\"]\n{section}"),

@@ -60,6 +60,38 @@ const NFT_MARK_RULESET: &str = "table ip nftmark {
 }
 ";
 
+/// The seed's multipath default, hashed on the 5-tuple.
+const ECMP_DEFAULT: [&str; 17] = [
+    "route",
+    "replace",
+    "default",
+    "nexthop",
+    "via",
+    "198.18.0.1",
+    "dev",
+    "wan0",
+    "weight",
+    "1",
+    "nexthop",
+    "via",
+    "198.18.1.1",
+    "dev",
+    "wan1",
+    "weight",
+    "1",
+];
+const PLAIN_DEFAULT: [&str; 7] = [
+    "route",
+    "replace",
+    "default",
+    "via",
+    "198.18.0.1",
+    "dev",
+    "wan0",
+];
+
+/// Turns the lab's router into `variant`; [`tear_down`] turns it back into the
+/// plain one, so all variants share one lab and take turns.
 fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
@@ -78,28 +110,29 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
                 "sysctl",
                 &["-qw", "net.ipv4.fib_multipath_hash_policy=1"],
             )?;
+            lab.ns(&router, "ip", &ECMP_DEFAULT)?;
+        }
+    }
+    Ok(())
+}
+
+fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
+    let router = lab.router();
+    match variant {
+        Variant::Baseline => {}
+        Variant::Multiroute => {
+            lab.stop_router(libc::SIGTERM)?;
+        }
+        Variant::NftMark => {
+            lab.ns(&router, "nft", &["delete", "table", "ip", "nftmark"])?;
+            lab.stop_router(libc::SIGTERM)?;
+        }
+        Variant::Ecmp => {
+            lab.ns(&router, "ip", &PLAIN_DEFAULT)?;
             lab.ns(
                 &router,
-                "ip",
-                &[
-                    "route",
-                    "replace",
-                    "default",
-                    "nexthop",
-                    "via",
-                    "198.18.0.1",
-                    "dev",
-                    "wan0",
-                    "weight",
-                    "1",
-                    "nexthop",
-                    "via",
-                    "198.18.1.1",
-                    "dev",
-                    "wan1",
-                    "weight",
-                    "1",
-                ],
+                "sysctl",
+                &["-qw", "net.ipv4.fib_multipath_hash_policy=0"],
             )?;
         }
     }
@@ -119,78 +152,80 @@ fn iperf(lab: &Lab, args: &[&str]) -> Result<serde_json::Value> {
     Ok(report)
 }
 
-fn measure(lab: &Lab, variant: Variant, options: &Options) -> Result<Measured> {
+/// One round of every measurement: (TCP 1 stream, TCP 8 streams, UDP kpps, conn/s).
+fn measure_once(lab: &Lab, variant: Variant, options: &Options) -> Result<[f64; 4]> {
     let seconds = options.iperf_seconds.to_string();
-    let mut tcp1 = Vec::new();
-    let mut tcp8 = Vec::new();
-    let mut udp = Vec::new();
-    let mut rate = Vec::new();
-    for _ in 0..options.forwarding_runs {
-        let report = iperf(lab, &["-t", &seconds])?;
-        tcp1.push(
-            report["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap_or(0.0)
-                / 1e9,
-        );
-        let report = iperf(lab, &["-t", &seconds, "-P", "8"])?;
-        tcp8.push(
-            report["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap_or(0.0)
-                / 1e9,
-        );
-        let report = iperf(lab, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
-        let sum = &report["end"]["sum"];
-        let received =
-            sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
-        udp.push(received / sum["seconds"].as_f64().unwrap_or(1.0) / 1e3);
-        let start = Instant::now();
-        let out = lab.ns(
-            &lab.client(),
-            "python3",
-            &[
-                &lab_script("client.py"),
-                "count",
-                &lab.url("/"),
-                &options.connections.to_string(),
-                "120",
-            ],
-        )?;
-        let elapsed = start.elapsed().as_secs_f64();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        if report["failures"].as_u64() != Some(0) {
-            bail!("{}: connections failed: {report}", variant.label());
-        }
-        rate.push(options.connections as f64 / elapsed);
+    let gbps = |report: serde_json::Value| {
+        report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9
+    };
+    let tcp1 = gbps(iperf(lab, &["-t", &seconds])?);
+    let tcp8 = gbps(iperf(lab, &["-t", &seconds, "-P", "8"])?);
+    let report = iperf(lab, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
+    let sum = &report["end"]["sum"];
+    let received =
+        sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let udp = received / sum["seconds"].as_f64().unwrap_or(1.0) / 1e3;
+    let start = Instant::now();
+    let out = lab.ns(
+        &lab.client(),
+        "python3",
+        &[
+            &lab_script("client.py"),
+            "count",
+            &lab.url("/"),
+            &options.connections.to_string(),
+            "120",
+        ],
+    )?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if report["failures"].as_u64() != Some(0) {
+        bail!("{}: connections failed: {report}", variant.label());
     }
-    Ok(Measured {
-        variant,
-        tcp1_gbps: median(tcp1),
-        tcp8_gbps: median(tcp8),
-        udp64_kpps: median(udp),
-        connections_per_s: median(rate),
-    })
+    Ok([tcp1, tcp8, udp, options.connections as f64 / elapsed])
 }
 
+/// All variants take turns in one lab, round after round, so drift on a shared
+/// machine (it is there: the same router measured minutes apart differs by ~10 %)
+/// falls on every variant alike; medians over the rounds.
 pub fn run(options: &Options) -> Result<Vec<Measured>> {
-    let mut results = Vec::new();
-    for variant in Variant::ALL {
-        let mut lab = Lab::new(&LabOptions {
-            weights: vec![1, 1],
-            extra_config: String::new(),
-        })?;
-        let inet = lab.inet();
-        lab.start_in(&inet, "iperf3", &["-s", "-B", &SERVER.to_string()])?;
-        set_up(&mut lab, variant)?;
-        // iperf3's server needs a moment to listen.
-        crate::wait_until(std::time::Duration::from_secs(5), || {
-            iperf(&lab, &["-n", "1K"]).is_ok()
-        })
-        .context("iperf3 server did not come up")?;
-        let measured = measure(&lab, variant, options)?;
-        eprintln!("bench: forwarding, {}: {measured:?}", variant.label());
-        results.push(measured);
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: String::new(),
+    })?;
+    let inet = lab.inet();
+    lab.start_in(&inet, "iperf3", &["-s", "-B", &SERVER.to_string()])?;
+    // iperf3's server needs a moment to listen.
+    crate::wait_until(std::time::Duration::from_secs(5), || {
+        iperf(&lab, &["-n", "1K"]).is_ok()
+    })
+    .context("iperf3 server did not come up")?;
+    let mut samples = vec![Vec::new(); Variant::ALL.len()];
+    for round in 0..options.forwarding_runs {
+        for (i, variant) in Variant::ALL.into_iter().enumerate() {
+            set_up(&mut lab, variant)?;
+            let measured = measure_once(&lab, variant, options);
+            tear_down(&mut lab, variant)?;
+            let measured = measured?;
+            eprintln!("bench: round {round}, {}: {measured:.2?}", variant.label());
+            samples[i].push(measured);
+        }
     }
-    Ok(results)
+    Ok(Variant::ALL
+        .into_iter()
+        .zip(samples)
+        .map(|(variant, rounds)| {
+            let column = |k: usize| median(rounds.iter().map(|r| r[k]).collect());
+            Measured {
+                variant,
+                tcp1_gbps: column(0),
+                tcp8_gbps: column(1),
+                udp64_kpps: column(2),
+                connections_per_s: column(3),
+            }
+        })
+        .collect())
 }

@@ -27,6 +27,8 @@ pub struct Options {
     pub forwarding_runs: u32,
     pub connections: usize,
     pub failover_trials: u32,
+    /// Also measure failover with the default (slow) health config.
+    pub failover_default_config: bool,
     pub memory_flows: u32,
 }
 
@@ -38,10 +40,11 @@ impl Options {
                 runs: 3,
                 repeat: 1_000_000,
                 new_flows: 5_000,
-                iperf_seconds: 2,
-                forwarding_runs: 1,
+                iperf_seconds: 1,
+                forwarding_runs: 2,
                 connections: 300,
                 failover_trials: 1,
+                failover_default_config: false,
                 memory_flows: 1_000_000,
             }
         } else {
@@ -54,6 +57,7 @@ impl Options {
                 forwarding_runs: 3,
                 connections: 1_000,
                 failover_trials: 5,
+                failover_default_config: true,
                 memory_flows: 1_000_000,
             }
         }
@@ -72,15 +76,32 @@ pub struct Results {
     pub memory: memory::Measured,
 }
 
+/// Runs one suite, saying what and how long.
+fn suite<T>(name: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    eprintln!("bench: {name}");
+    let start = std::time::Instant::now();
+    let result = run();
+    eprintln!("bench: {name}: {:.0} s", start.elapsed().as_secs_f64());
+    result
+}
+
+/// Only the datapath suite, for iterating on the classifier.
+pub fn run_datapath(options: &Options) -> Result<datapath::Results> {
+    suite("datapath cost (BPF_PROG_TEST_RUN)", || {
+        datapath::run(options)
+    })
+}
+
 pub fn run(options: &Options, command: String) -> Result<Results> {
-    eprintln!("bench: datapath cost (BPF_PROG_TEST_RUN)");
-    let datapath = datapath::run(options)?;
-    eprintln!("bench: forwarding throughput and connection rate (namespace lab, iperf3)");
-    let forwarding = forwarding::run(options)?;
-    eprintln!("bench: failover and recovery");
-    let failover = failover::run(options)?;
-    eprintln!("bench: memory");
-    let memory = memory::run(options.memory_flows, options.connections)?;
+    let datapath = run_datapath(options)?;
+    let forwarding = suite(
+        "forwarding and connection rate (namespace lab, iperf3)",
+        || forwarding::run(options),
+    )?;
+    let failover = suite("failover and recovery", || failover::run(options))?;
+    let memory = suite("memory", || {
+        memory::run(options.memory_flows, options.connections)
+    })?;
     Ok(Results {
         command,
         date: crate::stdout(&crate::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?)

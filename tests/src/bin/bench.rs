@@ -1,5 +1,6 @@
-//! `cargo xtask bench [--quick]` runs this (release build, as root): every suite of
-//! `multiroute_tests::bench`, then `target/bench/results.json` and `BENCHMARKS.md`.
+//! `cargo xtask bench [--quick] [--datapath-only]` runs this (release build, as
+//! root): every suite of `multiroute_tests::bench`, then `target/bench/results.json`
+//! and `BENCHMARKS.md`; with `--datapath-only`, only suite 1, printed.
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
@@ -21,6 +22,12 @@ fn main() -> ExitCode {
 fn run() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if !require_root("bench") {
+        return Ok(());
+    }
+    if std::env::args().any(|a| a == "--datapath-only") {
+        // Iterating on the classifier: print the figures, leave BENCHMARKS.md alone.
+        let results = bench::run_datapath(&Options::new(quick))?;
+        println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
     let command = if quick {
