@@ -40,6 +40,9 @@ enum Task {
         /// Only the datapath suite, printed (BENCHMARKS.md is left alone).
         #[arg(long)]
         datapath_only: bool,
+        /// Rewrite BENCHMARKS.md from target/bench/results.json without measuring.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Only install what is missing (apt packages, the eBPF nightly, bpf-linker).
     Deps,
@@ -61,6 +64,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             quick,
             datapath_only,
+            report_only,
         } => {
             deps::ensure()?;
             // The lab runs the release `multiroute` next to the bench binary.
@@ -80,6 +84,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if datapath_only {
                 args.push("--datapath-only");
+            }
+            if report_only {
+                args.push("--report-only");
             }
             cargo(&args)
         }

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use multiroute::plan::{Member, build_ring};
 use multiroute_ebpf::{Flow, FlowKey, RING_SIZE, Uplink};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
 use crate::datapath::{LoadedDatapath, arp, tcp};
@@ -15,7 +15,7 @@ const MASK: u32 = 0xff00;
 /// Big enough for a million flows plus the ones a run adds.
 const BIG_TABLE: u32 = 1 << 21;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Case {
     pub name: String,
     pub ns_per_packet: f64,
@@ -25,7 +25,7 @@ pub struct Case {
     pub target_ratio: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     /// The empty program, `repeat` runs of one packet.
     pub floor_ns: f64,
@@ -141,6 +141,7 @@ pub fn run(options: &Options) -> Result<Results> {
         })
     };
     for uplinks in [1, 4, 16] {
+        super::interrupted()?;
         configure(&mut dp, uplinks)?;
         dp.run(&known, 0, 1)?;
         let ns = repeated(&mut dp, false, &known, options)?;
@@ -165,6 +166,7 @@ pub fn run(options: &Options) -> Result<Results> {
     // A full flow table: the flows live at the far end of the numbering so the new
     // flows above do not collide with them.
     for entries in [1_000u32, 1_000_000] {
+        super::interrupted()?;
         let mut dp = LoadedDatapath::load_sized(&format!("bench{entries}"), BIG_TABLE)?;
         configure(&mut dp, 2)?;
         let base = 1 << 30;

@@ -4,20 +4,20 @@
 use std::{thread::sleep, time::Duration};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
 use crate::{Lab, LabOptions, SERVER, measure_outage, wall_clock};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     Silent,
     LinkDown,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {
-    pub health: &'static str,
+    pub health: String,
     pub kind: Kind,
     pub failover_ms: Vec<f64>,
     pub recovery_ms: Vec<f64>,
@@ -77,12 +77,13 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
             let mut failover_ms = Vec::new();
             let mut recovery_ms = Vec::new();
             for _ in 0..options.failover_trials {
+                super::interrupted()?;
                 let (failover, recovery) = trial(&lab, kind, window)?;
                 failover_ms.push(failover);
                 recovery_ms.push(recovery);
             }
             let measured = Measured {
-                health,
+                health: health.to_owned(),
                 kind,
                 failover_median_ms: median(failover_ms.clone()),
                 recovery_median_ms: median(recovery_ms.clone()),

@@ -2,30 +2,36 @@
 //! two-ISP lab with four routers — plain forwarding + masquerade (the baseline),
 //! multiroute, an nftables mark router as mwan3 and VyOS build it (hash → mark,
 //! saved in and restored from the conntrack mark, same fwmark rules and tables),
-//! and kernel ECMP with L4 hashing. iperf3 measures, the lab's client counts
-//! connections.
+//! and kernel ECMP with L4 hashing — plus two partial multiroutes that show where
+//! its per-packet cost goes. iperf3 measures, the lab's client counts connections.
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
 use crate::{Lab, LabOptions, SERVER, lab_script};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Variant {
     Baseline,
     Multiroute,
     NftMark,
     Ecmp,
+    /// Decomposition: multiroute's rules and tables, nothing marking packets.
+    RoutingOnly,
+    /// Decomposition: multiroute without its inbound-symmetry nftables chain.
+    NoInboundChain,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Baseline,
         Variant::Multiroute,
         Variant::NftMark,
         Variant::Ecmp,
+        Variant::RoutingOnly,
+        Variant::NoInboundChain,
     ];
 
     pub fn label(self) -> &'static str {
@@ -34,11 +40,13 @@ impl Variant {
             Variant::Multiroute => "multiroute",
             Variant::NftMark => "nft mark router (mwan3/VyOS style)",
             Variant::Ecmp => "kernel ECMP, L4 hash",
+            Variant::RoutingOnly => "(multiroute's rules and tables only)",
+            Variant::NoInboundChain => "(multiroute without the inbound chain)",
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {
     pub variant: Variant,
     pub tcp1_gbps: f64,
@@ -100,9 +108,17 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
         Variant::NftMark => {
             // multiroute's tables and rules, with nftables doing the marking.
             lab.start_router()?;
-            std::fs::remove_file(lab.pin_path().join("link-lan0"))
-                .context("detaching the classifier")?;
+            detach_classifier(lab)?;
             lab.ns(&router, "nft", &[NFT_MARK_RULESET])?;
+        }
+        Variant::RoutingOnly => {
+            lab.start_router()?;
+            detach_classifier(lab)?;
+            lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
+        }
+        Variant::NoInboundChain => {
+            lab.start_router()?;
+            lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
         }
         Variant::Ecmp => {
             lab.ns(
@@ -116,11 +132,15 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     Ok(())
 }
 
+fn detach_classifier(lab: &Lab) -> Result<()> {
+    std::fs::remove_file(lab.pin_path().join("link-lan0")).context("detaching the classifier")
+}
+
 fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
-        Variant::Multiroute => {
+        Variant::Multiroute | Variant::RoutingOnly | Variant::NoInboundChain => {
             lab.stop_router(libc::SIGTERM)?;
         }
         Variant::NftMark => {
@@ -206,6 +226,7 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
     let mut samples = vec![Vec::new(); Variant::ALL.len()];
     for round in 0..options.forwarding_runs {
         for (i, variant) in Variant::ALL.into_iter().enumerate() {
+            super::interrupted()?;
             set_up(&mut lab, variant)?;
             let measured = measure_once(&lab, variant, options);
             tear_down(&mut lab, variant)?;

@@ -13,11 +13,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use multiroute_ebpf::{Flow, FlowKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Lab, LabOptions, datapath::LoadedDatapath};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {
     pub flows: u32,
     pub map_memory_mib: f64,
@@ -74,6 +74,7 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
         map_memory()? as f64 / MIB
     };
 
+    super::interrupted()?;
     let mut lab = Lab::new(&LabOptions {
         weights: vec![1, 1],
         extra_config: String::new(),

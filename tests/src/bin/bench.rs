@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick] [--datapath-only]` runs this (release build, as
 //! root): every suite of `multiroute_tests::bench`, then `target/bench/results.json`
-//! and `BENCHMARKS.md`; with `--datapath-only`, only suite 1, printed.
+//! and `BENCHMARKS.md`; with `--datapath-only`, only suite 1, printed; with
+//! `--report-only`, BENCHMARKS.md again from the last results (after editing notes).
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
@@ -21,9 +22,11 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    if !require_root("bench") {
+    let report_only = std::env::args().any(|a| a == "--report-only");
+    if !report_only && !require_root("bench") {
         return Ok(());
     }
+    bench::handle_signals();
     if std::env::args().any(|a| a == "--datapath-only") {
         // Iterating on the classifier: print the figures, leave BENCHMARKS.md alone.
         let results = bench::run_datapath(&Options::new(quick))?;
@@ -35,15 +38,20 @@ fn run() -> Result<()> {
     } else {
         "cargo xtask bench"
     };
-    let results = bench::run(&Options::new(quick), command.into())?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir).context("creating target/bench")?;
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )
-    .context("writing target/bench/results.json")?;
+    let json = dir.join("results.json");
+    let results = if std::env::args().any(|a| a == "--report-only") {
+        // Re-render BENCHMARKS.md from the last run (after editing the notes).
+        serde_json::from_str(&std::fs::read_to_string(&json).context("reading the last results")?)
+            .context("parsing target/bench/results.json")?
+    } else {
+        let results = bench::run(&Options::new(quick), command.into())?;
+        std::fs::create_dir_all(&dir).context("creating target/bench")?;
+        std::fs::write(&json, serde_json::to_string_pretty(&results)?)
+            .context("writing target/bench/results.json")?;
+        results
+    };
     let report = bench::markdown(&results);
     std::fs::write(root.join("BENCHMARKS.md"), &report).context("writing BENCHMARKS.md")?;
     println!("{report}");
