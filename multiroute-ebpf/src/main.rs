@@ -175,6 +175,16 @@ fn count(counter: Counter) {
 /// Bounds-checked pointer into the packet's linear data (direct packet access).
 #[inline(always)]
 fn header<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
+    // Each return checks the very pointer it returns: that is what the verifier
+    // follows.
+    let start = ctx.data() + offset;
+    if start + size_of::<T>() <= ctx.data_end() {
+        return Ok(start as *const T);
+    }
+    if (offset + size_of::<T>()) as u32 > ctx.len() {
+        return Err(Counter::PassMalformed);
+    }
+    pull_headers(ctx);
     let start = ctx.data() + offset;
     if start + size_of::<T>() > ctx.data_end() {
         return Err(Counter::PassMalformed);
@@ -193,7 +203,6 @@ fn read_u16_be(ctx: &TcContext, offset: usize) -> Result<u16, Counter> {
 /// Parses Ethernet (one optional VLAN tag) and IPv4 into the flow key.
 #[inline(always)]
 fn flow_key(ctx: &TcContext) -> Result<FlowKey, Counter> {
-    make_headers_linear(ctx);
     let mut l3 = ETH_HLEN;
     let mut ethertype = read_u16_be(ctx, 12)?;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
@@ -259,19 +268,19 @@ fn is_unicast(first_octet: u8, dst: u32) -> bool {
     first_octet & 0xf0 != 0xe0 && dst != u32::MAX
 }
 
-/// Headers of a non-linear skb may sit outside the directly readable area; pull them
-/// in once, only when needed, so direct packet access can see them.
+/// Headers of a non-linear skb may sit outside the directly readable area; pull in
+/// all we could read, only when a header is actually missing. Pulling is not free:
+/// on a cloned skb (TCP keeps clones of what it sends) it copies the head, so it
+/// must not happen for every bulk-data packet whose linear part already holds the
+/// headers.
 #[inline(always)]
-fn make_headers_linear(ctx: &TcContext) {
-    let linear = (ctx.data_end() - ctx.data()) as u32;
+fn pull_headers(ctx: &TcContext) {
     let wanted = if ctx.len() < MAX_HEADER_BYTES {
         ctx.len()
     } else {
         MAX_HEADER_BYTES
     };
-    if linear < wanted {
-        let _ = ctx.pull_data(wanted);
-    }
+    let _ = ctx.pull_data(wanted);
 }
 
 #[cfg(not(test))]
