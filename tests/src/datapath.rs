@@ -36,13 +36,25 @@ impl LoadedDatapath {
         std::fs::create_dir_all(&dir).context("creating the bpffs mount point")?;
         crate::run("mount", &["-t", "bpf", "bpf", &dir.to_string_lossy()])?;
         let pin_path = dir.join("multiroute");
-        let datapath = Datapath::load_sized(&pin_path, flows)?;
-        let maps = Maps::open(&pin_path)?;
-        Ok(Self {
-            datapath,
-            maps,
-            dir,
-        })
+        let loaded = Datapath::load_sized(&pin_path, flows)
+            .and_then(|datapath| Ok((datapath, Maps::open(&pin_path)?)));
+        match loaded {
+            Ok((datapath, maps)) => Ok(Self {
+                datapath,
+                maps,
+                dir,
+            }),
+            Err(err) => {
+                // No `Self` to drop: unmount here, or the pins outlive the test.
+                unmount(&dir);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Where the maps are pinned.
+    pub fn pin_path(&self) -> PathBuf {
+        self.dir.join("multiroute")
     }
 
     /// Runs one packet through the classifier `repeat` times with `mark` preset;
@@ -101,9 +113,13 @@ fn test_run(
 impl Drop for LoadedDatapath {
     fn drop(&mut self) {
         let _ = multiroute::apply::datapath::remove(&self.dir.join("multiroute"));
-        let _ = crate::run("umount", &[&self.dir.to_string_lossy()]);
-        let _ = std::fs::remove_dir(&self.dir);
+        unmount(&self.dir);
     }
+}
+
+fn unmount(dir: &std::path::Path) {
+    let _ = crate::run("umount", &[&dir.to_string_lossy()]);
+    let _ = std::fs::remove_dir(dir);
 }
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];

@@ -27,15 +27,19 @@ pub struct Measured {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Sum of `memlock` over the datapath's maps (`MR_*`), as the kernel accounts it.
-fn map_memory() -> Result<u64> {
+/// Sum of `memlock` over the maps pinned under `pin_path`, as the kernel accounts it.
+fn map_memory(pin_path: &std::path::Path) -> Result<u64> {
     let mut total = 0;
-    for info in aya::maps::loaded_maps() {
-        let info = info?;
-        if !info.name_as_str().is_some_and(|n| n.starts_with("MR_")) {
+    for entry in std::fs::read_dir(pin_path)? {
+        let path = entry?.path();
+        if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("MR_"))
+        {
             continue;
         }
-        let fd = info.fd()?;
+        let fd = aya::maps::MapInfo::from_pin(&path)?.fd()?;
         let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
         total += text
@@ -71,7 +75,7 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
             };
             dp.maps.insert_flow(&key, &Flow::default())?;
         }
-        map_memory()? as f64 / MIB
+        map_memory(&dp.pin_path())? as f64 / MIB
     };
 
     super::interrupted()?;
