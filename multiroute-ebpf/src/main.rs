@@ -13,7 +13,7 @@ use core::mem::size_of;
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -136,7 +136,7 @@ fn remember(key: &FlowKey, uplink: u32) {
     let flow = Flow {
         uplink,
         // SAFETY: helper without preconditions.
-        created_s: (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32,
+        created_s: (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32,
         packets: 1,
     };
     match FLOWS.insert(key, &flow, 0) {
