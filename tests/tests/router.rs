@@ -454,3 +454,37 @@ fn host_settings_are_checked_set_and_restored() {
         "{report}"
     );
 }
+
+#[test]
+fn what_others_remove_is_put_back() {
+    if !require_root("what_others_remove_is_put_back") {
+        return;
+    }
+    let mut lab = lab(&[1, 1], "");
+    lab.start_router().unwrap();
+    let router = lab.router();
+    // A firewall reload that flushes every table, an admin deleting a rule and a route.
+    lab.ns(&router, "nft", &["flush", "ruleset"]).unwrap();
+    lab.ns(&router, "nft", &["add table ip lab; add chain ip lab post { type nat hook postrouting priority 100; }; add rule ip lab post oifname \"wan*\" masquerade"])
+        .unwrap();
+    lab.ns(&router, "ip", &["rule", "del", "pref", "10800"])
+        .unwrap();
+    lab.ns(&router, "ip", &["route", "del", "default", "table", "102"])
+        .unwrap();
+    let start = Instant::now();
+    multiroute_tests::wait_until(Duration::from_secs(8), || {
+        lab.assert_kernel_matches_plan().is_ok()
+            && lab
+                .ns(&router, "nft", &["list", "table", "inet", "multiroute"])
+                .is_ok()
+    })
+    .unwrap_or_else(|_| panic!("not repaired:\n{}", lab.router_log()));
+    println!("repaired after {} ms", start.elapsed().as_millis());
+    assert!(
+        lab.router_log().contains("put back parts of the set-up"),
+        "{}",
+        lab.router_log()
+    );
+    assert_eq!(lab.connections(200).unwrap().failures, 0);
+    stop_cleanly(&mut lab);
+}

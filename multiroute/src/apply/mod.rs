@@ -130,6 +130,29 @@ fn stopped_addresses(previous: &Plan, plan: &Plan) -> Vec<(String, Ipv4Addr)> {
         .collect()
 }
 
+/// Puts back what someone else removed or changed of the running plan — a firewall
+/// reload flushing every nftables table, an admin deleting a rule or a link pin.
+/// Returns how many things it had to repair.
+pub async fn repair(
+    nl: &Netlink,
+    config: &Config,
+    datapath: &mut Datapath,
+    plan: &Plan,
+    observed: &Observed,
+) -> Result<usize, ApplyError> {
+    let mut repaired = routing::apply(nl, config, plan, observed).await?;
+    if !plan.inbound.is_empty() && !nftables::present()? {
+        nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
+        repaired += 1;
+    }
+    let attached = datapath::attached_interfaces(&config.routing.pin_path)?;
+    if plan.lan.iter().any(|(name, _)| !attached.contains(name)) {
+        datapath.attach(&plan.lan)?;
+        repaired += 1;
+    }
+    Ok(repaired)
+}
+
 /// What [`teardown`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Removed {

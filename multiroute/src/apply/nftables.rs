@@ -45,10 +45,17 @@ pub fn apply(inbound: &[InboundMark], mask: u32) -> Result<(), NftError> {
     checked(run(&["-f", "-"], &nft::ruleset(inbound, mask))?)
 }
 
+/// Whether multiroute's table is there (a firewall reload that flushes the whole
+/// ruleset takes it away).
+pub fn present() -> Result<bool, NftError> {
+    Ok(run(&["list", "table", "inet", nft::TABLE], "")?
+        .status
+        .success())
+}
+
 /// Removes multiroute's table; returns whether there was one.
 pub fn remove() -> Result<bool, NftError> {
-    let listed = run(&["list", "table", "inet", nft::TABLE], "")?;
-    if !listed.status.success() {
+    if !present()? {
         return Ok(false);
     }
     checked(run(&["delete", "table", "inet", nft::TABLE], "")?)?;

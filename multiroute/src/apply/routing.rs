@@ -28,14 +28,15 @@ fn own_priorities(config: &Config) -> std::ops::Range<u32> {
     base..base + RULE_PRIORITY_SPAN
 }
 
+/// Returns how many of the tables' routes and rules had to be added or removed.
 pub async fn apply(
     nl: &Netlink,
     config: &Config,
     plan: &Plan,
     observed: &Observed,
-) -> Result<(), NetlinkError> {
-    sync_tables(nl, config, plan, observed).await?;
-    sync_rules(nl, config, plan).await?;
+) -> Result<usize, NetlinkError> {
+    let changed =
+        sync_tables(nl, config, plan, observed).await? + sync_rules(nl, config, plan).await?;
     match &plan.main_default {
         Some(route) => {
             park_main_defaults(nl, config).await?;
@@ -45,7 +46,7 @@ pub async fn apply(
             restore_main_defaults(nl, config).await?;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 /// Removes every rule and route multiroute owns and puts the main default back.
@@ -73,7 +74,8 @@ async fn sync_tables(
     config: &Config,
     plan: &Plan,
     observed: &Observed,
-) -> Result<(), NetlinkError> {
+) -> Result<usize, NetlinkError> {
+    let mut changed = 0;
     let wanted: BTreeSet<_> = plan.routes.iter().collect();
     let mut present = BTreeSet::new();
     for message in nl.routes().await? {
@@ -91,6 +93,7 @@ async fn sync_tables(
             _ => {
                 debug!(table, "removing stale route");
                 nl.delete_route(message).await?;
+                changed += 1;
             }
         }
     }
@@ -98,12 +101,14 @@ async fn sync_tables(
         if !present.contains(route) {
             debug!(%route, "adding route");
             nl.replace_route(route, observed).await?;
+            changed += 1;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
-async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<(), NetlinkError> {
+async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<usize, NetlinkError> {
+    let mut changed = 0;
     let wanted: BTreeSet<_> = plan.rules.iter().collect();
     let mut present = BTreeSet::new();
     for message in nl.rules().await? {
@@ -116,15 +121,17 @@ async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<(), Ne
         } else {
             debug!(%rule, "removing stale rule");
             nl.delete_rule(message).await?;
+            changed += 1;
         }
     }
     for rule in wanted {
         if !present.contains(rule) {
             debug!(%rule, "adding rule");
             nl.add_rule(rule).await?;
+            changed += 1;
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 fn is_default(message: &RouteMessage) -> bool {

@@ -105,6 +105,9 @@ pub struct Daemon {
     incoming_results: mpsc::Receiver<ProbeResult>,
 }
 
+/// How often the daemon checks that the kernel still holds its plan.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
 fn thresholds(config: &Config) -> Thresholds {
     Thresholds {
         down: config.health.down,
@@ -184,6 +187,8 @@ impl Daemon {
         );
         notify_systemd(&[NotifyState::Ready]);
         self.notify_status();
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = terminate.recv() => break,
@@ -197,6 +202,7 @@ impl Daemon {
                     }
                 }
                 Some(incoming) = requests.recv() => self.answer(incoming).await,
+                _ = resync.tick() => self.resync().await,
             }
         }
         info!("stopping: removing everything multiroute set up");
@@ -244,6 +250,30 @@ impl Daemon {
             );
         }
         self.sync_probers();
+    }
+
+    /// The periodic check: a host change no event announced gets a full re-plan;
+    /// otherwise whatever someone removed of the running plan is put back.
+    async fn resync(&mut self) {
+        let result = async {
+            let (plan, observed) = apply::plan(&self.nl, &self.config, &self.health.dead()).await?;
+            if plan != self.plan {
+                return Ok(None);
+            }
+            apply::repair(&self.nl, &self.config, &mut self.datapath, &plan, &observed)
+                .await
+                .map(Some)
+        }
+        .await;
+        match result {
+            Ok(None) => self.reconcile(None).await,
+            Ok(Some(0)) => {}
+            Ok(Some(repaired)) => warn!(
+                repaired,
+                "put back parts of the set-up that something else removed (a firewall reload flushing nftables, a deleted rule or route)"
+            ),
+            Err(err) => error!("checking the set-up failed, will retry: {err}"),
+        }
     }
 
     /// Logs and remembers every uplink whose liveness changed with the new plan.

@@ -107,17 +107,17 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
         Variant::Multiroute => lab.start_router()?,
         Variant::NftMark => {
             // multiroute's tables and rules, with nftables doing the marking.
-            lab.start_router()?;
+            without_daemon(lab)?;
             detach_classifier(lab)?;
             lab.ns(&router, "nft", &[NFT_MARK_RULESET])?;
         }
         Variant::RoutingOnly => {
-            lab.start_router()?;
+            without_daemon(lab)?;
             detach_classifier(lab)?;
             lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
         }
         Variant::NoInboundChain => {
-            lab.start_router()?;
+            without_daemon(lab)?;
             lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
         }
         Variant::Ecmp => {
@@ -132,6 +132,22 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     Ok(())
 }
 
+/// multiroute's set-up without its daemon (which would put back what the partial
+/// variants take away): load, then SIGKILL; the pinned set-up stays.
+fn without_daemon(lab: &mut Lab) -> Result<()> {
+    lab.start_router()?;
+    lab.stop_router(libc::SIGKILL)?;
+    Ok(())
+}
+
+fn unload(lab: &Lab) -> Result<()> {
+    let out = lab.multiroute(&["unload"]);
+    if !out.status.success() {
+        bail!("unload: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn detach_classifier(lab: &Lab) -> Result<()> {
     std::fs::remove_file(lab.pin_path().join("link-lan0")).context("detaching the classifier")
 }
@@ -140,12 +156,13 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
-        Variant::Multiroute | Variant::RoutingOnly | Variant::NoInboundChain => {
+        Variant::Multiroute => {
             lab.stop_router(libc::SIGTERM)?;
         }
+        Variant::RoutingOnly | Variant::NoInboundChain => unload(lab)?,
         Variant::NftMark => {
             lab.ns(&router, "nft", &["delete", "table", "ip", "nftmark"])?;
-            lab.stop_router(libc::SIGTERM)?;
+            unload(lab)?;
         }
         Variant::Ecmp => {
             lab.ns(&router, "ip", &PLAIN_DEFAULT)?;
