@@ -24,8 +24,14 @@ pub struct InstanceLock {
 }
 
 pub fn lock_path(socket: &Path) -> PathBuf {
+    beside_socket(socket, ".pid")
+}
+
+/// `<socket><suffix>` in the socket's directory: where an instance keeps its state
+/// files (the lock, the sysctls `load` changed).
+pub fn beside_socket(socket: &Path, suffix: &str) -> PathBuf {
     let mut name = socket.file_name().unwrap_or_default().to_owned();
-    name.push(".pid");
+    name.push(suffix);
     socket.with_file_name(name)
 }
 

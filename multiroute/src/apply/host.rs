@@ -165,10 +165,7 @@ pub fn read_sysctl(key: &str) -> Option<u8> {
 
 /// Where `load` records the values it changed: beside the lock file.
 pub fn record_path(config: &Config) -> PathBuf {
-    let socket = &config.control.socket;
-    let mut name = socket.file_name().unwrap_or_default().to_owned();
-    name.push(".sysctl");
-    socket.with_file_name(name)
+    crate::instance::beside_socket(&config.control.socket, ".sysctl")
 }
 
 /// Applies `changes`, recording each original value first. A record left by a
