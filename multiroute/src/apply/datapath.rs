@@ -499,6 +499,15 @@ impl Maps {
         self.flows.iter().filter_map(Result::ok).collect()
     }
 
+    /// How many tracked flows each uplink slot holds, in one walk of the table.
+    pub fn flows_per_uplink(&self) -> std::collections::BTreeMap<u32, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, flow) in self.flows.iter().filter_map(Result::ok) {
+            *counts.entry(flow.uplink).or_default() += 1;
+        }
+        counts
+    }
+
     /// Remembers a flow, as the datapath would (benchmarks pre-fill the table).
     pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<(), DatapathError> {
         self.flows

@@ -80,7 +80,10 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         None => None,
     };
     let maps = Maps::open(pin_path).ok();
-    let flows = maps.as_ref().map(Maps::flows).unwrap_or_default();
+    let flows = maps
+        .as_ref()
+        .map(Maps::flows_per_uplink)
+        .unwrap_or_default();
     let mut uplinks = Vec::new();
     for uplink in &plan.uplinks {
         let index = uplink.slot;
@@ -115,10 +118,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             gateway,
             table: uplink.table,
             mark: format!("{:#x}", uplink.mark),
-            flows: flows
-                .iter()
-                .filter(|(_, flow)| flow.uplink == index)
-                .count(),
+            flows: flows.get(&index).copied().unwrap_or(0),
             packets: traffic.packets,
             bytes: traffic.bytes,
             since: daemon_view.map(|u| u.since),

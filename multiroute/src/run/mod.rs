@@ -461,7 +461,7 @@ impl Daemon {
     }
 
     fn metrics(&self) -> metrics::Snapshot {
-        let flows = self.maps.flows();
+        let flows = self.maps.flows_per_uplink();
         let report = self.report();
         let uplinks = self
             .plan
@@ -474,7 +474,7 @@ impl Daemon {
                     name: plan.name.clone(),
                     up: report.alive,
                     weight: plan.weight,
-                    flows: flows.iter().filter(|(_, f)| f.uplink == plan.slot).count() as u64,
+                    flows: flows.get(&plan.slot).copied().unwrap_or(0) as u64,
                     packets: traffic.packets,
                     bytes: traffic.bytes,
                     state_changes: report.state_changes,
