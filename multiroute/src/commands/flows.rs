@@ -57,14 +57,10 @@ fn monotonic_s() -> u64 {
 
 pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
     let config = read_config(config_path)?;
-    if let Some(name) = &filter.uplink
-        && !config.uplinks.iter().any(|u| &u.name == name)
-    {
-        let names: Vec<_> = config.uplinks.iter().map(|u| u.name.as_str()).collect();
-        return Err(Failure::Config(anyhow!(
-            "no uplink named {name:?}; the uplinks are: {}",
-            names.join(", ")
-        )));
+    if let Some(name) = &filter.uplink {
+        config
+            .uplink_position(name)
+            .map_err(|unknown| Failure::Config(anyhow!("{}: {unknown}", config_path.display())))?;
     }
     let pin_path = &config.routing.pin_path;
     let maps = Maps::open(pin_path).map_err(|err| {

@@ -12,14 +12,9 @@ use super::{CommandResult, Failure, read_config};
 
 pub fn run(config_path: &Path, name: &str, weight: u32) -> CommandResult {
     let config = read_config(config_path)?;
-    if !config.uplinks.iter().any(|u| u.name == name) {
-        let names: Vec<_> = config.uplinks.iter().map(|u| u.name.as_str()).collect();
-        return Err(Failure::Config(anyhow!(
-            "no uplink named {name:?} in {}; the uplinks are: {}",
-            config_path.display(),
-            names.join(", ")
-        )));
-    }
+    config
+        .uplink_position(name)
+        .map_err(|unknown| Failure::Config(anyhow!("{}: {unknown}", config_path.display())))?;
     if weight > MAX_WEIGHT {
         return Err(Failure::Config(anyhow!(
             "weight {weight} is above the maximum of {MAX_WEIGHT}"

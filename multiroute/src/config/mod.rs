@@ -78,6 +78,14 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// A name that is not one of the config's uplinks, with the ones there are.
+#[derive(Debug, thiserror::Error)]
+#[error("no uplink named {name:?}; the uplinks are: {known}")]
+pub struct UnknownUplink {
+    pub name: String,
+    pub known: String,
+}
+
 /// Weights above this are refused: the kernel's nexthop weight is one byte.
 pub const MAX_WEIGHT: u32 = 256;
 /// Destination pins, and separately source pins, over all uplinks: each kind has a
@@ -231,6 +239,22 @@ impl Config {
     /// replaces them, so a later `unload` (even after SIGKILL) can restore them.
     pub fn saved_default_table(&self) -> u32 {
         self.routing.table_base
+    }
+
+    /// Where uplink `name` is in `uplinks`.
+    pub fn uplink_position(&self, name: &str) -> Result<usize, UnknownUplink> {
+        self.uplinks
+            .iter()
+            .position(|u| u.name == name)
+            .ok_or_else(|| UnknownUplink {
+                name: name.to_owned(),
+                known: self
+                    .uplinks
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// How many uplink slots the mark mask and the datapath's table allow.

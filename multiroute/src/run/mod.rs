@@ -439,21 +439,11 @@ impl Daemon {
         if weight > MAX_WEIGHT {
             return control::refusal(&format!("weight {weight} is above {MAX_WEIGHT}"), true);
         }
-        let Some(uplink) = self.config.uplinks.iter_mut().find(|u| u.name == name) else {
-            let names: Vec<_> = self
-                .config
-                .uplinks
-                .iter()
-                .map(|u| u.name.as_str())
-                .collect();
-            return control::refusal(
-                &format!(
-                    "no uplink named {name:?}; the uplinks are: {}",
-                    names.join(", ")
-                ),
-                true,
-            );
+        let index = match self.config.uplink_position(name) {
+            Ok(index) => index,
+            Err(unknown) => return control::refusal(&unknown.to_string(), true),
         };
+        let uplink = &mut self.config.uplinks[index];
         let previous = std::mem::replace(&mut uplink.weight, weight);
         info!(uplink = name, previous, weight, "weight changed");
         self.reconcile(None).await;
