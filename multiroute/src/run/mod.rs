@@ -30,7 +30,7 @@ use crate::{
     },
     config::{Config, ConfigError, MAX_WEIGHT, ProbeTarget},
     path_error::PathError,
-    plan::{Plan, Readiness},
+    plan::{Observed, Plan, Readiness},
 };
 use control::{Incoming, Request};
 use health::{Change, HealthBook, TargetReport, Thresholds};
@@ -215,24 +215,29 @@ impl Daemon {
     /// Re-reads the host and moves the kernel to the plan for it; `change` is the
     /// probe verdict that prompted this, if one did.
     async fn reconcile(&mut self, change: Option<Change>) {
-        let started = Instant::now();
-        let dead = self.health.dead();
-        let result = async {
-            let (plan, observed) = apply::plan(&self.nl, &self.config, &dead).await?;
-            let flushed = apply::update(
-                &self.nl,
-                &self.config,
-                &mut self.maps,
-                &self.plan,
-                &plan,
-                &observed,
-            )
-            .await?;
-            Ok::<_, ApplyError>((plan, flushed))
+        match apply::plan(&self.nl, &self.config, &self.health.dead()).await {
+            Ok((plan, observed)) => self.move_to(plan, &observed, change).await,
+            Err(err) => {
+                error!("could not follow a change on the host, will retry on the next one: {err}")
+            }
         }
+    }
+
+    /// Moves the kernel from the running plan to `plan`, then records and logs
+    /// what changed.
+    async fn move_to(&mut self, plan: Plan, observed: &Observed, change: Option<Change>) {
+        let started = Instant::now();
+        let update = apply::update(
+            &self.nl,
+            &self.config,
+            &mut self.maps,
+            &self.plan,
+            &plan,
+            observed,
+        )
         .await;
-        let (plan, flushed) = match result {
-            Ok(done) => done,
+        let flushed = match update {
+            Ok(flushed) => flushed,
             Err(err) => {
                 error!("could not follow a change on the host, will retry on the next one: {err}");
                 return;
@@ -255,20 +260,19 @@ impl Daemon {
     /// The periodic check: a host change no event announced gets a full re-plan;
     /// otherwise whatever someone removed of the running plan is put back.
     async fn resync(&mut self) {
-        let result = async {
-            let (plan, observed) = apply::plan(&self.nl, &self.config, &self.health.dead()).await?;
-            if plan != self.plan {
-                return Ok(None);
-            }
-            apply::repair(&self.nl, &self.config, &mut self.datapath, &plan, &observed)
-                .await
-                .map(Some)
+        let (plan, observed) = match apply::plan(&self.nl, &self.config, &self.health.dead()).await
+        {
+            Ok(planned) => planned,
+            Err(err) => return error!("checking the set-up failed, will retry: {err}"),
+        };
+        if plan != self.plan {
+            return self.move_to(plan, &observed, None).await;
         }
-        .await;
-        match result {
-            Ok(None) => self.reconcile(None).await,
-            Ok(Some(0)) => {}
-            Ok(Some(repaired)) => warn!(
+        let repaired =
+            apply::repair(&self.nl, &self.config, &mut self.datapath, &plan, &observed).await;
+        match repaired {
+            Ok(0) => {}
+            Ok(repaired) => warn!(
                 repaired,
                 "put back parts of the set-up that something else removed (a firewall reload flushing nftables, a deleted rule or route)"
             ),
