@@ -400,15 +400,7 @@ impl Lab {
         let mut args = vec![script.as_str(), "count", url, &count, "120"];
         args.extend(source);
         let out = self.ns(ns, "python3", &args)?;
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("parsing the client's report")?;
-        let seen = report["seen"]
-            .as_object()
-            .context("client report without `seen`")?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-            .collect();
-        Ok((seen, report["failures"].as_u64().unwrap_or(u64::MAX)))
+        tally(&out.stdout, "seen")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -610,15 +602,7 @@ impl Lab {
                 &count.to_string(),
             ],
         )?;
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("parsing the DNS report")?;
-        let answers = report["answers"]
-            .as_object()
-            .context("DNS report without answers")?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-            .collect();
-        Ok((answers, report["failures"].as_u64().unwrap_or(u64::MAX)))
+        tally(&out.stdout, "answers")
     }
 
     /// A new connection from the client every `interval_ms`, each given
@@ -880,6 +864,19 @@ impl Lab {
             })
             .unwrap_or_default()
     }
+}
+
+/// A lab client's JSON report `{<field>: {address: count}, "failures": n}`.
+fn tally(stdout: &[u8], field: &str) -> Result<(BTreeMap<String, u64>, u64)> {
+    let report: serde_json::Value =
+        serde_json::from_slice(stdout).context("parsing the client's report")?;
+    let counts = report[field]
+        .as_object()
+        .with_context(|| format!("client report without `{field}`"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect();
+    Ok((counts, report["failures"].as_u64().unwrap_or(u64::MAX)))
 }
 
 /// Number of `multiroute` classifiers loaded in the kernel (any namespace).
