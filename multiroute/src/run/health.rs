@@ -142,14 +142,13 @@ impl HealthBook {
         let thresholds = self.thresholds;
         let targets = self.uplinks.get_mut(uplink)?;
         let was_alive = targets.iter().any(|t| t.up);
-        let probed = targets.iter_mut().find(|t| t.address == target)?;
-        probed.record(rtt, thresholds);
-        let probed = probed.clone();
+        let probed = targets.iter().position(|t| t.address == target)?;
+        targets[probed].record(rtt, thresholds);
         let alive = targets.iter().any(|t| t.up);
         (alive != was_alive).then(|| Change {
             uplink: uplink.to_owned(),
             alive,
-            reason: describe(&probed, alive, thresholds),
+            reason: describe(&targets[probed], alive, thresholds),
         })
     }
 
