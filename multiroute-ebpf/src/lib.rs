@@ -13,6 +13,14 @@ pub const RING_SIZE: u32 = 65_537;
 /// A ring slot or flow that points at no uplink (all uplinks dead or drained).
 pub const NO_UPLINK: u32 = u32::MAX;
 
+/// A ring slot or flow whose uplink is not chosen by the datapath yet. While
+/// multiroute takes over a router that already forwards traffic, every ring slot
+/// holds this: a flow seen then is remembered as pending and passes unmarked, so it
+/// keeps following the host's routing (and the NAT binding conntrack gave it) until
+/// userspace resolves it to the uplink conntrack says it is NATed to. No packet of
+/// such a flow ever leaves through another uplink than its NAT binding's.
+pub const PENDING_UPLINK: u32 = u32::MAX - 1;
+
 /// Default capacity of the flow table; userspace may resize it at load time.
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
 
@@ -122,9 +130,12 @@ pub enum Counter {
     PassNoUplink = 6,
     /// The flow table refused an insert; the packet was still marked.
     FlowInsertFailed = 7,
+    /// A flow whose uplink userspace has not resolved yet (see [`PENDING_UPLINK`]):
+    /// passed unmarked.
+    PassPending = 8,
 }
 
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 9;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -136,6 +147,7 @@ impl Counter {
         Counter::PassNotUnicast,
         Counter::PassNoUplink,
         Counter::FlowInsertFailed,
+        Counter::PassPending,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -148,6 +160,7 @@ impl Counter {
             Counter::PassNotUnicast => "pass_not_unicast",
             Counter::PassNoUplink => "pass_no_uplink",
             Counter::FlowInsertFailed => "flow_insert_failed",
+            Counter::PassPending => "pass_pending",
         }
     }
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use multiroute_ebpf::{
-    COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS, NO_UPLINK, RING_SIZE,
+    COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS, PENDING_UPLINK, RING_SIZE,
     SlotName, Traffic, Uplink, ring_slot,
 };
 
@@ -82,22 +82,31 @@ fn steer(ctx: &TcContext, key: &FlowKey) {
                 found
             }
             None => {
+                // SAFETY: `flow` points into the flow table's value for this key.
+                if unsafe { (*flow).uplink } == PENDING_UPLINK {
+                    return count(Counter::PassPending);
+                }
                 let Some(chosen) = choose_uplink(key) else {
                     return count(Counter::PassNoUplink);
                 };
-                // SAFETY: `flow` points into the flow table's value for this key.
+                // SAFETY: as above.
                 unsafe { (*flow).uplink = chosen.0 };
                 count(Counter::FlowMoved);
                 chosen
             }
         },
-        None => {
-            let Some(chosen) = choose_uplink(key) else {
-                return count(Counter::PassNoUplink);
-            };
-            remember(key, chosen.0);
-            chosen
-        }
+        None => match ring_choice(key) {
+            Some(PENDING_UPLINK) => {
+                return remember(key, PENDING_UPLINK, Counter::PassPending);
+            }
+            choice => {
+                let Some(chosen) = choice.and_then(live_uplink) else {
+                    return count(Counter::PassNoUplink);
+                };
+                remember(key, chosen.0, Counter::FlowNew);
+                chosen
+            }
+        },
     };
     set_mark(ctx, &uplink);
     account(ctx, index);
@@ -123,16 +132,27 @@ fn remembered_uplink(flow: *mut Flow) -> Option<(u32, Uplink)> {
 /// folded in by userspace.
 #[inline(always)]
 fn choose_uplink(key: &FlowKey) -> Option<(u32, Uplink)> {
-    let index = *RING.get(ring_slot(key))?;
-    if index == NO_UPLINK {
-        return None;
-    }
+    ring_choice(key).and_then(live_uplink)
+}
+
+/// The ring slot's entry for the flow: an uplink index, `NO_UPLINK` or
+/// [`PENDING_UPLINK`].
+#[inline(always)]
+fn ring_choice(key: &FlowKey) -> Option<u32> {
+    RING.get(ring_slot(key)).copied()
+}
+
+/// The uplink at `index` if it is alive; `NO_UPLINK` and [`PENDING_UPLINK`] index
+/// nothing.
+#[inline(always)]
+fn live_uplink(index: u32) -> Option<(u32, Uplink)> {
     let uplink = UPLINKS.get(index)?;
     (uplink.alive != 0).then_some((index, *uplink))
 }
 
+/// Remembers the flow's uplink; counts `outcome`, or the failed insert.
 #[inline(always)]
-fn remember(key: &FlowKey, uplink: u32) {
+fn remember(key: &FlowKey, uplink: u32, outcome: Counter) {
     let flow = Flow {
         uplink,
         // SAFETY: helper without preconditions.
@@ -140,7 +160,7 @@ fn remember(key: &FlowKey, uplink: u32) {
         packets: 1,
     };
     match FLOWS.insert(key, &flow, 0) {
-        Ok(()) => count(Counter::FlowNew),
+        Ok(()) => count(outcome),
         Err(_) => count(Counter::FlowInsertFailed),
     }
 }

@@ -18,6 +18,14 @@ udp HOST PORT SECONDS INTERVAL
                        INTERVAL s to the echo server; prints {"first": address} as soon
                        as the first answer comes, then {"sent", "answered", "lost",
                        "by_address", "last_address"}.
+sessions HOST PORT TCP UDP SECONDS INTERVAL
+                       TCP long-lived connections to the line echo (PORT) and UDP
+                       flows to the datagram echo (PORT-1), all open at once; prints
+                       {"open": n} when all are open, then for SECONDS sends one
+                       numbered message per session every INTERVAL s and prints
+                       {"tcp": [...], "udp": [...]}, per session {"addresses": the
+                       sources the server saw, "sent", "answered", "error": why a TCP
+                       session broke, or null}.
 """
 import collections
 import json
@@ -146,6 +154,70 @@ def udp(host, port, seconds, interval):
                       "by_address": by_address, "last_address": last}), flush=True)
 
 
+def sessions(host, port, tcp, udp, seconds, interval):
+    conns, flows = [], []
+    for _ in range(tcp):
+        conn = socket.create_connection((host, port), timeout=5.0)
+        conn.setblocking(False)
+        conns.append({"sock": conn, "buffer": b"", "addresses": set(), "sent": 0,
+                      "answered": 0, "error": None})
+    for _ in range(udp):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect((host, port - 1))
+        flows.append({"sock": sock, "addresses": set(), "sent": 0, "answered": 0,
+                      "error": None})
+    print(json.dumps({"open": tcp + udp}), flush=True)
+    by_fd = {s["sock"].fileno(): ("tcp", s) for s in conns}
+    by_fd.update({s["sock"].fileno(): ("udp", s) for s in flows})
+
+    def broken(session, why):
+        if session["error"] is None:
+            session["error"] = why
+
+    def receive(kind, session):
+        try:
+            data = session["sock"].recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            return broken(session, type(err).__name__)
+        if kind == "udp":
+            session["addresses"].add(data.split()[1].decode())
+            session["answered"] += 1
+            return
+        if not data:
+            return broken(session, "closed by the peer")
+        session["buffer"] += data
+        *lines, session["buffer"] = session["buffer"].split(b"\n")
+        for line in lines:
+            session["addresses"].add(line.split()[1].decode())
+            session["answered"] += 1
+
+    start = time.time()
+    end, next_at, linger = start + seconds, start, start + seconds + 1.0
+    while time.time() < linger:
+        now = time.time()
+        if now >= next_at and now < end:
+            for kind, session in list(by_fd.values()):
+                if session["error"] is not None:
+                    continue
+                message = str(session["sent"]).encode()
+                try:
+                    session["sock"].send(message + b"\n" if kind == "tcp" else message)
+                    session["sent"] += 1
+                except OSError as err:
+                    broken(session, type(err).__name__)
+            next_at += interval
+        wake = min(next_at, linger) if now < end else linger
+        ready, _, _ = select.select(list(by_fd), [], [], max(0.0, wake - time.time()))
+        for fd in ready:
+            receive(*by_fd[fd])
+    report = lambda group: [{"addresses": sorted(s["addresses"]), "sent": s["sent"],
+                             "answered": s["answered"], "error": s["error"]} for s in group]
+    print(json.dumps({"tcp": report(conns), "udp": report(flows)}), flush=True)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "count":
@@ -157,6 +229,9 @@ if __name__ == "__main__":
         stream(sys.argv[2])
     elif mode == "attempts":
         attempts(sys.argv[2], *map(float, sys.argv[3:6]))
+    elif mode == "sessions":
+        sessions(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+                 float(sys.argv[6]), float(sys.argv[7]))
     elif mode == "udp":
         udp(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
     else:

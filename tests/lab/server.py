@@ -1,12 +1,14 @@
 """The lab's "internet" server: answers GET / with the client's address as the
 server sees it (after the router's NAT, that is the uplink it came through) and
 GET /stream?seconds=N with a steady stream of data for N seconds. On UDP port+1 it
-echoes each datagram followed by the sender's address.
+echoes each datagram followed by the sender's address; on TCP port+2 it answers
+each line with the line and the peer's address (long-lived sessions).
 
 usage: server.py ADDRESS PORT [UDP_ADDRESS]   (UDP binds UDP_ADDRESS, default ADDRESS:
 a UDP socket bound to 0.0.0.0 would answer from whatever address routing picks)"""
 import http.server
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -51,8 +53,23 @@ def udp_echo(address, port):
         sock.sendto(data + b" " + peer[0].encode(), peer)
 
 
+class LineEcho(socketserver.StreamRequestHandler):
+    def handle(self):
+        peer = self.client_address[0].encode()
+        for line in self.rfile:
+            self.wfile.write(line.rstrip(b"\n") + b" " + peer + b"\n")
+
+
+class SessionServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 1024
+
+
 if __name__ == "__main__":
     address, port = sys.argv[1], int(sys.argv[2])
     udp_address = sys.argv[3] if len(sys.argv) > 3 else address
     threading.Thread(target=udp_echo, args=(udp_address, port + 1), daemon=True).start()
+    sessions = SessionServer((address, port + 2), LineEcho)
+    threading.Thread(target=sessions.serve_forever, daemon=True).start()
     Server((address, port), Handler).serve_forever()

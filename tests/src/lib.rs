@@ -34,6 +34,10 @@ pub const SERVER2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 /// The server's UDP echo port.
 pub const ECHO_PORT: u16 = SERVER_PORT + 1;
+/// The router's own firewall in the lab: masquerade on every uplink (what a
+/// firewall reload puts back after flushing the ruleset).
+pub const LAB_NAT: &str = "add table ip lab; add chain ip lab post { type nat hook postrouting priority 100; }; add rule ip lab post oifname \"wan*\" masquerade";
+
 /// An address in no ISP's routes: probes to it are never answered.
 pub const UNREACHABLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 
@@ -45,6 +49,66 @@ pub struct Attempt {
     pub ok: bool,
     /// The uplink address the server saw.
     pub address: Option<String>,
+}
+
+/// One long-lived session of [`Lab::start_sessions`], as the client saw it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Session {
+    /// Every source address the server saw for this session.
+    pub addresses: Vec<String>,
+    pub sent: u64,
+    pub answered: u64,
+    /// Why a TCP session broke (a reset, a close), or `None`.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct SessionsReport {
+    pub tcp: Vec<Session>,
+    pub udp: Vec<Session>,
+}
+
+impl SessionsReport {
+    pub fn all(&self) -> impl Iterator<Item = &Session> {
+        self.tcp.iter().chain(&self.udp)
+    }
+    /// Sessions the server saw from more than one address.
+    pub fn moved(&self) -> usize {
+        self.all().filter(|s| s.addresses.len() > 1).count()
+    }
+    /// TCP sessions that broke, or any session that never got an answer.
+    pub fn broken(&self) -> usize {
+        self.all()
+            .filter(|s| s.error.is_some() || s.answered == 0)
+            .count()
+    }
+    /// UDP messages without an answer.
+    pub fn udp_lost(&self) -> u64 {
+        self.udp
+            .iter()
+            .map(|s| s.sent - s.answered.min(s.sent))
+            .sum()
+    }
+}
+
+/// A running [`Lab::start_sessions`] client, its sessions all open.
+pub struct RunningSessions {
+    child: Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl RunningSessions {
+    /// Waits for the client to end and reads what it saw.
+    pub fn finish(mut self) -> Result<SessionsReport> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .context("reading the sessions report")?;
+        let status = self.child.wait().context("waiting for the client")?;
+        ensure!(status.success(), "the sessions client failed ({status})");
+        serde_json::from_str(&line).with_context(|| format!("parsing the sessions report {line:?}"))
+    }
 }
 
 /// What a stream of [`Attempt`]s saw of an outage that began at `t0`.
@@ -290,11 +354,7 @@ impl Lab {
             ],
         )?;
         self.ns(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        self.ns(
-            &router,
-            "nft",
-            &["add table ip lab; add chain ip lab post { type nat hook postrouting priority 100; }; add rule ip lab post oifname \"wan*\" masquerade"],
-        )?;
+        self.ns(&router, "nft", &[LAB_NAT])?;
         self.write_config(options)?;
         let server = self.spawn_ns(
             &inet,
@@ -459,11 +519,21 @@ impl Lab {
 
     /// Starts `multiroute load` in the router and waits until it is fully set up.
     pub fn start_router(&mut self) -> Result<()> {
-        let log = std::fs::File::create(self.dir.join("router.log"))
-            .context("creating the router log")?;
+        self.start_router_with(&multiroute_bin())
+    }
+
+    /// [`Lab::start_router`] with another build of `multiroute` (an upgrade). Waits
+    /// until `status --json` says `"ready": true`: rules, routes, the datapath and
+    /// its maps all in place.
+    pub fn start_router_with(&mut self, binary: &Path) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("router.log"))
+            .context("opening the router log")?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.router()])
-            .arg(multiroute_bin())
+            .arg(binary)
             .arg("-c")
             .arg(&self.config)
             .arg("load")
@@ -474,8 +544,7 @@ impl Lab {
             .context("starting multiroute load")?;
         self.router = Some(child);
         let start = Instant::now();
-        // The daemon logs this once routes, rules, maps and links are all in place.
-        while !self.router_log().contains("multiroute is running") {
+        while !self.status().is_ok_and(|status| status["ready"] == true) {
             let exited = self
                 .router
                 .as_mut()
@@ -487,7 +556,7 @@ impl Lab {
                     self.router_log()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())
     }
@@ -514,10 +583,13 @@ impl Lab {
 
     /// Sends `signal` to the running `load` and waits for it to exit.
     pub fn stop_router(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
+        self.signal_router(signal)?;
+        self.wait_router_exit()
+    }
+
+    /// Waits (bounded) for the running `load` to exit, however it was told to.
+    pub fn wait_router_exit(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.router.take().context("the router is not running")?;
-        // `ip netns exec` execs the program, so the child's PID is multiroute's.
-        // SAFETY: kill(2) on a child we started.
-        unsafe { libc::kill(child.id() as i32, signal) };
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().context("waiting for multiroute")? {
@@ -526,10 +598,28 @@ impl Lab {
             if start.elapsed() > Duration::from_secs(15) {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("multiroute did not exit within 15 s after signal {signal}");
+                bail!("multiroute did not exit within 15 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops the running `load` with SIGTERM, which must exit 0 and leave steering
+    /// in place, then removes everything with `multiroute unload`.
+    pub fn stop_and_unload(&mut self) -> Result<()> {
+        let status = self.stop_router(libc::SIGTERM)?;
+        ensure!(
+            status.code() == Some(0),
+            "multiroute exited with {status}:\n{}",
+            self.router_log()
+        );
+        let out = self.multiroute(&["unload"]);
+        ensure!(
+            out.status.success(),
+            "unload failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     /// `count` new connections from the LAN client, one after another.
@@ -625,6 +715,43 @@ impl Lab {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).context("parsing the attempts")
+    }
+
+    /// `tcp` long-lived TCP connections and `udp` UDP flows from the client to the
+    /// server, each exchanging a numbered message every `interval_ms` for `seconds`
+    /// after all are open; returns once they are.
+    pub fn start_sessions(
+        &self,
+        tcp: usize,
+        udp: usize,
+        seconds: f64,
+        interval_ms: u32,
+    ) -> Result<RunningSessions> {
+        use std::io::BufRead as _;
+        let mut child = self.spawn_client(&[
+            "sessions",
+            &SERVER.to_string(),
+            &(SERVER_PORT + 2).to_string(),
+            &tcp.to_string(),
+            &udp.to_string(),
+            &seconds.to_string(),
+            &(f64::from(interval_ms) / 1000.0).to_string(),
+        ])?;
+        let mut stdout =
+            std::io::BufReader::new(child.stdout.take().context("the client without stdout")?);
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .context("waiting for the sessions to open")?;
+        if !line.contains("\"open\"") {
+            let _ = child.kill();
+            let output = child.wait_with_output().context("waiting for the client")?;
+            bail!(
+                "the sessions did not open: {line}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(RunningSessions { child, stdout })
     }
 
     /// One UDP flow from the client to the echo server, a request every

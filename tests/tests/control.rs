@@ -28,11 +28,6 @@ fn multiroute_ok(lab: &Lab, args: &[&str]) -> String {
     stdout(&out)
 }
 
-fn stop_cleanly(lab: &mut Lab) {
-    let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
-    assert_eq!(status.code(), Some(0), "{}", lab.router_log());
-}
-
 /// Every flow as (proto, src, sport, dst, dport) → uplink.
 fn flow_table(lab: &Lab) -> BTreeMap<String, String> {
     lab.flows(&[])
@@ -161,7 +156,7 @@ fn weight_changes_apply_to_new_flows_only() {
         err.contains("isp0, isp1") && err.lines().count() == 1,
         "{err}"
     );
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -231,7 +226,7 @@ fn reload_moves_only_the_removed_uplinks_flows() {
         "isp2 takes its share: {:?}",
         seen.hits
     );
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -277,7 +272,7 @@ fn sigkill_under_load_loses_no_connection_and_restart_moves_no_flow() {
     assert_eq!(lab.connections(200).unwrap().failures, 0);
     let used: BTreeSet<_> = after.values().collect();
     assert_eq!(used.len(), 2, "both uplinks carry flows: {used:?}");
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -352,7 +347,7 @@ fn metrics_endpoint_shows_what_status_shows() {
         ],
     );
     assert_eq!(stdout(&missing.unwrap()), "404");
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]

@@ -64,7 +64,7 @@ fn status_flows(lab: &Lab) -> Vec<u64> {
         .collect()
 }
 
-/// SIGTERM to the running `load`: it must clean up and exit 0.
+/// SIGTERM to the running `load`: it must exit 0 (leaving steering in place).
 fn stop_cleanly(lab: &mut Lab) {
     let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
     assert_eq!(status.code(), Some(0), "{}", lab.router_log());
@@ -164,7 +164,8 @@ fn unload_restores_the_host_exactly() {
         "no classifier loaded before the test"
     );
 
-    // SIGTERM: the daemon removes everything itself.
+    // SIGTERM stops the daemon but leaves routing and the datapath steering (a
+    // restart must move no session); `unload` removes everything.
     lab.start_router().unwrap();
     let running = lab.router_snapshot().unwrap();
     assert_ne!(running, pristine, "load changed rules and routes");
@@ -182,7 +183,24 @@ fn unload_restores_the_host_exactly() {
     assert_eq!(loaded_classifiers(), 1);
     lab.connections(200).unwrap();
     stop_cleanly(&mut lab);
-    assert_restored(&lab, &pristine, "SIGTERM must restore the host");
+    assert_eq!(
+        lab.router_snapshot().unwrap(),
+        running,
+        "SIGTERM leaves rules, routes and the datapath as they were"
+    );
+    assert_eq!(loaded_classifiers(), 1, "still steering after SIGTERM");
+    let Connections { hits, failures, .. } = lab.connections(400).unwrap();
+    assert_eq!(failures, 0);
+    assert!(
+        hits.iter().all(|h| *h > 100),
+        "the datapath steers without the daemon: {hits:?}"
+    );
+    unload(&lab);
+    assert_restored(
+        &lab,
+        &pristine,
+        "unload after SIGTERM must restore the host",
+    );
 
     // SIGKILL: steering goes on without the daemon; `unload` cleans up.
     lab.start_router().unwrap();
@@ -200,7 +218,8 @@ fn unload_restores_the_host_exactly() {
         "unload after SIGKILL must restore the host",
     );
 
-    // `unload` while `load` runs: the daemon is asked to stop and cleans up itself.
+    // `unload` while `load` runs: the daemon is asked to stop, then unload removes
+    // everything.
     lab.start_router().unwrap();
     unload(&lab);
     stop_cleanly(&mut lab);

@@ -69,11 +69,6 @@ fn print_transitions(lab: &Lab) {
     }
 }
 
-fn stop_cleanly(lab: &mut Lab) {
-    let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
-    assert_eq!(status.code(), Some(0), "{}", lab.router_log());
-}
-
 /// The long transfer's conntrack entry: (client port, conntrack id).
 fn transfer_entry(lab: &Lab, client_port: Option<u16>) -> (u16, u64) {
     let mut args = vec![
@@ -217,7 +212,7 @@ fn silent_upstream_failure_fails_over_within_a_second_and_recovers() {
     assert!(output.status.success(), "the transfer was interrupted");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report["seconds"].as_f64().unwrap() >= 13.5, "{report}");
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -268,7 +263,7 @@ fn link_down_fails_over_within_200_ms() {
         attempts.iter().all(|a| a.ok),
         "no connection fails on recovery"
     );
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -307,7 +302,7 @@ fn udp_exchange_moves_to_a_live_uplink() {
     );
     assert_ne!(last["last_address"], first.as_str(), "{last}");
     assert!(lost > 0 && lost <= 60, "lost {lost} requests: {last}");
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -324,7 +319,7 @@ fn flapping_probes_do_not_flip_the_state() {
     assert_eq!(flapping["state_changes"], 0, "{flapping}");
     let loss = flapping["loss_percent"].as_f64().unwrap();
     assert!((35.0..=65.0).contains(&loss), "loss {loss}");
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -349,5 +344,5 @@ fn all_uplinks_dead_fails_open() {
     let seen = lab.connections(100).unwrap();
     assert_eq!(seen.failures, 0, "{}", lab.router_log());
     assert_eq!(seen.hits, [100, 0]);
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }

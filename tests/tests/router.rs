@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use multiroute_tests::{CLIENT, Lab, LabOptions, SERVER2, require_root, stdout};
+use multiroute_tests::{CLIENT, Connections, Lab, LabOptions, SERVER2, require_root, stdout};
 
 fn lab(weights: &[u32], extra_config: &str) -> Lab {
     Lab::new(&LabOptions {
@@ -14,11 +14,6 @@ fn lab(weights: &[u32], extra_config: &str) -> Lab {
         extra_config: extra_config.into(),
     })
     .expect("building the lab")
-}
-
-fn stop_cleanly(lab: &mut Lab) {
-    let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
-    assert_eq!(status.code(), Some(0), "{}", lab.router_log());
 }
 
 /// Every ISP drops and counts packets from another ISP's customer address (BCP 38,
@@ -104,7 +99,7 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
     let seen = lab.connections(400).unwrap();
     assert_eq!(seen.failures, 0);
     assert!(seen.hits.iter().all(|h| *h > 120), "{:?}", seen.hits);
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 /// A dnsmasq in namespace `ns`, logging queries to `<lab dir>/<log>`.
@@ -204,7 +199,7 @@ fn pinned_resolvers_are_reached_through_their_own_isp() {
         );
     }
     lab.assert_kernel_matches_plan().unwrap();
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -238,7 +233,7 @@ fn a_pinned_lan_source_always_uses_its_uplink() {
     assert_eq!(others.failures, 0);
     assert!(others.hits.iter().all(|h| *h > 175), "{:?}", others.hits);
     lab.assert_kernel_matches_plan().unwrap();
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]
@@ -350,7 +345,7 @@ fn a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second() {
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report["seconds"].as_f64().unwrap() >= 7.5, "{report}");
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 fn sysctl(lab: &Lab, key: &str) -> String {
@@ -465,26 +460,45 @@ fn what_others_remove_is_put_back() {
     let router = lab.router();
     // A firewall reload that flushes every table, an admin deleting a rule and a route.
     lab.ns(&router, "nft", &["flush", "ruleset"]).unwrap();
-    lab.ns(&router, "nft", &["add table ip lab; add chain ip lab post { type nat hook postrouting priority 100; }; add rule ip lab post oifname \"wan*\" masquerade"])
+    lab.ns(&router, "nft", &[multiroute_tests::LAB_NAT])
         .unwrap();
-    lab.ns(&router, "ip", &["rule", "del", "pref", "10800"])
+    lab.ns(&router, "ip", &["rule", "del", "pref", "10900"])
         .unwrap();
     lab.ns(&router, "ip", &["route", "del", "default", "table", "102"])
         .unwrap();
+    // And a map write gone wrong: the first uplink's slot says dead, the ring
+    // points nowhere.
+    let mut maps = multiroute::apply::datapath::Maps::open(&lab.pin_path()).unwrap();
+    maps.set_uplink(0, multiroute_ebpf::Uplink::default())
+        .unwrap();
+    maps.write_ring(&vec![
+        multiroute_ebpf::NO_UPLINK;
+        multiroute_ebpf::RING_SIZE as usize
+    ])
+    .unwrap();
     let start = Instant::now();
     multiroute_tests::wait_until(Duration::from_secs(8), || {
         lab.assert_kernel_matches_plan().is_ok()
             && lab
                 .ns(&router, "nft", &["list", "table", "inet", "multiroute"])
                 .is_ok()
+            && lab.router_log().contains("the datapath maps")
     })
     .unwrap_or_else(|_| panic!("not repaired:\n{}", lab.router_log()));
     println!("repaired after {} ms", start.elapsed().as_millis());
     assert!(
-        lab.router_log().contains("put back parts of the set-up"),
+        lab.router_log()
+            .contains("put back what something else removed or changed"),
         "{}",
         lab.router_log()
     );
+    assert_eq!(lab.status().unwrap()["ready"], true);
+    let Connections { hits, failures, .. } = lab.connections(400).unwrap();
+    assert_eq!(failures, 0);
+    assert!(
+        hits.iter().all(|&h| h > 100),
+        "both uplinks steer again: {hits:?}"
+    );
     assert_eq!(lab.connections(200).unwrap().failures, 0);
-    stop_cleanly(&mut lab);
+    lab.stop_and_unload().expect("stopping multiroute");
 }

@@ -4,18 +4,29 @@
 //! flow, now steered to a live uplink, be NATed afresh (UDP and QUIC carry on; TCP
 //! peers reset and reconnect). Every other entry, on healthy uplinks, is untouched:
 //! never a global flush.
+//!
+//! The same dump tells which uplink each running session is NATed to: what
+//! [`nated_sessions`] gives the datapath to seed its flow table with when multiroute
+//! takes over a router that already forwards traffic.
 use std::net::{IpAddr, Ipv4Addr};
 
+use multiroute_ebpf::FlowKey;
+
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
-    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, Tuple},
+    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 const ENOENT: i32 = 2;
+/// `CTA_PROTO_ICMP_ID`: the echo identifier, which the datapath keys ICMP flows by.
+const CTA_PROTO_ICMP_ID: u16 = 4;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
@@ -66,6 +77,53 @@ impl Entry {
     fn nated_to(&self, address: Ipv4Addr) -> bool {
         self.reply_dst == Some(address) && self.original_src != Some(address)
     }
+
+    /// The address the connection is source-NATed to, if it is.
+    fn nat_address(&self) -> Option<Ipv4Addr> {
+        self.reply_dst.filter(|&reply| self.nated_to(reply))
+    }
+
+    /// The original direction as the datapath keys it: addresses and ports as on
+    /// the wire, the ICMP echo identifier in `src_port`, no ports for other
+    /// protocols.
+    fn flow_key(&self) -> Option<FlowKey> {
+        let src = self.original_src?;
+        let dst = address(&self.original, false)?;
+        let mut key = FlowKey {
+            src: u32::from_ne_bytes(src.octets()),
+            dst: u32::from_ne_bytes(dst.octets()),
+            ..FlowKey::default()
+        };
+        for part in &self.original {
+            let Tuple::Proto(protos) = part else { continue };
+            for proto in protos {
+                match proto {
+                    ProtoTuple::Protocol(p) => key.proto = u8::from(*p),
+                    ProtoTuple::SourcePort(port) => key.src_port = port.to_be(),
+                    ProtoTuple::DestinationPort(port) => key.dst_port = port.to_be(),
+                    ProtoTuple::Other(nla) if nla.kind() == CTA_PROTO_ICMP_ID => {
+                        let mut id = [0; 2];
+                        if nla.value_len() == id.len() {
+                            nla.emit_value(&mut id);
+                            key.src_port = u16::from_ne_bytes(id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !matches!(key.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
+            (key.src_port, key.dst_port) = (0, 0);
+        }
+        Some(key)
+    }
+}
+
+/// A running session and the address conntrack source-NATs it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatedSession {
+    pub key: FlowKey,
+    pub nated_to: Ipv4Addr,
 }
 
 fn address(tuple: &[Tuple], source: bool) -> Option<Ipv4Addr> {
@@ -152,29 +210,50 @@ impl Ctnetlink {
     }
 }
 
+impl Ctnetlink {
+    /// Every IPv4 conntrack entry, one at a time.
+    fn dump(&mut self, mut each: impl FnMut(Entry)) -> Result<(), ConntrackError> {
+        self.send(
+            NLM_F_REQUEST | NLM_F_DUMP,
+            ConntrackMessage::Get(Vec::new()),
+        )?;
+        let dumped = self.receive(|message| {
+            if let ConntrackMessage::New(attributes) = message {
+                each(Entry::from_attributes(attributes));
+            }
+        })?;
+        match dumped.filter(|&c| c != 0) {
+            Some(code) => Err(ConntrackError::Kernel {
+                what: "the conntrack dump",
+                source: std::io::Error::from_raw_os_error(code),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every IPv4 session conntrack source-NATs, with the address it is NATed to.
+/// Blocking: run it off the async runtime's thread.
+pub fn nated_sessions() -> Result<Vec<NatedSession>, ConntrackError> {
+    let mut sessions = Vec::new();
+    Ctnetlink::open()?.dump(|entry| {
+        if let (Some(nated_to), Some(key)) = (entry.nat_address(), entry.flow_key()) {
+            sessions.push(NatedSession { key, nated_to });
+        }
+    })?;
+    Ok(sessions)
+}
+
 /// Deletes every IPv4 conntrack entry source-NATed to `address`; returns how many.
 /// Blocking: run it off the async runtime's thread.
 pub fn flush_nated_to(address: Ipv4Addr) -> Result<usize, ConntrackError> {
     let mut ct = Ctnetlink::open()?;
-    ct.send(
-        NLM_F_REQUEST | NLM_F_DUMP,
-        ConntrackMessage::Get(Vec::new()),
-    )?;
     let mut doomed = Vec::new();
-    let dumped = ct.receive(|message| {
-        if let ConntrackMessage::New(attributes) = message {
-            let entry = Entry::from_attributes(attributes);
-            if entry.nated_to(address) {
-                doomed.push(entry.original);
-            }
+    ct.dump(|entry| {
+        if entry.nated_to(address) {
+            doomed.push(entry.original);
         }
     })?;
-    if let Some(code) = dumped.filter(|&c| c != 0) {
-        return Err(ConntrackError::Kernel {
-            what: "the conntrack dump",
-            source: std::io::Error::from_raw_os_error(code),
-        });
-    }
     let mut deleted = 0;
     for original in doomed {
         ct.send(
@@ -218,6 +297,27 @@ mod tests {
             ConntrackAttribute::CtaTupleReply(tuple(reply.0, reply.1)),
             ConntrackAttribute::CtaMark(0),
         ])
+    }
+
+    #[test]
+    fn a_masqueraded_session_is_keyed_as_the_datapath_keys_it() {
+        let mut original = tuple(LAN_HOST, SERVER);
+        original.push(Tuple::Proto(vec![
+            ProtoTuple::Protocol(6.into()),
+            ProtoTuple::SourcePort(40_000),
+            ProtoTuple::DestinationPort(443),
+        ]));
+        let session = Entry::from_attributes(vec![
+            ConntrackAttribute::CtaTupleOrig(original),
+            ConntrackAttribute::CtaTupleReply(tuple(SERVER, UPLINK)),
+        ]);
+        assert_eq!(session.nat_address(), Some(UPLINK));
+        let key = session.flow_key().expect("a key");
+        assert_eq!(key.src_octets(), LAN_HOST.octets());
+        assert_eq!(key.dst_octets(), SERVER.octets());
+        assert_eq!((key.proto, key.ports()), (6, (40_000, 443)));
+        let routers_own = entry((UPLINK, SERVER), (SERVER, UPLINK));
+        assert_eq!(routers_own.nat_address(), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use aya::{
 };
 use multiroute_ebpf::{
     COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS,
-    PROGRAM_NAME, SlotName, Traffic, Uplink, map_names,
+    PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, map_names,
 };
 use tracing::{debug, info};
 
@@ -326,8 +326,11 @@ pub fn attached_interfaces(pin_path: &Path) -> Result<Vec<String>, DatapathError
 /// loaded them, for `status`/`flows`, and for tests.
 pub struct Maps {
     flows: HashMap<MapData, FlowKey, Flow>,
-    /// Written in batches (see [`update_batch`]), which aya 0.16's `Array` lacks.
+    /// Read and written in batches (see [`map_batch`]), which aya 0.16's `Array` lacks.
     ring: MapData,
+    /// The ring as last written in full success; `None` when unknown (a fresh
+    /// handle, or a write that failed half-way), so the next write is complete.
+    written_ring: Option<Vec<u32>>,
     uplinks: Array<MapData, Uplink>,
     traffic: PerCpuArray<MapData, Traffic>,
     counters: PerCpuArray<MapData, u64>,
@@ -348,38 +351,100 @@ struct BatchAttr {
     flags: u64,
 }
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+fn map_batch(command: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` points at keys and values (and batch tokens) that outlive the
+    // call, sized for `attr.count` entries; the kernel writes back only what the
+    // command documents (`count`, the values, the out token).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn map_fd(map: &MapData) -> u32 {
+    use std::os::fd::{AsFd, AsRawFd};
+    map.fd().as_fd().as_raw_fd() as u32
+}
 
 /// Writes `values[i]` at `keys[i]` in one bpf(2) call (kernel ≥ 5.6): a ring
 /// rebuild after a failure touches tens of thousands of slots, and one syscall each
 /// cost ~50 ms of failover time.
 fn update_batch(map: &MapData, keys: &[u32], values: &[u32]) -> io::Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
     let mut done = 0;
     while done < keys.len() {
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
             values: values[done..].as_ptr() as u64,
             count: (keys.len() - done) as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            map_fd: map_fd(map),
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` points at `count` keys and values that outlive the call;
-        // the kernel reads them and writes back only `attr.count`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        map_batch(BPF_MAP_UPDATE_BATCH, &mut attr)?;
         done += attr.count as usize;
     }
     Ok(())
+}
+
+/// Reads a whole `u32` array map of `size` entries in as few bpf(2) calls as the
+/// kernel allows (one, for the ring).
+fn lookup_all(map: &MapData, size: u32) -> io::Result<Vec<u32>> {
+    let mut keys = vec![0u32; size as usize];
+    let mut values = vec![0u32; size as usize];
+    let mut done = 0usize;
+    let mut token = 0u32;
+    while done < size as usize {
+        let mut attr = BatchAttr {
+            in_batch: if done == 0 {
+                0
+            } else {
+                &token as *const u32 as u64
+            },
+            out_batch: &mut token as *mut u32 as u64,
+            keys: keys[done..].as_mut_ptr() as u64,
+            values: values[done..].as_mut_ptr() as u64,
+            count: (size as usize - done) as u32,
+            map_fd: map_fd(map),
+            ..BatchAttr::default()
+        };
+        let result = map_batch(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        done += attr.count as usize;
+        match result {
+            Ok(()) => {}
+            // The end of the map: `count` says how much the last call read.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(err) => return Err(err),
+        }
+    }
+    let mut ring = vec![0; size as usize];
+    for (key, value) in keys.into_iter().zip(values).take(done) {
+        if let Some(slot) = ring.get_mut(key as usize) {
+            *slot = value;
+        }
+    }
+    Ok(ring)
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock of the datapath's flow timestamps.
+pub fn monotonic_seconds() -> u32 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u32
 }
 
 /// The slot assignment a loaded datapath holds; empty when nothing is pinned.
@@ -405,6 +470,14 @@ pub fn read_slots(pin_path: &Path) -> Result<Slots, DatapathError> {
     Ok(slots)
 }
 
+/// What the plan wants in uplink slot `index`: all zero (not alive) when unused.
+fn planned_uplink(plan: &Plan, index: u32) -> Uplink {
+    plan.datapath_uplinks
+        .get(index as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
 fn slot_name(name: &str) -> SlotName {
     let mut bytes = [0; 16];
     // Config validation keeps names to 15 bytes, leaving the NUL.
@@ -428,6 +501,7 @@ impl Maps {
             flows: open_map(pin_path, map_names::FLOWS)?,
             ring: MapData::from_pin(pin_path.join(map_names::RING))
                 .map_err(map_error(map_names::RING))?,
+            written_ring: None,
             uplinks: open_map(pin_path, map_names::UPLINKS)?,
             traffic: open_map(pin_path, map_names::TRAFFIC)?,
             counters: open_map(pin_path, map_names::COUNTERS)?,
@@ -437,23 +511,17 @@ impl Maps {
 
     /// Writes the plan's uplinks and ring. Uplinks first: a ring slot must never
     /// point at an uplink the datapath does not know yet, and a dead uplink's flows
-    /// move (and new flows stop landing on it) from that one write on. Unused uplink
-    /// slots are cleared so a removed uplink's flows are re-steered. With the ring
-    /// the datapath holds now, only changed slots are written (one syscall each).
-    pub fn write_plan(
-        &mut self,
-        plan: &Plan,
-        current_ring: Option<&[u32]>,
-    ) -> Result<(), DatapathError> {
+    /// move (and new flows stop landing on it) from that one write on.
+    pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
+        self.write_uplinks(plan)?;
+        self.write_ring(&plan.ring)
+    }
+
+    /// The uplink table and the slot owners. Unused slots are cleared so a removed
+    /// uplink's flows are re-steered.
+    pub fn write_uplinks(&mut self, plan: &Plan) -> Result<(), DatapathError> {
         for index in 0..MAX_UPLINKS {
-            let uplink = plan
-                .datapath_uplinks
-                .get(index as usize)
-                .copied()
-                .unwrap_or_default();
-            self.uplinks
-                .set(index, &uplink, 0)
-                .map_err(map_error(map_names::UPLINKS))?;
+            self.set_uplink(index, planned_uplink(plan, index))?;
             let owner = plan
                 .uplinks
                 .iter()
@@ -464,34 +532,116 @@ impl Maps {
                 .set(index, &owner, 0)
                 .map_err(map_error(map_names::SLOTS))?;
         }
-        self.write_ring_over(&plan.ring, current_ring)
+        Ok(())
     }
 
+    /// Writes the ring: only the slots that differ from what was last written in
+    /// full, or every slot when that is unknown. A failed write forgets what was
+    /// written, so the next one is complete.
     pub fn write_ring(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
-        self.write_ring_over(ring, None)
-    }
-
-    fn write_ring_over(
-        &mut self,
-        ring: &[u32],
-        current: Option<&[u32]>,
-    ) -> Result<(), DatapathError> {
+        let previous = self.written_ring.take();
         let (keys, values): (Vec<u32>, Vec<u32>) = ring
             .iter()
             .enumerate()
-            .filter(|(slot, index)| current.and_then(|ring| ring.get(*slot)) != Some(index))
+            .filter(|(slot, index)| previous.as_ref().and_then(|r| r.get(*slot)) != Some(index))
             .map(|(slot, index)| (slot as u32, *index))
             .unzip();
         update_batch(&self.ring, &keys, &values).map_err(|source| DatapathError::Batch {
             name: map_names::RING,
             source,
-        })
+        })?;
+        self.written_ring = Some(ring.to_vec());
+        Ok(())
+    }
+
+    /// Every ring slot points at no uplink yet: new flows are remembered as pending
+    /// and pass unmarked (see [`PENDING_UPLINK`]) until the real ring is written.
+    pub fn write_pending_ring(&mut self) -> Result<(), DatapathError> {
+        self.write_ring(&vec![PENDING_UPLINK; RING_SIZE as usize])
+    }
+
+    /// Where the kernel's uplink table and ring differ from the plan, in words;
+    /// empty when they match. Reads the maps themselves, not what we believe we
+    /// wrote.
+    pub fn differences(&mut self, plan: &Plan) -> Result<Vec<String>, DatapathError> {
+        let mut differences = Vec::new();
+        for index in 0..MAX_UPLINKS {
+            let held = self
+                .uplinks
+                .get(&index, 0)
+                .map_err(map_error(map_names::UPLINKS))?;
+            if held != planned_uplink(plan, index) {
+                differences.push(format!("uplink slot {index} holds {held:?}"));
+            }
+        }
+        let ring = lookup_all(&self.ring, RING_SIZE).map_err(|source| DatapathError::Batch {
+            name: map_names::RING,
+            source,
+        })?;
+        let wrong = ring.iter().zip(&plan.ring).filter(|(a, b)| a != b).count();
+        if wrong > 0 {
+            // What we believed was written is not what the kernel holds.
+            self.written_ring = None;
+            differences.push(format!("{wrong} ring slots differ from the plan"));
+        }
+        Ok(differences)
     }
 
     pub fn set_uplink(&mut self, index: u32, uplink: Uplink) -> Result<(), DatapathError> {
         self.uplinks
             .set(index, &uplink, 0)
             .map_err(map_error(map_names::UPLINKS))
+    }
+
+    /// Remembers each session conntrack NATs to an uplink's address on that
+    /// uplink, unless the datapath already chose one for it: the flow table then
+    /// agrees with the NAT binding, so no packet of the session leaves through
+    /// another uplink. Returns how many flows it wrote.
+    pub fn seed(
+        &mut self,
+        sessions: &[super::conntrack::NatedSession],
+        slot_of: &std::collections::BTreeMap<std::net::Ipv4Addr, u32>,
+    ) -> Result<usize, DatapathError> {
+        let now = monotonic_seconds();
+        let mut written = 0;
+        for session in sessions {
+            let Some(&slot) = slot_of.get(&session.nated_to) else {
+                continue;
+            };
+            let packets = match self.flow(&session.key) {
+                Some(flow) if flow.uplink != PENDING_UPLINK => continue,
+                Some(flow) => flow.packets,
+                None => 0,
+            };
+            let flow = Flow {
+                uplink: slot,
+                created_s: now,
+                packets,
+            };
+            self.insert_flow(&session.key, &flow)?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// Flows the datapath remembered as pending: seen while taking over, not
+    /// resolved from conntrack yet.
+    pub fn pending_flows(&self) -> Vec<FlowKey> {
+        self.flows()
+            .into_iter()
+            .filter(|(_, flow)| flow.uplink == PENDING_UPLINK)
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Forgets a flow: its next packet is a new flow.
+    pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
+        match self.flows.remove(key) {
+            Ok(()) => Ok(()),
+            // Evicted or gone meanwhile.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(map_error(map_names::FLOWS)(err)),
+        }
     }
 
     /// Every tracked flow. Entries the LRU evicts while we iterate are skipped.

@@ -8,7 +8,10 @@ pub mod netlink;
 pub mod nftables;
 pub mod routing;
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use conntrack::ConntrackError;
 
@@ -48,20 +51,103 @@ pub async fn plan(
     Ok((plan, observed))
 }
 
-/// Routing first, datapath second: marks are only set once the rules that give them
-/// meaning exist.
+/// What `load` found and did when it took over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Takeover {
+    /// A pinned, attached datapath was running (a restart): it was adopted with its
+    /// flow table.
+    pub adopted: bool,
+    /// Running sessions written into the flow table from conntrack.
+    pub seeded: usize,
+    /// Flows seen while taking over that were resolved to their NAT binding's uplink.
+    pub resolved: usize,
+    /// Pending flows conntrack had no NAT binding for (LAN-local, the router's own):
+    /// forgotten, so their next packet is a new flow.
+    pub forgotten: usize,
+}
+
+/// Brings up routing and the datapath without moving a running session, on a
+/// fresh host as on one where a previous `load` left its datapath running.
+///
+/// Tables, rules and the inbound marks go first: they only route packets that
+/// carry a mark, come from an uplink's address or arrive on an uplink, so they
+/// change nothing for traffic that is already flowing. On a fresh host the
+/// classifier then starts with a ring that holds no uplink: every flow it sees is
+/// remembered as pending and passes unmarked, so it keeps following the host's
+/// routing and its NAT binding. Conntrack then tells which uplink each running
+/// session is NATed to and the flow table learns it; only then does the real ring
+/// steer new flows, the few flows seen meanwhile are resolved the same way, and
+/// last the main table's default becomes the weighted multipath route (before,
+/// it would have moved unmarked traffic).
 pub async fn apply(
     nl: &Netlink,
     config: &Config,
     plan: &Plan,
     observed: &Observed,
-) -> Result<Datapath, ApplyError> {
-    routing::apply(nl, config, plan, observed).await?;
+) -> Result<(Datapath, Maps, Takeover), ApplyError> {
+    let pin_path = &config.routing.pin_path;
+    routing::sync(nl, config, plan, observed).await?;
     nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
-    let mut datapath = Datapath::load(&config.routing.pin_path)?;
-    Maps::open(&config.routing.pin_path)?.write_plan(plan, None)?;
+    let adopted = !datapath::attached_interfaces(pin_path)?.is_empty();
+    let mut datapath = Datapath::load(pin_path)?;
+    let mut maps = Maps::open(pin_path)?;
+    maps.write_uplinks(plan)?;
+    let mut takeover = Takeover {
+        adopted,
+        ..Takeover::default()
+    };
+    if !adopted {
+        maps.write_pending_ring()?;
+    }
     datapath.attach(&plan.lan)?;
-    Ok(datapath)
+    takeover.seeded = seed_from_conntrack(&mut maps, plan).await?;
+    maps.write_ring(&plan.ring)?;
+    (takeover.resolved, takeover.forgotten) = resolve_pending(&mut maps, plan).await?;
+    routing::sync_main_default(nl, config, plan, observed).await?;
+    Ok((datapath, maps, takeover))
+}
+
+/// Writes every session conntrack NATs to an uplink's address into the flow table
+/// (flows the datapath already placed are left alone). Returns how many.
+async fn seed_from_conntrack(maps: &mut Maps, plan: &Plan) -> Result<usize, ApplyError> {
+    let sessions = tokio::task::spawn_blocking(conntrack::nated_sessions)
+        .await
+        .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
+    let slot_of: BTreeMap<Ipv4Addr, u32> = plan
+        .uplinks
+        .iter()
+        .filter_map(|u| Some((u.address()?, u.slot)))
+        .collect();
+    Ok(maps.seed(&sessions, &slot_of)?)
+}
+
+/// How often [`resolve_pending`] asks conntrack before it gives up on a flow: a
+/// packet seen by the classifier is in conntrack microseconds later, so a second
+/// look only covers one that was still on its way through the stack.
+const RESOLVE_ROUNDS: usize = 3;
+
+/// Resolves the flows the datapath remembered as pending while taking over to the
+/// uplink their NAT binding names; forgets those conntrack has no binding for.
+/// Returns (resolved, forgotten).
+async fn resolve_pending(maps: &mut Maps, plan: &Plan) -> Result<(usize, usize), ApplyError> {
+    let mut resolved = 0;
+    for round in 0..RESOLVE_ROUNDS {
+        let pending = maps.pending_flows().len();
+        if pending == 0 {
+            return Ok((resolved, 0));
+        }
+        if round > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let before = pending;
+        seed_from_conntrack(maps, plan).await?;
+        resolved += before - maps.pending_flows().len();
+    }
+    let forgotten = maps.pending_flows();
+    for key in &forgotten {
+        maps.forget_flow(key)?;
+    }
+    Ok((resolved, forgotten.len()))
 }
 
 /// Conntrack entries removed for an uplink that stopped carrying traffic.
@@ -86,15 +172,16 @@ pub async fn update(
     previous: &Plan,
     plan: &Plan,
     observed: &Observed,
-) -> Result<Vec<Flushed>, ApplyError> {
+) -> Result<Updated, ApplyError> {
     let stopped = stopped_addresses(previous, plan);
-    if stopped.is_empty() {
-        routing::apply(nl, config, plan, observed).await?;
-        maps.write_plan(plan, Some(&previous.ring))?;
+    let routing = if stopped.is_empty() {
+        let changed = routing::apply(nl, config, plan, observed).await?;
+        maps.write_plan(plan)?;
+        changed
     } else {
-        maps.write_plan(plan, Some(&previous.ring))?;
-        routing::apply(nl, config, plan, observed).await?;
-    }
+        maps.write_plan(plan)?;
+        routing::apply(nl, config, plan, observed).await?
+    };
     if plan.inbound != previous.inbound {
         nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
     }
@@ -109,7 +196,16 @@ pub async fn update(
             entries,
         });
     }
-    Ok(flushed)
+    Ok(Updated { routing, flushed })
+}
+
+/// What [`update`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Updated {
+    /// Routes and rules added or removed; with an unchanged plan, what someone
+    /// else had removed and was put back.
+    pub routing: usize,
+    pub flushed: Vec<Flushed>,
 }
 
 /// Uplinks that carried traffic from an address under `previous` and no longer do
@@ -131,24 +227,37 @@ fn stopped_addresses(previous: &Plan, plan: &Plan) -> Vec<(String, Ipv4Addr)> {
 }
 
 /// Puts back what someone else removed or changed of the running plan — a firewall
-/// reload flushing every nftables table, an admin deleting a rule or a link pin.
-/// Returns how many things it had to repair.
+/// reload flushing every nftables table, an admin deleting a rule or a link pin, a
+/// map write that failed half-way. Returns what it had to repair, in words.
 pub async fn repair(
     nl: &Netlink,
     config: &Config,
     datapath: &mut Datapath,
+    maps: &mut Maps,
     plan: &Plan,
     observed: &Observed,
-) -> Result<usize, ApplyError> {
-    let mut repaired = routing::apply(nl, config, plan, observed).await?;
+) -> Result<Vec<String>, ApplyError> {
+    let mut repaired = Vec::new();
+    let routing = routing::apply(nl, config, plan, observed).await?;
+    if routing > 0 {
+        repaired.push(format!("{routing} rules or routes"));
+    }
     if !plan.inbound.is_empty() && !nftables::present()? {
         nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
-        repaired += 1;
+        repaired.push(format!(
+            "the nftables table inet {}",
+            crate::plan::nft::TABLE
+        ));
     }
     let attached = datapath::attached_interfaces(&config.routing.pin_path)?;
     if plan.lan.iter().any(|(name, _)| !attached.contains(name)) {
         datapath.attach(&plan.lan)?;
-        repaired += 1;
+        repaired.push("the classifier's link pins".to_owned());
+    }
+    let maps_differ = maps.differences(plan)?;
+    if !maps_differ.is_empty() {
+        maps.write_plan(plan)?;
+        repaired.push(format!("the datapath maps ({})", maps_differ.join("; ")));
     }
     Ok(repaired)
 }

@@ -28,15 +28,38 @@ fn own_priorities(config: &Config) -> std::ops::Range<u32> {
     base..base + RULE_PRIORITY_SPAN
 }
 
-/// Returns how many of the tables' routes and rules had to be added or removed.
+/// Tables, rules and the main default. Returns how many of the tables' routes and
+/// rules had to be added or removed.
 pub async fn apply(
     nl: &Netlink,
     config: &Config,
     plan: &Plan,
     observed: &Observed,
 ) -> Result<usize, NetlinkError> {
-    let changed =
-        sync_tables(nl, config, plan, observed).await? + sync_rules(nl, config, plan).await?;
+    let changed = sync(nl, config, plan, observed).await?;
+    sync_main_default(nl, config, plan, observed).await?;
+    Ok(changed)
+}
+
+/// The per-uplink tables and the rules into them, without touching the main
+/// table's default. Returns how many routes and rules had to be added or removed.
+pub async fn sync(
+    nl: &Netlink,
+    config: &Config,
+    plan: &Plan,
+    observed: &Observed,
+) -> Result<usize, NetlinkError> {
+    Ok(sync_tables(nl, config, plan, observed).await? + sync_rules(nl, config, plan).await?)
+}
+
+/// The main table's default: multiroute's weighted multipath route while the plan
+/// has one (the original parked in table `table_base`), the original otherwise.
+pub async fn sync_main_default(
+    nl: &Netlink,
+    config: &Config,
+    plan: &Plan,
+    observed: &Observed,
+) -> Result<(), NetlinkError> {
     match &plan.main_default {
         Some(route) => {
             park_main_defaults(nl, config).await?;
@@ -46,7 +69,7 @@ pub async fn apply(
             restore_main_defaults(nl, config).await?;
         }
     }
-    Ok(changed)
+    Ok(())
 }
 
 /// Removes every rule and route multiroute owns and puts the main default back.
@@ -69,15 +92,18 @@ pub async fn remove(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError
     Ok(removed)
 }
 
+/// Adds (replaces) what is missing before removing what is stale, so a table's
+/// default never disappears while it changes gateway. A stale route the replace
+/// already overwrote is gone by then, which the delete takes as success.
 async fn sync_tables(
     nl: &Netlink,
     config: &Config,
     plan: &Plan,
     observed: &Observed,
 ) -> Result<usize, NetlinkError> {
-    let mut changed = 0;
     let wanted: BTreeSet<_> = plan.routes.iter().collect();
     let mut present = BTreeSet::new();
+    let mut stale = Vec::new();
     for message in nl.routes().await? {
         let table = route_table(&message);
         if !is_own_route(&message)
@@ -90,13 +116,10 @@ async fn sync_tables(
             Some(route) if wanted.contains(&route) => {
                 present.insert(route);
             }
-            _ => {
-                debug!(table, "removing stale route");
-                nl.delete_route(message).await?;
-                changed += 1;
-            }
+            _ => stale.push(message),
         }
     }
+    let mut changed = 0;
     for route in wanted {
         if !present.contains(route) {
             debug!(%route, "adding route");
@@ -104,13 +127,21 @@ async fn sync_tables(
             changed += 1;
         }
     }
+    for message in stale {
+        debug!(table = route_table(&message), "removing stale route");
+        nl.delete_route(message).await?;
+        changed += 1;
+    }
     Ok(changed)
 }
 
+/// Adds what is missing before removing what is stale: a rule that changes (a new
+/// address, a new priority) never leaves a gap in which its traffic would fall
+/// through to another uplink.
 async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<usize, NetlinkError> {
-    let mut changed = 0;
     let wanted: BTreeSet<_> = plan.rules.iter().collect();
     let mut present = BTreeSet::new();
+    let mut stale = Vec::new();
     for message in nl.rules().await? {
         if !is_own_rule(&message) || !own_priorities(config).contains(&rule_priority(&message)) {
             continue;
@@ -119,17 +150,21 @@ async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<usize,
         if wanted.contains(&rule) {
             present.insert(rule);
         } else {
-            debug!(%rule, "removing stale rule");
-            nl.delete_rule(message).await?;
-            changed += 1;
+            stale.push((rule, message));
         }
     }
+    let mut changed = 0;
     for rule in wanted {
         if !present.contains(rule) {
             debug!(%rule, "adding rule");
             nl.add_rule(rule).await?;
             changed += 1;
         }
+    }
+    for (rule, message) in stale {
+        debug!(%rule, "removing stale rule");
+        nl.delete_rule(message).await?;
+        changed += 1;
     }
     Ok(changed)
 }

@@ -44,17 +44,6 @@ fn proto_name(proto: u8) -> String {
     }
 }
 
-/// CLOCK_MONOTONIC in seconds: the clock of `bpf_ktime_get_ns()`.
-fn monotonic_s() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64
-}
-
 pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
     let config = read_config(config_path)?;
     if let Some(name) = &filter.uplink {
@@ -67,7 +56,7 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         anyhow!("no datapath is loaded for this config ({err}); start it with `multiroute load`")
     })?;
     let slots = datapath::read_slots(pin_path).context("reading the uplink slots")?;
-    let now = monotonic_s();
+    let now = u64::from(datapath::monotonic_seconds());
     let mut rows: Vec<FlowRow> = maps
         .flows()
         .into_iter()

@@ -66,10 +66,24 @@ pub fn read_config(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|err| Failure::Config(err.into()))
 }
 
-/// multiroute talks to the kernel from one thread; netlink and signals are async.
+/// The one-shot commands talk to the kernel from one thread; netlink is async.
 pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+    built(tokio::runtime::Builder::new_current_thread().enable_all())
+}
+
+/// `load`'s runtime: the daemon's loop runs on the main thread and the probers and
+/// listeners on two workers, so a slow step in the loop (a netlink dump, a map
+/// write, a re-plan) never delays a probe or makes it time out.
+pub fn daemon_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    built(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all(),
+    )
+}
+
+fn built(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, Failure> {
+    builder
         .build()
         .map_err(|err| Failure::Runtime(anyhow!("cannot start the async runtime: {err}")))
 }

@@ -27,6 +27,9 @@ use super::{CommandResult, read_config, runtime};
 struct Status {
     /// PID of the running `load`, if any.
     pid: Option<u32>,
+    /// The running `load` has rules, routes, the datapath and its maps in place and
+    /// consistent with its plan. False without a running `load`.
+    ready: bool,
     /// LAN interfaces the classifier is attached to.
     attached: Vec<String>,
     /// Every uplink is down: LAN traffic follows the main table's original default.
@@ -140,6 +143,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         .collect();
     let status = Status {
         fail_open: health.as_ref().is_some_and(|h| h.fail_open),
+        ready: health.as_ref().is_some_and(|h| h.ready),
         pid,
         attached: datapath::attached_interfaces(pin_path).context("reading the pin directory")?,
         uplinks,
@@ -194,11 +198,12 @@ fn age(since: Option<f64>) -> String {
 fn print_table(status: &Status) {
     match (status.pid, status.attached.is_empty()) {
         (Some(pid), _) => println!(
-            "multiroute running (PID {pid}), datapath attached to: {}",
+            "multiroute running (PID {pid}, {}), datapath attached to: {}",
+            if status.ready { "ready" } else { "NOT READY" },
             status.attached.join(", ")
         ),
         (None, false) => println!(
-            "multiroute not running; datapath still attached to: {}",
+            "multiroute not running; datapath still steering on: {} (no health checks: `multiroute load` resumes, `multiroute unload` removes it)",
             status.attached.join(", ")
         ),
         (None, true) => println!("multiroute not running; datapath not attached"),

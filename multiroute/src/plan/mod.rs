@@ -21,8 +21,14 @@ use crate::{
 };
 
 /// Rule priority offsets inside `[rule_priority, rule_priority + 999]`, in the order
-/// the kernel consults them.
+/// the kernel consults them. Per-uplink rules sit at `offset + slot`, and an
+/// uplink's slot never changes while it exists, so one uplink coming or going never
+/// renumbers another's rules.
 pub mod priority {
+    use multiroute_ebpf::MAX_UPLINKS;
+
+    use crate::config::{MAX_PINS, RULE_PRIORITY_SPAN};
+
     /// `lookup main suppress_prefixlength 0`: specific main routes (LAN, VPN, other
     /// local subnets) win over every steering rule below.
     pub const MAIN_SPECIFIC: u32 = 0;
@@ -31,13 +37,21 @@ pub mod priority {
     pub const FROM_UPLINK: u32 = 100;
     /// `fwmark <mark | inbound flag>/<mask>`: replies to connections that arrived on
     /// an uplink (port forwards), marked from conntrack (see `nft`).
-    pub const INBOUND: u32 = 150;
-    /// `to <pin>`: pinned destinations.
-    pub const PIN_TO: u32 = 200;
-    /// `from <pin_from>`: pinned LAN sources.
-    pub const PIN_FROM: u32 = 500;
+    pub const INBOUND: u32 = 200;
+    /// `to <pin>`: pinned destinations, numbered in config order.
+    pub const PIN_TO: u32 = 300;
+    /// `from <pin_from>`: pinned LAN sources, numbered in config order.
+    pub const PIN_FROM: u32 = 600;
     /// `fwmark <mark>/<mask>`: the datapath's per-flow choice.
-    pub const FWMARK: u32 = 800;
+    pub const FWMARK: u32 = 900;
+
+    // Every band holds what can be put in it, and the last one ends in the range.
+    const _: () = assert!(MAIN_SPECIFIC < FROM_UPLINK);
+    const _: () = assert!(FROM_UPLINK + MAX_UPLINKS <= INBOUND);
+    const _: () = assert!(INBOUND + MAX_UPLINKS <= PIN_TO);
+    const _: () = assert!(PIN_TO + MAX_PINS as u32 <= PIN_FROM);
+    const _: () = assert!(PIN_FROM + MAX_PINS as u32 <= FWMARK);
+    const _: () = assert!(FWMARK + MAX_UPLINKS <= RULE_PRIORITY_SPAN);
 }
 
 /// What the host shows of one interface.
@@ -364,30 +378,16 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
         table,
         suppress_prefixlength: None,
     };
-    for (i, (_, plan, address)) in ready.iter().enumerate() {
+    for (_, plan, address) in &ready {
         rules.push(lookup(
-            base + priority::FROM_UPLINK + i as u32,
+            base + priority::FROM_UPLINK + plan.slot,
             Selector::From(Ipv4Net::host(address.addr)),
             plan.table,
         ));
     }
-    // While an uplink is dead its pinned traffic follows the normal choice: a pin
-    // into a dead uplink would only blackhole it.
-    let pins = |offset: u32,
-                pick: fn(&UplinkConfig) -> &[Ipv4Net],
-                wrap: fn(Ipv4Net) -> Selector| {
-        ready
-            .iter()
-            .filter(|(_, plan, _)| plan.alive)
-            .flat_map(move |(cfg, plan, _)| {
-                pick(cfg).iter().map(move |net| (wrap(*net), plan.table))
-            })
-            .enumerate()
-            .map(move |(i, (selector, table))| lookup(base + offset + i as u32, selector, table))
-    };
-    for (i, (_, plan, _)) in ready.iter().enumerate() {
+    for (_, plan, _) in &ready {
         rules.push(lookup(
-            base + priority::INBOUND + i as u32,
+            base + priority::INBOUND + plan.slot,
             Selector::Fwmark {
                 mark: plan.mark | config.inbound_flag(),
                 mask: config.routing.fwmark_mask,
@@ -395,11 +395,26 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
             plan.table,
         ));
     }
+    // Numbered over every configured pin, so a pin keeps its priority while others
+    // lapse. While an uplink is dead its pinned traffic follows the normal choice: a
+    // pin into a dead uplink would only blackhole it.
+    let pins = |offset: u32,
+                pick: fn(&UplinkConfig) -> &[Ipv4Net],
+                wrap: fn(Ipv4Net) -> Selector| {
+        config
+            .uplinks
+            .iter()
+            .zip(uplinks)
+            .flat_map(move |(cfg, plan)| pick(cfg).iter().map(move |net| (plan, *net)))
+            .enumerate()
+            .filter(|(_, (plan, _))| plan.alive)
+            .map(move |(i, (plan, net))| lookup(base + offset + i as u32, wrap(net), plan.table))
+    };
     rules.extend(pins(priority::PIN_TO, |c| &c.pin, Selector::To));
     rules.extend(pins(priority::PIN_FROM, |c| &c.pin_from, Selector::From));
-    for (i, (_, plan, _)) in ready.iter().enumerate() {
+    for (_, plan, _) in &ready {
         rules.push(lookup(
-            base + priority::FWMARK + i as u32,
+            base + priority::FWMARK + plan.slot,
             Selector::Fwmark {
                 mark: plan.mark,
                 mask: config.routing.fwmark_mask,

@@ -78,13 +78,13 @@ fn seed_rules_match_the_seed_commands_plus_steering() {
         "pref 10100 from 142.154.64.7 lookup 101",
         "pref 10101 from 24.19.12.45 lookup 102",
         // Replies to connections that arrived on an uplink (conntrack-marked).
-        "pref 10150 fwmark 0x8100/0xff00 lookup 101",
-        "pref 10151 fwmark 0x8200/0xff00 lookup 102",
+        "pref 10200 fwmark 0x8100/0xff00 lookup 101",
+        "pref 10201 fwmark 0x8200/0xff00 lookup 102",
         // ip rule add to 142.154.61.100 table dsl_internet; to 24.19.100.1 table cable_internet
-        "pref 10200 to 142.154.61.100 lookup 101",
-        "pref 10201 to 24.19.100.1 lookup 102",
-        "pref 10800 fwmark 0x100/0xff00 lookup 101",
-        "pref 10801 fwmark 0x200/0xff00 lookup 102",
+        "pref 10300 to 142.154.61.100 lookup 101",
+        "pref 10301 to 24.19.100.1 lookup 102",
+        "pref 10900 fwmark 0x100/0xff00 lookup 101",
+        "pref 10901 fwmark 0x200/0xff00 lookup 102",
     ];
     assert_eq!(lines(&seed_plan().rules), expected);
 }

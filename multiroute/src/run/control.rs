@@ -10,13 +10,19 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
+    task::JoinSet,
 };
 use tracing::debug;
 
+use super::Task;
 use crate::path_error::PathError;
+
+/// The longest request line the daemon reads; a longer one is refused and the
+/// connection closed, so a client cannot make the daemon buffer without limit.
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -67,8 +73,12 @@ impl Drop for ControlSocket {
 }
 
 /// Binds the socket (replacing a stale one: the caller holds the instance lock, so
-/// no live daemon owns it) and serves it on the runtime.
-pub fn listen(path: &Path, requests: mpsc::Sender<Incoming>) -> Result<ControlSocket, PathError> {
+/// no live daemon owns it) and serves it; the accepting task joins `tasks`.
+pub fn listen(
+    path: &Path,
+    requests: mpsc::Sender<Incoming>,
+    tasks: &mut JoinSet<Task>,
+) -> Result<ControlSocket, PathError> {
     let at = |what| PathError::at(path, what);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -86,19 +96,34 @@ pub fn listen(path: &Path, requests: mpsc::Sender<Incoming>) -> Result<ControlSo
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(at("restricting the control socket to root"))?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(serve(stream, requests.clone()));
         }
+        Task::ControlSocket
     });
     Ok(socket)
 }
 
 async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
     let (read, mut write) = stream.into_split();
-    let mut lines = tokio::io::BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let answer = match serde_json::from_str::<Request>(&line) {
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        match Box::pin(limited).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_REQUEST {
+            let refusal = refusal(
+                &format!("request longer than {MAX_REQUEST} bytes; closing the connection"),
+                true,
+            );
+            let _ = write.write_all(format!("{refusal}\n").as_bytes()).await;
+            break;
+        }
+        let answer = match serde_json::from_slice::<Request>(&line) {
             Ok(request) => {
                 let (reply, answer) = oneshot::channel();
                 if requests.send(Incoming { request, reply }).await.is_err() {

@@ -14,10 +14,12 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
+    task::JoinSet,
 };
 use tracing::{debug, info};
 
 use super::{
+    Task,
     control::{Incoming, Request},
     health::TargetReport,
 };
@@ -131,15 +133,21 @@ pub fn render(snapshot: &Snapshot) -> String {
     text
 }
 
-/// Serves `GET /metrics` on `listen`, asking the daemon through `requests`.
-pub async fn serve(listen: SocketAddr, requests: mpsc::Sender<Incoming>) -> std::io::Result<()> {
+/// Serves `GET /metrics` on `listen`, asking the daemon through `requests`; the
+/// accepting task joins `tasks`.
+pub async fn serve(
+    listen: SocketAddr,
+    requests: mpsc::Sender<Incoming>,
+    tasks: &mut JoinSet<Task>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     info!(%listen, "serving metrics at /metrics");
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
             debug!(%peer, "metrics scrape");
             tokio::spawn(answer(stream, requests.clone()));
         }
+        Task::Metrics
     });
     Ok(())
 }

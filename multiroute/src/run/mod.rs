@@ -1,8 +1,12 @@
 //! The running `load`: one loop that owns the plan and reacts to everything that
-//! can change it — probe results ([`prober`] → [`health`]), link and address events
-//! ([`link_events`]), signals and control requests ([`control`]). Every reaction is
-//! the same step: re-read the host, re-plan with the uplinks health declares dead,
-//! and [`apply::update`] the kernel to the new plan.
+//! can change it — probe results ([`prober`] → [`health`]), link, address, route and
+//! rule events ([`link_events`]), signals and control requests ([`control`]). Every
+//! reaction is the same step: re-read the host, re-plan with the uplinks health
+//! declares dead, and [`apply::update`] the kernel to the new plan.
+//!
+//! Stopping the daemon (SIGTERM, SIGINT) stops only the control plane: routing and
+//! the datapath stay and keep every session where it is, so a restart or an upgrade
+//! moves nothing. `multiroute unload` removes everything.
 pub mod control;
 pub mod health;
 pub mod link_events;
@@ -21,13 +25,12 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
+    task::JoinSet,
 };
 use tracing::{error, info, warn};
 
 use crate::{
-    apply::{
-        self, ApplyError, Removed, datapath::Datapath, datapath::Maps, host, netlink::Netlink,
-    },
+    apply::{self, ApplyError, datapath::Datapath, datapath::Maps, host, netlink::Netlink},
     config::{Config, ConfigError, MAX_WEIGHT, ProbeTarget},
     path_error::PathError,
     plan::{Observed, Plan, Readiness},
@@ -46,12 +49,33 @@ pub enum DaemonError {
     Io(#[from] PathError),
     #[error("{0}")]
     Host(String),
+    #[error("{0} stopped unexpectedly; the datapath keeps steering, restart multiroute")]
+    TaskEnded(Task),
     #[error("{what}: {source}")]
     Os {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The daemon's background tasks; one ending means the daemon lost a sense or a
+/// voice, so it stops (and systemd restarts it) rather than run on half-deaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    ControlSocket,
+    Metrics,
+    LinkEvents,
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Task::ControlSocket => "the control socket listener",
+            Task::Metrics => "the metrics listener",
+            Task::LinkEvents => "the netlink event listener",
+        })
+    }
 }
 
 fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -76,6 +100,8 @@ pub struct UplinkReport {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonReport {
+    /// Rules, routes, the datapath and its maps are all in place and match the plan.
+    pub ready: bool,
     /// No uplink can take new flows: traffic falls back to the main table.
     pub fail_open: bool,
     pub uplinks: Vec<UplinkReport>,
@@ -103,6 +129,8 @@ pub struct Daemon {
     states: BTreeMap<String, UplinkState>,
     results: mpsc::Sender<ProbeResult>,
     incoming_results: mpsc::Receiver<ProbeResult>,
+    /// The kernel holds the running plan: the last apply and check succeeded.
+    ready: bool,
 }
 
 /// How often the daemon checks that the kernel still holds its plan.
@@ -122,17 +150,19 @@ impl Daemon {
         let nl = Netlink::connect().map_err(ApplyError::from)?;
         let (plan, observed) = apply::plan(&nl, &config, &Default::default()).await?;
         prepare_host(&nl, &config).await?;
-        let datapath = match apply::apply(&nl, &config, &plan, &observed).await {
-            Ok(datapath) => datapath,
+        let fresh = datapath_was_absent(&config);
+        let (datapath, maps, takeover) = match apply::apply(&nl, &config, &plan, &observed).await {
+            Ok(applied) => applied,
             Err(err) => {
-                // A half-applied set-up helps nobody.
-                if let Err(cleanup) = apply::teardown(&nl, &config).await {
+                // A half-applied set-up helps nobody; a running one stays untouched
+                // (the next `load` or `unload` converges either way).
+                if fresh && let Err(cleanup) = apply::teardown(&nl, &config).await {
                     error!("cleaning up after the failed load also failed: {cleanup}");
                 }
                 return Err(err.into());
             }
         };
-        let maps = Maps::open(&config.routing.pin_path).map_err(ApplyError::from)?;
+        log_takeover(&takeover);
         let (results, incoming_results) = mpsc::channel(256);
         let now = SystemTime::now();
         let states = plan
@@ -162,37 +192,40 @@ impl Daemon {
             states,
             results,
             incoming_results,
+            ready: true,
         };
         log_plan(&daemon.plan);
         daemon.sync_probers();
         Ok(daemon)
     }
 
-    /// Runs until SIGTERM/SIGINT, then removes everything multiroute set up.
-    pub async fn run(mut self) -> Result<Removed, DaemonError> {
+    /// Runs until SIGTERM/SIGINT, then stops the control plane and leaves routing
+    /// and the datapath in place: sessions keep their uplinks across a restart.
+    pub async fn run(mut self) -> Result<(), DaemonError> {
         let mut terminate = signal(SignalKind::terminate()).map_err(os("handling SIGTERM"))?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(os("handling SIGINT"))?;
         let mut hangup = signal(SignalKind::hangup()).map_err(os("handling SIGHUP"))?;
-        let links = link_events::subscribe().map_err(os("subscribing to link events"))?;
+        let mut tasks = JoinSet::new();
+        let links = link_events::subscribe(&mut tasks).map_err(os("subscribing to link events"))?;
         let (request_tx, mut requests) = mpsc::channel(16);
-        let _socket = control::listen(&self.config.control.socket, request_tx.clone())?;
+        let _socket = control::listen(&self.config.control.socket, request_tx.clone(), &mut tasks)?;
         if let Some(listen) = self.config.metrics.listen {
-            metrics::serve(listen, request_tx)
+            metrics::serve(listen, request_tx, &mut tasks)
                 .await
                 .map_err(os("listening for metrics scrapes"))?;
         }
         info!(
             config = %self.config_path.display(),
-            "multiroute is running; SIGHUP reloads, SIGTERM stops"
+            "multiroute is running; SIGHUP reloads, SIGTERM stops (steering stays), `multiroute unload` removes everything"
         );
         notify_systemd(&[NotifyState::Ready]);
         self.notify_status();
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let ended = loop {
             tokio::select! {
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break None,
+                _ = interrupt.recv() => break None,
                 _ = hangup.recv() => self.reload().await,
                 () = links.notified() => self.reconcile(None).await,
                 Some(result) = self.incoming_results.recv() => {
@@ -203,13 +236,24 @@ impl Daemon {
                 }
                 Some(incoming) = requests.recv() => self.answer(incoming).await,
                 _ = resync.tick() => self.resync().await,
+                Some(ended) = tasks.join_next() => {
+                    break Some(match ended {
+                        Ok(task) => task,
+                        Err(_) => Task::LinkEvents,
+                    })
+                }
             }
-        }
-        info!("stopping: removing everything multiroute set up");
+        };
         notify_systemd(&[NotifyState::Stopping]);
         self.probers.clear();
-        drop(self.datapath);
-        Ok(apply::teardown(&self.nl, &self.config).await?)
+        tasks.abort_all();
+        info!(
+            "stopped; routing and the datapath stay in place and keep every session on its uplink, without health checks: `multiroute load` resumes, `multiroute unload` removes everything"
+        );
+        match ended {
+            None => Ok(()),
+            Some(task) => Err(DaemonError::TaskEnded(task)),
+        }
     }
 
     /// Re-reads the host and moves the kernel to the plan for it; `change` is the
@@ -236,17 +280,25 @@ impl Daemon {
             observed,
         )
         .await;
-        let flushed = match update {
-            Ok(flushed) => flushed,
+        let updated = match update {
+            Ok(updated) => updated,
             Err(err) => {
+                self.ready = false;
                 error!("could not follow a change on the host, will retry on the next one: {err}");
                 return;
             }
         };
+        self.ready = true;
         let elapsed = started.elapsed();
+        if plan == self.plan && updated.routing > 0 {
+            warn!(
+                "put back what something else removed or changed: {} rules or routes",
+                updated.routing
+            );
+        }
         self.plan = plan;
         self.record_transitions(change.as_ref(), elapsed);
-        for flush in flushed {
+        for flush in updated.flushed {
             info!(
                 uplink = %flush.uplink,
                 address = %flush.address,
@@ -268,15 +320,29 @@ impl Daemon {
         if plan != self.plan {
             return self.move_to(plan, &observed, None).await;
         }
-        let repaired =
-            apply::repair(&self.nl, &self.config, &mut self.datapath, &plan, &observed).await;
+        let repaired = apply::repair(
+            &self.nl,
+            &self.config,
+            &mut self.datapath,
+            &mut self.maps,
+            &plan,
+            &observed,
+        )
+        .await;
         match repaired {
-            Ok(0) => {}
-            Ok(repaired) => warn!(
-                repaired,
-                "put back parts of the set-up that something else removed (a firewall reload flushing nftables, a deleted rule or route)"
-            ),
-            Err(err) => error!("checking the set-up failed, will retry: {err}"),
+            Ok(repaired) => {
+                self.ready = true;
+                if !repaired.is_empty() {
+                    warn!(
+                        "put back what something else removed or changed (a firewall reload flushing nftables, a deleted rule or route): {}",
+                        repaired.join(", ")
+                    );
+                }
+            }
+            Err(err) => {
+                self.ready = false;
+                error!("checking the set-up failed, will retry: {err}");
+            }
         }
     }
 
@@ -430,7 +496,7 @@ impl Daemon {
             Request::Status => serde_json::to_value(self.report())
                 .unwrap_or_else(|err| control::refusal(&err.to_string(), false)),
             Request::Weight { uplink, weight } => self.set_weight(&uplink, weight).await,
-            Request::Metrics => serde_json::Value::String(metrics::render(&self.metrics())),
+            Request::Metrics => serde_json::Value::String(metrics::render(&self.metrics().await)),
             Request::Plan => serde_json::json!(self.plan.lines()),
         };
         // The asker may have gone away; nothing to do then.
@@ -454,8 +520,17 @@ impl Daemon {
         serde_json::json!({ "uplink": name, "previous": previous, "weight": weight })
     }
 
-    fn metrics(&self) -> metrics::Snapshot {
-        let flows = self.maps.flows_per_uplink();
+    async fn metrics(&self) -> metrics::Snapshot {
+        // Walking a full flow table takes hundreds of thousands of bpf(2) calls: off
+        // the loop's thread, on a handle of its own.
+        let pin_path = self.config.routing.pin_path.clone();
+        let flows = tokio::task::spawn_blocking(move || {
+            Maps::open(&pin_path)
+                .map(|maps| maps.flows_per_uplink())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
         let report = self.report();
         let uplinks = self
             .plan
@@ -512,6 +587,7 @@ impl Daemon {
             })
             .collect();
         DaemonReport {
+            ready: self.ready,
             fail_open: self.plan.fail_open(),
             uplinks,
         }
@@ -537,6 +613,28 @@ async fn prepare_host(nl: &Netlink, config: &Config) -> Result<(), DaemonError> 
     }
     host::apply_sysctls(config, &assessment.changes)?;
     Ok(())
+}
+
+/// No datapath was attached before this `load`: a failed start may remove what it
+/// added. With one attached (a restart), a failed start leaves it steering.
+fn datapath_was_absent(config: &Config) -> bool {
+    apply::datapath::attached_interfaces(&config.routing.pin_path)
+        .map(|attached| attached.is_empty())
+        .unwrap_or(true)
+}
+
+fn log_takeover(takeover: &apply::Takeover) {
+    let how = if takeover.adopted {
+        "adopted the running datapath and its flow table"
+    } else {
+        "took over the host's running sessions"
+    };
+    info!(
+        seeded = takeover.seeded,
+        resolved = takeover.resolved,
+        forgotten = takeover.forgotten,
+        "{how}: sessions NATed to an uplink keep it"
+    );
 }
 
 /// Tells systemd (`Type=notify`) about our state; a no-op outside systemd.

@@ -93,7 +93,7 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
             eprintln!("bench: failover {measured:?}");
             results.push(measured);
         }
-        lab.stop_router(libc::SIGTERM)?;
+        lab.stop_and_unload()?;
     }
     Ok(results)
 }

@@ -156,9 +156,7 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
-        Variant::Multiroute => {
-            lab.stop_router(libc::SIGTERM)?;
-        }
+        Variant::Multiroute => lab.stop_and_unload()?,
         Variant::RoutingOnly | Variant::NoInboundChain => unload(lab)?,
         Variant::NftMark => {
             lab.ns(&router, "nft", &["delete", "table", "ip", "nftmark"])?;

@@ -110,7 +110,7 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
         seen.failures == 0,
         "connections failed while measuring memory"
     );
-    lab.stop_router(libc::SIGTERM)?;
+    lab.stop_and_unload()?;
     Ok(Measured {
         flows,
         map_memory_mib,

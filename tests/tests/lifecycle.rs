@@ -1,0 +1,217 @@
+//! No session lost at the edges of multiroute's own life, under continuous traffic:
+//! sessions opened before the first `load`, new connections every 5 ms across it,
+//! a restart with the shipped systemd unit's own commands, an upgrade (another
+//! binary), a reload, weight changes and self-repair. Every session must be seen by
+//! the server from one address for its whole life, and none may break.
+use std::{
+    path::Path,
+    process::Child,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use multiroute_tests::{Attempt, Lab, LabOptions, RunningSessions, require_root};
+
+/// The sessions the issue asks for: 200 long-lived TCP connections, 50 UDP flows.
+const TCP_SESSIONS: usize = 200;
+const UDP_SESSIONS: usize = 50;
+/// Each session exchanges a message this often.
+const EXCHANGE_MS: u32 = 100;
+/// A new connection this often, across each event.
+const NEW_CONNECTION_MS: u32 = 5;
+
+fn lab() -> Lab {
+    Lab::new(&LabOptions {
+        weights: vec![1, 2, 3],
+        extra_config: String::new(),
+    })
+    .expect("building the lab")
+}
+
+/// Long-lived sessions plus a new connection every 5 ms.
+struct Traffic {
+    sessions: RunningSessions,
+    attempts: Child,
+}
+
+fn start_traffic(lab: &Lab, session_seconds: f64, attempt_seconds: f64) -> Traffic {
+    let sessions = lab
+        .start_sessions(TCP_SESSIONS, UDP_SESSIONS, session_seconds, EXCHANGE_MS)
+        .expect("opening the sessions");
+    let attempts = lab
+        .start_attempts(attempt_seconds, NEW_CONNECTION_MS, 3000)
+        .expect("starting new connections");
+    Traffic { sessions, attempts }
+}
+
+/// Waits for the traffic to end, prints the figures and asserts that nothing moved
+/// or broke.
+fn assert_nothing_lost(lab: &Lab, traffic: Traffic, what: &str) {
+    let attempts: Vec<Attempt> = Lab::attempts(traffic.attempts).expect("the new connections");
+    let report = traffic.sessions.finish().expect("the sessions");
+    let failed = attempts.iter().filter(|a| !a.ok).count();
+    println!(
+        "{what}: {} sessions ({} TCP, {} UDP): {} moved, {} broken, {} UDP messages lost; \
+         {} new connections: {failed} failed",
+        report.tcp.len() + report.udp.len(),
+        report.tcp.len(),
+        report.udp.len(),
+        report.moved(),
+        report.broken(),
+        report.udp_lost(),
+        attempts.len(),
+    );
+    let troubled: Vec<_> = report
+        .all()
+        .filter(|s| s.addresses.len() != 1 || s.error.is_some())
+        .take(5)
+        .collect();
+    assert!(
+        troubled.is_empty() && report.moved() == 0 && report.broken() == 0,
+        "{what}: sessions moved or broke, e.g. {troubled:?}\n{}",
+        lab.router_log()
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{what}: new connections failed\n{}",
+        lab.router_log()
+    );
+    assert!(
+        attempts.iter().all(|a| a.address.is_some()),
+        "{what}: every new connection answered"
+    );
+}
+
+#[test]
+fn sessions_open_before_the_first_load_keep_their_uplink() {
+    if !require_root("sessions_open_before_the_first_load_keep_their_uplink") {
+        return;
+    }
+    let mut lab = lab();
+    // Opened through the router's plain default route, NATed to ISP 0.
+    let traffic = start_traffic(&lab, 6.0, 3.0);
+    sleep(Duration::from_secs(1));
+    let start = Instant::now();
+    lab.start_router().expect("starting multiroute");
+    println!("load ready after {} ms", start.elapsed().as_millis());
+    assert_nothing_lost(&lab, traffic, "first load");
+    let log = lab.router_log();
+    assert!(
+        log.contains("took over the host's running sessions"),
+        "{log}"
+    );
+    // New connections after the takeover are balanced again, not stuck on ISP 0.
+    let spread = lab.connections(600).unwrap();
+    assert_eq!(spread.failures, 0);
+    assert!(
+        spread.hits.iter().all(|&h| h > 50),
+        "new flows are balanced after the takeover: {:?}",
+        spread.hits
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+/// The unit's `ExecStop=` command line, with `$MAINPID` filled in, as systemd
+/// would run it.
+fn unit_stop(pid: u32) -> Vec<String> {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/multiroute.service"),
+    )
+    .expect("reading contrib/multiroute.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStop="))
+        .expect("the unit has ExecStop=");
+    line.split_whitespace()
+        .map(|word| word.replace("$MAINPID", &pid.to_string()))
+        .collect()
+}
+
+/// Stops the router as `systemctl stop`/`restart` would and waits for it to exit.
+fn stop_as_systemd(lab: &mut Lab) {
+    let pid = lab.router_pid().expect("the router runs");
+    let command = unit_stop(pid);
+    let status = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .status()
+        .expect("running ExecStop");
+    assert!(status.success(), "ExecStop {command:?} failed");
+    let exit = lab.wait_router_exit().expect("multiroute exits");
+    assert_eq!(exit.code(), Some(0), "{}", lab.router_log());
+}
+
+#[test]
+fn restart_and_upgrade_move_no_session() {
+    if !require_root("restart_and_upgrade_move_no_session") {
+        return;
+    }
+    let mut lab = lab();
+    lab.start_router().expect("starting multiroute");
+    let traffic = start_traffic(&lab, 7.0, 5.5);
+    sleep(Duration::from_secs(1));
+    // `systemctl restart` on a slow box: two seconds without a daemon.
+    stop_as_systemd(&mut lab);
+    sleep(Duration::from_secs(2));
+    lab.start_router().expect("restarting multiroute");
+    sleep(Duration::from_millis(700));
+    // An upgrade: a new binary in place, then a restart.
+    let upgraded = lab.dir.join("multiroute-upgraded");
+    std::fs::copy(multiroute_tests::multiroute_bin(), &upgraded).expect("installing the upgrade");
+    stop_as_systemd(&mut lab);
+    lab.start_router_with(&upgraded)
+        .expect("starting the upgraded multiroute");
+    assert_nothing_lost(&lab, traffic, "restart (2 s gap) and upgrade");
+    let log = lab.router_log();
+    assert_eq!(
+        log.matches("adopted the running datapath").count(),
+        2,
+        "both restarts adopted the datapath:\n{log}"
+    );
+    assert_eq!(
+        multiroute_tests::loaded_classifiers(),
+        1,
+        "one program loaded"
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn reload_weights_and_self_repair_move_no_session() {
+    if !require_root("reload_weights_and_self_repair_move_no_session") {
+        return;
+    }
+    let mut lab = lab();
+    lab.start_router().expect("starting multiroute");
+    let router = lab.router();
+    let traffic = start_traffic(&lab, 6.0, 4.5);
+    sleep(Duration::from_millis(500));
+    lab.signal_router(libc::SIGHUP).unwrap();
+    sleep(Duration::from_millis(500));
+    // Drained: isp0 keeps its sessions and takes no new ones; then back.
+    assert!(lab.multiroute(&["weight", "isp0", "0"]).status.success());
+    sleep(Duration::from_millis(500));
+    assert!(lab.multiroute(&["weight", "isp0", "1"]).status.success());
+    sleep(Duration::from_millis(500));
+    // An admin deletes a steering rule; a firewall reload flushes every table and
+    // loads its own (atomically, as `nft -f` of a file starting with a flush does).
+    lab.ns(&router, "ip", &["rule", "del", "pref", "10902"])
+        .unwrap();
+    sleep(Duration::from_millis(500));
+    lab.ns(
+        &router,
+        "nft",
+        &[&format!("flush ruleset; {}", multiroute_tests::LAB_NAT)],
+    )
+    .unwrap();
+    assert_nothing_lost(&lab, traffic, "reload, weight 0 and back, self-repair");
+    multiroute_tests::wait_until(Duration::from_secs(8), || {
+        lab.assert_kernel_matches_plan().is_ok()
+            && lab
+                .ns(&router, "nft", &["list", "table", "inet", "multiroute"])
+                .is_ok()
+    })
+    .unwrap_or_else(|_| panic!("not repaired:\n{}", lab.router_log()));
+    assert_eq!(lab.status().unwrap()["ready"], true);
+    lab.stop_and_unload().expect("stopping multiroute");
+}
