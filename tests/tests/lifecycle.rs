@@ -215,3 +215,25 @@ fn reload_weights_and_self_repair_move_no_session() {
     assert_eq!(lab.status().unwrap()["ready"], true);
     lab.stop_and_unload().expect("stopping multiroute");
 }
+
+#[test]
+fn an_uplink_losing_carrier_while_no_daemon_runs_is_routed_around() {
+    if !require_root("an_uplink_losing_carrier_while_no_daemon_runs_is_routed_around") {
+        return;
+    }
+    let mut lab = lab();
+    lab.start_router().expect("starting multiroute");
+    let status = lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
+    assert_eq!(status.code(), Some(0));
+    // The modem of ISP 0 goes away: wan0 loses carrier, nothing probes.
+    lab.ns(&lab.isp(0), "ip", &["link", "set", "cpe", "down"])
+        .unwrap();
+    let spread = lab.connections(300).unwrap();
+    println!("no daemon, wan0 without carrier: {spread:?}");
+    assert_eq!(spread.failures, 0, "new connections avoid the dead link");
+    assert_eq!(spread.hits[0], 0, "nothing leaves through wan0");
+    lab.ns(&lab.isp(0), "ip", &["link", "set", "cpe", "up"])
+        .unwrap();
+    let out = lab.multiroute(&["unload"]);
+    assert!(out.status.success());
+}

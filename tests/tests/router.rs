@@ -428,17 +428,26 @@ fn host_settings_are_checked_set_and_restored() {
     lab.start_router().unwrap();
     assert_eq!(sysctl(&lab, "net.ipv4.ip_forward"), "1");
     assert_eq!(sysctl(&lab, "net.ipv4.conf.wan0.rp_filter"), "2");
+    assert_eq!(
+        sysctl(&lab, "net.ipv4.conf.wan1.ignore_routes_with_linkdown"),
+        "1"
+    );
     assert_eq!(lab.connections(200).unwrap().failures, 0);
     // SIGKILL, then unload: the record beside the lock file restores them.
     lab.stop_router(libc::SIGKILL).unwrap();
     let out = lab.multiroute(&["unload"]);
     assert!(
-        stdout(&out).contains("restored 2 sysctls"),
+        // ip_forward, wan0's rp_filter, both uplinks' ignore_routes_with_linkdown.
+        stdout(&out).contains("restored 4 sysctls"),
         "{}",
         stdout(&out)
     );
     assert_eq!(sysctl(&lab, "net.ipv4.ip_forward"), "0");
     assert_eq!(sysctl(&lab, "net.ipv4.conf.wan0.rp_filter"), "1");
+    assert_eq!(
+        sysctl(&lab, "net.ipv4.conf.wan1.ignore_routes_with_linkdown"),
+        "0"
+    );
 
     // Without the lab's masquerade, check names the fix.
     lab.ns(&router, "nft", &["delete", "table", "ip", "lab"])

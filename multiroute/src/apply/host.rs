@@ -1,6 +1,6 @@
 //! Host settings a multi-WAN router depends on, outside routes and rules: IPv4
-//! forwarding, reverse-path filtering on the uplinks, source NAT, and nobody else's
-//! rules in multiroute's priority range. [`assess`] is pure; `load` applies its
+//! forwarding, reverse-path filtering and link-down routes on the uplinks, source
+//! NAT, and nobody else's rules in multiroute's priority range. [`assess`] is pure; `load` applies its
 //! sysctl changes (recording the old values next to the lock file, so `unload`
 //! restores them even after a crash), `check` only reports.
 use std::{
@@ -18,6 +18,8 @@ pub struct HostFacts {
     pub rp_filter_all: Option<u8>,
     /// `rp_filter` of each uplink interface.
     pub rp_filter: BTreeMap<String, u8>,
+    /// `ignore_routes_with_linkdown` of each uplink interface.
+    pub ignore_linkdown: BTreeMap<String, u8>,
     /// `nft list ruleset`, when nft could be run.
     pub nft_ruleset: Option<String>,
     /// Rules multiroute did not add inside its priority range: (priority, the rule
@@ -67,6 +69,16 @@ pub fn assess(config: &Config, facts: &HostFacts) -> Assessment {
                 from: own,
                 to: 2,
                 why: "strict reverse-path filtering drops replies on a multi-WAN router; loose keeps spoofing protection",
+            });
+        }
+    }
+    for uplink in &config.uplinks {
+        if let Some(&from @ 0) = facts.ignore_linkdown.get(&uplink.interface) {
+            assessment.changes.push(SysctlChange {
+                key: linkdown_key(&uplink.interface),
+                from,
+                to: 1,
+                why: "while no daemon runs (a stop before the next load), the kernel itself skips an uplink that lost carrier and its marked traffic falls through to the live uplinks",
             });
         }
     }
@@ -146,9 +158,23 @@ pub async fn facts(nl: &Netlink, config: &Config) -> Result<HostFacts, NetlinkEr
                 Some((u.interface.clone(), read_sysctl(&key)?))
             })
             .collect(),
+        ignore_linkdown: config
+            .uplinks
+            .iter()
+            .filter_map(|u| {
+                Some((
+                    u.interface.clone(),
+                    read_sysctl(&linkdown_key(&u.interface))?,
+                ))
+            })
+            .collect(),
         nft_ruleset,
         foreign_rules,
     })
+}
+
+fn linkdown_key(interface: &str) -> String {
+    format!("net.ipv4.conf.{interface}.ignore_routes_with_linkdown")
 }
 
 fn sysctl_path(key: &str) -> PathBuf {
@@ -236,6 +262,7 @@ mod tests {
             ip_forward: Some(1),
             rp_filter_all: Some(0),
             rp_filter: BTreeMap::from([("wan0".into(), 0), ("ppp0".into(), 2)]),
+            ignore_linkdown: BTreeMap::from([("wan0".into(), 1), ("ppp0".into(), 1)]),
             nft_ruleset: Some(
                 "table ip nat {\n\tchain post {\n\t\toifname \"wan*\" masquerade\n\t\toifname \"ppp0\" snat to 192.0.2.1\n\t}\n}\n"
                     .into(),
@@ -254,6 +281,7 @@ mod tests {
         let facts = HostFacts {
             ip_forward: Some(0),
             rp_filter_all: Some(1),
+            ignore_linkdown: BTreeMap::from([("wan0".into(), 1), ("ppp0".into(), 0)]),
             ..healthy()
         };
         let keys: Vec<_> = assess(&config(), &facts)
@@ -267,6 +295,11 @@ mod tests {
                 ("net.ipv4.ip_forward".to_owned(), 0, 1),
                 // all=1 makes wan0 strict; ppp0's own 2 already wins.
                 ("net.ipv4.conf.wan0.rp_filter".to_owned(), 0, 2),
+                (
+                    "net.ipv4.conf.ppp0.ignore_routes_with_linkdown".to_owned(),
+                    0,
+                    1
+                ),
             ]
         );
     }
