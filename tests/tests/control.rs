@@ -402,3 +402,118 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|dir| std::path::Path::new(dir).join(program))
         .find(|p| p.exists())
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_full_flow_table_scraped_in_a_loop_causes_no_false_transition() {
+    if !require_root("a_full_flow_table_scraped_in_a_loop_causes_no_false_transition") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: "\n[metrics]\nlisten = \"127.0.0.1:9750\"\n\n[health]\ninterval_ms = 200\ntimeout_ms = 200\ndown = 3\nup = 3\n".into(),
+    })
+    .expect("building the lab");
+    lab.start_router().unwrap();
+    let mut maps = multiroute::apply::datapath::Maps::open(&lab.pin_path()).unwrap();
+    let flows = multiroute_ebpf::FLOW_TABLE_SIZE;
+    for i in 0..flows {
+        let key = multiroute_ebpf::FlowKey {
+            src: u32::from_ne_bytes([192, 0, 2, (i % 250) as u8]),
+            dst: u32::from_ne_bytes([198, 51, 100, 7]),
+            src_port: (i >> 8) as u16,
+            dst_port: 443u16.to_be(),
+            proto: 6,
+            pad: [0; 3],
+        };
+        let flow = multiroute_ebpf::Flow {
+            uplink: i % 2,
+            ..Default::default()
+        };
+        maps.insert_flow(&key, &flow).unwrap();
+    }
+    let start = std::time::Instant::now();
+    let mut scrapes = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        lab.ns(
+            &lab.router(),
+            "curl",
+            &[
+                "-sSf",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "http://127.0.0.1:9750/metrics",
+            ],
+        )
+        .expect("scraping");
+        scrapes += 1;
+    }
+    let status = lab.status().unwrap();
+    let changes: Vec<_> = status["uplinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["state_changes"].as_u64().unwrap())
+        .collect();
+    println!("{scrapes} scrapes of a {flows}-flow table in 30 s; state changes {changes:?}");
+    assert!(scrapes >= 3, "scrapes finish: {scrapes}");
+    assert_eq!(changes, [0, 0], "{}", lab.router_log());
+    assert!(
+        !lab.router_log().contains("uplink DOWN"),
+        "{}",
+        lab.router_log()
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn an_oversized_control_request_is_refused_without_buffering_it() {
+    use std::io::{BufRead, Write};
+    if !require_root("an_oversized_control_request_is_refused_without_buffering_it") {
+        return;
+    }
+    let mut lab = lab(&[1, 1]);
+    lab.start_router().unwrap();
+    let pid = lab.router_pid().unwrap();
+    let before = rss_kib(pid);
+    let stream = std::os::unix::net::UnixStream::connect(lab.dir.join("control.sock")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let writer = stream.try_clone().unwrap();
+    // 20 MiB without a newline, as fast as the daemon takes it.
+    let flood = std::thread::spawn(move || {
+        let mut writer = writer;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0usize;
+        while written < 20 << 20 && writer.write_all(&chunk).is_ok() {
+            written += chunk.len();
+        }
+        written
+    });
+    let mut reply = String::new();
+    std::io::BufReader::new(&stream)
+        .read_line(&mut reply)
+        .unwrap();
+    let written = flood.join().unwrap();
+    let after = rss_kib(pid);
+    println!("refused after {written} bytes written: {reply}; RSS {before} → {after} KiB");
+    assert!(reply.contains("request longer than 65536 bytes"), "{reply}");
+    assert!(
+        after < before + 4096,
+        "the daemon did not buffer the flood: {before} → {after} KiB"
+    );
+    assert_eq!(lab.status().unwrap()["ready"], true, "still answering");
+    lab.stop_and_unload().expect("stopping multiroute");
+}
