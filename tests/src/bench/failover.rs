@@ -1,6 +1,8 @@
 //! Suite 4, failover and recovery: a silent upstream outage and a link going down,
-//! with the default health config and a fast one, several trials each on one lab.
-//! Measured from outside as in the e2e tests: a new connection every 20 ms.
+//! with the default health config and a fast one, several trials each on one lab;
+//! and a restart of multiroute itself (SIGTERM, then `load`), which must cost no
+//! connection. Measured from outside as in the e2e tests: a new connection every
+//! 20 ms.
 use std::{thread::sleep, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -13,6 +15,9 @@ use crate::{Lab, LabOptions, SERVER, measure_outage, wall_clock};
 pub enum Kind {
     Silent,
     LinkDown,
+    /// SIGTERM then `load` again: "failover" is the new-connection outage,
+    /// "recovery" the time until the restarted `load` is ready.
+    Restart,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,11 +44,28 @@ const CONFIGS: [(&str, &str, f64); 2] = [
     ),
 ];
 
-fn trial(lab: &Lab, kind: Kind, window: f64) -> Result<(f64, f64)> {
+fn restart_trial(lab: &mut Lab) -> Result<(f64, f64)> {
+    let client = lab.start_attempts(2.5, 20, 500)?;
+    sleep(Duration::from_millis(800));
+    let t0 = wall_clock();
+    lab.stop_router(libc::SIGTERM)?;
+    lab.start_router()?;
+    let ready = wall_clock() - t0;
+    let outage = measure_outage(&Lab::attempts(client)?, t0)?;
+    anyhow::ensure!(
+        outage.failed == 0,
+        "{} connections failed across a restart",
+        outage.failed
+    );
+    Ok((outage.seconds * 1000.0, ready * 1000.0))
+}
+
+fn outage_trial(lab: &Lab, kind: Kind, window: f64) -> Result<(f64, f64)> {
     let fail = |up: bool| match (kind, up) {
         (Kind::Silent, false) => lab.fail_upstream(0),
         (Kind::Silent, true) => lab.restore_upstream(0),
         (Kind::LinkDown, up) => lab.set_uplink_link(0, up),
+        (Kind::Restart, _) => anyhow::bail!("a restart is no outage to inject"),
     };
     let client = lab.start_attempts(window + 0.8, 20, 500)?;
     sleep(Duration::from_millis(800));
@@ -73,12 +95,15 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
             extra_config: format!("\n[health]\ntargets = [\"{SERVER}\"]\n{section}"),
         })?;
         lab.start_router()?;
-        for kind in [Kind::Silent, Kind::LinkDown] {
+        for kind in [Kind::Silent, Kind::LinkDown, Kind::Restart] {
             let mut failover_ms = Vec::new();
             let mut recovery_ms = Vec::new();
             for _ in 0..options.failover_trials {
                 super::interrupted()?;
-                let (failover, recovery) = trial(&lab, kind, window)?;
+                let (failover, recovery) = match kind {
+                    Kind::Restart => restart_trial(&mut lab)?,
+                    _ => outage_trial(&lab, kind, window)?,
+                };
                 failover_ms.push(failover);
                 recovery_ms.push(recovery);
             }

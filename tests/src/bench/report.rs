@@ -111,7 +111,8 @@ pub fn markdown(results: &Results) -> String {
         md,
         "\n## 4. Failover and recovery ({} trial(s) each, median)\n\n\
          A new connection every 20 ms; failover = until every new connection succeeds again, \
-         recovery = until new flows use the uplink again. Probe target beyond the ISP's gateway.\n\n\
+         recovery = until new flows use the uplink again (for a restart: until the new `load` is ready). \
+         Probe target beyond the ISP's gateway.\n\n\
          | health config | event | failover (ms) | recovery (ms) | trials: failover / recovery |\n|---|---|---:|---:|---|",
         results.options.failover_trials
     );
@@ -129,6 +130,7 @@ pub fn markdown(results: &Results) -> String {
             match m.kind {
                 super::failover::Kind::Silent => "silent upstream failure",
                 super::failover::Kind::LinkDown => "uplink link down",
+                super::failover::Kind::Restart => "multiroute restart (SIGTERM, load)",
             },
             m.failover_median_ms,
             m.recovery_median_ms,
