@@ -90,16 +90,26 @@ fn sessions_open_before_the_first_load_keep_their_uplink() {
     }
     let mut lab = lab();
     // Opened through the router's plain default route, NATed to ISP 0.
-    let traffic = start_traffic(&lab, 6.0, 3.0);
+    let traffic = start_traffic(&lab, 6.0, 3.5);
     sleep(Duration::from_secs(1));
     let start = Instant::now();
     lab.start_router().expect("starting multiroute");
     println!("load ready after {} ms", start.elapsed().as_millis());
     assert_nothing_lost(&lab, traffic, "first load");
     let log = lab.router_log();
+    let takeover = log
+        .lines()
+        .find(|l| l.contains("took over the host's running sessions"))
+        .unwrap_or_else(|| panic!("no takeover in the log:\n{log}"));
+    println!("{takeover}");
+    let seeded: usize = takeover
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("seeded="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the takeover says how many sessions it seeded: {takeover}"));
     assert!(
-        log.contains("took over the host's running sessions"),
-        "{log}"
+        seeded >= TCP_SESSIONS + UDP_SESSIONS,
+        "every session open before load came from conntrack: {takeover}"
     );
     // New connections after the takeover are balanced again, not stuck on ISP 0.
     let spread = lab.connections(600).unwrap();
