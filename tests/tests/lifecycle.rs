@@ -247,3 +247,42 @@ fn an_uplink_losing_carrier_while_no_daemon_runs_is_routed_around() {
     let out = lab.multiroute(&["unload"]);
     assert!(out.status.success());
 }
+
+#[test]
+fn a_restart_keeps_a_dead_uplink_dead_until_its_probes_answer() {
+    if !require_root("a_restart_keeps_a_dead_uplink_dead_until_its_probes_answer") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: format!(
+            "\n[health]\ntargets = [\"{}\"]\ninterval_ms = 200\ntimeout_ms = 200\n",
+            multiroute_tests::SERVER
+        ),
+    })
+    .expect("building the lab");
+    lab.start_router().expect("starting multiroute");
+    lab.fail_upstream(0).unwrap();
+    let state = |lab: &Lab| lab.status().unwrap()["uplinks"][0]["state"].clone();
+    multiroute_tests::wait_until(Duration::from_secs(5), || state(&lab) == "down")
+        .expect("isp0 found dead");
+    let status = lab.stop_router(libc::SIGTERM).unwrap();
+    assert_eq!(status.code(), Some(0));
+    lab.start_router().expect("restarting multiroute");
+    assert_eq!(state(&lab), "down", "the restart trusts no dead uplink");
+    let spread = lab.connections(200).unwrap();
+    assert_eq!(spread.failures, 0);
+    assert_eq!(
+        spread.hits[0], 0,
+        "no new flow on the dead uplink: {spread:?}"
+    );
+    lab.restore_upstream(0).unwrap();
+    let start = Instant::now();
+    multiroute_tests::wait_until(Duration::from_secs(5), || state(&lab) == "up")
+        .expect("isp0 back once its probes answer");
+    println!(
+        "isp0 back {} ms after its upstream",
+        start.elapsed().as_millis()
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}

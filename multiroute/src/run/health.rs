@@ -131,6 +131,18 @@ impl HealthBook {
         }
     }
 
+    /// Marks every target of these uplinks down, so each needs `up` answers in a
+    /// row before it carries new flows again: a restarted daemon keeps the
+    /// verdicts of the one before instead of trusting an uplink that was dead.
+    pub fn presume_down(&mut self, uplinks: &BTreeSet<String>) {
+        for name in uplinks {
+            for target in self.uplinks.get_mut(name).into_iter().flatten() {
+                target.up = false;
+                target.ok_streak = 0;
+            }
+        }
+    }
+
     /// Records one probe result (`None`: lost). Returns the uplink's change of
     /// state, if this result caused one.
     pub fn record(
@@ -214,6 +226,19 @@ mod tests {
         let mut book = HealthBook::new(Thresholds { down: 3, up: 2 });
         book.track(&BTreeMap::from([("dsl".to_owned(), targets.to_vec())]));
         book
+    }
+
+    #[test]
+    fn an_uplink_presumed_down_needs_up_answers_to_return() {
+        let mut book = book(&[A, B]);
+        book.presume_down(&BTreeSet::from(["dsl".to_owned()]));
+        assert_eq!(book.dead(), BTreeSet::from(["dsl".to_owned()]));
+        assert_eq!(book.record("dsl", A, RTT), None);
+        let up = book
+            .record("dsl", A, RTT)
+            .expect("two answers bring it back");
+        assert!(up.alive);
+        assert!(book.dead().is_empty());
     }
 
     #[test]

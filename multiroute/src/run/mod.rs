@@ -148,7 +148,11 @@ impl Daemon {
     /// On failure the host is left as it was.
     pub async fn start(config_path: PathBuf, config: Config) -> Result<Self, DaemonError> {
         let nl = Netlink::connect().map_err(ApplyError::from)?;
-        let (plan, observed) = apply::plan(&nl, &config, &Default::default()).await?;
+        // A restart keeps the previous daemon's verdicts: an uplink it had found
+        // dead gets no new flows until probes bring it back.
+        let presumed_dead =
+            apply::datapath::presumed_dead(&config.routing.pin_path).map_err(ApplyError::from)?;
+        let (plan, observed) = apply::plan(&nl, &config, &presumed_dead).await?;
         prepare_host(&nl, &config).await?;
         let fresh = datapath_was_absent(&config);
         let (datapath, maps, takeover) = match apply::apply(&nl, &config, &plan, &observed).await {
@@ -172,7 +176,14 @@ impl Daemon {
                 let state = UplinkState {
                     alive: u.alive,
                     since: now,
-                    reason: u.readiness.problem().unwrap_or("started").to_owned(),
+                    reason: match (u.readiness.problem(), u.alive) {
+                        (Some(problem), _) => problem,
+                        (None, true) => "started",
+                        (None, false) => {
+                            "found dead before this restart; back once its probes answer"
+                        }
+                    }
+                    .to_owned(),
                     changes: 0,
                 };
                 (u.name.clone(), state)
@@ -196,6 +207,7 @@ impl Daemon {
         };
         log_plan(&daemon.plan);
         daemon.sync_probers();
+        daemon.health.presume_down(&presumed_dead);
         Ok(daemon)
     }
 
