@@ -6,7 +6,7 @@ use multiroute::{
     apply::{self, datapath, host, netlink::Netlink},
     instance,
     plan::Readiness,
-    run::control::{self, Request},
+    run::control::{self, Request, Response},
 };
 
 use super::{CommandResult, Failure, read_config, runtime};
@@ -16,10 +16,9 @@ use super::{CommandResult, Failure, read_config, runtime};
 fn print_plan(config: &multiroute::config::Config, computed: Vec<String>) -> CommandResult {
     let running = control::ask(&config.control.socket, &Request::Plan)
         .context("asking the running multiroute for its plan")?;
-    let (lines, source) = match running.and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
-    {
-        Some(lines) => (lines, "the running load's plan"),
-        None => (computed, "plan for this host"),
+    let (lines, source) = match running {
+        Some(Response::Plan { lines }) => (lines, "the running load's plan"),
+        _ => (computed, "plan for this host"),
     };
     println!("{source}:");
     for line in lines {

@@ -15,7 +15,7 @@ use multiroute::{
     plan::Readiness,
     run::{
         DaemonReport, UplinkReport,
-        control::{self, Request},
+        control::{self, Request, Response},
         health::TargetReport,
     },
 };
@@ -79,7 +79,10 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
     let health: Option<DaemonReport> = match pid {
         Some(_) => control::ask(&config.control.socket, &Request::Status)
             .context("asking the running multiroute")?
-            .and_then(|reply| serde_json::from_value(reply).ok()),
+            .and_then(|reply| match reply {
+                Response::Status(report) => Some(report),
+                _ => None,
+            }),
         None => None,
     };
     let maps = Maps::open(pin_path).ok();

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow};
 use multiroute::{
     config::MAX_WEIGHT,
-    run::control::{self, Refusal, Request},
+    run::control::{self, Refusal, Request, Response},
 };
 
 use super::{CommandResult, Failure, read_config};
@@ -32,22 +32,29 @@ pub fn run(config_path: &Path, name: &str, weight: u32) -> CommandResult {
                 config_path.display()
             )
         })?;
-    if let Ok(refusal) = serde_json::from_value::<Refusal>(reply.clone()) {
-        let err = anyhow!("{}", refusal.error);
-        return Err(if refusal.usage {
-            Failure::Config(err)
-        } else {
-            Failure::Runtime(err)
-        });
-    }
+    let previous = match reply {
+        Response::Weight { previous, .. } => previous,
+        Response::Refused(Refusal { error, usage }) => {
+            let err = anyhow!("{error}");
+            return Err(if usage {
+                Failure::Config(err)
+            } else {
+                Failure::Runtime(err)
+            });
+        }
+        other => {
+            return Err(Failure::Runtime(anyhow!(
+                "the running multiroute answered something else: {other:?}"
+            )));
+        }
+    };
     let drained = if weight == 0 {
         " (drained: no new flows)"
     } else {
         ""
     };
     println!(
-        "{name}: weight {} -> {weight}{drained}; new flows follow now, existing flows keep their uplink",
-        reply["previous"]
+        "{name}: weight {previous} -> {weight}{drained}; new flows follow now, existing flows keep their uplink"
     );
     Ok(())
 }

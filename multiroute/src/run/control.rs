@@ -37,6 +37,25 @@ pub enum Request {
     Plan,
 }
 
+/// The daemon's answer to one request: the same type on both ends of the socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Status(super::DaemonReport),
+    Weight {
+        uplink: String,
+        previous: u32,
+        weight: u32,
+    },
+    Metrics {
+        text: String,
+    },
+    Plan {
+        lines: Vec<String>,
+    },
+    Refused(Refusal),
+}
+
 /// The daemon's answer to a request it could not carry out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -48,7 +67,7 @@ pub struct Refusal {
 /// A request and where its answer goes.
 pub struct Incoming {
     pub request: Request,
-    pub reply: oneshot::Sender<serde_json::Value>,
+    pub reply: oneshot::Sender<Response>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +139,7 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
                 &format!("request longer than {MAX_REQUEST} bytes; closing the connection"),
                 true,
             );
-            let _ = write.write_all(format!("{refusal}\n").as_bytes()).await;
+            let _ = write.write_all(&line_of(&refusal)).await;
             break;
         }
         let answer = match serde_json::from_slice::<Request>(&line) {
@@ -131,29 +150,35 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
                 }
                 answer
                     .await
-                    .unwrap_or_else(|_| serde_json::json!({"error": "shutting down"}))
+                    .unwrap_or_else(|_| refusal("shutting down", false))
             }
             Err(err) => refusal(&format!("bad request: {err}"), true),
         };
-        let mut text = answer.to_string();
-        text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() {
+        if write.write_all(&line_of(&answer)).await.is_err() {
             return;
         }
     }
     debug!("control connection closed");
 }
 
-pub fn refusal(error: &str, usage: bool) -> serde_json::Value {
-    serde_json::json!(Refusal {
+pub fn refusal(error: &str, usage: bool) -> Response {
+    Response::Refused(Refusal {
         error: error.to_owned(),
-        usage
+        usage,
     })
+}
+
+/// One reply on the wire: JSON and a newline.
+fn line_of(response: &Response) -> Vec<u8> {
+    // A Response is plain data: serializing it cannot fail.
+    let mut line = serde_json::to_vec(response).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 /// Sends one request to the daemon behind `path` and waits (bounded) for its reply.
 /// `Ok(None)`: no daemon listens there.
-pub fn ask(path: &Path, request: &Request) -> Result<Option<serde_json::Value>, ControlError> {
+pub fn ask(path: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
     let at = |what| PathError::at(path, what);
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(stream) => stream,

@@ -20,7 +20,7 @@ use tracing::{debug, info};
 
 use super::{
     Task,
-    control::{Incoming, Request},
+    control::{Incoming, Request, Response},
     health::TargetReport,
 };
 
@@ -180,7 +180,7 @@ async fn answer(mut stream: TcpStream, requests: mpsc::Sender<Incoming>) {
             })
             .await;
         match (sent, answer.await) {
-            (Ok(()), Ok(serde_json::Value::String(text))) => (
+            (Ok(()), Ok(Response::Metrics { text })) => (
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 text,

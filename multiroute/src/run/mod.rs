@@ -35,7 +35,7 @@ use crate::{
     path_error::PathError,
     plan::{Observed, Plan, Readiness},
 };
-use control::{Incoming, Request};
+use control::{Incoming, Request, Response};
 use health::{Change, HealthBook, TargetReport, Thresholds};
 use prober::{ProbeResult, ProbeSpec, Prober, Timing};
 
@@ -505,11 +505,14 @@ impl Daemon {
 
     async fn answer(&mut self, incoming: Incoming) {
         let reply = match incoming.request {
-            Request::Status => serde_json::to_value(self.report())
-                .unwrap_or_else(|err| control::refusal(&err.to_string(), false)),
+            Request::Status => Response::Status(self.report()),
             Request::Weight { uplink, weight } => self.set_weight(&uplink, weight).await,
-            Request::Metrics => serde_json::Value::String(metrics::render(&self.metrics().await)),
-            Request::Plan => serde_json::json!(self.plan.lines()),
+            Request::Metrics => Response::Metrics {
+                text: metrics::render(&self.metrics().await),
+            },
+            Request::Plan => Response::Plan {
+                lines: self.plan.lines(),
+            },
         };
         // The asker may have gone away; nothing to do then.
         let _ = incoming.reply.send(reply);
@@ -517,7 +520,7 @@ impl Daemon {
 
     /// `multiroute weight`: live until the next reload or restart (the file's
     /// weights win then).
-    async fn set_weight(&mut self, name: &str, weight: u32) -> serde_json::Value {
+    async fn set_weight(&mut self, name: &str, weight: u32) -> Response {
         if weight > MAX_WEIGHT {
             return control::refusal(&format!("weight {weight} is above {MAX_WEIGHT}"), true);
         }
@@ -529,7 +532,11 @@ impl Daemon {
         let previous = std::mem::replace(&mut uplink.weight, weight);
         info!(uplink = name, previous, weight, "weight changed");
         self.reconcile(None).await;
-        serde_json::json!({ "uplink": name, "previous": previous, "weight": weight })
+        Response::Weight {
+            uplink: name.to_owned(),
+            previous,
+            weight,
+        }
     }
 
     async fn metrics(&self) -> metrics::Snapshot {
