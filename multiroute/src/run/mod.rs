@@ -12,10 +12,10 @@ pub mod health;
 pub mod link_events;
 pub mod metrics;
 pub mod prober;
+pub mod states;
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -31,13 +31,14 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, ApplyError, datapath::Datapath, datapath::Maps, host, netlink::Netlink},
-    config::{Config, ConfigError, MAX_WEIGHT, ProbeTarget},
+    config::{Config, ConfigError, MAX_WEIGHT},
     path_error::PathError,
     plan::{Observed, Plan, Readiness},
 };
 use control::{Incoming, Request, Response};
 use health::{Change, HealthBook, TargetReport, Thresholds};
-use prober::{ProbeResult, ProbeSpec, Prober, Timing};
+use prober::{ProbeResult, Prober, Timing};
+use states::{States, Transition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -107,13 +108,6 @@ pub struct DaemonReport {
     pub uplinks: Vec<UplinkReport>,
 }
 
-struct UplinkState {
-    alive: bool,
-    since: SystemTime,
-    reason: String,
-    changes: u64,
-}
-
 pub struct Daemon {
     nl: Netlink,
     config_path: PathBuf,
@@ -126,7 +120,7 @@ pub struct Daemon {
     health: HealthBook,
     probers: BTreeMap<String, Prober>,
     next_ident: u16,
-    states: BTreeMap<String, UplinkState>,
+    states: States,
     results: mpsc::Sender<ProbeResult>,
     incoming_results: mpsc::Receiver<ProbeResult>,
     /// The kernel holds the running plan: the last apply and check succeeded.
@@ -168,27 +162,7 @@ impl Daemon {
         };
         log_takeover(&takeover);
         let (results, incoming_results) = mpsc::channel(256);
-        let now = SystemTime::now();
-        let states = plan
-            .uplinks
-            .iter()
-            .map(|u| {
-                let state = UplinkState {
-                    alive: u.alive,
-                    since: now,
-                    reason: match (u.readiness.problem(), u.alive) {
-                        (Some(problem), _) => problem,
-                        (None, true) => "started",
-                        (None, false) => {
-                            "found dead before this restart; back once its probes answer"
-                        }
-                    }
-                    .to_owned(),
-                    changes: 0,
-                };
-                (u.name.clone(), state)
-            })
-            .collect();
+        let states = States::start(&plan, SystemTime::now());
         let mut daemon = Daemon {
             nl,
             config_path,
@@ -360,41 +334,19 @@ impl Daemon {
 
     /// Logs and remembers every uplink whose liveness changed with the new plan.
     fn record_transitions(&mut self, change: Option<&Change>, elapsed: Duration) {
-        let now = SystemTime::now();
-        for uplink in &self.plan.uplinks {
-            let reason = match uplink.readiness.problem() {
-                Some(problem) => problem.to_owned(),
-                None => match change {
-                    Some(change) if change.uplink == uplink.name => change.reason.clone(),
-                    _ if uplink.alive => "ready".to_owned(),
-                    _ => "probes failing".to_owned(),
-                },
-            };
-            let state = self
-                .states
-                .entry(uplink.name.clone())
-                .or_insert_with(|| UplinkState {
-                    alive: !uplink.alive,
-                    since: now,
-                    reason: String::new(),
-                    changes: 0,
-                });
-            if state.alive == uplink.alive {
-                continue;
-            }
-            state.alive = uplink.alive;
-            state.since = now;
-            state.changes += 1;
-            state.reason = reason;
-            let applied_ms = elapsed.as_secs_f64() * 1000.0;
-            if uplink.alive {
-                info!(uplink = %uplink.name, reason = %state.reason, applied_ms, "uplink up");
+        let applied_ms = elapsed.as_secs_f64() * 1000.0;
+        for Transition {
+            uplink,
+            alive,
+            reason,
+        } in self.states.follow(&self.plan, change, SystemTime::now())
+        {
+            if alive {
+                info!(%uplink, %reason, applied_ms, "uplink up");
             } else {
-                warn!(uplink = %uplink.name, reason = %state.reason, applied_ms, "uplink DOWN");
+                warn!(%uplink, %reason, applied_ms, "uplink DOWN");
             }
         }
-        self.states
-            .retain(|name, _| self.plan.uplinks.iter().any(|u| &u.name == name));
         self.notify_status();
         if self.plan.fail_open() {
             error!(
@@ -421,36 +373,7 @@ impl Daemon {
             interval: Duration::from_millis(self.config.health.interval_ms),
             timeout: Duration::from_millis(self.config.health.timeout_ms),
         };
-        let wanted: BTreeMap<String, ProbeSpec> = self
-            .config
-            .uplinks
-            .iter()
-            .zip(&self.plan.uplinks)
-            .filter_map(|(config, plan)| {
-                let Readiness::Ready { address, gateway } = plan.readiness else {
-                    return None;
-                };
-                let targets = if config.probe.is_empty() {
-                    &self.config.health.targets
-                } else {
-                    &config.probe
-                };
-                let targets: Vec<Ipv4Addr> = targets
-                    .iter()
-                    .map(|t| match t {
-                        ProbeTarget::Gateway => gateway,
-                        ProbeTarget::Address(a) => *a,
-                    })
-                    .collect();
-                let spec = ProbeSpec {
-                    uplink: plan.name.clone(),
-                    interface: plan.interface.clone(),
-                    address: address.addr,
-                    targets,
-                };
-                Some((plan.name.clone(), spec))
-            })
-            .collect();
+        let wanted = prober::wanted(&self.config, &self.plan);
         self.probers
             .retain(|name, prober| wanted.get(name) == Some(&prober.spec));
         for (name, spec) in &wanted {
