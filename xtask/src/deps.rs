@@ -1,11 +1,13 @@
 //! Installs what building and testing multiroute needs on a fresh Debian 12 machine,
 //! skipping what is already there. The versions are the ones NOTES.md verified: the
 //! eBPF nightly's LLVM must match the LLVM bpf-linker links against (Debian's 22).
-use std::process::{Command, Stdio};
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Instant,
+};
 
-use anyhow::{Context as _, Result, bail};
-
-use crate::status;
+use anyhow::{Result, bail};
 
 /// Keep in sync with `EBPF_TOOLCHAIN` in multiroute/build.rs.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-07-20";
@@ -74,13 +76,44 @@ fn ensure_apt() -> Result<()> {
             missing.join(" ")
         );
     }
-    status(Command::new("apt-get").args(["update", "-qq"]))?;
-    status(
+    step(
+        "updating the Debian package lists",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    step(
+        &format!("installing Debian packages: {}", missing.join(" ")),
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq"])
             .args(&missing),
     )
+}
+
+/// Runs one install step as one progress line: what it does, then "ok" and how
+/// long it took; its own output is shown only when it fails.
+fn step(what: &str, command: &mut Command) -> Result<()> {
+    print!("xtask: {what} … ");
+    let _ = std::io::stdout().flush();
+    let started = Instant::now();
+    let output = command.stdin(Stdio::null()).output();
+    let output = match output {
+        Ok(output) => output,
+        Err(err) => {
+            println!("failed");
+            bail!("{what}: cannot start {:?}: {err}", command.get_program());
+        }
+    };
+    if output.status.success() {
+        println!("ok ({:.0} s)", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    println!("failed");
+    let log = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    for line in tail.into_iter().rev() {
+        eprintln!("  {line}");
+    }
+    bail!("{what} failed ({})", output.status)
 }
 
 fn ensure_ebpf_toolchain() -> Result<()> {
@@ -98,15 +131,18 @@ fn ensure_ebpf_toolchain() -> Result<()> {
     if installed {
         return Ok(());
     }
-    status(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        EBPF_TOOLCHAIN,
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ]))
+    step(
+        &format!("installing the eBPF toolchain {EBPF_TOOLCHAIN} with rust-src"),
+        Command::new("rustup").args([
+            "toolchain",
+            "install",
+            EBPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]),
+    )
 }
 
 fn ensure_bpf_linker() -> Result<()> {
@@ -114,14 +150,18 @@ fn ensure_bpf_linker() -> Result<()> {
     if version.contains(BPF_LINKER_VERSION) {
         return Ok(());
     }
-    status(Command::new("cargo").env("LLVM_PREFIX", LLVM_PREFIX).args([
-        "install",
-        "bpf-linker",
-        "--version",
-        BPF_LINKER_VERSION,
-        "--no-default-features",
-        "--features",
-        "llvm-22",
-    ]))
-    .context("installing bpf-linker (it links against Debian's LLVM 22)")
+    step(
+        &format!(
+            "building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (about a minute)"
+        ),
+        Command::new("cargo").env("LLVM_PREFIX", LLVM_PREFIX).args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ]),
+    )
 }
