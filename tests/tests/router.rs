@@ -457,6 +457,20 @@ fn host_settings_are_checked_set_and_restored() {
         report.contains("warning: nothing source-NATs traffic leaving wan0"),
         "{report}"
     );
+    // A masquerade over a set of interfaces, or a verdict map, is NAT all the same.
+    lab.ns(
+        &router,
+        "nft",
+        &[
+            "add table ip nat; add chain ip nat natted; add rule ip nat natted masquerade; \
+           add chain ip nat post { type nat hook postrouting priority 100; }; \
+           add rule ip nat post oifname { \"wan0\", \"wan9\" } masquerade; \
+           add rule ip nat post oifname vmap { \"wan1\" : jump natted }",
+        ],
+    )
+    .unwrap();
+    let report = stdout(&lab.multiroute(&["check"]));
+    assert!(!report.contains("source-NAT"), "{report}");
 }
 
 #[test]

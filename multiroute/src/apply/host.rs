@@ -8,7 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::netlink::{Netlink, NetlinkError, is_own_rule, parse_rule, rule_priority};
+use super::{
+    netlink::{Netlink, NetlinkError, is_own_rule, parse_rule, rule_priority},
+    snat::{Coverage, Ruleset},
+};
 use crate::{config::Config, path_error::PathError};
 
 /// What the host looks like, as far as [`assess`] cares.
@@ -20,8 +23,9 @@ pub struct HostFacts {
     pub rp_filter: BTreeMap<String, u8>,
     /// `ignore_routes_with_linkdown` of each uplink interface.
     pub ignore_linkdown: BTreeMap<String, u8>,
-    /// `nft list ruleset`, when nft could be run.
-    pub nft_ruleset: Option<String>,
+    /// Whether the host's nftables ruleset source-NATs each uplink interface;
+    /// `None` when nft could not be run.
+    pub snat: Option<BTreeMap<String, Coverage>>,
     /// Rules multiroute did not add inside its priority range: (priority, the rule
     /// in `ip rule` syntax).
     pub foreign_rules: Vec<(u32, String)>,
@@ -82,20 +86,25 @@ pub fn assess(config: &Config, facts: &HostFacts) -> Assessment {
             });
         }
     }
-    match &facts.nft_ruleset {
-        Some(ruleset) => {
+    match &facts.snat {
+        Some(coverage) => {
             for uplink in &config.uplinks {
-                if !masquerades(ruleset, &uplink.interface) {
-                    assessment.warnings.push(format!(
+                match coverage.get(&uplink.interface) {
+                    Some(Coverage::Covered) => {}
+                    Some(Coverage::CannotTell) => assessment.warnings.push(format!(
+                        "cannot tell from the nftables ruleset whether traffic leaving {} (uplink {}) is source-NATed (it uses constructs multiroute does not follow); make sure it is masqueraded",
+                        uplink.interface, uplink.name
+                    )),
+                    Some(Coverage::NotCovered) | None => assessment.warnings.push(format!(
                         "nothing source-NATs traffic leaving {} (uplink {}): the ISP drops the LAN's private addresses; add `nft add table ip nat; nft add chain ip nat postrouting {{ type nat hook postrouting priority 100 \\; }}; nft add rule ip nat postrouting oifname \"{}\" masquerade`",
                         uplink.interface, uplink.name, uplink.interface
-                    ));
+                    )),
                 }
             }
         }
         None => assessment
             .warnings
-            .push("cannot run `nft list ruleset` to check source NAT; install nftables".into()),
+            .push("cannot run `nft -j list ruleset` to check source NAT; install nftables".into()),
     }
     for (priority, rule) in &facts.foreign_rules {
         assessment.conflicts.push(format!(
@@ -105,29 +114,6 @@ pub fn assess(config: &Config, facts: &HostFacts) -> Assessment {
         ));
     }
     assessment
-}
-
-/// Whether some masquerade or snat rule applies to packets leaving `interface`: one
-/// naming it, a wildcard (`"wan*"`) covering it, or one without an interface match.
-fn masquerades(ruleset: &str, interface: &str) -> bool {
-    ruleset
-        .lines()
-        .filter(|line| line.contains("masquerade") || line.contains("snat"))
-        .any(|line| match line.split("oifname").nth(1) {
-            None => !line.contains("oif "),
-            Some(rest) => {
-                let name = rest
-                    .trim_start_matches([' ', '=', '!'])
-                    .trim_start_matches('"')
-                    .split('"')
-                    .next()
-                    .unwrap_or_default();
-                match name.strip_suffix('*') {
-                    Some(prefix) => interface.starts_with(prefix),
-                    None => name == interface,
-                }
-            }
-        })
 }
 
 /// Reads what [`assess`] needs from this host (this network namespace).
@@ -141,12 +127,20 @@ pub async fn facts(nl: &Netlink, config: &Config) -> Result<HostFacts, NetlinkEr
         .filter(|rule| !is_own_rule(rule) && range.contains(&rule_priority(rule)))
         .map(|rule| (rule_priority(&rule), parse_rule(&rule).to_string()))
         .collect();
-    let nft_ruleset = std::process::Command::new("nft")
-        .args(["list", "ruleset"])
+    let snat = std::process::Command::new("nft")
+        .args(["-j", "list", "ruleset"])
         .output()
         .ok()
         .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+        .and_then(|out| serde_json::from_slice(&out.stdout).ok())
+        .map(|json| {
+            let ruleset = Ruleset::parse(&json);
+            config
+                .uplinks
+                .iter()
+                .map(|u| (u.interface.clone(), ruleset.coverage(&u.interface)))
+                .collect()
+        });
     Ok(HostFacts {
         ip_forward: read_sysctl("net.ipv4.ip_forward"),
         rp_filter_all: read_sysctl("net.ipv4.conf.all.rp_filter"),
@@ -168,7 +162,7 @@ pub async fn facts(nl: &Netlink, config: &Config) -> Result<HostFacts, NetlinkEr
                 ))
             })
             .collect(),
-        nft_ruleset,
+        snat,
         foreign_rules,
     })
 }
@@ -263,10 +257,10 @@ mod tests {
             rp_filter_all: Some(0),
             rp_filter: BTreeMap::from([("wan0".into(), 0), ("ppp0".into(), 2)]),
             ignore_linkdown: BTreeMap::from([("wan0".into(), 1), ("ppp0".into(), 1)]),
-            nft_ruleset: Some(
-                "table ip nat {\n\tchain post {\n\t\toifname \"wan*\" masquerade\n\t\toifname \"ppp0\" snat to 192.0.2.1\n\t}\n}\n"
-                    .into(),
-            ),
+            snat: Some(BTreeMap::from([
+                ("wan0".into(), Coverage::Covered),
+                ("ppp0".into(), Coverage::Covered),
+            ])),
             foreign_rules: Vec::new(),
         }
     }
@@ -307,7 +301,10 @@ mod tests {
     #[test]
     fn a_missing_masquerade_is_named_with_its_fix() {
         let facts = HostFacts {
-            nft_ruleset: Some("table ip nat {\n\toifname \"eth9\" masquerade\n}\n".into()),
+            snat: Some(BTreeMap::from([
+                ("wan0".into(), Coverage::NotCovered),
+                ("ppp0".into(), Coverage::CannotTell),
+            ])),
             ..healthy()
         };
         let warnings = assess(&config(), &facts).warnings;
@@ -317,7 +314,7 @@ mod tests {
             "{}",
             warnings[0]
         );
-        assert!(masquerades("ip saddr 10.0.0.0/8 masquerade", "anything"));
+        assert!(warnings[1].starts_with("cannot tell"), "{}", warnings[1]);
     }
 
     #[test]

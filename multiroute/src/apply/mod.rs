@@ -7,6 +7,7 @@ pub mod host;
 pub mod netlink;
 pub mod nftables;
 pub mod routing;
+pub mod snat;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
