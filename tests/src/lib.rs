@@ -429,6 +429,35 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts dnsmasq in namespace `ns` (stopped with the lab), answering on
+    /// `listen` with `rules` (e.g. `--address=/name/192.0.2.1`) and logging every
+    /// query to `<lab dir>/<log>`.
+    pub fn start_dnsmasq(
+        &mut self,
+        ns: &str,
+        log: &str,
+        listen: &str,
+        rules: &[String],
+    ) -> Result<()> {
+        let dir = self.dir.clone();
+        let mut args = vec![
+            "--keep-in-foreground".to_owned(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            "--user=root".into(),
+            "--cache-size=0".into(),
+            "--log-queries".into(),
+            format!("--listen-address={listen}"),
+            format!("--log-facility={}", dir.join(log).display()),
+            format!("--pid-file={}", dir.join(format!("{log}.pid")).display()),
+        ];
+        args.extend(rules.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.start_in(ns, "dnsmasq", &args)
+    }
+
     /// Starts the lab's HTTP server in namespace `ns` on `address:port` (stopped with
     /// the lab) and waits until `ns` itself reaches it.
     pub fn start_http_server(&mut self, ns: &str, address: &str, port: u16) -> Result<()> {

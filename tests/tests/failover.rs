@@ -346,3 +346,91 @@ fn all_uplinks_dead_fails_open() {
     assert_eq!(seen.hits, [100, 0]);
     lab.stop_and_unload().expect("stopping multiroute");
 }
+
+/// Seconds until `uplink` shows `state` in `status`, polling every 50 ms.
+fn time_until_state(lab: &Lab, uplink: usize, state: &str) -> f64 {
+    let start = std::time::Instant::now();
+    wait_until(Duration::from_secs(5), || {
+        lab.status()
+            .is_ok_and(|s| s["uplinks"][uplink]["state"] == state)
+    })
+    .unwrap_or_else(|_| panic!("isp{uplink} never became {state}:\n{}", lab.router_log()));
+    start.elapsed().as_secs_f64()
+}
+
+#[test]
+fn tcp_and_dns_probes_keep_an_uplink_that_drops_icmp_and_catch_silence() {
+    if !require_root("tcp_and_dns_probes_keep_an_uplink_that_drops_icmp_and_catch_silence") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: String::new(),
+    })
+    .expect("building the lab");
+    let inet = lab.inet();
+    lab.start_dnsmasq(
+        &inet,
+        "dns.log",
+        &multiroute_tests::SERVER2.to_string(),
+        &[],
+    )
+    .expect("starting dnsmasq");
+    // ISP 0 is an LTE carrier that drops every ICMP packet, its own included.
+    lab.ns(
+        &lab.isp(0),
+        "nft",
+        &["add table ip noicmp; add chain ip noicmp filter { type filter hook prerouting priority 0; }; add rule ip noicmp filter icmp type echo-request drop"],
+    )
+    .unwrap();
+    let blocks = format!(
+        "{}probe = [\"tcp://{SERVER}:8080\"]\n{}probe = [\"dns://{}\"]\n",
+        Lab::uplink_block(0, 1),
+        Lab::uplink_block(1, 1),
+        multiroute_tests::SERVER2,
+    );
+    lab.write_config_with(&blocks, &health(SERVER)).unwrap();
+    lab.start_router().unwrap();
+    sleep(Duration::from_secs(2));
+    let status = lab.status().unwrap();
+    for (n, target) in [
+        (0, format!("tcp://{SERVER}:8080")),
+        (1, format!("dns://{}", multiroute_tests::SERVER2)),
+    ] {
+        let uplink = &status["uplinks"][n];
+        assert_eq!(uplink["state"], "up", "{uplink}");
+        assert_eq!(uplink["state_changes"], 0, "{uplink}");
+        assert_eq!(uplink["probes"][0]["target"], target.as_str());
+        assert!(uplink["probes"][0]["rtt_ms"].as_f64().is_some(), "{uplink}");
+    }
+    // The TCP target goes silent through ISP 0: a failover, as for ICMP.
+    lab.ns(
+        &lab.isp(0),
+        "nft",
+        &["add table ip silence; add chain ip silence forward { type filter hook forward priority 0; }; add rule ip silence forward tcp dport 8080 drop"],
+    )
+    .unwrap();
+    let tcp_down = time_until_state(&lab, 0, "down");
+    lab.ns(&lab.isp(0), "nft", &["delete", "table", "ip", "silence"])
+        .unwrap();
+    time_until_state(&lab, 0, "up");
+    // The DNS target goes silent through ISP 1.
+    lab.ns(
+        &lab.isp(1),
+        "nft",
+        &["add table ip silence; add chain ip silence forward { type filter hook forward priority 0; }; add rule ip silence forward udp dport 53 drop"],
+    )
+    .unwrap();
+    let dns_down = time_until_state(&lab, 1, "down");
+    println!(
+        "tcp target silent: isp0 down after {tcp_down:.2} s; dns target silent: isp1 down after {dns_down:.2} s"
+    );
+    assert!(tcp_down < 1.5 && dns_down < 1.5, "{tcp_down} / {dns_down}");
+    let spread = lab.connections(200).unwrap();
+    assert_eq!(spread.failures, 0);
+    assert_eq!(
+        spread.hits[1], 0,
+        "no new flow on the uplink whose DNS target is silent"
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}

@@ -103,26 +103,6 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
 }
 
 /// A dnsmasq in namespace `ns`, logging queries to `<lab dir>/<log>`.
-fn start_dnsmasq(lab: &mut Lab, ns: &str, log: &str, listen: &str, rules: &[String]) {
-    let dir = lab.dir.clone();
-    let mut args = vec![
-        "--keep-in-foreground".to_owned(),
-        "--conf-file=/dev/null".into(),
-        "--no-resolv".into(),
-        "--no-hosts".into(),
-        "--bind-interfaces".into(),
-        "--user=root".into(),
-        "--cache-size=0".into(),
-        "--log-queries".into(),
-        format!("--listen-address={listen}"),
-        format!("--log-facility={}", dir.join(log).display()),
-        format!("--pid-file={}", dir.join(format!("{log}.pid")).display()),
-    ];
-    args.extend(rules.iter().cloned());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    lab.start_in(ns, "dnsmasq", &args)
-        .expect("starting dnsmasq");
-}
 
 /// Sources each resolver logged queries from.
 fn query_sources(lab: &Lab, log: &str) -> Vec<String> {
@@ -150,19 +130,18 @@ fn pinned_resolvers_are_reached_through_their_own_isp() {
         )
         .unwrap();
         let isp = lab.isp(n);
-        start_dnsmasq(
-            &mut lab,
+        lab.start_dnsmasq(
             &isp,
             &format!("resolver{n}.log"),
             &resolver,
             &[format!("--address=/isp{n}.test/192.0.2.{}", 10 + n)],
-        );
+        )
+        .expect("starting dnsmasq");
     }
     // The router's caching DNS forwards each name to its ISP's resolver (the seed's
     // scenario), with the resolvers pinned to their uplinks.
     let router = lab.router();
-    start_dnsmasq(
-        &mut lab,
+    lab.start_dnsmasq(
         &router,
         "router-dns.log",
         "100.64.0.1",
@@ -170,7 +149,8 @@ fn pinned_resolvers_are_reached_through_their_own_isp() {
             "--server=/isp0.test/198.51.100.10".into(),
             "--server=/isp1.test/198.51.100.11".into(),
         ],
-    );
+    )
+    .expect("starting dnsmasq");
     let blocks = format!(
         "{}pin = [\"198.51.100.10\"]\n{}pin = [\"198.51.100.11\"]\n",
         Lab::uplink_block(0, 1),

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::net::Ipv4Net;
 
+mod probe_target;
+pub use probe_target::{ProbeTarget, Target};
+
 pub const DEFAULT_PATH: &str = "/etc/multiroute/multiroute.toml";
 
 /// A config problem, always naming the file, the key and what is wrong.
@@ -41,12 +44,6 @@ pub struct UplinkConfig {
     pub pin: Vec<Ipv4Net>,
     pub pin_from: Vec<Ipv4Net>,
     pub probe: Vec<ProbeTarget>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeTarget {
-    Gateway,
-    Address(Ipv4Addr),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -538,15 +535,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
 
     fn probe_targets(&self, key: &str, list: &[String]) -> Result<Vec<ProbeTarget>, ConfigError> {
         list.iter()
-            .map(|text| match text.as_str() {
-                "gateway" => Ok(ProbeTarget::Gateway),
-                other => other.parse().map(ProbeTarget::Address).map_err(|_| {
-                    (self.fail)(
-                        key,
-                        format!("{text:?} is neither \"gateway\" nor an IPv4 address"),
-                    )
-                }),
-            })
+            .map(|text| text.parse().map_err(|problem| (self.fail)(key, problem)))
             .collect()
     }
 

@@ -92,7 +92,7 @@ listen = "127.0.0.1:9750"
         dsl.probe,
         [
             ProbeTarget::Gateway,
-            ProbeTarget::Address("198.51.100.9".parse().unwrap())
+            ProbeTarget::Target(Target::Icmp("198.51.100.9".parse().unwrap()))
         ]
     );
     assert_eq!(dsl.pin_from[0].to_string(), "203.0.113.50");
@@ -143,7 +143,7 @@ interface = "wan0""#,
         (
             &format!("{MINIMAL}probe = [\"gw\"]\n"),
             "uplink[0].probe",
-            "neither",
+            "is none of",
         ),
         (
             &format!("{MINIMAL}[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\n"),

@@ -4,19 +4,20 @@
 //! caller passes results in, which keeps every rule unit-testable.
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    net::Ipv4Addr,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::Target;
 
 /// Probe results kept per target for the loss figure.
 pub const LOSS_WINDOW: usize = 20;
 
 /// One target's record.
 #[derive(Debug, Clone, PartialEq)]
-struct Target {
-    address: Ipv4Addr,
+struct Record {
+    target: Target,
     up: bool,
     ok_streak: u32,
     fail_streak: u32,
@@ -24,12 +25,12 @@ struct Target {
     recent: VecDeque<Option<Duration>>,
 }
 
-impl Target {
+impl Record {
     /// Targets start up: an uplink is trusted until probes prove otherwise, so a
     /// restart never blackholes a working line while the first probes are in flight.
-    fn new(address: Ipv4Addr) -> Self {
+    fn new(target: Target) -> Self {
         Self {
-            address,
+            target,
             up: true,
             ok_streak: 0,
             fail_streak: 0,
@@ -89,7 +90,7 @@ pub struct Change {
 /// A target as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetReport {
-    pub target: Ipv4Addr,
+    pub target: Target,
     pub up: bool,
     pub rtt_ms: Option<f64>,
     pub loss_percent: f64,
@@ -99,7 +100,7 @@ pub struct TargetReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthBook {
     thresholds: Thresholds,
-    uplinks: BTreeMap<String, Vec<Target>>,
+    uplinks: BTreeMap<String, Vec<Record>>,
 }
 
 impl HealthBook {
@@ -113,19 +114,19 @@ impl HealthBook {
     /// Declares which targets each uplink is probed at now. An uplink whose targets
     /// are unchanged keeps its record; new or changed ones start fresh (up); uplinks
     /// no longer listed are forgotten.
-    pub fn track(&mut self, wanted: &BTreeMap<String, Vec<Ipv4Addr>>) {
+    pub fn track(&mut self, wanted: &BTreeMap<String, Vec<Target>>) {
         self.uplinks.retain(|name, _| wanted.contains_key(name));
         for (name, addresses) in wanted {
             let same = self.uplinks.get(name).is_some_and(|targets| {
                 targets
                     .iter()
-                    .map(|t| t.address)
+                    .map(|t| t.target)
                     .eq(addresses.iter().copied())
             });
             if !same {
                 self.uplinks.insert(
                     name.clone(),
-                    addresses.iter().copied().map(Target::new).collect(),
+                    addresses.iter().copied().map(Record::new).collect(),
                 );
             }
         }
@@ -148,13 +149,13 @@ impl HealthBook {
     pub fn record(
         &mut self,
         uplink: &str,
-        target: Ipv4Addr,
+        target: Target,
         rtt: Option<Duration>,
     ) -> Option<Change> {
         let thresholds = self.thresholds;
         let targets = self.uplinks.get_mut(uplink)?;
         let was_alive = targets.iter().any(|t| t.up);
-        let probed = targets.iter().position(|t| t.address == target)?;
+        let probed = targets.iter().position(|t| t.target == target)?;
         targets[probed].record(rtt, thresholds);
         let alive = targets.iter().any(|t| t.up);
         (alive != was_alive).then(|| Change {
@@ -180,7 +181,7 @@ impl HealthBook {
                 targets
                     .iter()
                     .map(|t| TargetReport {
-                        target: t.address,
+                        target: t.target,
                         up: t.up,
                         rtt_ms: t.last_rtt().map(|d| d.as_secs_f64() * 1000.0),
                         loss_percent: t.loss_percent(),
@@ -191,7 +192,7 @@ impl HealthBook {
     }
 }
 
-fn describe(target: &Target, alive: bool, thresholds: Thresholds) -> String {
+fn describe(target: &Record, alive: bool, thresholds: Thresholds) -> String {
     let loss = target.loss_percent();
     if alive {
         let rtt = target
@@ -200,14 +201,14 @@ fn describe(target: &Target, alive: bool, thresholds: Thresholds) -> String {
             .unwrap_or_else(|| "-".into());
         format!(
             "{} answered {} probes in a row (rtt {rtt}, loss {loss:.0}% over the last {})",
-            target.address,
+            target.target,
             thresholds.up,
             target.recent.len()
         )
     } else {
         format!(
             "{} missed {} probes in a row (loss {loss:.0}% over the last {}); no other target answers",
-            target.address,
+            target.target,
             thresholds.down,
             target.recent.len()
         )
@@ -218,11 +219,16 @@ fn describe(target: &Target, alive: bool, thresholds: Thresholds) -> String {
 mod tests {
     use super::*;
 
-    const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-    const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+    use std::net::Ipv4Addr;
+
+    const A: Target = Target::Icmp(Ipv4Addr::new(192, 0, 2, 1));
+    const B: Target = Target::Tcp(std::net::SocketAddrV4::new(
+        Ipv4Addr::new(192, 0, 2, 2),
+        443,
+    ));
     const RTT: Option<Duration> = Some(Duration::from_millis(3));
 
-    fn book(targets: &[Ipv4Addr]) -> HealthBook {
+    fn book(targets: &[Target]) -> HealthBook {
         let mut book = HealthBook::new(Thresholds { down: 3, up: 2 });
         book.track(&BTreeMap::from([("dsl".to_owned(), targets.to_vec())]));
         book

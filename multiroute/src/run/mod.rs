@@ -11,6 +11,7 @@ pub mod control;
 pub mod health;
 pub mod link_events;
 pub mod metrics;
+pub mod probe;
 pub mod prober;
 pub mod states;
 

@@ -1,19 +1,13 @@
-//! ICMP echo probes sent *through* one uplink: the socket is bound to the uplink's
-//! interface (SO_BINDTODEVICE) and address, so the `from <address>` rule sends it into
-//! the uplink's table and a reply can only count if it came back on that interface.
-//! A probe can never succeed via another uplink.
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+//! Each ready uplink's prober: one task that sends a probe to every target once per
+//! interval (the kinds live in [`super::probe`]) and reports each outcome to the
+//! daemon's loop.
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use surge_ping::{Client, ICMP, PingIdentifier, PingSequence};
 use tokio::{sync::mpsc, task::JoinSet, time::MissedTickBehavior};
-use tracing::debug;
 
+use super::probe::{self, Through};
 use crate::{
-    config::{Config, ProbeTarget},
+    config::{Config, Target},
     plan::{Plan, Readiness},
 };
 
@@ -23,7 +17,7 @@ pub struct ProbeSpec {
     pub uplink: String,
     pub interface: String,
     pub address: Ipv4Addr,
-    pub targets: Vec<Ipv4Addr>,
+    pub targets: Vec<Target>,
 }
 
 /// What each ready uplink should be probed at: its own `probe` list or
@@ -43,13 +37,7 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
             } else {
                 &uplink.probe
             };
-            let targets = targets
-                .iter()
-                .map(|t| match t {
-                    ProbeTarget::Gateway => gateway,
-                    ProbeTarget::Address(a) => *a,
-                })
-                .collect();
+            let targets = targets.iter().map(|t| t.resolve(gateway)).collect();
             let spec = ProbeSpec {
                 uplink: planned.name.clone(),
                 interface: planned.interface.clone(),
@@ -66,7 +54,7 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
     pub uplink: String,
-    pub target: Ipv4Addr,
+    pub target: Target,
     pub rtt: Option<Duration>,
 }
 
@@ -88,9 +76,7 @@ impl Drop for Prober {
     }
 }
 
-const PAYLOAD: &[u8] = b"multiroute health probe";
-
-/// Opens the uplink's raw ICMP socket and starts probing every target once per
+/// Opens the uplink's probe sockets and starts probing every target once per
 /// interval. `ident` tells this prober's echoes apart from any other pinger's.
 pub fn spawn(
     spec: ProbeSpec,
@@ -98,59 +84,39 @@ pub fn spawn(
     ident: u16,
     results: mpsc::Sender<ProbeResult>,
 ) -> std::io::Result<Prober> {
-    // Raw, not an unprivileged ping socket: those need `ping_group_range`, which is
-    // closed in a fresh network namespace, and they rewrite the echo identifier.
-    let config = surge_ping::Config::builder()
-        .kind(ICMP::V4)
-        .sock_type_hint(socket2::Type::RAW)
-        .interface(&spec.interface)
-        .bind(SocketAddr::new(IpAddr::V4(spec.address), 0))
-        .build();
-    let client = Client::new(&config)?;
-    let task = tokio::spawn(probe_loop(
-        client,
-        spec.clone(),
-        timing,
-        PingIdentifier(ident),
-        results,
-    ));
+    let through = Through {
+        interface: spec.interface.clone(),
+        address: spec.address,
+    };
+    let probes = probe::for_targets(&spec.targets, &through, ident)?;
+    let task = tokio::spawn(probe_loop(probes, spec.uplink.clone(), timing, results));
     Ok(Prober { spec, task })
 }
 
 async fn probe_loop(
-    client: Client,
-    spec: ProbeSpec,
+    probes: Vec<(Target, std::sync::Arc<dyn probe::Probe>)>,
+    uplink: String,
     timing: Timing,
-    ident: PingIdentifier,
     results: mpsc::Sender<ProbeResult>,
 ) {
     let mut ticker = tokio::time::interval(timing.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Probes outlive a tick when the timeout is longer than the interval.
     let mut in_flight = JoinSet::new();
-    let mut seq: u16 = 0;
+    let mut sequence: u16 = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                for &target in &spec.targets {
-                    seq = seq.wrapping_add(1);
-                    let mut pinger = client.pinger(IpAddr::V4(target), ident).await;
-                    pinger.timeout(timing.timeout);
-                    let sequence = PingSequence(seq);
+                for (target, probe) in &probes {
+                    sequence = sequence.wrapping_add(1);
+                    let (target, probe) = (*target, probe.clone());
                     in_flight.spawn(async move {
-                        let rtt = match pinger.ping(sequence, PAYLOAD).await {
-                            Ok((_, rtt)) => Some(rtt),
-                            Err(err) => {
-                                debug!(%target, "probe lost: {err}");
-                                None
-                            }
-                        };
-                        (target, rtt)
+                        (target, probe.probe(sequence, timing.timeout).await)
                     });
                 }
             }
             Some(Ok((target, rtt))) = in_flight.join_next() => {
-                let result = ProbeResult { uplink: spec.uplink.clone(), target, rtt };
+                let result = ProbeResult { uplink: uplink.clone(), target, rtt };
                 if results.send(result).await.is_err() {
                     return;
                 }
@@ -209,11 +175,14 @@ gateway = "198.18.3.1"
         let targets = |name: &str| wanted[name].targets.clone();
         assert_eq!(
             targets("dsl"),
-            [Ipv4Addr::new(198, 51, 100, 9), Ipv4Addr::new(192, 0, 2, 1)]
+            [
+                Target::Icmp(Ipv4Addr::new(198, 51, 100, 9)),
+                Target::Icmp(Ipv4Addr::new(192, 0, 2, 1))
+            ]
         );
         assert_eq!(
             targets("cable"),
-            [Ipv4Addr::new(203, 0, 113, 1)],
+            [Target::Icmp(Ipv4Addr::new(203, 0, 113, 1))],
             "[health] default: the gateway"
         );
         assert_eq!(wanted["dsl"].address, Ipv4Addr::new(192, 0, 2, 7));
