@@ -434,3 +434,129 @@ fn tcp_and_dns_probes_keep_an_uplink_that_drops_icmp_and_catch_silence() {
     );
     lab.stop_and_unload().expect("stopping multiroute");
 }
+
+/// A UDP flow started now: (the uplink that first answered, the client).
+fn udp_session(
+    lab: &Lab,
+    seconds: f64,
+) -> (usize, std::process::Child, impl Iterator<Item = String>) {
+    let mut client = lab.start_udp(seconds, 50).expect("starting the UDP client");
+    let mut lines = BufReader::new(client.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok);
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a first answer")).expect("the first answer");
+    let uplink = lab
+        .uplink_index(first["first"].as_str().expect("an address"))
+        .expect("an uplink address");
+    (uplink, client, lines)
+}
+
+/// Fails both tier-1 uplinks, checks the backup takes every new flow within the
+/// failover bound and starts a UDP flow on it, restores them, checks new flows
+/// return to tier 1; returns the uplink the UDP flow ended on.
+fn backup_round(lab: &Lab, failback: &str) -> usize {
+    let attempts = lab.start_attempts(2.5, 20, 500).unwrap();
+    sleep(Duration::from_millis(500));
+    let t0 = wall_clock();
+    lab.fail_upstream(0).unwrap();
+    lab.fail_upstream(1).unwrap();
+    let attempts = Lab::attempts(attempts).unwrap();
+    let outage = measure_outage(&attempts, t0).unwrap();
+    let after: Vec<_> = attempts
+        .iter()
+        .filter(|a| a.start > t0 + outage.seconds)
+        .collect();
+    assert!(
+        after
+            .iter()
+            .all(|a| a.address.as_deref() == Some("198.18.2.2")),
+        "{failback}: the backup takes every new flow"
+    );
+    let (on, mut client, mut lines) = udp_session(lab, 3.0);
+    assert_eq!(on, 2, "the UDP flow starts on the backup");
+    lab.restore_upstream(0).unwrap();
+    lab.restore_upstream(1).unwrap();
+    wait_until(Duration::from_secs(5), || {
+        lab.status()
+            .is_ok_and(|s| s["uplinks"][0]["state"] == "up" && s["uplinks"][1]["state"] == "up")
+    })
+    .expect("tier 1 recovers");
+    let back = lab.connections(300).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("the UDP report")).unwrap();
+    assert!(client.wait().unwrap().success());
+    println!(
+        "failback {failback}: tier 1 failed → new flows on the backup after {:.0} ms ({} failed); \
+         after recovery {:?} of 300 new flows per uplink; the UDP flow ended on {}",
+        outage.seconds * 1000.0,
+        outage.failed,
+        back.hits,
+        report["last_address"]
+    );
+    assert!(
+        outage.seconds < 1.0,
+        "{failback}: failover {:.2} s",
+        outage.seconds
+    );
+    assert_eq!(back.failures, 0);
+    assert_eq!(back.hits[2], 0, "{failback}: new flows return to tier 1");
+    lab.uplink_index(report["last_address"].as_str().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn a_backup_tier_takes_new_flows_only_while_the_better_tier_is_dead() {
+    if !require_root("a_backup_tier_takes_new_flows_only_while_the_better_tier_is_dead") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1, 1],
+        extra_config: String::new(),
+    })
+    .expect("building the lab");
+    let blocks = |failback: &str| {
+        let uplinks = format!(
+            "{}{}{}tier = 2\n",
+            Lab::uplink_block(0, 1),
+            Lab::uplink_block(1, 1),
+            Lab::uplink_block(2, 1)
+        );
+        (
+            uplinks,
+            format!("{}\n[balance]\nfailback = \"{failback}\"\n", health(SERVER)),
+        )
+    };
+    let (uplinks, extra) = blocks("keep");
+    lab.write_config_with(&uplinks, &extra).unwrap();
+    lab.start_router().unwrap();
+    let spread = lab.connections(1000).unwrap();
+    assert_eq!(spread.failures, 0);
+    assert_eq!(
+        spread.hits[2], 0,
+        "the tier-2 uplink gets no flow while tier 1 lives: {spread:?}"
+    );
+    let status = lab.status().unwrap();
+    assert_eq!(status["uplinks"][2]["tier"], 2);
+    assert_eq!(status["uplinks"][2]["new_flows"], false);
+
+    assert_eq!(
+        backup_round(&lab, "keep"),
+        2,
+        "keep: the flow stays on the backup"
+    );
+
+    let (uplinks, extra) = blocks("move");
+    lab.write_config_with(&uplinks, &extra).unwrap();
+    lab.signal_router(libc::SIGHUP).unwrap();
+    sleep(Duration::from_millis(500));
+    let ended_on = backup_round(&lab, "move");
+    assert_ne!(ended_on, 2, "move: the flow moves back to tier 1");
+    assert!(
+        lab.router_log().contains("flushed the conntrack entries")
+            && lab.router_log().contains("uplink=isp2"),
+        "move flushes the backup's conntrack entries:\n{}",
+        lab.router_log()
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}

@@ -210,18 +210,19 @@ pub struct Updated {
 }
 
 /// Uplinks that carried traffic from an address under `previous` and no longer do
-/// from that address under `plan`: dead, down, removed, or readdressed.
+/// from that address under `plan`: dead, down, removed, readdressed, or standing by
+/// on a backup tier (`failback = "move"`).
 fn stopped_addresses(previous: &Plan, plan: &Plan) -> Vec<(String, Ipv4Addr)> {
     previous
         .uplinks
         .iter()
-        .filter(|old| old.alive)
+        .filter(|old| old.carries())
         .filter_map(|old| {
             let address = old.address()?;
             let still = plan
                 .uplinks
                 .iter()
-                .any(|new| new.name == old.name && new.alive && new.address() == Some(address));
+                .any(|new| new.name == old.name && new.carries() && new.address() == Some(address));
             (!still).then(|| (old.name.clone(), address))
         })
         .collect()

@@ -45,6 +45,10 @@ struct UplinkStatus {
     /// "up", "down" or "drained" (alive, weight 0: keeps its flows, takes no new ones).
     state: &'static str,
     weight: u32,
+    /// Lower is preferred: new flows use the best tier with a live uplink.
+    tier: u32,
+    /// Takes new flows now: alive, weighted and on the best live tier.
+    new_flows: bool,
     interface: String,
     address: Option<String>,
     gateway: Option<String>,
@@ -115,10 +119,16 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             (true, 0) => "drained",
             (true, _) => "up",
         };
+        let new_flows = daemon_view.map_or(
+            uplink.takes_new_flows(plan.active_tier()) && weight > 0,
+            |u| u.new_flows,
+        );
         uplinks.push(UplinkStatus {
             name: uplink.name.clone(),
             state,
             weight,
+            tier: uplink.tier,
+            new_flows,
             interface: uplink.interface.clone(),
             address,
             gateway,
@@ -214,9 +224,9 @@ fn print_table(status: &Status) {
     if status.fail_open {
         println!("ALL UPLINKS DOWN: failing open, LAN traffic follows the main table");
     }
-    let row = |cells: [&str; 13]| {
+    let row = |cells: [&str; 14]| {
         println!(
-            "{:<15} {:<8} {:>5} {:>6} {:<10} {:<18} {:<15} {:>5} {:>8} {:>5} {:>7} {:>10} {:>12}",
+            "{:<15} {:<8} {:>5} {:>6} {:>4} {:<10} {:<18} {:<15} {:>5} {:>8} {:>5} {:>7} {:>10} {:>12}",
             cells[0],
             cells[1],
             cells[2],
@@ -229,7 +239,8 @@ fn print_table(status: &Status) {
             cells[9],
             cells[10],
             cells[11],
-            cells[12]
+            cells[12],
+            cells[13]
         );
     };
     row([
@@ -237,6 +248,7 @@ fn print_table(status: &Status) {
         "STATE",
         "SINCE",
         "WEIGHT",
+        "TIER",
         "INTERFACE",
         "ADDRESS",
         "GATEWAY",
@@ -253,6 +265,7 @@ fn print_table(status: &Status) {
             u.state,
             &age(u.since),
             &u.weight.to_string(),
+            &format!("{}{}", u.tier, if u.new_flows { "" } else { "*" }),
             &u.interface,
             u.address.as_deref().unwrap_or("-"),
             u.gateway.as_deref().unwrap_or("-"),
@@ -263,6 +276,9 @@ fn print_table(status: &Status) {
             &u.packets.to_string(),
             &u.bytes.to_string(),
         ]);
+    }
+    if status.uplinks.iter().any(|u| !u.new_flows) {
+        println!("TIER *: takes no new flows now (down, drained, or a better tier is live)");
     }
     for u in status.uplinks.iter().filter(|u| u.state == "down") {
         if let Some(reason) = &u.reason {

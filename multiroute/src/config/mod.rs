@@ -33,6 +33,40 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
+    pub balance: BalanceConfig,
+}
+
+/// `[balance]`: what a new flow's uplink is chosen by, and what backup-tier flows
+/// do when a better tier recovers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BalanceConfig {
+    pub by: BalanceBy,
+    pub failback: Failback,
+}
+
+/// The granularity of balancing (mwan3 `sticky`, pfSense sticky connections,
+/// MikroTik PCC classifiers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceBy {
+    /// Each connection (5-tuple) on its own.
+    #[default]
+    Connection,
+    /// Every connection between one LAN host and one server shares an uplink.
+    Addresses,
+    /// Every connection of one LAN host shares an uplink.
+    Source,
+}
+
+/// Flows on a backup tier when a better tier has a live uplink again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failback {
+    /// They stay until they end.
+    #[default]
+    Keep,
+    /// They move back; the backup's conntrack entries are flushed (metered LTE).
+    Move,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +75,8 @@ pub struct UplinkConfig {
     pub interface: String,
     pub gateway: Option<Ipv4Addr>,
     pub weight: u32,
+    /// Lower is preferred: new flows use the best tier that has a live uplink.
+    pub tier: u32,
     pub pin: Vec<Ipv4Net>,
     pub pin_from: Vec<Ipv4Net>,
     pub probe: Vec<ProbeTarget>,
@@ -107,6 +143,17 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    balance: RawBalance,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBalance {
+    #[serde(default)]
+    by: BalanceBy,
+    #[serde(default)]
+    failback: Failback,
 }
 
 #[derive(Deserialize, Default)]
@@ -123,6 +170,8 @@ struct RawUplink {
     gateway: Option<String>,
     #[serde(default = "default_weight")]
     weight: i64,
+    #[serde(default = "default_tier")]
+    tier: i64,
     #[serde(default)]
     pin: Vec<String>,
     #[serde(default)]
@@ -133,6 +182,13 @@ struct RawUplink {
 fn default_weight() -> i64 {
     1
 }
+
+fn default_tier() -> i64 {
+    1
+}
+
+/// Tiers 1 (preferred, the default) to this.
+pub const MAX_TIER: u32 = 255;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -361,6 +417,10 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             control: ControlConfig {
                 socket: raw.control.socket,
             },
+            balance: BalanceConfig {
+                by: raw.balance.by,
+                failback: raw.balance.failback,
+            },
             metrics: MetricsConfig {
                 listen: raw
                     .metrics
@@ -411,6 +471,15 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                     format!("{} must be between 0 and {MAX_WEIGHT}", raw.weight),
                 )
             })?;
+        let tier = u32::try_from(raw.tier)
+            .ok()
+            .filter(|t| (1..=MAX_TIER).contains(t))
+            .ok_or_else(|| {
+                fail(
+                    &key("tier"),
+                    format!("{} must be between 1 (preferred) and {MAX_TIER}", raw.tier),
+                )
+            })?;
         let prefixes = |field: &str, list: &[String]| {
             list.iter()
                 .map(|text| {
@@ -434,6 +503,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             interface: raw.interface,
             gateway,
             weight,
+            tier,
             pin,
             pin_from,
             probe,

@@ -16,7 +16,7 @@ pub use maglev::{Member, build_ring};
 pub use model::{MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector};
 
 use crate::{
-    config::{Config, UplinkConfig},
+    config::{Config, Failback, UplinkConfig},
     net::Ipv4Net,
 };
 
@@ -120,9 +120,14 @@ pub struct UplinkPlan {
     pub table: u32,
     pub mark: u32,
     pub weight: u32,
+    pub tier: u32,
     pub readiness: Readiness,
     /// Ready and not declared dead by health checks.
     pub alive: bool,
+    /// Alive, but on a worse tier than the best live one with `failback = "move"`:
+    /// its flows move to the best tier, as if it were dead, though it stays probed
+    /// and ready to take over.
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,19 +194,28 @@ impl Plan {
                     table: config.table(slot as usize),
                     mark: config.mark(slot as usize),
                     weight: uplink.weight,
+                    tier: uplink.tier,
                     alive: matches!(readiness, Readiness::Ready { .. })
                         && !dead.contains(&uplink.name),
                     readiness,
+                    standby: false,
                 })
             })
             .collect::<Result<Vec<_>, PlanError>>()?;
+        let mut uplinks = uplinks;
+        let active = active_tier(&uplinks);
+        if config.balance.failback == Failback::Move {
+            for uplink in &mut uplinks {
+                uplink.standby = uplink.alive && Some(uplink.tier) > active;
+            }
+        }
 
         let routes = table_routes(config, observed, &uplinks);
         let rules = rules(config, &uplinks);
         let main_default = config
             .routing
             .main_default
-            .then(|| main_default(&uplinks))
+            .then(|| main_default(&uplinks, active))
             .flatten();
         let mask = config.routing.fwmark_mask;
         let used = uplinks.iter().map(|u| u.slot + 1).max().unwrap_or(0);
@@ -210,13 +224,13 @@ impl Plan {
             datapath_uplinks[u.slot as usize] = multiroute_ebpf::Uplink {
                 mark: u.mark,
                 mask,
-                alive: u32::from(u.alive),
+                alive: u32::from(u.carries()),
                 pad: 0,
             };
         }
         let members: Vec<_> = uplinks
             .iter()
-            .filter(|u| u.alive)
+            .filter(|u| u.takes_new_flows(active))
             .map(|u| Member {
                 index: u.slot,
                 name: &u.name,
@@ -245,7 +259,27 @@ impl Plan {
     }
 }
 
+/// The best (lowest) tier with a live, weighted uplink: the one new flows use.
+fn active_tier(uplinks: &[UplinkPlan]) -> Option<u32> {
+    uplinks
+        .iter()
+        .filter(|u| u.alive && u.weight > 0)
+        .map(|u| u.tier)
+        .min()
+}
+
 impl UplinkPlan {
+    /// May carry flows: alive and not standing by on a backup tier. The datapath
+    /// moves the flows of an uplink that does not.
+    pub fn carries(&self) -> bool {
+        self.alive && !self.standby
+    }
+
+    /// In the ring: carries flows and is on the best live tier.
+    pub fn takes_new_flows(&self, active_tier: Option<u32>) -> bool {
+        self.carries() && Some(self.tier) == active_tier
+    }
+
     /// The uplink's own address, when it has one.
     pub fn address(&self) -> Option<Ipv4Addr> {
         match self.readiness {
@@ -269,6 +303,11 @@ impl Plan {
             .chain(&self.main_default)
             .map(ToString::to_string);
         rules.chain(routes).collect()
+    }
+
+    /// The tier new flows use: the best one with a live, weighted uplink.
+    pub fn active_tier(&self) -> Option<u32> {
+        active_tier(&self.uplinks)
     }
 
     /// No uplink can take new flows: the datapath passes them unmarked and the main
@@ -427,10 +466,10 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
 
 /// The seed's `default scope global nexthop via … weight …` over the live, weighted
 /// uplinks, for traffic the router itself originates.
-fn main_default(uplinks: &[UplinkPlan]) -> Option<Route> {
+fn main_default(uplinks: &[UplinkPlan], active_tier: Option<u32>) -> Option<Route> {
     let nexthops: Vec<_> = uplinks
         .iter()
-        .filter(|u| u.alive && u.weight > 0)
+        .filter(|u| u.takes_new_flows(active_tier) && u.weight > 0)
         .filter_map(|u| match u.readiness {
             Readiness::Ready { gateway, .. } => Some(Nexthop {
                 gateway,

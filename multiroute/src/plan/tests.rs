@@ -255,3 +255,68 @@ fn uplinks_keep_the_slot_the_datapath_holds() {
             .any(|r| r.ends_with("from 142.154.64.7 lookup 102"))
     );
 }
+
+/// The seed's two uplinks with cable as a backup tier.
+fn tiered(failback: &str) -> Config {
+    let text = SEED_CONFIG.replace(
+        "gateway = \"24.19.12.1\"",
+        "gateway = \"24.19.12.1\"\ntier = 2",
+    ) + &format!("\n[balance]\nfailback = \"{failback}\"\n");
+    Config::parse(&text, Path::new("tiered.toml")).unwrap()
+}
+
+fn ring_members(plan: &Plan) -> BTreeSet<u32> {
+    plan.ring.iter().copied().collect()
+}
+
+#[test]
+fn new_flows_use_the_best_live_tier_only() {
+    let config = tiered("keep");
+    let plan = build(&config, &seed_host(), &BTreeSet::new()).unwrap();
+    assert_eq!(
+        ring_members(&plan),
+        BTreeSet::from([0]),
+        "only dsl (tier 1)"
+    );
+    assert_eq!(
+        plan.main_default.as_ref().unwrap().to_string(),
+        "default via 142.154.64.1 dev eth1 table main",
+        "the router's own traffic prefers tier 1 too"
+    );
+    assert_eq!(
+        plan.datapath_uplinks[1].alive, 1,
+        "keep: the backup keeps its flows"
+    );
+    let dsl_dead = build(&config, &seed_host(), &BTreeSet::from(["dsl".into()])).unwrap();
+    assert_eq!(
+        ring_members(&dsl_dead),
+        BTreeSet::from([1]),
+        "the backup takes over"
+    );
+    assert!(!dsl_dead.fail_open());
+}
+
+#[test]
+fn failback_move_moves_the_backups_flows_while_a_better_tier_lives() {
+    let plan = build(&tiered("move"), &seed_host(), &BTreeSet::new()).unwrap();
+    let cable = &plan.uplinks[1];
+    assert!(cable.alive && cable.standby, "alive, probed, standing by");
+    assert_eq!(
+        plan.datapath_uplinks[1].alive, 0,
+        "its flows move on their next packet"
+    );
+    assert!(
+        plan.rules
+            .iter()
+            .any(|r| r.to_string().contains("from 24.19.12.45")),
+        "still routable for its own address and probes"
+    );
+    let dsl_dead = build(
+        &tiered("move"),
+        &seed_host(),
+        &BTreeSet::from(["dsl".into()]),
+    )
+    .unwrap();
+    assert!(!dsl_dead.uplinks[1].standby);
+    assert_eq!(dsl_dead.datapath_uplinks[1].alive, 1);
+}

@@ -91,6 +91,9 @@ pub struct UplinkReport {
     pub alive: bool,
     /// The weight in force (the config's, or what `multiroute weight` set since).
     pub weight: u32,
+    pub tier: u32,
+    /// In the ring: alive, weighted and on the best live tier.
+    pub new_flows: bool,
     /// When the uplink entered its current state (seconds since the Unix epoch).
     pub since: f64,
     /// Why it is in that state.
@@ -508,6 +511,7 @@ impl Daemon {
     }
 
     fn report(&self) -> DaemonReport {
+        let active = self.plan.active_tier();
         let uplinks = self
             .plan
             .uplinks
@@ -518,6 +522,8 @@ impl Daemon {
                     name: u.name.clone(),
                     alive: state.alive,
                     weight: u.weight,
+                    tier: u.tier,
+                    new_flows: u.takes_new_flows(active) && u.weight > 0,
                     since: state
                         .since
                         .duration_since(SystemTime::UNIX_EPOCH)

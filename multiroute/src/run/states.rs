@@ -123,6 +123,8 @@ mod tests {
                 table: 101 + slot as u32,
                 mark: 0x100 << slot,
                 weight: 1,
+                tier: 1,
+                standby: false,
                 readiness: Readiness::Ready {
                     address: Ipv4Net::new(Ipv4Addr::new(198, 18, slot as u8, 2), 24),
                     gateway: Ipv4Addr::new(198, 18, slot as u8, 1),
