@@ -102,8 +102,6 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
-/// A dnsmasq in namespace `ns`, logging queries to `<lab dir>/<log>`.
-
 /// Sources each resolver logged queries from.
 fn query_sources(lab: &Lab, log: &str) -> Vec<String> {
     std::fs::read_to_string(lab.dir.join(log))
