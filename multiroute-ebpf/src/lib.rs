@@ -24,6 +24,20 @@ pub const PENDING_UPLINK: u32 = u32::MAX - 1;
 /// Default capacity of the flow table; userspace may resize it at load time.
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
 
+/// Capacity of the affinity table (`[balance] by = "addresses" | "source"`): one
+/// entry per LAN host and server, or per LAN host.
+pub const AFFINITY_TABLE_SIZE: u32 = 65_536;
+
+/// `[balance] by`, as the datapath reads it from `MR_BALANCE`.
+pub mod balance {
+    /// Each connection (5-tuple) chooses on its own.
+    pub const CONNECTION: u32 = 0;
+    /// Connections between one LAN host and one server share an uplink.
+    pub const ADDRESSES: u32 = 1;
+    /// Connections of one LAN host share an uplink.
+    pub const SOURCE: u32 = 2;
+}
+
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
     pub const FLOWS: &str = "MR_FLOWS";
@@ -32,6 +46,8 @@ pub mod map_names {
     pub const TRAFFIC: &str = "MR_TRAFFIC";
     pub const COUNTERS: &str = "MR_COUNTERS";
     pub const SLOTS: &str = "MR_SLOTS";
+    pub const AFFINITY: &str = "MR_AFFINITY";
+    pub const BALANCE: &str = "MR_BALANCE";
 }
 
 /// Name of the classifier function inside the object file.
@@ -177,6 +193,17 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h ^= h >> 32;
     h as u32
+}
+
+/// The key a new flow's uplink is chosen and remembered by under `by` (see
+/// [`balance`]): the flow itself, its two addresses, or its source address.
+#[inline(always)]
+pub fn affinity_key(key: &FlowKey, by: u32) -> FlowKey {
+    FlowKey {
+        src: key.src,
+        dst: if by == balance::SOURCE { 0 } else { key.dst },
+        ..FlowKey::default()
+    }
 }
 
 /// The ring slot a flow falls in.

@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use multiroute_ebpf::{
-    COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS, PENDING_UPLINK, RING_SIZE,
-    SlotName, Traffic, Uplink, ring_slot,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS,
+    PENDING_UPLINK, RING_SIZE, SlotName, Traffic, Uplink, affinity_key, balance, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -38,6 +38,16 @@ static TRAFFIC: PerCpuArray<Traffic> = PerCpuArray::pinned(MAX_UPLINKS, 0);
 /// Which uplink owns each slot: written and read by userspace only.
 #[map(name = "MR_SLOTS")]
 static SLOTS: Array<SlotName> = Array::pinned(MAX_UPLINKS, 0);
+
+/// `[balance] by = "addresses" | "source"`: the uplink each LAN host and server
+/// (or LAN host) was given, so its next connections get the same one. Consulted
+/// only for new flows.
+#[map(name = "MR_AFFINITY")]
+static AFFINITY: LruHashMap<FlowKey, u32> = LruHashMap::pinned(AFFINITY_TABLE_SIZE, 0);
+
+/// One entry: `[balance] by` (see `multiroute_ebpf::balance`), written by userspace.
+#[map(name = "MR_BALANCE")]
+static BALANCE: Array<u32> = Array::pinned(1, 0);
 
 #[map(name = "MR_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
@@ -95,7 +105,7 @@ fn steer(ctx: &TcContext, key: &FlowKey) {
                 chosen
             }
         },
-        None => match ring_choice(key) {
+        None => match new_flow_choice(key) {
             Some(PENDING_UPLINK) => {
                 return remember(key, PENDING_UPLINK, Counter::PassPending);
             }
@@ -133,6 +143,31 @@ fn remembered_uplink(flow: *mut Flow) -> Option<(u32, Uplink)> {
 #[inline(always)]
 fn choose_uplink(key: &FlowKey) -> Option<(u32, Uplink)> {
     ring_choice(key).and_then(live_uplink)
+}
+
+/// The uplink index (or `NO_UPLINK`, [`PENDING_UPLINK`]) for a flow the table does
+/// not know. With `[balance] by` other than "connection", the flow's addresses (or
+/// source) keep the uplink their earlier flows got while it lives; a new pair is
+/// placed by its own hash, so weights hold across many hosts and servers.
+#[inline(always)]
+fn new_flow_choice(key: &FlowKey) -> Option<u32> {
+    let by = BALANCE.get(0).copied().unwrap_or(balance::CONNECTION);
+    if by == balance::CONNECTION {
+        return ring_choice(key);
+    }
+    let affine = affinity_key(key, by);
+    // SAFETY: the pointer comes from a successful lookup; a u32 is read once.
+    let remembered = AFFINITY.get_ptr(&affine).map(|index| unsafe { *index });
+    if let Some(index) = remembered
+        && live_uplink(index).is_some()
+    {
+        return Some(index);
+    }
+    let chosen = ring_choice(&affine)?;
+    if chosen != PENDING_UPLINK && live_uplink(chosen).is_some() {
+        let _ = AFFINITY.insert(&affine, &chosen, 0);
+    }
+    Some(chosen)
 }
 
 /// The ring slot's entry for the flow: an uplink index, `NO_UPLINK` or

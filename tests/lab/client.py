@@ -18,6 +18,10 @@ udp HOST PORT SECONDS INTERVAL
                        INTERVAL s to the echo server; prints {"first": address} as soon
                        as the first answer comes, then {"sent", "answered", "lost",
                        "by_address", "last_address"}.
+sources FIRST N URL [URL ...]
+                       from each of N source addresses starting at FIRST, one
+                       request to each URL in turn; prints {"seen": {source: [the
+                       address the server saw, per URL]}, "failures": k}.
 sessions HOST PORT TCP UDP SECONDS INTERVAL
                        TCP long-lived connections to the line echo (PORT) and UDP
                        flows to the datagram echo (PORT-1), all open at once; prints
@@ -154,6 +158,22 @@ def udp(host, port, seconds, interval):
                       "by_address": by_address, "last_address": last}), flush=True)
 
 
+def sources(first, n, urls):
+    import ipaddress
+    seen, failures = {}, 0
+    start = ipaddress.IPv4Address(first)
+    for i in range(n):
+        source = str(start + i)
+        for url in urls:
+            try:
+                address = get(url, source=source).decode().strip()
+            except OSError:
+                failures += 1
+                address = None
+            seen.setdefault(source, []).append(address)
+    print(json.dumps({"seen": seen, "failures": failures}))
+
+
 def sessions(host, port, tcp, udp, seconds, interval):
     conns, flows = [], []
     for _ in range(tcp):
@@ -229,6 +249,8 @@ if __name__ == "__main__":
         stream(sys.argv[2])
     elif mode == "attempts":
         attempts(sys.argv[2], *map(float, sys.argv[3:6]))
+    elif mode == "sources":
+        sources(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
     elif mode == "sessions":
         sessions(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
                  float(sys.argv[6]), float(sys.argv[7]))

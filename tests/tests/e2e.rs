@@ -294,3 +294,153 @@ fn bad_input_changes_nothing() {
     std::thread::sleep(Duration::from_millis(100));
     stop_cleanly(&mut lab); // the first one is unharmed by the refused second load
 }
+
+/// Gives the LAN client `count` more addresses from 100.64.16.1 on, one after
+/// another (routed by the router through it, 100.64.16.0/20).
+fn add_client_sources(lab: &Lab, count: usize) {
+    let first = u32::from(std::net::Ipv4Addr::new(100, 64, 16, 1));
+    let batch: String = (0..count as u32)
+        .map(|i| {
+            format!(
+                "addr add {}/32 dev eth0\n",
+                std::net::Ipv4Addr::from(first + i)
+            )
+        })
+        .collect();
+    let file = lab.dir.join("sources.batch");
+    std::fs::write(&file, batch).unwrap();
+    lab.ns(&lab.client(), "ip", &["-batch", &file.to_string_lossy()])
+        .unwrap();
+    lab.ns(
+        &lab.router(),
+        "ip",
+        &[
+            "route",
+            "add",
+            "100.64.16.0/20",
+            "via",
+            "100.64.0.2",
+            "dev",
+            "lan0",
+        ],
+    )
+    .unwrap();
+}
+
+/// From each of `count` sources from `first` on, one request to each server
+/// address: per source the uplinks the server saw, in order.
+fn per_source(
+    lab: &Lab,
+    first: &str,
+    count: usize,
+    servers: &[std::net::Ipv4Addr],
+) -> Vec<Vec<usize>> {
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("http://{s}:{}/", multiroute_tests::SERVER_PORT))
+        .collect();
+    let mut args = vec![
+        multiroute_tests::lab_script("client.py"),
+        "sources".into(),
+        first.into(),
+        count.to_string(),
+    ];
+    args.extend(urls);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.ns(&lab.client(), "python3", &args).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&String> = report["seen"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, seen)| seen.as_array().unwrap().iter().any(|a| a.is_null()))
+        .map(|(source, _)| source)
+        .take(8)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed, from e.g. {failed:?}",
+        report["failures"]
+    );
+    report["seen"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|seen| {
+            seen.as_array()
+                .unwrap()
+                .iter()
+                .map(|a| lab.uplink_index(a.as_str().unwrap()).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn balancing_by_addresses_or_by_source_keeps_hosts_together() {
+    if !require_root("balancing_by_addresses_or_by_source_keeps_hosts_together") {
+        return;
+    }
+    const SOURCES: usize = 1000;
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: "\n[balance]\nby = \"source\"\n".into(),
+    })
+    .unwrap();
+    add_client_sources(&lab, 2 * SOURCES);
+    lab.start_router().unwrap();
+    let server = multiroute_tests::SERVER;
+    let server2 = multiroute_tests::SERVER2;
+    // by = "source": every connection of a LAN host on one uplink.
+    let seen = per_source(&lab, "100.64.16.1", SOURCES, &[server, server2, server]);
+    let split = seen.iter().filter(|s| s[0] == 0).count();
+    println!(
+        "by source: {SOURCES} hosts, {split} on isp0, {} split across uplinks",
+        seen.iter().filter(|s| s.iter().any(|u| *u != s[0])).count()
+    );
+    assert!(
+        seen.iter().all(|s| s.iter().all(|u| *u == s[0])),
+        "each host on one uplink"
+    );
+    assert!(
+        (percent(split, SOURCES) - 50.0).abs() <= 3.0,
+        "{split} of {SOURCES} hosts on isp0"
+    );
+
+    // by = "addresses" (reloaded: running flows stay): one uplink per host and
+    // server, the two servers independently.
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace("by = \"source\"", "by = \"addresses\""),
+    )
+    .unwrap();
+    lab.signal_router(libc::SIGHUP).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Other hosts: a reused 5-tuple of the first round would be that flow.
+    let seen = per_source(
+        &lab,
+        "100.64.19.233",
+        SOURCES,
+        &[server2, server, server2, server],
+    );
+    let pairs_on_isp0 = seen
+        .iter()
+        .map(|s| usize::from(s[0] == 0) + usize::from(s[1] == 0))
+        .sum::<usize>();
+    let hosts_split = seen.iter().filter(|s| s[0] != s[1]).count();
+    println!(
+        "by addresses: {pairs_on_isp0} of {} host-server pairs on isp0; {hosts_split} hosts use both uplinks",
+        2 * SOURCES
+    );
+    assert!(
+        seen.iter().all(|s| s[0] == s[2] && s[1] == s[3]),
+        "each host and server on one uplink"
+    );
+    assert!((percent(pairs_on_isp0, 2 * SOURCES) - 50.0).abs() <= 3.0);
+    assert!(
+        hosts_split > SOURCES / 4,
+        "a host's servers spread over both uplinks: {hosts_split}"
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}

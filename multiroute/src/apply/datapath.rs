@@ -23,7 +23,8 @@ use aya::{
 };
 use multiroute_ebpf::{
     COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS,
-    PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, map_names,
+    PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, affinity_key, balance,
+    map_names,
 };
 use tracing::{debug, info};
 
@@ -335,6 +336,9 @@ pub struct Maps {
     traffic: PerCpuArray<MapData, Traffic>,
     counters: PerCpuArray<MapData, u64>,
     slots: Array<MapData, SlotName>,
+    /// `[balance] by`, one entry.
+    balance: Array<MapData, u32>,
+    affinity: HashMap<MapData, FlowKey, u32>,
 }
 
 /// `union bpf_attr` as the `BPF_MAP_*_BATCH` commands read it.
@@ -526,6 +530,8 @@ impl Maps {
             traffic: open_map(pin_path, map_names::TRAFFIC)?,
             counters: open_map(pin_path, map_names::COUNTERS)?,
             slots: open_map(pin_path, map_names::SLOTS)?,
+            balance: open_map(pin_path, map_names::BALANCE)?,
+            affinity: open_map(pin_path, map_names::AFFINITY)?,
         })
     }
 
@@ -537,9 +543,18 @@ impl Maps {
         self.write_ring(&plan.ring)
     }
 
+    /// How new flows are grouped (`[balance] by`); read only for new flows, so a
+    /// change moves no running flow.
+    pub fn write_balance(&mut self, by: u32) -> Result<(), DatapathError> {
+        self.balance
+            .set(0, &by, 0)
+            .map_err(map_error(map_names::BALANCE))
+    }
+
     /// The uplink table and the slot owners. Unused slots are cleared so a removed
     /// uplink's flows are re-steered.
     pub fn write_uplinks(&mut self, plan: &Plan) -> Result<(), DatapathError> {
+        self.write_balance(plan.balance_by)?;
         for index in 0..MAX_UPLINKS {
             self.set_uplink(index, planned_uplink(plan, index))?;
             let owner = plan
@@ -585,6 +600,13 @@ impl Maps {
     /// wrote.
     pub fn differences(&mut self, plan: &Plan) -> Result<Vec<String>, DatapathError> {
         let mut differences = Vec::new();
+        let by = self
+            .balance
+            .get(&0, 0)
+            .map_err(map_error(map_names::BALANCE))?;
+        if by != plan.balance_by {
+            differences.push(format!("balance mode {by} instead of {}", plan.balance_by));
+        }
         for index in 0..MAX_UPLINKS {
             let held = self
                 .uplinks
@@ -640,6 +662,20 @@ impl Maps {
             };
             self.insert_flow(&session.key, &flow)?;
             written += 1;
+            // Later connections of the same host (and server) follow the running
+            // ones, as the datapath would have grouped them.
+            let by = self
+                .balance
+                .get(&0, 0)
+                .map_err(map_error(map_names::BALANCE))?;
+            if by != balance::CONNECTION {
+                let affine = affinity_key(&session.key, by);
+                if self.affinity.get(&affine, 0).is_err() {
+                    self.affinity
+                        .insert(&affine, &slot, 0)
+                        .map_err(map_error(map_names::AFFINITY))?;
+                }
+            }
         }
         Ok(written)
     }

@@ -16,7 +16,7 @@ pub use maglev::{Member, build_ring};
 pub use model::{MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector};
 
 use crate::{
-    config::{Config, Failback, UplinkConfig},
+    config::{BalanceBy, Config, Failback, UplinkConfig},
     net::Ipv4Net,
 };
 
@@ -147,6 +147,8 @@ pub struct Plan {
     pub lan: Vec<(String, u32)>,
     /// The conntrack marks of inbound symmetry, per ready uplink.
     pub inbound: Vec<nft::InboundMark>,
+    /// `[balance] by`, as the datapath reads it (`multiroute_ebpf::balance`).
+    pub balance_by: u32,
 }
 
 impl Plan {
@@ -255,6 +257,11 @@ impl Plan {
             ring,
             lan,
             inbound,
+            balance_by: match config.balance.by {
+                BalanceBy::Connection => multiroute_ebpf::balance::CONNECTION,
+                BalanceBy::Addresses => multiroute_ebpf::balance::ADDRESSES,
+                BalanceBy::Source => multiroute_ebpf::balance::SOURCE,
+            },
         })
     }
 }

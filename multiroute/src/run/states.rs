@@ -141,6 +141,7 @@ mod tests {
             ring: Vec::new(),
             lan: Vec::new(),
             inbound: Vec::new(),
+            balance_by: 0,
         }
     }
 
