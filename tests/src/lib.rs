@@ -812,6 +812,52 @@ impl Lab {
             .context("starting the lab client")
     }
 
+    /// Turns ISP `n`'s link into a point-to-point one, as pppd or an LTE modem in
+    /// raw-IP mode leaves it: no ARP (the same MAC on both ends), `A peer B/32`
+    /// addresses, and a `default dev` route in the router's main table (metric 200,
+    /// behind the lab's default). The uplink's config then names no gateway.
+    pub fn make_point_to_point(&self, n: usize) -> Result<()> {
+        let (router, isp) = (self.router(), self.isp(n));
+        let wan = format!("wan{n}");
+        let (local, peer) = (format!("198.18.{n}.2"), format!("198.18.{n}.1"));
+        let mac = format!("02:00:00:00:0{n}:01");
+        for (ns, dev, address, other) in [
+            (&router, wan.as_str(), &local, &peer),
+            (&isp, "cpe", &peer, &local),
+        ] {
+            self.ns(ns, "ip", &["addr", "flush", "dev", dev])?;
+            self.ns(
+                ns,
+                "ip",
+                &["link", "set", dev, "arp", "off", "address", &mac],
+            )?;
+            self.ns(
+                ns,
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    address,
+                    "peer",
+                    &format!("{other}/32"),
+                    "dev",
+                    dev,
+                ],
+            )?;
+        }
+        self.ns(
+            &router,
+            "ip",
+            &["route", "add", "default", "dev", &wan, "metric", "200"],
+        )
+        .map(drop)
+    }
+
+    /// The `[[uplink]]` table for point-to-point ISP `n`: no gateway.
+    pub fn point_to_point_block(n: usize, weight: u32) -> String {
+        format!("\n[[uplink]]\nname = \"isp{n}\"\ninterface = \"wan{n}\"\nweight = {weight}\n")
+    }
+
     /// ISP `n` silently stops forwarding: its gateway still answers ARP and ping from
     /// the router, nothing beyond it does.
     pub fn fail_upstream(&self, n: usize) -> Result<()> {
@@ -937,12 +983,11 @@ impl Lab {
             let mut line = text(&route["dst"]);
             if let Some(hops) = route["nexthops"].as_array() {
                 for hop in hops {
-                    line += &format!(
-                        " nexthop via {} dev {} weight {}",
-                        text(&hop["gateway"]),
-                        text(&hop["dev"]),
-                        hop["weight"]
-                    );
+                    line += " nexthop";
+                    if !hop["gateway"].is_null() {
+                        line += &format!(" via {}", text(&hop["gateway"]));
+                    }
+                    line += &format!(" dev {} weight {}", text(&hop["dev"]), hop["weight"]);
                 }
             } else if !route["gateway"].is_null() {
                 line += &format!(

@@ -6,7 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use multiroute_tests::{CLIENT, Connections, Lab, LabOptions, SERVER2, require_root, stdout};
+use multiroute_tests::{
+    CLIENT, Connections, Lab, LabOptions, SERVER2, percent, require_root, stdout, wait_until,
+};
 
 fn lab(weights: &[u32], extra_config: &str) -> Lab {
     Lab::new(&LabOptions {
@@ -501,5 +503,94 @@ fn what_others_remove_is_put_back() {
         "both uplinks steer again: {hits:?}"
     );
     assert_eq!(lab.connections(200).unwrap().failures, 0);
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn a_point_to_point_uplink_works_like_any_other() {
+    if !require_root("a_point_to_point_uplink_works_like_any_other") {
+        return;
+    }
+    let mut lab = lab(&[1, 1], "");
+    lab.make_point_to_point(1).unwrap();
+    let blocks = format!(
+        "{}{}",
+        Lab::uplink_block(0, 1),
+        Lab::point_to_point_block(1, 1)
+    );
+    lab.write_config_with(&blocks, "\n[health]\ninterval_ms = 200\ntimeout_ms = 200\n")
+        .unwrap();
+    let check = lab.multiroute(&["check"]);
+    let report = stdout(&check);
+    assert_eq!(check.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains(
+            "uplink isp1 on wan1: address 198.18.1.2, gateway point-to-point, peer 198.18.1.1"
+        ),
+        "{report}"
+    );
+    lab.start_router().unwrap();
+    let status = lab.status().unwrap();
+    let isp1 = &status["uplinks"][1];
+    assert_eq!(isp1["state"], "up", "{isp1}");
+    assert_eq!(
+        isp1["gateway"], "198.18.1.1",
+        "the peer stands for the gateway"
+    );
+    assert_eq!(
+        isp1["probes"][0]["target"], "198.18.1.1",
+        "probed at the peer"
+    );
+    lab.assert_kernel_matches_plan().unwrap();
+    let table = stdout(
+        &lab.ns(&lab.router(), "ip", &["route", "show", "table", "102"])
+            .unwrap(),
+    );
+    assert!(table.contains("default dev wan1 proto 77"), "{table}");
+    let Connections { hits, failures, .. } = lab.connections(1800).unwrap();
+    println!(
+        "point-to-point isp1 carried {} of 1800 new connections",
+        hits[1]
+    );
+    assert_eq!(failures, 0);
+    assert!((percent(hits[1], 1800) - 50.0).abs() <= 3.0, "{hits:?}");
+
+    // pppd redials: the link goes away, then comes back with its address and route.
+    lab.set_uplink_link(1, false).unwrap();
+    wait_until(Duration::from_secs(2), || {
+        lab.status()
+            .is_ok_and(|s| s["uplinks"][1]["state"] == "down")
+    })
+    .expect("isp1 down with its link");
+    let Connections { hits, failures, .. } = lab.connections(200).unwrap();
+    assert_eq!((hits[1], failures), (0, 0), "nothing through the dead link");
+    let router = lab.router();
+    lab.set_uplink_link(1, true).unwrap();
+    lab.ns(&router, "ip", &["addr", "flush", "dev", "wan1"])
+        .unwrap();
+    lab.ns(
+        &router,
+        "ip",
+        &[
+            "addr",
+            "add",
+            "198.18.1.2",
+            "peer",
+            "198.18.1.1/32",
+            "dev",
+            "wan1",
+        ],
+    )
+    .unwrap();
+    let start = Instant::now();
+    wait_until(Duration::from_secs(3), || {
+        lab.status().is_ok_and(|s| s["uplinks"][1]["state"] == "up")
+    })
+    .expect("isp1 back after the redial");
+    println!("redial followed in {} ms", start.elapsed().as_millis());
+    let Connections { hits, failures, .. } = lab.connections(400).unwrap();
+    assert_eq!(failures, 0);
+    assert!(hits[1] > 100, "new flows use the redialled link: {hits:?}");
+    lab.assert_kernel_matches_plan().unwrap();
     lab.stop_and_unload().expect("stopping multiroute");
 }

@@ -102,15 +102,19 @@ impl Netlink {
                 AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
                 _ => None,
             });
-            let address = local.or_else(|| {
-                msg.attributes.iter().find_map(|attr| match attr {
-                    AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
-                    _ => None,
-                })
+            // IFA_ADDRESS is the far end on a point-to-point link, the address
+            // itself otherwise.
+            let other_end = msg.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
+                _ => None,
             });
+            let address = local.or(other_end);
             if let (Some(addr), Some(iface)) =
                 (address, interface_mut(&mut observed, msg.header.index))
             {
+                if iface.addresses.is_empty() {
+                    iface.peer = other_end.filter(|peer| Some(*peer) != local && local.is_some());
+                }
                 iface
                     .addresses
                     .push(Ipv4Net::new(addr, msg.header.prefix_len));
@@ -129,15 +133,20 @@ impl Netlink {
                 continue;
             }
             let hops = match parsed.next {
-                RouteNext::Gateway { gateway, dev } => vec![(gateway, dev)],
+                RouteNext::Gateway { gateway, dev } => vec![(Some(gateway), dev)],
                 RouteNext::Multipath(hops) => {
                     hops.into_iter().map(|h| (h.gateway, h.dev)).collect()
                 }
-                RouteNext::Dev { .. } => Vec::new(),
+                RouteNext::Dev { dev, .. } => vec![(None, dev)],
             };
             for (gateway, dev) in hops {
                 if let Some(iface) = observed.get_mut(&dev) {
-                    iface.gateway.get_or_insert(gateway);
+                    match gateway {
+                        Some(gateway) => {
+                            iface.gateway.get_or_insert(gateway);
+                        }
+                        None => iface.default_dev = true,
+                    }
                 }
             }
         }
@@ -332,7 +341,11 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
                     // The kernel stores weight - 1 in rtnh_hops.
                     next.hops = (hop.weight.clamp(1, 256) - 1) as u8;
                     next.interface_index = interface_index(observed, &hop.dev, route)?;
-                    next.attributes = vec![RouteAttribute::Gateway(v4(hop.gateway))];
+                    next.attributes = hop
+                        .gateway
+                        .map(|gateway| RouteAttribute::Gateway(v4(gateway)))
+                        .into_iter()
+                        .collect();
                     Ok(next)
                 })
                 .collect::<Result<Vec<_>, NetlinkError>>()?;
@@ -370,7 +383,7 @@ pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route>
                     let gateway = hop.attributes.iter().find_map(|attr| match attr {
                         RouteAttribute::Gateway(RouteAddress::Inet(addr)) => Some(*addr),
                         _ => None,
-                    })?;
+                    });
                     Some(Nexthop {
                         gateway,
                         dev: interface_name(observed, hop.interface_index)?,

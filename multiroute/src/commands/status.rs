@@ -102,9 +102,11 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             .and_then(|m| m.traffic(index).ok())
             .unwrap_or_default();
         let (address, gateway) = match &uplink.readiness {
-            Readiness::Ready { address, gateway } => {
-                (Some(address.to_string()), Some(gateway.to_string()))
-            }
+            // A point-to-point link shows its peer (null when its address names none).
+            Readiness::Ready { address, gateway } => (
+                Some(address.to_string()),
+                gateway.probe_address().map(|g| g.to_string()),
+            ),
             Readiness::NoGateway { address } => (Some(address.to_string()), None),
             Readiness::NoAddress | Readiness::LinkDown => (None, None),
         };

@@ -82,11 +82,12 @@ impl FromStr for ProbeTarget {
 }
 
 impl ProbeTarget {
-    /// The concrete target, with `gateway` standing for the uplink's gateway.
-    pub fn resolve(self, gateway: Ipv4Addr) -> Target {
+    /// The concrete target, with `gateway` standing for the uplink's gateway (or
+    /// its point-to-point peer); `None` for "gateway" on a link that has neither.
+    pub fn resolve(self, gateway: Option<Ipv4Addr>) -> Option<Target> {
         match self {
-            ProbeTarget::Gateway => Target::Icmp(gateway),
-            ProbeTarget::Target(target) => target,
+            ProbeTarget::Gateway => gateway.map(Target::Icmp),
+            ProbeTarget::Target(target) => Some(target),
         }
     }
 }

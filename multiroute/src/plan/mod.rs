@@ -65,6 +65,12 @@ pub struct Interface {
     /// Gateway of a default route through this interface, if the host has one
     /// (DHCP client, PPP, the admin).
     pub gateway: Option<Ipv4Addr>,
+    /// The far end of the primary address on a point-to-point link (`inet A peer
+    /// B/32`, as pppd and LTE modems in raw-IP mode configure it).
+    pub peer: Option<Ipv4Addr>,
+    /// A default route through this interface without a gateway (`default dev
+    /// ppp0`): the link itself is the way out.
+    pub default_dev: bool,
 }
 
 /// The host's interfaces by name.
@@ -80,12 +86,51 @@ pub enum PlanError {
     MissingUplink { uplink: String, interface: String },
 }
 
+/// Where an uplink's traffic goes next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Through a gateway on the link (Ethernet, DHCP).
+    Via(Ipv4Addr),
+    /// Straight into a point-to-point link (PPPoE, LTE raw-IP, WireGuard, GRE):
+    /// `default dev <if>`; the peer, when the address names one, is what the
+    /// "gateway" probe target means.
+    PointToPoint { peer: Option<Ipv4Addr> },
+}
+
+impl Hop {
+    /// The gateway in a `via`, if any.
+    pub fn via(self) -> Option<Ipv4Addr> {
+        match self {
+            Hop::Via(gateway) => Some(gateway),
+            Hop::PointToPoint { .. } => None,
+        }
+    }
+
+    /// What the "gateway" probe target stands for: the gateway, or the peer.
+    pub fn probe_address(self) -> Option<Ipv4Addr> {
+        match self {
+            Hop::Via(gateway) => Some(gateway),
+            Hop::PointToPoint { peer } => peer,
+        }
+    }
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hop::Via(gateway) => write!(f, "{gateway}"),
+            Hop::PointToPoint { peer: Some(peer) } => write!(f, "point-to-point, peer {peer}"),
+            Hop::PointToPoint { peer: None } => f.write_str("point-to-point"),
+        }
+    }
+}
+
 /// Why an uplink cannot carry traffic right now, or `Ready`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
     Ready {
         address: Ipv4Net,
-        gateway: Ipv4Addr,
+        gateway: Hop,
     },
     /// Down, or no carrier: the kernel cannot send through it.
     LinkDown,
@@ -331,7 +376,14 @@ fn readiness(uplink: &UplinkConfig, iface: &Interface) -> Readiness {
     let Some(&address) = iface.addresses.first() else {
         return Readiness::NoAddress;
     };
-    match uplink.gateway.or(iface.gateway) {
+    let point_to_point = (iface.peer.is_some() || iface.default_dev)
+        .then_some(Hop::PointToPoint { peer: iface.peer });
+    match uplink
+        .gateway
+        .or(iface.gateway)
+        .map(Hop::Via)
+        .or(point_to_point)
+    {
         Some(gateway) => Readiness::Ready { address, gateway },
         None => Readiness::NoGateway { address },
     }
@@ -360,17 +412,24 @@ fn table_routes(config: &Config, observed: &Observed, uplinks: &[UplinkPlan]) ->
         }
     }
     for uplink in uplinks {
-        if let Readiness::Ready { address, .. } | Readiness::NoGateway { address } =
-            uplink.readiness
-        {
-            shared.push((
-                address.network(),
-                RouteNext::Dev {
-                    dev: uplink.interface.clone(),
-                    src: Some(address.addr),
-                },
-            ));
-        }
+        let (address, peer) = match uplink.readiness {
+            Readiness::Ready {
+                address,
+                gateway: Hop::PointToPoint { peer },
+            } => (address, peer),
+            Readiness::Ready { address, .. } | Readiness::NoGateway { address } => (address, None),
+            Readiness::LinkDown | Readiness::NoAddress => continue,
+        };
+        // A point-to-point link's connected network is its peer, as the kernel's
+        // own route for `inet A peer B/32` says.
+        let connected = peer.map_or(address.network(), Ipv4Net::host);
+        shared.push((
+            connected,
+            RouteNext::Dev {
+                dev: uplink.interface.clone(),
+                src: Some(address.addr),
+            },
+        ));
     }
     let mut routes = Vec::new();
     for uplink in uplinks {
@@ -385,10 +444,7 @@ fn table_routes(config: &Config, observed: &Observed, uplinks: &[UplinkPlan]) ->
         routes.push(Route {
             table: uplink.table,
             dst: Ipv4Net::DEFAULT,
-            next: RouteNext::Gateway {
-                gateway,
-                dev: uplink.interface.clone(),
-            },
+            next: default_next(gateway, &uplink.interface),
         });
     }
     routes
@@ -471,6 +527,20 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
     rules
 }
 
+/// A table's default: via the gateway, or straight into a point-to-point link.
+fn default_next(hop: Hop, dev: &str) -> RouteNext {
+    match hop {
+        Hop::Via(gateway) => RouteNext::Gateway {
+            gateway,
+            dev: dev.to_owned(),
+        },
+        Hop::PointToPoint { .. } => RouteNext::Dev {
+            dev: dev.to_owned(),
+            src: None,
+        },
+    }
+}
+
 /// The seed's `default scope global nexthop via … weight …` over the live, weighted
 /// uplinks, for traffic the router itself originates.
 fn main_default(uplinks: &[UplinkPlan], active_tier: Option<u32>) -> Option<Route> {
@@ -479,7 +549,7 @@ fn main_default(uplinks: &[UplinkPlan], active_tier: Option<u32>) -> Option<Rout
         .filter(|u| u.takes_new_flows(active_tier) && u.weight > 0)
         .filter_map(|u| match u.readiness {
             Readiness::Ready { gateway, .. } => Some(Nexthop {
-                gateway,
+                gateway: gateway.via(),
                 dev: u.interface.clone(),
                 weight: u.weight,
             }),
@@ -488,9 +558,15 @@ fn main_default(uplinks: &[UplinkPlan], active_tier: Option<u32>) -> Option<Rout
         .collect();
     let next = match nexthops.as_slice() {
         [] => return None,
-        [only] => RouteNext::Gateway {
-            gateway: only.gateway,
-            dev: only.dev.clone(),
+        [only] => match only.gateway {
+            Some(gateway) => RouteNext::Gateway {
+                gateway,
+                dev: only.dev.clone(),
+            },
+            None => RouteNext::Dev {
+                dev: only.dev.clone(),
+                src: None,
+            },
         },
         _ => RouteNext::Multipath(nexthops),
     };

@@ -29,7 +29,8 @@ pub enum RouteNext {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Nexthop {
-    pub gateway: Ipv4Addr,
+    /// `None` on a point-to-point link: the packet goes to the interface itself.
+    pub gateway: Option<Ipv4Addr>,
     pub dev: String,
     pub weight: u32,
 }
@@ -70,11 +71,11 @@ impl fmt::Display for Route {
             RouteNext::Gateway { gateway, dev } => write!(f, " via {gateway} dev {dev}")?,
             RouteNext::Multipath(hops) => {
                 for hop in hops {
-                    write!(
-                        f,
-                        " nexthop via {} dev {} weight {}",
-                        hop.gateway, hop.dev, hop.weight
-                    )?;
+                    f.write_str(" nexthop")?;
+                    if let Some(gateway) = hop.gateway {
+                        write!(f, " via {gateway}")?;
+                    }
+                    write!(f, " dev {} weight {}", hop.dev, hop.weight)?;
                 }
             }
         }

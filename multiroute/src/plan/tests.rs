@@ -27,7 +27,7 @@ fn seed_host() -> Observed {
         index,
         up: true,
         addresses: vec![Ipv4Net::new(addr.into(), prefix_len)],
-        gateway: None,
+        ..Interface::default()
     };
     Observed::from([
         ("eth0".into(), iface(2, [192, 168, 0, 1], 24)),
@@ -319,4 +319,35 @@ fn failback_move_moves_the_backups_flows_while_a_better_tier_lives() {
     .unwrap();
     assert!(!dsl_dead.uplinks[1].standby);
     assert_eq!(dsl_dead.datapath_uplinks[1].alive, 1);
+}
+
+#[test]
+fn a_point_to_point_uplink_defaults_into_its_link_and_connects_its_peer() {
+    // cable as PPPoE would leave it: `inet 24.19.12.45 peer 24.19.12.1/32`, no gateway.
+    let config = Config::parse(
+        &SEED_CONFIG.replace("gateway = \"24.19.12.1\"\n", ""),
+        Path::new("ppp.toml"),
+    )
+    .unwrap();
+    let mut host = seed_host();
+    let eth2 = host.get_mut("eth2").unwrap();
+    eth2.addresses = vec![Ipv4Net::new(Ipv4Addr::new(24, 19, 12, 45), 32)];
+    eth2.peer = Some(Ipv4Addr::new(24, 19, 12, 1));
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
+    let routes = lines(&plan.routes);
+    for expected in [
+        "default dev eth2 table 102",
+        "24.19.12.1 dev eth2 src 24.19.12.45 table 102",
+        "24.19.12.1 dev eth2 src 24.19.12.45 table 101",
+    ] {
+        assert!(
+            routes.iter().any(|r| r == expected),
+            "{expected} in {routes:#?}"
+        );
+    }
+    assert_eq!(
+        plan.main_default.unwrap().to_string(),
+        "default nexthop via 142.154.64.1 dev eth1 weight 1 nexthop dev eth2 weight 1 table main"
+    );
+    assert!(plan.uplinks[1].alive);
 }

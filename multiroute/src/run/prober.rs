@@ -21,7 +21,8 @@ pub struct ProbeSpec {
 }
 
 /// What each ready uplink should be probed at: its own `probe` list or
-/// `[health].targets`, with `"gateway"` resolved to its current gateway. Uplinks
+/// `[health].targets`, with `"gateway"` resolved to its current gateway (or the
+/// peer of a point-to-point link; without one, that target is left out). Uplinks
 /// that are not ready are not probed.
 pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
     config
@@ -37,7 +38,15 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
             } else {
                 &uplink.probe
             };
-            let targets = targets.iter().map(|t| t.resolve(gateway)).collect();
+            let targets: Vec<Target> = targets
+                .iter()
+                .filter_map(|t| t.resolve(gateway.probe_address()))
+                .collect();
+            // Nothing to probe (only "gateway" on a link without one): the uplink
+            // follows its link state alone rather than count as dead.
+            if targets.is_empty() {
+                return None;
+            }
             let spec = ProbeSpec {
                 uplink: planned.name.clone(),
                 interface: planned.interface.clone(),
@@ -161,7 +170,7 @@ gateway = "198.18.3.1"
             index,
             up,
             addresses: vec![Ipv4Net::new(address.into(), 24)],
-            gateway: None,
+            ..Interface::default()
         };
         let observed = Observed::from([
             ("eth0".into(), iface(2, [100, 64, 0, 1], true)),

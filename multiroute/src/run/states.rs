@@ -109,7 +109,7 @@ mod tests {
     use super::*;
     use crate::{
         net::Ipv4Net,
-        plan::{Readiness, UplinkPlan},
+        plan::{Hop, Readiness, UplinkPlan},
     };
 
     fn plan(uplinks: &[(&str, bool)]) -> Plan {
@@ -127,7 +127,7 @@ mod tests {
                 standby: false,
                 readiness: Readiness::Ready {
                     address: Ipv4Net::new(Ipv4Addr::new(198, 18, slot as u8, 2), 24),
-                    gateway: Ipv4Addr::new(198, 18, slot as u8, 1),
+                    gateway: Hop::Via(Ipv4Addr::new(198, 18, slot as u8, 1)),
                 },
                 alive,
             })
