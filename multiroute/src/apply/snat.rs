@@ -86,38 +86,20 @@ impl Ruleset {
 
     /// Whether packets leaving `interface` are source-NATed.
     pub fn coverage(&self, interface: &str) -> Coverage {
-        let mut unsure = false;
-        for chain in &self.nat_chains {
-            match self.chain(chain, interface, 0) {
-                Coverage::Covered => return Coverage::Covered,
-                Coverage::CannotTell => unsure = true,
-                Coverage::NotCovered => {}
-            }
-        }
-        if unsure {
-            Coverage::CannotTell
-        } else {
-            Coverage::NotCovered
-        }
+        any(self
+            .nat_chains
+            .iter()
+            .map(|chain| self.chain(chain, interface, 0)))
     }
 
     fn chain(&self, chain: &ChainKey, interface: &str, depth: usize) -> Coverage {
         if depth > MAX_DEPTH {
             return Coverage::CannotTell;
         }
-        let mut unsure = false;
-        for rule in self.rules.get(chain).map(Vec::as_slice).unwrap_or(&[]) {
-            match self.rule(chain, rule, interface, depth) {
-                Coverage::Covered => return Coverage::Covered,
-                Coverage::CannotTell => unsure = true,
-                Coverage::NotCovered => {}
-            }
-        }
-        if unsure {
-            Coverage::CannotTell
-        } else {
-            Coverage::NotCovered
-        }
+        let rules = self.rules.get(chain).map(Vec::as_slice).unwrap_or(&[]);
+        any(rules
+            .iter()
+            .map(|rule| self.rule(chain, rule, interface, depth)))
     }
 
     /// One rule: its `oifname` conditions, then what it does.
@@ -200,6 +182,23 @@ impl Ruleset {
             }),
             _ => None,
         }
+    }
+}
+
+/// Covered as soon as one answer is; otherwise "cannot tell" if any could not.
+fn any(answers: impl Iterator<Item = Coverage>) -> Coverage {
+    let mut unsure = false;
+    for answer in answers {
+        match answer {
+            Coverage::Covered => return Coverage::Covered,
+            Coverage::CannotTell => unsure = true,
+            Coverage::NotCovered => {}
+        }
+    }
+    if unsure {
+        Coverage::CannotTell
+    } else {
+        Coverage::NotCovered
     }
 }
 
