@@ -645,6 +645,10 @@ impl Maps {
         slot_of: &std::collections::BTreeMap<std::net::Ipv4Addr, u32>,
     ) -> Result<usize, DatapathError> {
         let now = monotonic_seconds();
+        let by = self
+            .balance
+            .get(&0, 0)
+            .map_err(map_error(map_names::BALANCE))?;
         let mut written = 0;
         for session in sessions {
             let Some(&slot) = slot_of.get(&session.nated_to) else {
@@ -664,10 +668,6 @@ impl Maps {
             written += 1;
             // Later connections of the same host (and server) follow the running
             // ones, as the datapath would have grouped them.
-            let by = self
-                .balance
-                .get(&0, 0)
-                .map_err(map_error(map_names::BALANCE))?;
             if by != balance::CONNECTION {
                 let affine = affinity_key(&session.key, by);
                 if self.affinity.get(&affine, 0).is_err() {

@@ -132,19 +132,20 @@ const RESOLVE_ROUNDS: usize = 3;
 /// Returns (resolved, forgotten).
 async fn resolve_pending(maps: &mut Maps, plan: &Plan) -> Result<(usize, usize), ApplyError> {
     let mut resolved = 0;
+    let mut pending = maps.pending_flows();
     for round in 0..RESOLVE_ROUNDS {
-        let pending = maps.pending_flows().len();
-        if pending == 0 {
-            return Ok((resolved, 0));
+        if pending.is_empty() {
+            break;
         }
         if round > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let before = pending;
         seed_from_conntrack(maps, plan).await?;
-        resolved += before - maps.pending_flows().len();
+        let left = maps.pending_flows();
+        resolved += pending.len().saturating_sub(left.len());
+        pending = left;
     }
-    let forgotten = maps.pending_flows();
+    let forgotten = pending;
     for key in &forgotten {
         maps.forget_flow(key)?;
     }
