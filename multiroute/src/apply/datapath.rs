@@ -474,13 +474,9 @@ pub fn read_slots(pin_path: &Path) -> Result<Slots, DatapathError> {
     Ok(slots)
 }
 
-/// Uplinks a running, attached datapath holds as not alive (dead by probes, or not
-/// ready): what a restarted daemon presumes until probes say otherwise. Empty when
-/// no datapath is attached.
+/// Uplinks the running datapath holds as not alive (dead by probes, or not ready):
+/// what a restarted daemon presumes until probes say otherwise.
 pub fn presumed_dead(pin_path: &Path) -> Result<std::collections::BTreeSet<String>, DatapathError> {
-    if attached_interfaces(pin_path)?.is_empty() {
-        return Ok(Default::default());
-    }
     let uplinks: Array<MapData, Uplink> = open_map(pin_path, map_names::UPLINKS)?;
     let mut dead = std::collections::BTreeSet::new();
     for (name, slot) in read_slots(pin_path)? {

@@ -68,7 +68,8 @@ pub struct Takeover {
 }
 
 /// Brings up routing and the datapath without moving a running session, on a
-/// fresh host as on one where a previous `load` left its datapath running.
+/// fresh host as on one where a previous `load` left its datapath running
+/// (`adopt`: its links are pinned and attached).
 ///
 /// Tables, rules and the inbound marks go first: they only route packets that
 /// carry a mark, come from an uplink's address or arrive on an uplink, so they
@@ -85,19 +86,19 @@ pub async fn apply(
     config: &Config,
     plan: &Plan,
     observed: &Observed,
+    adopt: bool,
 ) -> Result<(Datapath, Maps, Takeover), ApplyError> {
     let pin_path = &config.routing.pin_path;
     routing::sync(nl, config, plan, observed).await?;
     nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
-    let adopted = !datapath::attached_interfaces(pin_path)?.is_empty();
     let mut datapath = Datapath::load(pin_path)?;
     let mut maps = Maps::open(pin_path)?;
     maps.write_uplinks(plan)?;
     let mut takeover = Takeover {
-        adopted,
+        adopted: adopt,
         ..Takeover::default()
     };
-    if !adopted {
+    if !adopt {
         maps.write_pending_ring()?;
     }
     datapath.attach(&plan.lan)?;

@@ -121,10 +121,8 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             (true, 0) => "drained",
             (true, _) => "up",
         };
-        let new_flows = daemon_view.map_or(
-            uplink.takes_new_flows(plan.active_tier()) && weight > 0,
-            |u| u.new_flows,
-        );
+        let new_flows =
+            daemon_view.map_or(uplink.takes_new_flows(plan.active_tier()), |u| u.new_flows);
         uplinks.push(UplinkStatus {
             name: uplink.name.clone(),
             state,

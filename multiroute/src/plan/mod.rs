@@ -327,9 +327,9 @@ impl UplinkPlan {
         self.alive && !self.standby
     }
 
-    /// In the ring: carries flows and is on the best live tier.
+    /// In the ring: carries flows, is weighted and on the best live tier.
     pub fn takes_new_flows(&self, active_tier: Option<u32>) -> bool {
-        self.carries() && Some(self.tier) == active_tier
+        self.carries() && self.weight > 0 && Some(self.tier) == active_tier
     }
 
     /// The uplink's own address, when it has one.
@@ -546,7 +546,7 @@ fn default_next(hop: Hop, dev: &str) -> RouteNext {
 fn main_default(uplinks: &[UplinkPlan], active_tier: Option<u32>) -> Option<Route> {
     let nexthops: Vec<_> = uplinks
         .iter()
-        .filter(|u| u.takes_new_flows(active_tier) && u.weight > 0)
+        .filter(|u| u.takes_new_flows(active_tier))
         .filter_map(|u| match u.readiness {
             Readiness::Ready { gateway, .. } => Some(Nexthop {
                 gateway: gateway.via(),

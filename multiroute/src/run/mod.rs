@@ -146,19 +146,26 @@ impl Daemon {
     /// On failure the host is left as it was.
     pub async fn start(config_path: PathBuf, config: Config) -> Result<Self, DaemonError> {
         let nl = Netlink::connect().map_err(ApplyError::from)?;
+        let pin_path = &config.routing.pin_path;
+        let running = !apply::datapath::attached_interfaces(pin_path)
+            .map_err(ApplyError::from)?
+            .is_empty();
         // A restart keeps the previous daemon's verdicts: an uplink it had found
         // dead gets no new flows until probes bring it back.
-        let presumed_dead =
-            apply::datapath::presumed_dead(&config.routing.pin_path).map_err(ApplyError::from)?;
+        let presumed_dead = if running {
+            apply::datapath::presumed_dead(pin_path).map_err(ApplyError::from)?
+        } else {
+            Default::default()
+        };
         let (plan, observed) = apply::plan(&nl, &config, &presumed_dead).await?;
         prepare_host(&nl, &config).await?;
-        let fresh = datapath_was_absent(&config);
-        let (datapath, maps, takeover) = match apply::apply(&nl, &config, &plan, &observed).await {
+        let applied = apply::apply(&nl, &config, &plan, &observed, running).await;
+        let (datapath, maps, takeover) = match applied {
             Ok(applied) => applied,
             Err(err) => {
                 // A half-applied set-up helps nobody; a running one stays untouched
                 // (the next `load` or `unload` converges either way).
-                if fresh && let Err(cleanup) = apply::teardown(&nl, &config).await {
+                if !running && let Err(cleanup) = apply::teardown(&nl, &config).await {
                     error!("cleaning up after the failed load also failed: {cleanup}");
                 }
                 return Err(err.into());
@@ -523,7 +530,7 @@ impl Daemon {
                     alive: state.alive,
                     weight: u.weight,
                     tier: u.tier,
-                    new_flows: u.takes_new_flows(active) && u.weight > 0,
+                    new_flows: u.takes_new_flows(active),
                     since: state
                         .since
                         .duration_since(SystemTime::UNIX_EPOCH)
@@ -562,14 +569,6 @@ async fn prepare_host(nl: &Netlink, config: &Config) -> Result<(), DaemonError> 
     }
     host::apply_sysctls(config, &assessment.changes)?;
     Ok(())
-}
-
-/// No datapath was attached before this `load`: a failed start may remove what it
-/// added. With one attached (a restart), a failed start leaves it steering.
-fn datapath_was_absent(config: &Config) -> bool {
-    apply::datapath::attached_interfaces(&config.routing.pin_path)
-        .map(|attached| attached.is_empty())
-        .unwrap_or(true)
 }
 
 fn log_takeover(takeover: &apply::Takeover) {
