@@ -11,7 +11,8 @@ pub const MAX_UPLINKS: u32 = 64;
 pub const RING_SIZE: u32 = 65_537;
 
 /// A ring slot or flow that points at no uplink (all uplinks dead or drained).
-pub const NO_UPLINK: u32 = u32::MAX;
+/// Sentinels fit in 16 bits: a flow stores its uplink as a `u16`.
+pub const NO_UPLINK: u32 = 0xffff;
 
 /// A ring slot or flow whose uplink is not chosen by the datapath yet. While
 /// multiroute takes over a router that already forwards traffic, every ring slot
@@ -19,7 +20,7 @@ pub const NO_UPLINK: u32 = u32::MAX;
 /// keeps following the host's routing (and the NAT binding conntrack gave it) until
 /// userspace resolves it to the uplink conntrack says it is NATed to. No packet of
 /// such a flow ever leaves through another uplink than its NAT binding's.
-pub const PENDING_UPLINK: u32 = u32::MAX - 1;
+pub const PENDING_UPLINK: u32 = 0xfffe;
 
 /// Default capacity of the flow table; userspace may resize it at load time.
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
@@ -38,6 +39,81 @@ pub mod balance {
     pub const SOURCE: u32 = 2;
 }
 
+/// Policy rules (`[[rule]]`, and `pin`/`pin_from` as one-uplink rules) the
+/// datapath matches new flows against, in order: one bit each in a `u64`.
+pub const MAX_RULES: u32 = 64;
+/// Uplinks one rule may list, in preference order.
+pub const MAX_RULE_UPLINKS: usize = 8;
+/// Prefixes over all rules, per side (sources, destinations).
+pub const MAX_RULE_PREFIXES: u32 = 4096;
+
+/// What chose a flow's uplink (`Flow::chosen_by`).
+pub mod chosen_by {
+    /// The ring (or the affinity of `[balance] by`).
+    pub const HASH: u8 = 0;
+    /// A policy rule; `Flow::rule` says which.
+    pub const RULE: u8 = 1;
+    /// Seeded from conntrack when multiroute took over a running router.
+    pub const CONNTRACK: u8 = 2;
+}
+
+/// One policy rule as the datapath matches it. Addresses are matched through the
+/// two prefix tries (their values are bitmaps of the rules each prefix belongs
+/// to); protocol and ports here. Ports are in host order, inclusive.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// IP protocol, or 0 for any.
+    pub proto: u8,
+    /// Non-zero when the rule names ports: only TCP and UDP can match then.
+    pub ports: u8,
+    /// How many of `uplinks` are used.
+    pub uplink_count: u8,
+    pub pad: u8,
+    pub src_port_first: u16,
+    pub src_port_last: u16,
+    pub dst_port_first: u16,
+    pub dst_port_last: u16,
+    /// Uplink slots in preference order: the first alive one is chosen.
+    pub uplinks: [u8; MAX_RULE_UPLINKS],
+}
+
+impl PolicyRule {
+    /// Protocol and ports match (addresses are matched by the tries).
+    #[inline(always)]
+    pub fn matches_ports(&self, key: &FlowKey) -> bool {
+        if self.proto != 0 && self.proto != key.proto {
+            return false;
+        }
+        if self.ports == 0 {
+            return true;
+        }
+        if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+            return false;
+        }
+        let (src, dst) = key.ports();
+        (self.src_port_first..=self.src_port_last).contains(&src)
+            && (self.dst_port_first..=self.dst_port_last).contains(&dst)
+    }
+}
+
+/// The rule set's header (`MR_RULESET`, one entry): which rules exist, and which
+/// of them match any source or any destination (they have no prefix in that trie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    pub present: u64,
+    pub any_src: u64,
+    pub any_dst: u64,
+}
+
+/// An IPv4 address as the prefix tries key it (with `prefix_len` in front).
+pub type RuleAddress = [u8; 4];
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
     pub const FLOWS: &str = "MR_FLOWS";
@@ -48,6 +124,10 @@ pub mod map_names {
     pub const SLOTS: &str = "MR_SLOTS";
     pub const AFFINITY: &str = "MR_AFFINITY";
     pub const BALANCE: &str = "MR_BALANCE";
+    pub const RULES: &str = "MR_RULES";
+    pub const RULESET: &str = "MR_RULESET";
+    pub const RULE_SRC: &str = "MR_RULE_SRC";
+    pub const RULE_DST: &str = "MR_RULE_DST";
 }
 
 /// Name of the classifier function inside the object file.
@@ -88,13 +168,24 @@ impl FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// Index into the uplink table.
-    pub uplink: u32,
+    /// Index into the uplink table (or [`PENDING_UPLINK`]).
+    pub uplink: u16,
+    /// What chose the uplink: one of [`chosen_by`].
+    pub chosen_by: u8,
+    /// The rule's index when a rule chose it.
+    pub rule: u8,
     /// CLOCK_MONOTONIC second the flow was first seen: 16 bytes per flow instead of
     /// 24 keep a million flows under 100 MiB of kernel memory.
     pub created_s: u32,
     /// Packets of the flow the classifier has seen (LAN → uplink direction).
     pub packets: u64,
+}
+
+impl Flow {
+    /// The uplink index, as the uplink table and the ring index uplinks.
+    pub fn uplink_index(&self) -> u32 {
+        u32::from(self.uplink)
+    }
 }
 
 /// The uplink name that owns a slot of the uplink table, NUL-padded; all zero for a
@@ -149,9 +240,11 @@ pub enum Counter {
     /// A flow whose uplink userspace has not resolved yet (see [`PENDING_UPLINK`]):
     /// passed unmarked.
     PassPending = 8,
+    /// New (or moved) flow whose uplink a policy rule chose.
+    FlowRule = 9,
 }
 
-pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -164,6 +257,7 @@ impl Counter {
         Counter::PassNoUplink,
         Counter::FlowInsertFailed,
         Counter::PassPending,
+        Counter::FlowRule,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -177,6 +271,7 @@ impl Counter {
             Counter::PassNoUplink => "pass_no_uplink",
             Counter::FlowInsertFailed => "flow_insert_failed",
             Counter::PassPending => "pass_pending",
+            Counter::FlowRule => "flow_rule",
         }
     }
 }
@@ -214,8 +309,10 @@ pub fn ring_slot(key: &FlowKey) -> u32 {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all five are #[repr(C)] plain integers with explicit padding fields.
+    // SAFETY: all are #[repr(C)] plain integers with explicit padding fields.
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::PolicyRule {}
+    unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Traffic {}

@@ -15,12 +15,17 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_coarse_ns,
     macros::{classifier, map},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{
+        Array, LruHashMap, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::TcContext,
 };
 use multiroute_ebpf::{
-    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS,
-    PENDING_UPLINK, RING_SIZE, SlotName, Traffic, Uplink, affinity_key, balance, ring_slot,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_RULE_PREFIXES, MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS,
+    PENDING_UPLINK, PolicyRule, RING_SIZE, RuleAddress, RuleSet, SlotName, Traffic, Uplink,
+    affinity_key, balance, chosen_by, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -49,6 +54,22 @@ static AFFINITY: LruHashMap<FlowKey, u32> = LruHashMap::pinned(AFFINITY_TABLE_SI
 #[map(name = "MR_BALANCE")]
 static BALANCE: Array<u32> = Array::pinned(1, 0);
 
+/// Policy rules in file order (see `multiroute_ebpf::PolicyRule`), consulted only
+/// for new flows and flows whose uplink died.
+#[map(name = "MR_RULES")]
+static RULES: Array<PolicyRule> = Array::pinned(MAX_RULES, 0);
+
+#[map(name = "MR_RULESET")]
+static RULESET: Array<RuleSet> = Array::pinned(1, 0);
+
+/// Source prefix → bitmap of the rules whose sources it falls in (userspace folds
+/// each prefix's covering prefixes in, so the longest match carries every rule).
+#[map(name = "MR_RULE_SRC")]
+static RULE_SRC: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
+
+#[map(name = "MR_RULE_DST")]
+static RULE_DST: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
+
 #[map(name = "MR_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
@@ -57,9 +78,6 @@ const VLAN_HLEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHOREPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 /// Ethernet + VLAN + the largest IPv4 header + 8 bytes of L4: all we ever read.
@@ -82,10 +100,19 @@ pub fn multiroute_floor(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// An uplink chosen for a flow, and what chose it.
+#[derive(Clone, Copy)]
+struct Choice {
+    index: u32,
+    uplink: Uplink,
+    chosen_by: u8,
+    rule: u8,
+}
+
 /// Marks the packet with its flow's uplink, choosing and remembering one for a new flow.
 #[inline(always)]
 fn steer(ctx: &TcContext, key: &FlowKey) {
-    let (index, uplink) = match FLOWS.get_ptr_mut(key) {
+    let choice = match FLOWS.get_ptr_mut(key) {
         Some(flow) => match remembered_uplink(flow) {
             Some(found) => {
                 count(Counter::FlowHit);
@@ -93,56 +120,126 @@ fn steer(ctx: &TcContext, key: &FlowKey) {
             }
             None => {
                 // SAFETY: `flow` points into the flow table's value for this key.
-                if unsafe { (*flow).uplink } == PENDING_UPLINK {
+                if u32::from(unsafe { (*flow).uplink }) == PENDING_UPLINK {
                     return count(Counter::PassPending);
                 }
-                let Some(chosen) = choose_uplink(key) else {
+                let Some(chosen) = rule_choice(key).or_else(|| hashed(ring_choice(key))) else {
                     return count(Counter::PassNoUplink);
                 };
                 // SAFETY: as above.
-                unsafe { (*flow).uplink = chosen.0 };
+                unsafe {
+                    (*flow).uplink = chosen.index as u16;
+                    (*flow).chosen_by = chosen.chosen_by;
+                    (*flow).rule = chosen.rule;
+                }
                 count(Counter::FlowMoved);
                 chosen
             }
         },
-        None => match new_flow_choice(key) {
-            Some(PENDING_UPLINK) => {
-                return remember(key, PENDING_UPLINK, Counter::PassPending);
-            }
-            choice => {
-                let Some(chosen) = choice.and_then(live_uplink) else {
-                    return count(Counter::PassNoUplink);
-                };
-                remember(key, chosen.0, Counter::FlowNew);
+        None => match rule_choice(key) {
+            Some(chosen) => {
+                remember(key, &chosen, Counter::FlowRule);
                 chosen
             }
+            None => match new_flow_choice(key) {
+                Some(PENDING_UPLINK) => return remember_pending(key),
+                choice => {
+                    let Some(chosen) = hashed(choice) else {
+                        return count(Counter::PassNoUplink);
+                    };
+                    remember(key, &chosen, Counter::FlowNew);
+                    chosen
+                }
+            },
         },
     };
-    set_mark(ctx, &uplink);
-    account(ctx, index);
+    set_mark(ctx, &choice.uplink);
+    account(ctx, choice.index);
 }
 
 /// The uplink a known flow uses, unless that uplink has died since. Counts the
 /// packet on the flow.
 #[inline(always)]
-fn remembered_uplink(flow: *mut Flow) -> Option<(u32, Uplink)> {
+fn remembered_uplink(flow: *mut Flow) -> Option<Choice> {
     // SAFETY: the pointer comes from a successful lookup in the flow table. The
     // count is statistics only: a flow's packets arrive on one receive queue, and the
     // bpf target offers no 64-bit fetch-add to core's atomics, so a rare lost
     // increment when two CPUs race is accepted.
-    let index = unsafe {
+    let (index, chosen_by, rule) = unsafe {
         (*flow).packets += 1;
-        (*flow).uplink
+        (u32::from((*flow).uplink), (*flow).chosen_by, (*flow).rule)
     };
-    let uplink = UPLINKS.get(index)?;
-    (uplink.alive != 0).then_some((index, *uplink))
+    let (index, uplink) = live_uplink(index)?;
+    Some(Choice {
+        index,
+        uplink,
+        chosen_by,
+        rule,
+    })
 }
 
-/// Indexes the Maglev ring with the flow hash: O(1), weights and liveness already
-/// folded in by userspace.
+/// The first policy rule the flow matches, in order, and the first live uplink it
+/// lists; `None` when no rule matches or the matching rule's uplinks are all dead
+/// (the flow is then balanced like any other). Only new and moved flows get here.
 #[inline(always)]
-fn choose_uplink(key: &FlowKey) -> Option<(u32, Uplink)> {
-    ring_choice(key).and_then(live_uplink)
+fn rule_choice(key: &FlowKey) -> Option<Choice> {
+    let set = RULESET.get(0)?;
+    if set.present == 0 {
+        return None;
+    }
+    let src = RULE_SRC
+        .get(&Key::new(32, key.src.to_ne_bytes()))
+        .copied()
+        .unwrap_or(0);
+    let dst = RULE_DST
+        .get(&Key::new(32, key.dst.to_ne_bytes()))
+        .copied()
+        .unwrap_or(0);
+    let mut candidates = set.present & (src | set.any_src) & (dst | set.any_dst);
+    for index in 0..MAX_RULES {
+        if candidates == 0 {
+            return None;
+        }
+        if candidates & 1 != 0
+            && let Some(rule) = RULES.get(index)
+            && rule.matches_ports(key)
+        {
+            return first_live(rule, index as u8);
+        }
+        candidates >>= 1;
+    }
+    None
+}
+
+/// The first of a rule's uplinks that is alive.
+#[inline(always)]
+fn first_live(rule: &PolicyRule, rule_index: u8) -> Option<Choice> {
+    for position in 0..MAX_RULE_UPLINKS {
+        if position >= usize::from(rule.uplink_count) {
+            return None;
+        }
+        if let Some((index, uplink)) = live_uplink(u32::from(rule.uplinks[position])) {
+            return Some(Choice {
+                index,
+                uplink,
+                chosen_by: chosen_by::RULE,
+                rule: rule_index,
+            });
+        }
+    }
+    None
+}
+
+/// A ring (or affinity) choice, if it names a live uplink.
+#[inline(always)]
+fn hashed(choice: Option<u32>) -> Option<Choice> {
+    let (index, uplink) = live_uplink(choice?)?;
+    Some(Choice {
+        index,
+        uplink,
+        chosen_by: chosen_by::HASH,
+        rule: 0,
+    })
 }
 
 /// The uplink index (or `NO_UPLINK`, [`PENDING_UPLINK`]) for a flow the table does
@@ -185,11 +282,37 @@ fn live_uplink(index: u32) -> Option<(u32, Uplink)> {
     (uplink.alive != 0).then_some((index, *uplink))
 }
 
-/// Remembers the flow's uplink; counts `outcome`, or the failed insert.
+/// Remembers the flow's uplink and what chose it; counts `outcome`, or the failed
+/// insert.
 #[inline(always)]
-fn remember(key: &FlowKey, uplink: u32, outcome: Counter) {
+fn remember(key: &FlowKey, choice: &Choice, outcome: Counter) {
+    insert_flow(
+        key,
+        choice.index as u16,
+        choice.chosen_by,
+        choice.rule,
+        outcome,
+    );
+}
+
+/// Remembers a flow seen while multiroute takes over (see [`PENDING_UPLINK`]).
+#[inline(always)]
+fn remember_pending(key: &FlowKey) {
+    insert_flow(
+        key,
+        PENDING_UPLINK as u16,
+        chosen_by::HASH,
+        0,
+        Counter::PassPending,
+    );
+}
+
+#[inline(always)]
+fn insert_flow(key: &FlowKey, uplink: u16, chosen_by: u8, rule: u8, outcome: Counter) {
     let flow = Flow {
         uplink,
+        chosen_by,
+        rule,
         // SAFETY: helper without preconditions.
         created_s: (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32,
         packets: 1,

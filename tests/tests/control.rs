@@ -436,7 +436,7 @@ fn a_full_flow_table_scraped_in_a_loop_causes_no_false_transition() {
             pad: [0; 3],
         };
         let flow = multiroute_ebpf::Flow {
-            uplink: i % 2,
+            uplink: (i % 2) as u16,
             ..Default::default()
         };
         maps.insert_flow(&key, &flow).unwrap();

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use multiroute::plan::{Member, build_ring};
-use multiroute_ebpf::{Counter, RING_SIZE, Uplink};
+use multiroute_ebpf::{Counter, RING_SIZE, Uplink, chosen_by};
 use multiroute_tests::{
     datapath::{LoadedDatapath, Verdict, icmp_echo, tcp, udp},
     require_root,
@@ -319,4 +319,155 @@ fn cost_per_packet_is_reported() {
         known_ns.as_nanos()
     );
     assert!(known_ns.as_nanos() > 0, "the kernel reports a duration");
+}
+
+/// Policy rules, matched once per new flow: SIP over cable then DSL; an office
+/// subnet's traffic to one network over LTE; one host over DSL; source ports
+/// 5000-5100 (TCP and UDP only) over LTE.
+const POLICY: &str = r#"
+lan = ["lan0"]
+[[uplink]]
+name = "dsl"
+interface = "wan0"
+[[uplink]]
+name = "cable"
+interface = "wan1"
+[[uplink]]
+name = "lte"
+interface = "wan2"
+
+[[rule]]
+name = "sip"
+proto = "udp"
+dst_port = "5060-5061"
+uplinks = ["cable", "dsl"]
+
+[[rule]]
+name = "office"
+src = ["100.64.0.128/25"]
+dst = ["198.51.100.0/24"]
+uplinks = ["lte"]
+
+[[rule]]
+name = "host"
+src = ["100.64.0.200"]
+uplinks = ["dsl"]
+
+[[rule]]
+name = "ports"
+src_port = "5000-5100"
+uplinks = ["lte"]
+"#;
+
+/// What chose the uplink of the flow from `src` to `dst`: (chosen_by, rule).
+fn chosen(dp: &LoadedDatapath, src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> (u8, u8) {
+    let flow = dp
+        .maps
+        .flows()
+        .into_iter()
+        .find(|(key, _)| {
+            key.src_octets() == src.octets()
+                && key.dst_octets() == dst.octets()
+                && key.ports().0 == sport
+        })
+        .map(|(_, flow)| flow)
+        .expect("the flow is remembered");
+    (flow.chosen_by, flow.rule)
+}
+
+#[test]
+fn policy_rules_choose_new_flows_in_order_and_fall_back_in_order() {
+    let Some(mut dp) = setup("policy", [1, 1, 1], [true; 3]) else {
+        return;
+    };
+    let config = multiroute::config::Config::parse(POLICY, std::path::Path::new("policy.toml"))
+        .expect("the policy config");
+    let policy = multiroute::plan::policy::datapath(&config.rules, |name| {
+        NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+    });
+    dp.maps.write_policy(&policy).expect("writing the rules");
+    let office_server = Ipv4Addr::new(198, 51, 100, 7);
+    let cases = [
+        ("SIP over cable", udp(lan(5), 5060, SERVER, 5060), 1, 0),
+        ("SIP's other port", udp(lan(5), 7000, SERVER, 5061), 1, 0),
+        (
+            "office to its network",
+            tcp(lan(130), 40_000, office_server, 443),
+            2,
+            1,
+        ),
+        (
+            "the host inside the office: office first",
+            tcp(lan(200), 40_001, office_server, 80),
+            2,
+            1,
+        ),
+        (
+            "the host elsewhere",
+            tcp(lan(200), 40_002, SERVER, 80),
+            0,
+            2,
+        ),
+        ("source port in range", tcp(lan(9), 5050, SERVER, 80), 2, 3),
+    ];
+    for (what, packet, uplink, rule) in &cases {
+        assert_eq!(uplink_of(verdict(&mut dp, packet)), Some(*uplink), "{what}");
+        let ip = etherparse::SlicedPacket::from_ethernet(packet).expect("our own packet");
+        let Some(etherparse::NetSlice::Ipv4(v4)) = ip.net else {
+            panic!("IPv4")
+        };
+        let sport = match ip.transport {
+            Some(etherparse::TransportSlice::Tcp(t)) => t.source_port(),
+            Some(etherparse::TransportSlice::Udp(u)) => u.source_port(),
+            _ => 0,
+        };
+        let (src, dst) = (v4.header().source_addr(), v4.header().destination_addr());
+        // Rules are numbered in the config's order (no pins here).
+        assert_eq!(
+            chosen(&dp, src, dst, sport),
+            (chosen_by::RULE, *rule),
+            "{what}"
+        );
+    }
+    // Near misses are balanced: SIP's port over TCP, a port past the range, the
+    // office subnet elsewhere, an ICMP echo whose identifier is in the port range.
+    for (src, sport, packet) in [
+        (lan(6), 40_010, tcp(lan(6), 40_010, SERVER, 5060)),
+        (lan(6), 40_011, udp(lan(6), 40_011, SERVER, 5062)),
+        (lan(131), 40_012, tcp(lan(131), 40_012, SERVER, 443)),
+        (lan(7), 5050, icmp_echo(lan(7), SERVER, 5050, 1)),
+    ] {
+        assert!(uplink_of(verdict(&mut dp, &packet)).is_some());
+        assert_eq!(
+            chosen(&dp, src, SERVER, sport).0,
+            chosen_by::HASH,
+            "{src}:{sport}"
+        );
+    }
+    let counters: HashMap<_, _> = dp.maps.counters().unwrap().into_iter().collect();
+    assert_eq!(counters[&Counter::FlowRule], 6);
+
+    // Cable dies: the SIP flow moves to DSL, still by its rule; a new one too.
+    configure(&mut dp, [1, 1, 1], [true, false, true]);
+    assert_eq!(uplink_of(verdict(&mut dp, &cases[0].1)), Some(0));
+    assert_eq!(chosen(&dp, lan(5), SERVER, 5060), (chosen_by::RULE, 0));
+    assert_eq!(
+        uplink_of(verdict(&mut dp, &udp(lan(8), 5060, SERVER, 5060))),
+        Some(0)
+    );
+    // Both die: SIP is balanced over what lives.
+    configure(&mut dp, [1, 1, 1], [false, false, true]);
+    assert_eq!(
+        uplink_of(verdict(&mut dp, &udp(lan(10), 5060, SERVER, 5060))),
+        Some(2)
+    );
+    assert_eq!(chosen(&dp, lan(10), SERVER, 5060).0, chosen_by::HASH);
+
+    // An empty rule set matches nothing.
+    dp.maps
+        .write_policy(&Default::default())
+        .expect("clearing the rules");
+    configure(&mut dp, [1, 1, 1], [true; 3]);
+    verdict(&mut dp, &udp(lan(11), 5060, SERVER, 5060));
+    assert_eq!(chosen(&dp, lan(11), SERVER, 5060).0, chosen_by::HASH);
 }

@@ -42,20 +42,24 @@ pub enum ConntrackError {
     },
 }
 
-/// An entry's two directions, as far as the flush cares.
+/// An entry's two directions and its mark.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     original: Vec<Tuple>,
+    reply: Vec<Tuple>,
     original_src: Option<Ipv4Addr>,
     reply_dst: Option<Ipv4Addr>,
+    mark: u32,
 }
 
 impl Entry {
     fn from_attributes(attributes: Vec<ConntrackAttribute>) -> Self {
         let mut entry = Entry {
             original: Vec::new(),
+            reply: Vec::new(),
             original_src: None,
             reply_dst: None,
+            mark: 0,
         };
         for attribute in attributes {
             match attribute {
@@ -65,7 +69,9 @@ impl Entry {
                 }
                 ConntrackAttribute::CtaTupleReply(tuple) => {
                     entry.reply_dst = address(&tuple, false);
+                    entry.reply = tuple;
                 }
+                ConntrackAttribute::CtaMark(mark) => entry.mark = mark,
                 _ => {}
             }
         }
@@ -83,40 +89,44 @@ impl Entry {
         self.reply_dst.filter(|&reply| self.nated_to(reply))
     }
 
-    /// The original direction as the datapath keys it: addresses and ports as on
-    /// the wire, the ICMP echo identifier in `src_port`, no ports for other
-    /// protocols.
+    /// The original direction as the datapath keys it.
     fn flow_key(&self) -> Option<FlowKey> {
-        let src = self.original_src?;
-        let dst = address(&self.original, false)?;
-        let mut key = FlowKey {
-            src: u32::from_ne_bytes(src.octets()),
-            dst: u32::from_ne_bytes(dst.octets()),
-            ..FlowKey::default()
-        };
-        for part in &self.original {
-            let Tuple::Proto(protos) = part else { continue };
-            for proto in protos {
-                match proto {
-                    ProtoTuple::Protocol(p) => key.proto = u8::from(*p),
-                    ProtoTuple::SourcePort(port) => key.src_port = port.to_be(),
-                    ProtoTuple::DestinationPort(port) => key.dst_port = port.to_be(),
-                    ProtoTuple::Other(nla) if nla.kind() == CTA_PROTO_ICMP_ID => {
-                        let mut id = [0; 2];
-                        if nla.value_len() == id.len() {
-                            nla.emit_value(&mut id);
-                            key.src_port = u16::from_ne_bytes(id);
-                        }
+        tuple_key(&self.original)
+    }
+}
+
+/// One direction as the datapath keys it: addresses and ports as on the wire, the
+/// ICMP echo identifier in `src_port`, no ports for other protocols.
+fn tuple_key(tuple: &[Tuple]) -> Option<FlowKey> {
+    let src = address(tuple, true)?;
+    let dst = address(tuple, false)?;
+    let mut key = FlowKey {
+        src: u32::from_ne_bytes(src.octets()),
+        dst: u32::from_ne_bytes(dst.octets()),
+        ..FlowKey::default()
+    };
+    for part in tuple {
+        let Tuple::Proto(protos) = part else { continue };
+        for proto in protos {
+            match proto {
+                ProtoTuple::Protocol(p) => key.proto = u8::from(*p),
+                ProtoTuple::SourcePort(port) => key.src_port = port.to_be(),
+                ProtoTuple::DestinationPort(port) => key.dst_port = port.to_be(),
+                ProtoTuple::Other(nla) if nla.kind() == CTA_PROTO_ICMP_ID => {
+                    let mut id = [0; 2];
+                    if nla.value_len() == id.len() {
+                        nla.emit_value(&mut id);
+                        key.src_port = u16::from_ne_bytes(id);
                     }
-                    _ => {}
                 }
+                _ => {}
             }
         }
-        if !matches!(key.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
-            (key.src_port, key.dst_port) = (0, 0);
-        }
-        Some(key)
     }
+    if !matches!(key.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
+        (key.src_port, key.dst_port) = (0, 0);
+    }
+    Some(key)
 }
 
 /// A running session and the address conntrack source-NATs it to.
@@ -244,13 +254,39 @@ pub fn nated_sessions() -> Result<Vec<NatedSession>, ConntrackError> {
     Ok(sessions)
 }
 
+/// Connections that arrived on an uplink (the inbound flag in their conntrack
+/// mark): the key of their reply direction, as the datapath sees the LAN host's
+/// answers, with the conntrack mark. Blocking.
+pub fn inbound_replies(flag: u32) -> Result<Vec<(FlowKey, u32)>, ConntrackError> {
+    let mut replies = Vec::new();
+    Ctnetlink::open()?.dump(|entry| {
+        if entry.mark & flag != 0
+            && let Some(key) = tuple_key(&entry.reply)
+        {
+            replies.push((key, entry.mark));
+        }
+    })?;
+    Ok(replies)
+}
+
 /// Deletes every IPv4 conntrack entry source-NATed to `address`; returns how many.
 /// Blocking: run it off the async runtime's thread.
 pub fn flush_nated_to(address: Ipv4Addr) -> Result<usize, ConntrackError> {
+    delete_where(|entry| entry.nated_to(address))
+}
+
+/// Deletes the conntrack entries of these flows (keyed as the datapath keys them),
+/// so their next packet is NATed afresh for the uplink they were moved to.
+/// Returns how many. Blocking.
+pub fn flush_flows(keys: &std::collections::HashSet<FlowKey>) -> Result<usize, ConntrackError> {
+    delete_where(|entry| entry.flow_key().is_some_and(|key| keys.contains(&key)))
+}
+
+fn delete_where(doomed_if: impl Fn(&Entry) -> bool) -> Result<usize, ConntrackError> {
     let mut ct = Ctnetlink::open()?;
     let mut doomed = Vec::new();
     ct.dump(|entry| {
-        if entry.nated_to(address) {
+        if doomed_if(&entry) {
             doomed.push(entry.original);
         }
     })?;

@@ -24,10 +24,11 @@ use aya::{
 use multiroute_ebpf::{
     COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS,
     PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, affinity_key, balance,
-    map_names,
+    chosen_by, map_names,
 };
 use tracing::{debug, info};
 
+use super::rule_maps::RuleMaps;
 use crate::{
     path_error::PathError,
     plan::{Plan, slots::Slots},
@@ -80,7 +81,7 @@ fn io_error(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> Datapa
     move |source| DatapathError::Io(at(source))
 }
 
-fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+pub(super) fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map {
         name,
         source: Box::new(source),
@@ -339,6 +340,7 @@ pub struct Maps {
     /// `[balance] by`, one entry.
     balance: Array<MapData, u32>,
     affinity: HashMap<MapData, FlowKey, u32>,
+    rules: RuleMaps,
 }
 
 /// `union bpf_attr` as the `BPF_MAP_*_BATCH` commands read it.
@@ -506,7 +508,7 @@ fn slot_name(name: &str) -> SlotName {
     SlotName { bytes }
 }
 
-fn open_map<T>(pin_path: &Path, name: &'static str) -> Result<T, DatapathError>
+pub(super) fn open_map<T>(pin_path: &Path, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
@@ -528,6 +530,7 @@ impl Maps {
             slots: open_map(pin_path, map_names::SLOTS)?,
             balance: open_map(pin_path, map_names::BALANCE)?,
             affinity: open_map(pin_path, map_names::AFFINITY)?,
+            rules: RuleMaps::open(pin_path)?,
         })
     }
 
@@ -536,7 +539,14 @@ impl Maps {
     /// move (and new flows stop landing on it) from that one write on.
     pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
         self.write_uplinks(plan)?;
-        self.write_ring(&plan.ring)
+        self.write_ring(&plan.ring)?;
+        self.write_policy(&plan.policy)
+    }
+
+    /// The policy rules new flows are matched against (unchanged ones are not
+    /// rewritten).
+    pub fn write_policy(&mut self, policy: &crate::plan::Policy) -> Result<(), DatapathError> {
+        self.rules.write(policy)
     }
 
     /// How new flows are grouped (`[balance] by`); read only for new flows, so a
@@ -622,6 +632,7 @@ impl Maps {
             self.written_ring = None;
             differences.push(format!("{wrong} ring slots differ from the plan"));
         }
+        differences.extend(self.rules.differences(&plan.policy)?);
         Ok(differences)
     }
 
@@ -651,12 +662,14 @@ impl Maps {
                 continue;
             };
             let packets = match self.flow(&session.key) {
-                Some(flow) if flow.uplink != PENDING_UPLINK => continue,
+                Some(flow) if flow.uplink_index() != PENDING_UPLINK => continue,
                 Some(flow) => flow.packets,
                 None => 0,
             };
             let flow = Flow {
-                uplink: slot,
+                uplink: slot as u16,
+                chosen_by: chosen_by::CONNTRACK,
+                rule: 0,
                 created_s: now,
                 packets,
             };
@@ -676,12 +689,35 @@ impl Maps {
         Ok(written)
     }
 
+    /// Points the flows each rule (by index) chose at that rule's uplink (a slot),
+    /// where they are elsewhere. Returns the flows it moved.
+    pub fn move_rule_flows(
+        &mut self,
+        rule_uplinks: &std::collections::BTreeMap<u8, u32>,
+    ) -> Result<std::collections::HashSet<FlowKey>, DatapathError> {
+        let mut moved = std::collections::HashSet::new();
+        for (key, mut flow) in self.flows() {
+            if flow.chosen_by != chosen_by::RULE {
+                continue;
+            }
+            let Some(&slot) = rule_uplinks.get(&flow.rule) else {
+                continue;
+            };
+            if flow.uplink_index() != slot {
+                flow.uplink = slot as u16;
+                self.insert_flow(&key, &flow)?;
+                moved.insert(key);
+            }
+        }
+        Ok(moved)
+    }
+
     /// Flows the datapath remembered as pending: seen while taking over, not
     /// resolved from conntrack yet.
     pub fn pending_flows(&self) -> Vec<FlowKey> {
         self.flows()
             .into_iter()
-            .filter(|(_, flow)| flow.uplink == PENDING_UPLINK)
+            .filter(|(_, flow)| flow.uplink_index() == PENDING_UPLINK)
             .map(|(key, _)| key)
             .collect()
     }
@@ -705,7 +741,7 @@ impl Maps {
     pub fn flows_per_uplink(&self) -> std::collections::BTreeMap<u32, usize> {
         let mut counts = std::collections::BTreeMap::new();
         for (_, flow) in self.flows.iter().filter_map(Result::ok) {
-            *counts.entry(flow.uplink).or_default() += 1;
+            *counts.entry(flow.uplink_index()).or_default() += 1;
         }
         counts
     }

@@ -7,6 +7,7 @@ pub mod host;
 pub mod netlink;
 pub mod nftables;
 pub mod routing;
+mod rule_maps;
 pub mod snat;
 
 use std::{
@@ -99,11 +100,14 @@ pub async fn apply(
         ..Takeover::default()
     };
     if !adopt {
+        // Left from a `load` that died before attaching: nothing may match yet.
+        maps.write_policy(&crate::plan::Policy::default())?;
         maps.write_pending_ring()?;
     }
     datapath.attach(&plan.lan)?;
     takeover.seeded = seed_from_conntrack(&mut maps, plan).await?;
     maps.write_ring(&plan.ring)?;
+    maps.write_policy(&plan.policy)?;
     (takeover.resolved, takeover.forgotten) = resolve_pending(&mut maps, plan).await?;
     routing::sync_main_default(nl, config, plan, observed).await?;
     Ok((datapath, maps, takeover))
@@ -199,7 +203,43 @@ pub async fn update(
             entries,
         });
     }
-    Ok(Updated { routing, flushed })
+    let returned = return_rule_flows(maps, previous, plan).await?;
+    Ok(Updated {
+        routing,
+        flushed,
+        returned,
+    })
+}
+
+/// When a policy rule's uplink changes to a live one — its preferred uplink carries
+/// traffic again — the flows the rule placed elsewhere go to it: their flow entries
+/// are pointed at it, then their conntrack entries (NATed to the other uplink's
+/// address) are deleted so their next packet is NATed afresh. Returns how many
+/// flows moved.
+async fn return_rule_flows(
+    maps: &mut Maps,
+    previous: &Plan,
+    plan: &Plan,
+) -> Result<usize, ApplyError> {
+    let changed: BTreeMap<u8, u32> = plan
+        .rule_uses
+        .iter()
+        .zip(&previous.rule_uses)
+        .enumerate()
+        .filter(|(_, (now, before))| now.name == before.name && now.using != before.using)
+        .filter_map(|(index, (now, _))| Some((u8::try_from(index).ok()?, now.using?)))
+        .collect();
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    let moved = maps.move_rule_flows(&changed)?;
+    let count = moved.len();
+    if count > 0 {
+        tokio::task::spawn_blocking(move || conntrack::flush_flows(&moved))
+            .await
+            .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
+    }
+    Ok(count)
 }
 
 /// What [`update`] did.
@@ -209,6 +249,8 @@ pub struct Updated {
     /// else had removed and was put back.
     pub routing: usize,
     pub flushed: Vec<Flushed>,
+    /// Flows a policy rule moved back to the uplink it uses again.
+    pub returned: usize,
 }
 
 /// Uplinks that carried traffic from an address under `previous` and no longer do

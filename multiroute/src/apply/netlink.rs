@@ -5,25 +5,31 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::{
-    AddressFamily,
+    AddressFamily, IpProtocol,
     address::AddressAttribute,
     link::{LinkAttribute, LinkFlags},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
         RouteScope, RouteType,
     },
-    rule::{RuleAction, RuleAttribute, RuleMessage},
+    rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange},
 };
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::{
+    config::PortRange,
     net::Ipv4Net,
-    plan::{Interface, MAIN_TABLE, Nexthop, Observed, Route, RouteNext, Rule, Selector},
+    plan::{
+        Interface, LocalMatch, MAIN_TABLE, Nexthop, Observed, Route, RouteNext, Rule, Selector,
+    },
 };
 
 /// Route/rule protocol number that marks multiroute's own entries (`ip route show
 /// proto 77`). Unassigned in iproute2's rt_protos.
 pub const PROTOCOL: u8 = 77;
+
+/// The input interface of the router's own traffic in routing rules (`iif lo`).
+const LOOPBACK: &str = "lo";
 
 const EEXIST: i32 = 17;
 const ENOENT: i32 = 2;
@@ -412,19 +418,43 @@ fn rule_message(rule: &Rule) -> RuleMessage {
     attrs.push(RuleAttribute::Priority(rule.priority));
     attrs.push(RuleAttribute::Table(rule.table));
     attrs.push(RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL)));
-    match rule.selector {
+    let mut from = |net: Ipv4Net, attrs: &mut Vec<RuleAttribute>| {
+        message.header.src_len = net.prefix_len;
+        attrs.push(RuleAttribute::Source(IpAddr::V4(net.addr)));
+    };
+    match &rule.selector {
         Selector::All => {}
-        Selector::From(net) => {
-            message.header.src_len = net.prefix_len;
-            attrs.push(RuleAttribute::Source(IpAddr::V4(net.addr)));
-        }
+        Selector::From(net) => from(*net, attrs),
         Selector::To(net) => {
             message.header.dst_len = net.prefix_len;
             attrs.push(RuleAttribute::Destination(IpAddr::V4(net.addr)));
         }
         Selector::Fwmark { mark, mask } => {
-            attrs.push(RuleAttribute::FwMark(mark));
-            attrs.push(RuleAttribute::FwMask(mask));
+            attrs.push(RuleAttribute::FwMark(*mark));
+            attrs.push(RuleAttribute::FwMask(*mask));
+        }
+        Selector::Local(matched) => {
+            attrs.push(RuleAttribute::Iifname(LOOPBACK.into()));
+            if let Some(net) = matched.from {
+                from(net, attrs);
+            }
+            if let Some(net) = matched.to {
+                message.header.dst_len = net.prefix_len;
+                attrs.push(RuleAttribute::Destination(IpAddr::V4(net.addr)));
+            }
+            if let Some(proto) = matched.proto {
+                attrs.push(RuleAttribute::IpProtocol(IpProtocol::from(proto)));
+            }
+            let range = |r: PortRange| RulePortRange {
+                start: r.first,
+                end: r.last,
+            };
+            if let Some(sport) = matched.sport {
+                attrs.push(RuleAttribute::SourcePortRange(range(sport)));
+            }
+            if let Some(dport) = matched.dport {
+                attrs.push(RuleAttribute::DestinationPortRange(range(dport)));
+            }
         }
     }
     if let Some(len) = rule.suppress_prefixlength {
@@ -442,16 +472,32 @@ pub fn parse_rule(message: &RuleMessage) -> Rule {
         suppress_prefixlength: None,
     };
     let (mut mark, mut mask) = (None, u32::MAX);
+    let mut local = false;
+    let mut matched = LocalMatch {
+        from: None,
+        to: None,
+        proto: None,
+        sport: None,
+        dport: None,
+    };
+    let range = |r: &RulePortRange| PortRange {
+        first: r.start,
+        last: r.end,
+    };
     for attr in &message.attributes {
         match attr {
             RuleAttribute::Priority(priority) => rule.priority = *priority,
             RuleAttribute::Table(table) => rule.table = *table,
             RuleAttribute::Source(IpAddr::V4(addr)) => {
-                rule.selector = Selector::From(Ipv4Net::new(*addr, message.header.src_len));
+                matched.from = Some(Ipv4Net::new(*addr, message.header.src_len));
             }
             RuleAttribute::Destination(IpAddr::V4(addr)) => {
-                rule.selector = Selector::To(Ipv4Net::new(*addr, message.header.dst_len));
+                matched.to = Some(Ipv4Net::new(*addr, message.header.dst_len));
             }
+            RuleAttribute::Iifname(name) => local = name == LOOPBACK,
+            RuleAttribute::IpProtocol(proto) => matched.proto = Some(u8::from(*proto)),
+            RuleAttribute::SourcePortRange(r) => matched.sport = Some(range(r)),
+            RuleAttribute::DestinationPortRange(r) => matched.dport = Some(range(r)),
             RuleAttribute::FwMark(value) => mark = Some(*value),
             RuleAttribute::FwMask(value) => mask = *value,
             // The kernel reports "no suppression" as u32::MAX.
@@ -461,8 +507,12 @@ pub fn parse_rule(message: &RuleMessage) -> Rule {
             _ => {}
         }
     }
-    if let Some(mark) = mark {
-        rule.selector = Selector::Fwmark { mark, mask };
-    }
+    rule.selector = match (mark, local, matched.from, matched.to) {
+        (Some(mark), ..) => Selector::Fwmark { mark, mask },
+        (None, true, ..) => Selector::Local(matched),
+        (None, false, Some(net), _) => Selector::From(net),
+        (None, false, None, Some(net)) => Selector::To(net),
+        (None, false, None, None) => Selector::All,
+    };
     rule
 }

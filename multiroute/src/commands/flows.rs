@@ -1,14 +1,23 @@
 //! `multiroute flows`: the flow table as the datapath holds it (read from the pinned
 //! map, so it works with or without a running `load`), with the filters an operator
-//! reaches for: by uplink, by source or destination.
-use std::{net::Ipv4Addr, path::Path};
+//! reaches for: by uplink, by source or destination. Each flow says why it has
+//! its uplink: the hash, a policy rule, conntrack (a session running when
+//! multiroute took over), or an inbound connection (replies of a connection that
+//! arrived on an uplink leave through it, whatever the classifier hashed).
+use std::{collections::HashMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use multiroute::{
-    apply::datapath::{self, Maps},
+    apply::{
+        conntrack,
+        datapath::{self, Maps},
+    },
+    config::{Config, proto_name},
     net::Ipv4Net,
 };
+use multiroute_ebpf::{Flow, FlowKey, chosen_by};
 use serde::Serialize;
+use tracing::warn;
 
 use super::{CommandResult, Failure, read_config};
 
@@ -29,18 +38,38 @@ struct FlowRow {
     /// The uplink's name, or `slot N` for a slot no configured uplink holds (its
     /// flows move on their next packet).
     uplink: String,
+    /// What chose the uplink: "hash", "rule <name>", "conntrack" or "inbound".
+    why: String,
     /// Whole seconds since the flow's first packet.
     age_s: u64,
     /// Packets seen from the LAN side.
     packets: u64,
 }
 
-fn proto_name(proto: u8) -> String {
-    match proto {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        other => other.to_string(),
+/// What chose a flow's uplink, in words.
+fn why(config: &Config, flow: &Flow) -> String {
+    match flow.chosen_by {
+        chosen_by::RULE => match config.rules.get(usize::from(flow.rule)) {
+            Some(rule) => format!("rule {}", rule.name),
+            None => format!("rule #{}", flow.rule),
+        },
+        chosen_by::CONNTRACK => "conntrack".into(),
+        _ => "hash".into(),
+    }
+}
+
+/// Replies of inbound connections, by the key the classifier gives them, with the
+/// slot of the uplink they arrived on. Without conntrack access, none are known.
+fn inbound_slots(config: &Config) -> HashMap<FlowKey, u32> {
+    match conntrack::inbound_replies(config.inbound_flag()) {
+        Ok(replies) => replies
+            .into_iter()
+            .filter_map(|(key, mark)| Some((key, config.slot_of_mark(mark)?)))
+            .collect(),
+        Err(err) => {
+            warn!("cannot tell inbound connections apart: {err}");
+            HashMap::new()
+        }
     }
 }
 
@@ -57,21 +86,30 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
     })?;
     let slots = datapath::read_slots(pin_path).context("reading the uplink slots")?;
     let now = u64::from(datapath::monotonic_seconds());
+    let inbound = inbound_slots(&config);
+    let name_of = |slot: u32| {
+        slots
+            .iter()
+            .find(|(_, held)| **held == slot)
+            .map_or_else(|| format!("slot {slot}"), |(name, _)| name.clone())
+    };
     let mut rows: Vec<FlowRow> = maps
         .flows()
         .into_iter()
         .map(|(key, flow)| {
             let (src_port, dst_port) = key.ports();
+            let (uplink, why) = match inbound.get(&key) {
+                Some(&slot) => (name_of(slot), "inbound".to_owned()),
+                None => (name_of(flow.uplink_index()), why(&config, &flow)),
+            };
             FlowRow {
                 proto: proto_name(key.proto),
                 src: key.src_octets().into(),
                 src_port,
                 dst: key.dst_octets().into(),
                 dst_port,
-                uplink: slots
-                    .iter()
-                    .find(|(_, slot)| **slot == flow.uplink)
-                    .map_or_else(|| format!("slot {}", flow.uplink), |(name, _)| name.clone()),
+                uplink,
+                why,
                 age_s: now.saturating_sub(u64::from(flow.created_s)),
                 packets: flow.packets,
             }
@@ -89,16 +127,17 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         return Ok(());
     }
     println!(
-        "{:<5} {:<21} {:<21} {:<15} {:>9} {:>9}",
-        "PROTO", "SOURCE", "DESTINATION", "UPLINK", "AGE", "PACKETS"
+        "{:<5} {:<21} {:<21} {:<15} {:<20} {:>9} {:>9}",
+        "PROTO", "SOURCE", "DESTINATION", "UPLINK", "WHY", "AGE", "PACKETS"
     );
     for row in &rows {
         println!(
-            "{:<5} {:<21} {:<21} {:<15} {:>8}s {:>9}",
+            "{:<5} {:<21} {:<21} {:<15} {:<20} {:>8}s {:>9}",
             row.proto,
             format!("{}:{}", row.src, row.src_port),
             format!("{}:{}", row.dst, row.dst_port),
             row.uplink,
+            row.why,
             row.age_s,
             row.packets
         );

@@ -35,8 +35,22 @@ struct Status {
     /// Every uplink is down: LAN traffic follows the main table's original default.
     fail_open: bool,
     uplinks: Vec<UplinkStatus>,
+    /// Policy rules in the order they are matched (`pin`/`pin_from` first).
+    rules: Vec<RuleStatus>,
     /// Datapath outcome counters (flow_hit, flow_new, pass_not_ipv4, …).
     counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct RuleStatus {
+    name: String,
+    /// What it matches, as `proto from … sport … to … dport …`.
+    matches: String,
+    /// Its uplinks, most preferred first.
+    uplinks: Vec<String>,
+    /// The uplink it uses now (the running daemon's view; without one, the first
+    /// ready uplink); null when none is alive and its traffic is balanced.
+    using: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -154,7 +168,26 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         .into_iter()
         .map(|(counter, value)| (counter.name(), value))
         .collect();
+    let rules = config
+        .rules
+        .iter()
+        .zip(&plan.rule_uses)
+        .map(|(rule, used)| RuleStatus {
+            name: rule.name.clone(),
+            matches: rule.describe(),
+            uplinks: rule.uplinks.clone(),
+            using: match &health {
+                Some(report) => report
+                    .rules
+                    .iter()
+                    .find(|r| r.name == rule.name)
+                    .and_then(|r| r.using.clone()),
+                None => used.using_name.clone(),
+            },
+        })
+        .collect();
     let status = Status {
+        rules,
         fail_open: health.as_ref().is_some_and(|h| h.fail_open),
         ready: health.as_ref().is_some_and(|h| h.ready),
         pid,
@@ -283,6 +316,19 @@ fn print_table(status: &Status) {
     for u in status.uplinks.iter().filter(|u| u.state == "down") {
         if let Some(reason) = &u.reason {
             println!("{} is down: {reason}", u.name);
+        }
+    }
+    if !status.rules.is_empty() {
+        println!();
+        println!("{:<20} {:<40} {:<24} USING", "RULE", "MATCHES", "UPLINKS");
+        for rule in &status.rules {
+            println!(
+                "{:<20} {:<40} {:<24} {}",
+                rule.name,
+                rule.matches,
+                rule.uplinks.join(", "),
+                rule.using.as_deref().unwrap_or("none alive: balanced")
+            );
         }
     }
 }

@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 use crate::net::Ipv4Net;
 
+mod policy;
 mod probe_target;
+pub use policy::{MAX_ROUTER_RULES, MAX_RULES, PolicyRule, PortRange, proto_name};
 pub use probe_target::{ProbeTarget, Target};
 
 pub const DEFAULT_PATH: &str = "/etc/multiroute/multiroute.toml";
@@ -34,6 +36,9 @@ pub struct Config {
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
     pub balance: BalanceConfig,
+    /// Policy rules in the order they are matched: every uplink's `pin` and
+    /// `pin_from` as one-uplink rules, then the `[[rule]]`s in file order.
+    pub rules: Vec<PolicyRule>,
 }
 
 /// `[balance]`: what a new flow's uplink is chosen by, and what backup-tier flows
@@ -77,8 +82,6 @@ pub struct UplinkConfig {
     pub weight: u32,
     /// Lower is preferred: new flows use the best tier that has a live uplink.
     pub tier: u32,
-    pub pin: Vec<Ipv4Net>,
-    pub pin_from: Vec<Ipv4Net>,
     pub probe: Vec<ProbeTarget>,
 }
 
@@ -121,9 +124,6 @@ pub struct UnknownUplink {
 
 /// Weights above this are refused: the kernel's nexthop weight is one byte.
 pub const MAX_WEIGHT: u32 = 256;
-/// Destination pins, and separately source pins, over all uplinks: each kind has a
-/// band of 300 rule priorities (see `plan::priority`).
-pub const MAX_PINS: usize = 300;
 /// Rule priorities multiroute may use above `rule_priority`.
 pub const RULE_PRIORITY_SPAN: u32 = 1000;
 
@@ -145,6 +145,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     balance: RawBalance,
+    #[serde(default)]
+    rule: Vec<policy::RawRule>,
 }
 
 #[derive(Deserialize, Default)]
@@ -283,6 +285,13 @@ impl Config {
         mark_for(self.routing.fwmark_mask, index)
     }
 
+    /// The uplink slot a mark (ours, possibly with the inbound flag) names.
+    pub fn slot_of_mark(&self, mark: u32) -> Option<u32> {
+        let mask = self.routing.fwmark_mask;
+        let number = (mark & mask & !self.inbound_flag()) >> mask.trailing_zeros();
+        number.checked_sub(1)
+    }
+
     /// Routing table of uplink `index` (0-based), as PRODUCT.md fixes it.
     pub fn table(&self, index: usize) -> u32 {
         self.routing.table_base + index as u32 + 1
@@ -366,11 +375,12 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         }
         let routing = self.routing(raw.routing, raw.uplink.len())?;
         let health = self.health(raw.health)?;
+        let mut rules = Vec::new();
         let uplinks = raw
             .uplink
             .into_iter()
             .enumerate()
-            .map(|(i, uplink)| self.uplink(i, uplink))
+            .map(|(i, uplink)| self.uplink(i, uplink, &mut rules))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(dup) = first_duplicate(uplinks.iter().map(|u| &u.name)) {
             return Err(fail("uplink.name", format!("{dup:?} is used twice")));
@@ -381,25 +391,14 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 format!("{dup:?} is used by two uplinks"),
             ));
         }
-        for (key, count) in [
-            (
-                "uplink.pin",
-                uplinks.iter().map(|u| u.pin.len()).sum::<usize>(),
-            ),
-            (
-                "uplink.pin_from",
-                uplinks.iter().map(|u| u.pin_from.len()).sum(),
-            ),
-        ] {
-            if count > MAX_PINS {
-                return Err(fail(
-                    key,
-                    format!(
-                        "{count} entries over all uplinks; at most {MAX_PINS} fit in the rule priority range"
-                    ),
-                ));
-            }
+        let known: Vec<&str> = uplinks.iter().map(|u| u.name.as_str()).collect();
+        for (i, rule) in raw.rule.into_iter().enumerate() {
+            rules.push(policy::validate(i, rule, &known).map_err(|(key, p)| fail(&key, p))?);
         }
+        if let Some(dup) = first_duplicate(rules.iter().map(|r| &r.name)) {
+            return Err(fail("rule.name", format!("{dup:?} is used twice")));
+        }
+        policy::check_limits(&rules).map_err(|(key, p)| fail(&key, p))?;
         if let Some(uplink) = uplinks.iter().find(|u| raw.lan.contains(&u.interface)) {
             return Err(fail(
                 "uplink.interface",
@@ -421,6 +420,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 by: raw.balance.by,
                 failback: raw.balance.failback,
             },
+            rules,
             metrics: MetricsConfig {
                 listen: raw
                     .metrics
@@ -440,7 +440,13 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         })
     }
 
-    fn uplink(&self, i: usize, raw: RawUplink) -> Result<UplinkConfig, ConfigError> {
+    /// One `[[uplink]]`; its `pin` and `pin_from` become rules in `rules`.
+    fn uplink(
+        &self,
+        i: usize,
+        raw: RawUplink,
+        rules: &mut Vec<PolicyRule>,
+    ) -> Result<UplinkConfig, ConfigError> {
         let fail = self.fail;
         let key = |field: &str| format!("uplink[{i}].{field}");
         let name_ok = (1..=15).contains(&raw.name.len())
@@ -492,8 +498,11 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        let pin = prefixes("pin", &raw.pin)?;
-        let pin_from = prefixes("pin_from", &raw.pin_from)?;
+        rules.extend(policy::pin_rules(
+            &raw.name,
+            prefixes("pin", &raw.pin)?,
+            prefixes("pin_from", &raw.pin_from)?,
+        ));
         let probe = match raw.probe {
             Some(list) => self.probe_targets(&key("probe"), &list)?,
             None => Vec::new(),
@@ -504,8 +513,6 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             gateway,
             weight,
             tier,
-            pin,
-            pin_from,
             probe,
         })
     }

@@ -95,7 +95,17 @@ listen = "127.0.0.1:9750"
             ProbeTarget::Target(Target::Icmp("198.51.100.9".parse().unwrap()))
         ]
     );
-    assert_eq!(dsl.pin_from[0].to_string(), "203.0.113.50");
+    let pin_from = config
+        .rules
+        .iter()
+        .find(|r| r.name == "dsl.pin_from")
+        .expect("pin_from as a rule");
+    assert_eq!(
+        (pin_from.name.as_str(), pin_from.uplinks.as_slice()),
+        ("dsl.pin_from", ["dsl".to_owned()].as_slice())
+    );
+    assert_eq!(pin_from.src[0].to_string(), "203.0.113.50");
+    assert!(pin_from.dst.is_empty() && pin_from.proto.is_none());
     assert_eq!((config.table(0), config.mark(0)), (201, 0x10));
 }
 
@@ -205,13 +215,61 @@ interface = "wan0""#,
         (
             &format!(
                 "{MINIMAL}pin = [{}]\n",
-                (0..301)
+                (0..601)
                     .map(|i| format!("\"198.18.{}.{}\"", i / 256, i % 256))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            "uplink.pin",
-            "at most 300",
+            "rule",
+            "at most 600 fit",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\nuplinks = [\"nope\"]\n"),
+            "rule[0].uplinks",
+            "no uplink named \"nope\"",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\nuplinks = []\n"),
+            "rule[0].uplinks",
+            "at least one",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\nproto = \"icmp\"\ndst_port = 53\nuplinks = [\"a\"]\n"),
+            "rule[0].proto",
+            "ports only exist",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\ndst_port = \"6000-5000\"\nuplinks = [\"a\"]\n"),
+            "rule[0].dst_port",
+            "ends before it starts",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\nsrc_port = 70000\nuplinks = [\"a\"]\n"),
+            "rule[0].src_port",
+            "not a port",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\nproto = \"sctp\"\nuplinks = [\"a\"]\n"),
+            "rule[0].proto",
+            "protocol number",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\ndst = [\"2001:db8::/32\"]\nuplinks = [\"a\"]\n"),
+            "rule[0].dst",
+            "not an IPv4 address or prefix",
+        ),
+        (
+            &format!("{MINIMAL}[[rule]]\nuplinks = [\"a\", \"a\"]\n"),
+            "rule[0].uplinks",
+            "listed twice",
+        ),
+        (
+            &format!(
+                "{MINIMAL}{}",
+                "[[rule]]\nuplinks = [\"a\"]\nproto = 6\n".repeat(65)
+            ),
+            "rule",
+            "at most 64",
         ),
         ("lan = [\"x\"\n", "line", ""),
     ];

@@ -5,6 +5,7 @@
 mod maglev;
 mod model;
 pub mod nft;
+pub mod policy;
 pub mod slots;
 
 use std::{
@@ -13,7 +14,8 @@ use std::{
 };
 
 pub use maglev::{Member, build_ring};
-pub use model::{MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector};
+pub use model::{LocalMatch, MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector};
+pub use policy::{Policy, RuleUse};
 
 use crate::{
     config::{BalanceBy, Config, Failback, UplinkConfig},
@@ -27,7 +29,7 @@ use crate::{
 pub mod priority {
     use multiroute_ebpf::MAX_UPLINKS;
 
-    use crate::config::{MAX_PINS, RULE_PRIORITY_SPAN};
+    use crate::config::{MAX_ROUTER_RULES, RULE_PRIORITY_SPAN};
 
     /// `lookup main suppress_prefixlength 0`: specific main routes (LAN, VPN, other
     /// local subnets) win over every steering rule below.
@@ -38,20 +40,19 @@ pub mod priority {
     /// `fwmark <mark | inbound flag>/<mask>`: replies to connections that arrived on
     /// an uplink (port forwards), marked from conntrack (see `nft`).
     pub const INBOUND: u32 = 200;
-    /// `to <pin>`: pinned destinations, numbered in config order.
-    pub const PIN_TO: u32 = 300;
-    /// `from <pin_from>`: pinned LAN sources, numbered in config order.
-    pub const PIN_FROM: u32 = 600;
-    /// `fwmark <mark>/<mask>`: the datapath's per-flow choice.
-    pub const FWMARK: u32 = 900;
+    /// `fwmark <mark>/<mask>`: the datapath's per-flow choice (policy rules for
+    /// LAN traffic included: the classifier matched them).
+    pub const FWMARK: u32 = 300;
+    /// `iif lo …`: policy rules for the router's own traffic, numbered over every
+    /// configured rule. After the LAN's rules: a LAN packet never walks them.
+    pub const LOCAL_POLICY: u32 = 400;
 
     // Every band holds what can be put in it, and the last one ends in the range.
     const _: () = assert!(MAIN_SPECIFIC < FROM_UPLINK);
     const _: () = assert!(FROM_UPLINK + MAX_UPLINKS <= INBOUND);
-    const _: () = assert!(INBOUND + MAX_UPLINKS <= PIN_TO);
-    const _: () = assert!(PIN_TO + MAX_PINS as u32 <= PIN_FROM);
-    const _: () = assert!(PIN_FROM + MAX_PINS as u32 <= FWMARK);
-    const _: () = assert!(FWMARK + MAX_UPLINKS <= RULE_PRIORITY_SPAN);
+    const _: () = assert!(INBOUND + MAX_UPLINKS <= FWMARK);
+    const _: () = assert!(FWMARK + MAX_UPLINKS <= LOCAL_POLICY);
+    const _: () = assert!(LOCAL_POLICY + MAX_ROUTER_RULES as u32 <= RULE_PRIORITY_SPAN);
 }
 
 /// What the host shows of one interface.
@@ -194,6 +195,10 @@ pub struct Plan {
     pub inbound: Vec<nft::InboundMark>,
     /// `[balance] by`, as the datapath reads it (`multiroute_ebpf::balance`).
     pub balance_by: u32,
+    /// Policy rules as the classifier matches them.
+    pub policy: Policy,
+    /// Which uplink each policy rule uses now.
+    pub rule_uses: Vec<RuleUse>,
 }
 
 impl Plan {
@@ -258,7 +263,11 @@ impl Plan {
         }
 
         let routes = table_routes(config, observed, &uplinks);
-        let rules = rules(config, &uplinks);
+        let rule_uses = policy::uses(&config.rules, &uplinks);
+        let rules = rules(config, &uplinks, &rule_uses);
+        let policy = policy::datapath(&config.rules, |name| {
+            uplinks.iter().find(|u| u.name == name).map(|u| u.slot)
+        });
         let main_default = config
             .routing
             .main_default
@@ -307,6 +316,8 @@ impl Plan {
                 BalanceBy::Addresses => multiroute_ebpf::balance::ADDRESSES,
                 BalanceBy::Source => multiroute_ebpf::balance::SOURCE,
             },
+            policy,
+            rule_uses,
         })
     }
 }
@@ -457,7 +468,7 @@ fn lan_networks(observed: &Observed, name: &str) -> BTreeSet<Ipv4Net> {
         .unwrap_or_default()
 }
 
-fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
+fn rules(config: &Config, uplinks: &[UplinkPlan], rule_uses: &[RuleUse]) -> Vec<Rule> {
     let base = config.routing.rule_priority;
     let mut rules = vec![Rule {
         priority: base + priority::MAIN_SPECIFIC,
@@ -465,12 +476,10 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
         table: MAIN_TABLE,
         suppress_prefixlength: Some(0),
     }];
-    let ready: Vec<_> = config
-        .uplinks
+    let ready: Vec<_> = uplinks
         .iter()
-        .zip(uplinks)
-        .filter_map(|(cfg, plan)| match plan.readiness {
-            Readiness::Ready { address, .. } => Some((cfg, plan, address)),
+        .filter_map(|plan| match plan.readiness {
+            Readiness::Ready { address, .. } => Some((plan, address)),
             _ => None,
         })
         .collect();
@@ -480,14 +489,14 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
         table,
         suppress_prefixlength: None,
     };
-    for (_, plan, address) in &ready {
+    for (plan, address) in &ready {
         rules.push(lookup(
             base + priority::FROM_UPLINK + plan.slot,
             Selector::From(Ipv4Net::host(address.addr)),
             plan.table,
         ));
     }
-    for (_, plan, _) in &ready {
+    for (plan, _) in &ready {
         rules.push(lookup(
             base + priority::INBOUND + plan.slot,
             Selector::Fwmark {
@@ -497,24 +506,7 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
             plan.table,
         ));
     }
-    // Numbered over every configured pin, so a pin keeps its priority while others
-    // lapse. While an uplink is dead its pinned traffic follows the normal choice: a
-    // pin into a dead uplink would only blackhole it.
-    let pins = |offset: u32,
-                pick: fn(&UplinkConfig) -> &[Ipv4Net],
-                wrap: fn(Ipv4Net) -> Selector| {
-        config
-            .uplinks
-            .iter()
-            .zip(uplinks)
-            .flat_map(move |(cfg, plan)| pick(cfg).iter().map(move |net| (plan, *net)))
-            .enumerate()
-            .filter(|(_, (plan, _))| plan.alive)
-            .map(move |(i, (plan, net))| lookup(base + offset + i as u32, wrap(net), plan.table))
-    };
-    rules.extend(pins(priority::PIN_TO, |c| &c.pin, Selector::To));
-    rules.extend(pins(priority::PIN_FROM, |c| &c.pin_from, Selector::From));
-    for (_, plan, _) in &ready {
+    for (plan, _) in &ready {
         rules.push(lookup(
             base + priority::FWMARK + plan.slot,
             Selector::Fwmark {
@@ -524,6 +516,12 @@ fn rules(config: &Config, uplinks: &[UplinkPlan]) -> Vec<Rule> {
             plan.table,
         ));
     }
+    rules.extend(policy::router_rules(
+        &config.rules,
+        rule_uses,
+        uplinks,
+        base + priority::LOCAL_POLICY,
+    ));
     rules
 }
 

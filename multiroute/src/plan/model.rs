@@ -2,7 +2,10 @@
 //! user would type, which is also how the seed writes them and how tests compare.
 use std::{fmt, net::Ipv4Addr};
 
-use crate::net::Ipv4Net;
+use crate::{
+    config::{PortRange, proto_name},
+    net::Ipv4Net,
+};
 
 pub const MAIN_TABLE: u32 = 254;
 
@@ -48,7 +51,45 @@ pub enum Selector {
     All,
     From(Ipv4Net),
     To(Ipv4Net),
-    Fwmark { mark: u32, mask: u32 },
+    Fwmark {
+        mark: u32,
+        mask: u32,
+    },
+    /// `iif lo …`: the router's own traffic only (a policy rule's part for it).
+    Local(LocalMatch),
+}
+
+/// What a policy rule's routing rule matches of the router's own traffic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalMatch {
+    pub from: Option<Ipv4Net>,
+    pub to: Option<Ipv4Net>,
+    pub proto: Option<u8>,
+    pub sport: Option<PortRange>,
+    pub dport: Option<PortRange>,
+}
+
+impl fmt::Display for LocalMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.from {
+            Some(net) => write!(f, "from {net}")?,
+            None => f.write_str("from all")?,
+        }
+        if let Some(net) = self.to {
+            write!(f, " to {net}")?;
+        }
+        f.write_str(" iif lo")?;
+        if let Some(proto) = self.proto {
+            write!(f, " ipproto {}", proto_name(proto))?;
+        }
+        if let Some(range) = self.sport {
+            write!(f, " sport {range}")?;
+        }
+        if let Some(range) = self.dport {
+            write!(f, " dport {range}")?;
+        }
+        Ok(())
+    }
 }
 
 fn table_name(table: u32) -> String {
@@ -91,6 +132,7 @@ impl fmt::Display for Rule {
             Selector::From(net) => write!(f, "from {net}")?,
             Selector::To(net) => write!(f, "to {net}")?,
             Selector::Fwmark { mark, mask } => write!(f, "fwmark {mark:#x}/{mask:#x}")?,
+            Selector::Local(matched) => write!(f, "{matched}")?,
         }
         write!(f, " lookup {}", table_name(self.table))?;
         if let Some(len) = self.suppress_prefixlength {

@@ -80,11 +80,13 @@ fn seed_rules_match_the_seed_commands_plus_steering() {
         // Replies to connections that arrived on an uplink (conntrack-marked).
         "pref 10200 fwmark 0x8100/0xff00 lookup 101",
         "pref 10201 fwmark 0x8200/0xff00 lookup 102",
-        // ip rule add to 142.154.61.100 table dsl_internet; to 24.19.100.1 table cable_internet
-        "pref 10300 to 142.154.61.100 lookup 101",
-        "pref 10301 to 24.19.100.1 lookup 102",
-        "pref 10900 fwmark 0x100/0xff00 lookup 101",
-        "pref 10901 fwmark 0x200/0xff00 lookup 102",
+        // The classifier's choice, pins included (they are policy rules it matches).
+        "pref 10300 fwmark 0x100/0xff00 lookup 101",
+        "pref 10301 fwmark 0x200/0xff00 lookup 102",
+        // ip rule add to 142.154.61.100 table dsl_internet; to 24.19.100.1 table
+        // cable_internet — for the router's own traffic; the LAN's never gets here.
+        "pref 10400 from all to 142.154.61.100 iif lo lookup 101",
+        "pref 10401 from all to 24.19.100.1 iif lo lookup 102",
     ];
     assert_eq!(lines(&seed_plan().rules), expected);
 }
@@ -135,13 +137,109 @@ fn dead_uplink_leaves_ring_and_main_default_but_keeps_its_table() {
     assert!(
         lines(&plan.rules)
             .iter()
-            .any(|r| r.contains("to 24.19.100.1 lookup 102"))
+            .any(|r| r.contains("to 24.19.100.1 iif lo lookup 102"))
     );
     // Probes must keep flowing through the dead uplink to see it recover.
     assert!(
         lines(&plan.rules)
             .iter()
             .any(|r| r.ends_with("from 142.154.64.7 lookup 101"))
+    );
+}
+
+/// SIP from anywhere over cable, else DSL; and a LAN host's DNS over DSL.
+const POLICY_CONFIG: &str = r#"
+[[rule]]
+name = "sip"
+proto = "udp"
+dst_port = "5060-5061"
+uplinks = ["cable", "dsl"]
+
+[[rule]]
+name = "dns"
+src = ["192.168.0.0/24", "192.168.0.53"]
+dst_port = 53
+uplinks = ["dsl"]
+"#;
+
+#[test]
+fn policy_rules_go_to_the_classifier_and_the_routers_own_rules() {
+    let config = Config::parse(
+        &format!("{SEED_CONFIG}{POLICY_CONFIG}"),
+        Path::new("seed.toml"),
+    )
+    .unwrap();
+    let plan = build(&config, &seed_host(), &BTreeSet::new()).unwrap();
+    let names: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["dsl.pin", "cable.pin", "sip", "dns"]);
+    let policy = &plan.policy;
+    assert_eq!(policy.set.present, 0b1111);
+    assert_eq!(policy.set.any_src, 0b0111, "only dns names sources");
+    assert_eq!(policy.set.any_dst, 0b1100, "sip and dns name ports only");
+    let sip = policy.rules[2];
+    assert_eq!(
+        (sip.proto, sip.ports, sip.dst_port_first, sip.dst_port_last),
+        (17, 1, 5060, 5061)
+    );
+    assert_eq!((sip.src_port_first, sip.src_port_last), (0, u16::MAX));
+    assert_eq!(sip.uplinks[..usize::from(sip.uplink_count)], [1, 0]);
+    // The host address inside the LAN prefix carries the prefix's rule too.
+    let net = |text: &str| text.parse::<Ipv4Net>().unwrap();
+    assert_eq!(policy.src[&net("192.168.0.0/24")], 0b1000);
+    assert_eq!(policy.src[&net("192.168.0.53")], 0b1000);
+    assert_eq!(policy.dst[&net("24.19.100.1")], 0b0010);
+    let local: Vec<_> = lines(&plan.rules)
+        .into_iter()
+        .filter(|r| r.contains("iif lo"))
+        .collect();
+    assert_eq!(
+        local,
+        [
+            "pref 10400 from all to 142.154.61.100 iif lo lookup 101",
+            "pref 10401 from all to 24.19.100.1 iif lo lookup 102",
+            "pref 10402 from all iif lo ipproto udp dport 5060-5061 lookup 102",
+            // Ports without a protocol: TCP and UDP, each source.
+            "pref 10403 from 192.168.0.0/24 iif lo ipproto tcp dport 53 lookup 101",
+            "pref 10404 from 192.168.0.0/24 iif lo ipproto udp dport 53 lookup 101",
+            "pref 10405 from 192.168.0.53 iif lo ipproto tcp dport 53 lookup 101",
+            "pref 10406 from 192.168.0.53 iif lo ipproto udp dport 53 lookup 101",
+        ]
+    );
+    let using = |plan: &Plan| -> Vec<Option<String>> {
+        plan.rule_uses
+            .iter()
+            .map(|u| u.using_name.clone())
+            .collect()
+    };
+    assert_eq!(
+        using(&plan),
+        [Some("dsl"), Some("cable"), Some("cable"), Some("dsl")].map(|u| u.map(String::from))
+    );
+
+    // Cable dead: SIP falls back to DSL, cable's pin lapses (its traffic is
+    // balanced); the datapath's entries do not change (it reads liveness itself).
+    let dead = BTreeSet::from(["cable".to_string()]);
+    let fallback = build(&config, &seed_host(), &dead).unwrap();
+    assert_eq!(
+        using(&fallback),
+        [Some("dsl"), None, Some("dsl"), Some("dsl")].map(|u| u.map(String::from))
+    );
+    assert_eq!(fallback.policy, plan.policy);
+    let local: Vec<_> = lines(&fallback.rules)
+        .into_iter()
+        .filter(|r| r.contains("iif lo"))
+        .collect();
+    assert!(
+        local.contains(&"pref 10402 from all iif lo ipproto udp dport 5060-5061 lookup 101".into())
+    );
+    assert!(
+        !local.iter().any(|r| r.starts_with("pref 10401 ")),
+        "{local:?}"
+    );
+    assert_eq!(
+        plan.rules.len(),
+        fallback.rules.len() + 1,
+        "only cable's pin goes (a dead uplink keeps its tables and rules); SIP's moves"
     );
 }
 

@@ -110,6 +110,17 @@ pub struct DaemonReport {
     /// No uplink can take new flows: traffic falls back to the main table.
     pub fail_open: bool,
     pub uplinks: Vec<UplinkReport>,
+    /// Each policy rule and the uplink it uses now.
+    #[serde(default)]
+    pub rules: Vec<RuleReport>,
+}
+
+/// A policy rule's uplink in use: the first listed one that carries traffic, or
+/// none (all dead: what it matches is balanced).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleReport {
+    pub name: String,
+    pub using: Option<String>,
 }
 
 pub struct Daemon {
@@ -301,6 +312,12 @@ impl Daemon {
                 address = %flush.address,
                 entries = flush.entries,
                 "flushed the conntrack entries NATed to the uplink's old address"
+            );
+        }
+        if updated.returned > 0 {
+            info!(
+                flows = updated.returned,
+                "moved flows back to the uplink their policy rule prefers"
             );
         }
         self.sync_probers();
@@ -542,10 +559,20 @@ impl Daemon {
                 })
             })
             .collect();
+        let rules = self
+            .plan
+            .rule_uses
+            .iter()
+            .map(|used| RuleReport {
+                name: used.name.clone(),
+                using: used.using_name.clone(),
+            })
+            .collect();
         DaemonReport {
             ready: self.ready,
             fail_open: self.plan.fail_open(),
             uplinks,
+            rules,
         }
     }
 }

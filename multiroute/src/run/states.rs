@@ -142,6 +142,8 @@ mod tests {
             lan: Vec::new(),
             inbound: Vec::new(),
             balance_by: 0,
+            policy: Default::default(),
+            rule_uses: Vec::new(),
         }
     }
 

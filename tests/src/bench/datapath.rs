@@ -174,7 +174,7 @@ pub fn run(options: &Options) -> Result<Results> {
             dp.maps.insert_flow(
                 &flow_key(base + i),
                 &Flow {
-                    uplink: i % 2,
+                    uplink: (i % 2) as u16,
                     ..Flow::default()
                 },
             )?;
