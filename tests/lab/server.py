@@ -1,7 +1,8 @@
 """The lab's "internet" server: answers GET / with the client's address as the
 server sees it (after the router's NAT, that is the uplink it came through) and
 GET /stream?seconds=N with a steady stream of data for N seconds. On UDP port+1 it
-echoes each datagram followed by the sender's address; on TCP port+2 it answers
+echoes each datagram followed by the sender's address (and, given UDP_ADDRESS,
+likewise on 5060, as a SIP server listens); on TCP port+2 it answers
 each line with the line and the peer's address (long-lived sessions).
 
 usage: server.py ADDRESS PORT [UDP_ADDRESS]   (UDP binds UDP_ADDRESS, default ADDRESS:
@@ -69,7 +70,8 @@ class SessionServer(socketserver.ThreadingTCPServer):
 if __name__ == "__main__":
     address, port = sys.argv[1], int(sys.argv[2])
     udp_address = sys.argv[3] if len(sys.argv) > 3 else address
-    threading.Thread(target=udp_echo, args=(udp_address, port + 1), daemon=True).start()
+    for udp_port in (port + 1, 5060) if len(sys.argv) > 3 else (port + 1,):
+        threading.Thread(target=udp_echo, args=(udp_address, udp_port), daemon=True).start()
     sessions = SessionServer((address, port + 2), LineEcho)
     threading.Thread(target=sessions.serve_forever, daemon=True).start()
     Server((address, port), Handler).serve_forever()

@@ -34,6 +34,8 @@ pub const SERVER2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 /// The server's UDP echo port.
 pub const ECHO_PORT: u16 = SERVER_PORT + 1;
+/// The server also echoes UDP here, as a SIP server listens.
+pub const SIP_PORT: u16 = 5060;
 /// The router's own firewall in the lab: masquerade on every uplink (what a
 /// firewall reload puts back after flushing the ruleset).
 pub const LAB_NAT: &str = "add table ip lab; add chain ip lab post { type nat hook postrouting priority 100; }; add rule ip lab post oifname \"wan*\" masquerade";
@@ -786,24 +788,37 @@ impl Lab {
     /// One UDP flow from the client to the echo server, a request every
     /// `interval_ms`, for `seconds`, in the background (stdout piped).
     pub fn start_udp(&self, seconds: f64, interval_ms: u32) -> Result<Child> {
-        self.spawn_client(&[
-            "udp",
-            &SERVER.to_string(),
-            &ECHO_PORT.to_string(),
-            &seconds.to_string(),
-            &(f64::from(interval_ms) / 1000.0).to_string(),
-        ])
+        self.start_udp_in(&self.client(), ECHO_PORT, seconds, interval_ms)
+    }
+
+    /// The same from namespace `ns` (the router's own traffic from the router's) to
+    /// the server's UDP `port`.
+    pub fn start_udp_in(
+        &self,
+        ns: &str,
+        port: u16,
+        seconds: f64,
+        interval_ms: u32,
+    ) -> Result<Child> {
+        self.spawn_script_in(
+            ns,
+            &[
+                "udp",
+                &SERVER.to_string(),
+                &port.to_string(),
+                &seconds.to_string(),
+                &(f64::from(interval_ms) / 1000.0).to_string(),
+            ],
+        )
     }
 
     fn spawn_client(&self, args: &[&str]) -> Result<Child> {
+        self.spawn_script_in(&self.client(), args)
+    }
+
+    fn spawn_script_in(&self, ns: &str, args: &[&str]) -> Result<Child> {
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.client(),
-                "python3",
-                &lab_script("client.py"),
-            ])
+            .args(["netns", "exec", ns, "python3", &lab_script("client.py")])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -962,8 +977,34 @@ impl Lab {
             if rule["protocol"] != "77" {
                 continue;
             }
+            let port = |name: &str| {
+                if !rule[name].is_null() {
+                    format!(" {name} {}", text(&rule[name]))
+                } else if !rule[format!("{name}_start")].is_null() {
+                    format!(
+                        " {name} {}-{}",
+                        text(&rule[format!("{name}_start")]),
+                        text(&rule[format!("{name}_end")])
+                    )
+                } else {
+                    String::new()
+                }
+            };
             let selector = if !rule["fwmark"].is_null() {
                 format!("fwmark {}/{}", text(&rule["fwmark"]), text(&rule["fwmask"]))
+            } else if rule["iif"] == "lo" {
+                let mut matched = match rule["src"].as_str() {
+                    Some("all") | None => "from all".to_owned(),
+                    Some(_) => format!("from {}", net(&rule["src"], &rule["srclen"])),
+                };
+                if !rule["dst"].is_null() {
+                    matched += &format!(" to {}", net(&rule["dst"], &rule["dstlen"]));
+                }
+                matched += " iif lo";
+                if !rule["ipproto"].is_null() {
+                    matched += &format!(" ipproto {}", text(&rule["ipproto"]));
+                }
+                matched + &port("sport") + &port("dport")
             } else if !rule["dst"].is_null() {
                 format!("to {}", net(&rule["dst"], &rule["dstlen"]))
             } else {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use multiroute_tests::{
-    Attempt, Lab, LabOptions, SERVER, UNREACHABLE, measure_outage, percent, require_root,
+    Attempt, Lab, LabOptions, SERVER, SIP_PORT, UNREACHABLE, measure_outage, percent, require_root,
     wait_until, wall_clock,
 };
 
@@ -561,4 +561,130 @@ fn a_backup_tier_takes_new_flows_only_while_the_better_tier_is_dead() {
         lab.router_log()
     );
     lab.stop_and_unload().expect("stopping multiroute");
+}
+
+/// A UDP exchange's report: the address the server saw first, and every address
+/// with how many answers came through it.
+fn udp_report(mut client: std::process::Child) -> serde_json::Value {
+    let mut out = String::new();
+    client
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("reading the UDP client");
+    assert!(client.wait().expect("the UDP client").success());
+    let mut lines = out.lines();
+    let first: serde_json::Value =
+        serde_json::from_str(lines.next().expect("a first answer")).expect("the first answer");
+    let mut report: serde_json::Value =
+        serde_json::from_str(lines.next().expect("the report")).expect("the report");
+    report["first"] = first["first"].clone();
+    report
+}
+
+/// Answers per uplink index in a UDP report.
+fn answers_by_uplink(lab: &Lab, report: &serde_json::Value) -> [u64; 3] {
+    let mut by = [0; 3];
+    for (address, count) in report["by_address"].as_object().expect("by_address") {
+        let uplink = lab.uplink_index(address).expect("an uplink address");
+        by[uplink] += count.as_u64().unwrap_or(0);
+    }
+    by
+}
+
+#[test]
+fn a_policy_rule_keeps_sip_on_its_uplinks_in_order_from_lan_and_router() {
+    if !require_root("a_policy_rule_keeps_sip_on_its_uplinks_in_order_from_lan_and_router") {
+        return;
+    }
+    let rule = "\n[[rule]]\nname = \"sip\"\nproto = \"udp\"\ndst_port = 5060\nuplinks = [\"isp1\", \"isp2\"]\n";
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1, 1],
+        extra_config: format!("{}{rule}", health(SERVER)),
+    })
+    .expect("building the lab");
+    lab.start_router().expect("starting multiroute");
+    lab.assert_kernel_matches_plan()
+        .expect("the router's own SIP rule is in the kernel");
+    let status = lab.status().unwrap();
+    assert_eq!(status["rules"][0]["name"], "sip");
+    assert_eq!(status["rules"][0]["using"], "isp1");
+
+    // Two long SIP exchanges, one from a LAN host and one from the router itself.
+    let seconds = 12.0;
+    let lan_sip = lab
+        .start_udp_in(&lab.client(), SIP_PORT, seconds, 50)
+        .unwrap();
+    let router_sip = lab
+        .start_udp_in(&lab.router(), SIP_PORT, seconds, 50)
+        .unwrap();
+    sleep(Duration::from_secs(2));
+    let flows = lab.flows(&["--uplink", "isp1"]).unwrap();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["dst_port"] == SIP_PORT && f["why"] == "rule sip"),
+        "the LAN's SIP flow is on isp1 by its rule: {flows:?}"
+    );
+
+    // isp1 fails: SIP goes to isp2 (the next listed), never to isp0.
+    lab.fail_upstream(1).unwrap();
+    wait_until(Duration::from_secs(3), || {
+        lab.status().is_ok_and(|s| s["rules"][0]["using"] == "isp2")
+    })
+    .expect("the rule falls back to isp2");
+    let mut fresh = Vec::new();
+    for _ in 0..4 {
+        let report = udp_report(lab.start_udp_in(&lab.client(), SIP_PORT, 0.3, 50).unwrap());
+        fresh.push(answers_by_uplink(&lab, &report));
+    }
+    let router_fresh = udp_report(lab.start_udp_in(&lab.router(), SIP_PORT, 0.3, 50).unwrap());
+    assert!(
+        fresh.iter().all(|by| by[0] == 0 && by[1] == 0 && by[2] > 0),
+        "new SIP flows from the LAN use isp2 while isp1 is dead: {fresh:?}"
+    );
+    assert_eq!(
+        answers_by_uplink(&lab, &router_fresh)[2],
+        router_fresh["answered"].as_u64().unwrap(),
+        "the router's own new SIP flow uses isp2: {router_fresh}"
+    );
+    sleep(Duration::from_secs(2));
+
+    // isp1 recovers: SIP returns to it, the running exchanges included.
+    lab.restore_upstream(1).unwrap();
+    wait_until(Duration::from_secs(5), || {
+        lab.status().is_ok_and(|s| s["rules"][0]["using"] == "isp1")
+    })
+    .expect("the rule returns to isp1");
+    lab.assert_kernel_matches_plan()
+        .expect("the router's own SIP rule follows");
+
+    for (who, client) in [("LAN", lan_sip), ("router", router_sip)] {
+        let report = udp_report(client);
+        let by = answers_by_uplink(&lab, &report);
+        println!(
+            "{who} SIP exchange: answers per uplink {by:?}, {} of {} lost, first via {}, last via {}",
+            report["lost"], report["sent"], report["first"], report["last_address"]
+        );
+        assert_eq!(by[0], 0, "{who}: never through isp0 (not listed): {report}");
+        assert!(by[1] > 0 && by[2] > 0, "{who}: isp1, then isp2: {report}");
+        assert_eq!(
+            lab.uplink_index(report["first"].as_str().unwrap()),
+            Some(1),
+            "{who}: starts on isp1"
+        );
+        assert_eq!(
+            lab.uplink_index(report["last_address"].as_str().unwrap()),
+            Some(1),
+            "{who}: back on isp1 after it recovered: {report}"
+        );
+    }
+    assert!(
+        lab.router_log()
+            .contains("moved flows back to the uplink their policy rule prefers"),
+        "{}",
+        lab.router_log()
+    );
+    lab.stop_and_unload().unwrap();
 }
