@@ -205,7 +205,7 @@ fn reload_weights_and_self_repair_move_no_session() {
     sleep(Duration::from_millis(500));
     // An admin deletes a steering rule; a firewall reload flushes every table and
     // loads its own (atomically, as `nft -f` of a file starting with a flush does).
-    lab.ns(&router, "ip", &["rule", "del", "pref", "10902"])
+    lab.ns(&router, "ip", &["rule", "del", "pref", "10102"])
         .unwrap();
     sleep(Duration::from_millis(500));
     lab.ns(

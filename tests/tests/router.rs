@@ -465,7 +465,7 @@ fn what_others_remove_is_put_back() {
     lab.ns(&router, "nft", &["flush", "ruleset"]).unwrap();
     lab.ns(&router, "nft", &[multiroute_tests::LAB_NAT])
         .unwrap();
-    lab.ns(&router, "ip", &["rule", "del", "pref", "10900"])
+    lab.ns(&router, "ip", &["rule", "del", "pref", "10100"])
         .unwrap();
     lab.ns(&router, "ip", &["route", "del", "default", "table", "102"])
         .unwrap();

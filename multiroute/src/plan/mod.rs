@@ -34,24 +34,26 @@ pub mod priority {
     /// `lookup main suppress_prefixlength 0`: specific main routes (LAN, VPN, other
     /// local subnets) win over every steering rule below.
     pub const MAIN_SPECIFIC: u32 = 0;
-    /// `from <uplink address>`: replies and router-originated traffic sourced from an
-    /// uplink's address leave through that uplink (the seed's NAT/DNAT symmetry).
-    pub const FROM_UPLINK: u32 = 100;
+    /// `fwmark <mark>/<mask>`: the datapath's per-flow choice (policy rules for
+    /// LAN traffic included: the classifier matched them). First after the main
+    /// table: a marked LAN packet walks no rule meant for other traffic. An
+    /// inbound reply's mark carries the flag, so it matches none of these.
+    pub const FWMARK: u32 = 100;
     /// `fwmark <mark | inbound flag>/<mask>`: replies to connections that arrived on
     /// an uplink (port forwards), marked from conntrack (see `nft`).
     pub const INBOUND: u32 = 200;
-    /// `fwmark <mark>/<mask>`: the datapath's per-flow choice (policy rules for
-    /// LAN traffic included: the classifier matched them).
-    pub const FWMARK: u32 = 300;
+    /// `from <uplink address>`: replies and router-originated traffic sourced from an
+    /// uplink's address leave through that uplink (the seed's NAT/DNAT symmetry).
+    pub const FROM_UPLINK: u32 = 300;
     /// `iif lo …`: policy rules for the router's own traffic, numbered over every
     /// configured rule. After the LAN's rules: a LAN packet never walks them.
     pub const LOCAL_POLICY: u32 = 400;
 
     // Every band holds what can be put in it, and the last one ends in the range.
-    const _: () = assert!(MAIN_SPECIFIC < FROM_UPLINK);
-    const _: () = assert!(FROM_UPLINK + MAX_UPLINKS <= INBOUND);
-    const _: () = assert!(INBOUND + MAX_UPLINKS <= FWMARK);
-    const _: () = assert!(FWMARK + MAX_UPLINKS <= LOCAL_POLICY);
+    const _: () = assert!(MAIN_SPECIFIC < FWMARK);
+    const _: () = assert!(FWMARK + MAX_UPLINKS <= INBOUND);
+    const _: () = assert!(INBOUND + MAX_UPLINKS <= FROM_UPLINK);
+    const _: () = assert!(FROM_UPLINK + MAX_UPLINKS <= LOCAL_POLICY);
     const _: () = assert!(LOCAL_POLICY + MAX_ROUTER_RULES as u32 <= RULE_PRIORITY_SPAN);
 }
 
@@ -489,10 +491,13 @@ fn rules(config: &Config, uplinks: &[UplinkPlan], rule_uses: &[RuleUse]) -> Vec<
         table,
         suppress_prefixlength: None,
     };
-    for (plan, address) in &ready {
+    for (plan, _) in &ready {
         rules.push(lookup(
-            base + priority::FROM_UPLINK + plan.slot,
-            Selector::From(Ipv4Net::host(address.addr)),
+            base + priority::FWMARK + plan.slot,
+            Selector::Fwmark {
+                mark: plan.mark,
+                mask: config.routing.fwmark_mask,
+            },
             plan.table,
         ));
     }
@@ -506,13 +511,10 @@ fn rules(config: &Config, uplinks: &[UplinkPlan], rule_uses: &[RuleUse]) -> Vec<
             plan.table,
         ));
     }
-    for (plan, _) in &ready {
+    for (plan, address) in &ready {
         rules.push(lookup(
-            base + priority::FWMARK + plan.slot,
-            Selector::Fwmark {
-                mark: plan.mark,
-                mask: config.routing.fwmark_mask,
-            },
+            base + priority::FROM_UPLINK + plan.slot,
+            Selector::From(Ipv4Net::host(address.addr)),
             plan.table,
         ));
     }

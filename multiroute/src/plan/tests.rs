@@ -74,15 +74,16 @@ fn seed_tables_match_the_seed_commands() {
 fn seed_rules_match_the_seed_commands_plus_steering() {
     let expected = [
         "pref 10000 from all lookup main suppress_prefixlength 0",
-        // ip rule add from 142.154.64.7 table dsl_internet; … from 24.19.12.45 …
-        "pref 10100 from 142.154.64.7 lookup 101",
-        "pref 10101 from 24.19.12.45 lookup 102",
+        // The classifier's choice, pins included (they are policy rules it matches):
+        // a marked LAN packet needs no rule after these.
+        "pref 10100 fwmark 0x100/0xff00 lookup 101",
+        "pref 10101 fwmark 0x200/0xff00 lookup 102",
         // Replies to connections that arrived on an uplink (conntrack-marked).
         "pref 10200 fwmark 0x8100/0xff00 lookup 101",
         "pref 10201 fwmark 0x8200/0xff00 lookup 102",
-        // The classifier's choice, pins included (they are policy rules it matches).
-        "pref 10300 fwmark 0x100/0xff00 lookup 101",
-        "pref 10301 fwmark 0x200/0xff00 lookup 102",
+        // ip rule add from 142.154.64.7 table dsl_internet; … from 24.19.12.45 …
+        "pref 10300 from 142.154.64.7 lookup 101",
+        "pref 10301 from 24.19.12.45 lookup 102",
         // ip rule add to 142.154.61.100 table dsl_internet; to 24.19.100.1 table
         // cable_internet — for the router's own traffic; the LAN's never gets here.
         "pref 10400 from all to 142.154.61.100 iif lo lookup 101",
