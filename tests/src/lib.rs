@@ -12,6 +12,7 @@
 //! drop (also when a test panics). Only documentation/benchmark ranges are used.
 pub mod bench;
 pub mod datapath;
+pub mod pair;
 
 use std::{
     collections::BTreeMap,
@@ -227,6 +228,9 @@ pub struct Lab {
     pub isps: usize,
     children: Vec<Child>,
     router: Option<Child>,
+    /// A second router sharing the LAN and the ISPs' links (see [`pair`]).
+    pair: bool,
+    router_b: Option<Child>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -254,6 +258,10 @@ impl Lab {
     /// Builds the topology with `options.weights.len()` ISPs and writes the config;
     /// the router is not started.
     pub fn new(options: &LabOptions) -> Result<Lab> {
+        Self::create(options, false)
+    }
+
+    fn create(options: &LabOptions, pair: bool) -> Result<Lab> {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -270,6 +278,8 @@ impl Lab {
             isps: options.weights.len(),
             children: Vec::new(),
             router: None,
+            pair,
+            router_b: None,
             _serial: serial,
         };
         lab.build(options)?;
@@ -284,16 +294,16 @@ impl Lab {
             "mount",
             &["-t", "bpf", "bpf", &self.dir.join("bpf").to_string_lossy()],
         )?;
-        let (client, router, inet) = (self.client(), self.router(), self.inet());
-        for ns in [&client, &router, &inet] {
-            run("ip", &["netns", "add", ns])?;
+        let (client, inet) = (self.client(), self.inet());
+        for ns in self.namespaces() {
+            run("ip", &["netns", "add", &ns])?;
         }
-        for n in 0..self.isps {
-            run("ip", &["netns", "add", &self.isp(n)])?;
+        if self.pair {
+            self.wire_pair()?;
+        } else {
+            self.wire_router()?;
         }
-        self.veth(&client, "eth0", &router, "lan0")?;
         self.addr(&client, "eth0", "100.64.0.2/24")?;
-        self.addr(&router, "lan0", "100.64.0.1/24")?;
         self.ns(
             &client,
             "ip",
@@ -308,10 +318,7 @@ impl Lab {
         }
         for n in 0..self.isps {
             let isp = self.isp(n);
-            let wan = format!("wan{n}");
             let inet_if = format!("inet{n}");
-            self.veth(&router, &wan, &isp, "cpe")?;
-            self.addr(&router, &wan, &format!("198.18.{n}.2/24"))?;
             self.addr(&isp, "cpe", &format!("198.18.{n}.1/24"))?;
             self.veth(&isp, "inet", &inet, &inet_if)?;
             self.addr(&isp, "inet", &format!("198.19.{n}.1/24"))?;
@@ -340,23 +347,14 @@ impl Lab {
             )?;
             self.ns(&isp, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         }
-        // The router's own default before multiroute: via the first ISP, as a box with
-        // one working uplink would have it.
-        self.ns(
-            &router,
-            "ip",
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                "198.18.0.1",
-                "dev",
-                "wan0",
-            ],
-        )?;
-        self.ns(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        self.ns(&router, "nft", &[LAB_NAT])?;
+        if self.pair {
+            self.pair_nat()?;
+        } else {
+            self.ns(&self.router(), "nft", &[LAB_NAT])?;
+        }
+        for router in self.routers() {
+            self.ns(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        }
         self.write_config(options)?;
         let server = self.spawn_ns(
             &inet,
@@ -370,6 +368,54 @@ impl Lab {
         )?;
         self.children.push(server);
         self.wait_for_server()
+    }
+
+    /// The single router: a veth to the client and one to each ISP, its addresses,
+    /// and its own default before multiroute (via the first ISP, as a box with one
+    /// working uplink would have it).
+    fn wire_router(&self) -> Result<()> {
+        let router = self.router();
+        self.veth(&self.client(), "eth0", &router, "lan0")?;
+        self.addr(&router, "lan0", "100.64.0.1/24")?;
+        for n in 0..self.isps {
+            let wan = format!("wan{n}");
+            self.veth(&router, &wan, &self.isp(n), "cpe")?;
+            self.addr(&router, &wan, &format!("{}/24", Self::uplink_address(n)))?;
+        }
+        self.ns(
+            &router,
+            "ip",
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.18.0.1",
+                "dev",
+                "wan0",
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Every namespace of the lab.
+    fn namespaces(&self) -> Vec<String> {
+        let mut namespaces = vec![self.client(), self.inet()];
+        namespaces.extend(self.routers());
+        namespaces.extend((0..self.isps).map(|n| self.isp(n)));
+        if self.pair {
+            namespaces.push(self.switch());
+        }
+        namespaces
+    }
+
+    /// The router namespaces: one, or the pair.
+    fn routers(&self) -> Vec<String> {
+        let mut routers = vec![self.router()];
+        if self.pair {
+            routers.push(self.router_b());
+        }
+        routers
     }
 
     fn write_config(&self, options: &LabOptions) -> Result<()> {
@@ -394,16 +440,24 @@ impl Lab {
     }
 
     /// Rewrites the config from `[[uplink]]` tables and extra sections.
+    /// With a pair, router B's config is the same but for its own pins and socket.
     pub fn write_config_with(&self, uplink_blocks: &str, extra_config: &str) -> Result<()> {
-        let mut text = String::from("lan = [\"lan0\"]\n");
-        text += uplink_blocks;
-        text += &format!(
-            "\n[routing]\npin_path = \"{}\"\n\n[control]\nsocket = \"{}\"\n",
-            self.pin_path().display(),
-            self.dir.join("control.sock").display()
-        );
-        text += extra_config;
-        std::fs::write(&self.config, text).context("writing the lab config")
+        let write = |config: &Path, pin_path: &Path, socket: &str| {
+            let mut text = String::from("lan = [\"lan0\"]\n");
+            text += uplink_blocks;
+            text += &format!(
+                "\n[routing]\npin_path = \"{}\"\n\n[control]\nsocket = \"{}\"\n",
+                pin_path.display(),
+                self.dir.join(socket).display()
+            );
+            text += extra_config;
+            std::fs::write(config, text).context("writing the lab config")
+        };
+        write(&self.config, &self.pin_path(), "control.sock")?;
+        if self.pair {
+            write(&self.config_b(), &self.pin_path_b(), "control-b.sock")?;
+        }
+        Ok(())
     }
 
     fn wait_for_server(&self) -> Result<()> {
@@ -537,15 +591,7 @@ impl Lab {
 
     /// `multiroute -c <lab config> ARGS` inside the router namespace.
     pub fn multiroute(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.router()])
-            .arg(multiroute_bin())
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .stdin(Stdio::null());
-        cmd.output()
-            .unwrap_or_else(|err| panic!("cannot run multiroute: {err}"))
+        multiroute_in(&self.router(), &self.config, args)
     }
 
     /// Starts `multiroute load` in the router and waits until it is fully set up.
@@ -557,39 +603,45 @@ impl Lab {
     /// until `status --json` says `"ready": true`: rules, routes, the datapath and
     /// its maps all in place.
     pub fn start_router_with(&mut self, binary: &Path) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
+        let child = self.start_load(&self.router(), &self.config, "router.log", binary)?;
+        self.router = Some(child);
+        Ok(())
+    }
+
+    /// Starts `binary load` in namespace `ns` with `config`, logging to `log` in
+    /// the lab directory, and waits until its status says ready.
+    fn start_load(&self, ns: &str, config: &Path, log: &str, binary: &Path) -> Result<Child> {
+        let log_path = self.dir.join(log);
+        let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("router.log"))
+            .open(&log_path)
             .context("opening the router log")?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.router()])
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
             .arg(binary)
             .arg("-c")
-            .arg(&self.config)
+            .arg(config)
             .arg("load")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log_file)
             .spawn()
             .context("starting multiroute load")?;
-        self.router = Some(child);
         let start = Instant::now();
-        while !self.status().is_ok_and(|status| status["ready"] == true) {
-            let exited = self
-                .router
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+        while !status_in(ns, config).is_ok_and(|status| status["ready"] == true) {
+            let exited = child.try_wait().ok().flatten();
             if exited.is_some() || start.elapsed() > Duration::from_secs(20) {
-                self.router = None;
+                let _ = child.kill();
+                let _ = child.wait();
                 bail!(
                     "multiroute load did not come up ({exited:?}):\n{}",
-                    self.router_log()
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(())
+        Ok(child)
     }
 
     pub fn router_log(&self) -> String {
@@ -913,13 +965,7 @@ impl Lab {
 
     /// `multiroute status --json`, parsed.
     pub fn status(&self) -> Result<serde_json::Value> {
-        let out = self.multiroute(&["status", "--json"]);
-        ensure!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).context("parsing status --json")
+        status_in(&self.router(), &self.config)
     }
 
     /// `multiroute flows --json ARGS`, parsed.
@@ -1131,24 +1177,52 @@ pub fn loaded_classifiers() -> usize {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut router) = self.router.take() {
-            let _ = router.kill();
-            let _ = router.wait();
-            // A killed router leaves its set-up behind; remove it like an operator would.
-            let _ = self.multiroute(&["unload"]);
+        let routers = [
+            (self.router.take(), self.router(), self.config.clone()),
+            (self.router_b.take(), self.router_b(), self.config_b()),
+        ];
+        for (running, ns, config) in routers {
+            if let Some(mut router) = running {
+                let _ = router.kill();
+                let _ = router.wait();
+                // A killed router leaves its set-up behind; remove it like an operator would.
+                let _ = multiroute_in(&ns, &config, &["unload"]);
+            }
         }
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let mut namespaces = vec![self.client(), self.router(), self.inet()];
-        namespaces.extend((0..self.isps).map(|n| self.isp(n)));
-        for ns in namespaces {
+        for ns in self.namespaces() {
             let _ = run("ip", &["netns", "del", &ns]);
         }
         let _ = run("umount", &[&self.dir.join("bpf").to_string_lossy()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `multiroute -c CONFIG ARGS` inside namespace `ns`.
+fn multiroute_in(ns: &str, config: &Path, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(multiroute_bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run multiroute: {err}"))
+}
+
+/// `multiroute status --json` of the `load` in namespace `ns`, parsed.
+fn status_in(ns: &str, config: &Path) -> Result<serde_json::Value> {
+    let out = multiroute_in(ns, config, &["status", "--json"]);
+    ensure!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("parsing status --json")
 }
 
 pub fn lab_script(name: &str) -> String {

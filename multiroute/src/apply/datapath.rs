@@ -324,6 +324,16 @@ pub fn attached_interfaces(pin_path: &Path) -> Result<Vec<String>, DatapathError
         .collect())
 }
 
+/// What [`Maps::seed`] does with a flow the table already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seeding {
+    /// Keeps the datapath's choice (taking over: the flows it placed are new).
+    FillGaps,
+    /// Puts the flow where its NAT binding is (an address arrived: conntrack is
+    /// the truth about sessions that ran elsewhere).
+    Replace,
+}
+
 /// The datapath's maps, opened from their pins: the same view for the daemon that
 /// loaded them, for `status`/`flows`, and for tests.
 pub struct Maps {
@@ -643,13 +653,14 @@ impl Maps {
     }
 
     /// Remembers each session conntrack NATs to an uplink's address on that
-    /// uplink, unless the datapath already chose one for it: the flow table then
-    /// agrees with the NAT binding, so no packet of the session leaves through
-    /// another uplink. Returns how many flows it wrote.
+    /// uplink (with [`Seeding::FillGaps`], only where the datapath has not chosen
+    /// one yet): the flow table then agrees with the NAT binding, so no packet of
+    /// the session leaves through another uplink. Returns how many flows it wrote.
     pub fn seed(
         &mut self,
         sessions: &[super::conntrack::NatedSession],
         slot_of: &std::collections::BTreeMap<std::net::Ipv4Addr, u32>,
+        seeding: Seeding,
     ) -> Result<usize, DatapathError> {
         let now = monotonic_seconds();
         let by = self
@@ -662,7 +673,12 @@ impl Maps {
                 continue;
             };
             let packets = match self.flow(&session.key) {
-                Some(flow) if flow.uplink_index() != PENDING_UPLINK => continue,
+                Some(flow) if flow.uplink_index() == slot => continue,
+                Some(flow)
+                    if seeding == Seeding::FillGaps && flow.uplink_index() != PENDING_UPLINK =>
+                {
+                    continue;
+                }
                 Some(flow) => flow.packets,
                 None => 0,
             };

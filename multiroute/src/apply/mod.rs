@@ -124,7 +124,7 @@ async fn seed_from_conntrack(maps: &mut Maps, plan: &Plan) -> Result<usize, Appl
         .iter()
         .filter_map(|u| Some((u.address()?, u.slot)))
         .collect();
-    Ok(maps.seed(&sessions, &slot_of)?)
+    Ok(maps.seed(&sessions, &slot_of, datapath::Seeding::FillGaps)?)
 }
 
 /// How often [`resolve_pending`] asks conntrack before it gives up on a flow: a
@@ -180,20 +180,45 @@ pub async fn update(
     plan: &Plan,
     observed: &Observed,
 ) -> Result<Updated, ApplyError> {
-    let stopped = stopped_addresses(previous, plan);
+    let (before, now) = (carried_addresses(previous), carried_addresses(plan));
+    let stopped: Vec<_> = before.difference(&now).cloned().collect();
+    let arrived: Vec<_> = now.difference(&before).cloned().collect();
+    let mut seeded = 0;
     let routing = if stopped.is_empty() {
         let changed = routing::apply(nl, config, plan, observed).await?;
+        if !arrived.is_empty() {
+            maps.write_uplinks(plan)?;
+            seeded = seed_arrived(maps, plan, &arrived).await?;
+        }
         maps.write_plan(plan)?;
         changed
     } else {
         maps.write_plan(plan)?;
-        routing::apply(nl, config, plan, observed).await?
+        let changed = routing::apply(nl, config, plan, observed).await?;
+        seeded = seed_arrived(maps, plan, &arrived).await?;
+        changed
     };
     if plan.inbound != previous.inbound {
         nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
     }
     let mut flushed = Vec::new();
+    // Only while the address is still here: one that left the host (keepalived
+    // moved it to the VRRP peer, a lease ended) takes its sessions with it — the
+    // peer carries them on, synced by conntrackd, and a delete here would be synced
+    // there too. (The kernel itself forgets sessions masqueraded to a removed
+    // address.)
+    let still_here = |uplink: &str, address: Ipv4Addr| {
+        previous
+            .uplinks
+            .iter()
+            .find(|u| u.name == uplink)
+            .and_then(|u| observed.get(&u.interface))
+            .is_some_and(|iface| iface.addresses.iter().any(|a| a.addr == address))
+    };
     for (uplink, address) in stopped {
+        if !still_here(&uplink, address) {
+            continue;
+        }
         let entries = tokio::task::spawn_blocking(move || conntrack::flush_nated_to(address))
             .await
             .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
@@ -208,6 +233,7 @@ pub async fn update(
         routing,
         flushed,
         returned,
+        seeded,
     })
 }
 
@@ -251,25 +277,46 @@ pub struct Updated {
     pub flushed: Vec<Flushed>,
     /// Flows a policy rule moved back to the uplink it uses again.
     pub returned: usize,
+    /// Sessions put on an uplink whose address arrived (see `seed_arrived`).
+    pub seeded: usize,
 }
 
-/// Uplinks that carried traffic from an address under `previous` and no longer do
-/// from that address under `plan`: dead, down, removed, readdressed, or standing by
-/// on a backup tier (`failback = "move"`).
-fn stopped_addresses(previous: &Plan, plan: &Plan) -> Vec<(String, Ipv4Addr)> {
-    previous
-        .uplinks
+/// Each uplink that carries traffic, with the address it carries it from. What
+/// leaves this set between two plans stopped (dead, down, removed, readdressed,
+/// standing by on a backup tier); what joins it arrived.
+fn carried_addresses(plan: &Plan) -> BTreeSet<(String, Ipv4Addr)> {
+    plan.uplinks
         .iter()
-        .filter(|old| old.carries())
-        .filter_map(|old| {
-            let address = old.address()?;
-            let still = plan
-                .uplinks
-                .iter()
-                .any(|new| new.name == old.name && new.carries() && new.address() == Some(address));
-            (!still).then(|| (old.name.clone(), address))
-        })
+        .filter(|u| u.carries())
+        .filter_map(|u| Some((u.name.clone(), u.address()?)))
         .collect()
+}
+
+/// An uplink began carrying traffic from an address — most often because its
+/// address arrived: a VRRP backup taking over (keepalived moved the address here,
+/// conntrackd already put the peer's sessions into this kernel's table), a DHCP
+/// lease, a redial. Every session conntrack NATs to such an address is put on that
+/// uplink in the flow table, replacing what the table held, before the ring sends
+/// new flows there: the NAT binding decides the uplink, whatever the hash says.
+async fn seed_arrived(
+    maps: &mut Maps,
+    plan: &Plan,
+    arrived: &[(String, Ipv4Addr)],
+) -> Result<usize, ApplyError> {
+    if arrived.is_empty() {
+        return Ok(0);
+    }
+    let sessions = tokio::task::spawn_blocking(conntrack::nated_sessions)
+        .await
+        .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
+    let slot_of: BTreeMap<Ipv4Addr, u32> = arrived
+        .iter()
+        .filter_map(|(name, address)| {
+            let uplink = plan.uplinks.iter().find(|u| &u.name == name)?;
+            Some((*address, uplink.slot))
+        })
+        .collect();
+    Ok(maps.seed(&sessions, &slot_of, datapath::Seeding::Replace)?)
 }
 
 /// Puts back what someone else removed or changed of the running plan — a firewall

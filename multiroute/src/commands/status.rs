@@ -34,6 +34,8 @@ struct Status {
     attached: Vec<String>,
     /// Every uplink is down: LAN traffic follows the main table's original default.
     fail_open: bool,
+    /// No uplink has its address: the backup of a VRRP pair, steering nothing.
+    standby: bool,
     uplinks: Vec<UplinkStatus>,
     /// Policy rules in the order they are matched (`pin`/`pin_from` first).
     rules: Vec<RuleStatus>,
@@ -189,6 +191,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
     let status = Status {
         rules,
         fail_open: health.as_ref().is_some_and(|h| h.fail_open),
+        standby: health.as_ref().map_or(plan.standby(), |h| h.standby),
         ready: health.as_ref().is_some_and(|h| h.ready),
         pid,
         attached: datapath::attached_interfaces(pin_path).context("reading the pin directory")?,
@@ -253,6 +256,11 @@ fn print_table(status: &Status) {
             status.attached.join(", ")
         ),
         (None, true) => println!("multiroute not running; datapath not attached"),
+    }
+    if status.standby {
+        println!(
+            "STANDBY: no uplink has its address (a VRRP peer holds them); steering nothing until they arrive"
+        );
     }
     if status.fail_open {
         println!("ALL UPLINKS DOWN: failing open, LAN traffic follows the main table");

@@ -377,8 +377,22 @@ impl Plan {
 
     /// No uplink can take new flows: the datapath passes them unmarked and the main
     /// table's original default carries them, rather than blackholing the LAN.
+    /// Not while standing by: then nothing is wrong.
     pub fn fail_open(&self) -> bool {
-        !self.uplinks.is_empty() && !self.uplinks.iter().any(|u| u.alive && u.weight > 0)
+        !self.uplinks.is_empty()
+            && !self.standby()
+            && !self.uplinks.iter().any(|u| u.alive && u.weight > 0)
+    }
+
+    /// Every uplink is up but has no address: the backup of a VRRP pair, whose
+    /// peer holds the uplinks' addresses (and the LAN's gateway). Nothing to steer
+    /// until they arrive.
+    pub fn standby(&self) -> bool {
+        !self.uplinks.is_empty()
+            && self
+                .uplinks
+                .iter()
+                .all(|u| u.readiness == Readiness::NoAddress)
     }
 }
 

@@ -109,6 +109,9 @@ pub struct DaemonReport {
     pub ready: bool,
     /// No uplink can take new flows: traffic falls back to the main table.
     pub fail_open: bool,
+    /// No uplink has its address: the backup of a VRRP pair.
+    #[serde(default)]
+    pub standby: bool,
     pub uplinks: Vec<UplinkReport>,
     /// Each policy rule and the uplink it uses now.
     #[serde(default)]
@@ -304,6 +307,13 @@ impl Daemon {
                 updated.routing
             );
         }
+        match (self.plan.standby(), plan.standby()) {
+            (false, true) => info!(
+                "standby: no uplink has its address (a VRRP peer holds them); steering nothing until they arrive"
+            ),
+            (true, false) => info!("active: uplink addresses arrived"),
+            _ => {}
+        }
         self.plan = plan;
         self.record_transitions(change.as_ref(), elapsed);
         for flush in updated.flushed {
@@ -312,6 +322,12 @@ impl Daemon {
                 address = %flush.address,
                 entries = flush.entries,
                 "flushed the conntrack entries NATed to the uplink's old address"
+            );
+        }
+        if updated.seeded > 0 {
+            info!(
+                sessions = updated.seeded,
+                "put the sessions conntrack NATs to the arrived addresses on their uplinks"
             );
         }
         if updated.returned > 0 {
@@ -571,6 +587,7 @@ impl Daemon {
         DaemonReport {
             ready: self.ready,
             fail_open: self.plan.fail_open(),
+            standby: self.plan.standby(),
             uplinks,
             rules,
         }
