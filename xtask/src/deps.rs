@@ -27,6 +27,9 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "conntrack",
     "dnsmasq-base",
+    // the HA pair (contrib/ha): VRRP and conntrack sync, run by the tests only
+    "keepalived",
+    "conntrackd",
     // benchmarks
     "iperf3",
     // `systemd-analyze verify` checks the shipped unit
@@ -80,13 +83,31 @@ fn ensure_apt() -> Result<()> {
         "updating the Debian package lists",
         Command::new("apt-get").args(["update", "-qq"]),
     )?;
-    step(
+    // keepalived and conntrackd must not start as host services: the tests run
+    // them inside their namespaces. policy-rc.d answering 101 ("action not
+    // allowed") keeps the packages' scripts from starting anything.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let placed = !policy.exists()
+        && std::fs::write(
+            policy,
+            "#!/bin/sh\n# placed by cargo xtask while installing packages\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))
+        })
+        .is_ok();
+    let installed = step(
         &format!("installing Debian packages: {}", missing.join(" ")),
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "-qq"])
             .args(&missing),
-    )
+    );
+    if placed {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed
 }
 
 /// Runs one install step as one progress line: what it does, then "ok" and how

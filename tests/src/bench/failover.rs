@@ -1,8 +1,9 @@
 //! Suite 4, failover and recovery: a silent upstream outage and a link going down,
 //! with the default health config and a fast one, several trials each on one lab;
 //! and a restart of multiroute itself (SIGTERM, then `load`), which must cost no
-//! connection. Measured from outside as in the e2e tests: a new connection every
-//! 20 ms.
+//! connection; and a router failover of the HA pair (one round per advert
+//! interval), with the long-lived sessions it lost. Measured from outside as in
+//! the e2e tests: a new connection every 20 ms.
 use std::{thread::sleep, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -18,6 +19,10 @@ pub enum Kind {
     /// SIGTERM then `load` again: "failover" is the new-connection outage,
     /// "recovery" the time until the restarted `load` is ready.
     Restart,
+    /// The HA pair (contrib/ha): the master router's LAN link cut ("failover":
+    /// until new connections work through the backup), then restored
+    /// ("recovery": until they work through the master again).
+    Router,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +33,9 @@ pub struct Measured {
     pub recovery_ms: Vec<f64>,
     pub failover_median_ms: f64,
     pub recovery_median_ms: f64,
+    /// Router failover only: long-lived sessions that moved or broke, of how many.
+    #[serde(default)]
+    pub sessions_lost: Option<(usize, usize)>,
 }
 
 /// (name, `[health]` section, seconds a trial's failure window needs).
@@ -65,7 +73,9 @@ fn outage_trial(lab: &Lab, kind: Kind, window: f64) -> Result<(f64, f64)> {
         (Kind::Silent, false) => lab.fail_upstream(0),
         (Kind::Silent, true) => lab.restore_upstream(0),
         (Kind::LinkDown, up) => lab.set_uplink_link(0, up),
-        (Kind::Restart, _) => anyhow::bail!("a restart is no outage to inject"),
+        (Kind::Restart | Kind::Router, _) => {
+            anyhow::bail!("a restart or a router failover is no uplink outage")
+        }
     };
     let client = lab.start_attempts(window + 0.8, 20, 500)?;
     sleep(Duration::from_millis(800));
@@ -114,11 +124,27 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
                 recovery_median_ms: median(recovery_ms.clone()),
                 failover_ms,
                 recovery_ms,
+                sessions_lost: None,
             };
             eprintln!("bench: failover {measured:?}");
             results.push(measured);
         }
         lab.stop_and_unload()?;
+    }
+    for advert_int in [1.0, 0.3] {
+        super::interrupted()?;
+        let round = crate::pair::failover_round(advert_int)?;
+        let measured = Measured {
+            health: format!("HA pair, VRRP advert_int {advert_int} s"),
+            kind: Kind::Router,
+            failover_ms: vec![round.failover_s * 1000.0],
+            recovery_ms: vec![round.failback_s * 1000.0],
+            failover_median_ms: round.failover_s * 1000.0,
+            recovery_median_ms: round.failback_s * 1000.0,
+            sessions_lost: Some((round.moved + round.broken, round.sessions)),
+        };
+        eprintln!("bench: failover {measured:?}");
+        results.push(measured);
     }
     Ok(results)
 }

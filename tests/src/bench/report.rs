@@ -123,14 +123,19 @@ pub fn markdown(results: &Results) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let router = m.sessions_lost.map(|(lost, of)| {
+            format!("router failover, then failback ({lost} of {of} sessions moved or broken)")
+        });
         let _ = writeln!(
             md,
             "| {} | {} | {:.0} | {:.0} | {} / {} |",
             m.health,
-            match m.kind {
-                super::failover::Kind::Silent => "silent upstream failure",
-                super::failover::Kind::LinkDown => "uplink link down",
-                super::failover::Kind::Restart => "multiroute restart (SIGTERM, load)",
+            match (m.kind, &router) {
+                (super::failover::Kind::Silent, _) => "silent upstream failure",
+                (super::failover::Kind::LinkDown, _) => "uplink link down",
+                (super::failover::Kind::Restart, _) => "multiroute restart (SIGTERM, load)",
+                (super::failover::Kind::Router, Some(text)) => text.as_str(),
+                (super::failover::Kind::Router, None) => "router failover, then failback",
             },
             m.failover_median_ms,
             m.recovery_median_ms,
