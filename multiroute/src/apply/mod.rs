@@ -91,7 +91,7 @@ pub async fn apply(
 ) -> Result<(Datapath, Maps, Takeover), ApplyError> {
     let pin_path = &config.routing.pin_path;
     routing::sync(nl, config, plan, observed).await?;
-    nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
+    nftables::apply(&plan.inbound, config)?;
     let mut datapath = Datapath::load(pin_path)?;
     let mut maps = Maps::open(pin_path)?;
     maps.write_uplinks(plan)?;
@@ -199,7 +199,7 @@ pub async fn update(
         changed
     };
     if plan.inbound != previous.inbound {
-        nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
+        nftables::apply(&plan.inbound, config)?;
     }
     let mut flushed = Vec::new();
     // Only while the address is still here: one that left the host (keepalived
@@ -336,7 +336,7 @@ pub async fn repair(
         repaired.push(format!("{routing} rules or routes"));
     }
     if !plan.inbound.is_empty() && !nftables::present()? {
-        nftables::apply(&plan.inbound, config.routing.fwmark_mask)?;
+        nftables::apply(&plan.inbound, config)?;
         repaired.push(format!(
             "the nftables table inet {}",
             crate::plan::nft::TABLE

@@ -41,8 +41,9 @@ fn checked(output: std::process::Output) -> Result<(), NftError> {
 }
 
 /// Replaces multiroute's table with the one for `inbound`.
-pub fn apply(inbound: &[InboundMark], mask: u32) -> Result<(), NftError> {
-    checked(run(&["-f", "-"], &nft::ruleset(inbound, mask))?)
+pub fn apply(inbound: &[InboundMark], config: &crate::config::Config) -> Result<(), NftError> {
+    let ruleset = nft::ruleset(inbound, config.routing.fwmark_mask, config.inbound_flag());
+    checked(run(&["-f", "-"], &ruleset)?)
 }
 
 /// Whether multiroute's table is there (a firewall reload that flushes the whole
