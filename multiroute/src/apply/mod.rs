@@ -47,7 +47,7 @@ pub async fn plan(
     config: &Config,
     dead: &BTreeSet<String>,
 ) -> Result<(Plan, Observed), ApplyError> {
-    let observed = nl.observe(config.saved_default_table()).await?;
+    let observed = nl.observe(config.numbering().saved_default_table()).await?;
     let slots = datapath::read_slots(&config.routing.pin_path)?;
     let plan = Plan::build(config, &observed, dead, &slots)?;
     Ok((plan, observed))

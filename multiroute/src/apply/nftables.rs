@@ -42,7 +42,11 @@ fn checked(output: std::process::Output) -> Result<(), NftError> {
 
 /// Replaces multiroute's table with the one for `inbound`.
 pub fn apply(inbound: &[InboundMark], config: &crate::config::Config) -> Result<(), NftError> {
-    let ruleset = nft::ruleset(inbound, config.routing.fwmark_mask, config.inbound_flag());
+    let ruleset = nft::ruleset(
+        inbound,
+        config.routing.fwmark_mask,
+        config.numbering().inbound_flag(),
+    );
     checked(run(&["-f", "-"], &ruleset)?)
 }
 

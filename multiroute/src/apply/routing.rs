@@ -107,7 +107,7 @@ async fn sync_tables(
     for message in nl.routes().await? {
         let table = route_table(&message);
         if !is_own_route(&message)
-            || table == config.saved_default_table()
+            || table == config.numbering().saved_default_table()
             || !own_tables(config).contains(&table)
         {
             continue;
@@ -179,7 +179,7 @@ fn is_default(message: &RouteMessage) -> bool {
 /// saved for that interface, so the saved table always holds the latest gateway.
 async fn park_main_defaults(nl: &Netlink, config: &Config) -> Result<(), NetlinkError> {
     let routes = nl.routes().await?;
-    let saved = config.saved_default_table();
+    let saved = config.numbering().saved_default_table();
     for message in &routes {
         if route_table(message) == MAIN_TABLE && is_default(message) && !is_own_route(message) {
             info!("parking the main table's default route in table {saved}");
@@ -216,7 +216,8 @@ async fn restore_main_defaults(nl: &Netlink, config: &Config) -> Result<usize, N
         }
     }
     for message in routes {
-        if route_table(&message) == config.saved_default_table() && is_default(&message) {
+        if route_table(&message) == config.numbering().saved_default_table() && is_default(&message)
+        {
             info!("restoring the main table's original default route");
             nl.add_raw_route(scrub(&message), MAIN_TABLE).await?;
             nl.delete_route(message).await?;

@@ -61,10 +61,11 @@ fn why(config: &Config, flow: &Flow) -> String {
 /// Replies of inbound connections, by the key the classifier gives them, with the
 /// slot of the uplink they arrived on. Without conntrack access, none are known.
 fn inbound_slots(config: &Config) -> HashMap<FlowKey, u32> {
-    match conntrack::inbound_replies(config.inbound_flag()) {
+    let numbering = config.numbering();
+    match conntrack::inbound_replies(numbering.inbound_flag()) {
         Ok(replies) => replies
             .into_iter()
-            .filter_map(|(key, mark)| Some((key, config.slot_of_mark(mark)?)))
+            .filter_map(|(key, mark)| Some((key, numbering.slot_of_mark(mark)?)))
             .collect(),
         Err(err) => {
             warn!("cannot tell inbound connections apart: {err}");

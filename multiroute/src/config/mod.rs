@@ -279,28 +279,9 @@ impl Config {
         Validator { fail: &fail }.config(raw)
     }
 
-    /// The mark of uplink `index` (0-based): the value `index + 1` placed at the lowest
-    /// set bit of the mask, so mark 0 always means "not steered".
-    pub fn mark(&self, index: usize) -> u32 {
-        mark_for(self.routing.fwmark_mask, index)
-    }
-
-    /// The uplink slot a mark (ours, possibly with the inbound flag) names.
-    pub fn slot_of_mark(&self, mark: u32) -> Option<u32> {
-        let mask = self.routing.fwmark_mask;
-        let number = (mark & mask & !self.inbound_flag()) >> mask.trailing_zeros();
-        number.checked_sub(1)
-    }
-
-    /// Routing table of uplink `index` (0-based), as PRODUCT.md fixes it.
-    pub fn table(&self, index: usize) -> u32 {
-        self.routing.table_base + index as u32 + 1
-    }
-
-    /// Where the original main-table default routes are kept while multiroute
-    /// replaces them, so a later `unload` (even after SIGKILL) can restore them.
-    pub fn saved_default_table(&self) -> u32 {
-        self.routing.table_base
+    /// Slots, tables and marks under this config's `[routing]`.
+    pub fn numbering(&self) -> crate::plan::Numbering {
+        crate::plan::Numbering::new(&self.routing)
     }
 
     /// Where uplink `name` is in `uplinks`.
@@ -318,34 +299,6 @@ impl Config {
                     .join(", "),
             })
     }
-
-    /// How many uplink slots the mark mask and the datapath's table allow.
-    pub fn slot_capacity(&self) -> u32 {
-        slot_capacity(self.routing.fwmark_mask)
-    }
-
-    /// The mark bit that flags replies to connections which arrived on an uplink
-    /// (set from the conntrack mark, see `plan::nft`): the top bit of the mask's
-    /// lowest contiguous run, which uplink marks never reach.
-    pub fn inbound_flag(&self) -> u32 {
-        let mask = self.routing.fwmark_mask;
-        1 << (mask.trailing_zeros() + mask_run_bits(mask) - 1)
-    }
-}
-
-fn mark_for(mask: u32, index: usize) -> u32 {
-    (index as u32 + 1) << mask.trailing_zeros()
-}
-
-/// Length of the mask's lowest run of contiguous set bits.
-fn mask_run_bits(mask: u32) -> u32 {
-    (!(mask >> mask.trailing_zeros())).trailing_zeros()
-}
-
-/// Uplink marks are (slot + 1) << the mask's lowest bit, below the inbound flag.
-fn slot_capacity(mask: u32) -> u32 {
-    let marks = (1u64 << (mask_run_bits(mask) - 1)) - 1;
-    marks.min(u64::from(multiroute_ebpf::MAX_UPLINKS)) as u32
 }
 
 /// "line N" for a parse error without a key path; toml gives byte spans only.
@@ -586,7 +539,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                     format!("{:#x} must be a non-zero 32-bit mask", raw.fwmark_mask),
                 )
             })?;
-        if (slot_capacity(mask) as usize) < uplinks {
+        if (crate::plan::numbering::slot_capacity(mask) as usize) < uplinks {
             return Err(fail(
                 "routing.fwmark_mask",
                 format!(

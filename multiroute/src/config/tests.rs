@@ -38,10 +38,13 @@ fn defaults_are_those_of_the_contract() {
         config.control.socket,
         Path::new("/run/multiroute/control.sock")
     );
-    assert_eq!((config.table(0), config.mark(0)), (101, 0x100));
+    assert_eq!(
+        (config.numbering().table(0), config.numbering().mark(0)),
+        (101, 0x100)
+    );
     assert_eq!(config.metrics.listen, None, "metrics are off by default");
-    assert_eq!(config.slot_capacity(), 64);
-    assert_eq!(config.inbound_flag(), 0x8000);
+    assert_eq!(config.numbering().capacity(), 64);
+    assert_eq!(config.numbering().inbound_flag(), 0x8000);
 }
 
 #[test]
@@ -81,11 +84,11 @@ listen = "127.0.0.1:9750"
         Some("127.0.0.1:9750".parse().unwrap())
     );
     assert_eq!(
-        config.slot_capacity(),
+        config.numbering().capacity(),
         7,
         "a 4-bit mask: 7 marks and the inbound flag"
     );
-    assert_eq!(config.inbound_flag(), 0x80);
+    assert_eq!(config.numbering().inbound_flag(), 0x80);
     let dsl = &config.uplinks[0];
     assert_eq!(dsl.weight, 0);
     assert_eq!(
@@ -106,7 +109,10 @@ listen = "127.0.0.1:9750"
     );
     assert_eq!(pin_from.src[0].to_string(), "203.0.113.50");
     assert!(pin_from.dst.is_empty() && pin_from.proto.is_none());
-    assert_eq!((config.table(0), config.mark(0)), (201, 0x10));
+    assert_eq!(
+        (config.numbering().table(0), config.numbering().mark(0)),
+        (201, 0x10)
+    );
 }
 
 #[test]
@@ -291,8 +297,14 @@ fn mask_fits_exactly_as_many_uplinks_as_it_can_number() {
     // 0x7 numbers marks 1..=3 below the inbound flag 0x4: three uplinks fit, mark 0
     // stays "unsteered".
     let config = parse(&format!("{three}[routing]\nfwmark_mask = 0x7\n")).unwrap();
-    assert_eq!((config.slot_capacity(), config.inbound_flag()), (3, 0x4));
-    assert_eq!(config.mark(2), 0x3);
+    assert_eq!(
+        (
+            config.numbering().capacity(),
+            config.numbering().inbound_flag()
+        ),
+        (3, 0x4)
+    );
+    assert_eq!(config.numbering().mark(2), 0x3);
     let four = format!("{three}[[uplink]]\nname = \"d\"\ninterface = \"wan3\"\n");
     assert!(error(&format!("{four}[routing]\nfwmark_mask = 0x7\n")).contains("too small"));
 }

@@ -5,6 +5,7 @@
 mod maglev;
 mod model;
 pub mod nft;
+pub mod numbering;
 pub mod policy;
 pub mod slots;
 
@@ -15,6 +16,7 @@ use std::{
 
 pub use maglev::{Member, build_ring};
 pub use model::{LocalMatch, MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector};
+pub use numbering::Numbering;
 pub use policy::{Policy, RuleUse};
 
 use crate::{
@@ -215,7 +217,7 @@ impl Plan {
         let slots = slots::assign(
             previous_slots,
             config.uplinks.iter().map(|u| u.name.as_str()),
-            config.slot_capacity(),
+            config.numbering().capacity(),
         );
         let lan = config
             .lan
@@ -245,8 +247,8 @@ impl Plan {
                     name: uplink.name.clone(),
                     slot,
                     interface: uplink.interface.clone(),
-                    table: config.table(slot as usize),
-                    mark: config.mark(slot as usize),
+                    table: config.numbering().table(slot),
+                    mark: config.numbering().mark(slot),
                     weight: uplink.weight,
                     tier: uplink.tier,
                     alive: matches!(readiness, Readiness::Ready { .. })
@@ -301,7 +303,7 @@ impl Plan {
             .filter(|u| matches!(u.readiness, Readiness::Ready { .. }))
             .map(|u| nft::InboundMark {
                 interface: u.interface.clone(),
-                mark: u.mark | config.inbound_flag(),
+                mark: u.mark | config.numbering().inbound_flag(),
             })
             .collect();
         Ok(Plan {
@@ -519,7 +521,7 @@ fn rules(config: &Config, uplinks: &[UplinkPlan], rule_uses: &[RuleUse]) -> Vec<
         rules.push(lookup(
             base + priority::INBOUND + plan.slot,
             Selector::Fwmark {
-                mark: plan.mark | config.inbound_flag(),
+                mark: plan.mark | config.numbering().inbound_flag(),
                 mask: config.routing.fwmark_mask,
             },
             plan.table,
