@@ -1,0 +1,91 @@
+//! Faults the lab injects: silent upstream outages, flapping probes, links going
+//! down, and uplinks turned into point-to-point links.
+use anyhow::Result;
+
+use crate::Lab;
+
+impl Lab {
+    /// Turns ISP `n`'s link into a point-to-point one, as pppd or an LTE modem in
+    /// raw-IP mode leaves it: no ARP (the same MAC on both ends), `A peer B/32`
+    /// addresses, and a `default dev` route in the router's main table (metric 200,
+    /// behind the lab's default). The uplink's config then names no gateway.
+    pub fn make_point_to_point(&self, n: usize) -> Result<()> {
+        let (router, isp) = (self.router(), self.isp(n));
+        let wan = format!("wan{n}");
+        let (local, peer) = (format!("198.18.{n}.2"), format!("198.18.{n}.1"));
+        let mac = format!("02:00:00:00:0{n}:01");
+        for (ns, dev, address, other) in [
+            (&router, wan.as_str(), &local, &peer),
+            (&isp, "cpe", &peer, &local),
+        ] {
+            self.ns(ns, "ip", &["addr", "flush", "dev", dev])?;
+            self.ns(
+                ns,
+                "ip",
+                &["link", "set", dev, "arp", "off", "address", &mac],
+            )?;
+            self.ns(
+                ns,
+                "ip",
+                &[
+                    "addr",
+                    "add",
+                    address,
+                    "peer",
+                    &format!("{other}/32"),
+                    "dev",
+                    dev,
+                ],
+            )?;
+        }
+        self.ns(
+            &router,
+            "ip",
+            &["route", "add", "default", "dev", &wan, "metric", "200"],
+        )
+        .map(drop)
+    }
+
+    /// The `[[uplink]]` table for point-to-point ISP `n`: no gateway.
+    pub fn point_to_point_block(n: usize, weight: u32) -> String {
+        format!("\n[[uplink]]\nname = \"isp{n}\"\ninterface = \"wan{n}\"\nweight = {weight}\n")
+    }
+
+    /// ISP `n` silently stops forwarding: its gateway still answers ARP and ping from
+    /// the router, nothing beyond it does.
+    pub fn fail_upstream(&self, n: usize) -> Result<()> {
+        self.ns(
+            &self.isp(n),
+            "nft",
+            &["add table ip outage; add chain ip outage forward { type filter hook forward priority 0; policy drop; }"],
+        )
+        .map(drop)
+    }
+
+    pub fn restore_upstream(&self, n: usize) -> Result<()> {
+        self.ns(&self.isp(n), "nft", &["delete table ip outage"])
+            .map(drop)
+    }
+
+    /// ISP `n` drops every other ICMP echo request it forwards: the router's probes
+    /// beyond the gateway see 50 % loss, alternating.
+    pub fn flap_probes(&self, n: usize) -> Result<()> {
+        self.ns(
+            &self.isp(n),
+            "nft",
+            &["add table ip flap; add chain ip flap forward { type filter hook forward priority 0; }; add rule ip flap forward icmp type echo-request numgen inc mod 2 == 0 drop"],
+        )
+        .map(drop)
+    }
+
+    /// Sets the router's uplink interface `wan<n>` up or down.
+    pub fn set_uplink_link(&self, n: usize, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.ns(
+            &self.router(),
+            "ip",
+            &["link", "set", &format!("wan{n}"), state],
+        )
+        .map(drop)
+    }
+}
