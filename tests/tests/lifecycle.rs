@@ -111,6 +111,16 @@ fn sessions_open_before_the_first_load_keep_their_uplink() {
         seeded >= TCP_SESSIONS + UDP_SESSIONS,
         "every session open before load came from conntrack: {takeover}"
     );
+    // `flows` says so: the sessions' flows were chosen by conntrack, new ones by the
+    // hash.
+    let flows = lab.flows(&[]).unwrap();
+    let by = |why: &str| flows.iter().filter(|f| f["why"] == why).count();
+    assert!(
+        by("conntrack") >= TCP_SESSIONS + UDP_SESSIONS && by("hash") > 0,
+        "{} by conntrack, {} by the hash",
+        by("conntrack"),
+        by("hash")
+    );
     // New connections after the takeover are balanced again, not stuck on ISP 0.
     let spread = lab.connections(600).unwrap();
     assert_eq!(spread.failures, 0);

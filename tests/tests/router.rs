@@ -96,6 +96,23 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
         [0, 0],
         "no reply left through an uplink other than the one its connection arrived on"
     );
+    // `flows` says why: the LAN server's replies follow the uplink their connection
+    // arrived on (the internet client reaches isp N from 198.19.N.2).
+    let replies: Vec<_> = lab
+        .flows(&["--src", &format!("{CLIENT}/32")])
+        .unwrap()
+        .into_iter()
+        .filter(|f| f["src_port"] == 8000)
+        .collect();
+    assert!(replies.len() >= 900, "{} reply flows", replies.len());
+    for flow in &replies {
+        let isp = flow["dst"].as_str().and_then(|d| d.strip_prefix("198.19."));
+        let expected = isp
+            .and_then(|rest| rest.split('.').next())
+            .map(|n| format!("isp{n}"));
+        assert_eq!(flow["why"], "inbound", "{flow}");
+        assert_eq!(flow["uplink"].as_str(), expected.as_deref(), "{flow}");
+    }
     lab.assert_kernel_matches_plan().unwrap();
     // Outbound LAN traffic is still spread as before.
     let seen = lab.connections(400).unwrap();
