@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use multiroute::plan::{Member, build_ring};
-use multiroute_ebpf::{Flow, FlowKey, RING_SIZE, Uplink};
+use multiroute::plan::{Member, Policy, build_ring};
+use multiroute_ebpf::{Flow, FlowKey, MAX_RULES, PolicyRule, RING_SIZE, RuleSet, Uplink};
 use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
@@ -59,6 +59,30 @@ fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
         .collect();
     dp.maps.write_ring(&build_ring(&members, RING_SIZE))?;
     Ok(())
+}
+
+/// 64 rules matching any address: the first 63 want destination ports below the
+/// benchmark flows' 443, the last one wants 443.
+fn worst_case_rules() -> Policy {
+    let rule = |last: bool| PolicyRule {
+        proto: 6,
+        ports: 1,
+        uplink_count: 1,
+        src_port_last: u16::MAX,
+        dst_port_first: if last { 443 } else { 1 },
+        dst_port_last: if last { 443 } else { 442 },
+        uplinks: [1, 0, 0, 0, 0, 0, 0, 0],
+        ..PolicyRule::default()
+    };
+    Policy {
+        rules: (0..MAX_RULES).map(|i| rule(i + 1 == MAX_RULES)).collect(),
+        set: RuleSet {
+            present: u64::MAX,
+            any_src: u64::MAX,
+            any_dst: u64::MAX,
+        },
+        ..Policy::default()
+    }
 }
 
 /// The `i`-th distinct flow: a TCP SYN from its own source address and port.
@@ -162,6 +186,25 @@ pub fn run(options: &Options) -> Result<Results> {
     configure(&mut dp, 2)?;
     let ns = repeated(&mut dp, false, &arp(), options)?;
     push("non-IP pass-through (ARP)".into(), ns, floor_ns, None);
+
+    // The policy rules' worst case: all 64 rules are candidates for every new flow
+    // and only the last one matches (by port), so the walk tries each.
+    dp.maps.write_policy(&worst_case_rules())?;
+    dp.run(&flow_packet(next), 0, 1)?;
+    let chosen = dp.maps.flow(&flow_key(next)).map(|f| (f.chosen_by, f.rule));
+    anyhow::ensure!(
+        chosen == Some((multiroute_ebpf::chosen_by::RULE, (MAX_RULES - 1) as u8)),
+        "the last rule must choose the benchmark's new flows: {chosen:?}"
+    );
+    next += 1;
+    let ns = single_runs(&mut dp, false, &mut next, options)?;
+    push(
+        format!("new flow, {MAX_RULES} policy rules, the last one matching"),
+        ns,
+        floor_single_ns,
+        None,
+    );
+    dp.maps.write_policy(&Policy::default())?;
 
     // A full flow table: the flows live at the far end of the numbering so the new
     // flows above do not collide with them.
