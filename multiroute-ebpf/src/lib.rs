@@ -114,6 +114,11 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// The layout of the pinned maps (their keys, values and meanings). A `load` adopts
+/// a running datapath's maps only with the same layout; a release that changes one
+/// bumps this. Maps pinned before `MR_LAYOUT` existed have layout 1, this one's.
+pub const MAP_LAYOUT: u32 = 1;
+
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
     pub const FLOWS: &str = "MR_FLOWS";
@@ -128,6 +133,7 @@ pub mod map_names {
     pub const RULESET: &str = "MR_RULESET";
     pub const RULE_SRC: &str = "MR_RULE_SRC";
     pub const RULE_DST: &str = "MR_RULE_DST";
+    pub const LAYOUT: &str = "MR_LAYOUT";
 }
 
 /// Name of the classifier function inside the object file.

@@ -70,6 +70,10 @@ static RULE_SRC: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 
 #[map(name = "MR_RULE_DST")]
 static RULE_DST: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
 
+/// [`multiroute_ebpf::MAP_LAYOUT`] of the maps pinned beside it; userspace only.
+#[map(name = "MR_LAYOUT")]
+static LAYOUT: Array<u32> = Array::pinned(1, 0);
+
 #[map(name = "MR_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 

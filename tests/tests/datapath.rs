@@ -471,3 +471,29 @@ fn policy_rules_choose_new_flows_in_order_and_fall_back_in_order() {
     verdict(&mut dp, &udp(lan(11), 5060, SERVER, 5060));
     assert_eq!(chosen(&dp, lan(11), SERVER, 5060).0, chosen_by::HASH);
 }
+
+#[test]
+fn maps_of_another_layout_are_refused_not_adopted() {
+    let Some(dp) = setup("layout", [1, 1, 1], [true; 3]) else {
+        return;
+    };
+    let pin_path = dp.pin_path();
+    let mut layout: aya::maps::Array<aya::maps::MapData, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(
+            aya::maps::MapData::from_pin(pin_path.join(multiroute_ebpf::map_names::LAYOUT))
+                .expect("the layout pin"),
+        ))
+        .expect("an array");
+    assert_eq!(layout.get(&0, 0).unwrap(), multiroute_ebpf::MAP_LAYOUT);
+    // A future release's maps, as a downgrade would find them.
+    layout.set(0, &99, 0).unwrap();
+    let err = match multiroute::apply::datapath::Datapath::load(&pin_path) {
+        Ok(_) => panic!("maps of layout 99 were adopted"),
+        Err(err) => err.to_string(),
+    };
+    assert!(
+        err.contains("layout 99") && err.contains("multiroute unload") && !err.contains('\n'),
+        "{err}"
+    );
+    assert_eq!(layout.get(&0, 0).unwrap(), 99, "nothing was changed");
+}

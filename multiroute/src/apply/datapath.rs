@@ -22,9 +22,9 @@ use aya::{
     },
 };
 use multiroute_ebpf::{
-    COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow, FlowKey, MAX_UPLINKS,
-    PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, affinity_key, balance,
-    chosen_by, map_names,
+    COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow, FlowKey, MAP_LAYOUT,
+    MAX_UPLINKS, PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, affinity_key,
+    balance, chosen_by, map_names,
 };
 use tracing::{debug, info};
 
@@ -68,6 +68,14 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the running datapath's maps under {path} have layout {held}; this multiroute needs layout {wanted} and cannot adopt them: run `multiroute unload` (sessions keep their NAT bindings; the next load puts them back on their uplinks from conntrack), then `multiroute load`"
+    )]
+    Layout {
+        path: PathBuf,
+        held: u32,
+        wanted: u32,
+    },
     #[error("{what}: {source}")]
     Link {
         what: String,
@@ -79,6 +87,28 @@ pub enum DatapathError {
 fn io_error(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> DatapathError {
     let at = PathError::at(path, what);
     move |source| DatapathError::Io(at(source))
+}
+
+/// Refuses pinned maps of another layout before anything adopts them (the program
+/// would misread them, or fail to verify against them with an obscure error).
+fn check_layout(pin_path: &Path) -> Result<(), DatapathError> {
+    if !pin_path.join(map_names::FLOWS).exists() {
+        return Ok(());
+    }
+    let held = if pin_path.join(map_names::LAYOUT).exists() {
+        let layout: Array<MapData, u32> = open_map(pin_path, map_names::LAYOUT)?;
+        layout.get(&0, 0).map_err(map_error(map_names::LAYOUT))?
+    } else {
+        1
+    };
+    if held == MAP_LAYOUT {
+        return Ok(());
+    }
+    Err(DatapathError::Layout {
+        path: pin_path.to_owned(),
+        held,
+        wanted: MAP_LAYOUT,
+    })
 }
 
 pub(super) fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -145,6 +175,7 @@ impl Datapath {
     /// to a million; an adopted, pinned table keeps its size).
     pub fn load_sized(pin_path: &Path, flows: u32) -> Result<Self, DatapathError> {
         prepare_pin_path(pin_path)?;
+        check_layout(pin_path)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
             .map_max_entries(map_names::FLOWS, flows)
@@ -158,6 +189,10 @@ impl Datapath {
             what: "verifying the classifier".into(),
             source: Box::new(source),
         })?;
+        let mut layout: Array<MapData, u32> = open_map(pin_path, map_names::LAYOUT)?;
+        layout
+            .set(0, &MAP_LAYOUT, 0)
+            .map_err(map_error(map_names::LAYOUT))?;
         Ok(Self {
             ebpf,
             pin_path: pin_path.to_owned(),
