@@ -478,10 +478,28 @@ fn what_others_remove_is_put_back() {
     let mut lab = lab(&[1, 1], "");
     lab.start_router().unwrap();
     let router = lab.router();
-    // A firewall reload that flushes every table, an admin deleting a rule and a route.
+    // A firewall reload that flushes every table: multiroute hears of it from
+    // nftables itself and puts its table back at once, not at the periodic check.
+    let table_there = || {
+        lab.ns(&router, "nft", &["list", "table", "inet", "multiroute"])
+            .is_ok()
+    };
+    let flushed = Instant::now();
     lab.ns(&router, "nft", &["flush", "ruleset"]).unwrap();
+    multiroute_tests::wait_until(Duration::from_secs(8), table_there)
+        .expect("the nftables table comes back");
+    let back = flushed.elapsed();
+    println!(
+        "nftables table back {} ms after the flush",
+        back.as_millis()
+    );
+    assert!(
+        back < Duration::from_millis(1500),
+        "put back on the nftables event, not the 5 s check: {back:?}"
+    );
     lab.ns(&router, "nft", &[multiroute_tests::LAB_NAT])
         .unwrap();
+    // An admin deleting a rule and a route.
     lab.ns(&router, "ip", &["rule", "del", "pref", "10100"])
         .unwrap();
     lab.ns(&router, "ip", &["route", "del", "default", "table", "102"])

@@ -11,6 +11,7 @@ pub mod control;
 pub mod health;
 pub mod link_events;
 pub mod metrics;
+pub mod nft_events;
 pub mod probe;
 pub mod prober;
 pub mod states;
@@ -68,6 +69,7 @@ pub enum Task {
     ControlSocket,
     Metrics,
     LinkEvents,
+    NftEvents,
 }
 
 impl std::fmt::Display for Task {
@@ -76,6 +78,7 @@ impl std::fmt::Display for Task {
             Task::ControlSocket => "the control socket listener",
             Task::Metrics => "the metrics listener",
             Task::LinkEvents => "the netlink event listener",
+            Task::NftEvents => "the nftables event listener",
         })
     }
 }
@@ -218,6 +221,8 @@ impl Daemon {
         let mut hangup = signal(SignalKind::hangup()).map_err(os("handling SIGHUP"))?;
         let mut tasks = JoinSet::new();
         let links = link_events::subscribe(&mut tasks).map_err(os("subscribing to link events"))?;
+        let nft =
+            nft_events::subscribe(&mut tasks).map_err(os("subscribing to nftables events"))?;
         let (request_tx, mut requests) = mpsc::channel(16);
         let _socket = control::listen(&self.config.control.socket, request_tx.clone(), &mut tasks)?;
         if let Some(listen) = self.config.metrics.listen {
@@ -239,6 +244,7 @@ impl Daemon {
                 _ = interrupt.recv() => break None,
                 _ = hangup.recv() => self.reload().await,
                 () = links.notified() => self.reconcile(None).await,
+                () = nft.notified() => self.restore_nft_table(),
                 Some(result) = self.incoming_results.recv() => {
                     let change = self.health.record(&result.uplink, result.target, result.rtt);
                     if change.is_some() {
@@ -264,6 +270,26 @@ impl Daemon {
         match ended {
             None => Ok(()),
             Some(task) => Err(DaemonError::TaskEnded(task)),
+        }
+    }
+
+    /// Something changed in nftables: if it took multiroute's table (a firewall
+    /// reload flushing the ruleset), put it back now. Its own loads wake this too;
+    /// they find the table there.
+    fn restore_nft_table(&mut self) {
+        if self.plan.inbound.is_empty() {
+            return;
+        }
+        match apply::nftables::present() {
+            Ok(true) => {}
+            Ok(false) => match apply::nftables::apply(&self.plan.inbound, &self.config) {
+                Ok(()) => warn!(
+                    "put back the nftables table inet {} (something flushed it, a firewall reload?)",
+                    crate::plan::nft::TABLE
+                ),
+                Err(err) => error!("could not put back the nftables table: {err}"),
+            },
+            Err(err) => error!("could not check the nftables table: {err}"),
         }
     }
 
