@@ -36,7 +36,10 @@ impl LoadedDatapath {
         std::fs::create_dir_all(&dir).context("creating the bpffs mount point")?;
         crate::run("mount", &["-t", "bpf", "bpf", &dir.to_string_lossy()])?;
         let pin_path = dir.join("multiroute");
-        let loaded = Datapath::load_sized(&pin_path, flows)
+        // Sized for the default `[balance] by = "connection"`, as a router runs.
+        let affinity =
+            multiroute::apply::datapath::affinity_capacity(multiroute_ebpf::balance::CONNECTION);
+        let loaded = Datapath::load_sized(&pin_path, flows, affinity)
             .and_then(|datapath| Ok((datapath, Maps::open(&pin_path)?)));
         match loaded {
             Ok((datapath, maps)) => Ok(Self {

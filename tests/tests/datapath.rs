@@ -487,7 +487,10 @@ fn maps_of_another_layout_are_refused_not_adopted() {
     assert_eq!(layout.get(&0, 0).unwrap(), multiroute_ebpf::MAP_LAYOUT);
     // A future release's maps, as a downgrade would find them.
     layout.set(0, &99, 0).unwrap();
-    let err = match multiroute::apply::datapath::Datapath::load(&pin_path) {
+    let err = match multiroute::apply::datapath::Datapath::load(
+        &pin_path,
+        multiroute_ebpf::balance::CONNECTION,
+    ) {
         Ok(_) => panic!("maps of layout 99 were adopted"),
         Err(err) => err.to_string(),
     };
@@ -496,4 +499,28 @@ fn maps_of_another_layout_are_refused_not_adopted() {
         "{err}"
     );
     assert_eq!(layout.get(&0, 0).unwrap(), 99, "nothing was changed");
+}
+
+#[test]
+fn the_affinity_table_is_sized_by_the_balance_mode() {
+    let Some(mut dp) = setup("affinity", [1, 1, 1], [true; 3]) else {
+        return;
+    };
+    uplink_of(verdict(&mut dp, &tcp(lan(1), 1000, SERVER, 443)));
+    use multiroute::apply::datapath::{Datapath, affinity_capacity};
+    use multiroute_ebpf::{AFFINITY_TABLE_SIZE, balance, map_names};
+    let pin_path = dp.pin_path();
+    let entries = || {
+        aya::maps::MapInfo::from_pin(pin_path.join(map_names::AFFINITY))
+            .expect("the affinity pin")
+            .max_entries()
+    };
+    assert_eq!(entries(), 1, "\"connection\" never reads it");
+    // A load for "source" (a restart after the mode changed) replaces it.
+    let _grouping = Datapath::load(&pin_path, balance::SOURCE).expect("loading for source");
+    assert_eq!(entries(), AFFINITY_TABLE_SIZE);
+    assert_eq!(affinity_capacity(balance::ADDRESSES), AFFINITY_TABLE_SIZE);
+    // The flow table is adopted, not replaced.
+    let maps = multiroute::apply::datapath::Maps::open(&pin_path).expect("the maps");
+    assert_eq!(maps.flows().len(), 1, "the flow seen before the reload");
 }

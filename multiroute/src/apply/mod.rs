@@ -92,7 +92,7 @@ pub async fn apply(
     let pin_path = &config.routing.pin_path;
     routing::sync(nl, config, plan, observed).await?;
     nftables::apply(&plan.inbound, config)?;
-    let mut datapath = Datapath::load(pin_path)?;
+    let mut datapath = Datapath::load(pin_path, plan.balance_by)?;
     let mut maps = Maps::open(pin_path)?;
     maps.write_uplinks(plan)?;
     let mut takeover = Takeover {

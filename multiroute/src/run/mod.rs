@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, ApplyError, datapath::Datapath, datapath::Maps, host, netlink::Netlink},
-    config::{Config, ConfigError, MAX_WEIGHT},
+    config::{BalanceBy, Config, ConfigError, MAX_WEIGHT},
     path_error::PathError,
     plan::{Observed, Plan, Readiness},
 };
@@ -486,6 +486,17 @@ impl Daemon {
         if config.health != self.config.health {
             // New timing: every prober restarts with it.
             self.probers.clear();
+        }
+        if self.config.balance.by == BalanceBy::Connection
+            && config.balance.by != BalanceBy::Connection
+        {
+            // The affinity table is sized for the mode at load: the new grouping
+            // holds from now on (each host or pair is placed by its own hash), and
+            // remembering groups across uplink changes needs the table a restart
+            // sizes for it — a restart moves no session.
+            warn!(
+                "[balance] by changed: new connections are grouped the new way now; restart multiroute (moves no session) so the groups are also remembered across uplink failures"
+            );
         }
         self.config = config;
         info!("configuration reloaded");
