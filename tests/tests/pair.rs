@@ -41,8 +41,16 @@ fn a_router_failover_and_failback_move_and_break_no_session() {
     // skew ((256 - 100) / 256 s); router A, back, waits three adverts plus its own
     // skew (0.41 s) before it preempts. Half a second on top for ARP and the
     // 20 ms attempts' granularity.
-    assert!(round.failover_s < 3.6 + 0.5, "failover {:.2} s", round.failover_s);
-    assert!(round.failback_s < 3.41 + 0.5, "failback {:.2} s", round.failback_s);
+    assert!(
+        round.failover_s < 3.6 + 0.5,
+        "failover {:.2} s",
+        round.failover_s
+    );
+    assert!(
+        round.failback_s < 3.41 + 0.5,
+        "failback {:.2} s",
+        round.failback_s
+    );
 }
 
 #[test]
@@ -52,6 +60,14 @@ fn faster_adverts_switch_routers_faster_still_without_losing_a_session() {
     }
     let round = round(0.3);
     // The same bounds at 0.3 s adverts: 1.08 s and 1.02 s, plus half a second.
-    assert!(round.failover_s < 1.08 + 0.5, "failover {:.2} s", round.failover_s);
-    assert!(round.failback_s < 1.02 + 0.5, "failback {:.2} s", round.failback_s);
+    assert!(
+        round.failover_s < 1.08 + 0.5,
+        "failover {:.2} s",
+        round.failover_s
+    );
+    assert!(
+        round.failback_s < 1.02 + 0.5,
+        "failback {:.2} s",
+        round.failback_s
+    );
 }
