@@ -113,18 +113,36 @@ pub async fn apply(
     Ok((datapath, maps, takeover))
 }
 
+/// Runs a blocking conntrack request off the async runtime's threads.
+async fn off_thread<T: Send + 'static>(
+    request: impl FnOnce() -> Result<T, ConntrackError> + Send + 'static,
+) -> Result<T, ApplyError> {
+    let answer = tokio::task::spawn_blocking(request)
+        .await
+        .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))?;
+    Ok(answer?)
+}
+
+/// Writes every session conntrack NATs to one of `slot_of`'s addresses into the
+/// flow table on that address's slot, as `seeding` says. Returns how many.
+async fn seed_sessions(
+    maps: &mut Maps,
+    slot_of: &BTreeMap<Ipv4Addr, u32>,
+    seeding: datapath::Seeding,
+) -> Result<usize, ApplyError> {
+    let sessions = off_thread(conntrack::nated_sessions).await?;
+    Ok(maps.seed(&sessions, slot_of, seeding)?)
+}
+
 /// Writes every session conntrack NATs to an uplink's address into the flow table
 /// (flows the datapath already placed are left alone). Returns how many.
 async fn seed_from_conntrack(maps: &mut Maps, plan: &Plan) -> Result<usize, ApplyError> {
-    let sessions = tokio::task::spawn_blocking(conntrack::nated_sessions)
-        .await
-        .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
-    let slot_of: BTreeMap<Ipv4Addr, u32> = plan
+    let slot_of = plan
         .uplinks
         .iter()
         .filter_map(|u| Some((u.address()?, u.slot)))
         .collect();
-    Ok(maps.seed(&sessions, &slot_of, datapath::Seeding::FillGaps)?)
+    seed_sessions(maps, &slot_of, datapath::Seeding::FillGaps).await
 }
 
 /// How often [`resolve_pending`] asks conntrack before it gives up on a flow: a
@@ -209,9 +227,7 @@ pub async fn update(
     // address.)
     let still_here = |uplink: &str, address: Ipv4Addr| {
         previous
-            .uplinks
-            .iter()
-            .find(|u| u.name == uplink)
+            .uplink(uplink)
             .and_then(|u| observed.get(&u.interface))
             .is_some_and(|iface| iface.addresses.iter().any(|a| a.addr == address))
     };
@@ -219,9 +235,7 @@ pub async fn update(
         if !still_here(&uplink, address) {
             continue;
         }
-        let entries = tokio::task::spawn_blocking(move || conntrack::flush_nated_to(address))
-            .await
-            .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
+        let entries = off_thread(move || conntrack::flush_nated_to(address)).await?;
         flushed.push(Flushed {
             uplink,
             address,
@@ -261,9 +275,7 @@ async fn return_rule_flows(
     let moved = maps.move_rule_flows(&changed)?;
     let count = moved.len();
     if count > 0 {
-        tokio::task::spawn_blocking(move || conntrack::flush_flows(&moved))
-            .await
-            .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
+        off_thread(move || conntrack::flush_flows(&moved)).await?;
     }
     Ok(count)
 }
@@ -306,17 +318,11 @@ async fn seed_arrived(
     if arrived.is_empty() {
         return Ok(0);
     }
-    let sessions = tokio::task::spawn_blocking(conntrack::nated_sessions)
-        .await
-        .map_err(|err| ConntrackError::Socket(std::io::Error::other(err)))??;
-    let slot_of: BTreeMap<Ipv4Addr, u32> = arrived
+    let slot_of = arrived
         .iter()
-        .filter_map(|(name, address)| {
-            let uplink = plan.uplinks.iter().find(|u| &u.name == name)?;
-            Some((*address, uplink.slot))
-        })
+        .filter_map(|(name, address)| Some((*address, plan.uplink(name)?.slot)))
         .collect();
-    Ok(maps.seed(&sessions, &slot_of, datapath::Seeding::Replace)?)
+    seed_sessions(maps, &slot_of, datapath::Seeding::Replace).await
 }
 
 /// Puts back what someone else removed or changed of the running plan — a firewall
@@ -335,8 +341,7 @@ pub async fn repair(
     if routing > 0 {
         repaired.push(format!("{routing} rules or routes"));
     }
-    if !plan.inbound.is_empty() && !nftables::present()? {
-        nftables::apply(&plan.inbound, config)?;
+    if restore_nft_table(config, plan)? {
         repaired.push(format!(
             "the nftables table inet {}",
             crate::plan::nft::TABLE
@@ -353,6 +358,16 @@ pub async fn repair(
         repaired.push(format!("the datapath maps ({})", maps_differ.join("; ")));
     }
     Ok(repaired)
+}
+
+/// Puts multiroute's nftables table back if something took it (a firewall reload
+/// flushing the ruleset); returns whether it had to.
+pub fn restore_nft_table(config: &Config, plan: &Plan) -> Result<bool, ApplyError> {
+    if plan.inbound.is_empty() || nftables::present()? {
+        return Ok(false);
+    }
+    nftables::apply(&plan.inbound, config)?;
+    Ok(true)
 }
 
 /// What [`teardown`] removed.

@@ -270,7 +270,7 @@ impl Plan {
         let rule_uses = policy::uses(&config.rules, &uplinks);
         let rules = rules(config, &uplinks, &rule_uses);
         let policy = policy::datapath(&config.rules, |name| {
-            uplinks.iter().find(|u| u.name == name).map(|u| u.slot)
+            policy::named(&uplinks, name).map(|u| u.slot)
         });
         let main_default = config
             .routing
@@ -370,6 +370,11 @@ impl Plan {
             .chain(&self.main_default)
             .map(ToString::to_string);
         rules.chain(routes).collect()
+    }
+
+    /// The uplink called `name`.
+    pub fn uplink(&self, name: &str) -> Option<&UplinkPlan> {
+        policy::named(&self.uplinks, name)
     }
 
     /// The tier new flows use: the best one with a live, weighted uplink.

@@ -37,7 +37,8 @@ pub struct RuleUse {
     pub using_name: Option<String>,
 }
 
-fn slot_of<'a>(uplinks: &'a [UplinkPlan], name: &str) -> Option<&'a UplinkPlan> {
+/// The uplink called `name`.
+pub(super) fn named<'a>(uplinks: &'a [UplinkPlan], name: &str) -> Option<&'a UplinkPlan> {
     uplinks.iter().find(|u| u.name == name)
 }
 
@@ -106,7 +107,7 @@ pub fn uses(rules: &[PolicyRule], uplinks: &[UplinkPlan]) -> Vec<RuleUse> {
             let chosen = rule
                 .uplinks
                 .iter()
-                .filter_map(|name| slot_of(uplinks, name))
+                .filter_map(|name| named(uplinks, name))
                 .find(|u| u.carries());
             RuleUse {
                 name: rule.name.clone(),

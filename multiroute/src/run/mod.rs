@@ -277,19 +277,13 @@ impl Daemon {
     /// reload flushing the ruleset), put it back now. Its own loads wake this too;
     /// they find the table there.
     fn restore_nft_table(&mut self) {
-        if self.plan.inbound.is_empty() {
-            return;
-        }
-        match apply::nftables::present() {
-            Ok(true) => {}
-            Ok(false) => match apply::nftables::apply(&self.plan.inbound, &self.config) {
-                Ok(()) => warn!(
-                    "put back the nftables table inet {} (something flushed it, a firewall reload?)",
-                    crate::plan::nft::TABLE
-                ),
-                Err(err) => error!("could not put back the nftables table: {err}"),
-            },
-            Err(err) => error!("could not check the nftables table: {err}"),
+        match apply::restore_nft_table(&self.config, &self.plan) {
+            Ok(false) => {}
+            Ok(true) => warn!(
+                "put back the nftables table inet {} (something flushed it, a firewall reload?)",
+                crate::plan::nft::TABLE
+            ),
+            Err(err) => error!("could not put back the nftables table: {err}"),
         }
     }
 

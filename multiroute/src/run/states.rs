@@ -92,8 +92,7 @@ impl States {
                 reason,
             });
         }
-        self.0
-            .retain(|name, _| plan.uplinks.iter().any(|u| &u.name == name));
+        self.0.retain(|name, _| plan.uplink(name).is_some());
         transitions
     }
 
