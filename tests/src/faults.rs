@@ -54,10 +54,16 @@ impl Lab {
     /// ISP `n` silently stops forwarding: its gateway still answers ARP and ping from
     /// the router, nothing beyond it does.
     pub fn fail_upstream(&self, n: usize) -> Result<()> {
+        self.drop_forwarded(n, "")
+    }
+
+    /// ISP `n` silently drops what it would forward that `matching` (an nft match,
+    /// `tcp dport 8080`; empty: everything) selects, until [`Lab::restore_upstream`].
+    pub fn drop_forwarded(&self, n: usize, matching: &str) -> Result<()> {
         self.ns(
             &self.isp(n),
             "nft",
-            &["add table ip outage; add chain ip outage forward { type filter hook forward priority 0; policy drop; }"],
+            &[&format!("add table ip outage; add chain ip outage forward {{ type filter hook forward priority 0; }}; add rule ip outage forward {matching} drop")],
         )
         .map(drop)
     }

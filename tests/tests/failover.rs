@@ -406,23 +406,12 @@ fn tcp_and_dns_probes_keep_an_uplink_that_drops_icmp_and_catch_silence() {
         assert!(uplink["probes"][0]["rtt_ms"].as_f64().is_some(), "{uplink}");
     }
     // The TCP target goes silent through ISP 0: a failover, as for ICMP.
-    lab.ns(
-        &lab.isp(0),
-        "nft",
-        &["add table ip silence; add chain ip silence forward { type filter hook forward priority 0; }; add rule ip silence forward tcp dport 8080 drop"],
-    )
-    .unwrap();
+    lab.drop_forwarded(0, "tcp dport 8080").unwrap();
     let tcp_down = time_until_state(&lab, 0, "down");
-    lab.ns(&lab.isp(0), "nft", &["delete", "table", "ip", "silence"])
-        .unwrap();
+    lab.restore_upstream(0).unwrap();
     time_until_state(&lab, 0, "up");
     // The DNS target goes silent through ISP 1.
-    lab.ns(
-        &lab.isp(1),
-        "nft",
-        &["add table ip silence; add chain ip silence forward { type filter hook forward priority 0; }; add rule ip silence forward udp dport 53 drop"],
-    )
-    .unwrap();
+    lab.drop_forwarded(1, "udp dport 53").unwrap();
     let dns_down = time_until_state(&lab, 1, "down");
     println!(
         "tcp target silent: isp0 down after {tcp_down:.2} s; dns target silent: isp1 down after {dns_down:.2} s"
