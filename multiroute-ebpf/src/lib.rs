@@ -25,6 +25,11 @@ pub const PENDING_UPLINK: u32 = 0xfffe;
 /// Default capacity of the flow table; userspace may resize it at load time.
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
 
+/// Default capacity of the IPv6 flow table. A separate table, because one key
+/// wide enough for IPv6 would cost every IPv4 flow 28 bytes more: a million IPv4
+/// flows would no longer fit in 100 MiB. Userspace may resize it at load time.
+pub const FLOW6_TABLE_SIZE: u32 = 131_072;
+
 /// Capacity of the affinity table (`[balance] by = "addresses" | "source"`): one
 /// entry per LAN host and server, or per LAN host.
 pub const AFFINITY_TABLE_SIZE: u32 = 65_536;
@@ -81,14 +86,15 @@ pub struct PolicyRule {
 impl PolicyRule {
     /// Protocol and ports match (addresses are matched by the tries).
     #[inline(always)]
-    pub fn matches_ports(&self, key: &FlowKey) -> bool {
-        if self.proto != 0 && self.proto != key.proto {
+    pub fn matches_ports(&self, key: &impl FlowIdentity) -> bool {
+        let proto = key.proto();
+        if self.proto != 0 && self.proto != proto {
             return false;
         }
         if self.ports == 0 {
             return true;
         }
-        if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
             return false;
         }
         let (src, dst) = key.ports();
@@ -109,15 +115,19 @@ pub struct RuleSet {
 
 /// An IPv4 address as the prefix tries key it (with `prefix_len` in front).
 pub type RuleAddress = [u8; 4];
+/// An IPv6 address as the IPv6 prefix tries key it.
+pub type RuleAddress6 = [u8; 16];
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// The layout of the pinned maps (their keys, values and meanings). A `load` adopts
 /// a running datapath's maps only with the same layout; a release that changes one
-/// bumps this. Maps pinned before `MR_LAYOUT` existed have layout 1, this one's.
-pub const MAP_LAYOUT: u32 = 1;
+/// bumps this. Maps pinned before `MR_LAYOUT` existed have layout 1.
+/// Layout 2: IPv6 (`Uplink::alive6`, the IPv6 maps, counters per family).
+pub const MAP_LAYOUT: u32 = 2;
 
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
@@ -134,6 +144,11 @@ pub mod map_names {
     pub const RULE_SRC: &str = "MR_RULE_SRC";
     pub const RULE_DST: &str = "MR_RULE_DST";
     pub const LAYOUT: &str = "MR_LAYOUT";
+    pub const FLOWS6: &str = "MR_FLOWS6";
+    pub const RING6: &str = "MR_RING6";
+    pub const AFFINITY6: &str = "MR_AFFINITY6";
+    pub const RULE_SRC6: &str = "MR_RULE_SRC6";
+    pub const RULE_DST6: &str = "MR_RULE_DST6";
 }
 
 /// Name of the classifier function inside the object file.
@@ -167,6 +182,118 @@ impl FlowKey {
     /// Ports in host order (the ICMP echo identifier for ICMP).
     pub fn ports(&self) -> (u16, u16) {
         (u16::from_be(self.src_port), u16::from_be(self.dst_port))
+    }
+}
+
+/// An IPv6 flow's identity, as [`FlowKey`] is an IPv4 one: addresses as four
+/// words each in wire order, ports likewise (the ICMPv6 echo identifier in
+/// `src_port`); fragments are keyed by addresses and upper-layer protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+impl FlowKey6 {
+    /// Address octets, as on the wire.
+    pub fn src_octets(&self) -> [u8; 16] {
+        words_to_octets(self.src)
+    }
+    pub fn dst_octets(&self) -> [u8; 16] {
+        words_to_octets(self.dst)
+    }
+    /// Builds the words of a key from an address's octets.
+    pub fn words(octets: [u8; 16]) -> [u32; 4] {
+        let word = |i: usize| {
+            u32::from_ne_bytes([
+                octets[i * 4],
+                octets[i * 4 + 1],
+                octets[i * 4 + 2],
+                octets[i * 4 + 3],
+            ])
+        };
+        [word(0), word(1), word(2), word(3)]
+    }
+}
+
+fn words_to_octets(words: [u32; 4]) -> [u8; 16] {
+    let mut octets = [0; 16];
+    for (i, word) in words.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    octets
+}
+
+/// What the datapath needs of a flow key of either family.
+pub trait FlowIdentity: Copy {
+    fn proto(&self) -> u8;
+    /// Ports in host order (the ICMP echo identifier for ICMP).
+    fn ports(&self) -> (u16, u16);
+    /// The flow hash that indexes the ring.
+    fn hash(&self) -> u32;
+    /// The key a new flow's uplink is chosen and remembered by under `by` (see
+    /// [`balance`]): its two addresses, or its source address.
+    fn affinity(&self, by: u32) -> Self;
+}
+
+impl FlowIdentity for FlowKey {
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn ports(&self) -> (u16, u16) {
+        FlowKey::ports(self)
+    }
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        flow_hash(self)
+    }
+    #[inline(always)]
+    fn affinity(&self, by: u32) -> Self {
+        affinity_key(self, by)
+    }
+}
+
+impl FlowIdentity for FlowKey6 {
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn ports(&self) -> (u16, u16) {
+        (u16::from_be(self.src_port), u16::from_be(self.dst_port))
+    }
+    /// Each address folded to 32 bits (rotations keep a difference in any word
+    /// from cancelling one in another), then IPv4's mix.
+    #[inline(always)]
+    fn hash(&self) -> u32 {
+        let fold =
+            |w: [u32; 4]| w[0] ^ w[1].rotate_left(8) ^ w[2].rotate_left(16) ^ w[3].rotate_left(24);
+        mix(
+            fold(self.src),
+            fold(self.dst),
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+    }
+    #[inline(always)]
+    fn affinity(&self, by: u32) -> Self {
+        FlowKey6 {
+            src: self.src,
+            dst: if by == balance::SOURCE {
+                [0; 4]
+            } else {
+                self.dst
+            },
+            ..FlowKey6::default()
+        }
     }
 }
 
@@ -209,10 +336,11 @@ pub struct SlotName {
 pub struct Uplink {
     pub mark: u32,
     pub mask: u32,
-    /// Non-zero while the uplink may carry traffic. Flows on a dead uplink are
-    /// re-steered through the ring on their next packet.
+    /// Non-zero while the uplink may carry IPv4 traffic. Flows on a dead uplink
+    /// are re-steered through the ring on their next packet.
     pub alive: u32,
-    pub pad: u32,
+    /// The same for IPv6: an ISP's IPv6 can be broken while its IPv4 works.
+    pub alive6: u32,
 }
 
 /// Per-uplink, per-CPU traffic the datapath steered.
@@ -233,11 +361,12 @@ pub enum Counter {
     FlowNew = 1,
     /// Known flow whose uplink died: moved to a live one.
     FlowMoved = 2,
-    /// Not IPv4 (ARP, IPv6, LLDP, …): passed untouched.
-    PassNotIpv4 = 3,
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, …): passed untouched.
+    PassNotIp = 3,
     /// Too short or malformed to parse: passed untouched.
     PassMalformed = 4,
-    /// Multicast or broadcast destination: never routed by default route.
+    /// Multicast, broadcast or link-local destination, or IPv6 neighbour
+    /// discovery: never routed by a default route.
     PassNotUnicast = 5,
     /// No uplink alive and weighted: passed unmarked so the main table decides.
     PassNoUplink = 6,
@@ -252,12 +381,22 @@ pub enum Counter {
 
 pub const COUNTER_COUNT: u32 = 10;
 
+/// The address families the datapath counts apart: `MR_COUNTERS` holds
+/// [`COUNTER_COUNT`] counters per family, IPv4's first. Packets that are neither
+/// (`pass_not_ip`) count under IPv4.
+pub mod family {
+    pub const IPV4: u32 = 0;
+    pub const IPV6: u32 = 1;
+    pub const COUNT: u32 = 2;
+    pub const NAMES: [&str; COUNT as usize] = ["ipv4", "ipv6"];
+}
+
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
         Counter::FlowHit,
         Counter::FlowNew,
         Counter::FlowMoved,
-        Counter::PassNotIpv4,
+        Counter::PassNotIp,
         Counter::PassMalformed,
         Counter::PassNotUnicast,
         Counter::PassNoUplink,
@@ -271,7 +410,7 @@ impl Counter {
             Counter::FlowHit => "flow_hit",
             Counter::FlowNew => "flow_new",
             Counter::FlowMoved => "flow_moved",
-            Counter::PassNotIpv4 => "pass_not_ipv4",
+            Counter::PassNotIp => "pass_not_ip",
             Counter::PassMalformed => "pass_malformed",
             Counter::PassNotUnicast => "pass_not_unicast",
             Counter::PassNoUplink => "pass_no_uplink",
@@ -287,8 +426,13 @@ impl Counter {
 /// is cheap in BPF and spreads sequential ports and addresses evenly.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey) -> u32 {
-    let a = ((key.src as u64) << 32) | key.dst as u64;
-    let b = ((key.src_port as u64) << 32) | ((key.dst_port as u64) << 16) | key.proto as u64;
+    mix(key.src, key.dst, key.src_port, key.dst_port, key.proto)
+}
+
+#[inline(always)]
+fn mix(src: u32, dst: u32, src_port: u16, dst_port: u16, proto: u8) -> u32 {
+    let a = ((src as u64) << 32) | dst as u64;
+    let b = ((src_port as u64) << 32) | ((dst_port as u64) << 16) | proto as u64;
     let mut h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
     h ^= h >> 29;
     h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -307,16 +451,17 @@ pub fn affinity_key(key: &FlowKey, by: u32) -> FlowKey {
     }
 }
 
-/// The ring slot a flow falls in.
+/// The ring slot a flow of either family falls in.
 #[inline(always)]
-pub fn ring_slot(key: &FlowKey) -> u32 {
-    flow_hash(key) % RING_SIZE
+pub fn ring_slot(key: &impl FlowIdentity) -> u32 {
+    key.hash() % RING_SIZE
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are #[repr(C)] plain integers with explicit padding fields.
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::PolicyRule {}
     unsafe impl aya::Pod for super::RuleSet {}
     unsafe impl aya::Pod for super::Flow {}

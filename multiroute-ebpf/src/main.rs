@@ -22,10 +22,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use multiroute_ebpf::{
-    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, Flow, FlowKey, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_RULE_PREFIXES, MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS,
-    PENDING_UPLINK, PolicyRule, RING_SIZE, RuleAddress, RuleSet, SlotName, Traffic, Uplink,
-    affinity_key, balance, chosen_by, ring_slot,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE, Flow,
+    FlowIdentity, FlowKey, FlowKey6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_RULE_PREFIXES, MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS, PENDING_UPLINK, PolicyRule,
+    RING_SIZE, RuleAddress, RuleAddress6, RuleSet, SlotName, Traffic, Uplink, balance, chosen_by,
+    family, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -74,24 +75,143 @@ static RULE_DST: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 
 #[map(name = "MR_LAYOUT")]
 static LAYOUT: Array<u32> = Array::pinned(1, 0);
 
+/// [`COUNTER_COUNT`] counters per address family (see `multiroute_ebpf::family`).
 #[map(name = "MR_COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT * family::COUNT, 0);
+
+// IPv6 has its own flow, ring, affinity and rule-prefix maps: wider keys, and its
+// own membership (an uplink's IPv6 can be dead while its IPv4 lives).
+#[map(name = "MR_FLOWS6")]
+static FLOWS6: LruHashMap<FlowKey6, Flow> = LruHashMap::pinned(FLOW6_TABLE_SIZE, 0);
+
+#[map(name = "MR_RING6")]
+static RING6: Array<u32> = Array::pinned(RING_SIZE, 0);
+
+#[map(name = "MR_AFFINITY6")]
+static AFFINITY6: LruHashMap<FlowKey6, u32> = LruHashMap::pinned(AFFINITY_TABLE_SIZE, 0);
+
+#[map(name = "MR_RULE_SRC6")]
+static RULE_SRC6: LpmTrie<RuleAddress6, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
+
+#[map(name = "MR_RULE_DST6")]
+static RULE_DST6: LpmTrie<RuleAddress6, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
+
+/// What differs between the families: their maps, their liveness flag, how a key
+/// meets the rule tries. Everything else in the steering is shared.
+trait Family {
+    type Key: FlowIdentity + 'static;
+    const COUNTERS: u32;
+    fn flows() -> &'static LruHashMap<Self::Key, Flow>;
+    fn affinity() -> &'static LruHashMap<Self::Key, u32>;
+    fn ring() -> &'static Array<u32>;
+    fn alive(uplink: &Uplink) -> bool;
+    /// The rule bitmaps of the key's source and destination prefixes.
+    fn rule_prefixes(key: &Self::Key) -> (u64, u64);
+}
+
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    type Key = FlowKey;
+    const COUNTERS: u32 = family::IPV4 * COUNTER_COUNT;
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey, Flow> {
+        &FLOWS
+    }
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<FlowKey, u32> {
+        &AFFINITY
+    }
+    #[inline(always)]
+    fn ring() -> &'static Array<u32> {
+        &RING
+    }
+    #[inline(always)]
+    fn alive(uplink: &Uplink) -> bool {
+        uplink.alive != 0
+    }
+    #[inline(always)]
+    fn rule_prefixes(key: &FlowKey) -> (u64, u64) {
+        let bits = |trie: &LpmTrie<RuleAddress, u64>, address: u32| {
+            trie.get(&Key::new(32, address.to_ne_bytes()))
+                .copied()
+                .unwrap_or(0)
+        };
+        (bits(&RULE_SRC, key.src), bits(&RULE_DST, key.dst))
+    }
+}
+
+impl Family for V6 {
+    type Key = FlowKey6;
+    const COUNTERS: u32 = family::IPV6 * COUNTER_COUNT;
+    #[inline(always)]
+    fn flows() -> &'static LruHashMap<FlowKey6, Flow> {
+        &FLOWS6
+    }
+    #[inline(always)]
+    fn affinity() -> &'static LruHashMap<FlowKey6, u32> {
+        &AFFINITY6
+    }
+    #[inline(always)]
+    fn ring() -> &'static Array<u32> {
+        &RING6
+    }
+    #[inline(always)]
+    fn alive(uplink: &Uplink) -> bool {
+        uplink.alive6 != 0
+    }
+    #[inline(always)]
+    fn rule_prefixes(key: &FlowKey6) -> (u64, u64) {
+        let bits = |trie: &LpmTrie<RuleAddress6, u64>, address: [u8; 16]| {
+            trie.get(&Key::new(128, address)).copied().unwrap_or(0)
+        };
+        (
+            bits(&RULE_SRC6, key.src_octets()),
+            bits(&RULE_DST6, key.dst_octets()),
+        )
+    }
+}
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const ICMP_ECHOREPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
-/// Ethernet + VLAN + the largest IPv4 header + 8 bytes of L4: all we ever read.
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Router/neighbour solicitation and advertisement, redirect: link-local business.
+const ICMPV6_NDP_FIRST: u8 = 133;
+const ICMPV6_NDP_LAST: u8 = 137;
+const IPV6_HLEN: usize = 40;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+/// Extension headers walked before the upper-layer header; a longer chain is
+/// passed as malformed (no real traffic carries more than a few).
+const MAX_EXTENSION_HEADERS: usize = 6;
+/// Ethernet + VLAN + the largest IPv4 header + 8 bytes of L4: all we read of IPv4,
+/// and what is pulled in at once when a header is missing.
 const MAX_HEADER_BYTES: u32 = (ETH_HLEN + VLAN_HLEN + 60 + 8) as u32;
 
 #[classifier]
 pub fn multiroute(ctx: TcContext) -> i32 {
-    match flow_key(&ctx) {
-        Ok(key) => steer(&ctx, &key),
-        Err(reason) => count(reason),
+    match ethertype(&ctx) {
+        Ok((ETH_P_IP, l3)) => match flow_key(&ctx, l3) {
+            Ok(key) => steer::<V4>(&ctx, &key),
+            Err(reason) => count::<V4>(reason),
+        },
+        Ok((ETH_P_IPV6, l3)) => match flow_key6(&ctx, l3) {
+            Ok(key) => steer::<V6>(&ctx, &key),
+            Err(reason) => count::<V6>(reason),
+        },
+        Ok(_) => count::<V4>(Counter::PassNotIp),
+        Err(reason) => count::<V4>(reason),
     }
     // Never drop, never short-circuit classifiers attached after us.
     TC_ACT_UNSPEC
@@ -115,20 +235,22 @@ struct Choice {
 
 /// Marks the packet with its flow's uplink, choosing and remembering one for a new flow.
 #[inline(always)]
-fn steer(ctx: &TcContext, key: &FlowKey) {
-    let choice = match FLOWS.get_ptr_mut(key) {
-        Some(flow) => match remembered_uplink(flow) {
+fn steer<F: Family>(ctx: &TcContext, key: &F::Key) {
+    let choice = match F::flows().get_ptr_mut(key) {
+        Some(flow) => match remembered_uplink::<F>(flow) {
             Some(found) => {
-                count(Counter::FlowHit);
+                count::<F>(Counter::FlowHit);
                 found
             }
             None => {
                 // SAFETY: `flow` points into the flow table's value for this key.
                 if u32::from(unsafe { (*flow).uplink }) == PENDING_UPLINK {
-                    return count(Counter::PassPending);
+                    return count::<F>(Counter::PassPending);
                 }
-                let Some(chosen) = rule_choice(key).or_else(|| hashed(ring_choice(key))) else {
-                    return count(Counter::PassNoUplink);
+                let Some(chosen) =
+                    rule_choice::<F>(key).or_else(|| hashed::<F>(ring_choice::<F>(key)))
+                else {
+                    return count::<F>(Counter::PassNoUplink);
                 };
                 // SAFETY: as above.
                 unsafe {
@@ -136,22 +258,22 @@ fn steer(ctx: &TcContext, key: &FlowKey) {
                     (*flow).chosen_by = chosen.chosen_by;
                     (*flow).rule = chosen.rule;
                 }
-                count(Counter::FlowMoved);
+                count::<F>(Counter::FlowMoved);
                 chosen
             }
         },
-        None => match rule_choice(key) {
+        None => match rule_choice::<F>(key) {
             Some(chosen) => {
-                remember(key, &chosen, Counter::FlowRule);
+                remember::<F>(key, &chosen, Counter::FlowRule);
                 chosen
             }
-            None => match new_flow_choice(key) {
-                Some(PENDING_UPLINK) => return remember_pending(key),
+            None => match new_flow_choice::<F>(key) {
+                Some(PENDING_UPLINK) => return remember_pending::<F>(key),
                 choice => {
-                    let Some(chosen) = hashed(choice) else {
-                        return count(Counter::PassNoUplink);
+                    let Some(chosen) = hashed::<F>(choice) else {
+                        return count::<F>(Counter::PassNoUplink);
                     };
-                    remember(key, &chosen, Counter::FlowNew);
+                    remember::<F>(key, &chosen, Counter::FlowNew);
                     chosen
                 }
             },
@@ -164,7 +286,7 @@ fn steer(ctx: &TcContext, key: &FlowKey) {
 /// The uplink a known flow uses, unless that uplink has died since. Counts the
 /// packet on the flow.
 #[inline(always)]
-fn remembered_uplink(flow: *mut Flow) -> Option<Choice> {
+fn remembered_uplink<F: Family>(flow: *mut Flow) -> Option<Choice> {
     // SAFETY: the pointer comes from a successful lookup in the flow table. The
     // count is statistics only: a flow's packets arrive on one receive queue, and the
     // bpf target offers no 64-bit fetch-add to core's atomics, so a rare lost
@@ -173,7 +295,7 @@ fn remembered_uplink(flow: *mut Flow) -> Option<Choice> {
         (*flow).packets += 1;
         (u32::from((*flow).uplink), (*flow).chosen_by, (*flow).rule)
     };
-    let (index, uplink) = live_uplink(index)?;
+    let (index, uplink) = live_uplink::<F>(index)?;
     Some(Choice {
         index,
         uplink,
@@ -186,19 +308,12 @@ fn remembered_uplink(flow: *mut Flow) -> Option<Choice> {
 /// lists; `None` when no rule matches or the matching rule's uplinks are all dead
 /// (the flow is then balanced like any other). Only new and moved flows get here.
 #[inline(always)]
-fn rule_choice(key: &FlowKey) -> Option<Choice> {
+fn rule_choice<F: Family>(key: &F::Key) -> Option<Choice> {
     let set = RULESET.get(0)?;
     if set.present == 0 {
         return None;
     }
-    let src = RULE_SRC
-        .get(&Key::new(32, key.src.to_ne_bytes()))
-        .copied()
-        .unwrap_or(0);
-    let dst = RULE_DST
-        .get(&Key::new(32, key.dst.to_ne_bytes()))
-        .copied()
-        .unwrap_or(0);
+    let (src, dst) = F::rule_prefixes(key);
     let mut candidates = set.present & (src | set.any_src) & (dst | set.any_dst);
     for index in 0..MAX_RULES {
         if candidates == 0 {
@@ -208,7 +323,7 @@ fn rule_choice(key: &FlowKey) -> Option<Choice> {
             && let Some(rule) = RULES.get(index)
             && rule.matches_ports(key)
         {
-            return first_live(rule, index as u8);
+            return first_live::<F>(rule, index as u8);
         }
         candidates >>= 1;
     }
@@ -217,12 +332,12 @@ fn rule_choice(key: &FlowKey) -> Option<Choice> {
 
 /// The first of a rule's uplinks that is alive.
 #[inline(always)]
-fn first_live(rule: &PolicyRule, rule_index: u8) -> Option<Choice> {
+fn first_live<F: Family>(rule: &PolicyRule, rule_index: u8) -> Option<Choice> {
     for position in 0..MAX_RULE_UPLINKS {
         if position >= usize::from(rule.uplink_count) {
             return None;
         }
-        if let Some((index, uplink)) = live_uplink(u32::from(rule.uplinks[position])) {
+        if let Some((index, uplink)) = live_uplink::<F>(u32::from(rule.uplinks[position])) {
             return Some(Choice {
                 index,
                 uplink,
@@ -236,8 +351,8 @@ fn first_live(rule: &PolicyRule, rule_index: u8) -> Option<Choice> {
 
 /// A ring (or affinity) choice, if it names a live uplink.
 #[inline(always)]
-fn hashed(choice: Option<u32>) -> Option<Choice> {
-    let (index, uplink) = live_uplink(choice?)?;
+fn hashed<F: Family>(choice: Option<u32>) -> Option<Choice> {
+    let (index, uplink) = live_uplink::<F>(choice?)?;
     Some(Choice {
         index,
         uplink,
@@ -251,22 +366,24 @@ fn hashed(choice: Option<u32>) -> Option<Choice> {
 /// source) keep the uplink their earlier flows got while it lives; a new pair is
 /// placed by its own hash, so weights hold across many hosts and servers.
 #[inline(always)]
-fn new_flow_choice(key: &FlowKey) -> Option<u32> {
+fn new_flow_choice<F: Family>(key: &F::Key) -> Option<u32> {
     let by = BALANCE.get(0).copied().unwrap_or(balance::CONNECTION);
     if by == balance::CONNECTION {
-        return ring_choice(key);
+        return ring_choice::<F>(key);
     }
-    let affine = affinity_key(key, by);
+    let affine = key.affinity(by);
     // SAFETY: the pointer comes from a successful lookup; a u32 is read once.
-    let remembered = AFFINITY.get_ptr(&affine).map(|index| unsafe { *index });
+    let remembered = F::affinity()
+        .get_ptr(&affine)
+        .map(|index| unsafe { *index });
     if let Some(index) = remembered
-        && live_uplink(index).is_some()
+        && live_uplink::<F>(index).is_some()
     {
         return Some(index);
     }
-    let chosen = ring_choice(&affine)?;
-    if chosen != PENDING_UPLINK && live_uplink(chosen).is_some() {
-        let _ = AFFINITY.insert(&affine, &chosen, 0);
+    let chosen = ring_choice::<F>(&affine)?;
+    if chosen != PENDING_UPLINK && live_uplink::<F>(chosen).is_some() {
+        let _ = F::affinity().insert(&affine, &chosen, 0);
     }
     Some(chosen)
 }
@@ -274,23 +391,23 @@ fn new_flow_choice(key: &FlowKey) -> Option<u32> {
 /// The ring slot's entry for the flow: an uplink index, `NO_UPLINK` or
 /// [`PENDING_UPLINK`].
 #[inline(always)]
-fn ring_choice(key: &FlowKey) -> Option<u32> {
-    RING.get(ring_slot(key)).copied()
+fn ring_choice<F: Family>(key: &F::Key) -> Option<u32> {
+    F::ring().get(ring_slot(key)).copied()
 }
 
 /// The uplink at `index` if it is alive; `NO_UPLINK` and [`PENDING_UPLINK`] index
 /// nothing.
 #[inline(always)]
-fn live_uplink(index: u32) -> Option<(u32, Uplink)> {
+fn live_uplink<F: Family>(index: u32) -> Option<(u32, Uplink)> {
     let uplink = UPLINKS.get(index)?;
-    (uplink.alive != 0).then_some((index, *uplink))
+    F::alive(uplink).then_some((index, *uplink))
 }
 
 /// Remembers the flow's uplink and what chose it; counts `outcome`, or the failed
 /// insert.
 #[inline(always)]
-fn remember(key: &FlowKey, choice: &Choice, outcome: Counter) {
-    insert_flow(
+fn remember<F: Family>(key: &F::Key, choice: &Choice, outcome: Counter) {
+    insert_flow::<F>(
         key,
         choice.index as u16,
         choice.chosen_by,
@@ -301,8 +418,8 @@ fn remember(key: &FlowKey, choice: &Choice, outcome: Counter) {
 
 /// Remembers a flow seen while multiroute takes over (see [`PENDING_UPLINK`]).
 #[inline(always)]
-fn remember_pending(key: &FlowKey) {
-    insert_flow(
+fn remember_pending<F: Family>(key: &F::Key) {
+    insert_flow::<F>(
         key,
         PENDING_UPLINK as u16,
         chosen_by::HASH,
@@ -312,7 +429,7 @@ fn remember_pending(key: &FlowKey) {
 }
 
 #[inline(always)]
-fn insert_flow(key: &FlowKey, uplink: u16, chosen_by: u8, rule: u8, outcome: Counter) {
+fn insert_flow<F: Family>(key: &F::Key, uplink: u16, chosen_by: u8, rule: u8, outcome: Counter) {
     let flow = Flow {
         uplink,
         chosen_by,
@@ -321,9 +438,9 @@ fn insert_flow(key: &FlowKey, uplink: u16, chosen_by: u8, rule: u8, outcome: Cou
         created_s: (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32,
         packets: 1,
     };
-    match FLOWS.insert(key, &flow, 0) {
-        Ok(()) => count(outcome),
-        Err(_) => count(Counter::FlowInsertFailed),
+    match F::flows().insert(key, &flow, 0) {
+        Ok(()) => count::<F>(outcome),
+        Err(_) => count::<F>(Counter::FlowInsertFailed),
     }
 }
 
@@ -347,8 +464,8 @@ fn account(ctx: &TcContext, index: u32) {
 }
 
 #[inline(always)]
-fn count(counter: Counter) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+fn count<F: Family>(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(F::COUNTERS + counter as u32) {
         // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
         unsafe { *value += 1 };
     }
@@ -366,7 +483,7 @@ fn header<T>(ctx: &TcContext, offset: usize) -> Result<*const T, Counter> {
     if (offset + size_of::<T>()) as u32 > ctx.len() {
         return Err(Counter::PassMalformed);
     }
-    pull_headers(ctx);
+    pull_headers(ctx, (offset + size_of::<T>()) as u32);
     let start = ctx.data() + offset;
     if start + size_of::<T>() > ctx.data_end() {
         return Err(Counter::PassMalformed);
@@ -382,18 +499,20 @@ fn read_u16_be(ctx: &TcContext, offset: usize) -> Result<u16, Counter> {
     }))
 }
 
-/// Parses Ethernet (one optional VLAN tag) and IPv4 into the flow key.
+/// The ethertype behind Ethernet (and one optional VLAN tag), with the offset of
+/// the network header.
 #[inline(always)]
-fn flow_key(ctx: &TcContext) -> Result<FlowKey, Counter> {
-    let mut l3 = ETH_HLEN;
-    let mut ethertype = read_u16_be(ctx, 12)?;
+fn ethertype(ctx: &TcContext) -> Result<(u16, usize), Counter> {
+    let ethertype = read_u16_be(ctx, 12)?;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = read_u16_be(ctx, ETH_HLEN + 2)?;
-        l3 += VLAN_HLEN;
+        return Ok((read_u16_be(ctx, ETH_HLEN + 2)?, ETH_HLEN + VLAN_HLEN));
     }
-    if ethertype != ETH_P_IP {
-        return Err(Counter::PassNotIpv4);
-    }
+    Ok((ethertype, ETH_HLEN))
+}
+
+/// Parses IPv4 at `l3` into the flow key.
+#[inline(always)]
+fn flow_key(ctx: &TcContext, l3: usize) -> Result<FlowKey, Counter> {
     let ip = header::<[u8; 20]>(ctx, l3)?;
     // SAFETY: `header` checked 20 bytes at `l3` lie inside the packet.
     let ip = unsafe { ip.read_unaligned() };
@@ -416,32 +535,107 @@ fn flow_key(ctx: &TcContext) -> Result<FlowKey, Counter> {
     // own multipath hash does.
     let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
     if !fragment {
-        fill_ports(ctx, l3 + ihl, &mut key)?;
+        (key.src_port, key.dst_port) = ports(ctx, l3 + ihl, key.proto)?;
     }
     Ok(key)
 }
 
+/// Parses IPv6 at `l3` into the flow key, walking the extension headers to the
+/// upper-layer protocol.
 #[inline(always)]
-fn fill_ports(ctx: &TcContext, l4: usize, key: &mut FlowKey) -> Result<(), Counter> {
-    match key.proto {
+fn flow_key6(ctx: &TcContext, l3: usize) -> Result<FlowKey6, Counter> {
+    let ip = header::<[u8; IPV6_HLEN]>(ctx, l3)?;
+    // SAFETY: `header` checked the fixed header lies inside the packet.
+    let ip = unsafe { ip.read_unaligned() };
+    if ip[0] >> 4 != 6 {
+        return Err(Counter::PassMalformed);
+    }
+    // Multicast (ff00::/8) and link-local (fe80::/10) never leave by a default route.
+    if ip[24] == 0xff || (ip[24] == 0xfe && ip[25] & 0xc0 == 0x80) {
+        return Err(Counter::PassNotUnicast);
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    dst.copy_from_slice(&ip[24..40]);
+    let mut key = FlowKey6 {
+        src: FlowKey6::words(src),
+        dst: FlowKey6::words(dst),
+        ..FlowKey6::default()
+    };
+    let mut next = ip[6];
+    let mut offset = l3 + IPV6_HLEN;
+    let mut fragment = false;
+    let mut walked = 0;
+    while is_extension(next) {
+        if walked == MAX_EXTENSION_HEADERS {
+            return Err(Counter::PassMalformed);
+        }
+        walked += 1;
+        let ext = header::<[u8; 4]>(ctx, offset)?;
+        // SAFETY: `header` checked the four bytes lie inside the packet.
+        let ext = unsafe { ext.read_unaligned() };
+        let length = match next {
+            // Offset or more-fragments set: a fragment of a larger datagram. All
+            // of its fragments are keyed by addresses, as IPv4's are, so they
+            // take one uplink.
+            NEXTHDR_FRAGMENT => {
+                fragment |= u16::from_be_bytes([ext[2], ext[3]]) & 0xfff9 != 0;
+                8
+            }
+            NEXTHDR_AUTH => (usize::from(ext[1]) + 2) * 4,
+            _ => (usize::from(ext[1]) + 1) * 8,
+        };
+        next = ext[0];
+        offset += length;
+    }
+    key.proto = next;
+    if next == IPPROTO_ICMPV6 {
+        let icmp = header::<[u8; 1]>(ctx, offset)?;
+        // SAFETY: `header` checked the type byte lies inside the packet.
+        let kind = unsafe { icmp.read_unaligned() }[0];
+        if (ICMPV6_NDP_FIRST..=ICMPV6_NDP_LAST).contains(&kind) {
+            return Err(Counter::PassNotUnicast);
+        }
+    }
+    if !fragment {
+        (key.src_port, key.dst_port) = ports(ctx, offset, next)?;
+    }
+    Ok(key)
+}
+
+/// IPv6 extension headers the classifier steps over (ESP ends the walk: what
+/// follows is encrypted, so such a flow is keyed by addresses).
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_AUTH | NEXTHDR_DEST
+    )
+}
+
+/// The ports of a TCP or UDP header at `l4` (the echo identifier of an ICMP or
+/// ICMPv6 echo, in the source port), as on the wire; zero for other protocols.
+#[inline(always)]
+fn ports(ctx: &TcContext, l4: usize, proto: u8) -> Result<(u16, u16), Counter> {
+    let echo = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let ports = header::<[u16; 2]>(ctx, l4)?;
             // SAFETY: `header` checked the four port bytes lie inside the packet.
             let ports = unsafe { ports.read_unaligned() };
-            key.src_port = ports[0];
-            key.dst_port = ports[1];
+            return Ok((ports[0], ports[1]));
         }
-        IPPROTO_ICMP => {
-            let icmp = header::<[u8; 8]>(ctx, l4)?;
-            // SAFETY: `header` checked the eight ICMP header bytes lie inside the packet.
-            let icmp = unsafe { icmp.read_unaligned() };
-            if icmp[0] == ICMP_ECHO || icmp[0] == ICMP_ECHOREPLY {
-                key.src_port = u16::from_ne_bytes([icmp[4], icmp[5]]);
-            }
-        }
-        _ => {}
+        IPPROTO_ICMP => [ICMP_ECHO, ICMP_ECHOREPLY],
+        IPPROTO_ICMPV6 => [ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY],
+        _ => return Ok((0, 0)),
+    };
+    let icmp = header::<[u8; 8]>(ctx, l4)?;
+    // SAFETY: `header` checked the eight ICMP header bytes lie inside the packet.
+    let icmp = unsafe { icmp.read_unaligned() };
+    if icmp[0] == echo[0] || icmp[0] == echo[1] {
+        return Ok((u16::from_ne_bytes([icmp[4], icmp[5]]), 0));
     }
-    Ok(())
+    Ok((0, 0))
 }
 
 /// Multicast (224/4) and limited broadcast never follow a default route.
@@ -456,13 +650,17 @@ fn is_unicast(first_octet: u8, dst: u32) -> bool {
 /// must not happen for every bulk-data packet whose linear part already holds the
 /// headers.
 #[inline(always)]
-fn pull_headers(ctx: &TcContext) {
-    let wanted = if ctx.len() < MAX_HEADER_BYTES {
+fn pull_headers(ctx: &TcContext, needed: u32) {
+    let wanted = if needed < MAX_HEADER_BYTES {
+        MAX_HEADER_BYTES
+    } else {
+        needed
+    };
+    let _ = ctx.pull_data(if ctx.len() < wanted {
         ctx.len()
     } else {
-        MAX_HEADER_BYTES
-    };
-    let _ = ctx.pull_data(wanted);
+        wanted
+    });
 }
 
 #[cfg(not(test))]

@@ -1,48 +1,103 @@
-//! Small address types the rest of the code speaks in.
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+//! Small address types the rest of the code speaks in: a prefix of either family,
+//! and [`IpNet`] where a route or rule may be of either.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
-/// An IPv4 address with a prefix length. Parsed from `a.b.c.d` (a /32) or `a.b.c.d/n`.
+/// What a prefix needs of its address type.
+pub trait Address: Copy + Eq + Ord + fmt::Display + FromStr {
+    const BITS: u8;
+    const UNSPECIFIED: Self;
+    /// "IPv4" or "IPv6", for messages.
+    const FAMILY: &'static str;
+    fn bits(self) -> u128;
+    fn from_bits(bits: u128) -> Self;
+}
+
+impl Address for Ipv4Addr {
+    const BITS: u8 = 32;
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+    const FAMILY: &'static str = "IPv4";
+    fn bits(self) -> u128 {
+        u128::from(u32::from(self))
+    }
+    fn from_bits(bits: u128) -> Self {
+        Ipv4Addr::from(bits as u32)
+    }
+}
+
+impl Address for Ipv6Addr {
+    const BITS: u8 = 128;
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+    const FAMILY: &'static str = "IPv6";
+    fn bits(self) -> u128 {
+        u128::from(self)
+    }
+    fn from_bits(bits: u128) -> Self {
+        Ipv6Addr::from(bits)
+    }
+}
+
+/// An address with a prefix length. Parsed from an address (a host prefix) or
+/// `address/length`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
+pub struct Net<A> {
+    pub addr: A,
     pub prefix_len: u8,
 }
 
-impl Ipv4Net {
-    pub const DEFAULT: Ipv4Net = Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0);
+pub type Ipv4Net = Net<Ipv4Addr>;
+pub type Ipv6Net = Net<Ipv6Addr>;
 
-    pub const fn new(addr: Ipv4Addr, prefix_len: u8) -> Self {
+impl Net<Ipv4Addr> {
+    pub const DEFAULT: Ipv4Net = Net::new(Ipv4Addr::UNSPECIFIED, 0);
+}
+
+impl Net<Ipv6Addr> {
+    pub const DEFAULT: Ipv6Net = Net::new(Ipv6Addr::UNSPECIFIED, 0);
+}
+
+impl<A> Net<A> {
+    pub const fn new(addr: A, prefix_len: u8) -> Self {
         Self { addr, prefix_len }
     }
+}
 
-    pub fn host(addr: Ipv4Addr) -> Self {
-        Self::new(addr, 32)
+impl<A: Address> Net<A> {
+    pub fn host(addr: A) -> Self {
+        Self::new(addr, A::BITS)
     }
 
-    fn mask(self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len))
-            .unwrap_or(0)
+    /// The prefix's mask within the low `A::BITS` bits of a u128.
+    fn mask(self) -> u128 {
+        let all = u128::MAX >> (128 - u32::from(A::BITS));
+        all & !(all.checked_shr(u32::from(self.prefix_len)).unwrap_or(0))
     }
 
     /// The network this prefix belongs to (host bits cleared).
     pub fn network(self) -> Self {
         Self::new(
-            Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            A::from_bits(self.addr.bits() & self.mask()),
             self.prefix_len,
         )
     }
 
-    pub fn contains(self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & self.mask() == u32::from(self.network().addr)
+    pub fn contains(self, addr: A) -> bool {
+        addr.bits() & self.mask() == self.network().addr.bits()
+    }
+
+    pub fn is_default(self) -> bool {
+        self.prefix_len == 0 && self.addr == A::UNSPECIFIED
     }
 }
 
-impl fmt::Display for Ipv4Net {
+impl<A: Address> fmt::Display for Net<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.prefix_len == 0 && self.addr.is_unspecified() {
+        if self.is_default() {
             f.write_str("default")
-        } else if self.prefix_len == 32 {
+        } else if self.prefix_len == A::BITS {
             write!(f, "{}", self.addr)
         } else {
             write!(f, "{}/{}", self.addr, self.prefix_len)
@@ -50,7 +105,7 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
-impl FromStr for Ipv4Net {
+impl<A: Address> FromStr for Net<A> {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
@@ -58,20 +113,113 @@ impl FromStr for Ipv4Net {
             Some((addr, len)) => (addr, Some(len)),
             None => (text, None),
         };
-        let addr: Ipv4Addr = addr.parse().map_err(|_| "bad IPv4 address".to_owned())?;
+        let addr: A = addr
+            .parse()
+            .map_err(|_| format!("bad {} address", A::FAMILY))?;
         let prefix_len = match len {
-            None => 32,
+            None => A::BITS,
             Some(len) => len
                 .parse::<u8>()
                 .ok()
-                .filter(|len| *len <= 32)
-                .ok_or_else(|| "prefix length must be 0-32".to_owned())?,
+                .filter(|len| *len <= A::BITS)
+                .ok_or_else(|| format!("prefix length must be 0-{}", A::BITS))?,
         };
         let net = Self::new(addr, prefix_len);
         if net.network() != net {
             return Err(format!("host bits set; did you mean {}?", net.network()));
         }
         Ok(net)
+    }
+}
+
+/// A prefix of either family: the destination of a route, the source of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpNet {
+    V4(Ipv4Net),
+    V6(Ipv6Net),
+}
+
+impl IpNet {
+    pub fn host(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(addr) => IpNet::V4(Ipv4Net::host(addr)),
+            IpAddr::V6(addr) => IpNet::V6(Ipv6Net::host(addr)),
+        }
+    }
+
+    pub fn addr(self) -> IpAddr {
+        match self {
+            IpNet::V4(net) => IpAddr::V4(net.addr),
+            IpNet::V6(net) => IpAddr::V6(net.addr),
+        }
+    }
+
+    pub fn prefix_len(self) -> u8 {
+        match self {
+            IpNet::V4(net) => net.prefix_len,
+            IpNet::V6(net) => net.prefix_len,
+        }
+    }
+
+    pub fn is_default(self) -> bool {
+        match self {
+            IpNet::V4(net) => net.is_default(),
+            IpNet::V6(net) => net.is_default(),
+        }
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl From<Ipv4Net> for IpNet {
+    fn from(net: Ipv4Net) -> Self {
+        IpNet::V4(net)
+    }
+}
+
+impl From<Ipv6Net> for IpNet {
+    fn from(net: Ipv6Net) -> Self {
+        IpNet::V6(net)
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpNet::V4(net) => net.fmt(f),
+            IpNet::V6(net) => net.fmt(f),
+        }
+    }
+}
+
+/// An address family: routes, rules and health are kept per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// "ipv4" / "ipv6", as status and metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
     }
 }
 
@@ -108,5 +256,27 @@ mod tests {
         let addr = Ipv4Net::new(Ipv4Addr::new(142, 154, 64, 7), 24);
         assert_eq!(addr.network().to_string(), "142.154.64.0/24");
         assert_eq!(Ipv4Net::DEFAULT.to_string(), "default");
+    }
+
+    #[test]
+    fn ipv6_prefixes() {
+        let net: Ipv6Net = "2001:db8:1::/48".parse().unwrap();
+        assert!(net.contains("2001:db8:1:ff::1".parse().unwrap()));
+        assert!(!net.contains("2001:db8:2::1".parse().unwrap()));
+        let addr = Ipv6Net::new("2001:db8:1:2::7".parse().unwrap(), 64);
+        assert_eq!(addr.network().to_string(), "2001:db8:1:2::/64");
+        assert_eq!(Ipv6Net::host(Ipv6Addr::LOCALHOST).to_string(), "::1");
+        assert!(
+            "2001:db8::1/64"
+                .parse::<Ipv6Net>()
+                .unwrap_err()
+                .contains("2001:db8::/64")
+        );
+        assert!("2001:db8::/129".parse::<Ipv6Net>().is_err());
+        assert!("192.0.2.1".parse::<Ipv6Net>().unwrap_err().contains("IPv6"));
+        assert_eq!(
+            Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 0).to_string(),
+            "default"
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! Drives the loaded classifier through `BPF_PROG_TEST_RUN`: packets built field by
 //! field with etherparse, the resulting `skb->mark` and return code read back.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
@@ -171,4 +174,64 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
     let mut packet = Vec::with_capacity(builder.size(4));
     builder.write(&mut packet, b"ping").expect("write into Vec");
     packet
+}
+
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC).ipv6(src.octets(), dst.octets(), 64)
+}
+
+/// Offset of the IPv6 header's next-header byte in an untagged frame.
+const IPV6_NEXT_HEADER: usize = 14 + 6;
+const IPV6_PAYLOAD_LENGTH: usize = 14 + 4;
+/// Where the upper layer (or the first extension header) starts.
+pub const IPV6_PAYLOAD: usize = 14 + 40;
+
+pub fn tcp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    let builder = ipv6(src, dst).tcp(sport, dport, 1, 65535).syn();
+    let mut packet = Vec::with_capacity(builder.size(0));
+    builder.write(&mut packet, &[]).expect("write into Vec");
+    packet
+}
+
+pub fn udp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    let builder = ipv6(src, dst).udp(sport, dport);
+    let mut packet = Vec::with_capacity(builder.size(5));
+    builder
+        .write(&mut packet, b"query")
+        .expect("write into Vec");
+    packet
+}
+
+pub fn icmp6_echo(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {
+    let builder = ipv6(src, dst).icmpv6_echo_request(id, seq);
+    let mut packet = Vec::with_capacity(builder.size(4));
+    builder.write(&mut packet, b"ping").expect("write into Vec");
+    packet
+}
+
+/// `packet` (an untagged IPv6 frame) with an extension header of type `kind`
+/// inserted in front of what followed the fixed header. `body` is the header
+/// after its next-header byte (length byte included), padded as its type wants.
+pub fn with_extension(packet: &[u8], kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = packet[..IPV6_PAYLOAD].to_vec();
+    let inner = out[IPV6_NEXT_HEADER];
+    out[IPV6_NEXT_HEADER] = kind;
+    let length = u16::from_be_bytes([out[IPV6_PAYLOAD_LENGTH], out[IPV6_PAYLOAD_LENGTH + 1]])
+        + 1
+        + body.len() as u16;
+    out[IPV6_PAYLOAD_LENGTH..IPV6_PAYLOAD_LENGTH + 2].copy_from_slice(&length.to_be_bytes());
+    out.push(inner);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&packet[IPV6_PAYLOAD..]);
+    out
+}
+
+/// Hop-by-hop or destination options: 8 bytes of padding options.
+pub const PAD_OPTIONS: [u8; 7] = [0, 1, 4, 0, 0, 0, 0];
+
+/// A fragment header's body: `offset` in 8-byte units, more fragments or not.
+pub fn fragment_header(offset: u16, more: bool) -> [u8; 7] {
+    let field = (offset << 3) | u16::from(more);
+    let [high, low] = field.to_be_bytes();
+    [0, high, low, 0, 0, 0, 42]
 }

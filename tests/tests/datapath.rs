@@ -1,11 +1,17 @@
 //! The classifier, loaded into the kernel and driven through BPF_PROG_TEST_RUN.
 //! Fixtures in Katran's style: a packet built field by field, the verdict expected.
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use multiroute::plan::{Member, build_ring};
-use multiroute_ebpf::{Counter, RING_SIZE, Uplink, chosen_by};
+use multiroute_ebpf::{Counter, RING_SIZE, Uplink, chosen_by, family};
 use multiroute_tests::{
-    datapath::{LoadedDatapath, Verdict, icmp_echo, tcp, udp},
+    datapath::{
+        IPV6_PAYLOAD, LoadedDatapath, PAD_OPTIONS, Verdict, fragment_header, icmp_echo, icmp6_echo,
+        tcp, tcp6, udp, udp6, with_extension,
+    },
     require_root,
 };
 
@@ -33,28 +39,42 @@ fn setup(name: &str, weights: [u32; 3], alive: [bool; 3]) -> Option<LoadedDatapa
 }
 
 fn configure(dp: &mut LoadedDatapath, weights: [u32; 3], alive: [bool; 3]) {
+    configure_families(dp, weights, alive, [false; 3]);
+}
+
+/// Uplinks alive per family, each family's ring over its live uplinks.
+fn configure_families(
+    dp: &mut LoadedDatapath,
+    weights: [u32; 3],
+    alive: [bool; 3],
+    alive6: [bool; 3],
+) {
     for (i, mark) in MARKS.iter().enumerate() {
         let uplink = Uplink {
             mark: *mark,
             mask: MASK,
             alive: u32::from(alive[i]),
-            pad: 0,
+            alive6: u32::from(alive6[i]),
         };
         dp.maps
             .set_uplink(i as u32, uplink)
             .expect("writing the uplink table");
     }
-    let members: Vec<_> = (0..3)
-        .filter(|&i| alive[i])
-        .map(|i| Member {
-            index: i as u32,
-            name: NAMES[i],
-            weight: weights[i],
-        })
-        .collect();
+    let ring = |alive: [bool; 3]| {
+        let members: Vec<_> = (0..3)
+            .filter(|&i| alive[i])
+            .map(|i| Member {
+                index: i as u32,
+                name: NAMES[i],
+                weight: weights[i],
+            })
+            .collect();
+        build_ring(&members, RING_SIZE)
+    };
+    dp.maps.write_ring(&ring(alive)).expect("writing the ring");
     dp.maps
-        .write_ring(&build_ring(&members, RING_SIZE))
-        .expect("writing the ring");
+        .write_ring6(&ring(alive6))
+        .expect("writing the IPv6 ring");
 }
 
 fn verdict(dp: &mut LoadedDatapath, packet: &[u8]) -> Verdict {
@@ -113,9 +133,6 @@ fn fixtures_steer_ip_and_pass_everything_else_untouched() {
     let mut arp = vec![0xff; 12];
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
-    let mut ipv6 = syn[..12].to_vec();
-    ipv6.extend_from_slice(&[0x86, 0xdd, 0x60]);
-    ipv6.extend_from_slice(&[0u8; 53]);
     // The kernel's test-run refuses an untagged IPv4 frame shorter than an IP header,
     // so the cut-short IP header travels behind a VLAN tag.
     let truncated = vlan_syn[..18 + 10].to_vec();
@@ -143,7 +160,6 @@ fn fixtures_steer_ip_and_pass_everything_else_untouched() {
     }
     let untouched: &[(&str, Vec<u8>)] = &[
         ("ARP", arp),
-        ("IPv6", ipv6),
         ("IPv4 header cut short", truncated),
         ("IP version 6 in an IPv4 frame", bad_version),
         ("IHL below 5", bad_ihl),
@@ -173,7 +189,12 @@ fn fixtures_steer_ip_and_pass_everything_else_untouched() {
             "{what} must pass untouched"
         );
     }
-    let counters: HashMap<_, _> = dp.maps.counters().unwrap().into_iter().collect();
+    let counters: HashMap<_, _> = dp
+        .maps
+        .counters(multiroute_ebpf::family::IPV4)
+        .unwrap()
+        .into_iter()
+        .collect();
     // The tagged SYN is the plain SYN's flow: one hit, four new flows.
     assert_eq!(
         (counters[&Counter::FlowNew], counters[&Counter::FlowHit]),
@@ -182,11 +203,11 @@ fn fixtures_steer_ip_and_pass_everything_else_untouched() {
     );
     // The garbage frame's ethertype decides which of the two it lands in.
     let (not_ipv4, malformed) = (
-        counters[&Counter::PassNotIpv4],
+        counters[&Counter::PassNotIp],
         counters[&Counter::PassMalformed],
     );
     assert!(
-        not_ipv4 >= 2 && malformed >= 5 && not_ipv4 + malformed == 8,
+        not_ipv4 >= 1 && malformed >= 5 && not_ipv4 + malformed == 7,
         "{counters:?}"
     );
     assert_eq!(counters[&Counter::PassNotUnicast], 2, "{counters:?}");
@@ -213,7 +234,12 @@ fn same_five_tuple_gets_the_same_mark_every_time() {
         verdict(&mut dp, &b),
         "one echo id, one flow"
     );
-    let counters: HashMap<_, _> = dp.maps.counters().unwrap().into_iter().collect();
+    let counters: HashMap<_, _> = dp
+        .maps
+        .counters(multiroute_ebpf::family::IPV4)
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(counters[&Counter::FlowNew], 201);
     assert_eq!(counters[&Counter::FlowHit], 1001);
 }
@@ -266,7 +292,12 @@ fn dead_uplink_gets_no_new_flows_and_its_flows_move() {
         fresh[1], 0,
         "no new flow may use the dead uplink: {fresh:?}"
     );
-    let counters: HashMap<_, _> = dp.maps.counters().unwrap().into_iter().collect();
+    let counters: HashMap<_, _> = dp
+        .maps
+        .counters(multiroute_ebpf::family::IPV4)
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(
         counters[&Counter::FlowMoved] as usize,
         before.iter().filter(|u| **u == Some(1)).count()
@@ -444,7 +475,12 @@ fn policy_rules_choose_new_flows_in_order_and_fall_back_in_order() {
             "{src}:{sport}"
         );
     }
-    let counters: HashMap<_, _> = dp.maps.counters().unwrap().into_iter().collect();
+    let counters: HashMap<_, _> = dp
+        .maps
+        .counters(multiroute_ebpf::family::IPV4)
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(counters[&Counter::FlowRule], 6);
 
     // Cable dies: the SIP flow moves to DSL, still by its rule; a new one too.
@@ -523,4 +559,149 @@ fn the_affinity_table_is_sized_by_the_balance_mode() {
     // The flow table is adopted, not replaced.
     let maps = multiroute::apply::datapath::Maps::open(&pin_path).expect("the maps");
     assert_eq!(maps.flows().len(), 1, "the flow seen before the reload");
+}
+
+fn lan6(host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, host)
+}
+
+const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 10);
+
+#[test]
+fn ipv6_is_parsed_through_extension_headers_and_steered_like_ipv4() {
+    let Some(mut dp) = setup("ipv6-fixtures", [1, 1, 1], [true; 3]) else {
+        return;
+    };
+    configure_families(&mut dp, [1, 1, 1], [true; 3], [true; 3]);
+    let client = lan6(7);
+    let syn = tcp6(client, 40000, SERVER6, 443);
+    let hop_by_hop = with_extension(&syn, 0, &PAD_OPTIONS);
+    let two_options = with_extension(&hop_by_hop, 60, &PAD_OPTIONS);
+    let datagram = udp6(client, 5000, SERVER6, 53);
+    let first_fragment = with_extension(&datagram, 44, &fragment_header(0, true));
+    let later_fragment = with_extension(&datagram, 44, &fragment_header(16, false));
+    let echo = icmp6_echo(client, SERVER6, 77, 1);
+    let next_echo = icmp6_echo(client, SERVER6, 77, 2);
+
+    let syn_uplink = uplink_of(verdict(&mut dp, &syn)).expect("an IPv6 SYN is steered");
+    for (what, packet) in [
+        ("behind hop-by-hop options", &hop_by_hop),
+        ("behind hop-by-hop and destination options", &two_options),
+    ] {
+        assert_eq!(
+            uplink_of(verdict(&mut dp, packet)),
+            Some(syn_uplink),
+            "the SYN's flow {what} is the same flow"
+        );
+    }
+    // Every fragment of a datagram is keyed by addresses and protocol, so the
+    // first (which has the ports) and the rest take one uplink.
+    let first = uplink_of(verdict(&mut dp, &first_fragment)).expect("first fragment steered");
+    assert_eq!(uplink_of(verdict(&mut dp, &later_fragment)), Some(first));
+    let echo_uplink = uplink_of(verdict(&mut dp, &echo)).expect("an ICMPv6 echo is steered");
+    assert_eq!(
+        uplink_of(verdict(&mut dp, &next_echo)),
+        Some(echo_uplink),
+        "one echo identifier, one flow"
+    );
+    assert!(uplink_of(verdict(&mut dp, &datagram)).is_some());
+
+    let mut link_local_dst = syn.clone();
+    link_local_dst[14 + 24..14 + 40]
+        .copy_from_slice(&"fe80::1".parse::<Ipv6Addr>().unwrap().octets());
+    let multicast = udp6(client, 5353, "ff02::fb".parse().unwrap(), 5353);
+    let mut solicitation = icmp6_echo(client, SERVER6, 1, 1);
+    solicitation[IPV6_PAYLOAD] = 135; // neighbour solicitation to a global address
+    let mut chain = syn.clone();
+    for _ in 0..7 {
+        chain = with_extension(&chain, 60, &PAD_OPTIONS);
+    }
+    let mut bad_version = syn.clone();
+    bad_version[14] = 0x40;
+    let ports_cut_off = syn[..IPV6_PAYLOAD + 2].to_vec();
+    let extension_cut_off = hop_by_hop[..IPV6_PAYLOAD + 2].to_vec();
+    let untouched: &[(&str, Vec<u8>)] = &[
+        ("link-local destination", link_local_dst),
+        ("multicast destination", multicast),
+        ("neighbour solicitation", solicitation),
+        ("seven extension headers", chain),
+        ("IP version 4 in an IPv6 frame", bad_version),
+        ("TCP ports cut off", ports_cut_off),
+        ("extension header cut off", extension_cut_off),
+    ];
+    for (what, packet) in untouched {
+        let v = dp
+            .run(packet, FOREIGN_MARK, 1)
+            .unwrap_or_else(|err| panic!("{what}: {err:#}"))
+            .0;
+        assert_eq!(
+            v,
+            Verdict {
+                return_code: TC_ACT_UNSPEC,
+                mark: FOREIGN_MARK
+            },
+            "{what} must pass untouched"
+        );
+    }
+    let counters: HashMap<_, _> = dp
+        .maps
+        .counters(family::IPV6)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        (counters[&Counter::FlowNew], counters[&Counter::FlowHit]),
+        (4, 4),
+        "SYN, fragments, echo and datagram new; options, later fragment, next echo hit: {counters:?}"
+    );
+    assert_eq!(counters[&Counter::PassNotUnicast], 3, "{counters:?}");
+    assert_eq!(counters[&Counter::PassMalformed], 4, "{counters:?}");
+    let ipv4: HashMap<_, _> = dp
+        .maps
+        .counters(family::IPV4)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(ipv4.values().sum::<u64>(), 0, "IPv6 counts apart: {ipv4:?}");
+    assert_eq!(dp.maps.flows6().len(), 4);
+}
+
+#[test]
+fn ipv6_follows_its_own_weights_and_liveness() {
+    let Some(mut dp) = setup("ipv6-shares", [1, 2, 3], [true; 3]) else {
+        return;
+    };
+    // cable's IPv6 is broken, its IPv4 fine.
+    configure_families(&mut dp, [1, 2, 3], [true; 3], [true, false, true]);
+    let flows = |n: u16| (0..n).map(|i| tcp6(lan6(1 + i % 200), 1024 + i / 200, SERVER6, 443));
+    let mut counts = [0usize; 3];
+    for packet in flows(6000) {
+        counts[uplink_of(verdict(&mut dp, &packet)).expect("steered")] += 1;
+    }
+    assert_eq!(counts[1], 0, "no IPv6 flow on cable: {counts:?}");
+    let share = counts[2] as f64 / 6000.0;
+    assert!((share - 0.75).abs() < 0.03, "lte 3 of 1+3: {counts:?}");
+    let ipv4 = shares(&mut dp, many_flows(3000, 0));
+    assert!(ipv4[1] > 800, "IPv4 still uses cable: {ipv4:?}");
+    // IPv6 recovers on cable: new IPv6 flows 1:2:3; the running ones stay.
+    configure_families(&mut dp, [1, 2, 3], [true; 3], [true; 3]);
+    let mut again = [0usize; 3];
+    for packet in flows(6000) {
+        again[uplink_of(verdict(&mut dp, &packet)).expect("steered")] += 1;
+    }
+    assert_eq!(again, counts, "known IPv6 flows keep their uplink");
+    let fresh: Vec<_> = (0..3000u16)
+        .map(|i| tcp6(lan6(1 + i % 200), 40000 + i / 200, SERVER6, 443))
+        .collect();
+    let mut new_counts = [0usize; 3];
+    for packet in &fresh {
+        new_counts[uplink_of(verdict(&mut dp, packet)).expect("steered")] += 1;
+    }
+    for (i, weight) in [1.0, 2.0, 3.0].iter().enumerate() {
+        let share = new_counts[i] as f64 / 3000.0;
+        assert!(
+            (share - weight / 6.0).abs() < 0.03,
+            "new IPv6 flows 1:2:3: {new_counts:?}"
+        );
+    }
 }

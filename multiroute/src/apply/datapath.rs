@@ -23,8 +23,8 @@ use aya::{
 };
 use multiroute_ebpf::{
     AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow,
-    FlowKey, MAP_LAYOUT, MAX_UPLINKS, PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName, Traffic,
-    Uplink, affinity_key, balance, chosen_by, map_names,
+    FlowKey, FlowKey6, MAP_LAYOUT, MAX_UPLINKS, PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName,
+    Traffic, Uplink, affinity_key, balance, chosen_by, map_names,
 };
 use tracing::{debug, info};
 
@@ -205,10 +205,12 @@ impl Datapath {
         prepare_pin_path(pin_path)?;
         check_layout(pin_path)?;
         drop_if_resized(pin_path, map_names::AFFINITY, affinity)?;
+        drop_if_resized(pin_path, map_names::AFFINITY6, affinity)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
             .map_max_entries(map_names::FLOWS, flows)
             .map_max_entries(map_names::AFFINITY, affinity)
+            .map_max_entries(map_names::AFFINITY6, affinity)
             .load(OBJECT)
             .map_err(|source| DatapathError::Load {
                 path: pin_path.to_owned(),
@@ -403,11 +405,9 @@ pub enum Seeding {
 /// loaded them, for `status`/`flows`, and for tests.
 pub struct Maps {
     flows: HashMap<MapData, FlowKey, Flow>,
-    /// Read and written in batches (see [`map_batch`]), which aya 0.16's `Array` lacks.
-    ring: MapData,
-    /// The ring as last written in full success; `None` when unknown (a fresh
-    /// handle, or a write that failed half-way), so the next write is complete.
-    written_ring: Option<Vec<u32>>,
+    flows6: HashMap<MapData, FlowKey6, Flow>,
+    ring: Ring,
+    ring6: Ring,
     uplinks: Array<MapData, Uplink>,
     traffic: PerCpuArray<MapData, Traffic>,
     counters: PerCpuArray<MapData, u64>,
@@ -416,6 +416,59 @@ pub struct Maps {
     balance: Array<MapData, u32>,
     affinity: HashMap<MapData, FlowKey, u32>,
     rules: RuleMaps,
+}
+
+/// One family's Maglev ring, read and written in batches (see [`map_batch`]),
+/// which aya 0.16's `Array` lacks.
+struct Ring {
+    map: MapData,
+    name: &'static str,
+    /// The ring as last written in full success; `None` when unknown (a fresh
+    /// handle, or a write that failed half-way), so the next write is complete.
+    written: Option<Vec<u32>>,
+}
+
+impl Ring {
+    fn open(pin_path: &Path, name: &'static str) -> Result<Self, DatapathError> {
+        Ok(Self {
+            map: MapData::from_pin(pin_path.join(name)).map_err(map_error(name))?,
+            name,
+            written: None,
+        })
+    }
+
+    /// Writes only the slots that differ from what was last written in full, or
+    /// every slot when that is unknown. A failed write forgets what was written,
+    /// so the next one is complete.
+    fn write(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
+        let previous = self.written.take();
+        let (keys, values): (Vec<u32>, Vec<u32>) = ring
+            .iter()
+            .enumerate()
+            .filter(|(slot, index)| previous.as_ref().and_then(|r| r.get(*slot)) != Some(index))
+            .map(|(slot, index)| (slot as u32, *index))
+            .unzip();
+        update_batch(&self.map, &keys, &values).map_err(|source| DatapathError::Batch {
+            name: self.name,
+            source,
+        })?;
+        self.written = Some(ring.to_vec());
+        Ok(())
+    }
+
+    /// How many slots the kernel holds differently from `planned` (the kernel's
+    /// own ring is read, not what we believe we wrote).
+    fn differing_slots(&mut self, planned: &[u32]) -> Result<usize, DatapathError> {
+        let held = lookup_all(&self.map, RING_SIZE).map_err(|source| DatapathError::Batch {
+            name: self.name,
+            source,
+        })?;
+        let wrong = held.iter().zip(planned).filter(|(a, b)| a != b).count();
+        if wrong > 0 {
+            self.written = None;
+        }
+        Ok(wrong)
+    }
 }
 
 /// `union bpf_attr` as the `BPF_MAP_*_BATCH` commands read it.
@@ -596,9 +649,9 @@ impl Maps {
     pub fn open(pin_path: &Path) -> Result<Self, DatapathError> {
         Ok(Self {
             flows: open_map(pin_path, map_names::FLOWS)?,
-            ring: MapData::from_pin(pin_path.join(map_names::RING))
-                .map_err(map_error(map_names::RING))?,
-            written_ring: None,
+            flows6: open_map(pin_path, map_names::FLOWS6)?,
+            ring: Ring::open(pin_path, map_names::RING)?,
+            ring6: Ring::open(pin_path, map_names::RING6)?,
             uplinks: open_map(pin_path, map_names::UPLINKS)?,
             traffic: open_map(pin_path, map_names::TRAFFIC)?,
             counters: open_map(pin_path, map_names::COUNTERS)?,
@@ -609,12 +662,13 @@ impl Maps {
         })
     }
 
-    /// Writes the plan's uplinks and ring. Uplinks first: a ring slot must never
+    /// Writes the plan's uplinks and rings. Uplinks first: a ring slot must never
     /// point at an uplink the datapath does not know yet, and a dead uplink's flows
     /// move (and new flows stop landing on it) from that one write on.
     pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
         self.write_uplinks(plan)?;
         self.write_ring(&plan.ring)?;
+        self.write_ring6(&plan.ring6)?;
         self.write_policy(&plan.policy)
     }
 
@@ -651,23 +705,14 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes the ring: only the slots that differ from what was last written in
-    /// full, or every slot when that is unknown. A failed write forgets what was
-    /// written, so the next one is complete.
+    /// Writes the IPv4 ring (see [`Ring::write`]).
     pub fn write_ring(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
-        let previous = self.written_ring.take();
-        let (keys, values): (Vec<u32>, Vec<u32>) = ring
-            .iter()
-            .enumerate()
-            .filter(|(slot, index)| previous.as_ref().and_then(|r| r.get(*slot)) != Some(index))
-            .map(|(slot, index)| (slot as u32, *index))
-            .unzip();
-        update_batch(&self.ring, &keys, &values).map_err(|source| DatapathError::Batch {
-            name: map_names::RING,
-            source,
-        })?;
-        self.written_ring = Some(ring.to_vec());
-        Ok(())
+        self.ring.write(ring)
+    }
+
+    /// Writes the IPv6 ring.
+    pub fn write_ring6(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
+        self.ring6.write(ring)
     }
 
     /// Every ring slot points at no uplink yet: new flows are remembered as pending
@@ -697,15 +742,14 @@ impl Maps {
                 differences.push(format!("uplink slot {index} holds {held:?}"));
             }
         }
-        let ring = lookup_all(&self.ring, RING_SIZE).map_err(|source| DatapathError::Batch {
-            name: map_names::RING,
-            source,
-        })?;
-        let wrong = ring.iter().zip(&plan.ring).filter(|(a, b)| a != b).count();
-        if wrong > 0 {
-            // What we believed was written is not what the kernel holds.
-            self.written_ring = None;
-            differences.push(format!("{wrong} ring slots differ from the plan"));
+        for (ring, planned, family) in [
+            (&mut self.ring, &plan.ring, "IPv4"),
+            (&mut self.ring6, &plan.ring6, "IPv6"),
+        ] {
+            let wrong = ring.differing_slots(planned)?;
+            if wrong > 0 {
+                differences.push(format!("{wrong} {family} ring slots differ from the plan"));
+            }
         }
         differences.extend(self.rules.differences(&plan.policy)?);
         Ok(differences)
@@ -821,10 +865,29 @@ impl Maps {
     /// How many tracked flows each uplink slot holds, in one walk of the table.
     pub fn flows_per_uplink(&self) -> std::collections::BTreeMap<u32, usize> {
         let mut counts = std::collections::BTreeMap::new();
-        for (_, flow) in self.flows.iter().filter_map(Result::ok) {
+        let v4 = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, flow)| flow);
+        let v6 = self
+            .flows6
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, flow)| flow);
+        for flow in v4.chain(v6) {
             *counts.entry(flow.uplink_index()).or_default() += 1;
         }
         counts
+    }
+
+    /// Every IPv6 flow the datapath remembers.
+    pub fn flows6(&self) -> Vec<(FlowKey6, Flow)> {
+        self.flows6.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn flow6(&self, key: &FlowKey6) -> Option<Flow> {
+        self.flows6.get(key, 0).ok()
     }
 
     /// Remembers a flow, as the datapath would (benchmarks pre-fill the table).
@@ -850,9 +913,10 @@ impl Maps {
         }))
     }
 
-    /// Every outcome counter, summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
-        (0..COUNTER_COUNT)
+    /// Every outcome counter of `family` (`multiroute_ebpf::family`), summed over
+    /// CPUs.
+    pub fn counters(&self, family: u32) -> Result<Vec<(Counter, u64)>, DatapathError> {
+        (family * COUNTER_COUNT..)
             .zip(Counter::ALL)
             .map(|(index, counter)| {
                 let per_cpu = self

@@ -91,7 +91,7 @@ pub async fn apply(
 ) -> Result<(Datapath, Maps, Takeover), ApplyError> {
     let pin_path = &config.routing.pin_path;
     routing::sync(nl, config, plan, observed).await?;
-    nftables::apply(&plan.inbound, config)?;
+    nftables::apply(plan, config)?;
     let mut datapath = Datapath::load(pin_path, plan.balance_by)?;
     let mut maps = Maps::open(pin_path)?;
     maps.write_uplinks(plan)?;
@@ -216,8 +216,8 @@ pub async fn update(
         seeded = seed_arrived(maps, plan, &arrived).await?;
         changed
     };
-    if plan.inbound != previous.inbound {
-        nftables::apply(&plan.inbound, config)?;
+    if plan.inbound != previous.inbound || plan.nat6 != previous.nat6 {
+        nftables::apply(plan, config)?;
     }
     let mut flushed = Vec::new();
     // Only while the address is still here: one that left the host (keepalived
@@ -363,10 +363,10 @@ pub async fn repair(
 /// Puts multiroute's nftables table back if something took it (a firewall reload
 /// flushing the ruleset); returns whether it had to.
 pub fn restore_nft_table(config: &Config, plan: &Plan) -> Result<bool, ApplyError> {
-    if plan.inbound.is_empty() || nftables::present()? {
+    if (plan.inbound.is_empty() && plan.nat6.is_empty()) || nftables::present()? {
         return Ok(false);
     }
-    nftables::apply(&plan.inbound, config)?;
+    nftables::apply(plan, config)?;
     Ok(true)
 }
 

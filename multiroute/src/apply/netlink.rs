@@ -1,12 +1,12 @@
 //! A typed layer over rtnetlink: the rest of the code reads and writes [`Route`]s and
 //! [`Rule`]s, never netlink attributes. Everything multiroute adds carries
 //! [`PROTOCOL`], which is how `unload` finds it again after a crash.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use netlink_packet_route::{
     AddressFamily, IpProtocol,
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope},
     link::{LinkAttribute, LinkFlags},
     route::{
         RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
@@ -18,7 +18,7 @@ use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
 use crate::{
     config::PortRange,
-    net::Ipv4Net,
+    net::{Family, IpNet, Ipv4Net, Ipv6Net},
     plan::{
         Interface, LocalMatch, MAIN_TABLE, Nexthop, Observed, Route, RouteNext, Rule, Selector,
     },
@@ -114,6 +114,14 @@ impl Netlink {
                 AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
                 _ => None,
             });
+            if let (Some(addr), Some(iface)) = (
+                global_ipv6(&msg),
+                interface_mut(&mut observed, msg.header.index),
+            ) {
+                iface
+                    .addresses6
+                    .push(Ipv6Net::new(addr, msg.header.prefix_len));
+            }
             let address = local.or(other_end);
             if let (Some(addr), Some(iface)) =
                 (address, interface_mut(&mut observed, msg.header.index))
@@ -132,7 +140,7 @@ impl Netlink {
                 continue;
             };
             let own_default = route.header.protocol == RouteProtocol::Other(PROTOCOL);
-            if parsed.dst != Ipv4Net::DEFAULT
+            if !parsed.dst.is_default()
                 || own_default
                 || (table != MAIN_TABLE && table != saved_table)
             {
@@ -147,11 +155,15 @@ impl Netlink {
             };
             for (gateway, dev) in hops {
                 if let Some(iface) = observed.get_mut(&dev) {
-                    match gateway {
-                        Some(gateway) => {
+                    match (gateway, parsed.dst.family()) {
+                        (Some(IpAddr::V4(gateway)), _) => {
                             iface.gateway.get_or_insert(gateway);
                         }
-                        None => iface.default_dev = true,
+                        (Some(IpAddr::V6(gateway)), _) => {
+                            iface.gateway6.get_or_insert(gateway);
+                        }
+                        (None, Family::V4) => iface.default_dev = true,
+                        (None, Family::V6) => iface.default_dev6 = true,
                     }
                 }
             }
@@ -159,26 +171,32 @@ impl Netlink {
         Ok(observed)
     }
 
-    /// Every IPv4 route of every table.
+    /// Every route of every table, IPv4 and IPv6.
     pub async fn routes(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build();
-        self.handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(request("listing routes"))
+        let queries = [
+            RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build(),
+        ];
+        let mut routes = Vec::new();
+        for query in queries {
+            let mut dump = self.handle.route().get(query).execute();
+            while let Some(route) = dump.try_next().await.map_err(request("listing routes"))? {
+                routes.push(route);
+            }
+        }
+        Ok(routes)
     }
 
+    /// Every rule, IPv4 and IPv6.
     pub async fn rules(&self) -> Result<Vec<RuleMessage>, NetlinkError> {
-        self.handle
-            .rule()
-            .get(IpVersion::V4)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(request("listing rules"))
+        let mut rules = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let mut dump = self.handle.rule().get(version).execute();
+            while let Some(rule) = dump.try_next().await.map_err(request("listing rules"))? {
+                rules.push(rule);
+            }
+        }
+        Ok(rules)
     }
 
     /// Adds `route`, replacing a route with the same destination and metric.
@@ -301,21 +319,62 @@ fn set_table(message: &mut RouteMessage, table: u32) {
     message.attributes.push(RouteAttribute::Table(table));
 }
 
-fn v4(addr: Ipv4Addr) -> RouteAddress {
-    RouteAddress::Inet(addr)
+/// A global IPv6 address of an address message, unless it is still being checked
+/// for duplicates (or failed that check): the kernel will not send from it yet.
+fn global_ipv6(msg: &netlink_packet_route::address::AddressMessage) -> Option<Ipv6Addr> {
+    if msg.header.scope != AddressScope::Universe {
+        return None;
+    }
+    let unusable = AddressFlags::Tentative | AddressFlags::Dadfailed;
+    let flagged =
+        msg.attributes.iter().any(
+            |attr| matches!(attr, AddressAttribute::Flags(flags) if flags.intersects(unusable)),
+        ) || msg
+            .header
+            .flags
+            .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed);
+    if flagged {
+        return None;
+    }
+    msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(IpAddr::V6(addr)) => Some(*addr),
+        _ => None,
+    })
+}
+
+fn address(addr: IpAddr) -> RouteAddress {
+    match addr {
+        IpAddr::V4(addr) => RouteAddress::Inet(addr),
+        IpAddr::V6(addr) => RouteAddress::Inet6(addr),
+    }
+}
+
+fn address_family(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
+fn route_address(addr: &RouteAddress) -> Option<IpAddr> {
+    match addr {
+        RouteAddress::Inet(addr) => Some(IpAddr::V4(*addr)),
+        RouteAddress::Inet6(addr) => Some(IpAddr::V6(*addr)),
+        _ => None,
+    }
 }
 
 /// Builds the netlink message for one of multiroute's routes.
 fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, NetlinkError> {
     let mut message = RouteMessage::default();
-    message.header.address_family = AddressFamily::Inet;
-    message.header.destination_prefix_length = route.dst.prefix_len;
+    message.header.address_family = address_family(route.dst.family());
+    message.header.destination_prefix_length = route.dst.prefix_len();
     message.header.protocol = RouteProtocol::Other(PROTOCOL);
     message.header.kind = RouteType::Unicast;
-    if route.dst != Ipv4Net::DEFAULT {
+    if !route.dst.is_default() {
         message
             .attributes
-            .push(RouteAttribute::Destination(v4(route.dst.addr)));
+            .push(RouteAttribute::Destination(address(route.dst.addr())));
     }
     match &route.next {
         RouteNext::Dev { dev, src } => {
@@ -326,14 +385,14 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
             if let Some(src) = src {
                 message
                     .attributes
-                    .push(RouteAttribute::PrefSource(v4(*src)));
+                    .push(RouteAttribute::PrefSource(address(*src)));
             }
         }
         RouteNext::Gateway { gateway, dev } => {
             message.header.scope = RouteScope::Universe;
             message
                 .attributes
-                .push(RouteAttribute::Gateway(v4(*gateway)));
+                .push(RouteAttribute::Gateway(address(*gateway)));
             message
                 .attributes
                 .push(RouteAttribute::Oif(interface_index(observed, dev, route)?));
@@ -349,7 +408,7 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
                     next.interface_index = interface_index(observed, &hop.dev, route)?;
                     next.attributes = hop
                         .gateway
-                        .map(|gateway| RouteAttribute::Gateway(v4(gateway)))
+                        .map(|gateway| RouteAttribute::Gateway(address(gateway)))
                         .into_iter()
                         .collect();
                     Ok(next)
@@ -365,18 +424,21 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
 /// Reads a kernel route back into domain terms; `None` for shapes multiroute never
 /// makes (blackhole, local, broadcast, routes through unknown interfaces).
 pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route> {
-    if message.header.address_family != AddressFamily::Inet
-        || message.header.kind != RouteType::Unicast
-    {
+    let family = match message.header.address_family {
+        AddressFamily::Inet => Family::V4,
+        AddressFamily::Inet6 => Family::V6,
+        _ => return None,
+    };
+    if message.header.kind != RouteType::Unicast {
         return None;
     }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut dst = None;
     let (mut gateway, mut oif, mut src, mut hops) = (None, None, None, None);
     for attr in &message.attributes {
         match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(addr)) => dst = *addr,
-            RouteAttribute::Gateway(RouteAddress::Inet(addr)) => gateway = Some(*addr),
-            RouteAttribute::PrefSource(RouteAddress::Inet(addr)) => src = Some(*addr),
+            RouteAttribute::Destination(addr) => dst = route_address(addr),
+            RouteAttribute::Gateway(addr) => gateway = route_address(addr),
+            RouteAttribute::PrefSource(addr) => src = route_address(addr),
             RouteAttribute::Oif(index) => oif = interface_name(observed, *index),
             RouteAttribute::MultiPath(list) => hops = Some(list),
             _ => {}
@@ -387,7 +449,7 @@ pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route>
             list.iter()
                 .map(|hop| {
                     let gateway = hop.attributes.iter().find_map(|attr| match attr {
-                        RouteAttribute::Gateway(RouteAddress::Inet(addr)) => Some(*addr),
+                        RouteAttribute::Gateway(addr) => route_address(addr),
                         _ => None,
                     });
                     Some(Nexthop {
@@ -402,32 +464,40 @@ pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route>
         (None, None, Some(dev)) => RouteNext::Dev { dev, src },
         _ => return None,
     };
+    let prefix_len = message.header.destination_prefix_length;
+    let dst = match (family, dst) {
+        (Family::V4, Some(IpAddr::V4(addr))) => IpNet::V4(Ipv4Net::new(addr, prefix_len)),
+        (Family::V4, None) => IpNet::V4(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, prefix_len)),
+        (Family::V6, Some(IpAddr::V6(addr))) => IpNet::V6(Ipv6Net::new(addr, prefix_len)),
+        (Family::V6, None) => IpNet::V6(Ipv6Net::new(Ipv6Addr::UNSPECIFIED, prefix_len)),
+        _ => return None,
+    };
     Some(Route {
         table: route_table(message),
-        dst: Ipv4Net::new(dst, message.header.destination_prefix_length),
+        dst,
         next,
     })
 }
 
 fn rule_message(rule: &Rule) -> RuleMessage {
     let mut message = RuleMessage::default();
-    message.header.family = AddressFamily::Inet;
+    message.header.family = address_family(rule.family);
     message.header.action = RuleAction::ToTable;
     message.header.table = u8::try_from(rule.table).unwrap_or(0);
     let attrs = &mut message.attributes;
     attrs.push(RuleAttribute::Priority(rule.priority));
     attrs.push(RuleAttribute::Table(rule.table));
     attrs.push(RuleAttribute::Protocol(RouteProtocol::Other(PROTOCOL)));
-    let mut from = |net: Ipv4Net, attrs: &mut Vec<RuleAttribute>| {
-        message.header.src_len = net.prefix_len;
-        attrs.push(RuleAttribute::Source(IpAddr::V4(net.addr)));
+    let mut from = |net: IpNet, attrs: &mut Vec<RuleAttribute>| {
+        message.header.src_len = net.prefix_len();
+        attrs.push(RuleAttribute::Source(net.addr()));
     };
     match &rule.selector {
         Selector::All => {}
         Selector::From(net) => from(*net, attrs),
         Selector::To(net) => {
-            message.header.dst_len = net.prefix_len;
-            attrs.push(RuleAttribute::Destination(IpAddr::V4(net.addr)));
+            message.header.dst_len = net.prefix_len();
+            attrs.push(RuleAttribute::Destination(net.addr()));
         }
         Selector::Fwmark { mark, mask } => {
             attrs.push(RuleAttribute::FwMark(*mark));
@@ -436,7 +506,7 @@ fn rule_message(rule: &Rule) -> RuleMessage {
         Selector::Local(matched) => {
             attrs.push(RuleAttribute::Iifname(LOOPBACK.into()));
             if let Some(net) = matched.from {
-                from(net, attrs);
+                from(net.into(), attrs);
             }
             if let Some(net) = matched.to {
                 message.header.dst_len = net.prefix_len;
@@ -466,12 +536,17 @@ fn rule_message(rule: &Rule) -> RuleMessage {
 /// Reads a kernel rule back into domain terms.
 pub fn parse_rule(message: &RuleMessage) -> Rule {
     let mut rule = Rule {
+        family: match message.header.family {
+            AddressFamily::Inet6 => Family::V6,
+            _ => Family::V4,
+        },
         priority: 0,
         selector: Selector::All,
         table: u32::from(message.header.table),
         suppress_prefixlength: None,
     };
     let (mut mark, mut mask) = (None, u32::MAX);
+    let (mut from, mut to) = (None, None);
     let mut local = false;
     let mut matched = LocalMatch {
         from: None,
@@ -488,11 +563,11 @@ pub fn parse_rule(message: &RuleMessage) -> Rule {
         match attr {
             RuleAttribute::Priority(priority) => rule.priority = *priority,
             RuleAttribute::Table(table) => rule.table = *table,
-            RuleAttribute::Source(IpAddr::V4(addr)) => {
-                matched.from = Some(Ipv4Net::new(*addr, message.header.src_len));
+            RuleAttribute::Source(addr) => {
+                from = Some(net_of(*addr, message.header.src_len));
             }
-            RuleAttribute::Destination(IpAddr::V4(addr)) => {
-                matched.to = Some(Ipv4Net::new(*addr, message.header.dst_len));
+            RuleAttribute::Destination(addr) => {
+                to = Some(net_of(*addr, message.header.dst_len));
             }
             RuleAttribute::Iifname(name) => local = name == LOOPBACK,
             RuleAttribute::IpProtocol(proto) => matched.proto = Some(u8::from(*proto)),
@@ -507,7 +582,13 @@ pub fn parse_rule(message: &RuleMessage) -> Rule {
             _ => {}
         }
     }
-    rule.selector = match (mark, local, matched.from, matched.to) {
+    if let Some(IpNet::V4(net)) = from {
+        matched.from = Some(net);
+    }
+    if let Some(IpNet::V4(net)) = to {
+        matched.to = Some(net);
+    }
+    rule.selector = match (mark, local, from, to) {
         (Some(mark), ..) => Selector::Fwmark { mark, mask },
         (None, true, ..) => Selector::Local(matched),
         (None, false, Some(net), _) => Selector::From(net),
@@ -515,4 +596,11 @@ pub fn parse_rule(message: &RuleMessage) -> Rule {
         (None, false, None, None) => Selector::All,
     };
     rule
+}
+
+fn net_of(addr: IpAddr, prefix_len: u8) -> IpNet {
+    match addr {
+        IpAddr::V4(addr) => IpNet::V4(Ipv4Net::new(addr, prefix_len)),
+        IpAddr::V6(addr) => IpNet::V6(Ipv6Net::new(addr, prefix_len)),
+    }
 }

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::plan::nft::{self, InboundMark};
+use crate::plan::{Plan, nft};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -40,10 +40,11 @@ fn checked(output: std::process::Output) -> Result<(), NftError> {
     }
 }
 
-/// Replaces multiroute's table with the one for `inbound`.
-pub fn apply(inbound: &[InboundMark], config: &crate::config::Config) -> Result<(), NftError> {
+/// Replaces multiroute's table with the plan's.
+pub fn apply(plan: &Plan, config: &crate::config::Config) -> Result<(), NftError> {
     let ruleset = nft::ruleset(
-        inbound,
+        &plan.inbound,
+        &plan.nat6,
         config.routing.fwmark_mask,
         config.numbering().inbound_flag(),
     );

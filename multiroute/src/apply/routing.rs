@@ -5,7 +5,7 @@
 //! stands, so the kernel itself remembers them across a crash.
 use std::collections::BTreeSet;
 
-use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::{AddressFamily, route::RouteMessage};
 use tracing::{debug, info};
 
 use super::netlink::{
@@ -14,6 +14,7 @@ use super::netlink::{
 };
 use crate::{
     config::{Config, RULE_PRIORITY_SPAN},
+    net::Family,
     plan::{MAIN_TABLE, Observed, Plan},
 };
 
@@ -52,21 +53,27 @@ pub async fn sync(
     Ok(sync_tables(nl, config, plan, observed).await? + sync_rules(nl, config, plan).await?)
 }
 
-/// The main table's default: multiroute's weighted multipath route while the plan
-/// has one (the original parked in table `table_base`), the original otherwise.
+/// The main table's defaults, per family: multiroute's weighted multipath route
+/// while the plan has one (the original parked in table `table_base`), the
+/// original otherwise.
 pub async fn sync_main_default(
     nl: &Netlink,
     config: &Config,
     plan: &Plan,
     observed: &Observed,
 ) -> Result<(), NetlinkError> {
-    match &plan.main_default {
-        Some(route) => {
-            park_main_defaults(nl, config).await?;
-            nl.replace_route(route, observed).await?;
-        }
-        None => {
-            restore_main_defaults(nl, config).await?;
+    for (family, wanted) in [
+        (Family::V4, &plan.main_default),
+        (Family::V6, &plan.main_default6),
+    ] {
+        match wanted {
+            Some(route) => {
+                park_main_defaults(nl, config, family).await?;
+                nl.replace_route(route, observed).await?;
+            }
+            None => {
+                restore_main_defaults(nl, config, family).await?;
+            }
         }
     }
     Ok(())
@@ -88,7 +95,9 @@ pub async fn remove(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError
             removed += 1;
         }
     }
-    removed += restore_main_defaults(nl, config).await?;
+    for family in Family::ALL {
+        removed += restore_main_defaults(nl, config, family).await?;
+    }
     Ok(removed)
 }
 
@@ -169,23 +178,38 @@ async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<usize,
     Ok(changed)
 }
 
-fn is_default(message: &RouteMessage) -> bool {
-    message.header.destination_prefix_length == 0
+/// A default route of `family` (`ip route` and `ip -6 route` defaults are apart).
+fn is_default(message: &RouteMessage, family: Family) -> bool {
+    let of_family = match family {
+        Family::V4 => message.header.address_family == AddressFamily::Inet,
+        Family::V6 => message.header.address_family == AddressFamily::Inet6,
+    };
+    of_family && message.header.destination_prefix_length == 0
 }
 
 /// Moves the main table's foreign default routes into the saved table. Copy first,
 /// delete second: a crash in between leaves both, and the restore is idempotent. A
 /// new default through an interface (a DHCP renew, a PPP reconnect) replaces the one
 /// saved for that interface, so the saved table always holds the latest gateway.
-async fn park_main_defaults(nl: &Netlink, config: &Config) -> Result<(), NetlinkError> {
+async fn park_main_defaults(
+    nl: &Netlink,
+    config: &Config,
+    family: Family,
+) -> Result<(), NetlinkError> {
     let routes = nl.routes().await?;
     let saved = config.numbering().saved_default_table();
     for message in &routes {
-        if route_table(message) == MAIN_TABLE && is_default(message) && !is_own_route(message) {
-            info!("parking the main table's default route in table {saved}");
+        if route_table(message) == MAIN_TABLE
+            && is_default(message, family)
+            && !is_own_route(message)
+        {
+            info!(
+                "parking the main table's {} default route in table {saved}",
+                family.name()
+            );
             for old in &routes {
                 if route_table(old) == saved
-                    && is_default(old)
+                    && is_default(old, family)
                     && route_oif(old).is_some()
                     && route_oif(old) == route_oif(message)
                 {
@@ -207,18 +231,29 @@ fn route_oif(message: &RouteMessage) -> Option<u32> {
 }
 
 /// Puts parked default routes back into the main table after removing multiroute's.
-async fn restore_main_defaults(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError> {
+async fn restore_main_defaults(
+    nl: &Netlink,
+    config: &Config,
+    family: Family,
+) -> Result<usize, NetlinkError> {
     let routes = nl.routes().await?;
     let mut restored = 0;
     for message in &routes {
-        if route_table(message) == MAIN_TABLE && is_default(message) && is_own_route(message) {
+        if route_table(message) == MAIN_TABLE
+            && is_default(message, family)
+            && is_own_route(message)
+        {
             nl.delete_route(message.clone()).await?;
         }
     }
     for message in routes {
-        if route_table(&message) == config.numbering().saved_default_table() && is_default(&message)
+        if route_table(&message) == config.numbering().saved_default_table()
+            && is_default(&message, family)
         {
-            info!("restoring the main table's original default route");
+            info!(
+                "restoring the main table's original {} default route",
+                family.name()
+            );
             nl.add_raw_route(scrub(&message), MAIN_TABLE).await?;
             nl.delete_route(message).await?;
             restored += 1;

@@ -39,8 +39,10 @@ struct Status {
     uplinks: Vec<UplinkStatus>,
     /// Policy rules in the order they are matched (`pin`/`pin_from` first).
     rules: Vec<RuleStatus>,
-    /// Datapath outcome counters (flow_hit, flow_new, pass_not_ipv4, …).
+    /// Datapath outcome counters of IPv4 (flow_hit, flow_new, pass_not_ip, …).
     counters: std::collections::BTreeMap<&'static str, u64>,
+    /// The same for IPv6.
+    counters_ipv6: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Serialize)]
@@ -163,13 +165,14 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             probes: daemon_view.map(|u| u.probes.clone()).unwrap_or_default(),
         });
     }
-    let counters = maps
-        .as_ref()
-        .and_then(|m| m.counters().ok())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(counter, value)| (counter.name(), value))
-        .collect();
+    let counters = |family| {
+        maps.as_ref()
+            .and_then(|m| m.counters(family).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(counter, value)| (counter.name(), value))
+            .collect()
+    };
     let rules = config
         .rules
         .iter()
@@ -196,7 +199,8 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         pid,
         attached: datapath::attached_interfaces(pin_path).context("reading the pin directory")?,
         uplinks,
-        counters,
+        counters: counters(multiroute_ebpf::family::IPV4),
+        counters_ipv6: counters(multiroute_ebpf::family::IPV6),
     };
     if json {
         println!(

@@ -3,13 +3,13 @@
 //! nothing from the host; `check` adds the host's side.
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 
-use crate::net::Ipv4Net;
+use crate::net::{Ipv4Net, Ipv6Net};
 
 mod policy;
 mod probe_target;
@@ -74,11 +74,29 @@ pub enum Failback {
     Move,
 }
 
+/// How the LAN's IPv6 leaves through an uplink (`nat6`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Nat6 {
+    /// NAT66 to the uplink's current global address (one address for the LAN,
+    /// as IPv4 masquerade), followed when it changes.
+    #[default]
+    Masquerade,
+    /// 1:1 prefix translation of the LAN's prefix onto `prefix`, or onto the
+    /// uplink's own prefix when none is given (followed when it changes).
+    Npt { prefix: Option<Ipv6Net> },
+    /// Routed: the LAN's addresses leave as they are (a delegated prefix); the
+    /// user's firewall decides.
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkConfig {
     pub name: String,
     pub interface: String,
     pub gateway: Option<Ipv4Addr>,
+    /// Usually a link-local router; learned from the IPv6 default route when unset.
+    pub gateway6: Option<Ipv6Addr>,
+    pub nat6: Nat6,
     pub weight: u32,
     /// Lower is preferred: new flows use the best tier that has a live uplink.
     pub tier: u32,
@@ -170,6 +188,9 @@ struct RawUplink {
     name: String,
     interface: String,
     gateway: Option<String>,
+    gateway6: Option<String>,
+    nat6: Option<String>,
+    npt_prefix: Option<String>,
     #[serde(default = "default_weight")]
     weight: i64,
     #[serde(default = "default_tier")]
@@ -282,6 +303,24 @@ impl Config {
     /// Slots, tables and marks under this config's `[routing]`.
     pub fn numbering(&self) -> crate::plan::Numbering {
         crate::plan::Numbering::new(&self.routing)
+    }
+
+    /// The targets `uplink` is probed at: its own `probe` list or `[health].targets`.
+    pub fn targets<'a>(&'a self, uplink: &'a UplinkConfig) -> &'a [ProbeTarget] {
+        if uplink.probe.is_empty() {
+            &self.health.targets
+        } else {
+            &uplink.probe
+        }
+    }
+
+    /// Whether `uplink`'s IPv6 is probed on its own: an IPv6 target or "gateway"
+    /// (the IPv6 gateway, for IPv6) is listed. Otherwise its IPv6 follows its IPv4.
+    pub fn probes_ipv6(&self, uplink: &UplinkConfig) -> bool {
+        self.targets(uplink).iter().any(|target| match target {
+            ProbeTarget::Gateway => true,
+            ProbeTarget::Target(target) => target.family() == crate::net::Family::V6,
+        })
     }
 
     /// Where uplink `name` is in `uplinks`.
@@ -421,6 +460,41 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                     .map_err(|_| fail(&key("gateway"), format!("{text:?} is not an IPv4 address")))
             })
             .transpose()?;
+        let gateway6 = raw
+            .gateway6
+            .map(|text| {
+                text.parse::<Ipv6Addr>()
+                    .map_err(|_| fail(&key("gateway6"), format!("{text:?} is not an IPv6 address")))
+            })
+            .transpose()?;
+        let npt_prefix = raw
+            .npt_prefix
+            .map(|text| {
+                text.parse::<Ipv6Net>().map_err(|problem| {
+                    fail(
+                        &key("npt_prefix"),
+                        format!("{text:?} is not an IPv6 prefix: {problem}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let nat6 = match raw.nat6.as_deref() {
+            None | Some("masquerade") => Nat6::Masquerade,
+            Some("npt") => Nat6::Npt { prefix: npt_prefix },
+            Some("none") => Nat6::None,
+            Some(other) => {
+                return Err(fail(
+                    &key("nat6"),
+                    format!("{other:?} must be \"masquerade\", \"npt\" or \"none\""),
+                ));
+            }
+        };
+        if npt_prefix.is_some() && !matches!(nat6, Nat6::Npt { .. }) {
+            return Err(fail(
+                &key("npt_prefix"),
+                "only applies with nat6 = \"npt\"".into(),
+            ));
+        }
         let weight = u32::try_from(raw.weight)
             .ok()
             .filter(|w| *w <= MAX_WEIGHT)
@@ -464,6 +538,8 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             name: raw.name,
             interface: raw.interface,
             gateway,
+            gateway6,
+            nat6,
             weight,
             tier,
             probe,

@@ -4,9 +4,11 @@
 //! the other kinds still see whether the uplink carries traffic.
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     str::FromStr,
 };
+
+use crate::net::Family;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,9 +24,20 @@ pub enum ProbeTarget {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum Target {
-    Icmp(Ipv4Addr),
-    Tcp(SocketAddrV4),
-    Dns(Ipv4Addr),
+    /// ICMP or ICMPv6 echo.
+    Icmp(IpAddr),
+    Tcp(SocketAddr),
+    Dns(IpAddr),
+}
+
+impl Target {
+    /// The family it is probed over: it judges that family of its uplink.
+    pub fn family(self) -> Family {
+        Family::of(match self {
+            Target::Icmp(address) | Target::Dns(address) => address,
+            Target::Tcp(socket) => socket.ip(),
+        })
+    }
 }
 
 impl fmt::Display for Target {
@@ -32,6 +45,7 @@ impl fmt::Display for Target {
         match self {
             Target::Icmp(address) => write!(f, "{address}"),
             Target::Tcp(socket) => write!(f, "tcp://{socket}"),
+            Target::Dns(IpAddr::V6(address)) => write!(f, "dns://[{address}]"),
             Target::Dns(address) => write!(f, "dns://{address}"),
         }
     }
@@ -44,13 +58,17 @@ impl FromStr for Target {
         let parsed = if let Some(rest) = text.strip_prefix("tcp://") {
             rest.parse().ok().map(Target::Tcp)
         } else if let Some(rest) = text.strip_prefix("dns://") {
-            rest.parse().ok().map(Target::Dns)
+            let bare = rest
+                .strip_prefix('[')
+                .and_then(|inner| inner.strip_suffix(']'))
+                .unwrap_or(rest);
+            bare.parse().ok().map(Target::Dns)
         } else {
             text.parse().ok().map(Target::Icmp)
         };
         parsed.ok_or_else(|| {
             format!(
-                "{text:?} is none of \"gateway\", an IPv4 address, \"tcp://ADDRESS:PORT\" or \"dns://ADDRESS\""
+                "{text:?} is none of \"gateway\", an IPv4 or IPv6 address, \"tcp://ADDRESS:PORT\" (\"tcp://[IPv6]:PORT\") or \"dns://ADDRESS\""
             )
         })
     }
@@ -82,12 +100,13 @@ impl FromStr for ProbeTarget {
 }
 
 impl ProbeTarget {
-    /// The concrete target, with `gateway` standing for the uplink's gateway (or
-    /// its point-to-point peer); `None` for "gateway" on a link that has neither.
-    pub fn resolve(self, gateway: Option<Ipv4Addr>) -> Option<Target> {
+    /// The concrete target for probing `family`, with `gateway` standing for the
+    /// uplink's gateway of that family (or its point-to-point peer); `None` for
+    /// "gateway" on a link that has neither, and for targets of the other family.
+    pub fn resolve(self, family: Family, gateway: Option<IpAddr>) -> Option<Target> {
         match self {
             ProbeTarget::Gateway => gateway.map(Target::Icmp),
-            ProbeTarget::Target(target) => Some(target),
+            ProbeTarget::Target(target) => (target.family() == family).then_some(target),
         }
     }
 }
@@ -102,6 +121,9 @@ mod tests {
             "198.51.100.9",
             "tcp://198.51.100.9:443",
             "dns://198.51.100.53",
+            "2001:db8::9",
+            "tcp://[2001:db8::9]:443",
+            "dns://[2001:db8::53]",
         ] {
             let target: Target = text.parse().unwrap();
             assert_eq!(target.to_string(), text);
@@ -111,7 +133,7 @@ mod tests {
             "tcp://198.51.100.9",
             "dns://example",
             "udp://192.0.2.1:53",
-            "2001:db8::1",
+            "2001:db8::1/64",
         ] {
             assert!(bad.parse::<ProbeTarget>().is_err(), "{bad}");
         }

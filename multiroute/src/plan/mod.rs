@@ -11,7 +11,7 @@ pub mod slots;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 pub use maglev::{Member, build_ring};
@@ -20,8 +20,8 @@ pub use numbering::Numbering;
 pub use policy::{Policy, RuleUse};
 
 use crate::{
-    config::{BalanceBy, Config, Failback, UplinkConfig},
-    net::Ipv4Net,
+    config::{BalanceBy, Config, Failback, Nat6, UplinkConfig},
+    net::{Address, Family, IpNet, Ipv4Net, Ipv6Net},
 };
 
 /// Rule priority offsets inside `[rule_priority, rule_priority + 999]`, in the order
@@ -76,6 +76,13 @@ pub struct Interface {
     /// A default route through this interface without a gateway (`default dev
     /// ppp0`): the link itself is the way out.
     pub default_dev: bool,
+    /// Global IPv6 addresses (not link-local, not tentative), as for IPv4.
+    pub addresses6: Vec<Ipv6Net>,
+    /// Gateway of an IPv6 default route through this interface: usually the
+    /// link-local router an RA announced.
+    pub gateway6: Option<Ipv6Addr>,
+    /// An IPv6 default route through this interface without a gateway.
+    pub default_dev6: bool,
 }
 
 /// The host's interfaces by name.
@@ -91,20 +98,20 @@ pub enum PlanError {
     MissingUplink { uplink: String, interface: String },
 }
 
-/// Where an uplink's traffic goes next.
+/// Where an uplink's traffic of one family goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hop {
-    /// Through a gateway on the link (Ethernet, DHCP).
-    Via(Ipv4Addr),
+pub enum Hop<A = Ipv4Addr> {
+    /// Through a gateway on the link (Ethernet, DHCP, an IPv6 router).
+    Via(A),
     /// Straight into a point-to-point link (PPPoE, LTE raw-IP, WireGuard, GRE):
     /// `default dev <if>`; the peer, when the address names one, is what the
     /// "gateway" probe target means.
-    PointToPoint { peer: Option<Ipv4Addr> },
+    PointToPoint { peer: Option<A> },
 }
 
-impl Hop {
+impl<A: Copy> Hop<A> {
     /// The gateway in a `via`, if any.
-    pub fn via(self) -> Option<Ipv4Addr> {
+    pub fn via(self) -> Option<A> {
         match self {
             Hop::Via(gateway) => Some(gateway),
             Hop::PointToPoint { .. } => None,
@@ -112,7 +119,7 @@ impl Hop {
     }
 
     /// What the "gateway" probe target stands for: the gateway, or the peer.
-    pub fn probe_address(self) -> Option<Ipv4Addr> {
+    pub fn probe_address(self) -> Option<A> {
         match self {
             Hop::Via(gateway) => Some(gateway),
             Hop::PointToPoint { peer } => peer,
@@ -120,7 +127,7 @@ impl Hop {
     }
 }
 
-impl std::fmt::Display for Hop {
+impl<A: std::fmt::Display> std::fmt::Display for Hop<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Hop::Via(gateway) => write!(f, "{gateway}"),
@@ -130,19 +137,47 @@ impl std::fmt::Display for Hop {
     }
 }
 
-/// Why an uplink cannot carry traffic right now, or `Ready`.
+/// Why an uplink cannot carry traffic of one family right now, or `Ready`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
+pub enum Readiness<A = Ipv4Addr> {
     Ready {
-        address: Ipv4Net,
-        gateway: Hop,
+        address: crate::net::Net<A>,
+        gateway: Hop<A>,
     },
     /// Down, or no carrier: the kernel cannot send through it.
     LinkDown,
     NoAddress,
     NoGateway {
-        address: Ipv4Net,
+        address: crate::net::Net<A>,
     },
+}
+
+impl<A: Copy> Readiness<A> {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Readiness::Ready { .. })
+    }
+
+    /// The uplink's own address of this family, when it has one.
+    pub fn address(&self) -> Option<A> {
+        match self {
+            Readiness::Ready { address, .. } | Readiness::NoGateway { address } => {
+                Some(address.addr)
+            }
+            Readiness::LinkDown | Readiness::NoAddress => None,
+        }
+    }
+}
+
+impl Readiness<Ipv6Addr> {
+    /// The uplink's IPv6 state in a word or two (an uplink without IPv6 is normal).
+    pub fn state(&self) -> &'static str {
+        match self {
+            Readiness::Ready { .. } => "ready",
+            Readiness::LinkDown => "link down",
+            Readiness::NoAddress => "no address",
+            Readiness::NoGateway { .. } => "no gateway",
+        }
+    }
 }
 
 impl Readiness {
@@ -174,10 +209,23 @@ pub struct UplinkPlan {
     pub readiness: Readiness,
     /// Ready and not declared dead by health checks.
     pub alive: bool,
+    /// The same for IPv6, judged apart: an ISP's IPv6 may be broken (or absent)
+    /// while its IPv4 works, and the other way round.
+    pub readiness6: Readiness<Ipv6Addr>,
+    pub alive6: bool,
+    /// How the LAN's IPv6 leaves through it.
+    pub nat6: Nat6,
     /// Alive, but on a worse tier than the best live one with `failback = "move"`:
     /// its flows move to the best tier, as if it were dead, though it stays probed
     /// and ready to take over.
     pub standby: bool,
+}
+
+/// How health checks name an uplink's IPv6 (its IPv4 goes by the uplink's own
+/// name): probed and judged apart, so a broken IPv6 at one ISP moves only IPv6
+/// flows. Uplink names have no '/', so this never names an uplink.
+pub fn ipv6_health_name(uplink: &str) -> String {
+    format!("{uplink}/ipv6")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,14 +237,20 @@ pub struct Plan {
     /// The weighted multipath default for the main table, when `main_default` is on
     /// and at least one uplink is alive and weighted.
     pub main_default: Option<Route>,
+    /// The same for IPv6, over the uplinks whose IPv6 is alive.
+    pub main_default6: Option<Route>,
     /// Contents of the datapath's uplink table, indexed by slot; free slots are
     /// all zero (not alive).
     pub datapath_uplinks: Vec<multiroute_ebpf::Uplink>,
     pub ring: Vec<u32>,
+    /// The IPv6 ring: uplinks whose IPv6 takes new flows.
+    pub ring6: Vec<u32>,
     /// Ifindex of every LAN interface, by name, for the classifier.
     pub lan: Vec<(String, u32)>,
     /// The conntrack marks of inbound symmetry, per ready uplink.
     pub inbound: Vec<nft::InboundMark>,
+    /// NAT for the LAN's IPv6, per uplink whose IPv6 is ready and translated.
+    pub nat6: Vec<nft::Nat66>,
     /// `[balance] by`, as the datapath reads it (`multiroute_ebpf::balance`).
     pub balance_by: u32,
     /// Policy rules as the classifier matches them.
@@ -243,6 +297,14 @@ impl Plan {
                             interface: uplink.interface.clone(),
                         })?;
                 let readiness = readiness(uplink, iface);
+                let readiness6 = readiness6(uplink, iface);
+                // Without IPv6 targets of its own (only IPv4 addresses listed),
+                // an uplink's IPv6 lives and dies with its IPv4.
+                let dead6 = if config.probes_ipv6(uplink) {
+                    dead.contains(&ipv6_health_name(&uplink.name))
+                } else {
+                    dead.contains(&uplink.name)
+                };
                 Ok(UplinkPlan {
                     name: uplink.name.clone(),
                     slot,
@@ -254,6 +316,9 @@ impl Plan {
                     alive: matches!(readiness, Readiness::Ready { .. })
                         && !dead.contains(&uplink.name),
                     readiness,
+                    alive6: readiness6.is_ready() && !dead6,
+                    readiness6,
+                    nat6: uplink.nat6,
                     standby: false,
                 })
             })
@@ -266,17 +331,26 @@ impl Plan {
             }
         }
 
-        let routes = table_routes(config, observed, &uplinks);
+        let routes = Family::ALL
+            .into_iter()
+            .flat_map(|family| table_routes(config, observed, &uplinks, family))
+            .collect();
         let rule_uses = policy::uses(&config.rules, &uplinks);
-        let rules = rules(config, &uplinks, &rule_uses);
+        let rules = Family::ALL
+            .into_iter()
+            .flat_map(|family| rules(config, &uplinks, &rule_uses, family))
+            .collect();
         let policy = policy::datapath(&config.rules, |name| {
             policy::named(&uplinks, name).map(|u| u.slot)
         });
-        let main_default = config
-            .routing
-            .main_default
-            .then(|| main_default(&uplinks, active))
-            .flatten();
+        let main_default = |family| {
+            config
+                .routing
+                .main_default
+                .then(|| main_default(&uplinks, family))
+                .flatten()
+        };
+        let (main_default, main_default6) = (main_default(Family::V4), main_default(Family::V6));
         let mask = config.routing.fwmark_mask;
         let used = uplinks.iter().map(|u| u.slot + 1).max().unwrap_or(0);
         let mut datapath_uplinks = vec![multiroute_ebpf::Uplink::default(); used as usize];
@@ -285,19 +359,24 @@ impl Plan {
                 mark: u.mark,
                 mask,
                 alive: u32::from(u.carries()),
-                pad: 0,
+                alive6: u32::from(u.carries6()),
             };
         }
-        let members: Vec<_> = uplinks
-            .iter()
-            .filter(|u| u.takes_new_flows(active))
-            .map(|u| Member {
-                index: u.slot,
-                name: &u.name,
-                weight: u.weight,
-            })
-            .collect();
-        let ring = build_ring(&members, multiroute_ebpf::RING_SIZE);
+        let ring_of = |takes: &dyn Fn(&UplinkPlan) -> bool| {
+            let members: Vec<_> = uplinks
+                .iter()
+                .filter(|u| takes(u))
+                .map(|u| Member {
+                    index: u.slot,
+                    name: &u.name,
+                    weight: u.weight,
+                })
+                .collect();
+            build_ring(&members, multiroute_ebpf::RING_SIZE)
+        };
+        let ring = ring_of(&|u| u.takes_new_flows(active));
+        let active6 = active_tier6(&uplinks);
+        let ring6 = ring_of(&|u| u.takes_new_flows6(active6));
         let inbound = uplinks
             .iter()
             .filter(|u| matches!(u.readiness, Readiness::Ready { .. }))
@@ -306,15 +385,19 @@ impl Plan {
                 mark: u.mark | config.numbering().inbound_flag(),
             })
             .collect();
+        let nat6 = uplinks.iter().filter_map(nat66).collect();
         Ok(Plan {
             uplinks,
             routes,
             rules,
             main_default,
+            main_default6,
             datapath_uplinks,
             ring,
+            ring6,
             lan,
             inbound,
+            nat6,
             balance_by: match config.balance.by {
                 BalanceBy::Connection => multiroute_ebpf::balance::CONNECTION,
                 BalanceBy::Addresses => multiroute_ebpf::balance::ADDRESSES,
@@ -335,6 +418,32 @@ fn active_tier(uplinks: &[UplinkPlan]) -> Option<u32> {
         .min()
 }
 
+/// The same for IPv6, whose uplinks live apart.
+fn active_tier6(uplinks: &[UplinkPlan]) -> Option<u32> {
+    uplinks
+        .iter()
+        .filter(|u| u.alive6 && u.weight > 0)
+        .map(|u| u.tier)
+        .min()
+}
+
+/// The IPv6 NAT of one uplink, when its IPv6 is ready and translated.
+fn nat66(uplink: &UplinkPlan) -> Option<nft::Nat66> {
+    let Readiness::Ready { address, .. } = uplink.readiness6 else {
+        return None;
+    };
+    let translation = match uplink.nat6 {
+        Nat6::None => return None,
+        Nat6::Masquerade => nft::Translation::Masquerade,
+        // Learned: the uplink's own prefix (its address's network).
+        Nat6::Npt { prefix } => nft::Translation::Prefix(prefix.unwrap_or(address.network())),
+    };
+    Some(nft::Nat66 {
+        interface: uplink.interface.clone(),
+        translation,
+    })
+}
+
 impl UplinkPlan {
     /// May carry flows: alive and not standing by on a backup tier. The datapath
     /// moves the flows of an uplink that does not.
@@ -347,14 +456,19 @@ impl UplinkPlan {
         self.carries() && self.weight > 0 && Some(self.tier) == active_tier
     }
 
+    /// May carry IPv6 flows. Standing by applies to both families.
+    pub fn carries6(&self) -> bool {
+        self.alive6 && !self.standby
+    }
+
+    /// In the IPv6 ring (`active_tier` being IPv6's).
+    pub fn takes_new_flows6(&self, active_tier: Option<u32>) -> bool {
+        self.carries6() && self.weight > 0 && Some(self.tier) == active_tier
+    }
+
     /// The uplink's own address, when it has one.
     pub fn address(&self) -> Option<Ipv4Addr> {
-        match self.readiness {
-            Readiness::Ready { address, .. } | Readiness::NoGateway { address } => {
-                Some(address.addr)
-            }
-            Readiness::LinkDown | Readiness::NoAddress => None,
-        }
+        self.readiness.address()
     }
 }
 
@@ -368,6 +482,7 @@ impl Plan {
             .routes
             .iter()
             .chain(&self.main_default)
+            .chain(&self.main_default6)
             .map(ToString::to_string);
         rules.chain(routes).collect()
     }
@@ -404,70 +519,135 @@ impl Plan {
 }
 
 fn readiness(uplink: &UplinkConfig, iface: &Interface) -> Readiness {
-    if !iface.up {
-        return Readiness::LinkDown;
-    }
-    let Some(&address) = iface.addresses.first() else {
-        return Readiness::NoAddress;
-    };
     let point_to_point = (iface.peer.is_some() || iface.default_dev)
         .then_some(Hop::PointToPoint { peer: iface.peer });
-    match uplink
-        .gateway
-        .or(iface.gateway)
-        .map(Hop::Via)
-        .or(point_to_point)
-    {
+    family_readiness(
+        iface.up,
+        iface.addresses.first(),
+        uplink.gateway.or(iface.gateway),
+        point_to_point,
+    )
+}
+
+fn readiness6(uplink: &UplinkConfig, iface: &Interface) -> Readiness<Ipv6Addr> {
+    let point_to_point = iface
+        .default_dev6
+        .then_some(Hop::PointToPoint { peer: None });
+    family_readiness(
+        iface.up,
+        iface.addresses6.first(),
+        uplink.gateway6.or(iface.gateway6),
+        point_to_point,
+    )
+}
+
+fn family_readiness<A: Address>(
+    up: bool,
+    address: Option<&crate::net::Net<A>>,
+    gateway: Option<A>,
+    point_to_point: Option<Hop<A>>,
+) -> Readiness<A> {
+    if !up {
+        return Readiness::LinkDown;
+    }
+    let Some(&address) = address else {
+        return Readiness::NoAddress;
+    };
+    match gateway.map(Hop::Via).or(point_to_point) {
         Some(gateway) => Readiness::Ready { address, gateway },
         None => Readiness::NoGateway { address },
     }
 }
 
-/// The seed's tables: every table knows loopback, the LAN and every uplink's
-/// connected network (with its `src`), and defaults via its own uplink's gateway.
-fn table_routes(config: &Config, observed: &Observed, uplinks: &[UplinkPlan]) -> Vec<Route> {
-    let mut shared = vec![(
-        Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8),
-        RouteNext::Dev {
-            dev: "lo".into(),
-            src: None,
+/// One family's view of an uplink, so tables, rules and the main default are
+/// built by one piece of code for both.
+#[derive(Debug, Clone, Copy)]
+struct Side {
+    /// The uplink's address of the family and its connected network.
+    address: IpAddr,
+    connected: IpNet,
+    /// `Some` when ready: where its traffic of this family goes next.
+    hop: Option<Hop<IpAddr>>,
+}
+
+impl UplinkPlan {
+    fn side(&self, family: Family) -> Option<Side> {
+        match family {
+            Family::V4 => side(&self.readiness),
+            Family::V6 => side(&self.readiness6),
+        }
+    }
+
+    fn alive_in(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.alive,
+            Family::V6 => self.alive6,
+        }
+    }
+}
+
+fn side<A: Address + Into<IpAddr>>(readiness: &Readiness<A>) -> Option<Side>
+where
+    IpNet: From<crate::net::Net<A>>,
+{
+    let (address, hop) = match *readiness {
+        Readiness::Ready { address, gateway } => (address, Some(gateway)),
+        Readiness::NoGateway { address } => (address, None),
+        Readiness::LinkDown | Readiness::NoAddress => return None,
+    };
+    // A point-to-point link's connected network is its peer, as the kernel's own
+    // route for `inet A peer B/32` says.
+    let connected = match hop {
+        Some(Hop::PointToPoint { peer: Some(peer) }) => crate::net::Net::host(peer),
+        _ => address.network(),
+    };
+    let hop = hop.map(|hop| match hop {
+        Hop::Via(gateway) => Hop::Via(gateway.into()),
+        Hop::PointToPoint { peer } => Hop::PointToPoint {
+            peer: peer.map(Into::into),
         },
-    )];
+    });
+    Some(Side {
+        address: address.addr.into(),
+        connected: connected.into(),
+        hop,
+    })
+}
+
+/// The seed's tables, per family: every table knows the LAN and every uplink's
+/// connected network (with its `src`), loopback for IPv4, and defaults via its
+/// own uplink's gateway.
+fn table_routes(
+    config: &Config,
+    observed: &Observed,
+    uplinks: &[UplinkPlan],
+    family: Family,
+) -> Vec<Route> {
+    let dev = |name: &str, src: Option<IpAddr>| RouteNext::Dev {
+        dev: name.to_owned(),
+        src,
+    };
+    let mut shared = Vec::new();
+    if family == Family::V4 {
+        shared.push((
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8)),
+            dev("lo", None),
+        ));
+    }
     for name in &config.lan {
         // No `src` on LAN routes: it would break DNAT (port forwarding), says the seed.
-        for net in lan_networks(observed, name) {
-            shared.push((
-                net,
-                RouteNext::Dev {
-                    dev: name.clone(),
-                    src: None,
-                },
-            ));
+        for net in lan_networks(observed, name, family) {
+            shared.push((net, dev(name, None)));
         }
     }
     for uplink in uplinks {
-        let (address, peer) = match uplink.readiness {
-            Readiness::Ready {
-                address,
-                gateway: Hop::PointToPoint { peer },
-            } => (address, peer),
-            Readiness::Ready { address, .. } | Readiness::NoGateway { address } => (address, None),
-            Readiness::LinkDown | Readiness::NoAddress => continue,
-        };
-        // A point-to-point link's connected network is its peer, as the kernel's
-        // own route for `inet A peer B/32` says.
-        let connected = peer.map_or(address.network(), Ipv4Net::host);
-        shared.push((
-            connected,
-            RouteNext::Dev {
-                dev: uplink.interface.clone(),
-                src: Some(address.addr),
-            },
-        ));
+        if let Some(side) = uplink.side(family) {
+            shared.push((side.connected, dev(&uplink.interface, Some(side.address))));
+        }
     }
     let mut routes = Vec::new();
     for uplink in uplinks {
-        let Readiness::Ready { gateway, .. } = uplink.readiness else {
+        let Some(hop) = uplink.side(family).and_then(|side| side.hop) else {
             continue;
         };
         routes.extend(shared.iter().map(|(dst, next)| Route {
@@ -477,23 +657,47 @@ fn table_routes(config: &Config, observed: &Observed, uplinks: &[UplinkPlan]) ->
         }));
         routes.push(Route {
             table: uplink.table,
-            dst: Ipv4Net::DEFAULT,
-            next: default_next(gateway, &uplink.interface),
+            dst: default_route(family),
+            next: default_next(hop, &uplink.interface),
         });
     }
     routes
 }
 
-fn lan_networks(observed: &Observed, name: &str) -> BTreeSet<Ipv4Net> {
-    observed
-        .get(name)
-        .map(|iface| iface.addresses.iter().map(|a| a.network()).collect())
-        .unwrap_or_default()
+fn default_route(family: Family) -> IpNet {
+    match family {
+        Family::V4 => IpNet::V4(Ipv4Net::DEFAULT),
+        Family::V6 => IpNet::V6(Ipv6Net::DEFAULT),
+    }
 }
 
-fn rules(config: &Config, uplinks: &[UplinkPlan], rule_uses: &[RuleUse]) -> Vec<Rule> {
+fn lan_networks(observed: &Observed, name: &str, family: Family) -> BTreeSet<IpNet> {
+    let Some(iface) = observed.get(name) else {
+        return BTreeSet::new();
+    };
+    match family {
+        Family::V4 => iface
+            .addresses
+            .iter()
+            .map(|a| IpNet::V4(a.network()))
+            .collect(),
+        Family::V6 => iface
+            .addresses6
+            .iter()
+            .map(|a| IpNet::V6(a.network()))
+            .collect(),
+    }
+}
+
+fn rules(
+    config: &Config,
+    uplinks: &[UplinkPlan],
+    rule_uses: &[RuleUse],
+    family: Family,
+) -> Vec<Rule> {
     let base = config.routing.rule_priority;
     let mut rules = vec![Rule {
+        family,
         priority: base + priority::MAIN_SPECIFIC,
         selector: Selector::All,
         table: MAIN_TABLE,
@@ -501,12 +705,13 @@ fn rules(config: &Config, uplinks: &[UplinkPlan], rule_uses: &[RuleUse]) -> Vec<
     }];
     let ready: Vec<_> = uplinks
         .iter()
-        .filter_map(|plan| match plan.readiness {
-            Readiness::Ready { address, .. } => Some((plan, address)),
-            _ => None,
+        .filter_map(|plan| {
+            let side = plan.side(family)?;
+            side.hop.map(|_| (plan, side.address))
         })
         .collect();
     let lookup = |priority: u32, selector: Selector, table: u32| Rule {
+        family,
         priority,
         selector,
         table,
@@ -535,21 +740,24 @@ fn rules(config: &Config, uplinks: &[UplinkPlan], rule_uses: &[RuleUse]) -> Vec<
     for (plan, address) in &ready {
         rules.push(lookup(
             base + priority::FROM_UPLINK + plan.slot,
-            Selector::From(Ipv4Net::host(address.addr)),
+            Selector::From(IpNet::host(*address)),
             plan.table,
         ));
     }
-    rules.extend(policy::router_rules(
-        &config.rules,
-        rule_uses,
-        uplinks,
-        base + priority::LOCAL_POLICY,
-    ));
+    // Policy rules for the router's own traffic name IPv4 prefixes only, so far.
+    if family == Family::V4 {
+        rules.extend(policy::router_rules(
+            &config.rules,
+            rule_uses,
+            uplinks,
+            base + priority::LOCAL_POLICY,
+        ));
+    }
     rules
 }
 
 /// A table's default: via the gateway, or straight into a point-to-point link.
-fn default_next(hop: Hop, dev: &str) -> RouteNext {
+fn default_next(hop: Hop<IpAddr>, dev: &str) -> RouteNext {
     match hop {
         Hop::Via(gateway) => RouteNext::Gateway {
             gateway,
@@ -563,18 +771,26 @@ fn default_next(hop: Hop, dev: &str) -> RouteNext {
 }
 
 /// The seed's `default scope global nexthop via … weight …` over the live, weighted
-/// uplinks, for traffic the router itself originates.
-fn main_default(uplinks: &[UplinkPlan], active_tier: Option<u32>) -> Option<Route> {
+/// uplinks of the best tier of `family`, for traffic the router itself originates.
+fn main_default(uplinks: &[UplinkPlan], family: Family) -> Option<Route> {
+    let active = uplinks
+        .iter()
+        .filter(|u| u.alive_in(family) && u.weight > 0)
+        .map(|u| u.tier)
+        .min();
     let nexthops: Vec<_> = uplinks
         .iter()
-        .filter(|u| u.takes_new_flows(active_tier))
-        .filter_map(|u| match u.readiness {
-            Readiness::Ready { gateway, .. } => Some(Nexthop {
-                gateway: gateway.via(),
+        .filter(|u| match family {
+            Family::V4 => u.takes_new_flows(active),
+            Family::V6 => u.takes_new_flows6(active),
+        })
+        .filter_map(|u| {
+            let hop = u.side(family)?.hop?;
+            Some(Nexthop {
+                gateway: hop.via(),
                 dev: u.interface.clone(),
                 weight: u.weight,
-            }),
-            _ => None,
+            })
         })
         .collect();
     let next = match nexthops.as_slice() {
@@ -593,7 +809,7 @@ fn main_default(uplinks: &[UplinkPlan], active_tier: Option<u32>) -> Option<Rout
     };
     Some(Route {
         table: MAIN_TABLE,
-        dst: Ipv4Net::DEFAULT,
+        dst: default_route(family),
         next,
     })
 }

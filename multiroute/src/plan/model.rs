@@ -1,10 +1,10 @@
 //! Routes and rules in domain terms. `Display` prints them as the `ip` command a
 //! user would type, which is also how the seed writes them and how tests compare.
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::IpAddr};
 
 use crate::{
     config::{PortRange, proto_name},
-    net::Ipv4Net,
+    net::{Family, IpNet, Ipv4Net},
 };
 
 pub const MAIN_TABLE: u32 = 254;
@@ -12,7 +12,8 @@ pub const MAIN_TABLE: u32 = 254;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     pub table: u32,
-    pub dst: Ipv4Net,
+    /// Its family is the route's: the gateways and sources below are of it too.
+    pub dst: IpNet,
     pub next: RouteNext,
 }
 
@@ -21,10 +22,10 @@ pub enum RouteNext {
     /// Directly connected, optionally with a preferred source address.
     Dev {
         dev: String,
-        src: Option<Ipv4Addr>,
+        src: Option<IpAddr>,
     },
     Gateway {
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         dev: String,
     },
     Multipath(Vec<Nexthop>),
@@ -33,13 +34,15 @@ pub enum RouteNext {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Nexthop {
     /// `None` on a point-to-point link: the packet goes to the interface itself.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     pub dev: String,
     pub weight: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Rule {
+    /// `ip rule` and `ip -6 rule` are separate lists.
+    pub family: Family,
     pub priority: u32,
     pub selector: Selector,
     pub table: u32,
@@ -49,8 +52,8 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Selector {
     All,
-    From(Ipv4Net),
-    To(Ipv4Net),
+    From(IpNet),
+    To(IpNet),
     Fwmark {
         mark: u32,
         mask: u32,
@@ -99,9 +102,17 @@ fn table_name(table: u32) -> String {
     }
 }
 
+/// `-6 ` in front of an IPv6 route or rule, as `ip -6` would list it.
+fn family_flag(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "",
+        Family::V6 => "-6 ",
+    }
+}
+
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.dst)?;
+        write!(f, "{}{}", family_flag(self.dst.family()), self.dst)?;
         match &self.next {
             RouteNext::Dev { dev, src } => {
                 write!(f, " dev {dev}")?;
@@ -126,7 +137,7 @@ impl fmt::Display for Route {
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pref {} ", self.priority)?;
+        write!(f, "{}pref {} ", family_flag(self.family), self.priority)?;
         match &self.selector {
             Selector::All => write!(f, "from all")?,
             Selector::From(net) => write!(f, "from {net}")?,

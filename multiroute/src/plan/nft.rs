@@ -10,7 +10,13 @@
 //! connection nor part of an inbound one (nearly all traffic), and two verdict maps
 //! (by input interface, by conntrack mark) find the uplink's own chain in one
 //! lookup each.
+//!
+//! The table also holds NAT for the LAN's IPv6 (`nat6`): unlike IPv4, where the
+//! router's own firewall masquerades (the seed's recipe), IPv6 NAT is multiroute's,
+//! regenerated whenever an uplink's address or prefix changes.
 use std::fmt::Write as _;
+
+use crate::net::Ipv6Net;
 
 /// Table multiroute owns; nothing else in it.
 pub const TABLE: &str = "multiroute";
@@ -23,10 +29,27 @@ pub struct InboundMark {
     pub mark: u32,
 }
 
+/// How one uplink translates the LAN's IPv6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nat66 {
+    pub interface: String,
+    pub translation: Translation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Translation {
+    /// To the uplink's current address.
+    Masquerade,
+    /// 1:1 onto this prefix: each LAN host keeps its interface identifier (the
+    /// host bits), so it is reachable from outside at a stable address while the
+    /// mapping lasts.
+    Prefix(Ipv6Net),
+}
+
 /// The whole `table inet multiroute`, applied atomically by `nft -f` (an empty
 /// list still yields the table, so applying it is also how stale rules go).
 /// `flag` is the inbound flag inside `mask`.
-pub fn ruleset(inbound: &[InboundMark], mask: u32, flag: u32) -> String {
+pub fn ruleset(inbound: &[InboundMark], nat6: &[Nat66], mask: u32, flag: u32) -> String {
     let keep = !mask;
     let mut text = format!(
         "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n\
@@ -62,6 +85,23 @@ pub fn ruleset(inbound: &[InboundMark], mask: u32, flag: u32) -> String {
             mark = uplink.mark
         );
     }
+    if !nat6.is_empty() {
+        text.push_str(
+            "\tchain nat6 {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
+        );
+        for uplink in nat6 {
+            let action = match uplink.translation {
+                Translation::Masquerade => "masquerade".to_owned(),
+                Translation::Prefix(prefix) => format!("snat ip6 prefix to {prefix}"),
+            };
+            let _ = writeln!(
+                text,
+                "\t\tmeta nfproto ipv6 oifname \"{}\" {action}",
+                uplink.interface
+            );
+        }
+        text.push_str("\t}\n");
+    }
     text.push_str("}\n");
     text
 }
@@ -83,9 +123,11 @@ mod tests {
                     mark: 0x8200,
                 },
             ],
+            &[],
             0xff00,
             0x8000,
         );
+        assert!(!text.contains("nat6"), "no IPv6 NAT asked for: {text}");
         assert!(text.starts_with(
             "table inet multiroute\ndelete table inet multiroute\ntable inet multiroute {\n"
         ));
@@ -118,7 +160,41 @@ mod tests {
 
     #[test]
     fn without_ready_uplinks_the_chain_is_empty() {
-        let text = ruleset(&[], 0xff00, 0x8000);
+        let text = ruleset(&[], &[], 0xff00, 0x8000);
         assert!(text.contains("policy accept;\n\t}\n}\n"), "{text}");
+    }
+
+    #[test]
+    fn ipv6_nat_per_uplink_masquerades_or_maps_the_prefix() {
+        let text = ruleset(
+            &[],
+            &[
+                Nat66 {
+                    interface: "eth1".into(),
+                    translation: Translation::Masquerade,
+                },
+                Nat66 {
+                    interface: "eth2".into(),
+                    translation: Translation::Prefix("2001:db8:2:100::/64".parse().unwrap()),
+                },
+            ],
+            0xff00,
+            0x8000,
+        );
+        let chain: Vec<_> = text
+            .lines()
+            .skip_while(|l| !l.contains("chain nat6"))
+            .skip(1)
+            .take_while(|l| l.trim() != "}")
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            chain,
+            [
+                "type nat hook postrouting priority srcnat; policy accept;",
+                "meta nfproto ipv6 oifname \"eth1\" masquerade",
+                "meta nfproto ipv6 oifname \"eth2\" snat ip6 prefix to 2001:db8:2:100::/64",
+            ]
+        );
     }
 }

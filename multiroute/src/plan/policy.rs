@@ -148,6 +148,7 @@ pub fn router_rules(
                 for proto in rule.protocols() {
                     if let Some(table) = table {
                         planned.push(Rule {
+                            family: crate::net::Family::V4,
                             priority,
                             selector: Selector::Local(LocalMatch {
                                 from,

@@ -219,11 +219,11 @@ fn describe(target: &Record, alive: bool, thresholds: Thresholds) -> String {
 mod tests {
     use super::*;
 
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-    const A: Target = Target::Icmp(Ipv4Addr::new(192, 0, 2, 1));
-    const B: Target = Target::Tcp(std::net::SocketAddrV4::new(
-        Ipv4Addr::new(192, 0, 2, 2),
+    const A: Target = Target::Icmp(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    const B: Target = Target::Tcp(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
         443,
     ));
     const RTT: Option<Duration> = Some(Duration::from_millis(3));

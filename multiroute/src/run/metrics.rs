@@ -29,8 +29,8 @@ use super::{
 pub struct Snapshot {
     pub fail_open: bool,
     pub uplinks: Vec<UplinkMetrics>,
-    /// Datapath outcome counters by name.
-    pub datapath: Vec<(&'static str, u64)>,
+    /// Datapath outcome counters by family ("ipv4", "ipv6") and name.
+    pub datapath: Vec<(&'static str, &'static str, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,9 +122,12 @@ pub fn render(snapshot: &Snapshot) -> String {
             loss.get_or_create(&labels).set(probe.loss_percent / 100.0);
         }
     }
-    for (outcome, value) in &snapshot.datapath {
+    for (family, outcome, value) in &snapshot.datapath {
         datapath
-            .get_or_create(&vec![("outcome", (*outcome).to_owned())])
+            .get_or_create(&vec![
+                ("family", (*family).to_owned()),
+                ("outcome", (*outcome).to_owned()),
+            ])
             .inc_by(*value);
     }
     let mut text = String::new();
@@ -228,7 +231,7 @@ mod tests {
                     loss_percent: 5.0,
                 }],
             }],
-            datapath: vec![("flow_hit", 958)],
+            datapath: vec![("ipv4", "flow_hit", 958), ("ipv6", "flow_new", 7)],
         };
         let text = render(&snapshot);
         for line in [
@@ -241,7 +244,8 @@ mod tests {
             "multiroute_uplink_state_changes_total{uplink=\"dsl\"} 2",
             "multiroute_probe_rtt_seconds{uplink=\"dsl\",target=\"192.0.2.1\"} 0.0125",
             "multiroute_probe_loss_ratio{uplink=\"dsl\",target=\"192.0.2.1\"} 0.05",
-            "multiroute_datapath_packets_total{outcome=\"flow_hit\"} 958",
+            "multiroute_datapath_packets_total{family=\"ipv4\",outcome=\"flow_hit\"} 958",
+            "multiroute_datapath_packets_total{family=\"ipv6\",outcome=\"flow_new\"} 7",
             "# EOF",
         ] {
             assert!(

@@ -571,12 +571,15 @@ impl Daemon {
         metrics::Snapshot {
             fail_open: report.fail_open,
             uplinks,
-            datapath: self
-                .maps
-                .counters()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(counter, value)| (counter.name(), value))
+            datapath: (0..multiroute_ebpf::family::COUNT)
+                .zip(multiroute_ebpf::family::NAMES)
+                .flat_map(|(family, name)| {
+                    self.maps
+                        .counters(family)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |(counter, value)| (name, counter.name(), value))
+                })
                 .collect(),
         }
     }

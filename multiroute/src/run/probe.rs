@@ -3,8 +3,8 @@
 //! rule routes it into the uplink's table and only an answer arriving on that
 //! interface counts. A probe can never succeed via another uplink.
 //!
-//! - ICMP echo (`"198.51.100.9"`, `"gateway"`): a raw socket shared by the uplink's
-//!   echo targets.
+//! - ICMP echo (`"198.51.100.9"`, `"2001:db8::9"`, `"gateway"`): a raw socket
+//!   shared by the uplink's echo targets (ICMPv6 for an IPv6 uplink side).
 //! - TCP (`"tcp://ADDR:PORT"`): a connect that completes *or is refused* answers —
 //!   either way the far end replied through this uplink.
 //! - DNS (`"dns://ADDR"`): a query for `.` NS over UDP; any reply with the query's
@@ -12,7 +12,7 @@
 use std::{
     future::Future,
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
@@ -32,11 +32,11 @@ pub trait Probe: Send + Sync {
 
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Option<Duration>> + Send + 'a>>;
 
-/// The uplink every probe leaves through.
+/// The uplink every probe leaves through, and its address of the probes' family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Through {
     pub interface: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
 /// The probes of one uplink, one per target; the ICMP ones share a raw socket.
@@ -66,7 +66,7 @@ pub fn for_targets(
             }),
             Target::Dns(address) => Arc::new(Query {
                 through: through.clone(),
-                server: SocketAddrV4::new(address, 53),
+                server: SocketAddr::new(address, 53),
             }),
         };
         probes.push((target, probe));
@@ -77,11 +77,15 @@ pub fn for_targets(
 fn icmp_client(through: &Through) -> io::Result<Client> {
     // Raw, not an unprivileged ping socket: those need `ping_group_range`, which is
     // closed in a fresh network namespace, and they rewrite the echo identifier.
+    let kind = match through.address {
+        IpAddr::V4(_) => ICMP::V4,
+        IpAddr::V6(_) => ICMP::V6,
+    };
     let config = surge_ping::Config::builder()
-        .kind(ICMP::V4)
+        .kind(kind)
         .sock_type_hint(socket2::Type::RAW)
         .interface(&through.interface)
-        .bind(SocketAddr::new(IpAddr::V4(through.address), 0))
+        .bind(SocketAddr::new(through.address, 0))
         .build();
     Client::new(&config)
 }
@@ -90,17 +94,14 @@ const PAYLOAD: &[u8] = b"multiroute health probe";
 
 struct Echo {
     client: Client,
-    address: Ipv4Addr,
+    address: IpAddr,
     ident: PingIdentifier,
 }
 
 impl Probe for Echo {
     fn probe(&self, sequence: u16, timeout: Duration) -> ProbeFuture<'_> {
         Box::pin(async move {
-            let mut pinger = self
-                .client
-                .pinger(IpAddr::V4(self.address), self.ident)
-                .await;
+            let mut pinger = self.client.pinger(self.address, self.ident).await;
             pinger.timeout(timeout);
             match pinger.ping(PingSequence(sequence), PAYLOAD).await {
                 Ok((_, rtt)) => Some(rtt),
@@ -115,7 +116,7 @@ impl Probe for Echo {
 
 struct Connect {
     through: Through,
-    socket: SocketAddrV4,
+    socket: SocketAddr,
 }
 
 impl Probe for Connect {
@@ -123,10 +124,13 @@ impl Probe for Connect {
         Box::pin(async move {
             let started = Instant::now();
             let attempt = async {
-                let socket = TcpSocket::new_v4()?;
+                let socket = match self.socket {
+                    SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => TcpSocket::new_v6()?,
+                };
                 socket.bind_device(Some(self.through.interface.as_bytes()))?;
-                socket.bind(SocketAddr::new(IpAddr::V4(self.through.address), 0))?;
-                socket.connect(SocketAddr::V4(self.socket)).await.map(drop)
+                socket.bind(SocketAddr::new(self.through.address, 0))?;
+                socket.connect(self.socket).await.map(drop)
             };
             match tokio::time::timeout(timeout, attempt).await {
                 Ok(Ok(())) => Some(started.elapsed()),
@@ -146,7 +150,7 @@ impl Probe for Connect {
 
 struct Query {
     through: Through,
-    server: SocketAddrV4,
+    server: SocketAddr,
 }
 
 /// A query for `.` NS with id `id`, recursion desired.
@@ -166,15 +170,15 @@ impl Probe for Query {
             let started = Instant::now();
             let attempt = async {
                 let socket = socket2::Socket::new(
-                    socket2::Domain::IPV4,
+                    socket2::Domain::for_address(self.server),
                     socket2::Type::DGRAM,
                     Some(socket2::Protocol::UDP),
                 )?;
                 socket.bind_device(Some(self.through.interface.as_bytes()))?;
-                socket.bind(&SocketAddr::new(IpAddr::V4(self.through.address), 0).into())?;
+                socket.bind(&SocketAddr::new(self.through.address, 0).into())?;
                 socket.set_nonblocking(true)?;
                 let socket = UdpSocket::from_std(socket.into())?;
-                socket.connect(SocketAddr::V4(self.server)).await?;
+                socket.connect(self.server).await?;
                 socket.send(&root_ns_query(sequence)).await?;
                 let mut reply = [0u8; 512];
                 loop {

@@ -1,61 +1,76 @@
 //! Each ready uplink's prober: one task that sends a probe to every target once per
 //! interval (the kinds live in [`super::probe`]) and reports each outcome to the
 //! daemon's loop.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinSet, time::MissedTickBehavior};
 
 use super::probe::{self, Through};
 use crate::{
     config::{Config, Target},
-    plan::{Plan, Readiness},
+    net::Family,
+    plan::{Plan, Readiness, ipv6_health_name},
 };
 
-/// Where and how one uplink is probed.
+/// Where and how one uplink's side of one family is probed. `uplink` is the name
+/// health checks know it by (see [`ipv6_health_name`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {
     pub uplink: String,
     pub interface: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub targets: Vec<Target>,
 }
 
-/// What each ready uplink should be probed at: its own `probe` list or
-/// `[health].targets`, with `"gateway"` resolved to its current gateway (or the
-/// peer of a point-to-point link; without one, that target is left out). Uplinks
-/// that are not ready are not probed.
+/// What each ready uplink should be probed at, per family: its own `probe` list
+/// or `[health].targets`, the targets of that family, with `"gateway"` resolved to
+/// its current gateway of the family (or the peer of a point-to-point link;
+/// without one, that target is left out). Sides that are not ready are not probed.
 pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
-    config
-        .uplinks
-        .iter()
-        .zip(&plan.uplinks)
-        .filter_map(|(uplink, planned)| {
-            let Readiness::Ready { address, gateway } = planned.readiness else {
-                return None;
-            };
-            let targets = if uplink.probe.is_empty() {
-                &config.health.targets
-            } else {
-                &uplink.probe
-            };
-            let targets: Vec<Target> = targets
+    let mut wanted = BTreeMap::new();
+    for (uplink, planned) in config.uplinks.iter().zip(&plan.uplinks) {
+        let sides = [
+            match planned.readiness {
+                Readiness::Ready { address, gateway } => Some((
+                    Family::V4,
+                    planned.name.clone(),
+                    IpAddr::V4(address.addr),
+                    gateway.probe_address().map(IpAddr::V4),
+                )),
+                _ => None,
+            },
+            match planned.readiness6 {
+                Readiness::Ready { address, gateway } => Some((
+                    Family::V6,
+                    ipv6_health_name(&planned.name),
+                    IpAddr::V6(address.addr),
+                    gateway.probe_address().map(IpAddr::V6),
+                )),
+                _ => None,
+            },
+        ];
+        for (family, name, address, gateway) in sides.into_iter().flatten() {
+            let targets: Vec<Target> = config
+                .targets(uplink)
                 .iter()
-                .filter_map(|t| t.resolve(gateway.probe_address()))
+                .filter_map(|t| t.resolve(family, gateway))
                 .collect();
-            // Nothing to probe (only "gateway" on a link without one): the uplink
-            // follows its link state alone rather than count as dead.
+            // Nothing to probe (only "gateway" on a link without one, or no target
+            // of this family): the side follows its link state (IPv6: its IPv4's
+            // verdict) rather than count as dead.
             if targets.is_empty() {
-                return None;
+                continue;
             }
             let spec = ProbeSpec {
-                uplink: planned.name.clone(),
+                uplink: name.clone(),
                 interface: planned.interface.clone(),
-                address: address.addr,
+                address,
                 targets,
             };
-            Some((planned.name.clone(), spec))
-        })
-        .collect()
+            wanted.insert(name, spec);
+        }
+    }
+    wanted
 }
 
 /// One probe's outcome: the round-trip time, or `None` when it was lost (no reply
@@ -136,7 +151,7 @@ async fn probe_loop(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use std::{net::Ipv4Addr, path::Path};
 
     use super::*;
     use crate::{
@@ -185,16 +200,20 @@ gateway = "198.18.3.1"
         assert_eq!(
             targets("dsl"),
             [
-                Target::Icmp(Ipv4Addr::new(198, 51, 100, 9)),
-                Target::Icmp(Ipv4Addr::new(192, 0, 2, 1))
+                Target::Icmp(Ipv4Addr::new(198, 51, 100, 9).into()),
+                Target::Icmp(Ipv4Addr::new(192, 0, 2, 1).into())
             ]
         );
         assert_eq!(
             targets("cable"),
-            [Target::Icmp(Ipv4Addr::new(203, 0, 113, 1))],
+            [Target::Icmp(Ipv4Addr::new(203, 0, 113, 1).into())],
             "[health] default: the gateway"
         );
         assert_eq!(wanted["dsl"].address, Ipv4Addr::new(192, 0, 2, 7));
+        assert!(
+            !wanted.contains_key("dsl/ipv6"),
+            "no IPv6 address: its IPv6 is not probed"
+        );
         assert!(
             !wanted.contains_key("lte"),
             "a link that is down is not probed"

@@ -129,6 +129,9 @@ mod tests {
                     gateway: Hop::Via(Ipv4Addr::new(198, 18, slot as u8, 1)),
                 },
                 alive,
+                readiness6: Readiness::NoAddress,
+                alive6: false,
+                nat6: Default::default(),
             })
             .collect();
         Plan {
@@ -136,10 +139,13 @@ mod tests {
             routes: Vec::new(),
             rules: Vec::new(),
             main_default: None,
+            main_default6: None,
             datapath_uplinks: Vec::new(),
             ring: Vec::new(),
+            ring6: Vec::new(),
             lan: Vec::new(),
             inbound: Vec::new(),
+            nat6: Vec::new(),
             balance_by: 0,
             policy: Default::default(),
             rule_uses: Vec::new(),

@@ -44,7 +44,7 @@ fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
                 mark: (i + 1) << 8,
                 mask: MASK,
                 alive: 1,
-                pad: 0,
+                alive6: 0,
             },
         )?;
     }
