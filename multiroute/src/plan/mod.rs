@@ -696,13 +696,6 @@ fn rules(
     family: Family,
 ) -> Vec<Rule> {
     let base = config.routing.rule_priority;
-    let mut rules = vec![Rule {
-        family,
-        priority: base + priority::MAIN_SPECIFIC,
-        selector: Selector::All,
-        table: MAIN_TABLE,
-        suppress_prefixlength: Some(0),
-    }];
     let ready: Vec<_> = uplinks
         .iter()
         .filter_map(|plan| {
@@ -710,6 +703,17 @@ fn rules(
             side.hop.map(|_| (plan, side.address))
         })
         .collect();
+    // No uplink speaks IPv6: `ip -6 rule` is left as it was.
+    if family == Family::V6 && ready.is_empty() {
+        return Vec::new();
+    }
+    let mut rules = vec![Rule {
+        family,
+        priority: base + priority::MAIN_SPECIFIC,
+        selector: Selector::All,
+        table: MAIN_TABLE,
+        suppress_prefixlength: Some(0),
+    }];
     let lookup = |priority: u32, selector: Selector, table: u32| Rule {
         family,
         priority,

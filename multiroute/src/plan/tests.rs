@@ -450,3 +450,135 @@ fn a_point_to_point_uplink_defaults_into_its_link_and_connects_its_peer() {
     );
     assert!(plan.uplinks[1].alive);
 }
+
+/// The seed's host, dual-stack: the LAN has fd00:1::1/64, DSL 2001:db8:1::7/64
+/// behind the router fe80::1 (as an RA would leave it), cable 2001:db8:2::7/64
+/// behind fe80::2, with `nat6 = "npt"`.
+fn dual_stack() -> (Config, Observed) {
+    let text = SEED_CONFIG.replace(
+        "pin = [\"24.19.100.1\"]",
+        "pin = [\"24.19.100.1\"]\nnat6 = \"npt\"",
+    );
+    let config = Config::parse(&text, Path::new("dual.toml")).unwrap();
+    let mut host = seed_host();
+    let v6 = |text: &str| text.parse::<Ipv6Net>().unwrap();
+    let set = |iface: &mut Interface, address: &str, gateway: Option<&str>| {
+        let (addr, len) = address.split_once('/').unwrap();
+        iface.addresses6 = vec![Ipv6Net::new(addr.parse().unwrap(), len.parse().unwrap())];
+        iface.gateway6 = gateway.map(|g| g.parse().unwrap());
+    };
+    set(host.get_mut("eth0").unwrap(), "fd00:1::1/64", None);
+    set(
+        host.get_mut("eth1").unwrap(),
+        "2001:db8:1::7/64",
+        Some("fe80::1"),
+    );
+    set(
+        host.get_mut("eth2").unwrap(),
+        "2001:db8:2::7/64",
+        Some("fe80::2"),
+    );
+    assert_eq!(v6("2001:db8:1::/64").prefix_len, 64);
+    (config, host)
+}
+
+#[test]
+fn ipv6_gets_its_own_tables_rules_and_main_default() {
+    let (config, host) = dual_stack();
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
+    let ipv6: Vec<_> = plan
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("-6 "))
+        .collect();
+    assert_eq!(
+        ipv6,
+        [
+            "-6 pref 10000 from all lookup main suppress_prefixlength 0",
+            "-6 pref 10100 fwmark 0x100/0xff00 lookup 101",
+            "-6 pref 10101 fwmark 0x200/0xff00 lookup 102",
+            "-6 pref 10200 fwmark 0x8100/0xff00 lookup 101",
+            "-6 pref 10201 fwmark 0x8200/0xff00 lookup 102",
+            "-6 pref 10300 from 2001:db8:1::7 lookup 101",
+            "-6 pref 10301 from 2001:db8:2::7 lookup 102",
+            "-6 fd00:1::/64 dev eth0 table 101",
+            "-6 2001:db8:1::/64 dev eth1 src 2001:db8:1::7 table 101",
+            "-6 2001:db8:2::/64 dev eth2 src 2001:db8:2::7 table 101",
+            "-6 default via fe80::1 dev eth1 table 101",
+            "-6 fd00:1::/64 dev eth0 table 102",
+            "-6 2001:db8:1::/64 dev eth1 src 2001:db8:1::7 table 102",
+            "-6 2001:db8:2::/64 dev eth2 src 2001:db8:2::7 table 102",
+            "-6 default via fe80::2 dev eth2 table 102",
+            "-6 default nexthop via fe80::1 dev eth1 weight 1 nexthop via fe80::2 dev eth2 weight 1 table main",
+        ]
+    );
+    assert_eq!(
+        plan.nat6,
+        [
+            nft::Nat66 {
+                interface: "eth1".into(),
+                translation: nft::Translation::Masquerade,
+            },
+            nft::Nat66 {
+                interface: "eth2".into(),
+                translation: nft::Translation::Prefix("2001:db8:2::/64".parse().unwrap()),
+            },
+        ],
+        "masquerade by default; npt learns the uplink's prefix"
+    );
+}
+
+#[test]
+fn a_broken_ipv6_leaves_the_ipv6_ring_only() {
+    let (config, host) = dual_stack();
+    let dead = BTreeSet::from([ipv6_health_name("dsl")]);
+    let plan = build(&config, &host, &dead).unwrap();
+    let dsl = plan.uplink("dsl").unwrap();
+    assert!(dsl.alive && !dsl.alive6);
+    assert_eq!(
+        plan.datapath_uplinks[dsl.slot as usize].alive6, 0,
+        "its IPv6 flows move"
+    );
+    assert!(plan.ring.contains(&dsl.slot), "IPv4 keeps using dsl");
+    assert!(!plan.ring6.contains(&dsl.slot));
+    assert_eq!(
+        plan.main_default6.as_ref().unwrap().to_string(),
+        "-6 default via fe80::2 dev eth2 table main"
+    );
+    // Its IPv6 table and rules stay: replies and the router's own traffic from
+    // its address still need them.
+    assert!(
+        plan.lines()
+            .contains(&"-6 default via fe80::1 dev eth1 table 101".to_owned())
+    );
+
+    // Without IPv6 targets of its own, an uplink's IPv6 follows its IPv4.
+    let ipv4_only = config_with_targets(&config, "[\"198.51.100.9\"]");
+    let plan = build(&ipv4_only, &host, &BTreeSet::from(["dsl".to_owned()])).unwrap();
+    let dsl = plan.uplink("dsl").unwrap();
+    assert!(!dsl.alive && !dsl.alive6);
+}
+
+fn config_with_targets(config: &Config, targets: &str) -> Config {
+    let mut config = config.clone();
+    config.health.targets = Config::parse(
+        &format!("lan = [\"x\"]\n[[uplink]]\nname = \"a\"\ninterface = \"y\"\n[health]\ntargets = {targets}\n"),
+        Path::new("t.toml"),
+    )
+    .unwrap()
+    .health
+    .targets;
+    config
+}
+
+#[test]
+fn without_ipv6_nothing_of_it_is_planned() {
+    let plan = seed_plan();
+    assert!(!plan.lines().iter().any(|l| l.starts_with("-6 ")));
+    assert!(
+        plan.ring6
+            .iter()
+            .all(|slot| *slot == multiroute_ebpf::NO_UPLINK)
+    );
+    assert!(plan.main_default6.is_none() && plan.nat6.is_empty());
+}
