@@ -182,7 +182,7 @@ def sessions(host, port, tcp, udp, seconds, interval):
         conns.append({"sock": conn, "buffer": b"", "addresses": set(), "sent": 0,
                       "answered": 0, "error": None})
     for _ in range(udp):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         sock.connect((host, port - 1))
         flows.append({"sock": sock, "addresses": set(), "sent": 0, "answered": 0,

@@ -6,7 +6,8 @@ likewise on 5060, as a SIP server listens); on TCP port+2 it answers
 each line with the line and the peer's address (long-lived sessions).
 
 usage: server.py ADDRESS PORT [UDP_ADDRESS]   (UDP binds UDP_ADDRESS, default ADDRESS:
-a UDP socket bound to 0.0.0.0 would answer from whatever address routing picks)"""
+a UDP socket bound to 0.0.0.0 would answer from whatever address routing picks).
+An IPv6 ADDRESS ("::", "2001:db8:ff::10") serves IPv6."""
 import http.server
 import socket
 import socketserver
@@ -46,8 +47,12 @@ class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
+def family(address):
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def udp_echo(address, port):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(family(address), socket.SOCK_DGRAM)
     sock.bind((address, port))
     while True:
         data, peer = sock.recvfrom(200)
@@ -72,6 +77,7 @@ if __name__ == "__main__":
     udp_address = sys.argv[3] if len(sys.argv) > 3 else address
     for udp_port in (port + 1, 5060) if len(sys.argv) > 3 else (port + 1,):
         threading.Thread(target=udp_echo, args=(udp_address, udp_port), daemon=True).start()
+    SessionServer.address_family = Server.address_family = family(address)
     sessions = SessionServer((address, port + 2), LineEcho)
     threading.Thread(target=sessions.serve_forever, daemon=True).start()
     Server((address, port), Handler).serve_forever()

@@ -56,89 +56,95 @@ impl Lab {
                 .map(str::to_owned)
                 .unwrap_or_else(|| v.to_string())
         };
-        let net = |addr: &serde_json::Value, len: &serde_json::Value| match len.as_u64() {
-            Some(len) if len != 32 => format!("{}/{len}", text(addr)),
-            _ => text(addr),
-        };
         let mut lines = std::collections::BTreeSet::new();
-        for rule in json(&["-4", "-j", "rule", "show"])? {
-            if rule["protocol"] != "77" {
-                continue;
-            }
-            let port = |name: &str| {
-                if !rule[name].is_null() {
-                    format!(" {name} {}", text(&rule[name]))
-                } else if !rule[format!("{name}_start")].is_null() {
-                    format!(
-                        " {name} {}-{}",
-                        text(&rule[format!("{name}_start")]),
-                        text(&rule[format!("{name}_end")])
-                    )
-                } else {
-                    String::new()
-                }
+        for (flag, prefix, host) in [("-4", "", 32), ("-6", "-6 ", 128)] {
+            let net = |addr: &serde_json::Value, len: &serde_json::Value| match len.as_u64() {
+                Some(len) if len != host => format!("{}/{len}", text(addr)),
+                _ => text(addr),
             };
-            let selector = if !rule["fwmark"].is_null() {
-                format!("fwmark {}/{}", text(&rule["fwmark"]), text(&rule["fwmask"]))
-            } else if rule["iif"] == "lo" {
-                let mut matched = match rule["src"].as_str() {
-                    Some("all") | None => "from all".to_owned(),
-                    Some(_) => format!("from {}", net(&rule["src"], &rule["srclen"])),
-                };
-                if !rule["dst"].is_null() {
-                    matched += &format!(" to {}", net(&rule["dst"], &rule["dstlen"]));
+            for rule in json(&[flag, "-j", "rule", "show"])? {
+                if rule["protocol"] != "77" {
+                    continue;
                 }
-                matched += " iif lo";
-                if !rule["ipproto"].is_null() {
-                    matched += &format!(" ipproto {}", text(&rule["ipproto"]));
-                }
-                matched + &port("sport") + &port("dport")
-            } else if !rule["dst"].is_null() {
-                format!("to {}", net(&rule["dst"], &rule["dstlen"]))
-            } else {
-                format!("from {}", net(&rule["src"], &rule["srclen"]))
-            };
-            let mut line = format!(
-                "pref {} {selector} lookup {}",
-                rule["priority"],
-                text(&rule["table"])
-            );
-            if let Some(len) = rule["suppress_prefixlen"].as_u64() {
-                line += &format!(" suppress_prefixlength {len}");
-            }
-            lines.insert(line);
-        }
-        for route in json(&["-4", "-j", "route", "show", "table", "all", "proto", "77"])? {
-            let mut line = text(&route["dst"]);
-            if let Some(hops) = route["nexthops"].as_array() {
-                for hop in hops {
-                    line += " nexthop";
-                    if !hop["gateway"].is_null() {
-                        line += &format!(" via {}", text(&hop["gateway"]));
+                let port = |name: &str| {
+                    if !rule[name].is_null() {
+                        format!(" {name} {}", text(&rule[name]))
+                    } else if !rule[format!("{name}_start")].is_null() {
+                        format!(
+                            " {name} {}-{}",
+                            text(&rule[format!("{name}_start")]),
+                            text(&rule[format!("{name}_end")])
+                        )
+                    } else {
+                        String::new()
                     }
-                    line += &format!(" dev {} weight {}", text(&hop["dev"]), hop["weight"]);
-                }
-            } else if !route["gateway"].is_null() {
-                line += &format!(
-                    " via {} dev {}",
-                    text(&route["gateway"]),
-                    text(&route["dev"])
+                };
+                let selector = if !rule["fwmark"].is_null() {
+                    format!("fwmark {}/{}", text(&rule["fwmark"]), text(&rule["fwmask"]))
+                } else if rule["iif"] == "lo" {
+                    let mut matched = match rule["src"].as_str() {
+                        Some("all") | None => "from all".to_owned(),
+                        Some(_) => format!("from {}", net(&rule["src"], &rule["srclen"])),
+                    };
+                    if !rule["dst"].is_null() {
+                        matched += &format!(" to {}", net(&rule["dst"], &rule["dstlen"]));
+                    }
+                    matched += " iif lo";
+                    if !rule["ipproto"].is_null() {
+                        matched += &format!(" ipproto {}", text(&rule["ipproto"]));
+                    }
+                    matched + &port("sport") + &port("dport")
+                } else if !rule["dst"].is_null() {
+                    format!("to {}", net(&rule["dst"], &rule["dstlen"]))
+                } else {
+                    format!("from {}", net(&rule["src"], &rule["srclen"]))
+                };
+                let mut line = format!(
+                    "{prefix}pref {} {selector} lookup {}",
+                    rule["priority"],
+                    text(&rule["table"])
                 );
-            } else {
-                line += &format!(" dev {}", text(&route["dev"]));
-                if !route["prefsrc"].is_null() {
-                    line += &format!(" src {}", text(&route["prefsrc"]));
+                if let Some(len) = rule["suppress_prefixlen"].as_u64() {
+                    line += &format!(" suppress_prefixlength {len}");
                 }
+                lines.insert(line);
             }
-            let table = route["table"].as_str().unwrap_or("main");
-            lines.insert(format!("{line} table {table}"));
+            for route in json(&[flag, "-j", "route", "show", "table", "all", "proto", "77"])? {
+                let mut line = format!("{prefix}{}", text(&route["dst"]));
+                if let Some(hops) = route["nexthops"].as_array() {
+                    for hop in hops {
+                        line += " nexthop";
+                        if !hop["gateway"].is_null() {
+                            line += &format!(" via {}", text(&hop["gateway"]));
+                        }
+                        line += &format!(" dev {} weight {}", text(&hop["dev"]), hop["weight"]);
+                    }
+                } else if !route["gateway"].is_null() {
+                    line += &format!(
+                        " via {} dev {}",
+                        text(&route["gateway"]),
+                        text(&route["dev"])
+                    );
+                } else {
+                    line += &format!(" dev {}", text(&route["dev"]));
+                    if !route["prefsrc"].is_null() {
+                        line += &format!(" src {}", text(&route["prefsrc"]));
+                    }
+                }
+                let table = route["table"].as_str().unwrap_or("main");
+                lines.insert(format!("{line} table {table}"));
+            }
         }
         Ok(lines)
     }
 
     /// The uplink index whose address is `address`.
+    /// The uplink whose address (of either family) the server saw.
     pub fn uplink_index(&self, address: &str) -> Option<usize> {
-        (0..self.isps).find(|&i| Self::uplink_address(i).to_string() == address)
+        (0..self.isps).find(|&i| {
+            Self::uplink_address(i).to_string() == address
+                || Self::uplink_address6(i).to_string() == address
+        })
     }
 
     /// Received bytes on each of the router's uplink interfaces.
@@ -159,12 +165,14 @@ impl Lab {
     pub fn router_snapshot(&self) -> Result<String> {
         let router = self.router();
         let mut snapshot = String::new();
-        // IPv6 routes are left out: link-local addresses finish DAD at their own pace
-        // and would make the comparison racy; multiroute does not route IPv6 yet.
+        // Of IPv6 routes only multiroute's own and the defaults: link-local
+        // addresses finish DAD at their own pace and would make the rest racy.
         for args in [
             &["-4", "-j", "rule", "show"][..],
             &["-6", "-j", "rule", "show"],
             &["-4", "-j", "route", "show", "table", "all"],
+            &["-6", "-j", "route", "show", "table", "all", "proto", "77"],
+            &["-6", "-j", "route", "show", "default"],
             &["-j", "link", "show"],
         ] {
             snapshot += &stdout(&self.ns(&router, "ip", args)?);

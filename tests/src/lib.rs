@@ -17,6 +17,7 @@
 pub mod bench;
 pub mod datapath;
 mod faults;
+pub mod ipv6;
 mod kernel;
 pub mod pair;
 mod traffic;

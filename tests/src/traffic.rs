@@ -139,7 +139,12 @@ impl Lab {
 
     /// [`Lab::connections`] in the background.
     pub fn start_connections(&self, count: usize) -> Result<Child> {
-        self.spawn_client(&["count", &self.url("/"), &count.to_string(), "240"])
+        self.start_connections_to(&self.url("/"), count)
+    }
+
+    /// `count` new connections to `url` (the IPv6 server's, say), in the background.
+    pub fn start_connections_to(&self, url: &str, count: usize) -> Result<Child> {
+        self.spawn_client(&["count", url, &count.to_string(), "240"])
     }
 
     pub fn finish_connections(&self, child: Child) -> Result<Connections> {
@@ -207,9 +212,20 @@ impl Lab {
     /// A new connection from the client every `interval_ms`, each given
     /// `timeout_ms`, for `seconds`, in the background; [`Lab::attempts`] collects them.
     pub fn start_attempts(&self, seconds: f64, interval_ms: u32, timeout_ms: u32) -> Result<Child> {
+        self.start_attempts_to(&self.url("/"), seconds, interval_ms, timeout_ms)
+    }
+
+    /// [`Lab::start_attempts`] against `url`.
+    pub fn start_attempts_to(
+        &self,
+        url: &str,
+        seconds: f64,
+        interval_ms: u32,
+        timeout_ms: u32,
+    ) -> Result<Child> {
         self.spawn_client(&[
             "attempts",
-            &self.url("/"),
+            url,
             &seconds.to_string(),
             &(f64::from(interval_ms) / 1000.0).to_string(),
             &(f64::from(timeout_ms) / 1000.0).to_string(),
@@ -236,10 +252,22 @@ impl Lab {
         seconds: f64,
         interval_ms: u32,
     ) -> Result<RunningSessions> {
+        self.start_sessions_to(&SERVER.to_string(), tcp, udp, seconds, interval_ms)
+    }
+
+    /// [`Lab::start_sessions`] to the server at `server` (its IPv6 address, say).
+    pub fn start_sessions_to(
+        &self,
+        server: &str,
+        tcp: usize,
+        udp: usize,
+        seconds: f64,
+        interval_ms: u32,
+    ) -> Result<RunningSessions> {
         use std::io::BufRead as _;
         let mut child = self.spawn_client(&[
             "sessions",
-            &SERVER.to_string(),
+            server,
             &(SERVER_PORT + 2).to_string(),
             &tcp.to_string(),
             &udp.to_string(),

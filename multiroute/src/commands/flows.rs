@@ -4,7 +4,7 @@
 //! its uplink: the hash, a policy rule, conntrack (a session running when
 //! multiroute took over), or an inbound connection (replies of a connection that
 //! arrived on an uplink leave through it, whatever the classifier hashed).
-use std::{collections::HashMap, net::Ipv4Addr, path::Path};
+use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use multiroute::{
@@ -31,9 +31,9 @@ pub struct Filter {
 #[derive(Serialize)]
 struct FlowRow {
     proto: String,
-    src: Ipv4Addr,
+    src: IpAddr,
     src_port: u16,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     dst_port: u16,
     /// The uplink's name, or `slot N` for a slot no configured uplink holds (its
     /// flows move on their next packet).
@@ -94,30 +94,43 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
             .find(|(_, held)| **held == slot)
             .map_or_else(|| format!("slot {slot}"), |(name, _)| name.clone())
     };
-    let mut rows: Vec<FlowRow> = maps
-        .flows()
-        .into_iter()
-        .map(|(key, flow)| {
-            let (src_port, dst_port) = key.ports();
-            let (uplink, why) = match inbound.get(&key) {
-                Some(&slot) => (name_of(slot), "inbound".to_owned()),
-                None => (name_of(flow.uplink_index()), why(&config, &flow)),
-            };
-            FlowRow {
-                proto: proto_name(key.proto),
-                src: key.src_octets().into(),
-                src_port,
-                dst: key.dst_octets().into(),
-                dst_port,
-                uplink,
-                why,
-                age_s: now.saturating_sub(u64::from(flow.created_s)),
-                packets: flow.packets,
-            }
-        })
+    let row = |src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16), uplink, why, flow: &Flow| {
+        FlowRow {
+            proto: proto_name(proto),
+            src,
+            src_port: ports.0,
+            dst,
+            dst_port: ports.1,
+            uplink,
+            why,
+            age_s: now.saturating_sub(u64::from(flow.created_s)),
+            packets: flow.packets,
+        }
+    };
+    let ipv4 = maps.flows().into_iter().map(|(key, flow)| {
+        let (uplink, why) = match inbound.get(&key) {
+            Some(&slot) => (name_of(slot), "inbound".to_owned()),
+            None => (name_of(flow.uplink_index()), why(&config, &flow)),
+        };
+        let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
+        row(src, dst, key.proto, key.ports(), uplink, why, &flow)
+    });
+    let ipv6 = maps.flows6().into_iter().map(|(key, flow)| {
+        let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
+        let ports = multiroute_ebpf::FlowIdentity::ports(&key);
+        let (uplink, why) = (name_of(flow.uplink_index()), why(&config, &flow));
+        row(src, dst, key.proto, ports, uplink, why, &flow)
+    });
+    // An IPv4 prefix filter matches no IPv6 flow.
+    let within = |net: Ipv4Net, addr: IpAddr| match addr {
+        IpAddr::V4(addr) => net.contains(addr),
+        IpAddr::V6(_) => false,
+    };
+    let mut rows: Vec<FlowRow> = ipv4
+        .chain(ipv6)
         .filter(|row| filter.uplink.as_ref().is_none_or(|u| &row.uplink == u))
-        .filter(|row| filter.src.is_none_or(|net| net.contains(row.src)))
-        .filter(|row| filter.dst.is_none_or(|net| net.contains(row.dst)))
+        .filter(|row| filter.src.is_none_or(|net| within(net, row.src)))
+        .filter(|row| filter.dst.is_none_or(|net| within(net, row.dst)))
         .collect();
     rows.sort_by_key(|row| row.age_s);
     if json {
@@ -128,15 +141,15 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         return Ok(());
     }
     println!(
-        "{:<5} {:<21} {:<21} {:<15} {:<20} {:>9} {:>9}",
+        "{:<5} {:<41} {:<41} {:<15} {:<20} {:>9} {:>9}",
         "PROTO", "SOURCE", "DESTINATION", "UPLINK", "WHY", "AGE", "PACKETS"
     );
     for row in &rows {
         println!(
-            "{:<5} {:<21} {:<21} {:<15} {:<20} {:>8}s {:>9}",
+            "{:<5} {:<41} {:<41} {:<15} {:<20} {:>8}s {:>9}",
             row.proto,
-            format!("{}:{}", row.src, row.src_port),
-            format!("{}:{}", row.dst, row.dst_port),
+            std::net::SocketAddr::new(row.src, row.src_port).to_string(),
+            std::net::SocketAddr::new(row.dst, row.dst_port).to_string(),
             row.uplink,
             row.why,
             row.age_s,

@@ -86,6 +86,18 @@ struct UplinkStatus {
     /// Probe loss over the last probes of the best target, in percent.
     loss_percent: Option<f64>,
     probes: Vec<TargetReport>,
+    ipv6: Ipv6Status,
+}
+
+/// An uplink's IPv6 side: judged apart from its IPv4.
+#[derive(Serialize)]
+struct Ipv6Status {
+    /// "up", "down", or why it cannot carry IPv6 ("no address", "no gateway",
+    /// "link down").
+    state: &'static str,
+    address: Option<String>,
+    gateway: Option<String>,
+    probes: Vec<TargetReport>,
 }
 
 pub fn run(config_path: &Path, json: bool) -> CommandResult {
@@ -141,6 +153,22 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         };
         let new_flows =
             daemon_view.map_or(uplink.takes_new_flows(plan.active_tier()), |u| u.new_flows);
+        let ipv6 = Ipv6Status {
+            state: match (
+                &uplink.readiness6,
+                daemon_view.map_or(uplink.alive6, |u| u.alive6),
+            ) {
+                (Readiness::Ready { .. }, true) => "up",
+                (Readiness::Ready { .. }, false) => "down",
+                (other, _) => other.state(),
+            },
+            address: uplink.readiness6.address().map(|a| a.to_string()),
+            gateway: match &uplink.readiness6 {
+                Readiness::Ready { gateway, .. } => gateway.probe_address().map(|g| g.to_string()),
+                _ => None,
+            },
+            probes: daemon_view.map(|u| u.probes6.clone()).unwrap_or_default(),
+        };
         uplinks.push(UplinkStatus {
             name: uplink.name.clone(),
             state,
@@ -163,6 +191,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             rtt_ms: daemon_view.and_then(best_rtt),
             loss_percent: daemon_view.and_then(best_loss),
             probes: daemon_view.map(|u| u.probes.clone()).unwrap_or_default(),
+            ipv6,
         });
     }
     let counters = |family| {
@@ -324,6 +353,15 @@ fn print_table(status: &Status) {
     }
     if status.uplinks.iter().any(|u| !u.new_flows) {
         println!("TIER *: takes no new flows now (down, drained, or a better tier is live)");
+    }
+    for u in status.uplinks.iter().filter(|u| u.ipv6.address.is_some()) {
+        println!(
+            "{} IPv6 {}: {} via {}",
+            u.name,
+            u.ipv6.state,
+            u.ipv6.address.as_deref().unwrap_or("-"),
+            u.ipv6.gateway.as_deref().unwrap_or("-")
+        );
     }
     for u in status.uplinks.iter().filter(|u| u.state == "down") {
         if let Some(reason) = &u.reason {

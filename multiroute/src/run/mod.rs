@@ -104,6 +104,10 @@ pub struct UplinkReport {
     /// Up/down transitions since `load` started.
     pub state_changes: u64,
     pub probes: Vec<TargetReport>,
+    /// Its IPv6 may carry flows (judged apart from its IPv4).
+    pub alive6: bool,
+    /// The probes of its IPv6 side.
+    pub probes6: Vec<TargetReport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -606,6 +610,8 @@ impl Daemon {
                     reason: state.reason.clone(),
                     state_changes: state.changes,
                     probes: self.health.report(&u.name),
+                    alive6: u.alive6,
+                    probes6: self.health.report(&crate::plan::ipv6_health_name(&u.name)),
                 })
             })
             .collect();

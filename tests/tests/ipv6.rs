@@ -1,0 +1,126 @@
+//! IPv6, end to end, in a dual-stack lab (three dual-stack ISPs, a dual-stack
+//! client and server; see `multiroute_tests::ipv6`): IPv6 connections balanced by
+//! the weights through multiroute's own NAT66, an ISP whose IPv6 breaks while its
+//! IPv4 works (IPv6 flows leave it, IPv4 flows stay), recovery, the kernel equal
+//! to the plan for both families, and nothing left after `unload`.
+use std::{thread::sleep, time::Duration};
+
+use multiroute_tests::{
+    Lab, LabOptions, SERVER, ipv6::SERVER6, loaded_classifiers, measure_outage, percent,
+    require_root, wait_until, wall_clock,
+};
+
+/// Probes every 200 ms at each ISP's gateway, per family (its IPv4 router and
+/// the link-local IPv6 router its RAs announce), 3 losses down, 3 answers up.
+const HEALTH: &str =
+    "\n[health]\ntargets = [\"gateway\"]\ninterval_ms = 200\ntimeout_ms = 200\ndown = 3\nup = 3\n";
+
+fn connections6(lab: &Lab, count: usize) -> multiroute_tests::Connections {
+    let child = lab
+        .start_connections_to(&lab.url6("/"), count)
+        .expect("starting the client");
+    lab.finish_connections(child).expect("IPv6 connections")
+}
+
+#[test]
+fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
+    if !require_root("ipv6_is_balanced_and_fails_over_apart_from_ipv4") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 2, 3],
+        extra_config: HEALTH.into(),
+    })
+    .expect("building the lab");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    let blocks: String = [1, 2, 3]
+        .iter()
+        .enumerate()
+        .map(|(n, weight)| Lab::dual_stack_block(n, *weight))
+        .collect();
+    lab.write_config_with(&blocks, HEALTH).unwrap();
+    let pristine = lab.router_snapshot().unwrap();
+    lab.start_router().expect("starting multiroute");
+    lab.assert_kernel_matches_plan()
+        .expect("IPv4 and IPv6 rules and routes as planned");
+    let rules = multiroute_tests::stdout(&lab.ns(&lab.router(), "ip", &["-6", "rule"]).unwrap());
+    assert!(rules.contains("fwmark 0x100/0xff00 lookup 101"), "{rules}");
+
+    // 1:2:3 over 3 000 IPv6 connections, each seen by the server from the IPv6
+    // address of the uplink it took (NAT66 by multiroute).
+    let spread = connections6(&lab, 3000);
+    println!("IPv6 connections per uplink: {:?}", spread.hits);
+
+    assert_eq!(spread.failures, 0);
+    for (i, weight) in [1.0, 2.0, 3.0].iter().enumerate() {
+        let share = percent(spread.hits[i], 3000);
+        assert!(
+            (share - 100.0 * weight / 6.0).abs() <= 3.0,
+            "isp{i}: {share:.1} % of IPv6 connections ({:?})",
+            spread.hits
+        );
+    }
+    let status = lab.status().unwrap();
+    let isp1 = &status["uplinks"][1];
+    assert_eq!(isp1["ipv6"]["state"], "up", "{status}");
+    assert!(
+        status["counters_ipv6"]["flow_new"].as_u64().unwrap() >= 3000,
+        "{status}"
+    );
+
+    // isp1's IPv6 breaks, silently; its IPv4 works on. IPv4 sessions run through
+    // it all, and a new IPv6 connection is tried every 20 ms.
+    let sessions = lab.start_sessions(60, 20, 5.0, 100).unwrap();
+    let attempts = lab.start_attempts_to(&lab.url6("/"), 4.0, 20, 500).unwrap();
+    sleep(Duration::from_millis(1000));
+    let t0 = wall_clock();
+    lab.fail_ipv6(1).unwrap();
+    let outage = measure_outage(&Lab::attempts(attempts).unwrap(), t0).unwrap();
+    println!(
+        "IPv6 of isp1 broken: new IPv6 connections all succeed again after {:.2} s ({} failed)",
+        outage.seconds, outage.failed
+    );
+    assert!(
+        outage.seconds <= 1.0,
+        "IPv6 failover took {:.2} s",
+        outage.seconds
+    );
+    let report = sessions.finish().unwrap();
+    assert_eq!(
+        (report.moved(), report.broken()),
+        (0, 0),
+        "IPv4 sessions are untouched by an IPv6 outage"
+    );
+    let after = connections6(&lab, 600);
+    assert_eq!((after.hits[1], after.failures), (0, 0), "{:?}", after.hits);
+    let ipv4 = lab.connections(600).unwrap();
+    assert!(ipv4.hits[1] > 100, "IPv4 still uses isp1: {:?}", ipv4.hits);
+    let status = lab.status().unwrap();
+    assert_eq!(status["uplinks"][1]["state"], "up", "{status}");
+    assert_eq!(status["uplinks"][1]["ipv6"]["state"], "down", "{status}");
+    lab.assert_kernel_matches_plan().unwrap();
+
+    // Recovery: new IPv6 connections use isp1 again.
+    lab.restore_ipv6(1).unwrap();
+    wait_until(Duration::from_secs(5), || {
+        lab.status()
+            .is_ok_and(|s| s["uplinks"][1]["ipv6"]["state"] == "up")
+    })
+    .expect("isp1's IPv6 back up");
+    let back = connections6(&lab, 600);
+    assert!(back.hits[1] > 100 && back.failures == 0, "{:?}", back.hits);
+    let flows = lab.flows(&[]).unwrap();
+    assert!(
+        flows.iter().any(|f| f["dst"] == SERVER6.to_string()),
+        "`flows` lists IPv6 flows"
+    );
+    assert!(flows.iter().any(|f| f["dst"] == SERVER.to_string()));
+
+    lab.stop_and_unload().unwrap();
+    assert_eq!(
+        lab.router_snapshot().unwrap(),
+        pristine,
+        "nothing of either family is left, the IPv6 default is back"
+    );
+    assert_eq!(loaded_classifiers(), 0);
+}
