@@ -174,6 +174,19 @@ impl IpNet {
             IpNet::V6(_) => Family::V6,
         }
     }
+
+    /// `other` lies inside this prefix (same family, at least as long).
+    pub fn covers(self, other: IpNet) -> bool {
+        match (self, other) {
+            (IpNet::V4(outer), IpNet::V4(inner)) => {
+                outer.prefix_len <= inner.prefix_len && outer.contains(inner.addr)
+            }
+            (IpNet::V6(outer), IpNet::V6(inner)) => {
+                outer.prefix_len <= inner.prefix_len && outer.contains(inner.addr)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl From<Ipv4Net> for IpNet {

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
-use multiroute::apply::datapath::{Datapath, Maps};
+use multiroute::apply::datapath::{Capacity, Datapath, Maps};
 
 /// `sizeof(struct __sk_buff)`; `mark` sits at offset 8.
 const SKB_CTX_LEN: usize = 192;
@@ -35,14 +35,18 @@ impl LoadedDatapath {
 
     /// With a flow table of `flows` entries.
     pub fn load_sized(name: &str, flows: u32) -> Result<Self> {
+        // Sized for the default `[balance] by = "connection"`, as a router runs.
+        let defaults = Capacity::for_balance(multiroute_ebpf::balance::CONNECTION);
+        Self::load_with(name, Capacity { flows, ..defaults })
+    }
+
+    /// With tables of `capacity`.
+    pub fn load_with(name: &str, capacity: Capacity) -> Result<Self> {
         let dir = PathBuf::from("/run").join(format!("mrdp-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).context("creating the bpffs mount point")?;
         crate::run("mount", &["-t", "bpf", "bpf", &dir.to_string_lossy()])?;
         let pin_path = dir.join("multiroute");
-        // Sized for the default `[balance] by = "connection"`, as a router runs.
-        let affinity =
-            multiroute::apply::datapath::affinity_capacity(multiroute_ebpf::balance::CONNECTION);
-        let loaded = Datapath::load_sized(&pin_path, flows, affinity)
+        let loaded = Datapath::load_sized(&pin_path, capacity)
             .and_then(|datapath| Ok((datapath, Maps::open(&pin_path)?)));
         match loaded {
             Ok((datapath, maps)) => Ok(Self {

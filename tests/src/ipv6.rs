@@ -138,6 +138,24 @@ impl Lab {
         .map(drop)
     }
 
+    /// ISP `n` routes `prefix` to the router's uplink address (as a delegated or
+    /// routed prefix is), and the internet routes it to ISP `n`.
+    pub fn route_ipv6_prefix(&self, n: usize, prefix: &str) -> Result<()> {
+        let via_router = Self::uplink_address6(n).to_string();
+        self.ns(
+            &self.isp(n),
+            "ip",
+            &["-6", "route", "add", prefix, "via", &via_router],
+        )?;
+        let via_isp = format!("2001:db8:19:{n}::1");
+        self.ns(
+            &self.inet(),
+            "ip",
+            &["-6", "route", "add", prefix, "via", &via_isp],
+        )
+        .map(drop)
+    }
+
     pub fn restore_ipv6(&self, n: usize) -> Result<()> {
         self.ns(&self.isp(n), "nft", &["delete table ip6 outage6"])
             .map(drop)

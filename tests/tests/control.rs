@@ -329,7 +329,10 @@ fn metrics_endpoint_shows_what_status_shows() {
         assert!(value(&format!("multiroute_probe_rtt_seconds{probe}")) > 0.0);
         assert_eq!(value(&format!("multiroute_probe_loss_ratio{probe}")), 0.0);
     }
-    assert!(value("multiroute_datapath_packets_total{outcome=\"flow_new\"}") >= 300.0 * 0.9);
+    assert!(
+        value("multiroute_datapath_packets_total{family=\"ipv4\",outcome=\"flow_new\"}")
+            >= 300.0 * 0.9
+    );
     assert!(
         text.ends_with("# EOF\n"),
         "OpenMetrics text ends with # EOF"

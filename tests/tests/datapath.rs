@@ -705,3 +705,72 @@ fn ipv6_follows_its_own_weights_and_liveness() {
         );
     }
 }
+
+const POLICY6: &str = r#"
+lan = ["lan0"]
+[[uplink]]
+name = "dsl"
+interface = "wan0"
+[[uplink]]
+name = "cable"
+interface = "wan1"
+[[uplink]]
+name = "lte"
+interface = "wan2"
+
+[[rule]]
+name = "office"
+src = ["fd00:0:0:1::/64", "100.64.0.128/25"]
+dst = ["2001:db8:ff::/64"]
+uplinks = ["lte"]
+
+[[rule]]
+name = "sip"
+proto = "udp"
+dst_port = 5060
+uplinks = ["cable"]
+"#;
+
+#[test]
+fn ipv6_prefixes_in_policy_rules_match_ipv6_flows() {
+    let Some(mut dp) = setup("policy6", [1, 1, 1], [true; 3]) else {
+        return;
+    };
+    configure_families(&mut dp, [1, 1, 1], [true; 3], [true; 3]);
+    let config = multiroute::config::Config::parse(POLICY6, std::path::Path::new("policy6.toml"))
+        .expect("the policy config");
+    let policy = multiroute::plan::policy::datapath(&config.rules, |name| {
+        NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+    });
+    dp.maps.write_policy(&policy).expect("writing the rules");
+    let other_server = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 1);
+    let elsewhere = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 7);
+    let rule_of = |dp: &LoadedDatapath, src: Ipv6Addr, dst: Ipv6Addr| {
+        let flow = dp
+            .maps
+            .flows6()
+            .into_iter()
+            .find(|(key, _)| key.src_octets() == src.octets() && key.dst_octets() == dst.octets())
+            .expect("the flow is remembered")
+            .1;
+        (flow.chosen_by, flow.rule)
+    };
+    // The office's IPv6 prefix to the server's: lte, by rule 0.
+    let office = tcp6(lan6(7), 40_000, SERVER6, 443);
+    assert_eq!(uplink_of(verdict(&mut dp, &office)), Some(2));
+    assert_eq!(rule_of(&dp, lan6(7), SERVER6), (chosen_by::RULE, 0));
+    // A rule without prefixes matches both families.
+    let sip = udp6(elsewhere, 5060, other_server, 5060);
+    assert_eq!(uplink_of(verdict(&mut dp, &sip)), Some(1));
+    assert_eq!(rule_of(&dp, elsewhere, other_server), (chosen_by::RULE, 1));
+    assert_eq!(
+        uplink_of(verdict(&mut dp, &udp(lan(9), 5060, SERVER, 5060))),
+        Some(1)
+    );
+    // Near misses are balanced: another IPv6 source; an IPv4 office host to an
+    // IPv4 server (the rule's destinations are IPv6 only).
+    verdict(&mut dp, &tcp6(elsewhere, 40_001, SERVER6, 443));
+    assert_eq!(rule_of(&dp, elsewhere, SERVER6).0, chosen_by::HASH);
+    verdict(&mut dp, &tcp(lan(130), 40_002, SERVER, 443));
+    assert_eq!(chosen(&dp, lan(130), SERVER, 40_002).0, chosen_by::HASH);
+}

@@ -124,3 +124,149 @@ fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
     );
     assert_eq!(loaded_classifiers(), 0);
 }
+
+/// What the server saw of `count` IPv6 connections: answers by source address.
+fn sources6(lab: &Lab, count: usize) -> std::collections::BTreeMap<String, u64> {
+    let (seen, failures) = lab
+        .count_from(&lab.client(), &lab.url6("/"), count, None)
+        .expect("IPv6 connections");
+    assert_eq!(failures, 0, "{seen:?}");
+    seen
+}
+
+#[test]
+fn npt_maps_the_lan_prefix_and_follows_a_new_prefix() {
+    if !require_root("npt_maps_the_lan_prefix_and_follows_a_new_prefix") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1],
+        extra_config: HEALTH.into(),
+    })
+    .expect("building the lab");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    for prefix in ["2001:db8:18:100::/64", "2001:db8:18:200::/64"] {
+        lab.route_ipv6_prefix(0, prefix).unwrap();
+    }
+    let write = |lab: &Lab, prefix: &str| {
+        let block =
+            Lab::dual_stack_block(0, 1) + &format!("nat6 = \"npt\"\nnpt_prefix = \"{prefix}\"\n");
+        lab.write_config_with(&block, HEALTH).unwrap();
+    };
+    write(&lab, "2001:db8:18:100::/64");
+    lab.start_router().expect("starting multiroute");
+    // The LAN host fd00:64::2 keeps its interface identifier behind the prefix.
+    let seen = sources6(&lab, 50);
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [("2001:db8:18:100::2".to_owned(), 50)]
+    );
+
+    // A new prefix (renumbered by the ISP): a reload regenerates the translation.
+    write(&lab, "2001:db8:18:200::/64");
+    let t0 = std::time::Instant::now();
+    lab.signal_router(libc::SIGHUP).unwrap();
+    wait_until(Duration::from_secs(5), || {
+        lab.ns(
+            &lab.router(),
+            "nft",
+            &["list", "table", "inet", "multiroute"],
+        )
+        .is_ok_and(|out| multiroute_tests::stdout(&out).contains("2001:db8:18:200::/64"))
+    })
+    .expect("the new prefix in multiroute's table");
+    println!(
+        "NPT prefix changed by a reload in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let seen = sources6(&lab, 50);
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [("2001:db8:18:200::2".to_owned(), 50)]
+    );
+
+    lab.stop_and_unload().unwrap();
+    let tables =
+        multiroute_tests::stdout(&lab.ns(&lab.router(), "nft", &["list", "tables"]).unwrap());
+    assert!(!tables.contains("multiroute"), "{tables}");
+}
+
+#[test]
+fn an_uplink_renumbered_by_its_isp_is_followed_within_a_second() {
+    if !require_root("an_uplink_renumbered_by_its_isp_is_followed_within_a_second") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: HEALTH.into(),
+    })
+    .expect("building the lab");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    let blocks = Lab::dual_stack_block(0, 0) + &Lab::dual_stack_block(1, 1);
+    lab.write_config_with(&blocks, HEALTH).unwrap();
+    lab.start_router().expect("starting multiroute");
+    let old = Lab::uplink_address6(1).to_string();
+    assert_eq!(
+        sources6(&lab, 20).into_keys().collect::<Vec<_>>(),
+        std::slice::from_ref(&old)
+    );
+
+    // The ISP renumbers the link (a new address from its RA, the old one gone).
+    let new = "2001:db8:18:1::99";
+    let router = lab.router();
+    lab.ns(
+        &router,
+        "ip",
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{new}/64"),
+            "dev",
+            "wan1",
+            "nodad",
+        ],
+    )
+    .unwrap();
+    lab.ns(
+        &router,
+        "ip",
+        &["-6", "addr", "del", &format!("{old}/64"), "dev", "wan1"],
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(3), || {
+        lab.ns(&router, "ip", &["-6", "rule"]).is_ok_and(|out| {
+            multiroute_tests::stdout(&out).contains(&format!("from {new} lookup 102"))
+        })
+    })
+    .expect("the from rule follows the new address");
+    let followed = t0.elapsed().as_secs_f64();
+    println!("IPv6 renumbering followed in {followed:.2} s");
+    assert!(followed < 1.0, "{followed:.2} s");
+    assert_eq!(
+        sources6(&lab, 20).into_keys().collect::<Vec<_>>(),
+        [new.to_owned()]
+    );
+    lab.assert_kernel_matches_plan().unwrap();
+    let status = lab.status().unwrap();
+    assert_eq!(
+        status["uplinks"][1]["ipv6"]["address"],
+        format!("{new}/64"),
+        "{status}"
+    );
+
+    // Its link goes down: IPv6 (and IPv4) move to isp0 at once.
+    lab.set_uplink_link(1, false).unwrap();
+    wait_until(Duration::from_secs(3), || {
+        lab.status()
+            .is_ok_and(|s| s["uplinks"][1]["ipv6"]["state"] == "link down")
+    })
+    .expect("isp1's IPv6 side down with its link");
+    assert_eq!(
+        sources6(&lab, 20).into_keys().collect::<Vec<_>>(),
+        [Lab::uplink_address6(0).to_string()],
+        "weight 0 or not, the only live IPv6 uplink carries it (fail open)"
+    );
+    lab.stop_and_unload().unwrap();
+}

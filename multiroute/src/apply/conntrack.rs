@@ -8,7 +8,12 @@
 //! The same dump tells which uplink each running session is NATed to: what
 //! [`nated_sessions`] gives the datapath to seed its flow table with when multiroute
 //! takes over a router that already forwards traffic.
+//!
+//! Flushes are per family: an uplink whose IPv6 dies loses exactly the IPv6
+//! sessions NATed to its IPv6 address (NAT66), its IPv4 ones live on.
 use std::net::{IpAddr, Ipv4Addr};
+
+use crate::net::Family;
 
 use multiroute_ebpf::FlowKey;
 
@@ -47,8 +52,8 @@ pub enum ConntrackError {
 struct Entry {
     original: Vec<Tuple>,
     reply: Vec<Tuple>,
-    original_src: Option<Ipv4Addr>,
-    reply_dst: Option<Ipv4Addr>,
+    original_src: Option<IpAddr>,
+    reply_dst: Option<IpAddr>,
     mark: u32,
 }
 
@@ -80,13 +85,16 @@ impl Entry {
 
     /// Source-NATed to `address`: replies come back to it, though the connection
     /// started elsewhere (a LAN host, or the router from another address).
-    fn nated_to(&self, address: Ipv4Addr) -> bool {
+    fn nated_to(&self, address: IpAddr) -> bool {
         self.reply_dst == Some(address) && self.original_src != Some(address)
     }
 
-    /// The address the connection is source-NATed to, if it is.
+    /// The IPv4 address the connection is source-NATed to, if it is.
     fn nat_address(&self) -> Option<Ipv4Addr> {
-        self.reply_dst.filter(|&reply| self.nated_to(reply))
+        match self.reply_dst.filter(|&reply| self.nated_to(reply)) {
+            Some(IpAddr::V4(address)) => Some(address),
+            _ => None,
+        }
     }
 
     /// The original direction as the datapath keys it.
@@ -98,8 +106,11 @@ impl Entry {
 /// One direction as the datapath keys it: addresses and ports as on the wire, the
 /// ICMP echo identifier in `src_port`, no ports for other protocols.
 fn tuple_key(tuple: &[Tuple]) -> Option<FlowKey> {
-    let src = address(tuple, true)?;
-    let dst = address(tuple, false)?;
+    let (Some(IpAddr::V4(src)), Some(IpAddr::V4(dst))) =
+        (address(tuple, true), address(tuple, false))
+    else {
+        return None;
+    };
     let mut key = FlowKey {
         src: u32::from_ne_bytes(src.octets()),
         dst: u32::from_ne_bytes(dst.octets()),
@@ -136,15 +147,21 @@ pub struct NatedSession {
     pub nated_to: Ipv4Addr,
 }
 
-fn address(tuple: &[Tuple], source: bool) -> Option<Ipv4Addr> {
+fn address(tuple: &[Tuple], source: bool) -> Option<IpAddr> {
     tuple.iter().find_map(|part| match part {
         Tuple::Ip(ips) => ips.iter().find_map(|ip| match (ip, source) {
-            (IPTuple::SourceAddress(IpAddr::V4(a)), true)
-            | (IPTuple::DestinationAddress(IpAddr::V4(a)), false) => Some(*a),
+            (IPTuple::SourceAddress(a), true) | (IPTuple::DestinationAddress(a), false) => Some(*a),
             _ => None,
         }),
         _ => None,
     })
+}
+
+fn proto_family(family: Family) -> NetfilterProtoFamily {
+    match family {
+        Family::V4 => NetfilterProtoFamily::IPv4,
+        Family::V6 => NetfilterProtoFamily::IPv6,
+    }
 }
 
 struct Ctnetlink {
@@ -165,7 +182,14 @@ impl Ctnetlink {
         })
     }
 
-    fn send(&mut self, flags: u16, message: ConntrackMessage) -> Result<(), ConntrackError> {
+    /// Sends a request about entries of `family` (the kernel reads tuples, and
+    /// filters dumps, by it).
+    fn send(
+        &mut self,
+        flags: u16,
+        family: Family,
+        message: ConntrackMessage,
+    ) -> Result<(), ConntrackError> {
         self.sequence += 1;
         let mut header = NetlinkHeader::default();
         header.flags = flags;
@@ -173,7 +197,7 @@ impl Ctnetlink {
         let mut packet = NetlinkMessage::new(
             header,
             NetlinkPayload::from(NetfilterMessage::new(
-                NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+                NetfilterHeader::new(proto_family(family), 0, 0),
                 message,
             )),
         );
@@ -221,10 +245,11 @@ impl Ctnetlink {
 }
 
 impl Ctnetlink {
-    /// Every IPv4 conntrack entry, one at a time.
-    fn dump(&mut self, mut each: impl FnMut(Entry)) -> Result<(), ConntrackError> {
+    /// Every conntrack entry of `family`, one at a time.
+    fn dump(&mut self, family: Family, mut each: impl FnMut(Entry)) -> Result<(), ConntrackError> {
         self.send(
             NLM_F_REQUEST | NLM_F_DUMP,
+            family,
             ConntrackMessage::Get(Vec::new()),
         )?;
         let dumped = self.receive(|message| {
@@ -246,7 +271,7 @@ impl Ctnetlink {
 /// Blocking: run it off the async runtime's thread.
 pub fn nated_sessions() -> Result<Vec<NatedSession>, ConntrackError> {
     let mut sessions = Vec::new();
-    Ctnetlink::open()?.dump(|entry| {
+    Ctnetlink::open()?.dump(Family::V4, |entry| {
         if let (Some(nated_to), Some(key)) = (entry.nat_address(), entry.flow_key()) {
             sessions.push(NatedSession { key, nated_to });
         }
@@ -259,7 +284,7 @@ pub fn nated_sessions() -> Result<Vec<NatedSession>, ConntrackError> {
 /// answers, with the conntrack mark. Blocking.
 pub fn inbound_replies(flag: u32) -> Result<Vec<(FlowKey, u32)>, ConntrackError> {
     let mut replies = Vec::new();
-    Ctnetlink::open()?.dump(|entry| {
+    Ctnetlink::open()?.dump(Family::V4, |entry| {
         if entry.mark & flag != 0
             && let Some(key) = tuple_key(&entry.reply)
         {
@@ -269,23 +294,28 @@ pub fn inbound_replies(flag: u32) -> Result<Vec<(FlowKey, u32)>, ConntrackError>
     Ok(replies)
 }
 
-/// Deletes every IPv4 conntrack entry source-NATed to `address`; returns how many.
-/// Blocking: run it off the async runtime's thread.
-pub fn flush_nated_to(address: Ipv4Addr) -> Result<usize, ConntrackError> {
-    delete_where(|entry| entry.nated_to(address))
+/// Deletes every conntrack entry source-NATed to `address` (of its family);
+/// returns how many. Blocking: run it off the async runtime's thread.
+pub fn flush_nated_to(address: IpAddr) -> Result<usize, ConntrackError> {
+    delete_where(Family::of(address), |entry| entry.nated_to(address))
 }
 
 /// Deletes the conntrack entries of these flows (keyed as the datapath keys them),
 /// so their next packet is NATed afresh for the uplink they were moved to.
 /// Returns how many. Blocking.
 pub fn flush_flows(keys: &std::collections::HashSet<FlowKey>) -> Result<usize, ConntrackError> {
-    delete_where(|entry| entry.flow_key().is_some_and(|key| keys.contains(&key)))
+    delete_where(Family::V4, |entry| {
+        entry.flow_key().is_some_and(|key| keys.contains(&key))
+    })
 }
 
-fn delete_where(doomed_if: impl Fn(&Entry) -> bool) -> Result<usize, ConntrackError> {
+fn delete_where(
+    family: Family,
+    doomed_if: impl Fn(&Entry) -> bool,
+) -> Result<usize, ConntrackError> {
     let mut ct = Ctnetlink::open()?;
     let mut doomed = Vec::new();
-    ct.dump(|entry| {
+    ct.dump(family, |entry| {
         if doomed_if(&entry) {
             doomed.push(entry.original);
         }
@@ -294,6 +324,7 @@ fn delete_where(doomed_if: impl Fn(&Entry) -> bool) -> Result<usize, ConntrackEr
     for original in doomed {
         ct.send(
             NLM_F_REQUEST | NLM_F_ACK,
+            family,
             ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(original)]),
         )?;
         match ct.receive(drop)? {
@@ -359,14 +390,44 @@ mod tests {
     #[test]
     fn only_connections_masqueraded_to_the_address_are_chosen() {
         let masqueraded = entry((LAN_HOST, SERVER), (SERVER, UPLINK));
-        assert!(masqueraded.nated_to(UPLINK));
-        assert!(!masqueraded.nated_to(OTHER_UPLINK), "another uplink's");
+        assert!(masqueraded.nated_to(UPLINK.into()));
+        assert!(
+            !masqueraded.nated_to(OTHER_UPLINK.into()),
+            "another uplink's"
+        );
         let routers_own = entry((UPLINK, SERVER), (SERVER, UPLINK));
-        assert!(!routers_own.nated_to(UPLINK), "not NATed: the router's own");
+        assert!(
+            !routers_own.nated_to(UPLINK.into()),
+            "not NATed: the router's own"
+        );
         let inbound = entry((SERVER, UPLINK), (LAN_HOST, SERVER));
         assert!(
-            !inbound.nated_to(UPLINK),
+            !inbound.nated_to(UPLINK.into()),
             "port-forwarded in, not NATed out"
         );
+    }
+
+    #[test]
+    fn an_ipv6_session_masqueraded_by_nat66_is_chosen_by_its_ipv6_address() {
+        let v6 = |text: &str| IpAddr::V6(text.parse().unwrap());
+        let (host, server, uplink) = (
+            v6("fd00:64::2"),
+            v6("2001:db8:ff::10"),
+            v6("2001:db8:18::2"),
+        );
+        let tuple6 = |src, dst| {
+            vec![Tuple::Ip(vec![
+                IPTuple::SourceAddress(src),
+                IPTuple::DestinationAddress(dst),
+            ])]
+        };
+        let session = Entry::from_attributes(vec![
+            ConntrackAttribute::CtaTupleOrig(tuple6(host, server)),
+            ConntrackAttribute::CtaTupleReply(tuple6(server, uplink)),
+        ]);
+        assert!(session.nated_to(uplink));
+        assert!(!session.nated_to(v6("2001:db8:18:1::2")));
+        assert_eq!(session.nat_address(), None, "IPv4 seeding leaves it alone");
+        assert_eq!(session.flow_key(), None);
     }
 }

@@ -22,9 +22,10 @@ use aya::{
     },
 };
 use multiroute_ebpf::{
-    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, Flow,
-    FlowKey, FlowKey6, MAP_LAYOUT, MAX_UPLINKS, PENDING_UPLINK, PROGRAM_NAME, RING_SIZE, SlotName,
-    Traffic, Uplink, affinity_key, balance, chosen_by, map_names,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE,
+    FLOW6_TABLE_SIZE, Flow, FlowKey, FlowKey6, MAP_LAYOUT, MAX_UPLINKS, PENDING_UPLINK,
+    PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, affinity_key, balance, chosen_by,
+    map_names,
 };
 use tracing::{debug, info};
 
@@ -97,6 +98,25 @@ pub fn affinity_capacity(balance_by: u32) -> u32 {
         1
     } else {
         AFFINITY_TABLE_SIZE
+    }
+}
+
+/// How many entries the datapath's tables hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub flows: u32,
+    pub flows6: u32,
+    pub affinity: u32,
+}
+
+impl Capacity {
+    /// The defaults, with an affinity table as `[balance] by` (`balance_by`) needs.
+    pub fn for_balance(balance_by: u32) -> Self {
+        Self {
+            flows: FLOW_TABLE_SIZE,
+            flows6: FLOW6_TABLE_SIZE,
+            affinity: affinity_capacity(balance_by),
+        }
     }
 }
 
@@ -195,22 +215,23 @@ impl Datapath {
     /// flow table survives a daemon restart this way), with an affinity table as
     /// `[balance] by` (`balance_by`) needs.
     pub fn load(pin_path: &Path, balance_by: u32) -> Result<Self, DatapathError> {
-        Self::load_sized(pin_path, FLOW_TABLE_SIZE, affinity_capacity(balance_by))
+        Self::load_sized(pin_path, Capacity::for_balance(balance_by))
     }
 
     /// [`Datapath::load`] with a flow table of `flows` entries (benchmarks size it
     /// to a million; an adopted, pinned table keeps its size) and an affinity table
     /// of `affinity` (a pinned one of another size is replaced: the mode changed).
-    pub fn load_sized(pin_path: &Path, flows: u32, affinity: u32) -> Result<Self, DatapathError> {
+    pub fn load_sized(pin_path: &Path, capacity: Capacity) -> Result<Self, DatapathError> {
         prepare_pin_path(pin_path)?;
         check_layout(pin_path)?;
-        drop_if_resized(pin_path, map_names::AFFINITY, affinity)?;
-        drop_if_resized(pin_path, map_names::AFFINITY6, affinity)?;
+        drop_if_resized(pin_path, map_names::AFFINITY, capacity.affinity)?;
+        drop_if_resized(pin_path, map_names::AFFINITY6, capacity.affinity)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
-            .map_max_entries(map_names::FLOWS, flows)
-            .map_max_entries(map_names::AFFINITY, affinity)
-            .map_max_entries(map_names::AFFINITY6, affinity)
+            .map_max_entries(map_names::FLOWS, capacity.flows)
+            .map_max_entries(map_names::FLOWS6, capacity.flows6)
+            .map_max_entries(map_names::AFFINITY, capacity.affinity)
+            .map_max_entries(map_names::AFFINITY6, capacity.affinity)
             .load(OBJECT)
             .map_err(|source| DatapathError::Load {
                 path: pin_path.to_owned(),
@@ -884,6 +905,13 @@ impl Maps {
     /// Every IPv6 flow the datapath remembers.
     pub fn flows6(&self) -> Vec<(FlowKey6, Flow)> {
         self.flows6.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Remembers an IPv6 flow, as the datapath would (benchmarks fill the table).
+    pub fn insert_flow6(&mut self, key: &FlowKey6, flow: &Flow) -> Result<(), DatapathError> {
+        self.flows6
+            .insert(key, flow, 0)
+            .map_err(map_error(map_names::FLOWS6))
     }
 
     pub fn flow6(&self, key: &FlowKey6) -> Option<Flow> {

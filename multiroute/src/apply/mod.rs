@@ -12,7 +12,7 @@ pub mod snat;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use conntrack::ConntrackError;
@@ -179,7 +179,8 @@ async fn resolve_pending(maps: &mut Maps, plan: &Plan) -> Result<(usize, usize),
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flushed {
     pub uplink: String,
-    pub address: Ipv4Addr,
+    /// The address of the family that stopped (an uplink's IPv6 can stop alone).
+    pub address: IpAddr,
     pub entries: usize,
 }
 
@@ -225,11 +226,14 @@ pub async fn update(
     // peer carries them on, synced by conntrackd, and a delete here would be synced
     // there too. (The kernel itself forgets sessions masqueraded to a removed
     // address.)
-    let still_here = |uplink: &str, address: Ipv4Addr| {
+    let still_here = |uplink: &str, address: IpAddr| {
         previous
             .uplink(uplink)
             .and_then(|u| observed.get(&u.interface))
-            .is_some_and(|iface| iface.addresses.iter().any(|a| a.addr == address))
+            .is_some_and(|iface| match address {
+                IpAddr::V4(address) => iface.addresses.iter().any(|a| a.addr == address),
+                IpAddr::V6(address) => iface.addresses6.iter().any(|a| a.addr == address),
+            })
     };
     for (uplink, address) in stopped {
         if !still_here(&uplink, address) {
@@ -293,15 +297,21 @@ pub struct Updated {
     pub seeded: usize,
 }
 
-/// Each uplink that carries traffic, with the address it carries it from. What
-/// leaves this set between two plans stopped (dead, down, removed, readdressed,
-/// standing by on a backup tier); what joins it arrived.
-fn carried_addresses(plan: &Plan) -> BTreeSet<(String, Ipv4Addr)> {
-    plan.uplinks
+/// Each uplink that carries traffic, with the address it carries it from, per
+/// family. What leaves this set between two plans stopped (dead, down, removed,
+/// readdressed, standing by on a backup tier); what joins it arrived.
+fn carried_addresses(plan: &Plan) -> BTreeSet<(String, IpAddr)> {
+    let ipv4 = plan
+        .uplinks
         .iter()
         .filter(|u| u.carries())
-        .filter_map(|u| Some((u.name.clone(), u.address()?)))
-        .collect()
+        .filter_map(|u| Some((u.name.clone(), IpAddr::V4(u.address()?))));
+    let ipv6 = plan
+        .uplinks
+        .iter()
+        .filter(|u| u.carries6())
+        .filter_map(|u| Some((u.name.clone(), IpAddr::V6(u.readiness6.address()?))));
+    ipv4.chain(ipv6).collect()
 }
 
 /// An uplink began carrying traffic from an address — most often because its
@@ -313,15 +323,19 @@ fn carried_addresses(plan: &Plan) -> BTreeSet<(String, Ipv4Addr)> {
 async fn seed_arrived(
     maps: &mut Maps,
     plan: &Plan,
-    arrived: &[(String, Ipv4Addr)],
+    arrived: &[(String, IpAddr)],
 ) -> Result<usize, ApplyError> {
-    if arrived.is_empty() {
+    // Seeding knows IPv4 sessions only, so far.
+    let slot_of: BTreeMap<_, _> = arrived
+        .iter()
+        .filter_map(|(name, address)| match address {
+            IpAddr::V4(address) => Some((*address, plan.uplink(name)?.slot)),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if slot_of.is_empty() {
         return Ok(0);
     }
-    let slot_of = arrived
-        .iter()
-        .filter_map(|(name, address)| Some((*address, plan.uplink(name)?.slot)))
-        .collect();
     seed_sessions(maps, &slot_of, datapath::Seeding::Replace).await
 }
 

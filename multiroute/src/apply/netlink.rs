@@ -506,11 +506,11 @@ fn rule_message(rule: &Rule) -> RuleMessage {
         Selector::Local(matched) => {
             attrs.push(RuleAttribute::Iifname(LOOPBACK.into()));
             if let Some(net) = matched.from {
-                from(net.into(), attrs);
+                from(net, attrs);
             }
             if let Some(net) = matched.to {
-                message.header.dst_len = net.prefix_len;
-                attrs.push(RuleAttribute::Destination(IpAddr::V4(net.addr)));
+                message.header.dst_len = net.prefix_len();
+                attrs.push(RuleAttribute::Destination(net.addr()));
             }
             if let Some(proto) = matched.proto {
                 attrs.push(RuleAttribute::IpProtocol(IpProtocol::from(proto)));
@@ -582,12 +582,7 @@ pub fn parse_rule(message: &RuleMessage) -> Rule {
             _ => {}
         }
     }
-    if let Some(IpNet::V4(net)) = from {
-        matched.from = Some(net);
-    }
-    if let Some(IpNet::V4(net)) = to {
-        matched.to = Some(net);
-    }
+    (matched.from, matched.to) = (from, to);
     rule.selector = match (mark, local, from, to) {
         (Some(mark), ..) => Selector::Fwmark { mark, mask },
         (None, true, ..) => Selector::Local(matched),

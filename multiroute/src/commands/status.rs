@@ -162,7 +162,12 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
                 (Readiness::Ready { .. }, false) => "down",
                 (other, _) => other.state(),
             },
-            address: uplink.readiness6.address().map(|a| a.to_string()),
+            address: match &uplink.readiness6 {
+                Readiness::Ready { address, .. } | Readiness::NoGateway { address } => {
+                    Some(address.to_string())
+                }
+                Readiness::LinkDown | Readiness::NoAddress => None,
+            },
             gateway: match &uplink.readiness6 {
                 Readiness::Ready { gateway, .. } => gateway.probe_address().map(|g| g.to_string()),
                 _ => None,

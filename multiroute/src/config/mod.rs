@@ -9,11 +9,11 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::net::{Ipv4Net, Ipv6Net};
+use crate::net::Ipv6Net;
 
 mod policy;
 mod probe_target;
-pub use policy::{MAX_ROUTER_RULES, MAX_RULES, PolicyRule, PortRange, proto_name};
+pub use policy::{MAX_ROUTER_RULES, MAX_RULES, PolicyRule, PortRange, families, proto_name};
 pub use probe_target::{ProbeTarget, Target};
 
 pub const DEFAULT_PATH: &str = "/etc/multiroute/multiroute.toml";
@@ -516,12 +516,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         let prefixes = |field: &str, list: &[String]| {
             list.iter()
                 .map(|text| {
-                    text.parse::<Ipv4Net>().map_err(|problem| {
-                        fail(
-                            &key(field),
-                            format!("{text:?} is not an address or prefix: {problem}"),
-                        )
-                    })
+                    policy::parse_prefix(text).map_err(|problem| fail(&key(field), problem))
                 })
                 .collect::<Result<Vec<_>, _>>()
         };

@@ -7,7 +7,7 @@ use std::{fmt, str::FromStr};
 
 use serde::Deserialize;
 
-use crate::net::Ipv4Net;
+use crate::net::{Family, IpNet, Ipv4Net, Ipv6Net};
 
 /// Rules over the whole config, `pin`/`pin_from` shorthands included: one bit each
 /// in the datapath's rule bitmaps.
@@ -25,10 +25,10 @@ pub struct PolicyRule {
     pub name: String,
     /// IP protocol number; `None` for any.
     pub proto: Option<u8>,
-    /// Empty: any source.
-    pub src: Vec<Ipv4Net>,
+    /// Empty: any source. IPv4 and IPv6 prefixes may mix: each matches its family.
+    pub src: Vec<IpNet>,
     /// Empty: any destination.
-    pub dst: Vec<Ipv4Net>,
+    pub dst: Vec<IpNet>,
     pub src_port: Option<PortRange>,
     pub dst_port: Option<PortRange>,
     /// Uplink names, most preferred first.
@@ -53,7 +53,9 @@ impl PolicyRule {
         }
     }
 
-    /// How many routing rules the router's own traffic needs for this rule.
+    /// How many routing rule priorities the router's own traffic needs for this
+    /// rule: one per source × destination × protocol (a rule without prefixes
+    /// has an IPv4 and an IPv6 rule at the same priority, in their own lists).
     pub fn router_rule_count(&self) -> usize {
         self.src.len().max(1) * self.dst.len().max(1) * self.protocols().len()
     }
@@ -64,7 +66,7 @@ impl PolicyRule {
         if let Some(proto) = self.proto {
             parts.push(proto_name(proto));
         }
-        let list = |nets: &[Ipv4Net]| {
+        let list = |nets: &[IpNet]| {
             nets.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
@@ -222,14 +224,7 @@ pub(super) fn validate(
     }
     let prefixes = |field: &str, list: &[String]| {
         list.iter()
-            .map(|text| {
-                text.parse::<Ipv4Net>().map_err(|problem| {
-                    fail(
-                        field,
-                        format!("{text:?} is not an IPv4 address or prefix: {problem}"),
-                    )
-                })
-            })
+            .map(|text| parse_prefix(text).map_err(|problem| fail(field, problem)))
             .collect::<Result<Vec<_>, _>>()
     };
     let src = prefixes("src", &raw.src)?;
@@ -285,13 +280,30 @@ pub(super) fn validate(
     })
 }
 
+/// An IPv4 or IPv6 address or prefix, as rules and pins write them.
+pub(super) fn parse_prefix(text: &str) -> Result<IpNet, String> {
+    let family = if text.contains(':') {
+        text.parse::<Ipv6Net>().map(IpNet::V6)
+    } else {
+        text.parse::<Ipv4Net>().map(IpNet::V4)
+    };
+    family.map_err(|problem| format!("{text:?} is not an address or prefix: {problem}"))
+}
+
+/// The family a routing rule for `from` and `to` belongs to: theirs, both when
+/// neither is given, none when they disagree (such a pair matches nothing).
+pub fn families(from: Option<IpNet>, to: Option<IpNet>) -> Vec<Family> {
+    match (from.map(IpNet::family), to.map(IpNet::family)) {
+        (None, None) => Family::ALL.to_vec(),
+        (Some(family), None) | (None, Some(family)) => vec![family],
+        (Some(a), Some(b)) if a == b => vec![a],
+        _ => Vec::new(),
+    }
+}
+
 /// `pin` (destinations) and `pin_from` (sources) of one uplink as rules.
-pub(super) fn pin_rules(
-    uplink: &str,
-    pin: Vec<Ipv4Net>,
-    pin_from: Vec<Ipv4Net>,
-) -> Vec<PolicyRule> {
-    let rule = |kind: &str, src: Vec<Ipv4Net>, dst: Vec<Ipv4Net>| PolicyRule {
+pub(super) fn pin_rules(uplink: &str, pin: Vec<IpNet>, pin_from: Vec<IpNet>) -> Vec<PolicyRule> {
+    let rule = |kind: &str, src: Vec<IpNet>, dst: Vec<IpNet>| PolicyRule {
         name: format!("{uplink}.{kind}"),
         proto: None,
         src,

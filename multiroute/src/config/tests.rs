@@ -260,9 +260,33 @@ interface = "wan0""#,
             "protocol number",
         ),
         (
-            &format!("{MINIMAL}[[rule]]\ndst = [\"2001:db8::/32\"]\nuplinks = [\"a\"]\n"),
+            &format!("{MINIMAL}[[rule]]\ndst = [\"2001:db8::1/32\"]\nuplinks = [\"a\"]\n"),
             "rule[0].dst",
-            "not an IPv4 address or prefix",
+            "did you mean 2001:db8::/32",
+        ),
+        (
+            &MINIMAL.replace(
+                "interface = \"wan0\"",
+                "interface = \"wan0\"\nnat6 = \"nat64\"",
+            ),
+            "uplink[0].nat6",
+            "\"masquerade\", \"npt\" or \"none\"",
+        ),
+        (
+            &MINIMAL.replace(
+                "interface = \"wan0\"",
+                "interface = \"wan0\"\ngateway6 = \"192.0.2.1\"",
+            ),
+            "uplink[0].gateway6",
+            "not an IPv6 address",
+        ),
+        (
+            &MINIMAL.replace(
+                "interface = \"wan0\"",
+                "interface = \"wan0\"\nnpt_prefix = \"2001:db8:1::/64\"",
+            ),
+            "uplink[0].npt_prefix",
+            "only applies with nat6 = \"npt\"",
         ),
         (
             &format!("{MINIMAL}[[rule]]\nuplinks = [\"a\", \"a\"]\n"),

@@ -748,15 +748,16 @@ fn rules(
             plan.table,
         ));
     }
-    // Policy rules for the router's own traffic name IPv4 prefixes only, so far.
-    if family == Family::V4 {
-        rules.extend(policy::router_rules(
+    rules.extend(
+        policy::router_rules(
             &config.rules,
             rule_uses,
             uplinks,
             base + priority::LOCAL_POLICY,
-        ));
-    }
+        )
+        .into_iter()
+        .filter(|rule| rule.family == family),
+    );
     rules
 }
 

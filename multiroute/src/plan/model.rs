@@ -4,7 +4,7 @@ use std::{fmt, net::IpAddr};
 
 use crate::{
     config::{PortRange, proto_name},
-    net::{Family, IpNet, Ipv4Net},
+    net::{Family, IpNet},
 };
 
 pub const MAIN_TABLE: u32 = 254;
@@ -65,8 +65,8 @@ pub enum Selector {
 /// What a policy rule's routing rule matches of the router's own traffic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LocalMatch {
-    pub from: Option<Ipv4Net>,
-    pub to: Option<Ipv4Net>,
+    pub from: Option<IpNet>,
+    pub to: Option<IpNet>,
     pub proto: Option<u8>,
     pub sport: Option<PortRange>,
     pub dport: Option<PortRange>,

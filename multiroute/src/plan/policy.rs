@@ -12,7 +12,10 @@ use super::{
     UplinkPlan,
     model::{LocalMatch, Rule, Selector},
 };
-use crate::{config::PolicyRule, net::Ipv4Net};
+use crate::{
+    config::{PolicyRule, families},
+    net::IpNet,
+};
 
 /// The datapath's side of the rule set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,9 +24,10 @@ pub struct Policy {
     pub rules: Vec<multiroute_ebpf::PolicyRule>,
     pub set: RuleSet,
     /// Trie entries: every rule prefix, with the bits of all rules whose prefixes
-    /// contain it, so the longest match alone answers.
-    pub src: BTreeMap<Ipv4Net, u64>,
-    pub dst: BTreeMap<Ipv4Net, u64>,
+    /// contain it, so the longest match alone answers. Each family goes into its
+    /// own trie.
+    pub src: BTreeMap<IpNet, u64>,
+    pub dst: BTreeMap<IpNet, u64>,
 }
 
 /// One rule's state, for `status` and for bringing flows back when a preferred
@@ -87,12 +91,12 @@ pub fn datapath(rules: &[PolicyRule], slot_of: impl Fn(&str) -> Option<u32>) -> 
 
 /// Each prefix with the bits of every prefix that contains it (itself included):
 /// an address's longest matching prefix then carries all rules it falls under.
-fn fold_covering(entries: &[(Ipv4Net, u64)]) -> BTreeMap<Ipv4Net, u64> {
+fn fold_covering(entries: &[(IpNet, u64)]) -> BTreeMap<IpNet, u64> {
     let mut folded = BTreeMap::new();
     for (net, _) in entries {
         let bits = entries
             .iter()
-            .filter(|(outer, _)| outer.prefix_len <= net.prefix_len && outer.contains(net.addr))
+            .filter(|(outer, _)| outer.covers(*net))
             .fold(0, |bits, (_, bit)| bits | bit);
         folded.insert(*net, bits);
     }
@@ -136,7 +140,7 @@ pub fn router_rules(
             .using
             .and_then(|slot| uplinks.iter().find(|u| u.slot == slot))
             .map(|u| u.table);
-        let side = |nets: &[Ipv4Net]| -> Vec<Option<Ipv4Net>> {
+        let side = |nets: &[IpNet]| -> Vec<Option<IpNet>> {
             if nets.is_empty() {
                 vec![None]
             } else {
@@ -146,9 +150,9 @@ pub fn router_rules(
         for from in side(&rule.src) {
             for to in side(&rule.dst) {
                 for proto in rule.protocols() {
-                    if let Some(table) = table {
+                    for family in families(from, to).into_iter().filter(|_| table.is_some()) {
                         planned.push(Rule {
-                            family: crate::net::Family::V4,
+                            family,
                             priority,
                             selector: Selector::Local(LocalMatch {
                                 from,
@@ -157,7 +161,7 @@ pub fn router_rules(
                                 sport: rule.src_port,
                                 dport: rule.dst_port,
                             }),
-                            table,
+                            table: table.unwrap_or_default(),
                             suppress_prefixlength: None,
                         });
                     }
@@ -173,8 +177,8 @@ pub fn router_rules(
 mod tests {
     use super::*;
 
-    fn net(text: &str) -> Ipv4Net {
-        text.parse().unwrap()
+    fn net(text: &str) -> IpNet {
+        IpNet::V4(text.parse().unwrap())
     }
 
     #[test]

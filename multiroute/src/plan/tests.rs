@@ -185,7 +185,7 @@ fn policy_rules_go_to_the_classifier_and_the_routers_own_rules() {
     assert_eq!((sip.src_port_first, sip.src_port_last), (0, u16::MAX));
     assert_eq!(sip.uplinks[..usize::from(sip.uplink_count)], [1, 0]);
     // The host address inside the LAN prefix carries the prefix's rule too.
-    let net = |text: &str| text.parse::<Ipv4Net>().unwrap();
+    let net = |text: &str| IpNet::V4(text.parse().unwrap());
     assert_eq!(policy.src[&net("192.168.0.0/24")], 0b1000);
     assert_eq!(policy.src[&net("192.168.0.53")], 0b1000);
     assert_eq!(policy.dst[&net("24.19.100.1")], 0b0010);
@@ -581,4 +581,49 @@ fn without_ipv6_nothing_of_it_is_planned() {
             .all(|slot| *slot == multiroute_ebpf::NO_UPLINK)
     );
     assert!(plan.main_default6.is_none() && plan.nat6.is_empty());
+}
+
+#[test]
+fn router_policy_rules_go_to_the_families_their_prefixes_name() {
+    let (config, host) = dual_stack();
+    let extra = r#"
+[[rule]]
+name = "sip"
+proto = "udp"
+dst_port = 5060
+uplinks = ["cable"]
+
+[[rule]]
+name = "v6only"
+dst = ["2001:db8:ff::/64"]
+uplinks = ["dsl"]
+"#;
+    let text = SEED_CONFIG.replace(
+        "pin = [\"24.19.100.1\"]",
+        "pin = [\"24.19.100.1\"]\nnat6 = \"npt\"",
+    ) + extra;
+    let config = Config {
+        rules: Config::parse(&text, Path::new("rules.toml")).unwrap().rules,
+        ..config
+    };
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
+    let local: Vec<_> = lines(&plan.rules)
+        .into_iter()
+        .filter(|r| r.contains("iif lo"))
+        .collect();
+    assert_eq!(
+        local,
+        [
+            "pref 10400 from all to 142.154.61.100 iif lo lookup 101",
+            "pref 10401 from all to 24.19.100.1 iif lo lookup 102",
+            "pref 10402 from all iif lo ipproto udp dport 5060 lookup 102",
+            "-6 pref 10402 from all iif lo ipproto udp dport 5060 lookup 102",
+            "-6 pref 10403 from all to 2001:db8:ff::/64 iif lo lookup 101",
+        ]
+    );
+    // The classifier's IPv6 trie holds the IPv6 destination.
+    assert_eq!(
+        plan.policy.dst[&IpNet::V6("2001:db8:ff::/64".parse().unwrap())],
+        0b1000
+    );
 }

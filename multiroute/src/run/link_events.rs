@@ -10,21 +10,35 @@ use futures::StreamExt;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{RouteNetlinkMessage, route::RouteProtocol};
 use netlink_sys::{AsyncSocket, SocketAddr};
-use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK};
+use rtnetlink::constants::{
+    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+};
 use tokio::{sync::Notify, task::JoinSet};
 
 use super::Task;
 
 use crate::apply::netlink::PROTOCOL;
 
-/// Subscribes to link, IPv4 address, route and rule events; the listening tasks
+/// `RTNLGRP_IPV6_RULE` (19) as a legacy group bit; rtnetlink names no constant.
+const RTMGRP_IPV6_RULE: u32 = 1 << (19 - 1);
+
+/// Subscribes to link, address, route and rule events of both families (an RA
+/// renumbering an uplink or changing its router is followed like a DHCP renew);
+/// the listening tasks
 /// join `tasks`. The returned `Notify` holds at most one pending wake-up, so a
 /// burst of events costs one re-plan.
 pub fn subscribe(tasks: &mut JoinSet<Task>) -> std::io::Result<Arc<Notify>> {
     let (mut connection, _handle, mut messages) = rtnetlink::new_connection()?;
     connection.socket_mut().socket_mut().bind(&SocketAddr::new(
         0,
-        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE,
+        RTMGRP_LINK
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV4_RULE
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV6_ROUTE
+            | RTMGRP_IPV6_RULE,
     ))?;
     tasks.spawn(async move {
         connection.await;

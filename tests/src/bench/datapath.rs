@@ -1,7 +1,7 @@
 //! Suite 1, datapath cost: the classifier in the kernel through `BPF_PROG_TEST_RUN`,
 //! against the empty TC program of the same object measured in the same run. The
 //! kernel times the program runs itself, so the syscall is not in the figures.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use multiroute::plan::{Member, Policy, build_ring};
@@ -9,7 +9,7 @@ use multiroute_ebpf::{Flow, FlowKey, MAX_RULES, PolicyRule, RING_SIZE, RuleSet, 
 use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
-use crate::datapath::{LoadedDatapath, arp, tcp};
+use crate::datapath::{LoadedDatapath, arp, tcp, tcp6};
 
 const MASK: u32 = 0xff00;
 /// Big enough for a million flows plus the ones a run adds.
@@ -34,7 +34,7 @@ pub struct Results {
     pub cases: Vec<Case>,
 }
 
-/// Uplink table and ring for `n` equally weighted uplinks.
+/// Uplink table and rings (both families) for `n` equally weighted uplinks.
 fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
     let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
     for i in 0..n {
@@ -44,7 +44,7 @@ fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
                 mark: (i + 1) << 8,
                 mask: MASK,
                 alive: 1,
-                alive6: 0,
+                alive6: 1,
             },
         )?;
     }
@@ -57,7 +57,9 @@ fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
             weight: 1,
         })
         .collect();
-    dp.maps.write_ring(&build_ring(&members, RING_SIZE))?;
+    let ring = build_ring(&members, RING_SIZE);
+    dp.maps.write_ring(&ring)?;
+    dp.maps.write_ring6(&ring)?;
     Ok(())
 }
 
@@ -96,6 +98,17 @@ fn flow_packet(i: u32) -> Vec<u8> {
     )
 }
 
+/// The `i`-th distinct IPv6 flow, numbered like [`flow_packet`]'s.
+fn flow_packet6(i: u32) -> Vec<u8> {
+    let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, (i >> 30) as u16, (i >> 14) as u16);
+    tcp6(
+        src,
+        1024 + (i & 0x3fff) as u16,
+        Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10),
+        443,
+    )
+}
+
 fn flow_key(i: u32) -> FlowKey {
     let src = Ipv4Addr::from(0x6440_0000 | (i >> 14));
     FlowKey {
@@ -130,11 +143,22 @@ fn single_runs(
     next: &mut u32,
     options: &Options,
 ) -> Result<f64> {
+    single_runs_of(dp, floor, next, options, flow_packet)
+}
+
+/// [`single_runs`] over the flows `packet` makes.
+fn single_runs_of(
+    dp: &mut LoadedDatapath,
+    floor: bool,
+    next: &mut u32,
+    options: &Options,
+    packet: fn(u32) -> Vec<u8>,
+) -> Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..options.runs {
         let mut total = 0.0;
         for _ in 0..options.new_flows {
-            let packet = flow_packet(*next);
+            let packet = packet(*next);
             *next += 1;
             let (_, took) = if floor {
                 dp.run_floor(&packet, 1)?
@@ -186,6 +210,20 @@ pub fn run(options: &Options) -> Result<Results> {
     configure(&mut dp, 2)?;
     let ns = repeated(&mut dp, false, &arp(), options)?;
     push("non-IP pass-through (ARP)".into(), ns, floor_ns, None);
+
+    // IPv6: its own flow table (40-byte keys) and ring, the same steering.
+    let known6 = flow_packet6(u32::MAX >> 1);
+    dp.run(&known6, 0, 1)?;
+    let ns = repeated(&mut dp, false, &known6, options)?;
+    push("IPv6 known flow, 2 uplinks".into(), ns, floor_ns, Some(3.0));
+    let mut next6 = 0;
+    let ns = single_runs_of(&mut dp, false, &mut next6, options, flow_packet6)?;
+    push(
+        "IPv6 new flow, 2 uplinks".into(),
+        ns,
+        floor_single_ns,
+        Some(8.0),
+    );
 
     // The policy rules' worst case: all 64 rules are candidates for every new flow
     // and only the last one matches (by port), so the walk tries each.

@@ -12,7 +12,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use multiroute_ebpf::{Flow, FlowKey};
+use multiroute::apply::datapath::Capacity;
+use multiroute_ebpf::{Flow, FlowKey, FlowKey6};
 use serde::{Deserialize, Serialize};
 
 use crate::{Lab, LabOptions, datapath::LoadedDatapath};
@@ -20,7 +21,10 @@ use crate::{Lab, LabOptions, datapath::LoadedDatapath};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {
     pub flows: u32,
+    /// With `flows` IPv4 flows.
     pub map_memory_mib: f64,
+    /// With `flows` IPv6 flows.
+    pub map_memory_ipv6_mib: f64,
     pub rss_idle_mib: f64,
     pub rss_loaded_mib: f64,
 }
@@ -62,8 +66,9 @@ fn rss(pid: u32) -> Result<f64> {
 }
 
 pub fn run(flows: u32, connections: usize) -> Result<Measured> {
+    let defaults = Capacity::for_balance(multiroute_ebpf::balance::CONNECTION);
     let map_memory_mib = {
-        let mut dp = LoadedDatapath::load_sized("memory", flows)?;
+        let mut dp = LoadedDatapath::load_with("memory", Capacity { flows, ..defaults })?;
         for i in 0..flows {
             let key = FlowKey {
                 src: 0x6440_0000 | i,
@@ -74,6 +79,28 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
                 pad: [0; 3],
             };
             dp.maps.insert_flow(&key, &Flow::default())?;
+        }
+        map_memory(&dp.pin_path())? as f64 / MIB
+    };
+    super::interrupted()?;
+    let map_memory_ipv6_mib = {
+        let capacity = Capacity {
+            flows6: flows,
+            ..defaults
+        };
+        let mut dp = LoadedDatapath::load_with("memory6", capacity)?;
+        for i in 0..flows {
+            let key = FlowKey6 {
+                src: [0xfd00_u32.to_be(), 0, 0, i],
+                dst: FlowKey6::words([
+                    0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+                ]),
+                src_port: 443,
+                dst_port: 443,
+                proto: 6,
+                pad: [0; 3],
+            };
+            dp.maps.insert_flow6(&key, &Flow::default())?;
         }
         map_memory(&dp.pin_path())? as f64 / MIB
     };
@@ -114,6 +141,7 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
     Ok(Measured {
         flows,
         map_memory_mib,
+        map_memory_ipv6_mib,
         rss_idle_mib,
         rss_loaded_mib,
     })
