@@ -418,10 +418,11 @@ impl Lab {
             &[&lab_script("server.py"), address, &port.to_string()],
         )?;
         self.children.push(server);
-        let probe = if address == "0.0.0.0" {
-            "127.0.0.1"
-        } else {
-            address
+        let probe = match address {
+            "0.0.0.0" => "127.0.0.1".to_owned(),
+            "::" => "[::1]".to_owned(),
+            ipv6 if ipv6.contains(':') => format!("[{ipv6}]"),
+            ipv4 => ipv4.to_owned(),
         };
         self.wait_for_http(ns, &format!("http://{probe}:{port}/"))
     }

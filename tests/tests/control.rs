@@ -442,7 +442,7 @@ fn a_full_flow_table_scraped_in_a_loop_causes_no_false_transition() {
             uplink: (i % 2) as u16,
             ..Default::default()
         };
-        maps.insert_flow(&key, &flow).unwrap();
+        maps.v4.insert(&key, &flow).unwrap();
     }
     let start = std::time::Instant::now();
     let mut scrapes = 0;

@@ -394,7 +394,8 @@ uplinks = ["lte"]
 fn chosen(dp: &LoadedDatapath, src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> (u8, u8) {
     let flow = dp
         .maps
-        .flows()
+        .v4
+        .all()
         .into_iter()
         .find(|(key, _)| {
             key.src_octets() == src.octets()
@@ -558,7 +559,7 @@ fn the_affinity_table_is_sized_by_the_balance_mode() {
     assert_eq!(affinity_capacity(balance::ADDRESSES), AFFINITY_TABLE_SIZE);
     // The flow table is adopted, not replaced.
     let maps = multiroute::apply::datapath::Maps::open(&pin_path).expect("the maps");
-    assert_eq!(maps.flows().len(), 1, "the flow seen before the reload");
+    assert_eq!(maps.v4.all().len(), 1, "the flow seen before the reload");
 }
 
 fn lan6(host: u16) -> Ipv6Addr {
@@ -663,7 +664,7 @@ fn ipv6_is_parsed_through_extension_headers_and_steered_like_ipv4() {
         .into_iter()
         .collect();
     assert_eq!(ipv4.values().sum::<u64>(), 0, "IPv6 counts apart: {ipv4:?}");
-    assert_eq!(dp.maps.flows6().len(), 4);
+    assert_eq!(dp.maps.v6.all().len(), 4);
 }
 
 #[test]
@@ -748,7 +749,8 @@ fn ipv6_prefixes_in_policy_rules_match_ipv6_flows() {
     let rule_of = |dp: &LoadedDatapath, src: Ipv6Addr, dst: Ipv6Addr| {
         let flow = dp
             .maps
-            .flows6()
+            .v6
+            .all()
             .into_iter()
             .find(|(key, _)| key.src_octets() == src.octets() && key.dst_octets() == dst.octets())
             .expect("the flow is remembered")

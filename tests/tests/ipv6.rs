@@ -63,9 +63,11 @@ fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
     let status = lab.status().unwrap();
     let isp1 = &status["uplinks"][1];
     assert_eq!(isp1["ipv6"]["state"], "up", "{status}");
+    // One new IPv6 flow per distinct 5-tuple (the client reuses some ports).
     assert!(
-        status["counters_ipv6"]["flow_new"].as_u64().unwrap() >= 3000,
-        "{status}"
+        status["counters_ipv6"]["flow_new"].as_u64().unwrap() >= spread.ports as u64,
+        "{} ports: {status}",
+        spread.ports
     );
 
     // isp1's IPv6 breaks, silently; its IPv4 works on. IPv4 sessions run through
@@ -267,6 +269,168 @@ fn an_uplink_renumbered_by_its_isp_is_followed_within_a_second() {
         sources6(&lab, 20).into_keys().collect::<Vec<_>>(),
         [Lab::uplink_address6(0).to_string()],
         "weight 0 or not, the only live IPv6 uplink carries it (fail open)"
+    );
+    lab.stop_and_unload().unwrap();
+}
+
+#[test]
+fn inbound_ipv6_connections_are_answered_through_their_uplink() {
+    if !require_root("inbound_ipv6_connections_are_answered_through_their_uplink") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1, 1],
+        extra_config: HEALTH.into(),
+    })
+    .expect("building the lab");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    let blocks: String = (0..3).map(|n| Lab::dual_stack_block(n, 1)).collect();
+    lab.write_config_with(&blocks, HEALTH).unwrap();
+    // A web server on the LAN host, port-forwarded on every uplink, and one on the
+    // router itself; every ISP drops (and counts) another ISP's customer addresses.
+    let client6 = "fd00:64::2";
+    lab.start_http_server(&lab.client(), client6, 8000).unwrap();
+    lab.start_http_server(&lab.router(), "::", 8001).unwrap();
+    lab.ns(
+        &lab.router(),
+        "nft",
+        &[&format!(
+            "add table ip6 lab6; add chain ip6 lab6 pre {{ type nat hook prerouting priority -100; }}; \
+             add rule ip6 lab6 pre iifname \"wan*\" tcp dport 8000 dnat to [{client6}]:8000"
+        )],
+    )
+    .unwrap();
+    for n in 0..lab.isps {
+        lab.ns(
+            &lab.isp(n),
+            "nft",
+            &[&format!(
+                "add table ip6 bcp38; add chain ip6 bcp38 forward {{ type filter hook forward priority 0; }}; \
+                 add rule ip6 bcp38 forward ip6 saddr 2001:db8:18::/48 ip6 saddr != {} counter drop",
+                Lab::uplink_address6(n)
+            )],
+        )
+        .unwrap();
+    }
+    lab.start_router().expect("starting multiroute");
+    for n in 0..lab.isps {
+        let address = Lab::uplink_address6(n);
+        for (port, what) in [
+            (8000, "port-forwarded to the LAN host"),
+            (8001, "the router's own"),
+        ] {
+            let (seen, failures) = lab
+                .count_from(
+                    &lab.inet(),
+                    &format!("http://[{address}]:{port}/"),
+                    200,
+                    None,
+                )
+                .unwrap();
+            println!(
+                "200 connections to [{address}]:{port} ({what}): {failures} failed, server saw {seen:?}"
+            );
+            assert_eq!(failures, 0, "{what} via isp{n}");
+        }
+    }
+    let dropped: Vec<String> = (0..lab.isps)
+        .map(|n| {
+            let out = lab
+                .ns(&lab.isp(n), "nft", &["list", "table", "ip6", "bcp38"])
+                .unwrap();
+            multiroute_tests::stdout(&out)
+        })
+        .filter(|table| !table.contains("packets 0 "))
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "replies left through another uplink: {dropped:?}"
+    );
+    // `flows` says why: the LAN server's replies follow the uplink their connection
+    // arrived on (the internet client reaches isp N from 2001:db8:19:N::2).
+    let replies: Vec<_> = lab
+        .flows(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|f| f["src"] == client6 && f["src_port"] == 8000)
+        .collect();
+    assert!(replies.len() >= 500, "{} IPv6 reply flows", replies.len());
+    for flow in &replies {
+        let isp = flow["dst"]
+            .as_str()
+            .and_then(|d| d.parse::<std::net::Ipv6Addr>().ok())
+            .map(|client| format!("isp{}", client.segments()[3]));
+        assert_eq!(flow["why"], "inbound", "{flow}");
+        assert_eq!(flow["uplink"].as_str(), isp.as_deref(), "{flow}");
+    }
+    lab.stop_and_unload().unwrap();
+}
+
+#[test]
+fn ipv6_sessions_open_before_the_first_load_keep_their_uplink() {
+    if !require_root("ipv6_sessions_open_before_the_first_load_keep_their_uplink") {
+        return;
+    }
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 2, 3],
+        extra_config: String::new(),
+    })
+    .expect("building the lab");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    let blocks: String = [1, 2, 3]
+        .iter()
+        .enumerate()
+        .map(|(n, weight)| Lab::dual_stack_block(n, *weight))
+        .collect();
+    lab.write_config_with(&blocks, "").unwrap();
+    // Before multiroute, the router's own firewall masqueraded IPv6 too; sessions
+    // go out through its IPv6 default, ISP 0.
+    lab.ns(
+        &lab.router(),
+        "nft",
+        &["add table ip6 lab6; add chain ip6 lab6 post { type nat hook postrouting priority 100; }; \
+           add rule ip6 lab6 post oifname \"wan*\" masquerade"],
+    )
+    .unwrap();
+    let sessions = lab
+        .start_sessions_to(&SERVER6.to_string(), 100, 30, 6.0, 100)
+        .expect("opening IPv6 sessions");
+    let attempts = lab
+        .start_attempts_to(&lab.url6("/"), 3.5, 5, 3000)
+        .expect("starting new IPv6 connections");
+    sleep(Duration::from_secs(1));
+    lab.start_router().expect("starting multiroute");
+    let attempts = Lab::attempts(attempts).unwrap();
+    let report = sessions.finish().unwrap();
+    let failed = attempts.iter().filter(|a| !a.ok).count();
+    println!(
+        "first load under IPv6 traffic: {} sessions: {} moved, {} broken; {} new connections: {failed} failed",
+        report.tcp.len() + report.udp.len(),
+        report.moved(),
+        report.broken(),
+        attempts.len()
+    );
+    assert_eq!(
+        (report.moved(), report.broken(), failed),
+        (0, 0, 0),
+        "{}",
+        lab.router_log()
+    );
+    let spread: std::collections::BTreeSet<_> =
+        attempts.iter().filter_map(|a| a.address.clone()).collect();
+    assert!(
+        spread.len() > 1,
+        "new IPv6 connections are balanced once loaded: {spread:?}"
+    );
+    let from_conntrack = lab
+        .flows(&[])
+        .unwrap()
+        .into_iter()
+        .filter(|f| f["dst"] == SERVER6.to_string() && f["why"] == "conntrack")
+        .count();
+    assert!(
+        from_conntrack >= 130,
+        "{from_conntrack} IPv6 flows seeded from conntrack"
     );
     lab.stop_and_unload().unwrap();
 }

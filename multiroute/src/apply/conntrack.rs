@@ -11,11 +11,11 @@
 //!
 //! Flushes are per family: an uplink whose IPv6 dies loses exactly the IPv6
 //! sessions NATed to its IPv6 address (NAT66), its IPv4 ones live on.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use crate::net::Family;
 
-use multiroute_ebpf::FlowKey;
+use multiroute_ebpf::{FlowKey, FlowKey6};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
@@ -32,6 +32,7 @@ const CTA_PROTO_ICMP_ID: u16 = 4;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
@@ -89,17 +90,9 @@ impl Entry {
         self.reply_dst == Some(address) && self.original_src != Some(address)
     }
 
-    /// The IPv4 address the connection is source-NATed to, if it is.
-    fn nat_address(&self) -> Option<Ipv4Addr> {
-        match self.reply_dst.filter(|&reply| self.nated_to(reply)) {
-            Some(IpAddr::V4(address)) => Some(address),
-            _ => None,
-        }
-    }
-
-    /// The original direction as the datapath keys it.
-    fn flow_key(&self) -> Option<FlowKey> {
-        tuple_key(&self.original)
+    /// The address the connection is source-NATed to, if it is.
+    fn nat_address(&self) -> Option<IpAddr> {
+        self.reply_dst.filter(|&reply| self.nated_to(reply))
     }
 }
 
@@ -111,40 +104,90 @@ fn tuple_key(tuple: &[Tuple]) -> Option<FlowKey> {
     else {
         return None;
     };
-    let mut key = FlowKey {
+    let (proto, src_port, dst_port) = tuple_ports(tuple, IPPROTO_ICMP);
+    Some(FlowKey {
         src: u32::from_ne_bytes(src.octets()),
         dst: u32::from_ne_bytes(dst.octets()),
-        ..FlowKey::default()
+        src_port,
+        dst_port,
+        proto,
+        pad: [0; 3],
+    })
+}
+
+/// [`tuple_key`] for an IPv6 direction.
+fn tuple_key6(tuple: &[Tuple]) -> Option<FlowKey6> {
+    let (Some(IpAddr::V6(src)), Some(IpAddr::V6(dst))) =
+        (address(tuple, true), address(tuple, false))
+    else {
+        return None;
     };
+    let (proto, src_port, dst_port) = tuple_ports(tuple, IPPROTO_ICMPV6);
+    Some(FlowKey6 {
+        src: FlowKey6::words(src.octets()),
+        dst: FlowKey6::words(dst.octets()),
+        src_port,
+        dst_port,
+        proto,
+        pad: [0; 3],
+    })
+}
+
+/// Protocol and ports of a direction as the datapath keys them (wire order; the
+/// echo identifier of `icmp`, the family's ICMP, in the source port).
+fn tuple_ports(tuple: &[Tuple], icmp: u8) -> (u8, u16, u16) {
+    let (mut proto, mut src_port, mut dst_port) = (0, 0, 0);
     for part in tuple {
         let Tuple::Proto(protos) = part else { continue };
-        for proto in protos {
-            match proto {
-                ProtoTuple::Protocol(p) => key.proto = u8::from(*p),
-                ProtoTuple::SourcePort(port) => key.src_port = port.to_be(),
-                ProtoTuple::DestinationPort(port) => key.dst_port = port.to_be(),
+        for field in protos {
+            match field {
+                ProtoTuple::Protocol(p) => proto = u8::from(*p),
+                ProtoTuple::SourcePort(port) => src_port = port.to_be(),
+                ProtoTuple::DestinationPort(port) => dst_port = port.to_be(),
                 ProtoTuple::Other(nla) if nla.kind() == CTA_PROTO_ICMP_ID => {
                     let mut id = [0; 2];
                     if nla.value_len() == id.len() {
                         nla.emit_value(&mut id);
-                        key.src_port = u16::from_ne_bytes(id);
+                        src_port = u16::from_ne_bytes(id);
                     }
                 }
                 _ => {}
             }
         }
     }
-    if !matches!(key.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
-        (key.src_port, key.dst_port) = (0, 0);
+    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP) && proto != icmp {
+        (src_port, dst_port) = (0, 0);
     }
-    Some(key)
+    (proto, src_port, dst_port)
 }
 
-/// A running session and the address conntrack source-NATs it to.
+/// A running session (keyed as the datapath keys its family) and the address
+/// conntrack source-NATs it to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NatedSession {
-    pub key: FlowKey,
-    pub nated_to: Ipv4Addr,
+pub struct NatedSession<K> {
+    pub key: K,
+    pub nated_to: IpAddr,
+}
+
+/// How a family's flows are keyed from a conntrack direction: the datapath's key
+/// type and its family.
+pub trait Keyed: Sized {
+    const FAMILY: Family;
+    fn from_tuple(tuple: &[Tuple]) -> Option<Self>;
+}
+
+impl Keyed for FlowKey {
+    const FAMILY: Family = Family::V4;
+    fn from_tuple(tuple: &[Tuple]) -> Option<Self> {
+        tuple_key(tuple)
+    }
+}
+
+impl Keyed for FlowKey6 {
+    const FAMILY: Family = Family::V6;
+    fn from_tuple(tuple: &[Tuple]) -> Option<Self> {
+        tuple_key6(tuple)
+    }
 }
 
 fn address(tuple: &[Tuple], source: bool) -> Option<IpAddr> {
@@ -267,26 +310,26 @@ impl Ctnetlink {
     }
 }
 
-/// Every IPv4 session conntrack source-NATs, with the address it is NATed to.
-/// Blocking: run it off the async runtime's thread.
-pub fn nated_sessions() -> Result<Vec<NatedSession>, ConntrackError> {
+/// Every session of `K`'s family conntrack source-NATs, with the address it is
+/// NATed to. Blocking: run it off the async runtime's thread.
+pub fn nated_sessions<K: Keyed>() -> Result<Vec<NatedSession<K>>, ConntrackError> {
     let mut sessions = Vec::new();
-    Ctnetlink::open()?.dump(Family::V4, |entry| {
-        if let (Some(nated_to), Some(key)) = (entry.nat_address(), entry.flow_key()) {
+    Ctnetlink::open()?.dump(K::FAMILY, |entry| {
+        if let (Some(nated_to), Some(key)) = (entry.nat_address(), K::from_tuple(&entry.original)) {
             sessions.push(NatedSession { key, nated_to });
         }
     })?;
     Ok(sessions)
 }
 
-/// Connections that arrived on an uplink (the inbound flag in their conntrack
-/// mark): the key of their reply direction, as the datapath sees the LAN host's
-/// answers, with the conntrack mark. Blocking.
-pub fn inbound_replies(flag: u32) -> Result<Vec<(FlowKey, u32)>, ConntrackError> {
+/// Connections of `K`'s family that arrived on an uplink (the inbound flag in
+/// their conntrack mark): the key of their reply direction, as the datapath sees
+/// the LAN host's answers, with the conntrack mark. Blocking.
+pub fn inbound_replies<K: Keyed>(flag: u32) -> Result<Vec<(K, u32)>, ConntrackError> {
     let mut replies = Vec::new();
-    Ctnetlink::open()?.dump(Family::V4, |entry| {
+    Ctnetlink::open()?.dump(K::FAMILY, |entry| {
         if entry.mark & flag != 0
-            && let Some(key) = tuple_key(&entry.reply)
+            && let Some(key) = K::from_tuple(&entry.reply)
         {
             replies.push((key, entry.mark));
         }
@@ -303,9 +346,11 @@ pub fn flush_nated_to(address: IpAddr) -> Result<usize, ConntrackError> {
 /// Deletes the conntrack entries of these flows (keyed as the datapath keys them),
 /// so their next packet is NATed afresh for the uplink they were moved to.
 /// Returns how many. Blocking.
-pub fn flush_flows(keys: &std::collections::HashSet<FlowKey>) -> Result<usize, ConntrackError> {
-    delete_where(Family::V4, |entry| {
-        entry.flow_key().is_some_and(|key| keys.contains(&key))
+pub fn flush_flows<K: Keyed + Eq + std::hash::Hash>(
+    keys: &std::collections::HashSet<K>,
+) -> Result<usize, ConntrackError> {
+    delete_where(K::FAMILY, |entry| {
+        K::from_tuple(&entry.original).is_some_and(|key| keys.contains(&key))
     })
 }
 
@@ -344,6 +389,8 @@ fn delete_where(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn tuple(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<Tuple> {
@@ -378,8 +425,8 @@ mod tests {
             ConntrackAttribute::CtaTupleOrig(original),
             ConntrackAttribute::CtaTupleReply(tuple(SERVER, UPLINK)),
         ]);
-        assert_eq!(session.nat_address(), Some(UPLINK));
-        let key = session.flow_key().expect("a key");
+        assert_eq!(session.nat_address(), Some(UPLINK.into()));
+        let key = tuple_key(&session.original).expect("a key");
         assert_eq!(key.src_octets(), LAN_HOST.octets());
         assert_eq!(key.dst_octets(), SERVER.octets());
         assert_eq!((key.proto, key.ports()), (6, (40_000, 443)));
@@ -427,7 +474,12 @@ mod tests {
         ]);
         assert!(session.nated_to(uplink));
         assert!(!session.nated_to(v6("2001:db8:18:1::2")));
-        assert_eq!(session.nat_address(), None, "IPv4 seeding leaves it alone");
-        assert_eq!(session.flow_key(), None);
+        assert_eq!(session.nat_address(), Some(uplink));
+        assert_eq!(tuple_key(&session.original), None, "not an IPv4 key");
+        let key = tuple_key6(&session.original).expect("an IPv6 key");
+        assert_eq!(
+            key.src_octets(),
+            "fd00:64::2".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -23,13 +23,12 @@ use aya::{
 };
 use multiroute_ebpf::{
     AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE,
-    FLOW6_TABLE_SIZE, Flow, FlowKey, FlowKey6, MAP_LAYOUT, MAX_UPLINKS, PENDING_UPLINK,
-    PROGRAM_NAME, RING_SIZE, SlotName, Traffic, Uplink, affinity_key, balance, chosen_by,
-    map_names,
+    FLOW6_TABLE_SIZE, FlowKey, FlowKey6, MAP_LAYOUT, MAX_UPLINKS, PENDING_UPLINK, PROGRAM_NAME,
+    RING_SIZE, SlotName, Traffic, Uplink, balance, map_names,
 };
 use tracing::{debug, info};
 
-use super::rule_maps::RuleMaps;
+use super::{flow_tables::FlowTables, rule_maps::RuleMaps};
 use crate::{
     path_error::PathError,
     plan::{Plan, slots::Slots},
@@ -425,8 +424,10 @@ pub enum Seeding {
 /// The datapath's maps, opened from their pins: the same view for the daemon that
 /// loaded them, for `status`/`flows`, and for tests.
 pub struct Maps {
-    flows: HashMap<MapData, FlowKey, Flow>,
-    flows6: HashMap<MapData, FlowKey6, Flow>,
+    /// IPv4's flow and affinity tables.
+    pub v4: FlowTables<FlowKey>,
+    /// IPv6's.
+    pub v6: FlowTables<FlowKey6>,
     ring: Ring,
     ring6: Ring,
     uplinks: Array<MapData, Uplink>,
@@ -435,7 +436,6 @@ pub struct Maps {
     slots: Array<MapData, SlotName>,
     /// `[balance] by`, one entry.
     balance: Array<MapData, u32>,
-    affinity: HashMap<MapData, FlowKey, u32>,
     rules: RuleMaps,
 }
 
@@ -669,8 +669,8 @@ where
 impl Maps {
     pub fn open(pin_path: &Path) -> Result<Self, DatapathError> {
         Ok(Self {
-            flows: open_map(pin_path, map_names::FLOWS)?,
-            flows6: open_map(pin_path, map_names::FLOWS6)?,
+            v4: FlowTables::open(pin_path, map_names::FLOWS, map_names::AFFINITY)?,
+            v6: FlowTables::open(pin_path, map_names::FLOWS6, map_names::AFFINITY6)?,
             ring: Ring::open(pin_path, map_names::RING)?,
             ring6: Ring::open(pin_path, map_names::RING6)?,
             uplinks: open_map(pin_path, map_names::UPLINKS)?,
@@ -678,7 +678,6 @@ impl Maps {
             counters: open_map(pin_path, map_names::COUNTERS)?,
             slots: open_map(pin_path, map_names::SLOTS)?,
             balance: open_map(pin_path, map_names::BALANCE)?,
-            affinity: open_map(pin_path, map_names::AFFINITY)?,
             rules: RuleMaps::open(pin_path)?,
         })
     }
@@ -736,10 +735,13 @@ impl Maps {
         self.ring6.write(ring)
     }
 
-    /// Every ring slot points at no uplink yet: new flows are remembered as pending
-    /// and pass unmarked (see [`PENDING_UPLINK`]) until the real ring is written.
-    pub fn write_pending_ring(&mut self) -> Result<(), DatapathError> {
-        self.write_ring(&vec![PENDING_UPLINK; RING_SIZE as usize])
+    /// Every ring slot of both families points at no uplink yet: new flows are
+    /// remembered as pending and pass unmarked (see [`PENDING_UPLINK`]) until the
+    /// real rings are written.
+    pub fn write_pending_rings(&mut self) -> Result<(), DatapathError> {
+        let pending = vec![PENDING_UPLINK; RING_SIZE as usize];
+        self.write_ring(&pending)?;
+        self.write_ring6(&pending)
     }
 
     /// Where the kernel's uplink table and ring differ from the plan, in words;
@@ -782,151 +784,19 @@ impl Maps {
             .map_err(map_error(map_names::UPLINKS))
     }
 
-    /// Remembers each session conntrack NATs to an uplink's address on that
-    /// uplink (with [`Seeding::FillGaps`], only where the datapath has not chosen
-    /// one yet): the flow table then agrees with the NAT binding, so no packet of
-    /// the session leaves through another uplink. Returns how many flows it wrote.
-    pub fn seed(
-        &mut self,
-        sessions: &[super::conntrack::NatedSession],
-        slot_of: &std::collections::BTreeMap<std::net::Ipv4Addr, u32>,
-        seeding: Seeding,
-    ) -> Result<usize, DatapathError> {
-        let now = monotonic_seconds();
-        let by = self
-            .balance
+    /// `[balance] by`, as the datapath reads it.
+    pub fn balance_by(&self) -> Result<u32, DatapathError> {
+        self.balance
             .get(&0, 0)
-            .map_err(map_error(map_names::BALANCE))?;
-        let mut written = 0;
-        for session in sessions {
-            let Some(&slot) = slot_of.get(&session.nated_to) else {
-                continue;
-            };
-            let packets = match self.flow(&session.key) {
-                Some(flow) if flow.uplink_index() == slot => continue,
-                Some(flow)
-                    if seeding == Seeding::FillGaps && flow.uplink_index() != PENDING_UPLINK =>
-                {
-                    continue;
-                }
-                Some(flow) => flow.packets,
-                None => 0,
-            };
-            let flow = Flow {
-                uplink: slot as u16,
-                chosen_by: chosen_by::CONNTRACK,
-                rule: 0,
-                created_s: now,
-                packets,
-            };
-            self.insert_flow(&session.key, &flow)?;
-            written += 1;
-            // Later connections of the same host (and server) follow the running
-            // ones, as the datapath would have grouped them.
-            if by != balance::CONNECTION {
-                let affine = affinity_key(&session.key, by);
-                if self.affinity.get(&affine, 0).is_err() {
-                    self.affinity
-                        .insert(&affine, &slot, 0)
-                        .map_err(map_error(map_names::AFFINITY))?;
-                }
-            }
-        }
-        Ok(written)
-    }
-
-    /// Points the flows each rule (by index) chose at that rule's uplink (a slot),
-    /// where they are elsewhere. Returns the flows it moved.
-    pub fn move_rule_flows(
-        &mut self,
-        rule_uplinks: &std::collections::BTreeMap<u8, u32>,
-    ) -> Result<std::collections::HashSet<FlowKey>, DatapathError> {
-        let mut moved = std::collections::HashSet::new();
-        for (key, mut flow) in self.flows() {
-            if flow.chosen_by != chosen_by::RULE {
-                continue;
-            }
-            let Some(&slot) = rule_uplinks.get(&flow.rule) else {
-                continue;
-            };
-            if flow.uplink_index() != slot {
-                flow.uplink = slot as u16;
-                self.insert_flow(&key, &flow)?;
-                moved.insert(key);
-            }
-        }
-        Ok(moved)
-    }
-
-    /// Flows the datapath remembered as pending: seen while taking over, not
-    /// resolved from conntrack yet.
-    pub fn pending_flows(&self) -> Vec<FlowKey> {
-        self.flows()
-            .into_iter()
-            .filter(|(_, flow)| flow.uplink_index() == PENDING_UPLINK)
-            .map(|(key, _)| key)
-            .collect()
-    }
-
-    /// Forgets a flow: its next packet is a new flow.
-    pub fn forget_flow(&mut self, key: &FlowKey) -> Result<(), DatapathError> {
-        match self.flows.remove(key) {
-            Ok(()) => Ok(()),
-            // Evicted or gone meanwhile.
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(err) => Err(map_error(map_names::FLOWS)(err)),
-        }
-    }
-
-    /// Every tracked flow. Entries the LRU evicts while we iterate are skipped.
-    pub fn flows(&self) -> Vec<(FlowKey, Flow)> {
-        self.flows.iter().filter_map(Result::ok).collect()
+            .map_err(map_error(map_names::BALANCE))
     }
 
     /// How many tracked flows each uplink slot holds, in one walk of the table.
     pub fn flows_per_uplink(&self) -> std::collections::BTreeMap<u32, usize> {
         let mut counts = std::collections::BTreeMap::new();
-        let v4 = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, flow)| flow);
-        let v6 = self
-            .flows6
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, flow)| flow);
-        for flow in v4.chain(v6) {
-            *counts.entry(flow.uplink_index()).or_default() += 1;
-        }
+        self.v4.count_per_uplink(&mut counts);
+        self.v6.count_per_uplink(&mut counts);
         counts
-    }
-
-    /// Every IPv6 flow the datapath remembers.
-    pub fn flows6(&self) -> Vec<(FlowKey6, Flow)> {
-        self.flows6.iter().filter_map(Result::ok).collect()
-    }
-
-    /// Remembers an IPv6 flow, as the datapath would (benchmarks fill the table).
-    pub fn insert_flow6(&mut self, key: &FlowKey6, flow: &Flow) -> Result<(), DatapathError> {
-        self.flows6
-            .insert(key, flow, 0)
-            .map_err(map_error(map_names::FLOWS6))
-    }
-
-    pub fn flow6(&self, key: &FlowKey6) -> Option<Flow> {
-        self.flows6.get(key, 0).ok()
-    }
-
-    /// Remembers a flow, as the datapath would (benchmarks pre-fill the table).
-    pub fn insert_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<(), DatapathError> {
-        self.flows
-            .insert(key, flow, 0)
-            .map_err(map_error(map_names::FLOWS))
-    }
-
-    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        self.flows.get(key, 0).ok()
     }
 
     /// Packets and bytes steered to uplink `index`, summed over CPUs.

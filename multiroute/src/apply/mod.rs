@@ -3,6 +3,7 @@
 //! crash half-way, converges; [`teardown`] removes all of it, also after SIGKILL.
 pub mod conntrack;
 pub mod datapath;
+pub mod flow_tables;
 pub mod host;
 pub mod netlink;
 pub mod nftables;
@@ -12,7 +13,7 @@ pub mod snat;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use conntrack::ConntrackError;
@@ -102,11 +103,12 @@ pub async fn apply(
     if !adopt {
         // Left from a `load` that died before attaching: nothing may match yet.
         maps.write_policy(&crate::plan::Policy::default())?;
-        maps.write_pending_ring()?;
+        maps.write_pending_rings()?;
     }
     datapath.attach(&plan.lan)?;
     takeover.seeded = seed_from_conntrack(&mut maps, plan).await?;
     maps.write_ring(&plan.ring)?;
+    maps.write_ring6(&plan.ring6)?;
     maps.write_policy(&plan.policy)?;
     (takeover.resolved, takeover.forgotten) = resolve_pending(&mut maps, plan).await?;
     routing::sync_main_default(nl, config, plan, observed).await?;
@@ -124,23 +126,38 @@ async fn off_thread<T: Send + 'static>(
 }
 
 /// Writes every session conntrack NATs to one of `slot_of`'s addresses into the
-/// flow table on that address's slot, as `seeding` says. Returns how many.
+/// flow table of its family on that address's slot, as `seeding` says. Returns
+/// how many.
 async fn seed_sessions(
     maps: &mut Maps,
-    slot_of: &BTreeMap<Ipv4Addr, u32>,
+    slot_of: &BTreeMap<IpAddr, u32>,
     seeding: datapath::Seeding,
 ) -> Result<usize, ApplyError> {
-    let sessions = off_thread(conntrack::nated_sessions).await?;
-    Ok(maps.seed(&sessions, slot_of, seeding)?)
+    let by = maps.balance_by()?;
+    let mut seeded = 0;
+    if slot_of.keys().any(IpAddr::is_ipv4) {
+        let sessions = off_thread(conntrack::nated_sessions).await?;
+        seeded += maps.v4.seed(&sessions, slot_of, seeding, by)?;
+    }
+    if slot_of.keys().any(IpAddr::is_ipv6) {
+        let sessions = off_thread(conntrack::nated_sessions).await?;
+        seeded += maps.v6.seed(&sessions, slot_of, seeding, by)?;
+    }
+    Ok(seeded)
 }
 
-/// Writes every session conntrack NATs to an uplink's address into the flow table
-/// (flows the datapath already placed are left alone). Returns how many.
+/// Writes every session conntrack NATs to an uplink's address (of either family)
+/// into the flow tables (flows the datapath already placed are left alone).
+/// Returns how many.
 async fn seed_from_conntrack(maps: &mut Maps, plan: &Plan) -> Result<usize, ApplyError> {
     let slot_of = plan
         .uplinks
         .iter()
-        .filter_map(|u| Some((u.address()?, u.slot)))
+        .flat_map(|u| {
+            let v4 = u.address().map(|a| (IpAddr::V4(a), u.slot));
+            let v6 = u.readiness6.address().map(|a| (IpAddr::V6(a), u.slot));
+            v4.into_iter().chain(v6)
+        })
         .collect();
     seed_sessions(maps, &slot_of, datapath::Seeding::FillGaps).await
 }
@@ -154,25 +171,28 @@ const RESOLVE_ROUNDS: usize = 3;
 /// uplink their NAT binding names; forgets those conntrack has no binding for.
 /// Returns (resolved, forgotten).
 async fn resolve_pending(maps: &mut Maps, plan: &Plan) -> Result<(usize, usize), ApplyError> {
+    let pending = |maps: &Maps| maps.v4.pending().len() + maps.v6.pending().len();
     let mut resolved = 0;
-    let mut pending = maps.pending_flows();
+    let mut left = pending(maps);
     for round in 0..RESOLVE_ROUNDS {
-        if pending.is_empty() {
+        if left == 0 {
             break;
         }
         if round > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         seed_from_conntrack(maps, plan).await?;
-        let left = maps.pending_flows();
-        resolved += pending.len().saturating_sub(left.len());
-        pending = left;
+        let now = pending(maps);
+        resolved += left.saturating_sub(now);
+        left = now;
     }
-    let forgotten = pending;
-    for key in &forgotten {
-        maps.forget_flow(key)?;
+    for key in maps.v4.pending() {
+        maps.v4.forget(&key)?;
     }
-    Ok((resolved, forgotten.len()))
+    for key in maps.v6.pending() {
+        maps.v6.forget(&key)?;
+    }
+    Ok((resolved, left))
 }
 
 /// Conntrack entries removed for an uplink that stopped carrying traffic.
@@ -276,10 +296,14 @@ async fn return_rule_flows(
     if changed.is_empty() {
         return Ok(0);
     }
-    let moved = maps.move_rule_flows(&changed)?;
-    let count = moved.len();
-    if count > 0 {
+    let moved = maps.v4.move_rule_flows(&changed)?;
+    let moved6 = maps.v6.move_rule_flows(&changed)?;
+    let count = moved.len() + moved6.len();
+    if !moved.is_empty() {
         off_thread(move || conntrack::flush_flows(&moved)).await?;
+    }
+    if !moved6.is_empty() {
+        off_thread(move || conntrack::flush_flows(&moved6)).await?;
     }
     Ok(count)
 }
@@ -325,13 +349,9 @@ async fn seed_arrived(
     plan: &Plan,
     arrived: &[(String, IpAddr)],
 ) -> Result<usize, ApplyError> {
-    // Seeding knows IPv4 sessions only, so far.
     let slot_of: BTreeMap<_, _> = arrived
         .iter()
-        .filter_map(|(name, address)| match address {
-            IpAddr::V4(address) => Some((*address, plan.uplink(name)?.slot)),
-            IpAddr::V6(_) => None,
-        })
+        .filter_map(|(name, address)| Some((*address, plan.uplink(name)?.slot)))
         .collect();
     if slot_of.is_empty() {
         return Ok(0);

@@ -15,7 +15,7 @@ use multiroute::{
     config::{Config, proto_name},
     net::Ipv4Net,
 };
-use multiroute_ebpf::{Flow, FlowKey, chosen_by};
+use multiroute_ebpf::{Flow, FlowKey, FlowKey6, chosen_by};
 use serde::Serialize;
 use tracing::warn;
 
@@ -60,9 +60,12 @@ fn why(config: &Config, flow: &Flow) -> String {
 
 /// Replies of inbound connections, by the key the classifier gives them, with the
 /// slot of the uplink they arrived on. Without conntrack access, none are known.
-fn inbound_slots(config: &Config) -> HashMap<FlowKey, u32> {
+fn inbound_slots<K: std::hash::Hash + Eq>(
+    config: &Config,
+    replies: impl FnOnce(u32) -> Result<Vec<(K, u32)>, conntrack::ConntrackError>,
+) -> HashMap<K, u32> {
     let numbering = config.numbering();
-    match conntrack::inbound_replies(numbering.inbound_flag()) {
+    match replies(numbering.inbound_flag()) {
         Ok(replies) => replies
             .into_iter()
             .filter_map(|(key, mark)| Some((key, numbering.slot_of_mark(mark)?)))
@@ -87,7 +90,8 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
     })?;
     let slots = datapath::read_slots(pin_path).context("reading the uplink slots")?;
     let now = u64::from(datapath::monotonic_seconds());
-    let inbound = inbound_slots(&config);
+    let inbound = inbound_slots(&config, conntrack::inbound_replies::<FlowKey>);
+    let inbound6 = inbound_slots(&config, conntrack::inbound_replies::<FlowKey6>);
     let name_of = |slot: u32| {
         slots
             .iter()
@@ -107,18 +111,21 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
             packets: flow.packets,
         }
     };
-    let ipv4 = maps.flows().into_iter().map(|(key, flow)| {
-        let (uplink, why) = match inbound.get(&key) {
-            Some(&slot) => (name_of(slot), "inbound".to_owned()),
-            None => (name_of(flow.uplink_index()), why(&config, &flow)),
-        };
+    // Replies of inbound connections follow their arrival uplink, whatever the
+    // classifier hashed.
+    let placed = |inbound: Option<&u32>, flow: &Flow| match inbound {
+        Some(&slot) => (name_of(slot), "inbound".to_owned()),
+        None => (name_of(flow.uplink_index()), why(&config, flow)),
+    };
+    let ipv4 = maps.v4.all().into_iter().map(|(key, flow)| {
+        let (uplink, why) = placed(inbound.get(&key), &flow);
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
         row(src, dst, key.proto, key.ports(), uplink, why, &flow)
     });
-    let ipv6 = maps.flows6().into_iter().map(|(key, flow)| {
+    let ipv6 = maps.v6.all().into_iter().map(|(key, flow)| {
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
         let ports = multiroute_ebpf::FlowIdentity::ports(&key);
-        let (uplink, why) = (name_of(flow.uplink_index()), why(&config, &flow));
+        let (uplink, why) = placed(inbound6.get(&key), &flow);
         row(src, dst, key.proto, ports, uplink, why, &flow)
     });
     // An IPv4 prefix filter matches no IPv6 flow.

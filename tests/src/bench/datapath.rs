@@ -229,7 +229,11 @@ pub fn run(options: &Options) -> Result<Results> {
     // and only the last one matches (by port), so the walk tries each.
     dp.maps.write_policy(&worst_case_rules())?;
     dp.run(&flow_packet(next), 0, 1)?;
-    let chosen = dp.maps.flow(&flow_key(next)).map(|f| (f.chosen_by, f.rule));
+    let chosen = dp
+        .maps
+        .v4
+        .get(&flow_key(next))
+        .map(|f| (f.chosen_by, f.rule));
     anyhow::ensure!(
         chosen == Some((multiroute_ebpf::chosen_by::RULE, (MAX_RULES - 1) as u8)),
         "the last rule must choose the benchmark's new flows: {chosen:?}"
@@ -252,7 +256,7 @@ pub fn run(options: &Options) -> Result<Results> {
         configure(&mut dp, 2)?;
         let base = 1 << 30;
         for i in 0..entries {
-            dp.maps.insert_flow(
+            dp.maps.v4.insert(
                 &flow_key(base + i),
                 &Flow {
                     uplink: (i % 2) as u16,

@@ -3,14 +3,19 @@
 //! multiroute, an nftables mark router as mwan3 and VyOS build it (hash → mark,
 //! saved in and restored from the conntrack mark, same fwmark rules and tables),
 //! and kernel ECMP with L4 hashing — plus two partial multiroutes that show where
-//! its per-packet cost goes. iperf3 measures, the lab's client counts connections.
+//! its per-packet cost goes, and the same for IPv6: plain IPv6 forwarding + NAT66
+//! against multiroute (whose NAT66 is its own). iperf3 measures, the lab's client
+//! counts connections.
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
-use crate::{Lab, LabOptions, SERVER, lab_script};
+use crate::{Lab, LabOptions, SERVER, ipv6::SERVER6, lab_script};
+
+/// The IPv6 iperf3 server's port (the IPv4 one keeps iperf3's default).
+const IPERF6_PORT: &str = "5202";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Variant {
@@ -22,17 +27,28 @@ pub enum Variant {
     RoutingOnly,
     /// Decomposition: multiroute without its inbound-symmetry nftables chain.
     NoInboundChain,
+    /// IPv6 through the plain router with a NAT66 masquerade.
+    Baseline6,
+    /// IPv6 through multiroute.
+    Multiroute6,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 8] = [
         Variant::Baseline,
         Variant::Multiroute,
         Variant::NftMark,
         Variant::Ecmp,
         Variant::RoutingOnly,
         Variant::NoInboundChain,
+        Variant::Baseline6,
+        Variant::Multiroute6,
     ];
+
+    /// Measured over IPv6, to the server's IPv6 address.
+    pub fn ipv6(self) -> bool {
+        matches!(self, Variant::Baseline6 | Variant::Multiroute6)
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -42,6 +58,8 @@ impl Variant {
             Variant::Ecmp => "kernel ECMP, L4 hash",
             Variant::RoutingOnly => "(multiroute's rules and tables only)",
             Variant::NoInboundChain => "(multiroute without the inbound chain)",
+            Variant::Baseline6 => "IPv6: plain forwarding + NAT66",
+            Variant::Multiroute6 => "IPv6: multiroute",
         }
     }
 }
@@ -64,6 +82,15 @@ const NFT_MARK_RULESET: &str = "table ip nftmark {
         iifname \"lan0\" ct mark and 0xff00 != 0 meta mark set ct mark accept
         iifname \"lan0\" meta mark set jhash ip saddr . ip daddr . th sport . th dport mod 2 map { 0 : 0x100, 1 : 0x200 }
         iifname \"lan0\" ct mark set meta mark
+    }
+}
+";
+
+/// The plain router's NAT66 for the IPv6 baseline (multiroute brings its own).
+const NAT66_RULESET: &str = "table ip6 nat66 {
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname \"wan*\" masquerade
     }
 }
 ";
@@ -104,7 +131,10 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
-        Variant::Multiroute => lab.start_router()?,
+        Variant::Baseline6 => {
+            lab.ns(&router, "nft", &[NAT66_RULESET])?;
+        }
+        Variant::Multiroute | Variant::Multiroute6 => lab.start_router()?,
         Variant::NftMark => {
             // multiroute's tables and rules, with nftables doing the marking.
             without_daemon(lab)?;
@@ -156,7 +186,10 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
-        Variant::Multiroute => lab.stop_and_unload()?,
+        Variant::Baseline6 => {
+            lab.ns(&router, "nft", &["delete", "table", "ip6", "nat66"])?;
+        }
+        Variant::Multiroute | Variant::Multiroute6 => lab.stop_and_unload()?,
         Variant::RoutingOnly | Variant::NoInboundChain => unload(lab)?,
         Variant::NftMark => {
             lab.ns(&router, "nft", &["delete", "table", "ip", "nftmark"])?;
@@ -174,10 +207,18 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     Ok(())
 }
 
-/// `iperf3 -J` from the client to the server; the parsed report.
-fn iperf(lab: &Lab, args: &[&str]) -> Result<serde_json::Value> {
-    let server = SERVER.to_string();
+/// `iperf3 -J` from the client to the server (its IPv6 address and iperf3 for
+/// `ipv6`); the parsed report.
+fn iperf(lab: &Lab, ipv6: bool, args: &[&str]) -> Result<serde_json::Value> {
+    let server = if ipv6 {
+        SERVER6.to_string()
+    } else {
+        SERVER.to_string()
+    };
     let mut full = vec!["-c", server.as_str(), "-J"];
+    if ipv6 {
+        full.extend(["-p", IPERF6_PORT]);
+    }
     full.extend_from_slice(args);
     let out = lab.ns(&lab.client(), "iperf3", &full)?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J")?;
@@ -196,9 +237,10 @@ fn measure_once(lab: &Lab, variant: Variant, options: &Options) -> Result<[f64; 
             .unwrap_or(0.0)
             / 1e9
     };
-    let tcp1 = gbps(iperf(lab, &["-t", &seconds])?);
-    let tcp8 = gbps(iperf(lab, &["-t", &seconds, "-P", "8"])?);
-    let report = iperf(lab, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
+    let ipv6 = variant.ipv6();
+    let tcp1 = gbps(iperf(lab, ipv6, &["-t", &seconds])?);
+    let tcp8 = gbps(iperf(lab, ipv6, &["-t", &seconds, "-P", "8"])?);
+    let report = iperf(lab, ipv6, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;
     let sum = &report["end"]["sum"];
     let received =
         sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
@@ -210,7 +252,7 @@ fn measure_once(lab: &Lab, variant: Variant, options: &Options) -> Result<[f64; 
         &[
             &lab_script("client.py"),
             "count",
-            &lab.url("/"),
+            &if ipv6 { lab.url6("/") } else { lab.url("/") },
             &options.connections.to_string(),
             "120",
         ],
@@ -231,13 +273,21 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
         weights: vec![1, 1],
         extra_config: String::new(),
     })?;
+    lab.add_ipv6()?;
+    let blocks = Lab::dual_stack_block(0, 1) + &Lab::dual_stack_block(1, 1);
+    lab.write_config_with(&blocks, "")?;
     let inet = lab.inet();
     lab.start_in(&inet, "iperf3", &["-s", "-B", &SERVER.to_string()])?;
-    // iperf3's server needs a moment to listen.
+    lab.start_in(
+        &inet,
+        "iperf3",
+        &["-s", "-B", &SERVER6.to_string(), "-p", IPERF6_PORT],
+    )?;
+    // iperf3's servers need a moment to listen.
     crate::wait_until(std::time::Duration::from_secs(5), || {
-        iperf(&lab, &["-n", "1K"]).is_ok()
+        iperf(&lab, false, &["-n", "1K"]).is_ok() && iperf(&lab, true, &["-n", "1K"]).is_ok()
     })
-    .context("iperf3 server did not come up")?;
+    .context("iperf3 servers did not come up")?;
     let mut samples = vec![Vec::new(); Variant::ALL.len()];
     for round in 0..options.forwarding_runs {
         for (i, variant) in Variant::ALL.into_iter().enumerate() {

@@ -78,7 +78,7 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
                 proto: 6,
                 pad: [0; 3],
             };
-            dp.maps.insert_flow(&key, &Flow::default())?;
+            dp.maps.v4.insert(&key, &Flow::default())?;
         }
         map_memory(&dp.pin_path())? as f64 / MIB
     };
@@ -100,7 +100,7 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
                 proto: 6,
                 pad: [0; 3],
             };
-            dp.maps.insert_flow6(&key, &Flow::default())?;
+            dp.maps.v6.insert(&key, &Flow::default())?;
         }
         map_memory(&dp.pin_path())? as f64 / MIB
     };
