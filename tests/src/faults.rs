@@ -1,6 +1,7 @@
 //! Faults the lab injects: silent upstream outages, flapping probes, links going
 //! down, and uplinks turned into point-to-point links.
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use multiroute::net::Family;
 
 use crate::Lab;
 
@@ -93,5 +94,56 @@ impl Lab {
             &["link", "set", &format!("wan{n}"), state],
         )
         .map(drop)
+    }
+
+    /// Every ISP drops and counts packets of `family` from another ISP's customer
+    /// addresses (BCP 38, as real ISPs do): a reply leaving through the wrong
+    /// uplink is lost, and counted.
+    pub fn enforce_source_addresses(&self, family: Family) -> Result<()> {
+        for n in 0..self.isps {
+            let (table, saddr, customers, own) = match family {
+                Family::V4 => (
+                    "ip",
+                    "ip saddr",
+                    "198.18.0.0/16",
+                    Self::uplink_address(n).to_string(),
+                ),
+                Family::V6 => (
+                    "ip6",
+                    "ip6 saddr",
+                    "2001:db8:18::/48",
+                    Self::uplink_address6(n).to_string(),
+                ),
+            };
+            self.ns(
+                &self.isp(n),
+                "nft",
+                &[&format!(
+                    "add table {table} bcp38; add chain {table} bcp38 forward {{ type filter hook forward priority 0; }}; \
+                     add rule {table} bcp38 forward {saddr} {customers} {saddr} != {own} counter drop"
+                )],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Packets of `family` each ISP dropped for carrying another ISP's customer
+    /// address (see [`Lab::enforce_source_addresses`]).
+    pub fn foreign_sources(&self, family: Family) -> Result<Vec<u64>> {
+        let table = match family {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        };
+        (0..self.isps)
+            .map(|n| {
+                let out = self.ns(&self.isp(n), "nft", &["list", "table", table, "bcp38"])?;
+                crate::stdout(&out)
+                    .split_whitespace()
+                    .skip_while(|w| *w != "packets")
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .context("a counter in the bcp38 table")
+            })
+            .collect()
     }
 }

@@ -95,6 +95,34 @@ fn uplink_of(v: Verdict) -> Option<usize> {
     MARKS.iter().position(|m| *m == v.mark & MASK)
 }
 
+/// Each packet passes with its mark as it came and the verdict that lets the
+/// stack go on.
+fn assert_untouched(dp: &mut LoadedDatapath, packets: &[(&str, Vec<u8>)]) {
+    for (what, packet) in packets {
+        let v = dp
+            .run(packet, FOREIGN_MARK, 1)
+            .unwrap_or_else(|err| panic!("{what}: {err:#}"))
+            .0;
+        assert_eq!(
+            v,
+            Verdict {
+                return_code: TC_ACT_UNSPEC,
+                mark: FOREIGN_MARK
+            },
+            "{what} must pass untouched"
+        );
+    }
+}
+
+/// The outcome counters of `family`, by outcome.
+fn counters(dp: &LoadedDatapath, family: u32) -> HashMap<Counter, u64> {
+    dp.maps
+        .counters(family)
+        .expect("reading the counters")
+        .into_iter()
+        .collect()
+}
+
 fn many_flows(n: u32, seed: u32) -> impl Iterator<Item = Vec<u8>> {
     (0..n).map(move |i| {
         tcp(
@@ -175,26 +203,8 @@ fn fixtures_steer_ip_and_pass_everything_else_untouched() {
             udp(client, 68, Ipv4Addr::BROADCAST, 67),
         ),
     ];
-    for (what, packet) in untouched {
-        let v = dp
-            .run(packet, FOREIGN_MARK, 1)
-            .unwrap_or_else(|err| panic!("{what}: {err:#}"))
-            .0;
-        assert_eq!(
-            v,
-            Verdict {
-                return_code: TC_ACT_UNSPEC,
-                mark: FOREIGN_MARK
-            },
-            "{what} must pass untouched"
-        );
-    }
-    let counters: HashMap<_, _> = dp
-        .maps
-        .counters(multiroute_ebpf::family::IPV4)
-        .unwrap()
-        .into_iter()
-        .collect();
+    assert_untouched(&mut dp, untouched);
+    let counters = counters(&dp, multiroute_ebpf::family::IPV4);
     // The tagged SYN is the plain SYN's flow: one hit, four new flows.
     assert_eq!(
         (counters[&Counter::FlowNew], counters[&Counter::FlowHit]),
@@ -234,12 +244,7 @@ fn same_five_tuple_gets_the_same_mark_every_time() {
         verdict(&mut dp, &b),
         "one echo id, one flow"
     );
-    let counters: HashMap<_, _> = dp
-        .maps
-        .counters(multiroute_ebpf::family::IPV4)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let counters = counters(&dp, multiroute_ebpf::family::IPV4);
     assert_eq!(counters[&Counter::FlowNew], 201);
     assert_eq!(counters[&Counter::FlowHit], 1001);
 }
@@ -292,12 +297,7 @@ fn dead_uplink_gets_no_new_flows_and_its_flows_move() {
         fresh[1], 0,
         "no new flow may use the dead uplink: {fresh:?}"
     );
-    let counters: HashMap<_, _> = dp
-        .maps
-        .counters(multiroute_ebpf::family::IPV4)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let counters = counters(&dp, multiroute_ebpf::family::IPV4);
     assert_eq!(
         counters[&Counter::FlowMoved] as usize,
         before.iter().filter(|u| **u == Some(1)).count()
@@ -352,21 +352,28 @@ fn cost_per_packet_is_reported() {
     assert!(known_ns.as_nanos() > 0, "the kernel reports a duration");
 }
 
+/// The fixtures' three uplinks in config form, with `rules` after them, as the
+/// datapath's rule maps hold them.
+fn policy(rules: &str) -> multiroute::plan::Policy {
+    let text = format!(
+        "lan = [\"lan0\"]\n{}{rules}",
+        NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("[[uplink]]\nname = \"{name}\"\ninterface = \"wan{i}\"\n"))
+            .collect::<String>()
+    );
+    let config = multiroute::config::Config::parse(&text, std::path::Path::new("policy.toml"))
+        .expect("the policy config");
+    multiroute::plan::policy::datapath(&config.rules, |name| {
+        NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+    })
+}
+
 /// Policy rules, matched once per new flow: SIP over cable then DSL; an office
 /// subnet's traffic to one network over LTE; one host over DSL; source ports
 /// 5000-5100 (TCP and UDP only) over LTE.
 const POLICY: &str = r#"
-lan = ["lan0"]
-[[uplink]]
-name = "dsl"
-interface = "wan0"
-[[uplink]]
-name = "cable"
-interface = "wan1"
-[[uplink]]
-name = "lte"
-interface = "wan2"
-
 [[rule]]
 name = "sip"
 proto = "udp"
@@ -412,12 +419,9 @@ fn policy_rules_choose_new_flows_in_order_and_fall_back_in_order() {
     let Some(mut dp) = setup("policy", [1, 1, 1], [true; 3]) else {
         return;
     };
-    let config = multiroute::config::Config::parse(POLICY, std::path::Path::new("policy.toml"))
-        .expect("the policy config");
-    let policy = multiroute::plan::policy::datapath(&config.rules, |name| {
-        NAMES.iter().position(|n| *n == name).map(|i| i as u32)
-    });
-    dp.maps.write_policy(&policy).expect("writing the rules");
+    dp.maps
+        .write_policy(&policy(POLICY))
+        .expect("writing the rules");
     let office_server = Ipv4Addr::new(198, 51, 100, 7);
     let cases = [
         ("SIP over cable", udp(lan(5), 5060, SERVER, 5060), 1, 0),
@@ -476,12 +480,7 @@ fn policy_rules_choose_new_flows_in_order_and_fall_back_in_order() {
             "{src}:{sport}"
         );
     }
-    let counters: HashMap<_, _> = dp
-        .maps
-        .counters(multiroute_ebpf::family::IPV4)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let counters = counters(&dp, multiroute_ebpf::family::IPV4);
     assert_eq!(counters[&Counter::FlowRule], 6);
 
     // Cable dies: the SIP flow moves to DSL, still by its rule; a new one too.
@@ -630,39 +629,16 @@ fn ipv6_is_parsed_through_extension_headers_and_steered_like_ipv4() {
         ("TCP ports cut off", ports_cut_off),
         ("extension header cut off", extension_cut_off),
     ];
-    for (what, packet) in untouched {
-        let v = dp
-            .run(packet, FOREIGN_MARK, 1)
-            .unwrap_or_else(|err| panic!("{what}: {err:#}"))
-            .0;
-        assert_eq!(
-            v,
-            Verdict {
-                return_code: TC_ACT_UNSPEC,
-                mark: FOREIGN_MARK
-            },
-            "{what} must pass untouched"
-        );
-    }
-    let counters: HashMap<_, _> = dp
-        .maps
-        .counters(family::IPV6)
-        .unwrap()
-        .into_iter()
-        .collect();
+    assert_untouched(&mut dp, untouched);
+    let ipv4 = counters(&dp, family::IPV4);
+    let ipv6 = counters(&dp, family::IPV6);
     assert_eq!(
-        (counters[&Counter::FlowNew], counters[&Counter::FlowHit]),
+        (ipv6[&Counter::FlowNew], ipv6[&Counter::FlowHit]),
         (4, 4),
-        "SYN, fragments, echo and datagram new; options, later fragment, next echo hit: {counters:?}"
+        "SYN, fragments, echo and datagram new; options, later fragment, next echo hit: {ipv6:?}"
     );
-    assert_eq!(counters[&Counter::PassNotUnicast], 3, "{counters:?}");
-    assert_eq!(counters[&Counter::PassMalformed], 4, "{counters:?}");
-    let ipv4: HashMap<_, _> = dp
-        .maps
-        .counters(family::IPV4)
-        .unwrap()
-        .into_iter()
-        .collect();
+    assert_eq!(ipv6[&Counter::PassNotUnicast], 3, "{ipv6:?}");
+    assert_eq!(ipv6[&Counter::PassMalformed], 4, "{ipv6:?}");
     assert_eq!(ipv4.values().sum::<u64>(), 0, "IPv6 counts apart: {ipv4:?}");
     assert_eq!(dp.maps.v6.all().len(), 4);
 }
@@ -708,17 +684,6 @@ fn ipv6_follows_its_own_weights_and_liveness() {
 }
 
 const POLICY6: &str = r#"
-lan = ["lan0"]
-[[uplink]]
-name = "dsl"
-interface = "wan0"
-[[uplink]]
-name = "cable"
-interface = "wan1"
-[[uplink]]
-name = "lte"
-interface = "wan2"
-
 [[rule]]
 name = "office"
 src = ["fd00:0:0:1::/64", "100.64.0.128/25"]
@@ -738,12 +703,9 @@ fn ipv6_prefixes_in_policy_rules_match_ipv6_flows() {
         return;
     };
     configure_families(&mut dp, [1, 1, 1], [true; 3], [true; 3]);
-    let config = multiroute::config::Config::parse(POLICY6, std::path::Path::new("policy6.toml"))
-        .expect("the policy config");
-    let policy = multiroute::plan::policy::datapath(&config.rules, |name| {
-        NAMES.iter().position(|n| *n == name).map(|i| i as u32)
-    });
-    dp.maps.write_policy(&policy).expect("writing the rules");
+    dp.maps
+        .write_policy(&policy(POLICY6))
+        .expect("writing the rules");
     let other_server = Ipv6Addr::new(0x2001, 0xdb8, 0xee, 0, 0, 0, 0, 1);
     let elsewhere = Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 7);
     let rule_of = |dp: &LoadedDatapath, src: Ipv6Addr, dst: Ipv6Addr| {

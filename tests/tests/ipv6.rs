@@ -5,6 +5,7 @@
 //! to the plan for both families, and nothing left after `unload`.
 use std::{thread::sleep, time::Duration};
 
+use multiroute::net::Family;
 use multiroute_tests::{
     Lab, LabOptions, SERVER, ipv6::SERVER6, loaded_classifiers, measure_outage, percent,
     require_root, wait_until, wall_clock,
@@ -22,23 +23,29 @@ fn connections6(lab: &Lab, count: usize) -> multiroute_tests::Connections {
     lab.finish_connections(child).expect("IPv6 connections")
 }
 
+/// A dual-stack lab whose uplinks have `weights`, with `extra` config.
+fn dual_stack_lab(weights: &[u32], extra: &str) -> Lab {
+    let mut lab = Lab::new(&LabOptions {
+        weights: weights.to_vec(),
+        extra_config: extra.into(),
+    })
+    .expect("building the lab");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    let blocks: String = weights
+        .iter()
+        .enumerate()
+        .map(|(n, weight)| Lab::dual_stack_block(n, *weight))
+        .collect();
+    lab.write_config_with(&blocks, extra).unwrap();
+    lab
+}
+
 #[test]
 fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
     if !require_root("ipv6_is_balanced_and_fails_over_apart_from_ipv4") {
         return;
     }
-    let mut lab = Lab::new(&LabOptions {
-        weights: vec![1, 2, 3],
-        extra_config: HEALTH.into(),
-    })
-    .expect("building the lab");
-    lab.add_ipv6().expect("making the lab dual-stack");
-    let blocks: String = [1, 2, 3]
-        .iter()
-        .enumerate()
-        .map(|(n, weight)| Lab::dual_stack_block(n, *weight))
-        .collect();
-    lab.write_config_with(&blocks, HEALTH).unwrap();
+    let mut lab = dual_stack_lab(&[1, 2, 3], HEALTH);
     let pristine = lab.router_snapshot().unwrap();
     lab.start_router().expect("starting multiroute");
     lab.assert_kernel_matches_plan()
@@ -198,14 +205,7 @@ fn an_uplink_renumbered_by_its_isp_is_followed_within_a_second() {
     if !require_root("an_uplink_renumbered_by_its_isp_is_followed_within_a_second") {
         return;
     }
-    let mut lab = Lab::new(&LabOptions {
-        weights: vec![1, 1],
-        extra_config: HEALTH.into(),
-    })
-    .expect("building the lab");
-    lab.add_ipv6().expect("making the lab dual-stack");
-    let blocks = Lab::dual_stack_block(0, 0) + &Lab::dual_stack_block(1, 1);
-    lab.write_config_with(&blocks, HEALTH).unwrap();
+    let mut lab = dual_stack_lab(&[0, 1], HEALTH);
     lab.start_router().expect("starting multiroute");
     let old = Lab::uplink_address6(1).to_string();
     assert_eq!(
@@ -278,14 +278,7 @@ fn inbound_ipv6_connections_are_answered_through_their_uplink() {
     if !require_root("inbound_ipv6_connections_are_answered_through_their_uplink") {
         return;
     }
-    let mut lab = Lab::new(&LabOptions {
-        weights: vec![1, 1, 1],
-        extra_config: HEALTH.into(),
-    })
-    .expect("building the lab");
-    lab.add_ipv6().expect("making the lab dual-stack");
-    let blocks: String = (0..3).map(|n| Lab::dual_stack_block(n, 1)).collect();
-    lab.write_config_with(&blocks, HEALTH).unwrap();
+    let mut lab = dual_stack_lab(&[1, 1, 1], HEALTH);
     // A web server on the LAN host, port-forwarded on every uplink, and one on the
     // router itself; every ISP drops (and counts) another ISP's customer addresses.
     let client6 = "fd00:64::2";
@@ -300,18 +293,7 @@ fn inbound_ipv6_connections_are_answered_through_their_uplink() {
         )],
     )
     .unwrap();
-    for n in 0..lab.isps {
-        lab.ns(
-            &lab.isp(n),
-            "nft",
-            &[&format!(
-                "add table ip6 bcp38; add chain ip6 bcp38 forward {{ type filter hook forward priority 0; }}; \
-                 add rule ip6 bcp38 forward ip6 saddr 2001:db8:18::/48 ip6 saddr != {} counter drop",
-                Lab::uplink_address6(n)
-            )],
-        )
-        .unwrap();
-    }
+    lab.enforce_source_addresses(Family::V6).unwrap();
     lab.start_router().expect("starting multiroute");
     for n in 0..lab.isps {
         let address = Lab::uplink_address6(n);
@@ -333,18 +315,10 @@ fn inbound_ipv6_connections_are_answered_through_their_uplink() {
             assert_eq!(failures, 0, "{what} via isp{n}");
         }
     }
-    let dropped: Vec<String> = (0..lab.isps)
-        .map(|n| {
-            let out = lab
-                .ns(&lab.isp(n), "nft", &["list", "table", "ip6", "bcp38"])
-                .unwrap();
-            multiroute_tests::stdout(&out)
-        })
-        .filter(|table| !table.contains("packets 0 "))
-        .collect();
-    assert!(
-        dropped.is_empty(),
-        "replies left through another uplink: {dropped:?}"
+    assert_eq!(
+        lab.foreign_sources(Family::V6).unwrap(),
+        [0, 0, 0],
+        "no reply left through an uplink other than the one its connection arrived on"
     );
     // `flows` says why: the LAN server's replies follow the uplink their connection
     // arrived on (the internet client reaches isp N from 2001:db8:19:N::2).
@@ -371,18 +345,7 @@ fn ipv6_sessions_open_before_the_first_load_keep_their_uplink() {
     if !require_root("ipv6_sessions_open_before_the_first_load_keep_their_uplink") {
         return;
     }
-    let mut lab = Lab::new(&LabOptions {
-        weights: vec![1, 2, 3],
-        extra_config: String::new(),
-    })
-    .expect("building the lab");
-    lab.add_ipv6().expect("making the lab dual-stack");
-    let blocks: String = [1, 2, 3]
-        .iter()
-        .enumerate()
-        .map(|(n, weight)| Lab::dual_stack_block(n, *weight))
-        .collect();
-    lab.write_config_with(&blocks, "").unwrap();
+    let mut lab = dual_stack_lab(&[1, 2, 3], "");
     // Before multiroute, the router's own firewall masqueraded IPv6 too; sessions
     // go out through its IPv6 default, ISP 0.
     lab.ns(

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use multiroute::net::Family;
 use multiroute_tests::{
     CLIENT, Connections, Lab, LabOptions, SERVER2, percent, require_root, stdout, wait_until,
 };
@@ -16,40 +17,6 @@ fn lab(weights: &[u32], extra_config: &str) -> Lab {
         extra_config: extra_config.into(),
     })
     .expect("building the lab")
-}
-
-/// Every ISP drops and counts packets from another ISP's customer address (BCP 38,
-/// as real ISPs do): a reply leaving through the wrong uplink is lost, and counted.
-fn enforce_source_addresses(lab: &Lab) {
-    for n in 0..lab.isps {
-        lab.ns(
-            &lab.isp(n),
-            "nft",
-            &[&format!(
-                "add table ip bcp38; add chain ip bcp38 forward {{ type filter hook forward priority 0; }}; \
-                 add rule ip bcp38 forward ip saddr 198.18.0.0/16 ip saddr != {} counter drop",
-                Lab::uplink_address(n)
-            )],
-        )
-        .unwrap();
-    }
-}
-
-/// Packets each ISP dropped for carrying another ISP's customer address.
-fn foreign_sources(lab: &Lab) -> Vec<u64> {
-    (0..lab.isps)
-        .map(|n| {
-            let out = lab
-                .ns(&lab.isp(n), "nft", &["list", "table", "ip", "bcp38"])
-                .unwrap();
-            stdout(&out)
-                .split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .expect("a counter")
-        })
-        .collect()
 }
 
 #[test]
@@ -73,7 +40,7 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
         )],
     )
     .unwrap();
-    enforce_source_addresses(&lab);
+    lab.enforce_source_addresses(Family::V4).unwrap();
     lab.start_router().unwrap();
 
     for n in 0..lab.isps {
@@ -92,7 +59,7 @@ fn connections_arriving_on_an_uplink_are_answered_through_it() {
         }
     }
     assert_eq!(
-        foreign_sources(&lab),
+        lab.foreign_sources(Family::V4).unwrap(),
         [0, 0],
         "no reply left through an uplink other than the one its connection arrived on"
     );

@@ -51,6 +51,14 @@ fn lines<T: ToString>(items: &[T]) -> Vec<String> {
     items.iter().map(ToString::to_string).collect()
 }
 
+/// The plan's rules for the router's own traffic (`iif lo`), as `ip` lists them.
+fn router_rule_lines(plan: &Plan) -> Vec<String> {
+    lines(&plan.rules)
+        .into_iter()
+        .filter(|r| r.contains("iif lo"))
+        .collect()
+}
+
 #[test]
 fn seed_tables_match_the_seed_commands() {
     // The seed's `ip route add … table dsl_internet|cable_internet`, with
@@ -189,12 +197,8 @@ fn policy_rules_go_to_the_classifier_and_the_routers_own_rules() {
     assert_eq!(policy.src[&net("192.168.0.0/24")], 0b1000);
     assert_eq!(policy.src[&net("192.168.0.53")], 0b1000);
     assert_eq!(policy.dst[&net("24.19.100.1")], 0b0010);
-    let local: Vec<_> = lines(&plan.rules)
-        .into_iter()
-        .filter(|r| r.contains("iif lo"))
-        .collect();
     assert_eq!(
-        local,
+        router_rule_lines(&plan),
         [
             "pref 10400 from all to 142.154.61.100 iif lo lookup 101",
             "pref 10401 from all to 24.19.100.1 iif lo lookup 102",
@@ -226,10 +230,7 @@ fn policy_rules_go_to_the_classifier_and_the_routers_own_rules() {
         [Some("dsl"), None, Some("dsl"), Some("dsl")].map(|u| u.map(String::from))
     );
     assert_eq!(fallback.policy, plan.policy);
-    let local: Vec<_> = lines(&fallback.rules)
-        .into_iter()
-        .filter(|r| r.contains("iif lo"))
-        .collect();
+    let local = router_rule_lines(&fallback);
     assert!(
         local.contains(&"pref 10402 from all iif lo ipproto udp dport 5060-5061 lookup 101".into())
     );
@@ -451,15 +452,20 @@ fn a_point_to_point_uplink_defaults_into_its_link_and_connects_its_peer() {
     assert!(plan.uplinks[1].alive);
 }
 
+/// The seed's config with `nat6 = "npt"` on cable, and `extra` after it.
+fn dual_stack_config(extra: &str) -> Config {
+    let text = SEED_CONFIG.replace(
+        "pin = [\"24.19.100.1\"]",
+        "pin = [\"24.19.100.1\"]\nnat6 = \"npt\"",
+    ) + extra;
+    Config::parse(&text, Path::new("dual.toml")).unwrap()
+}
+
 /// The seed's host, dual-stack: the LAN has fd00:1::1/64, DSL 2001:db8:1::7/64
 /// behind the router fe80::1 (as an RA would leave it), cable 2001:db8:2::7/64
 /// behind fe80::2, with `nat6 = "npt"`.
 fn dual_stack() -> (Config, Observed) {
-    let text = SEED_CONFIG.replace(
-        "pin = [\"24.19.100.1\"]",
-        "pin = [\"24.19.100.1\"]\nnat6 = \"npt\"",
-    );
-    let config = Config::parse(&text, Path::new("dual.toml")).unwrap();
+    let config = dual_stack_config("");
     let mut host = seed_host();
     let v6 = |text: &str| text.parse::<Ipv6Net>().unwrap();
     let set = |iface: &mut Interface, address: &str, gateway: Option<&str>| {
@@ -585,7 +591,7 @@ fn without_ipv6_nothing_of_it_is_planned() {
 
 #[test]
 fn router_policy_rules_go_to_the_families_their_prefixes_name() {
-    let (config, host) = dual_stack();
+    let (_, host) = dual_stack();
     let extra = r#"
 [[rule]]
 name = "sip"
@@ -598,21 +604,10 @@ name = "v6only"
 dst = ["2001:db8:ff::/64"]
 uplinks = ["dsl"]
 "#;
-    let text = SEED_CONFIG.replace(
-        "pin = [\"24.19.100.1\"]",
-        "pin = [\"24.19.100.1\"]\nnat6 = \"npt\"",
-    ) + extra;
-    let config = Config {
-        rules: Config::parse(&text, Path::new("rules.toml")).unwrap().rules,
-        ..config
-    };
+    let config = dual_stack_config(extra);
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
-    let local: Vec<_> = lines(&plan.rules)
-        .into_iter()
-        .filter(|r| r.contains("iif lo"))
-        .collect();
     assert_eq!(
-        local,
+        router_rule_lines(&plan),
         [
             "pref 10400 from all to 142.154.61.100 iif lo lookup 101",
             "pref 10401 from all to 24.19.100.1 iif lo lookup 102",
