@@ -89,6 +89,12 @@ fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
         "IPv6 of isp1 broken: new IPv6 connections all succeed again after {:.2} s ({} failed)",
         outage.seconds, outage.failed
     );
+    let log = lab.router_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("uplink DOWN") && l.contains("uplink=isp1/ipv6")),
+        "the daemon tells the IPv6 side's fall apart:\n{log}"
+    );
     assert!(
         outage.seconds <= 1.0,
         "IPv6 failover took {:.2} s",
@@ -144,8 +150,8 @@ fn sources6(lab: &Lab, count: usize) -> std::collections::BTreeMap<String, u64> 
 }
 
 #[test]
-fn npt_maps_the_lan_prefix_and_follows_a_new_prefix() {
-    if !require_root("npt_maps_the_lan_prefix_and_follows_a_new_prefix") {
+fn npt_maps_the_lan_prefix_statelessly_and_follows_a_new_prefix() {
+    if !require_root("npt_maps_the_lan_prefix_statelessly_and_follows_a_new_prefix") {
         return;
     }
     let mut lab = Lab::new(&LabOptions {
@@ -169,6 +175,19 @@ fn npt_maps_the_lan_prefix_and_follows_a_new_prefix() {
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
         [("2001:db8:18:100::2".to_owned(), 50)]
+    );
+    // Stateless: the host is reachable from outside at its mapped address, with
+    // no connection of its own first.
+    lab.start_http_server(&lab.client(), "fd00:64::2", 8000)
+        .unwrap();
+    let (seen, failures) = lab
+        .count_from(&lab.inet(), "http://[2001:db8:18:100::2]:8000/", 20, None)
+        .unwrap();
+    assert_eq!(failures, 0, "{seen:?}");
+    assert_eq!(
+        seen.into_keys().collect::<Vec<_>>(),
+        ["2001:db8:19::2"],
+        "the LAN host sees the internet client itself"
     );
 
     // A new prefix (renumbered by the ISP): a reload regenerates the translation.

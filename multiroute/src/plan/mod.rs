@@ -385,7 +385,13 @@ impl Plan {
                 mark: u.mark | config.numbering().inbound_flag(),
             })
             .collect();
-        let nat6 = uplinks.iter().filter_map(nat66).collect();
+        let lan6 = config
+            .lan
+            .iter()
+            .filter_map(|name| observed.get(name)?.addresses6.first())
+            .map(|address| address.network())
+            .next();
+        let nat6 = uplinks.iter().filter_map(|u| nat66(u, lan6)).collect();
         Ok(Plan {
             uplinks,
             routes,
@@ -427,16 +433,23 @@ fn active_tier6(uplinks: &[UplinkPlan]) -> Option<u32> {
         .min()
 }
 
-/// The IPv6 NAT of one uplink, when its IPv6 is ready and translated.
-fn nat66(uplink: &UplinkPlan) -> Option<nft::Nat66> {
+/// The IPv6 NAT of one uplink, when its IPv6 is ready and translated. `lan` is
+/// the LAN's IPv6 prefix (the first LAN interface's), which prefix translation
+/// maps; without one there is nothing to map.
+fn nat66(uplink: &UplinkPlan, lan: Option<Ipv6Net>) -> Option<nft::Nat66> {
     let Readiness::Ready { address, .. } = uplink.readiness6 else {
         return None;
     };
     let translation = match uplink.nat6 {
         Nat6::None => return None,
         Nat6::Masquerade => nft::Translation::Masquerade,
-        // Learned: the uplink's own prefix (its address's network).
-        Nat6::Npt { prefix } => nft::Translation::Prefix(prefix.unwrap_or(address.network())),
+        // Learned: the uplink's own prefix (its address's network). The LAN side
+        // is taken at the same length, so the mapping is 1:1 both ways.
+        Nat6::Npt { prefix } => {
+            let outside = prefix.unwrap_or(address.network());
+            let lan = Ipv6Net::new(lan?.addr, outside.prefix_len).network();
+            nft::Translation::Prefix { lan, outside }
+        }
     };
     Some(nft::Nat66 {
         interface: uplink.interface.clone(),

@@ -13,7 +13,14 @@
 //!
 //! The table also holds NAT for the LAN's IPv6 (`nat6`): unlike IPv4, where the
 //! router's own firewall masquerades (the seed's recipe), IPv6 NAT is multiroute's,
-//! regenerated whenever an uplink's address or prefix changes.
+//! regenerated whenever an uplink's address or prefix changes. Masquerade is
+//! conntrack's NAT66. Prefix translation (RFC 6296) is stateless: the prefix bits
+//! of a LAN source are rewritten into the uplink's prefix after conntrack has seen
+//! the packet (postrouting, after NAT), and those of a destination back into the
+//! LAN's before conntrack sees an arriving one (prerouting, before conntrack), so
+//! conntrack only ever sees LAN addresses, each host keeps its interface
+//! identifier, and connections from outside reach it without state. nftables
+//! updates the TCP/UDP checksums for the changed pseudo-header.
 use std::fmt::Write as _;
 
 use crate::net::Ipv6Net;
@@ -40,10 +47,14 @@ pub struct Nat66 {
 pub enum Translation {
     /// To the uplink's current address.
     Masquerade,
-    /// 1:1 onto this prefix: each LAN host keeps its interface identifier (the
-    /// host bits), so it is reachable from outside at a stable address while the
-    /// mapping lasts.
-    Prefix(Ipv6Net),
+    /// The LAN prefix `lan` onto `outside`, 1:1 and stateless: each LAN host
+    /// keeps its interface identifier (the bits past `outside`'s length).
+    Prefix { lan: Ipv6Net, outside: Ipv6Net },
+}
+
+/// The bits past `len` of an IPv6 address, as an nftables mask.
+fn host_mask(len: u8) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::from(u128::MAX.checked_shr(u32::from(len)).unwrap_or(0))
 }
 
 /// The whole `table inet multiroute`, applied atomically by `nft -f` (an empty
@@ -85,21 +96,55 @@ pub fn ruleset(inbound: &[InboundMark], nat6: &[Nat66], mask: u32, flag: u32) ->
             mark = uplink.mark
         );
     }
-    if !nat6.is_empty() {
+    let masquerade: Vec<_> = nat6
+        .iter()
+        .filter(|u| u.translation == Translation::Masquerade)
+        .collect();
+    if !masquerade.is_empty() {
         text.push_str(
             "\tchain nat6 {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
         );
-        for uplink in nat6 {
-            let action = match uplink.translation {
-                Translation::Masquerade => "masquerade".to_owned(),
-                Translation::Prefix(prefix) => format!("snat ip6 prefix to {prefix}"),
-            };
+        for uplink in masquerade {
             let _ = writeln!(
                 text,
-                "\t\tmeta nfproto ipv6 oifname \"{}\" {action}",
+                "\t\tmeta nfproto ipv6 oifname \"{}\" masquerade",
                 uplink.interface
             );
         }
+        text.push_str("\t}\n");
+    }
+    let prefixes: Vec<_> = nat6
+        .iter()
+        .filter_map(|u| match u.translation {
+            Translation::Prefix { lan, outside } => Some((&u.interface, lan, outside)),
+            Translation::Masquerade => None,
+        })
+        .collect();
+    if !prefixes.is_empty() {
+        // Out: after NAT (srcnat is 100), conntrack has the LAN address already.
+        // In: before conntrack (-200) and before anything else.
+        let mut out = String::from(
+            "\tchain npt_out {\n\t\ttype filter hook postrouting priority 300; policy accept;\n",
+        );
+        let mut back = String::from(
+            "\tchain npt_in {\n\t\ttype filter hook prerouting priority -400; policy accept;\n",
+        );
+        for (interface, lan, outside) in prefixes {
+            let mask = host_mask(outside.prefix_len);
+            let _ = writeln!(
+                out,
+                "\t\tmeta nfproto ipv6 oifname \"{interface}\" ip6 saddr {lan} ip6 saddr set ip6 saddr & {mask} | {}",
+                outside.addr
+            );
+            let _ = writeln!(
+                back,
+                "\t\tmeta nfproto ipv6 iifname \"{interface}\" ip6 daddr {outside} ip6 daddr set ip6 daddr & {mask} | {}",
+                lan.addr
+            );
+        }
+        text.push_str(&out);
+        text.push_str("\t}\n");
+        text.push_str(&back);
         text.push_str("\t}\n");
     }
     text.push_str("}\n");
@@ -175,25 +220,42 @@ mod tests {
                 },
                 Nat66 {
                     interface: "eth2".into(),
-                    translation: Translation::Prefix("2001:db8:2:100::/64".parse().unwrap()),
+                    translation: Translation::Prefix {
+                        lan: "fd00:1::/64".parse().unwrap(),
+                        outside: "2001:db8:2:100::/64".parse().unwrap(),
+                    },
                 },
             ],
             0xff00,
             0x8000,
         );
-        let chain: Vec<_> = text
-            .lines()
-            .skip_while(|l| !l.contains("chain nat6"))
-            .skip(1)
-            .take_while(|l| l.trim() != "}")
-            .map(str::trim)
-            .collect();
+        let chain = |name: &str| -> Vec<String> {
+            text.lines()
+                .skip_while(|l| !l.contains(&format!("chain {name} ")))
+                .skip(1)
+                .take_while(|l| l.trim() != "}")
+                .map(|l| l.trim().to_owned())
+                .collect()
+        };
         assert_eq!(
-            chain,
+            chain("nat6"),
             [
                 "type nat hook postrouting priority srcnat; policy accept;",
                 "meta nfproto ipv6 oifname \"eth1\" masquerade",
-                "meta nfproto ipv6 oifname \"eth2\" snat ip6 prefix to 2001:db8:2:100::/64",
+            ]
+        );
+        assert_eq!(
+            chain("npt_out"),
+            [
+                "type filter hook postrouting priority 300; policy accept;",
+                "meta nfproto ipv6 oifname \"eth2\" ip6 saddr fd00:1::/64 ip6 saddr set ip6 saddr & ::ffff:ffff:ffff:ffff | 2001:db8:2:100::",
+            ]
+        );
+        assert_eq!(
+            chain("npt_in"),
+            [
+                "type filter hook prerouting priority -400; policy accept;",
+                "meta nfproto ipv6 iifname \"eth2\" ip6 daddr 2001:db8:2:100::/64 ip6 daddr set ip6 daddr & ::ffff:ffff:ffff:ffff | fd00:1::",
             ]
         );
     }

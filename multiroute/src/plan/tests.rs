@@ -527,7 +527,10 @@ fn ipv6_gets_its_own_tables_rules_and_main_default() {
             },
             nft::Nat66 {
                 interface: "eth2".into(),
-                translation: nft::Translation::Prefix("2001:db8:2::/64".parse().unwrap()),
+                translation: nft::Translation::Prefix {
+                    lan: "fd00:1::/64".parse().unwrap(),
+                    outside: "2001:db8:2::/64".parse().unwrap(),
+                },
             },
         ],
         "masquerade by default; npt learns the uplink's prefix"

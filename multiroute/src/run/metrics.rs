@@ -37,6 +37,8 @@ pub struct Snapshot {
 pub struct UplinkMetrics {
     pub name: String,
     pub up: bool,
+    /// Its IPv6 takes traffic (judged apart from its IPv4).
+    pub up6: bool,
     pub weight: u32,
     pub flows: u64,
     pub packets: u64,
@@ -70,6 +72,11 @@ pub fn render(snapshot: &Snapshot) -> String {
         &mut registry,
         "uplink_up",
         "1 while the uplink takes traffic",
+    );
+    let up6 = family::<Gauge>(
+        &mut registry,
+        "uplink_ipv6_up",
+        "1 while the uplink takes IPv6 traffic",
     );
     let weight = family::<Gauge>(&mut registry, "uplink_weight", "Weight in force");
     let flows = family::<Gauge>(&mut registry, "uplink_flows", "Flows tracked on the uplink");
@@ -106,6 +113,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     for u in &snapshot.uplinks {
         let labels = vec![("uplink", u.name.clone())];
         up.get_or_create(&labels).set(i64::from(u.up));
+        up6.get_or_create(&labels).set(i64::from(u.up6));
         weight.get_or_create(&labels).set(i64::from(u.weight));
         flows.get_or_create(&labels).set(u.flows as i64);
         packets.get_or_create(&labels).inc_by(u.packets);
@@ -219,6 +227,7 @@ mod tests {
             uplinks: vec![UplinkMetrics {
                 name: "dsl".into(),
                 up: true,
+                up6: false,
                 weight: 3,
                 flows: 42,
                 packets: 1000,
@@ -237,6 +246,7 @@ mod tests {
         for line in [
             "multiroute_fail_open 0",
             "multiroute_uplink_up{uplink=\"dsl\"} 1",
+            "multiroute_uplink_ipv6_up{uplink=\"dsl\"} 0",
             "multiroute_uplink_weight{uplink=\"dsl\"} 3",
             "multiroute_uplink_flows{uplink=\"dsl\"} 42",
             "multiroute_uplink_packets_total{uplink=\"dsl\"} 1000",

@@ -563,12 +563,19 @@ impl Daemon {
                 metrics::UplinkMetrics {
                     name: plan.name.clone(),
                     up: report.alive,
+                    up6: report.alive6,
                     weight: plan.weight,
                     flows: flows.get(&plan.slot).copied().unwrap_or(0) as u64,
                     packets: traffic.packets,
                     bytes: traffic.bytes,
                     state_changes: report.state_changes,
-                    probes: report.probes.clone(),
+                    // Both families' targets: their addresses tell them apart.
+                    probes: report
+                        .probes
+                        .iter()
+                        .chain(&report.probes6)
+                        .cloned()
+                        .collect(),
                 }
             })
             .collect();

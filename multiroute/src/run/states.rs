@@ -1,10 +1,15 @@
 //! Each uplink's state as the daemon reports it — alive or not, since when, why,
 //! how many transitions — as pure bookkeeping over successive plans: no clock is
-//! read and nothing is logged here, so every rule is unit-tested.
-use std::{collections::BTreeMap, time::SystemTime};
+//! read and nothing is logged here, so every rule is unit-tested. An uplink's IPv6
+//! side, once it has one, is followed apart under its health name
+//! (`<uplink>/ipv6`), so its transitions are told and logged like the uplink's.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::SystemTime,
+};
 
 use super::health::Change;
-use crate::plan::Plan;
+use crate::plan::{Plan, Readiness, UplinkPlan, ipv6_health_name};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkState {
@@ -26,26 +31,57 @@ pub struct Transition {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct States(BTreeMap<String, UplinkState>);
 
+/// One side followed: its name, whether it is alive, and why it cannot carry
+/// traffic when that is the host's doing (no address, link down, …).
+struct Side {
+    name: String,
+    alive: bool,
+    problem: Option<String>,
+}
+
+/// The uplink's IPv4 side, and its IPv6 side when it has (or had, in `known`) one.
+fn sides(uplink: &UplinkPlan, known: &BTreeMap<String, UplinkState>) -> Vec<Side> {
+    let mut sides = vec![Side {
+        name: uplink.name.clone(),
+        alive: uplink.alive,
+        problem: uplink.readiness.problem().map(str::to_owned),
+    }];
+    let name6 = ipv6_health_name(&uplink.name);
+    if uplink.readiness6 != Readiness::NoAddress || known.contains_key(&name6) {
+        sides.push(Side {
+            name: name6,
+            alive: uplink.alive6,
+            problem: (!uplink.readiness6.is_ready())
+                .then(|| format!("IPv6: {}", uplink.readiness6.state())),
+        });
+    }
+    sides
+}
+
 impl States {
     /// The states at start: alive as planned, dead ones presumed so from before
     /// a restart.
     pub fn start(plan: &Plan, now: SystemTime) -> Self {
+        let none = BTreeMap::new();
         let states = plan
             .uplinks
             .iter()
-            .map(|u| {
-                let reason = match (u.readiness.problem(), u.alive) {
+            .flat_map(|u| sides(u, &none))
+            .map(|side| {
+                let reason = match (side.problem, side.alive) {
                     (Some(problem), _) => problem,
-                    (None, true) => "started",
-                    (None, false) => "found dead before this restart; back once its probes answer",
+                    (None, true) => "started".to_owned(),
+                    (None, false) => {
+                        "found dead before this restart; back once its probes answer".to_owned()
+                    }
                 };
                 let state = UplinkState {
-                    alive: u.alive,
+                    alive: side.alive,
                     since: now,
-                    reason: reason.to_owned(),
+                    reason,
                     changes: 0,
                 };
-                (u.name.clone(), state)
+                (side.name, state)
             })
             .collect();
         Self(states)
@@ -61,38 +97,45 @@ impl States {
         now: SystemTime,
     ) -> Vec<Transition> {
         let mut transitions = Vec::new();
-        for uplink in &plan.uplinks {
-            let reason = match uplink.readiness.problem() {
-                Some(problem) => problem.to_owned(),
+        let mut followed = BTreeSet::new();
+        let all: Vec<_> = plan
+            .uplinks
+            .iter()
+            .flat_map(|u| sides(u, &self.0))
+            .collect();
+        for side in all {
+            let reason = match side.problem {
+                Some(problem) => problem,
                 None => match change {
-                    Some(change) if change.uplink == uplink.name => change.reason.clone(),
-                    _ if uplink.alive => "ready".to_owned(),
+                    Some(change) if change.uplink == side.name => change.reason.clone(),
+                    _ if side.alive => "ready".to_owned(),
                     _ => "probes failing".to_owned(),
                 },
             };
+            followed.insert(side.name.clone());
             let state = self
                 .0
-                .entry(uplink.name.clone())
+                .entry(side.name.clone())
                 .or_insert_with(|| UplinkState {
-                    alive: !uplink.alive,
+                    alive: !side.alive,
                     since: now,
                     reason: String::new(),
                     changes: 0,
                 });
-            if state.alive == uplink.alive {
+            if state.alive == side.alive {
                 continue;
             }
-            state.alive = uplink.alive;
+            state.alive = side.alive;
             state.since = now;
             state.changes += 1;
             state.reason.clone_from(&reason);
             transitions.push(Transition {
-                uplink: uplink.name.clone(),
-                alive: uplink.alive,
+                uplink: side.name,
+                alive: side.alive,
                 reason,
             });
         }
-        self.0.retain(|name, _| plan.uplink(name).is_some());
+        self.0.retain(|name, _| followed.contains(name));
         transitions
     }
 
@@ -195,5 +238,44 @@ mod tests {
         let back = states.follow(&plan(&[("dsl", true)]), None, t0);
         assert_eq!(back[0].reason, "ready");
         assert!(states.get("lte").is_none());
+    }
+
+    #[test]
+    fn an_ipv6_side_is_followed_apart_from_its_uplink() {
+        let (t0, t1) = (
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(5),
+        );
+        let dual = |alive6: bool| {
+            let mut plan = plan(&[("dsl", true)]);
+            plan.uplinks[0].readiness6 = Readiness::Ready {
+                address: crate::net::Ipv6Net::new("2001:db8::2".parse().unwrap(), 64),
+                gateway: Hop::Via("fe80::1".parse().unwrap()),
+            };
+            plan.uplinks[0].alive6 = alive6;
+            plan
+        };
+        let mut states = States::start(&dual(true), t0);
+        assert!(states.get("dsl/ipv6").unwrap().alive);
+        let change = Change {
+            uplink: "dsl/ipv6".into(),
+            alive: false,
+            reason: "fe80::1 missed 3 probes in a row".into(),
+        };
+        assert_eq!(
+            states.follow(&dual(false), Some(&change), t1),
+            [Transition {
+                uplink: "dsl/ipv6".into(),
+                alive: false,
+                reason: change.reason.clone(),
+            }]
+        );
+        assert!(states.get("dsl").unwrap().alive, "its IPv4 is untouched");
+        // An uplink that has no IPv6 has no IPv6 side to tell about.
+        assert!(
+            States::start(&plan(&[("lte", true)]), t0)
+                .get("lte/ipv6")
+                .is_none()
+        );
     }
 }

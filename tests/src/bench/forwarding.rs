@@ -210,6 +210,11 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
 /// `iperf3 -J` from the client to the server (its IPv6 address and iperf3 for
 /// `ipv6`); the parsed report.
 fn iperf(lab: &Lab, ipv6: bool, args: &[&str]) -> Result<serde_json::Value> {
+    iperf_from(lab, &lab.client(), ipv6, args)
+}
+
+/// [`iperf`] from namespace `ns`.
+fn iperf_from(lab: &Lab, ns: &str, ipv6: bool, args: &[&str]) -> Result<serde_json::Value> {
     let server = if ipv6 {
         SERVER6.to_string()
     } else {
@@ -220,7 +225,7 @@ fn iperf(lab: &Lab, ipv6: bool, args: &[&str]) -> Result<serde_json::Value> {
         full.extend(["-p", IPERF6_PORT]);
     }
     full.extend_from_slice(args);
-    let out = lab.ns(&lab.client(), "iperf3", &full)?;
+    let out = lab.ns(ns, "iperf3", &full)?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J")?;
     if let Some(error) = report["error"].as_str() {
         bail!("iperf3: {error}");
@@ -283,9 +288,13 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
         "iperf3",
         &["-s", "-B", &SERVER6.to_string(), "-p", IPERF6_PORT],
     )?;
-    // iperf3's servers need a moment to listen.
+    // iperf3's servers need a moment to listen. Asked from the first ISP: the
+    // client's IPv6 only reaches the server through a NAT66, which only some
+    // variants have.
+    let isp = lab.isp(0);
     crate::wait_until(std::time::Duration::from_secs(5), || {
-        iperf(&lab, false, &["-n", "1K"]).is_ok() && iperf(&lab, true, &["-n", "1K"]).is_ok()
+        iperf_from(&lab, &isp, false, &["-n", "1K"]).is_ok()
+            && iperf_from(&lab, &isp, true, &["-n", "1K"]).is_ok()
     })
     .context("iperf3 servers did not come up")?;
     let mut samples = vec![Vec::new(); Variant::ALL.len()];
