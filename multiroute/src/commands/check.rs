@@ -105,6 +105,19 @@ pub fn run(config_path: &Path, show_plan: bool) -> CommandResult {
                 problem.unwrap_or_default()
             ),
         }
+        // IPv6 is optional: an uplink without it is not a warning.
+        match &uplink.readiness6 {
+            Readiness::Ready { address, gateway } => println!(
+                "ok: uplink {} IPv6: address {address}, gateway {gateway}",
+                uplink.name
+            ),
+            Readiness::NoAddress => {}
+            other => println!(
+                "warning: uplink {} IPv6: {} (its IPv6 carries nothing until it has both an address and a gateway; set `gateway6` or let an RA announce one)",
+                uplink.name,
+                other.state()
+            ),
+        }
     }
     if show_plan {
         print_plan(&config, plan.lines())?;

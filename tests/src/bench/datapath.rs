@@ -4,7 +4,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
-use multiroute::plan::{Member, Policy, build_ring};
+use multiroute::{
+    apply::datapath::Capacity,
+    plan::{Member, Policy, build_ring},
+};
 use multiroute_ebpf::{Flow, FlowKey, MAX_RULES, PolicyRule, RING_SIZE, RuleSet, Uplink};
 use serde::{Deserialize, Serialize};
 
@@ -173,7 +176,14 @@ fn single_runs_of(
 }
 
 pub fn run(options: &Options) -> Result<Results> {
-    let mut dp = LoadedDatapath::load_sized("bench", BIG_TABLE)?;
+    // Both flow tables big enough for every flow a run adds: a full LRU table
+    // evicts on each insert, which is another case than a new flow's.
+    let capacity = Capacity {
+        flows: BIG_TABLE,
+        flows6: BIG_TABLE,
+        ..Capacity::for_balance(multiroute_ebpf::balance::CONNECTION)
+    };
+    let mut dp = LoadedDatapath::load_with("bench", capacity)?;
     configure(&mut dp, 2)?;
     let known = flow_packet(u32::MAX >> 1);
     let floor_ns = repeated(&mut dp, true, &known, options)?;
