@@ -1,7 +1,8 @@
-//! `cargo xtask run`: the demo lab. A LAN client, a router running `multiroute load`,
-//! three ISPs weighted 1:2:3 and an "internet" server; every second the client opens
-//! a batch of connections and the screen shows which uplink each took, next to
-//! `multiroute status`. Ctrl-C (or the time limit) tears everything down.
+//! `cargo xtask run`: the demo lab. A dual-stack LAN client, a router running
+//! `multiroute load`, three dual-stack ISPs weighted 1:2:3 and an "internet" server;
+//! every second the client opens a batch of IPv4 and of IPv6 connections and the
+//! screen shows which uplink each took, next to `multiroute status`. Ctrl-C (or the
+//! time limit) tears everything down.
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -34,8 +35,15 @@ fn main() -> Result<()> {
         weights: weights.clone(),
         extra_config: String::new(),
     })?;
+    lab.add_ipv6().context("making the lab dual-stack")?;
+    let blocks: String = weights
+        .iter()
+        .enumerate()
+        .map(|(n, weight)| Lab::dual_stack_block(n, *weight))
+        .collect();
+    lab.write_config_with(&blocks, "")?;
     println!(
-        "lab {} built: client 100.64.0.2 → router → isp0/isp1/isp2 (weights 1:2:3) → server 203.0.113.10",
+        "lab {} built: client 100.64.0.2 and fd00:64::2 → router → isp0/isp1/isp2 (weights 1:2:3) → server 203.0.113.10 and 2001:db8:ff::10",
         lab.prefix
     );
     println!(
@@ -52,24 +60,35 @@ fn main() -> Result<()> {
     );
 
     let start = Instant::now();
-    let mut totals = vec![0; weights.len()];
+    let mut totals = [vec![0; weights.len()], vec![0; weights.len()]];
+    let urls = [lab.url("/"), lab.url6("/")];
     while !STOP.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(seconds) {
-        let multiroute_tests::Connections { hits, failures, .. } = lab.connections(60)?;
-        for (total, hit) in totals.iter_mut().zip(&hits) {
-            *total += hit;
+        let mut last = Vec::new();
+        for (family_totals, url) in totals.iter_mut().zip(&urls) {
+            let child = lab.start_connections_to(url, 60)?;
+            let multiroute_tests::Connections { hits, failures, .. } =
+                lab.finish_connections(child)?;
+            for (total, hit) in family_totals.iter_mut().zip(&hits) {
+                *total += hit;
+            }
+            last.push(format!("{hits:?}, failures {failures}"));
         }
-        let sum: usize = totals.iter().sum();
         print!("\x1b[2J\x1b[H");
         println!(
-            "multiroute demo ({}s left, Ctrl-C to stop) — last 60 connections: {hits:?}, failures {failures}",
-            seconds.saturating_sub(start.elapsed().as_secs())
+            "multiroute demo ({}s left, Ctrl-C to stop) — last 60 connections: IPv4 {}; IPv6 {}",
+            seconds.saturating_sub(start.elapsed().as_secs()),
+            last[0],
+            last[1]
         );
-        for (i, total) in totals.iter().enumerate() {
-            println!(
-                "  isp{i} (weight {}): {total:>6} connections  {:5.1}%",
-                weights[i],
-                percent(*total, sum)
-            );
+        for (family, family_totals) in ["IPv4", "IPv6"].iter().zip(&totals) {
+            let sum: usize = family_totals.iter().sum();
+            for (i, total) in family_totals.iter().enumerate() {
+                println!(
+                    "  {family} isp{i} (weight {}): {total:>6} connections  {:5.1}%",
+                    weights[i],
+                    percent(*total, sum)
+                );
+            }
         }
         println!("\n{}", stdout(&lab.multiroute(&["status"])));
         std::thread::sleep(Duration::from_secs(1));
