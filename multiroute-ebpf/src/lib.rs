@@ -256,11 +256,15 @@ impl FlowIdentity for FlowKey {
     }
     #[inline(always)]
     fn hash(&self) -> u32 {
-        flow_hash(self)
+        mix(self.src, self.dst, self.src_port, self.dst_port, self.proto)
     }
     #[inline(always)]
     fn affinity(&self, by: u32) -> Self {
-        affinity_key(self, by)
+        FlowKey {
+            src: self.src,
+            dst: if by == balance::SOURCE { 0 } else { self.dst },
+            ..FlowKey::default()
+        }
     }
 }
 
@@ -429,11 +433,6 @@ impl Counter {
 /// choice can be predicted and tested from userspace; a 64-bit multiply-xorshift mix
 /// is cheap in BPF and spreads sequential ports and addresses evenly.
 #[inline(always)]
-pub fn flow_hash(key: &FlowKey) -> u32 {
-    mix(key.src, key.dst, key.src_port, key.dst_port, key.proto)
-}
-
-#[inline(always)]
 fn mix(src: u32, dst: u32, src_port: u16, dst_port: u16, proto: u8) -> u32 {
     let a = ((src as u64) << 32) | dst as u64;
     let b = ((src_port as u64) << 32) | ((dst_port as u64) << 16) | proto as u64;
@@ -442,17 +441,6 @@ fn mix(src: u32, dst: u32, src_port: u16, dst_port: u16, proto: u8) -> u32 {
     h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     h ^= h >> 32;
     h as u32
-}
-
-/// The key a new flow's uplink is chosen and remembered by under `by` (see
-/// [`balance`]): the flow itself, its two addresses, or its source address.
-#[inline(always)]
-pub fn affinity_key(key: &FlowKey, by: u32) -> FlowKey {
-    FlowKey {
-        src: key.src,
-        dst: if by == balance::SOURCE { 0 } else { key.dst },
-        ..FlowKey::default()
-    }
 }
 
 /// The ring slot a flow of either family falls in.

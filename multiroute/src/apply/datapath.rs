@@ -749,10 +749,7 @@ impl Maps {
     /// wrote.
     pub fn differences(&mut self, plan: &Plan) -> Result<Vec<String>, DatapathError> {
         let mut differences = Vec::new();
-        let by = self
-            .balance
-            .get(&0, 0)
-            .map_err(map_error(map_names::BALANCE))?;
+        let by = self.balance_by()?;
         if by != plan.balance_by {
             differences.push(format!("balance mode {by} instead of {}", plan.balance_by));
         }

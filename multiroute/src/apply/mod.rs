@@ -20,6 +20,7 @@ use conntrack::ConntrackError;
 
 use crate::{
     config::Config,
+    net::Family,
     plan::{Observed, Plan, PlanError},
 };
 use datapath::{Datapath, DatapathError, Maps};
@@ -153,11 +154,8 @@ async fn seed_from_conntrack(maps: &mut Maps, plan: &Plan) -> Result<usize, Appl
     let slot_of = plan
         .uplinks
         .iter()
-        .flat_map(|u| {
-            let v4 = u.address().map(|a| (IpAddr::V4(a), u.slot));
-            let v6 = u.readiness6.address().map(|a| (IpAddr::V6(a), u.slot));
-            v4.into_iter().chain(v6)
-        })
+        .flat_map(|u| Family::ALL.map(|family| Some((u.address_in(family)?, u.slot))))
+        .flatten()
         .collect();
     seed_sessions(maps, &slot_of, datapath::Seeding::FillGaps).await
 }
@@ -171,11 +169,13 @@ const RESOLVE_ROUNDS: usize = 3;
 /// uplink their NAT binding names; forgets those conntrack has no binding for.
 /// Returns (resolved, forgotten).
 async fn resolve_pending(maps: &mut Maps, plan: &Plan) -> Result<(usize, usize), ApplyError> {
-    let pending = |maps: &Maps| maps.v4.pending().len() + maps.v6.pending().len();
+    // Each walk lists both tables; the last one's keys are what is forgotten.
+    let pending = |maps: &Maps| (maps.v4.pending(), maps.v6.pending());
+    let count = |(v4, v6): &(Vec<_>, Vec<_>)| v4.len() + v6.len();
     let mut resolved = 0;
     let mut left = pending(maps);
     for round in 0..RESOLVE_ROUNDS {
-        if left == 0 {
+        if count(&left) == 0 {
             break;
         }
         if round > 0 {
@@ -183,16 +183,18 @@ async fn resolve_pending(maps: &mut Maps, plan: &Plan) -> Result<(usize, usize),
         }
         seed_from_conntrack(maps, plan).await?;
         let now = pending(maps);
-        resolved += left.saturating_sub(now);
+        resolved += count(&left).saturating_sub(count(&now));
         left = now;
     }
-    for key in maps.v4.pending() {
-        maps.v4.forget(&key)?;
+    let forgotten = count(&left);
+    let (v4, v6) = left;
+    for key in &v4 {
+        maps.v4.forget(key)?;
     }
-    for key in maps.v6.pending() {
-        maps.v6.forget(&key)?;
+    for key in &v6 {
+        maps.v6.forget(key)?;
     }
-    Ok((resolved, left))
+    Ok((resolved, forgotten))
 }
 
 /// Conntrack entries removed for an uplink that stopped carrying traffic.
@@ -250,10 +252,7 @@ pub async fn update(
         previous
             .uplink(uplink)
             .and_then(|u| observed.get(&u.interface))
-            .is_some_and(|iface| match address {
-                IpAddr::V4(address) => iface.addresses.iter().any(|a| a.addr == address),
-                IpAddr::V6(address) => iface.addresses6.iter().any(|a| a.addr == address),
-            })
+            .is_some_and(|iface| iface.has_address(address))
     };
     for (uplink, address) in stopped {
         if !still_here(&uplink, address) {
@@ -325,17 +324,12 @@ pub struct Updated {
 /// family. What leaves this set between two plans stopped (dead, down, removed,
 /// readdressed, standing by on a backup tier); what joins it arrived.
 fn carried_addresses(plan: &Plan) -> BTreeSet<(String, IpAddr)> {
-    let ipv4 = plan
-        .uplinks
+    plan.uplinks
         .iter()
-        .filter(|u| u.carries())
-        .filter_map(|u| Some((u.name.clone(), IpAddr::V4(u.address()?))));
-    let ipv6 = plan
-        .uplinks
-        .iter()
-        .filter(|u| u.carries6())
-        .filter_map(|u| Some((u.name.clone(), IpAddr::V6(u.readiness6.address()?))));
-    ipv4.chain(ipv6).collect()
+        .flat_map(|u| Family::ALL.map(|family| (u, family)))
+        .filter(|(u, family)| u.carries_in(*family))
+        .filter_map(|(u, family)| Some((u.name.clone(), u.address_in(family)?)))
+        .collect()
 }
 
 /// An uplink began carrying traffic from an address — most often because its

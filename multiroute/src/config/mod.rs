@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::net::Ipv6Net;
+use crate::net::{Address, Ipv6Net};
 
 mod policy;
 mod probe_target;
@@ -453,20 +453,8 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             ));
         }
         self.interface_name(&key("interface"), &raw.interface)?;
-        let gateway = raw
-            .gateway
-            .map(|text| {
-                text.parse::<Ipv4Addr>()
-                    .map_err(|_| fail(&key("gateway"), format!("{text:?} is not an IPv4 address")))
-            })
-            .transpose()?;
-        let gateway6 = raw
-            .gateway6
-            .map(|text| {
-                text.parse::<Ipv6Addr>()
-                    .map_err(|_| fail(&key("gateway6"), format!("{text:?} is not an IPv6 address")))
-            })
-            .transpose()?;
+        let gateway = self.optional_address::<Ipv4Addr>(&key("gateway"), raw.gateway)?;
+        let gateway6 = self.optional_address::<Ipv6Addr>(&key("gateway6"), raw.gateway6)?;
         let npt_prefix = raw
             .npt_prefix
             .map(|text| {
@@ -638,6 +626,19 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         list.iter()
             .map(|text| text.parse().map_err(|problem| (self.fail)(key, problem)))
             .collect()
+    }
+
+    /// An optional address of `A`'s family at `key`.
+    fn optional_address<A: Address>(
+        &self,
+        key: &str,
+        text: Option<String>,
+    ) -> Result<Option<A>, ConfigError> {
+        text.map(|text| {
+            text.parse::<A>()
+                .map_err(|_| (self.fail)(key, format!("{text:?} is not an {} address", A::FAMILY)))
+        })
+        .transpose()
     }
 
     fn interface_name(&self, key: &str, name: &str) -> Result<(), ConfigError> {

@@ -85,6 +85,16 @@ pub struct Interface {
     pub default_dev6: bool,
 }
 
+impl Interface {
+    /// Whether `address` (of either family) is on the interface.
+    pub fn has_address(&self, address: IpAddr) -> bool {
+        match address {
+            IpAddr::V4(address) => self.addresses.iter().any(|a| a.addr == address),
+            IpAddr::V6(address) => self.addresses6.iter().any(|a| a.addr == address),
+        }
+    }
+}
+
 /// The host's interfaces by name.
 pub type Observed = BTreeMap<String, Interface>;
 
@@ -221,11 +231,15 @@ pub struct UplinkPlan {
     pub standby: bool,
 }
 
-/// How health checks name an uplink's IPv6 (its IPv4 goes by the uplink's own
-/// name): probed and judged apart, so a broken IPv6 at one ISP moves only IPv6
-/// flows. Uplink names have no '/', so this never names an uplink.
-pub fn ipv6_health_name(uplink: &str) -> String {
-    format!("{uplink}/ipv6")
+/// How health checks name an uplink's side of `family`: its IPv4 by the uplink's
+/// own name, its IPv6 as `<uplink>/ipv6` — probed and judged apart, so a broken
+/// IPv6 at one ISP moves only IPv6 flows. Uplink names have no '/', so the IPv6
+/// name never names an uplink.
+pub fn health_name(uplink: &str, family: Family) -> String {
+    match family {
+        Family::V4 => uplink.to_owned(),
+        Family::V6 => format!("{uplink}/ipv6"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,7 +315,7 @@ impl Plan {
                 // Without IPv6 targets of its own (only IPv4 addresses listed),
                 // an uplink's IPv6 lives and dies with its IPv4.
                 let dead6 = if config.probes_ipv6(uplink) {
-                    dead.contains(&ipv6_health_name(&uplink.name))
+                    dead.contains(&health_name(&uplink.name, Family::V6))
                 } else {
                     dead.contains(&uplink.name)
                 };
@@ -324,7 +338,7 @@ impl Plan {
             })
             .collect::<Result<Vec<_>, PlanError>>()?;
         let mut uplinks = uplinks;
-        let active = active_tier(&uplinks);
+        let active = active_tier(&uplinks, Family::V4);
         if config.balance.failback == Failback::Move {
             for uplink in &mut uplinks {
                 uplink.standby = uplink.alive && Some(uplink.tier) > active;
@@ -358,14 +372,15 @@ impl Plan {
             datapath_uplinks[u.slot as usize] = multiroute_ebpf::Uplink {
                 mark: u.mark,
                 mask,
-                alive: u32::from(u.carries()),
-                alive6: u32::from(u.carries6()),
+                alive: u32::from(u.carries_in(Family::V4)),
+                alive6: u32::from(u.carries_in(Family::V6)),
             };
         }
-        let ring_of = |takes: &dyn Fn(&UplinkPlan) -> bool| {
+        let ring_of = |family| {
+            let active = active_tier(&uplinks, family);
             let members: Vec<_> = uplinks
                 .iter()
-                .filter(|u| takes(u))
+                .filter(|u| u.takes_new_flows_in(family, active))
                 .map(|u| Member {
                     index: u.slot,
                     name: &u.name,
@@ -374,9 +389,7 @@ impl Plan {
                 .collect();
             build_ring(&members, multiroute_ebpf::RING_SIZE)
         };
-        let ring = ring_of(&|u| u.takes_new_flows(active));
-        let active6 = active_tier6(&uplinks);
-        let ring6 = ring_of(&|u| u.takes_new_flows6(active6));
+        let (ring, ring6) = (ring_of(Family::V4), ring_of(Family::V6));
         let inbound = uplinks
             .iter()
             .filter(|u| matches!(u.readiness, Readiness::Ready { .. }))
@@ -415,20 +428,12 @@ impl Plan {
     }
 }
 
-/// The best (lowest) tier with a live, weighted uplink: the one new flows use.
-fn active_tier(uplinks: &[UplinkPlan]) -> Option<u32> {
+/// The best (lowest) tier with a live, weighted uplink of `family`: the one new
+/// flows of that family use (each family's uplinks live apart).
+fn active_tier(uplinks: &[UplinkPlan], family: Family) -> Option<u32> {
     uplinks
         .iter()
-        .filter(|u| u.alive && u.weight > 0)
-        .map(|u| u.tier)
-        .min()
-}
-
-/// The same for IPv6, whose uplinks live apart.
-fn active_tier6(uplinks: &[UplinkPlan]) -> Option<u32> {
-    uplinks
-        .iter()
-        .filter(|u| u.alive6 && u.weight > 0)
+        .filter(|u| u.alive_in(family) && u.weight > 0)
         .map(|u| u.tier)
         .min()
 }
@@ -458,30 +463,55 @@ fn nat66(uplink: &UplinkPlan, lan: Option<Ipv6Net>) -> Option<nft::Nat66> {
 }
 
 impl UplinkPlan {
-    /// May carry flows: alive and not standing by on a backup tier. The datapath
-    /// moves the flows of an uplink that does not.
+    /// May carry IPv4 flows (see [`UplinkPlan::carries_in`]).
     pub fn carries(&self) -> bool {
-        self.alive && !self.standby
+        self.carries_in(Family::V4)
     }
 
-    /// In the ring: carries flows, is weighted and on the best live tier.
+    /// In the IPv4 ring (see [`UplinkPlan::takes_new_flows_in`]).
     pub fn takes_new_flows(&self, active_tier: Option<u32>) -> bool {
-        self.carries() && self.weight > 0 && Some(self.tier) == active_tier
+        self.takes_new_flows_in(Family::V4, active_tier)
     }
 
-    /// May carry IPv6 flows. Standing by applies to both families.
-    pub fn carries6(&self) -> bool {
-        self.alive6 && !self.standby
+    /// Alive for `family` (ready, and not declared dead by that family's probes).
+    pub fn alive_in(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.alive,
+            Family::V6 => self.alive6,
+        }
     }
 
-    /// In the IPv6 ring (`active_tier` being IPv6's).
-    pub fn takes_new_flows6(&self, active_tier: Option<u32>) -> bool {
-        self.carries6() && self.weight > 0 && Some(self.tier) == active_tier
+    /// May carry flows of `family`: alive and not standing by on a backup tier
+    /// (standing by applies to both families). The datapath moves the flows of an
+    /// uplink that does not.
+    pub fn carries_in(&self, family: Family) -> bool {
+        self.alive_in(family) && !self.standby
     }
 
-    /// The uplink's own address, when it has one.
+    /// In `family`'s ring: carries its flows, is weighted and on the best live
+    /// tier of that family (`active_tier`).
+    pub fn takes_new_flows_in(&self, family: Family, active_tier: Option<u32>) -> bool {
+        self.carries_in(family) && self.weight > 0 && Some(self.tier) == active_tier
+    }
+
+    /// The uplink's own IPv4 address, when it has one.
     pub fn address(&self) -> Option<Ipv4Addr> {
         self.readiness.address()
+    }
+
+    /// The address the uplink's traffic of `family` leaves from and where it goes
+    /// next, when that family is ready.
+    pub fn ready_in(&self, family: Family) -> Option<(IpAddr, Hop<IpAddr>)> {
+        let side = self.side(family)?;
+        Some((side.address, side.hop?))
+    }
+
+    /// The uplink's own address of `family`, when it has one.
+    pub fn address_in(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.readiness.address().map(IpAddr::V4),
+            Family::V6 => self.readiness6.address().map(IpAddr::V6),
+        }
     }
 }
 
@@ -507,7 +537,7 @@ impl Plan {
 
     /// The tier new flows use: the best one with a live, weighted uplink.
     pub fn active_tier(&self) -> Option<u32> {
-        active_tier(&self.uplinks)
+        active_tier(&self.uplinks, Family::V4)
     }
 
     /// No uplink can take new flows: the datapath passes them unmarked and the main
@@ -588,13 +618,6 @@ impl UplinkPlan {
         match family {
             Family::V4 => side(&self.readiness),
             Family::V6 => side(&self.readiness6),
-        }
-    }
-
-    fn alive_in(&self, family: Family) -> bool {
-        match family {
-            Family::V4 => self.alive,
-            Family::V6 => self.alive6,
         }
     }
 }
@@ -791,17 +814,10 @@ fn default_next(hop: Hop<IpAddr>, dev: &str) -> RouteNext {
 /// The seed's `default scope global nexthop via … weight …` over the live, weighted
 /// uplinks of the best tier of `family`, for traffic the router itself originates.
 fn main_default(uplinks: &[UplinkPlan], family: Family) -> Option<Route> {
-    let active = uplinks
-        .iter()
-        .filter(|u| u.alive_in(family) && u.weight > 0)
-        .map(|u| u.tier)
-        .min();
+    let active = active_tier(uplinks, family);
     let nexthops: Vec<_> = uplinks
         .iter()
-        .filter(|u| match family {
-            Family::V4 => u.takes_new_flows(active),
-            Family::V6 => u.takes_new_flows6(active),
-        })
+        .filter(|u| u.takes_new_flows_in(family, active))
         .filter_map(|u| {
             let hop = u.side(family)?.hop?;
             Some(Nexthop {

@@ -540,7 +540,7 @@ fn ipv6_gets_its_own_tables_rules_and_main_default() {
 #[test]
 fn a_broken_ipv6_leaves_the_ipv6_ring_only() {
     let (config, host) = dual_stack();
-    let dead = BTreeSet::from([ipv6_health_name("dsl")]);
+    let dead = BTreeSet::from([health_name("dsl", Family::V6)]);
     let plan = build(&config, &host, &dead).unwrap();
     let dsl = plan.uplink("dsl").unwrap();
     assert!(dsl.alive && !dsl.alive6);

@@ -618,7 +618,9 @@ impl Daemon {
                     state_changes: state.changes,
                     probes: self.health.report(&u.name),
                     alive6: u.alive6,
-                    probes6: self.health.report(&crate::plan::ipv6_health_name(&u.name)),
+                    probes6: self
+                        .health
+                        .report(&crate::plan::health_name(&u.name, crate::net::Family::V6)),
                 })
             })
             .collect();

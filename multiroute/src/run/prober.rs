@@ -9,11 +9,11 @@ use super::probe::{self, Through};
 use crate::{
     config::{Config, Target},
     net::Family,
-    plan::{Plan, Readiness, ipv6_health_name},
+    plan::{Plan, health_name},
 };
 
 /// Where and how one uplink's side of one family is probed. `uplink` is the name
-/// health checks know it by (see [`ipv6_health_name`]).
+/// health checks know it by (see [`health_name`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeSpec {
     pub uplink: String,
@@ -29,31 +29,14 @@ pub struct ProbeSpec {
 pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
     let mut wanted = BTreeMap::new();
     for (uplink, planned) in config.uplinks.iter().zip(&plan.uplinks) {
-        let sides = [
-            match planned.readiness {
-                Readiness::Ready { address, gateway } => Some((
-                    Family::V4,
-                    planned.name.clone(),
-                    IpAddr::V4(address.addr),
-                    gateway.probe_address().map(IpAddr::V4),
-                )),
-                _ => None,
-            },
-            match planned.readiness6 {
-                Readiness::Ready { address, gateway } => Some((
-                    Family::V6,
-                    ipv6_health_name(&planned.name),
-                    IpAddr::V6(address.addr),
-                    gateway.probe_address().map(IpAddr::V6),
-                )),
-                _ => None,
-            },
-        ];
-        for (family, name, address, gateway) in sides.into_iter().flatten() {
+        for family in Family::ALL {
+            let Some((address, hop)) = planned.ready_in(family) else {
+                continue;
+            };
             let targets: Vec<Target> = config
                 .targets(uplink)
                 .iter()
-                .filter_map(|t| t.resolve(family, gateway))
+                .filter_map(|t| t.resolve(family, hop.probe_address()))
                 .collect();
             // Nothing to probe (only "gateway" on a link without one, or no target
             // of this family): the side follows its link state (IPv6: its IPv4's
@@ -61,6 +44,7 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
             if targets.is_empty() {
                 continue;
             }
+            let name = health_name(&planned.name, family);
             let spec = ProbeSpec {
                 uplink: name.clone(),
                 interface: planned.interface.clone(),

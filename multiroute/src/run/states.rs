@@ -9,7 +9,10 @@ use std::{
 };
 
 use super::health::Change;
-use crate::plan::{Plan, Readiness, UplinkPlan, ipv6_health_name};
+use crate::{
+    net::Family,
+    plan::{Plan, Readiness, UplinkPlan, health_name},
+};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkState {
@@ -46,7 +49,7 @@ fn sides(uplink: &UplinkPlan, known: &BTreeMap<String, UplinkState>) -> Vec<Side
         alive: uplink.alive,
         problem: uplink.readiness.problem().map(str::to_owned),
     }];
-    let name6 = ipv6_health_name(&uplink.name);
+    let name6 = health_name(&uplink.name, Family::V6);
     if uplink.readiness6 != Readiness::NoAddress || known.contains_key(&name6) {
         sides.push(Side {
             name: name6,
