@@ -135,7 +135,7 @@ fn unmount(dir: &std::path::Path) {
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+fn ipv4(src: Ipv4Addr, dst: Ipv4Addr) -> IpStep {
     PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC).ipv4(src.octets(), dst.octets(), 64)
 }
 
@@ -157,20 +157,32 @@ pub fn arp() -> Vec<u8> {
     frame
 }
 
-pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let builder = ipv4(src, dst).tcp(sport, dport, 1, 65535).syn();
+type IpStep = etherparse::PacketBuilderStep<etherparse::IpHeaders>;
+
+/// A TCP SYN behind the IP header `ip` starts.
+fn syn(ip: IpStep, sport: u16, dport: u16) -> Vec<u8> {
+    let builder = ip.tcp(sport, dport, 1, 65535).syn();
     let mut packet = Vec::with_capacity(builder.size(0));
     builder.write(&mut packet, &[]).expect("write into Vec");
     packet
 }
 
-pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let builder = ipv4(src, dst).udp(sport, dport);
+/// A UDP datagram behind the IP header `ip` starts.
+fn datagram(ip: IpStep, sport: u16, dport: u16) -> Vec<u8> {
+    let builder = ip.udp(sport, dport);
     let mut packet = Vec::with_capacity(builder.size(5));
     builder
         .write(&mut packet, b"query")
         .expect("write into Vec");
     packet
+}
+
+pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    syn(ipv4(src, dst), sport, dport)
+}
+
+pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    datagram(ipv4(src, dst), sport, dport)
 }
 
 pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
@@ -180,7 +192,7 @@ pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
     packet
 }
 
-fn ipv6(src: Ipv6Addr, dst: Ipv6Addr) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr) -> IpStep {
     PacketBuilder::ethernet2(CLIENT_MAC, ROUTER_MAC).ipv6(src.octets(), dst.octets(), 64)
 }
 
@@ -191,19 +203,11 @@ const IPV6_PAYLOAD_LENGTH: usize = 14 + 4;
 pub const IPV6_PAYLOAD: usize = 14 + 40;
 
 pub fn tcp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
-    let builder = ipv6(src, dst).tcp(sport, dport, 1, 65535).syn();
-    let mut packet = Vec::with_capacity(builder.size(0));
-    builder.write(&mut packet, &[]).expect("write into Vec");
-    packet
+    syn(ipv6(src, dst), sport, dport)
 }
 
 pub fn udp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
-    let builder = ipv6(src, dst).udp(sport, dport);
-    let mut packet = Vec::with_capacity(builder.size(5));
-    builder
-        .write(&mut packet, b"query")
-        .expect("write into Vec");
-    packet
+    datagram(ipv6(src, dst), sport, dport)
 }
 
 pub fn icmp6_echo(src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> Vec<u8> {

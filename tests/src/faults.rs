@@ -1,9 +1,16 @@
 //! Faults the lab injects: silent upstream outages, flapping probes, links going
 //! down, and uplinks turned into point-to-point links.
-use anyhow::{Context as _, Result};
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context as _, Result, ensure};
 use multiroute::net::Family;
 
 use crate::Lab;
+
+/// The port of the LAN host's service [`Lab::serve_inbound`] forwards.
+pub const FORWARDED_PORT: u16 = 8000;
+/// The port of the router's own service.
+pub const ROUTER_PORT: u16 = 8001;
 
 impl Lab {
     /// Turns ISP `n`'s link into a point-to-point one, as pppd or an LTE modem in
@@ -94,6 +101,54 @@ impl Lab {
             &["link", "set", &format!("wan{n}"), state],
         )
         .map(drop)
+    }
+
+    /// Services reachable from the internet on every uplink address of `family`: a
+    /// web server on the LAN host at [`FORWARDED_PORT`], port-forwarded by the
+    /// router's own firewall (DNAT on every `wan*`), and one on the router itself
+    /// at [`ROUTER_PORT`].
+    pub fn serve_inbound(&mut self, family: Family) -> Result<()> {
+        let (client, table, any): (IpAddr, _, _) = match family {
+            Family::V4 => (crate::CLIENT.into(), "ip", "0.0.0.0"),
+            Family::V6 => (crate::ipv6::CLIENT6.into(), "ip6", "::"),
+        };
+        self.start_http_server(&self.client(), &client.to_string(), FORWARDED_PORT)?;
+        self.start_http_server(&self.router(), any, ROUTER_PORT)?;
+        let target = SocketAddr::new(client, FORWARDED_PORT);
+        self.ns(
+            &self.router(),
+            "nft",
+            &[&format!(
+                "add table {table} forward; add chain {table} forward pre {{ type nat hook prerouting priority -100; }}; \
+                 add rule {table} forward pre iifname \"wan*\" tcp dport {FORWARDED_PORT} dnat to {target}"
+            )],
+        )
+        .map(drop)
+    }
+
+    /// `count` connections from the internet to both services of
+    /// [`Lab::serve_inbound`] at each uplink's address of `family`; fails if any
+    /// failed.
+    pub fn connect_inbound(&self, family: Family, count: usize) -> Result<()> {
+        for n in 0..self.isps {
+            let address: IpAddr = match family {
+                Family::V4 => Self::uplink_address(n).into(),
+                Family::V6 => Self::uplink_address6(n).into(),
+            };
+            for (port, what) in [
+                (FORWARDED_PORT, "port-forwarded to the LAN host"),
+                (ROUTER_PORT, "the router's own"),
+            ] {
+                let service = SocketAddr::new(address, port);
+                let (seen, failures) =
+                    self.count_from(&self.inet(), &format!("http://{service}/"), count, None)?;
+                println!(
+                    "{count} connections to {service} ({what}): {failures} failed, server saw {seen:?}"
+                );
+                ensure!(failures == 0, "{what} via isp{n}: {failures} failed");
+            }
+        }
+        Ok(())
     }
 
     /// Every ISP drops and counts packets of `family` from another ISP's customer

@@ -17,6 +17,8 @@ use anyhow::Result;
 use super::{Lab, SERVER_PORT, lab_script};
 
 pub const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
+/// The LAN client's IPv6 address.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 2);
 /// Every ISP's router on its customer link, as its RAs announce it.
 pub const ISP_ROUTER6: &str = "fe80::1";
 
@@ -47,7 +49,7 @@ impl Lab {
         for ns in self.namespaces() {
             self.ns(&ns, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
         }
-        self.addr6(&client, "eth0", "fd00:64::2/64")?;
+        self.addr6(&client, "eth0", &format!("{CLIENT6}/64"))?;
         self.addr6(&router, "lan0", "fd00:64::1/64")?;
         self.ns(
             &client,

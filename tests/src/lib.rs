@@ -22,6 +22,7 @@ mod kernel;
 pub mod pair;
 mod traffic;
 
+pub use faults::{FORWARDED_PORT, ROUTER_PORT};
 pub use kernel::loaded_classifiers;
 pub use traffic::{
     Attempt, Connections, Outage, RunningSessions, Session, SessionsReport, measure_outage,

@@ -7,8 +7,8 @@ use std::{thread::sleep, time::Duration};
 
 use multiroute::net::Family;
 use multiroute_tests::{
-    Lab, LabOptions, SERVER, ipv6::SERVER6, loaded_classifiers, measure_outage, percent,
-    require_root, wait_until, wall_clock,
+    FORWARDED_PORT, Lab, LabOptions, SERVER, ipv6::CLIENT6, ipv6::SERVER6, loaded_classifiers,
+    measure_outage, percent, require_root, wait_until, wall_clock,
 };
 
 /// Probes every 200 ms at each ISP's gateway, per family (its IPv4 router and
@@ -178,7 +178,7 @@ fn npt_maps_the_lan_prefix_statelessly_and_follows_a_new_prefix() {
     );
     // Stateless: the host is reachable from outside at its mapped address, with
     // no connection of its own first.
-    lab.start_http_server(&lab.client(), "fd00:64::2", 8000)
+    lab.start_http_server(&lab.client(), &CLIENT6.to_string(), 8000)
         .unwrap();
     let (seen, failures) = lab
         .count_from(&lab.inet(), "http://[2001:db8:18:100::2]:8000/", 20, None)
@@ -300,40 +300,10 @@ fn inbound_ipv6_connections_are_answered_through_their_uplink() {
     let mut lab = dual_stack_lab(&[1, 1, 1], HEALTH);
     // A web server on the LAN host, port-forwarded on every uplink, and one on the
     // router itself; every ISP drops (and counts) another ISP's customer addresses.
-    let client6 = "fd00:64::2";
-    lab.start_http_server(&lab.client(), client6, 8000).unwrap();
-    lab.start_http_server(&lab.router(), "::", 8001).unwrap();
-    lab.ns(
-        &lab.router(),
-        "nft",
-        &[&format!(
-            "add table ip6 lab6; add chain ip6 lab6 pre {{ type nat hook prerouting priority -100; }}; \
-             add rule ip6 lab6 pre iifname \"wan*\" tcp dport 8000 dnat to [{client6}]:8000"
-        )],
-    )
-    .unwrap();
+    lab.serve_inbound(Family::V6).unwrap();
     lab.enforce_source_addresses(Family::V6).unwrap();
     lab.start_router().expect("starting multiroute");
-    for n in 0..lab.isps {
-        let address = Lab::uplink_address6(n);
-        for (port, what) in [
-            (8000, "port-forwarded to the LAN host"),
-            (8001, "the router's own"),
-        ] {
-            let (seen, failures) = lab
-                .count_from(
-                    &lab.inet(),
-                    &format!("http://[{address}]:{port}/"),
-                    200,
-                    None,
-                )
-                .unwrap();
-            println!(
-                "200 connections to [{address}]:{port} ({what}): {failures} failed, server saw {seen:?}"
-            );
-            assert_eq!(failures, 0, "{what} via isp{n}");
-        }
-    }
+    lab.connect_inbound(Family::V6, 200).unwrap();
     assert_eq!(
         lab.foreign_sources(Family::V6).unwrap(),
         [0, 0, 0],
@@ -345,7 +315,7 @@ fn inbound_ipv6_connections_are_answered_through_their_uplink() {
         .flows(&[])
         .unwrap()
         .into_iter()
-        .filter(|f| f["src"] == client6 && f["src_port"] == 8000)
+        .filter(|f| f["src"] == CLIENT6.to_string() && f["src_port"] == FORWARDED_PORT)
         .collect();
     assert!(replies.len() >= 500, "{} IPv6 reply flows", replies.len());
     for flow in &replies {

@@ -4,8 +4,10 @@
 //! router failover, and the failback, must move and break no session.
 use multiroute_tests::{pair::failover_round, require_root};
 
-/// Runs a round and checks what must hold whatever the advert interval.
-fn round(advert_int: f64) -> multiroute_tests::pair::Round {
+/// Runs a round and checks what must hold whatever the advert interval, and that
+/// the switches took less than VRRP's own bounds for it (`failover`, `failback`,
+/// in seconds) plus half a second for ARP and the 20 ms attempts' granularity.
+fn round(advert_int: f64, failover: f64, failback: f64) {
     let round = failover_round(advert_int).expect("the failover round");
     println!(
         "router failover (advert_int {advert_int} s): new connections after {:.0} ms ({} failed), \
@@ -28,7 +30,16 @@ fn round(advert_int: f64) -> multiroute_tests::pair::Round {
         round.seeded >= 250,
         "B put the synced sessions on their uplinks"
     );
-    round
+    assert!(
+        round.failover_s < failover + 0.5,
+        "failover {:.2} s",
+        round.failover_s
+    );
+    assert!(
+        round.failback_s < failback + 0.5,
+        "failback {:.2} s",
+        round.failback_s
+    );
 }
 
 #[test]
@@ -36,21 +47,10 @@ fn a_router_failover_and_failback_move_and_break_no_session() {
     if !require_root("a_router_failover_and_failback_move_and_break_no_session") {
         return;
     }
-    let round = round(1.0);
     // VRRP's own bounds: the backup takes over after three missed adverts plus its
     // skew ((256 - 100) / 256 s); router A, back, waits three adverts plus its own
-    // skew (0.41 s) before it preempts. Half a second on top for ARP and the
-    // 20 ms attempts' granularity.
-    assert!(
-        round.failover_s < 3.6 + 0.5,
-        "failover {:.2} s",
-        round.failover_s
-    );
-    assert!(
-        round.failback_s < 3.41 + 0.5,
-        "failback {:.2} s",
-        round.failback_s
-    );
+    // skew (0.41 s) before it preempts.
+    round(1.0, 3.6, 3.41);
 }
 
 #[test]
@@ -58,16 +58,6 @@ fn faster_adverts_switch_routers_faster_still_without_losing_a_session() {
     if !require_root("faster_adverts_switch_routers_faster_still_without_losing_a_session") {
         return;
     }
-    let round = round(0.3);
-    // The same bounds at 0.3 s adverts: 1.08 s and 1.02 s, plus half a second.
-    assert!(
-        round.failover_s < 1.08 + 0.5,
-        "failover {:.2} s",
-        round.failover_s
-    );
-    assert!(
-        round.failback_s < 1.02 + 0.5,
-        "failback {:.2} s",
-        round.failback_s
-    );
+    // The same bounds at 0.3 s adverts.
+    round(0.3, 1.08, 1.02);
 }
