@@ -22,6 +22,12 @@ pub const NO_UPLINK: u32 = 0xffff;
 /// such a flow ever leaves through another uplink than its NAT binding's.
 pub const PENDING_UPLINK: u32 = 0xfffe;
 
+/// A flow to a destination the main table routes specifically (a LAN or VPN
+/// subnet, a static route, the router's own address): it passes unmarked and the
+/// main table routes it, which lets the `fwmark` rules come before the main
+/// table's lookup, so a steered packet walks no rule meant for other traffic.
+pub const DIRECT_UPLINK: u32 = 0xfffd;
+
 /// Default capacity of the flow table; userspace may resize it at load time.
 pub const FLOW_TABLE_SIZE: u32 = 262_144;
 
@@ -55,6 +61,10 @@ pub const MAX_RULES: u32 = 64;
 pub const MAX_RULE_UPLINKS: usize = 8;
 /// Prefixes over all rules, per side (sources, destinations).
 pub const MAX_RULE_PREFIXES: u32 = 4096;
+
+/// Prefixes of the main table's specific routes (and the router's addresses) the
+/// datapath leaves to the main table, per family (see [`DIRECT_UPLINK`]).
+pub const MAX_DIRECT_PREFIXES: u32 = 4096;
 
 /// What chose a flow's uplink (`Flow::chosen_by`).
 pub mod chosen_by {
@@ -131,7 +141,9 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// a running datapath's maps only with the same layout; a release that changes one
 /// bumps this. Maps pinned before `MR_LAYOUT` existed have layout 1.
 /// Layout 2: IPv6 (`Uplink::alive6`, the IPv6 maps, counters per family).
-pub const MAP_LAYOUT: u32 = 2;
+/// Layout 3: direct destinations (`MR_DIRECT`, `MR_DIRECT6`, the `pass_direct`
+/// counter).
+pub const MAP_LAYOUT: u32 = 3;
 
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
@@ -153,6 +165,8 @@ pub mod map_names {
     pub const AFFINITY6: &str = "MR_AFFINITY6";
     pub const RULE_SRC6: &str = "MR_RULE_SRC6";
     pub const RULE_DST6: &str = "MR_RULE_DST6";
+    pub const DIRECT: &str = "MR_DIRECT";
+    pub const DIRECT6: &str = "MR_DIRECT6";
 }
 
 /// Name of the classifier function inside the object file.
@@ -309,7 +323,7 @@ impl FlowIdentity for FlowKey6 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
-    /// Index into the uplink table (or [`PENDING_UPLINK`]).
+    /// Index into the uplink table (or [`PENDING_UPLINK`], [`DIRECT_UPLINK`]).
     pub uplink: u16,
     /// What chose the uplink: one of [`chosen_by`].
     pub chosen_by: u8,
@@ -385,9 +399,12 @@ pub enum Counter {
     PassPending = 8,
     /// New (or moved) flow whose uplink a policy rule chose.
     FlowRule = 9,
+    /// A flow to a destination the main table routes specifically (see
+    /// [`DIRECT_UPLINK`]): passed unmarked.
+    PassDirect = 10,
 }
 
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 /// The address families the datapath counts apart: `MR_COUNTERS` holds
 /// [`COUNTER_COUNT`] counters per family, IPv4's first. Packets that are neither
@@ -411,6 +428,7 @@ impl Counter {
         Counter::FlowInsertFailed,
         Counter::PassPending,
         Counter::FlowRule,
+        Counter::PassDirect,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -425,6 +443,7 @@ impl Counter {
             Counter::FlowInsertFailed => "flow_insert_failed",
             Counter::PassPending => "pass_pending",
             Counter::FlowRule => "flow_rule",
+            Counter::PassDirect => "pass_direct",
         }
     }
 }

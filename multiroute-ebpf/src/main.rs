@@ -22,11 +22,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use multiroute_ebpf::{
-    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE, Flow,
-    FlowIdentity, FlowKey, FlowKey6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_RULE_PREFIXES, MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS, PENDING_UPLINK, PolicyRule,
-    RING_SIZE, RuleAddress, RuleAddress6, RuleSet, SlotName, Traffic, Uplink, balance, chosen_by,
-    family, ring_slot,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, DIRECT_UPLINK, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE,
+    Flow, FlowIdentity, FlowKey, FlowKey6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_DIRECT_PREFIXES, MAX_RULE_PREFIXES, MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS,
+    PENDING_UPLINK, PolicyRule, RING_SIZE, RuleAddress, RuleAddress6, RuleSet, SlotName, Traffic,
+    Uplink, balance, chosen_by, family, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -71,6 +71,11 @@ static RULE_SRC: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 
 #[map(name = "MR_RULE_DST")]
 static RULE_DST: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
 
+/// Destinations the main table routes specifically (see [`DIRECT_UPLINK`]); the
+/// value is unused. Consulted only for new flows.
+#[map(name = "MR_DIRECT")]
+static DIRECT: LpmTrie<RuleAddress, u8> = LpmTrie::pinned(MAX_DIRECT_PREFIXES, 0);
+
 /// [`multiroute_ebpf::MAP_LAYOUT`] of the maps pinned beside it; userspace only.
 #[map(name = "MR_LAYOUT")]
 static LAYOUT: Array<u32> = Array::pinned(1, 0);
@@ -96,6 +101,9 @@ static RULE_SRC6: LpmTrie<RuleAddress6, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES
 #[map(name = "MR_RULE_DST6")]
 static RULE_DST6: LpmTrie<RuleAddress6, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
 
+#[map(name = "MR_DIRECT6")]
+static DIRECT6: LpmTrie<RuleAddress6, u8> = LpmTrie::pinned(MAX_DIRECT_PREFIXES, 0);
+
 /// What differs between the families: their maps, their liveness flag, how a key
 /// meets the rule tries. Everything else in the steering is shared.
 trait Family {
@@ -107,6 +115,8 @@ trait Family {
     fn alive(uplink: &Uplink) -> bool;
     /// The rule bitmaps of the key's source and destination prefixes.
     fn rule_prefixes(key: &Self::Key) -> (u64, u64);
+    /// The main table routes the key's destination specifically.
+    fn direct(key: &Self::Key) -> bool;
 }
 
 struct V4;
@@ -140,6 +150,10 @@ impl Family for V4 {
         };
         (bits(&RULE_SRC, key.src), bits(&RULE_DST, key.dst))
     }
+    #[inline(always)]
+    fn direct(key: &FlowKey) -> bool {
+        DIRECT.get(&Key::new(32, key.dst.to_ne_bytes())).is_some()
+    }
 }
 
 impl Family for V6 {
@@ -170,6 +184,10 @@ impl Family for V6 {
             bits(&RULE_SRC6, key.src_octets()),
             bits(&RULE_DST6, key.dst_octets()),
         )
+    }
+    #[inline(always)]
+    fn direct(key: &FlowKey6) -> bool {
+        DIRECT6.get(&Key::new(128, key.dst_octets())).is_some()
     }
 }
 
@@ -244,8 +262,10 @@ fn steer<F: Family>(ctx: &TcContext, key: &F::Key) {
             }
             None => {
                 // SAFETY: `flow` points into the flow table's value for this key.
-                if u32::from(unsafe { (*flow).uplink }) == PENDING_UPLINK {
-                    return count::<F>(Counter::PassPending);
+                match u32::from(unsafe { (*flow).uplink }) {
+                    PENDING_UPLINK => return count::<F>(Counter::PassPending),
+                    DIRECT_UPLINK => return count::<F>(Counter::PassDirect),
+                    _ => {}
                 }
                 let Some(chosen) =
                     rule_choice::<F>(key).or_else(|| hashed::<F>(ring_choice::<F>(key)))
@@ -262,6 +282,7 @@ fn steer<F: Family>(ctx: &TcContext, key: &F::Key) {
                 chosen
             }
         },
+        None if F::direct(key) => return remember_direct::<F>(key),
         None => match rule_choice::<F>(key) {
             Some(chosen) => {
                 remember::<F>(key, &chosen, Counter::FlowRule);
@@ -425,6 +446,19 @@ fn remember_pending<F: Family>(key: &F::Key) {
         chosen_by::HASH,
         0,
         Counter::PassPending,
+    );
+}
+
+/// Remembers a flow the main table routes (see [`DIRECT_UPLINK`]): its packets
+/// pass unmarked without another trie lookup.
+#[inline(always)]
+fn remember_direct<F: Family>(key: &F::Key) {
+    insert_flow::<F>(
+        key,
+        DIRECT_UPLINK as u16,
+        chosen_by::HASH,
+        0,
+        Counter::PassDirect,
     );
 }
 

@@ -738,3 +738,69 @@ fn ipv6_prefixes_in_policy_rules_match_ipv6_flows() {
     verdict(&mut dp, &tcp(lan(130), 40_002, SERVER, 443));
     assert_eq!(chosen(&dp, lan(130), SERVER, 40_002).0, chosen_by::HASH);
 }
+
+/// Destinations the main table routes specifically (a VPN subnet, a static IPv6
+/// route, the router's own address) pass unmarked, so the `fwmark` rules can come
+/// before the main table's lookup; a change of them re-classifies exactly the
+/// flows that changed sides.
+#[test]
+fn destinations_the_main_table_routes_pass_unmarked() {
+    use std::collections::BTreeSet;
+
+    use multiroute::net::{IpNet, Ipv4Net, Ipv6Net};
+
+    let Some(mut dp) = setup("direct", [1, 1, 1], [true; 3]) else {
+        return;
+    };
+    configure_families(&mut dp, [1, 1, 1], [true; 3], [true; 3]);
+    let vpn = Ipv4Addr::new(198, 51, 100, 7);
+    let router = lan(1);
+    let static6 = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 5);
+    let mut direct: BTreeSet<IpNet> = [
+        IpNet::V4("198.51.100.0/24".parse::<Ipv4Net>().unwrap()),
+        IpNet::V4(Ipv4Net::host(router)),
+        IpNet::V6("2001:db8:77::/48".parse::<Ipv6Net>().unwrap()),
+    ]
+    .into();
+    assert_eq!(dp.maps.write_direct(&direct).expect("writing"), 0);
+    let to_vpn = tcp(lan(5), 40_000, vpn, 22);
+    assert_untouched(
+        &mut dp,
+        &[
+            ("a new flow into the VPN subnet", to_vpn.clone()),
+            ("its next packet", to_vpn.clone()),
+            (
+                "a flow to the router itself",
+                tcp(lan(5), 40_001, router, 53),
+            ),
+            (
+                "an IPv6 flow into a static route",
+                tcp6(lan6(5), 40_002, static6, 443),
+            ),
+        ],
+    );
+    let to_server = tcp(lan(5), 40_003, SERVER, 443);
+    assert!(uplink_of(verdict(&mut dp, &to_server)).is_some());
+    let v4 = counters(&dp, family::IPV4);
+    assert_eq!(v4[&Counter::PassDirect], 3);
+    assert_eq!(v4[&Counter::FlowNew], 1);
+    assert_eq!(counters(&dp, family::IPV6)[&Counter::PassDirect], 1);
+    let direct_flows = dp
+        .maps
+        .v4
+        .all()
+        .into_iter()
+        .filter(|(_, flow)| flow.uplink_index() == multiroute_ebpf::DIRECT_UPLINK)
+        .count();
+    assert_eq!(direct_flows, 2, "direct flows are remembered as such");
+
+    // The server's network gets a route of its own: its steered flow is forgotten
+    // and passes unmarked from its next packet on; the direct flows stay.
+    direct.insert(IpNet::V4("203.0.113.0/24".parse::<Ipv4Net>().unwrap()));
+    assert_eq!(dp.maps.write_direct(&direct).expect("writing"), 1);
+    assert_untouched(&mut dp, &[("the server's flow, now direct", to_server)]);
+    // The VPN route goes away: its flow is steered from its next packet on.
+    direct.remove(&IpNet::V4("198.51.100.0/24".parse::<Ipv4Net>().unwrap()));
+    assert_eq!(dp.maps.write_direct(&direct).expect("writing"), 1);
+    assert!(uplink_of(verdict(&mut dp, &to_vpn)).is_some());
+}

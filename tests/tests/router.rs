@@ -8,8 +8,8 @@ use std::{
 
 use multiroute::net::Family;
 use multiroute_tests::{
-    CLIENT, Connections, FORWARDED_PORT, Lab, LabOptions, SERVER2, percent, require_root, stdout,
-    wait_until,
+    CLIENT, Connections, FORWARDED_PORT, Lab, LabOptions, SERVER_PORT, SERVER2, percent,
+    require_root, stdout, wait_until,
 };
 
 fn lab(weights: &[u32], extra_config: &str) -> Lab {
@@ -576,5 +576,80 @@ fn a_point_to_point_uplink_works_like_any_other() {
     assert_eq!(failures, 0);
     assert!(hits[1] > 100, "new flows use the redialled link: {hits:?}");
     lab.assert_kernel_matches_plan().unwrap();
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+/// Specific routes in the main table keep winning over steering although the
+/// `fwmark` rules come first: the classifier leaves their destinations unmarked.
+/// A static route added while running is followed at once, and removed again.
+#[test]
+fn a_static_route_in_the_main_table_wins_over_steering() {
+    if !require_root("a_static_route_in_the_main_table_wins_over_steering") {
+        return;
+    }
+    let mut lab = lab(&[1, 1, 1], "");
+    lab.start_router().unwrap();
+    let router = lab.router();
+    let office = format!("http://{SERVER2}:{SERVER_PORT}/");
+    let spread = |lab: &Lab, url: &str| {
+        let (seen, failures) = lab.count_from(&lab.client(), url, 300, None).unwrap();
+        assert_eq!(failures, 0);
+        seen
+    };
+    let seen = spread(&lab, &office);
+    assert_eq!(seen.len(), 3, "balanced before the route: {seen:?}");
+
+    // The admin routes the office server through isp2 only.
+    let route = ["203.0.113.11/32", "via", "198.18.2.1", "dev", "wan2"];
+    let t0 = Instant::now();
+    lab.ns(&router, "ip", &[&["route", "add"][..], &route].concat())
+        .unwrap();
+    let only_isp2 = |seen: &std::collections::BTreeMap<String, u64>| {
+        seen.keys().all(|address| address == "198.18.2.2")
+    };
+    let mut followed = None;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let (seen, _) = lab.count_from(&lab.client(), &office, 4, None).unwrap();
+        if only_isp2(&seen) {
+            followed = Some(t0.elapsed());
+            break;
+        }
+    }
+    let followed = followed.expect("the office's flows follow the static route");
+    println!(
+        "static route added: followed {} ms later",
+        followed.as_millis()
+    );
+    assert!(followed <= Duration::from_secs(1), "{followed:?}");
+    let seen = spread(&lab, &office);
+    println!("300 connections to the routed server: {seen:?}");
+    assert!(only_isp2(&seen), "{seen:?}");
+    let seen = spread(&lab, &lab.url("/"));
+    println!("300 connections to another server: {seen:?}");
+    assert_eq!(seen.len(), 3, "other servers stay balanced: {seen:?}");
+
+    // The operator sees those flows as the main table's, not an uplink's.
+    let flows = lab.flows(&["--dst", &SERVER2.to_string()]).unwrap();
+    assert!(!flows.is_empty());
+    assert!(
+        flows
+            .iter()
+            .all(|f| f["uplink"] == "main" && f["why"] == "direct"),
+        "{flows:?}"
+    );
+    // A marked LAN packet's first rule is its uplink's.
+    let rules = stdout(&lab.ns(&router, "ip", &["rule"]).unwrap());
+    let first = rules.lines().find(|l| l.contains("proto 77")).unwrap_or("");
+    assert!(first.contains("fwmark 0x100/0xff00"), "{rules}");
+    lab.assert_kernel_matches_plan().unwrap();
+
+    // The route goes away: the office is balanced again.
+    lab.ns(&router, "ip", &[&["route", "del"][..], &route].concat())
+        .unwrap();
+    wait_until(Duration::from_secs(1), || {
+        lab.count_from(&lab.client(), &office, 12, None)
+            .is_ok_and(|(seen, _)| !only_isp2(&seen))
+    })
+    .expect("balanced again without the route");
     lab.stop_and_unload().expect("stopping multiroute");
 }

@@ -40,6 +40,9 @@ enum Task {
         /// Only the datapath suite, printed (BENCHMARKS.md is left alone).
         #[arg(long)]
         datapath_only: bool,
+        /// Only the forwarding suite, printed (BENCHMARKS.md is left alone).
+        #[arg(long)]
+        forwarding_only: bool,
         /// Rewrite BENCHMARKS.md from target/bench/results.json without measuring.
         #[arg(long)]
         report_only: bool,
@@ -64,6 +67,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench {
             quick,
             datapath_only,
+            forwarding_only,
             report_only,
         } => {
             deps::ensure()?;
@@ -84,6 +88,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if datapath_only {
                 args.push("--datapath-only");
+            }
+            if forwarding_only {
+                args.push("--forwarding-only");
             }
             if report_only {
                 args.push("--report-only");

@@ -174,6 +174,7 @@ pub struct NatedSession<K> {
 pub trait Keyed: Sized {
     const FAMILY: Family;
     fn from_tuple(tuple: &[Tuple]) -> Option<Self>;
+    fn destination(&self) -> IpAddr;
 }
 
 impl Keyed for FlowKey {
@@ -181,12 +182,18 @@ impl Keyed for FlowKey {
     fn from_tuple(tuple: &[Tuple]) -> Option<Self> {
         tuple_key(tuple)
     }
+    fn destination(&self) -> IpAddr {
+        self.dst_octets().into()
+    }
 }
 
 impl Keyed for FlowKey6 {
     const FAMILY: Family = Family::V6;
     fn from_tuple(tuple: &[Tuple]) -> Option<Self> {
         tuple_key6(tuple)
+    }
+    fn destination(&self) -> IpAddr {
+        self.dst_octets().into()
     }
 }
 

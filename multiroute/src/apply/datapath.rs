@@ -6,6 +6,7 @@
 //! link per LAN interface (`link-<ifname>`; the pin keeps the classifier attached when
 //! the daemon dies, and deleting it detaches the classifier at once).
 use std::{
+    collections::BTreeSet,
     ffi::CString,
     io,
     os::unix::ffi::OsStrExt,
@@ -28,8 +29,13 @@ use multiroute_ebpf::{
 };
 use tracing::{debug, info};
 
-use super::{flow_tables::FlowTables, rule_maps::RuleMaps};
+use super::{
+    direct::{DirectChange, DirectTries},
+    flow_tables::FlowTables,
+    rule_maps::RuleMaps,
+};
 use crate::{
+    net::IpNet,
     path_error::PathError,
     plan::{Plan, slots::Slots},
 };
@@ -437,6 +443,7 @@ pub struct Maps {
     /// `[balance] by`, one entry.
     balance: Array<MapData, u32>,
     rules: RuleMaps,
+    direct: DirectTries,
 }
 
 /// One family's Maglev ring, read and written in batches (see [`map_batch`]),
@@ -679,6 +686,7 @@ impl Maps {
             slots: open_map(pin_path, map_names::SLOTS)?,
             balance: open_map(pin_path, map_names::BALANCE)?,
             rules: RuleMaps::open(pin_path)?,
+            direct: DirectTries::open(pin_path)?,
         })
     }
 
@@ -687,9 +695,27 @@ impl Maps {
     /// move (and new flows stop landing on it) from that one write on.
     pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
         self.write_uplinks(plan)?;
+        self.write_direct(&plan.direct)?;
         self.write_ring(&plan.ring)?;
         self.write_ring6(&plan.ring6)?;
         self.write_policy(&plan.policy)
+    }
+
+    /// The destinations the classifier leaves to the main table; when they
+    /// changed, the flows that changed sides are forgotten (a steered flow into a
+    /// new VPN route must not keep its uplink's mark, which now skips the main
+    /// table). Returns how many.
+    pub fn write_direct(&mut self, direct: &BTreeSet<IpNet>) -> Result<usize, DatapathError> {
+        let held = self.direct.read()?;
+        let Some(change) = DirectChange::between(&held, direct) else {
+            return Ok(0);
+        };
+        self.direct.write(direct)?;
+        let moved = self.v4.settle_direct(&change)? + self.v6.settle_direct(&change)?;
+        if moved > 0 {
+            info!("{moved} flows classified afresh: the main table's specific routes changed");
+        }
+        Ok(moved)
     }
 
     /// The policy rules new flows are matched against (unchanged ones are not
@@ -772,6 +798,14 @@ impl Maps {
             }
         }
         differences.extend(self.rules.differences(&plan.policy)?);
+        let direct = self.direct.read()?;
+        if direct != plan.direct {
+            differences.push(format!(
+                "{} direct destinations held, {} planned",
+                direct.len(),
+                plan.direct.len()
+            ));
+        }
         Ok(differences)
     }
 

@@ -13,11 +13,12 @@ use aya::{
     Pod,
     maps::{HashMap, MapData, MapError},
 };
-use multiroute_ebpf::{Flow, FlowIdentity, PENDING_UPLINK, balance, chosen_by};
+use multiroute_ebpf::{DIRECT_UPLINK, Flow, FlowIdentity, PENDING_UPLINK, balance, chosen_by};
 
 use super::{
-    conntrack::NatedSession,
+    conntrack::{Keyed, NatedSession},
     datapath::{DatapathError, Seeding, map_error, monotonic_seconds, open_map},
+    direct::DirectChange,
 };
 
 pub struct FlowTables<K> {
@@ -74,6 +75,28 @@ impl<K: Pod + FlowIdentity + Eq + Hash> FlowTables<K> {
             .filter(|(_, flow)| flow.uplink_index() == PENDING_UPLINK)
             .map(|(key, _)| key)
             .collect()
+    }
+
+    /// Forgets the flows `change` put on the other side of the direct set (a
+    /// steered flow whose destination the main table now routes, a direct one
+    /// whose route went away): their next packet is classified afresh. Returns
+    /// how many.
+    pub fn settle_direct(&mut self, change: &DirectChange) -> Result<usize, DatapathError>
+    where
+        K: Keyed,
+    {
+        let moved: Vec<K> = self
+            .all()
+            .into_iter()
+            .filter(|(key, flow)| {
+                change.moves(key.destination(), flow.uplink_index() == DIRECT_UPLINK)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in &moved {
+            self.forget(key)?;
+        }
+        Ok(moved.len())
     }
 
     /// Adds each flow's uplink slot to `counts`.

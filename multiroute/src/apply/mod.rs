@@ -3,10 +3,12 @@
 //! crash half-way, converges; [`teardown`] removes all of it, also after SIGKILL.
 pub mod conntrack;
 pub mod datapath;
+mod direct;
 pub mod flow_tables;
 pub mod host;
 pub mod netlink;
 pub mod nftables;
+mod prefix_trie;
 pub mod routing;
 mod rule_maps;
 pub mod snat;
@@ -106,6 +108,9 @@ pub async fn apply(
         maps.write_policy(&crate::plan::Policy::default())?;
         maps.write_pending_rings()?;
     }
+    // Before the classifier sees a packet: a flow to a direct destination must
+    // never carry a mark, which would skip the main table's lookup.
+    maps.write_direct(&plan.direct)?;
     datapath.attach(&plan.lan)?;
     takeover.seeded = seed_from_conntrack(&mut maps, plan).await?;
     maps.write_ring(&plan.ring)?;

@@ -74,8 +74,9 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// Interfaces with their IPv4 addresses and the gateway of any default route
-    /// through them (in the main table, or saved away by multiroute in `saved_table`).
+    /// Interfaces with their addresses and the gateway of any default route
+    /// through them (in the main table, or saved away by multiroute in
+    /// `saved_table`), and the main table's specific destinations.
     pub async fn observe(&self, saved_table: u32) -> Result<Observed, NetlinkError> {
         let mut observed = Observed::new();
         let mut links = self.handle.link().get().execute();
@@ -136,6 +137,12 @@ impl Netlink {
         }
         for route in self.routes().await? {
             let table = route_table(&route);
+            if table == MAIN_TABLE
+                && !is_own_route(&route)
+                && let Some(dst) = route_destination(&route).filter(|dst| !dst.is_default())
+            {
+                observed.main_routes.insert(dst);
+            }
             let Some(parsed) = parse_route(&route, &observed) else {
                 continue;
             };
@@ -421,22 +428,37 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
     Ok(message)
 }
 
-/// Reads a kernel route back into domain terms; `None` for shapes multiroute never
-/// makes (blackhole, local, broadcast, routes through unknown interfaces).
-pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route> {
+/// A route's destination prefix, whatever its type.
+fn route_destination(message: &RouteMessage) -> Option<IpNet> {
     let family = match message.header.address_family {
         AddressFamily::Inet => Family::V4,
         AddressFamily::Inet6 => Family::V6,
         _ => return None,
     };
+    let dst = message.attributes.iter().find_map(|attr| match attr {
+        RouteAttribute::Destination(addr) => route_address(addr),
+        _ => None,
+    });
+    let prefix_len = message.header.destination_prefix_length;
+    match (family, dst) {
+        (Family::V4, Some(IpAddr::V4(addr))) => Some(IpNet::V4(Ipv4Net::new(addr, prefix_len))),
+        (Family::V4, None) => Some(IpNet::V4(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, prefix_len))),
+        (Family::V6, Some(IpAddr::V6(addr))) => Some(IpNet::V6(Ipv6Net::new(addr, prefix_len))),
+        (Family::V6, None) => Some(IpNet::V6(Ipv6Net::new(Ipv6Addr::UNSPECIFIED, prefix_len))),
+        _ => None,
+    }
+}
+
+/// Reads a kernel route back into domain terms; `None` for shapes multiroute never
+/// makes (blackhole, local, broadcast, routes through unknown interfaces).
+pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route> {
     if message.header.kind != RouteType::Unicast {
         return None;
     }
-    let mut dst = None;
+    let dst = route_destination(message)?;
     let (mut gateway, mut oif, mut src, mut hops) = (None, None, None, None);
     for attr in &message.attributes {
         match attr {
-            RouteAttribute::Destination(addr) => dst = route_address(addr),
             RouteAttribute::Gateway(addr) => gateway = route_address(addr),
             RouteAttribute::PrefSource(addr) => src = route_address(addr),
             RouteAttribute::Oif(index) => oif = interface_name(observed, *index),
@@ -462,14 +484,6 @@ pub fn parse_route(message: &RouteMessage, observed: &Observed) -> Option<Route>
         ),
         (None, Some(gateway), Some(dev)) => RouteNext::Gateway { gateway, dev },
         (None, None, Some(dev)) => RouteNext::Dev { dev, src },
-        _ => return None,
-    };
-    let prefix_len = message.header.destination_prefix_length;
-    let dst = match (family, dst) {
-        (Family::V4, Some(IpAddr::V4(addr))) => IpNet::V4(Ipv4Net::new(addr, prefix_len)),
-        (Family::V4, None) => IpNet::V4(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, prefix_len)),
-        (Family::V6, Some(IpAddr::V6(addr))) => IpNet::V6(Ipv6Net::new(addr, prefix_len)),
-        (Family::V6, None) => IpNet::V6(Ipv6Net::new(Ipv6Addr::UNSPECIFIED, prefix_len)),
         _ => return None,
     };
     Some(Route {

@@ -1,98 +1,16 @@
 //! The policy rules' maps (see `plan::policy`): the rules, the set's header, and a
 //! source and a destination prefix trie per family. Written as a whole when the
 //! rule set changes (a reload, an uplink changing slot), read back whole to verify.
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr},
-    path::Path,
-};
+use std::path::Path;
 
-use aya::maps::{
-    Array, MapData,
-    lpm_trie::{Key, LpmTrie},
-};
+use aya::maps::{Array, MapData};
 use multiroute_ebpf::{MAX_RULES, PolicyRule, RuleSet, map_names};
 
-use super::datapath::{DatapathError, map_error, open_map};
-use crate::{
-    net::{IpNet, Ipv4Net, Ipv6Net},
-    plan::Policy,
+use super::{
+    datapath::{DatapathError, map_error, open_map},
+    prefix_trie::Trie,
 };
-
-/// One prefix trie: `N` address bytes (4 or 16), rule bitmaps as values.
-struct Trie<const N: usize> {
-    map: LpmTrie<MapData, [u8; N], u64>,
-    name: &'static str,
-}
-
-impl<const N: usize> Trie<N> {
-    fn open(pin_path: &Path, name: &'static str) -> Result<Self, DatapathError> {
-        Ok(Self {
-            map: open_map(pin_path, name)?,
-            name,
-        })
-    }
-
-    fn key(net: &IpNet) -> Option<Key<[u8; N]>> {
-        let octets: Vec<u8> = match net {
-            IpNet::V4(net) => net.addr.octets().to_vec(),
-            IpNet::V6(net) => net.addr.octets().to_vec(),
-        };
-        Some(Key::new(
-            u32::from(net.prefix_len()),
-            octets.try_into().ok()?,
-        ))
-    }
-
-    fn net(key: &Key<[u8; N]>) -> Option<IpNet> {
-        let len = u8::try_from(key.prefix_len()).ok()?;
-        let data = key.data();
-        Some(match N {
-            4 => IpNet::V4(Ipv4Net::new(
-                Ipv4Addr::from(<[u8; 4]>::try_from(&data[..]).ok()?),
-                len,
-            )),
-            _ => IpNet::V6(Ipv6Net::new(
-                Ipv6Addr::from(<[u8; 16]>::try_from(&data[..]).ok()?),
-                len,
-            )),
-        })
-    }
-
-    fn read(&self) -> Result<BTreeMap<IpNet, u64>, DatapathError> {
-        let mut held = BTreeMap::new();
-        for entry in self.map.iter() {
-            let (key, bits) = entry.map_err(map_error(self.name))?;
-            if let Some(net) = Self::net(&key) {
-                held.insert(net, bits);
-            }
-        }
-        Ok(held)
-    }
-
-    /// Brings the trie to the entries of `wanted` its keys fit (the other
-    /// family's are the other trie's).
-    fn write(&mut self, wanted: &BTreeMap<IpNet, u64>) -> Result<(), DatapathError> {
-        let wanted: BTreeMap<_, _> = wanted
-            .iter()
-            .filter(|(net, _)| Self::key(net).is_some())
-            .collect();
-        let held = self.read()?;
-        for net in held.keys().filter(|net| !wanted.contains_key(net)) {
-            if let Some(key) = Self::key(net) {
-                self.map.remove(&key).map_err(map_error(self.name))?;
-            }
-        }
-        for (net, bits) in wanted {
-            if let (Some(key), true) = (Self::key(net), held.get(net) != Some(bits)) {
-                self.map
-                    .insert(&key, bits, 0)
-                    .map_err(map_error(self.name))?;
-            }
-        }
-        Ok(())
-    }
-}
+use crate::plan::Policy;
 
 /// A source and a destination trie of one family.
 struct Tries<const N: usize> {

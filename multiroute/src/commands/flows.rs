@@ -15,7 +15,7 @@ use multiroute::{
     config::{Config, proto_name},
     net::Ipv4Net,
 };
-use multiroute_ebpf::{Flow, FlowKey, FlowKey6, chosen_by};
+use multiroute_ebpf::{DIRECT_UPLINK, Flow, FlowKey, FlowKey6, chosen_by};
 use serde::Serialize;
 use tracing::warn;
 
@@ -35,10 +35,12 @@ struct FlowRow {
     src_port: u16,
     dst: IpAddr,
     dst_port: u16,
-    /// The uplink's name, or `slot N` for a slot no configured uplink holds (its
-    /// flows move on their next packet).
+    /// The uplink's name, `slot N` for a slot no configured uplink holds (its
+    /// flows move on their next packet), or "main" for a flow the main table
+    /// routes.
     uplink: String,
-    /// What chose the uplink: "hash", "rule <name>", "conntrack" or "inbound".
+    /// What chose the uplink: "hash", "rule <name>", "conntrack", "inbound", or
+    /// "direct" (a destination the main table routes specifically).
     why: String,
     /// Whole seconds since the flow's first packet.
     age_s: u64,
@@ -115,6 +117,7 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
     // classifier hashed.
     let placed = |inbound: Option<&u32>, flow: &Flow| match inbound {
         Some(&slot) => (name_of(slot), "inbound".to_owned()),
+        None if flow.uplink_index() == DIRECT_UPLINK => ("main".to_owned(), "direct".to_owned()),
         None => (name_of(flow.uplink_index()), why(&config, flow)),
     };
     let ipv4 = maps.v4.all().into_iter().map(|(key, flow)| {

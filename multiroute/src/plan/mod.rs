@@ -33,14 +33,21 @@ pub mod priority {
 
     use crate::config::{MAX_ROUTER_RULES, RULE_PRIORITY_SPAN};
 
-    /// `lookup main suppress_prefixlength 0`: specific main routes (LAN, VPN, other
-    /// local subnets) win over every steering rule below.
-    pub const MAIN_SPECIFIC: u32 = 0;
+    /// `lookup main suppress_prefixlength 0` ahead of the marks: only for a family
+    /// whose main table has more specific routes than the datapath's direct
+    /// prefixes hold (see `Plan::direct`), so those routes keep winning.
+    pub const MAIN_FIRST: u32 = 0;
     /// `fwmark <mark>/<mask>`: the datapath's per-flow choice (policy rules for
-    /// LAN traffic included: the classifier matched them). First after the main
-    /// table: a marked LAN packet walks no rule meant for other traffic. An
-    /// inbound reply's mark carries the flag, so it matches none of these.
+    /// LAN traffic included: the classifier matched them). First: a marked LAN
+    /// packet walks no other rule and does one table lookup, its uplink's. The
+    /// classifier marks no packet the main table routes specifically (LAN, VPN,
+    /// other local subnets: `Plan::direct`). An inbound reply's mark carries the
+    /// flag, so it matches none of these.
     pub const FWMARK: u32 = 100;
+    /// `lookup main suppress_prefixlength 0`: for everything unmarked (the
+    /// router's own traffic, LAN traffic to direct destinations), specific main
+    /// routes win over every steering rule below.
+    pub const MAIN_SPECIFIC: u32 = 190;
     /// `fwmark <mark | inbound flag>/<mask>`: replies to connections that arrived on
     /// an uplink (port forwards), marked from conntrack (see `nft`).
     pub const INBOUND: u32 = 200;
@@ -52,8 +59,9 @@ pub mod priority {
     pub const LOCAL_POLICY: u32 = 400;
 
     // Every band holds what can be put in it, and the last one ends in the range.
-    const _: () = assert!(MAIN_SPECIFIC < FWMARK);
-    const _: () = assert!(FWMARK + MAX_UPLINKS <= INBOUND);
+    const _: () = assert!(MAIN_FIRST < FWMARK);
+    const _: () = assert!(FWMARK + MAX_UPLINKS <= MAIN_SPECIFIC);
+    const _: () = assert!(MAIN_SPECIFIC < INBOUND);
     const _: () = assert!(INBOUND + MAX_UPLINKS <= FROM_UPLINK);
     const _: () = assert!(FROM_UPLINK + MAX_UPLINKS <= LOCAL_POLICY);
     const _: () = assert!(LOCAL_POLICY + MAX_ROUTER_RULES as u32 <= RULE_PRIORITY_SPAN);
@@ -95,8 +103,43 @@ impl Interface {
     }
 }
 
-/// The host's interfaces by name.
-pub type Observed = BTreeMap<String, Interface>;
+/// What the host has: its interfaces by name (the map it dereferences to), and
+/// the destinations its main table routes specifically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    interfaces: BTreeMap<String, Interface>,
+    /// Destinations of the main table's routes other than defaults, of any type
+    /// (LAN and VPN subnets, static routes, blackholes), multiroute's own excluded.
+    pub main_routes: BTreeSet<IpNet>,
+}
+
+impl Observed {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl std::ops::Deref for Observed {
+    type Target = BTreeMap<String, Interface>;
+    fn deref(&self) -> &Self::Target {
+        &self.interfaces
+    }
+}
+
+impl std::ops::DerefMut for Observed {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.interfaces
+    }
+}
+
+impl<const N: usize> From<[(String, Interface); N]> for Observed {
+    fn from(interfaces: [(String, Interface); N]) -> Self {
+        Self {
+            interfaces: BTreeMap::from(interfaces),
+            main_routes: BTreeSet::new(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -269,6 +312,10 @@ pub struct Plan {
     pub balance_by: u32,
     /// Policy rules as the classifier matches them.
     pub policy: Policy,
+    /// Destinations the classifier leaves unmarked, to the main table: its specific
+    /// routes and the router's own addresses, of each family that fits the
+    /// datapath (see `direct_destinations`).
+    pub direct: BTreeSet<IpNet>,
     /// Which uplink each policy rule uses now.
     pub rule_uses: Vec<RuleUse>,
 }
@@ -350,9 +397,16 @@ impl Plan {
             .flat_map(|family| table_routes(config, observed, &uplinks, family))
             .collect();
         let rule_uses = policy::uses(&config.rules, &uplinks);
-        let rules = Family::ALL
+        let direct = Family::ALL.map(|family| (family, direct_destinations(observed, family)));
+        let rules = direct
+            .iter()
+            .flat_map(|(family, direct)| {
+                rules(config, &uplinks, &rule_uses, *family, direct.is_none())
+            })
+            .collect();
+        let direct = direct
             .into_iter()
-            .flat_map(|family| rules(config, &uplinks, &rule_uses, family))
+            .flat_map(|(_, direct)| direct.unwrap_or_default())
             .collect();
         let policy = policy::datapath(&config.rules, |name| {
             policy::named(&uplinks, name).map(|u| u.slot)
@@ -424,6 +478,7 @@ impl Plan {
             },
             policy,
             rule_uses,
+            direct,
         })
     }
 }
@@ -725,11 +780,35 @@ fn lan_networks(observed: &Observed, name: &str, family: Family) -> BTreeSet<IpN
     }
 }
 
+/// What the classifier leaves to the main table, of `family`: the destinations of
+/// the main table's specific routes, and the router's own addresses (the local
+/// table routes them first anyway; unmarked they are not counted as an uplink's).
+/// `None` when they are more than the datapath holds: the main table is then
+/// consulted before the marks instead.
+fn direct_destinations(observed: &Observed, family: Family) -> Option<BTreeSet<IpNet>> {
+    let own = observed.values().flat_map(|iface| {
+        let v4 = iface.addresses.iter().map(|a| IpAddr::V4(a.addr));
+        let v6 = iface.addresses6.iter().map(|a| IpAddr::V6(a.addr));
+        v4.chain(v6).map(IpNet::host)
+    });
+    let direct: BTreeSet<IpNet> = observed
+        .main_routes
+        .iter()
+        .copied()
+        .chain(own)
+        .filter(|net| net.family() == family)
+        .collect();
+    (direct.len() <= multiroute_ebpf::MAX_DIRECT_PREFIXES as usize).then_some(direct)
+}
+
+/// `main_first`: the main table's specific routes do not fit the datapath (see
+/// [`direct_destinations`]), so its lookup comes before the marks.
 fn rules(
     config: &Config,
     uplinks: &[UplinkPlan],
     rule_uses: &[RuleUse],
     family: Family,
+    main_first: bool,
 ) -> Vec<Rule> {
     let base = config.routing.rule_priority;
     let ready: Vec<_> = uplinks
@@ -743,13 +822,13 @@ fn rules(
     if family == Family::V6 && ready.is_empty() {
         return Vec::new();
     }
-    let mut rules = vec![Rule {
+    let main = |priority: u32| Rule {
         family,
-        priority: base + priority::MAIN_SPECIFIC,
+        priority: base + priority,
         selector: Selector::All,
         table: MAIN_TABLE,
         suppress_prefixlength: Some(0),
-    }];
+    };
     let lookup = |priority: u32, selector: Selector, table: u32| Rule {
         family,
         priority,
@@ -757,6 +836,10 @@ fn rules(
         table,
         suppress_prefixlength: None,
     };
+    let mut rules = Vec::new();
+    if main_first {
+        rules.push(main(priority::MAIN_FIRST));
+    }
     for (plan, _) in &ready {
         rules.push(lookup(
             base + priority::FWMARK + plan.slot,
@@ -766,6 +849,9 @@ fn rules(
             },
             plan.table,
         ));
+    }
+    if !main_first {
+        rules.push(main(priority::MAIN_SPECIFIC));
     }
     for (plan, _) in &ready {
         rules.push(lookup(

@@ -81,11 +81,14 @@ fn seed_tables_match_the_seed_commands() {
 #[test]
 fn seed_rules_match_the_seed_commands_plus_steering() {
     let expected = [
-        "pref 10000 from all lookup main suppress_prefixlength 0",
-        // The classifier's choice, pins included (they are policy rules it matches):
-        // a marked LAN packet needs no rule after these.
+        // The classifier's choice, pins included (they are policy rules it matches),
+        // first: a marked LAN packet walks no other rule. It never marks a packet
+        // the main table routes specifically (see `direct`).
         "pref 10100 fwmark 0x100/0xff00 lookup 101",
         "pref 10101 fwmark 0x200/0xff00 lookup 102",
+        // Everything unmarked (the router's own, LAN to LAN): specific main routes
+        // win over the rules below.
+        "pref 10190 from all lookup main suppress_prefixlength 0",
         // Replies to connections that arrived on an uplink (conntrack-marked).
         "pref 10200 fwmark 0x8100/0xff00 lookup 101",
         "pref 10201 fwmark 0x8200/0xff00 lookup 102",
@@ -98,6 +101,61 @@ fn seed_rules_match_the_seed_commands_plus_steering() {
         "pref 10401 from all to 24.19.100.1 iif lo lookup 102",
     ];
     assert_eq!(lines(&seed_plan().rules), expected);
+}
+
+/// The classifier leaves to the main table what it routes specifically (of any
+/// route type) and the router's own addresses; defaults are not among them.
+#[test]
+fn direct_destinations_are_main_routes_and_own_addresses() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let mut host = seed_host();
+    let net = |s: &str| IpNet::V4(s.parse::<Ipv4Net>().unwrap());
+    host.main_routes = [
+        "192.168.0.0/24",
+        "142.154.64.0/24",
+        "24.19.12.0/24",
+        "10.8.0.0/24",
+    ]
+    .map(net)
+    .into();
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
+    let direct: Vec<_> = plan.direct.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        direct,
+        [
+            "10.8.0.0/24",
+            "24.19.12.0/24",
+            "24.19.12.45",
+            "127.0.0.1",
+            "142.154.64.0/24",
+            "142.154.64.7",
+            "192.168.0.0/24",
+            "192.168.0.1",
+        ]
+    );
+}
+
+/// More specific main routes than the datapath holds: none are written and the
+/// main table is consulted before the marks, as it must win.
+#[test]
+fn too_many_main_routes_put_the_main_table_first() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let mut host = seed_host();
+    host.main_routes = (0..=multiroute_ebpf::MAX_DIRECT_PREFIXES)
+        .map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24)))
+        .collect();
+    let plan = build(&config, &host, &BTreeSet::new()).unwrap();
+    assert!(plan.direct.is_empty());
+    let rules = lines(&plan.rules);
+    assert_eq!(
+        rules[0],
+        "pref 10000 from all lookup main suppress_prefixlength 0"
+    );
+    assert_eq!(rules[1], "pref 10100 fwmark 0x100/0xff00 lookup 101");
+    assert_eq!(
+        rules.iter().filter(|r| r.contains("lookup main")).count(),
+        1
+    );
 }
 
 #[test]
@@ -500,9 +558,9 @@ fn ipv6_gets_its_own_tables_rules_and_main_default() {
     assert_eq!(
         ipv6,
         [
-            "-6 pref 10000 from all lookup main suppress_prefixlength 0",
             "-6 pref 10100 fwmark 0x100/0xff00 lookup 101",
             "-6 pref 10101 fwmark 0x200/0xff00 lookup 102",
+            "-6 pref 10190 from all lookup main suppress_prefixlength 0",
             "-6 pref 10200 fwmark 0x8100/0xff00 lookup 101",
             "-6 pref 10201 fwmark 0x8200/0xff00 lookup 102",
             "-6 pref 10300 from 2001:db8:1::7 lookup 101",

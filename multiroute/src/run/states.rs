@@ -195,6 +195,7 @@ mod tests {
             balance_by: 0,
             policy: Default::default(),
             rule_uses: Vec::new(),
+            direct: Default::default(),
         }
     }
 

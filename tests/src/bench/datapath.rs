@@ -1,11 +1,15 @@
 //! Suite 1, datapath cost: the classifier in the kernel through `BPF_PROG_TEST_RUN`,
 //! against the empty TC program of the same object measured in the same run. The
 //! kernel times the program runs itself, so the syscall is not in the figures.
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::Result;
 use multiroute::{
     apply::datapath::Capacity,
+    net::{IpNet, Ipv4Net, Ipv6Net},
     plan::{Member, Policy, build_ring},
 };
 use multiroute_ebpf::{Flow, FlowKey, MAX_RULES, PolicyRule, RING_SIZE, RuleSet, Uplink};
@@ -63,7 +67,37 @@ fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
     let ring = build_ring(&members, RING_SIZE);
     dp.maps.write_ring(&ring)?;
     dp.maps.write_ring6(&ring)?;
+    dp.maps.write_direct(&direct_destinations()?)?;
     Ok(())
+}
+
+/// What a home router's main table routes specifically, and its own addresses:
+/// a new flow looks its destination up among them (none matches the benchmark's
+/// server).
+fn direct_destinations() -> Result<BTreeSet<IpNet>> {
+    let v4 = [
+        "192.168.1.0/24",
+        "192.168.1.1/32",
+        "198.18.0.0/24",
+        "198.18.0.2/32",
+        "198.18.1.0/24",
+        "198.18.1.2/32",
+        "10.8.0.0/24",
+        "127.0.0.1/32",
+    ]
+    .map(|net| net.parse::<Ipv4Net>().map(IpNet::V4));
+    let v6 = [
+        "fd00:64::/64",
+        "fd00:64::1/128",
+        "2001:db8:18::/64",
+        "2001:db8:18::2/128",
+        "fe80::/64",
+    ]
+    .map(|net| net.parse::<Ipv6Net>().map(IpNet::V6));
+    v4.into_iter()
+        .chain(v6)
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)
 }
 
 /// 64 rules matching any address: the first 63 want destination ports below the

@@ -118,12 +118,17 @@ pub fn run_datapath(options: &Options) -> Result<datapath::Results> {
     })
 }
 
-pub fn run(options: &Options, command: String) -> Result<Results> {
-    let datapath = run_datapath(options)?;
-    let forwarding = suite(
+/// Only the forwarding suite, for iterating on the per-packet path.
+pub fn run_forwarding(options: &Options) -> Result<Vec<forwarding::Measured>> {
+    suite(
         "forwarding and connection rate (namespace lab, iperf3)",
         || forwarding::run(options),
-    )?;
+    )
+}
+
+pub fn run(options: &Options, command: String) -> Result<Results> {
+    let datapath = run_datapath(options)?;
+    let forwarding = run_forwarding(options)?;
     let failover = suite("failover and recovery", || failover::run(options))?;
     let memory = suite("memory", || {
         memory::run(options.memory_flows, options.connections)

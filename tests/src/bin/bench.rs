@@ -1,6 +1,7 @@
-//! `cargo xtask bench [--quick] [--datapath-only]` runs this (release build, as
-//! root): every suite of `multiroute_tests::bench`, then `target/bench/results.json`
-//! and `BENCHMARKS.md`; with `--datapath-only`, only suite 1, printed; with
+//! `cargo xtask bench [--quick] [--datapath-only | --forwarding-only]` runs this
+//! (release build, as root): every suite of `multiroute_tests::bench`, then
+//! `target/bench/results.json` and `BENCHMARKS.md`; with `--datapath-only` or
+//! `--forwarding-only`, only suite 1 or suites 2–3, printed; with
 //! `--report-only`, BENCHMARKS.md again from the last results (after editing notes).
 use std::{path::PathBuf, process::ExitCode};
 
@@ -30,6 +31,12 @@ fn run() -> Result<()> {
     if std::env::args().any(|a| a == "--datapath-only") {
         // Iterating on the classifier: print the figures, leave BENCHMARKS.md alone.
         let results = bench::run_datapath(&Options::new(quick))?;
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    if std::env::args().any(|a| a == "--forwarding-only") {
+        // Iterating on the per-packet path: the same, for the forwarding suite.
+        let results = bench::run_forwarding(&Options::new(quick))?;
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
