@@ -72,6 +72,34 @@ pub struct Measured {
     /// 64-byte UDP datagrams received per second.
     pub udp64_kpps: f64,
     pub connections_per_s: f64,
+    /// Every round's four figures, in the order above: the comparisons pair each
+    /// round with the other router's in the same round.
+    #[serde(default)]
+    pub rounds: Vec<[f64; 4]>,
+}
+
+impl Measured {
+    /// Each column's median over the rounds of `self / other`, round by round:
+    /// measured minutes apart, the machine drifts by more than the differences
+    /// sought, and a round's variants are measured within a minute of each
+    /// other. Falls back to the ratio of the medians without rounds (results
+    /// written before they were kept).
+    pub fn paired_ratios(&self, other: &Measured) -> [f64; 4] {
+        let medians = |m: &Measured| [m.tcp1_gbps, m.tcp8_gbps, m.udp64_kpps, m.connections_per_s];
+        if self.rounds.is_empty() || self.rounds.len() != other.rounds.len() {
+            let (ours, theirs) = (medians(self), medians(other));
+            return std::array::from_fn(|k| ours[k] / theirs[k]);
+        }
+        std::array::from_fn(|k| {
+            median(
+                self.rounds
+                    .iter()
+                    .zip(&other.rounds)
+                    .map(|(ours, theirs)| ours[k] / theirs[k])
+                    .collect(),
+            )
+        })
+    }
 }
 
 /// The mwan3/VyOS way: restore a connection's mark from conntrack, else hash the
@@ -221,6 +249,12 @@ fn iperf_from(lab: &Lab, ns: &str, ipv6: bool, args: &[&str]) -> Result<serde_js
         SERVER.to_string()
     };
     let mut full = vec!["-c", server.as_str(), "-J"];
+    // Client and server on CPUs of their own, the same for every router: left to
+    // the scheduler, the two sometimes share one of the two CPUs and a
+    // measurement halves.
+    if std::thread::available_parallelism().is_ok_and(|cpus| cpus.get() >= 2) {
+        full.extend(["-A", "0,1"]);
+    }
     if ipv6 {
         full.extend(["-p", IPERF6_PORT]);
     }
@@ -320,7 +354,46 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
                 tcp8_gbps: column(1),
                 udp64_kpps: column(2),
                 connections_per_s: column(3),
+                rounds,
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(rounds: Vec<[f64; 4]>) -> Measured {
+        let column = |k: usize| median(rounds.iter().map(|r| r[k]).collect());
+        Measured {
+            variant: Variant::Multiroute,
+            tcp1_gbps: column(0),
+            tcp8_gbps: column(1),
+            udp64_kpps: column(2),
+            connections_per_s: column(3),
+            rounds,
+        }
+    }
+
+    /// The machine's speed drifts from round to round by far more than the 5 %
+    /// one router is ahead in each round, and one round has a hiccup: the
+    /// paired ratio is the 5 %, the medians' ratio is not.
+    #[test]
+    fn paired_ratios_see_through_drift() {
+        let speeds = [100.0, 60.0, 90.0, 70.0, 80.0];
+        let theirs = measured(speeds.iter().map(|s| [*s; 4]).collect());
+        let mut ahead: Vec<[f64; 4]> = speeds.iter().map(|s| [s * 1.05; 4]).collect();
+        ahead[4] = [40.0; 4];
+        let ours = measured(ahead);
+        for ratio in ours.paired_ratios(&theirs) {
+            assert!((ratio - 1.05).abs() < 1e-9, "{ratio}");
+        }
+        let medians = ours.tcp1_gbps / theirs.tcp1_gbps;
+        assert!(medians < 0.95, "{medians}");
+        // Without rounds (results written before they were kept): the medians'.
+        let mut old = ours.clone();
+        old.rounds.clear();
+        assert!((old.paired_ratios(&theirs)[2] - medians).abs() < 1e-9);
+    }
 }
