@@ -277,6 +277,10 @@ fn measure_once(lab: &Lab, variant: Variant, options: &Options) -> Result<[f64; 
             / 1e9
     };
     let ipv6 = variant.ipv6();
+    // A warm-up, discarded, for every router alike: the first second after a
+    // router was set up (ARP for the second ISP's gateway, TCP finding its pace
+    // through paths it has not used yet) measured well below the rest.
+    iperf(lab, ipv6, &["-t", "1", "-P", "8"])?;
     let tcp1 = gbps(iperf(lab, ipv6, &["-t", &seconds])?);
     let tcp8 = gbps(iperf(lab, ipv6, &["-t", &seconds, "-P", "8"])?);
     let report = iperf(lab, ipv6, &["-t", &seconds, "-u", "-b", "0", "-l", "64"])?;

@@ -80,7 +80,8 @@ pub fn markdown(results: &Results) -> String {
         md,
         "\n## 2–3. Forwarding throughput and connection setup (namespace lab, median of {} runs)\n\n\
          Same topology for every router: LAN client → router → two ISPs (masquerade) → server. \
-         iperf3 for {} s per measurement (client and server pinned to CPUs 0 and 1); connections \
+         iperf3 for {} s per measurement (client and server pinned to CPUs 0 and 1; a discarded 1 s \
+         warm-up first); connections \
          are sequential short HTTP requests. Each round measures every router in turn; a \
          \"vs\" ratio is the median over the rounds of that round's ratio.\n\n\
          | router | TCP, 1 stream (Gbit/s) | TCP, 8 streams (Gbit/s) | UDP 64 B (kpps) | connections/s |\n|---|---:|---:|---:|---:|",
