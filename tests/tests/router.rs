@@ -2,6 +2,7 @@
 //! (port forwards to a LAN host and services on the router), pins for the router's
 //! own DNS forwarder and for LAN sources, and an uplink readdressed as by DHCP.
 use std::{
+    collections::BTreeMap,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -11,6 +12,23 @@ use multiroute_tests::{
     CLIENT, Connections, FORWARDED_PORT, Lab, LabOptions, SERVER_PORT, SERVER2, percent,
     require_root, stdout, wait_until,
 };
+
+/// How long after `t0` a batch of four connections to `url` was first seen as
+/// `done` wants (by the addresses the server saw them from); `None` after 5 s.
+fn followed_after(
+    lab: &Lab,
+    url: &str,
+    t0: Instant,
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> Option<Duration> {
+    while t0.elapsed() < Duration::from_secs(5) {
+        let (seen, _) = lab.count_from(&lab.client(), url, 4, None).unwrap();
+        if done(&seen) {
+            return Some(t0.elapsed());
+        }
+    }
+    None
+}
 
 fn lab(weights: &[u32], extra_config: &str) -> Lab {
     Lab::new(&LabOptions {
@@ -239,15 +257,8 @@ fn a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second() {
         lab.ns(&router, "ip", args).unwrap();
     }
     let url = lab.url("/");
-    let mut followed = None;
-    while t0.elapsed() < Duration::from_secs(5) {
-        let (seen, _) = lab.count_from(&lab.client(), &url, 4, None).unwrap();
-        if seen.contains_key("198.18.1.5") {
-            followed = Some(t0.elapsed());
-            break;
-        }
-    }
-    let followed = followed.expect("new flows use isp1's new address");
+    let followed = followed_after(&lab, &url, t0, |seen| seen.contains_key("198.18.1.5"))
+        .expect("new flows use isp1's new address");
     println!(
         "DHCP renew on wan1: new flows through it work {} ms later",
         followed.as_millis()
@@ -604,18 +615,10 @@ fn a_static_route_in_the_main_table_wins_over_steering() {
     let t0 = Instant::now();
     lab.ns(&router, "ip", &[&["route", "add"][..], &route].concat())
         .unwrap();
-    let only_isp2 = |seen: &std::collections::BTreeMap<String, u64>| {
-        seen.keys().all(|address| address == "198.18.2.2")
-    };
-    let mut followed = None;
-    while t0.elapsed() < Duration::from_secs(5) {
-        let (seen, _) = lab.count_from(&lab.client(), &office, 4, None).unwrap();
-        if only_isp2(&seen) {
-            followed = Some(t0.elapsed());
-            break;
-        }
-    }
-    let followed = followed.expect("the office's flows follow the static route");
+    let only_isp2 =
+        |seen: &BTreeMap<String, u64>| seen.keys().all(|address| address == "198.18.2.2");
+    let followed = followed_after(&lab, &office, t0, only_isp2)
+        .expect("the office's flows follow the static route");
     println!(
         "static route added: followed {} ms later",
         followed.as_millis()
