@@ -610,6 +610,9 @@ fn a_static_route_in_the_main_table_wins_over_steering() {
     let seen = spread(&lab, &office);
     assert_eq!(seen.len(), 3, "balanced before the route: {seen:?}");
 
+    // Sessions to another server run across the route's coming and going: the
+    // daemon re-classifies only flows inside the changed prefix.
+    let sessions = lab.start_sessions(60, 20, 4.0, 100).unwrap();
     // The admin routes the office server through isp2 only.
     let route = ["203.0.113.11/32", "via", "198.18.2.1", "dev", "wan2"];
     let t0 = Instant::now();
@@ -654,5 +657,12 @@ fn a_static_route_in_the_main_table_wins_over_steering() {
             .is_ok_and(|(seen, _)| !only_isp2(&seen))
     })
     .expect("balanced again without the route");
+    let report = sessions.finish().unwrap();
+    println!(
+        "sessions to another server across the route's change: {} moved, {} broken",
+        report.moved(),
+        report.broken()
+    );
+    assert_eq!((report.moved(), report.broken()), (0, 0));
     lab.stop_and_unload().expect("stopping multiroute");
 }
