@@ -145,6 +145,11 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// counter).
 pub const MAP_LAYOUT: u32 = 3;
 
+/// Older layouts a `load` upgrades in place, keeping the flow table: layout 2's
+/// maps are layout 3's but for the counters (one more per family: recreated,
+/// they restart from zero) and the direct tries (created).
+pub const UPGRADABLE_LAYOUTS: [u32; 1] = [2];
+
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
     pub const FLOWS: &str = "MR_FLOWS";

@@ -243,3 +243,54 @@ pub fn fragment_header(offset: u16, more: bool) -> [u8; 7] {
     let [high, low] = field.to_be_bytes();
     [0, high, low, 0, 0, 0, 42]
 }
+
+/// `union bpf_attr` as `BPF_MAP_CREATE` reads it (the fields after `max_entries`
+/// left zero) and as `BPF_OBJ_PIN` reads it (its first 16 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct BpfAttr {
+    words: [u32; 16],
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+
+fn bpf(command: libc::c_long, attr: &mut BpfAttr) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a zero-filled `union bpf_attr` prefix the kernel reads
+    // only as far as `command` needs; pointers in it outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut BpfAttr,
+            std::mem::size_of::<BpfAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Replaces the map pinned at `path` with a per-CPU array of `entries` u64, as
+/// an older release with fewer counters would have left it.
+pub fn pin_older_counters(path: &std::path::Path, entries: u32) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let mut create = BpfAttr::default();
+    create.words[..4].copy_from_slice(&[BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, entries]);
+    let fd = bpf(BPF_MAP_CREATE, &mut create).context("creating the map")?;
+    std::fs::remove_file(path).context("unpinning the current map")?;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let pointer = name.as_ptr() as u64;
+    let mut pin = BpfAttr::default();
+    pin.words[0] = pointer as u32;
+    pin.words[1] = (pointer >> 32) as u32;
+    pin.words[2] = fd as u32;
+    let pinned = bpf(BPF_OBJ_PIN, &mut pin).context("pinning the map");
+    // SAFETY: `fd` is the map's descriptor from BPF_MAP_CREATE, closed once.
+    unsafe { libc::close(fd as i32) };
+    pinned.map(drop)
+}

@@ -537,6 +537,48 @@ fn maps_of_another_layout_are_refused_not_adopted() {
     assert_eq!(layout.get(&0, 0).unwrap(), 99, "nothing was changed");
 }
 
+/// The previous release's maps (layout 2) are upgraded in place: the flow table
+/// is kept, the counters start afresh with their new size.
+#[test]
+fn maps_of_the_previous_layout_are_upgraded_in_place() {
+    let Some(mut dp) = setup("upgrade", [1, 1, 1], [true; 3]) else {
+        return;
+    };
+    let flow = tcp(lan(3), 40_000, SERVER, 443);
+    let chosen = uplink_of(verdict(&mut dp, &flow));
+    assert!(chosen.is_some());
+    let pin_path = dp.pin_path();
+    let layout = || -> aya::maps::Array<aya::maps::MapData, u32> {
+        aya::maps::Array::try_from(aya::maps::Map::Array(
+            aya::maps::MapData::from_pin(pin_path.join(multiroute_ebpf::map_names::LAYOUT))
+                .expect("the layout pin"),
+        ))
+        .expect("an array")
+    };
+    layout().set(0, &2, 0).unwrap();
+    let counters = pin_path.join(multiroute_ebpf::map_names::COUNTERS);
+    let layout2_counters = 10 * family::COUNT;
+    multiroute_tests::datapath::pin_older_counters(&counters, layout2_counters)
+        .expect("layout 2's counters");
+    let entries = || {
+        aya::maps::MapInfo::from_pin(&counters)
+            .expect("the counters pin")
+            .max_entries()
+    };
+    assert_eq!(entries(), layout2_counters);
+    multiroute::apply::datapath::Datapath::load(&pin_path, multiroute_ebpf::balance::CONNECTION)
+        .expect("layout 2 is upgraded in place");
+    assert_eq!(layout().get(&0, 0).unwrap(), multiroute_ebpf::MAP_LAYOUT);
+    assert_eq!(
+        entries(),
+        multiroute_ebpf::COUNTER_COUNT * family::COUNT,
+        "the counters are recreated at their new size"
+    );
+    let maps = multiroute::apply::datapath::Maps::open(&pin_path).expect("the maps");
+    assert_eq!(maps.v4.all().len(), 1, "the running flow is kept");
+    assert!(pin_path.join(multiroute_ebpf::map_names::DIRECT).exists());
+}
+
 #[test]
 fn the_affinity_table_is_sized_by_the_balance_mode() {
     let Some(mut dp) = setup("affinity", [1, 1, 1], [true; 3]) else {

@@ -25,7 +25,7 @@ use aya::{
 use multiroute_ebpf::{
     AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE,
     FLOW6_TABLE_SIZE, FlowKey, FlowKey6, MAP_LAYOUT, MAX_UPLINKS, PENDING_UPLINK, PROGRAM_NAME,
-    RING_SIZE, SlotName, Traffic, Uplink, balance, map_names,
+    RING_SIZE, SlotName, Traffic, UPGRADABLE_LAYOUTS, Uplink, balance, family, map_names,
 };
 use tracing::{debug, info};
 
@@ -141,7 +141,8 @@ fn drop_if_resized(pin_path: &Path, name: &'static str, entries: u32) -> Result<
 }
 
 /// Refuses pinned maps of another layout before anything adopts them (the program
-/// would misread them, or fail to verify against them with an obscure error).
+/// would misread them, or fail to verify against them with an obscure error),
+/// unless it is one this release upgrades in place.
 fn check_layout(pin_path: &Path) -> Result<(), DatapathError> {
     if !pin_path.join(map_names::FLOWS).exists() {
         return Ok(());
@@ -152,7 +153,7 @@ fn check_layout(pin_path: &Path) -> Result<(), DatapathError> {
     } else {
         1
     };
-    if held == MAP_LAYOUT {
+    if held == MAP_LAYOUT || UPGRADABLE_LAYOUTS.contains(&held) {
         return Ok(());
     }
     Err(DatapathError::Layout {
@@ -231,6 +232,8 @@ impl Datapath {
         check_layout(pin_path)?;
         drop_if_resized(pin_path, map_names::AFFINITY, capacity.affinity)?;
         drop_if_resized(pin_path, map_names::AFFINITY6, capacity.affinity)?;
+        // An upgrade from layout 2: one counter more per family.
+        drop_if_resized(pin_path, map_names::COUNTERS, COUNTER_COUNT * family::COUNT)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
             .map_max_entries(map_names::FLOWS, capacity.flows)

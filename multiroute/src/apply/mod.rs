@@ -94,7 +94,10 @@ pub async fn apply(
     adopt: bool,
 ) -> Result<(Datapath, Maps, Takeover), ApplyError> {
     let pin_path = &config.routing.pin_path;
-    routing::sync(nl, config, plan, observed).await?;
+    // The main table's lookup stays in front of the marks until the classifier
+    // leaves its destinations unmarked (see `Plan::rules_main_first`).
+    let guarded = plan.rules_main_first(config.routing.rule_priority);
+    routing::sync_with_rules(nl, config, plan, &guarded, observed).await?;
     nftables::apply(plan, config)?;
     let mut datapath = Datapath::load(pin_path, plan.balance_by)?;
     let mut maps = Maps::open(pin_path)?;
@@ -117,6 +120,7 @@ pub async fn apply(
     maps.write_ring6(&plan.ring6)?;
     maps.write_policy(&plan.policy)?;
     (takeover.resolved, takeover.forgotten) = resolve_pending(&mut maps, plan).await?;
+    routing::sync_rules(nl, config, &plan.rules).await?;
     routing::sync_main_default(nl, config, plan, observed).await?;
     Ok((datapath, maps, takeover))
 }

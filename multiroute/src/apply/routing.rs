@@ -15,7 +15,7 @@ use super::netlink::{
 use crate::{
     config::{Config, RULE_PRIORITY_SPAN},
     net::Family,
-    plan::{MAIN_TABLE, Observed, Plan},
+    plan::{MAIN_TABLE, Observed, Plan, Rule},
 };
 
 /// Tables multiroute may own: the saved-default table and one per possible uplink.
@@ -50,7 +50,21 @@ pub async fn sync(
     plan: &Plan,
     observed: &Observed,
 ) -> Result<usize, NetlinkError> {
-    Ok(sync_tables(nl, config, plan, observed).await? + sync_rules(nl, config, plan).await?)
+    Ok(
+        sync_tables(nl, config, plan, observed).await?
+            + sync_rules(nl, config, &plan.rules).await?,
+    )
+}
+
+/// The tables, with `rules` for the plan's rules (see `Plan::rules_main_first`).
+pub async fn sync_with_rules(
+    nl: &Netlink,
+    config: &Config,
+    plan: &Plan,
+    rules: &[Rule],
+    observed: &Observed,
+) -> Result<usize, NetlinkError> {
+    Ok(sync_tables(nl, config, plan, observed).await? + sync_rules(nl, config, rules).await?)
 }
 
 /// The main table's defaults, per family: multiroute's weighted multipath route
@@ -147,8 +161,13 @@ async fn sync_tables(
 /// Adds what is missing before removing what is stale: a rule that changes (a new
 /// address, a new priority) never leaves a gap in which its traffic would fall
 /// through to another uplink.
-async fn sync_rules(nl: &Netlink, config: &Config, plan: &Plan) -> Result<usize, NetlinkError> {
-    let wanted: BTreeSet<_> = plan.rules.iter().collect();
+/// Brings multiroute's rules to `rules`.
+pub async fn sync_rules(
+    nl: &Netlink,
+    config: &Config,
+    rules: &[Rule],
+) -> Result<usize, NetlinkError> {
+    let wanted: BTreeSet<_> = rules.iter().collect();
     let mut present = BTreeSet::new();
     let mut stale = Vec::new();
     for message in nl.rules().await? {

@@ -483,6 +483,26 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The same rules with each family's main-table lookup in front of the marks
+    /// (`rule_priority` is the config's base): what `load` holds until the
+    /// classifier leaves the direct destinations unmarked. A classifier an older
+    /// release left running marks them, and so does the new one until its direct
+    /// tries are written.
+    pub fn rules_main_first(&self, rule_priority: u32) -> Vec<Rule> {
+        self.rules
+            .iter()
+            .map(|rule| {
+                let mut rule = rule.clone();
+                if rule.table == MAIN_TABLE && rule.suppress_prefixlength == Some(0) {
+                    rule.priority = rule_priority + priority::MAIN_FIRST;
+                }
+                rule
+            })
+            .collect()
+    }
+}
+
 /// The best (lowest) tier with a live, weighted uplink of `family`: the one new
 /// flows of that family use (each family's uplinks live apart).
 fn active_tier(uplinks: &[UplinkPlan], family: Family) -> Option<u32> {

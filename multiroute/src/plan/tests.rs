@@ -135,6 +135,23 @@ fn direct_destinations_are_main_routes_and_own_addresses() {
     );
 }
 
+/// While `load` brings the classifier up, the main table's lookup stands in front
+/// of the marks; nothing else differs.
+#[test]
+fn load_holds_the_main_lookup_in_front_until_the_classifier_is_ready() {
+    let plan = seed_plan();
+    let (now, guarded) = (lines(&plan.rules), lines(&plan.rules_main_first(10000)));
+    let changed: Vec<_> = now.iter().zip(&guarded).filter(|(a, b)| a != b).collect();
+    assert_eq!(
+        changed,
+        [(
+            &"pref 10190 from all lookup main suppress_prefixlength 0".to_owned(),
+            &"pref 10000 from all lookup main suppress_prefixlength 0".to_owned()
+        )]
+    );
+    assert_eq!(now.len(), guarded.len());
+}
+
 /// More specific main routes than the datapath holds: none are written and the
 /// main table is consulted before the marks, as it must win.
 #[test]
