@@ -709,11 +709,10 @@ impl Maps {
     /// new VPN route must not keep its uplink's mark, which now skips the main
     /// table). Returns how many.
     pub fn write_direct(&mut self, direct: &BTreeSet<IpNet>) -> Result<usize, DatapathError> {
-        let held = self.direct.read()?;
-        let Some(change) = DirectChange::between(&held, direct) else {
+        let held = self.direct.write(direct)?;
+        let Some(change) = held.and_then(|held| DirectChange::between(&held, direct)) else {
             return Ok(0);
         };
-        self.direct.write(direct)?;
         let moved = self.v4.settle_direct(&change)? + self.v6.settle_direct(&change)?;
         if moved > 0 {
             info!("{moved} flows classified afresh: the main table's specific routes changed");
@@ -801,14 +800,7 @@ impl Maps {
             }
         }
         differences.extend(self.rules.differences(&plan.policy)?);
-        let direct = self.direct.read()?;
-        if direct != plan.direct {
-            differences.push(format!(
-                "{} direct destinations held, {} planned",
-                direct.len(),
-                plan.direct.len()
-            ));
-        }
+        differences.extend(self.direct.differences(&plan.direct)?);
         Ok(differences)
     }
 

@@ -15,6 +15,9 @@ use crate::net::IpNet;
 pub struct DirectTries {
     v4: Trie<4, u8>,
     v6: Trie<16, u8>,
+    /// The set as last written in full success; `None` when unknown (a fresh
+    /// handle, a failed write, a difference found by [`DirectTries::differences`]).
+    written: Option<BTreeSet<IpNet>>,
 }
 
 impl DirectTries {
@@ -22,22 +25,57 @@ impl DirectTries {
         Ok(Self {
             v4: Trie::open(pin_path, map_names::DIRECT)?,
             v6: Trie::open(pin_path, map_names::DIRECT6)?,
+            written: None,
         })
     }
 
-    /// What the tries hold, both families.
-    pub fn read(&self) -> Result<BTreeSet<IpNet>, DatapathError> {
+    /// What the tries hold, both families, read back.
+    fn read(&self) -> Result<BTreeSet<IpNet>, DatapathError> {
         let mut held: BTreeSet<IpNet> = self.v4.read()?.into_keys().collect();
         held.extend(self.v6.read()?.into_keys());
         Ok(held)
     }
 
-    /// Brings both tries to `direct` (each takes its family's prefixes).
-    pub fn write(&mut self, direct: &BTreeSet<IpNet>) -> Result<(), DatapathError> {
+    /// Brings both tries to `direct` (each takes its family's prefixes); returns
+    /// the set they held before, or `None` when it was `direct` already (then
+    /// nothing is written). What was last written stands for what they hold, so
+    /// an unchanged set costs no map access.
+    pub fn write(
+        &mut self,
+        direct: &BTreeSet<IpNet>,
+    ) -> Result<Option<BTreeSet<IpNet>>, DatapathError> {
+        let held = match self.written.take() {
+            Some(written) => written,
+            None => self.read()?,
+        };
+        if &held == direct {
+            self.written = Some(held);
+            return Ok(None);
+        }
         // The value is unused: a hit is the answer.
         let wanted: BTreeMap<IpNet, u8> = direct.iter().map(|net| (*net, 1)).collect();
         self.v4.write(&wanted)?;
-        self.v6.write(&wanted)
+        self.v6.write(&wanted)?;
+        self.written = Some(direct.clone());
+        Ok(Some(held))
+    }
+
+    /// Where the tries differ from `direct`, in words; forgets what was written
+    /// when they do.
+    pub fn differences(
+        &mut self,
+        direct: &BTreeSet<IpNet>,
+    ) -> Result<Option<String>, DatapathError> {
+        let held = self.read()?;
+        if &held == direct {
+            return Ok(None);
+        }
+        self.written = None;
+        Ok(Some(format!(
+            "{} direct destinations held, {} planned",
+            held.len(),
+            direct.len()
+        )))
     }
 }
 

@@ -50,10 +50,7 @@ pub async fn sync(
     plan: &Plan,
     observed: &Observed,
 ) -> Result<usize, NetlinkError> {
-    Ok(
-        sync_tables(nl, config, plan, observed).await?
-            + sync_rules(nl, config, &plan.rules).await?,
-    )
+    sync_with_rules(nl, config, plan, &plan.rules, observed).await
 }
 
 /// The tables, with `rules` for the plan's rules (see `Plan::rules_main_first`).
