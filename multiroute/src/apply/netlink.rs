@@ -1,11 +1,17 @@
 //! A typed layer over rtnetlink: the rest of the code reads and writes [`Route`]s and
 //! [`Rule`]s, never netlink attributes. Everything multiroute adds carries
 //! [`PROTOCOL`], which is how `unload` finds it again after a crash.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    cmp::Reverse,
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
-use futures::TryStreamExt;
+use futures::{StreamExt as _, TryStreamExt};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
-    AddressFamily, IpProtocol,
+    AddressFamily, IpProtocol, RouteNetlinkMessage,
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressScope},
     link::{LinkAttribute, LinkFlags},
     route::{
@@ -135,6 +141,8 @@ impl Netlink {
                     .push(Ipv4Net::new(addr, msg.header.prefix_len));
             }
         }
+        // The best default through each interface, per family (see DefaultRank).
+        let mut gateways: BTreeMap<(String, bool), (DefaultRank, IpAddr)> = BTreeMap::new();
         for route in self.routes().await? {
             let table = route_table(&route);
             if table == MAIN_TABLE
@@ -146,12 +154,18 @@ impl Netlink {
             let Some(parsed) = parse_route(&route, &observed) else {
                 continue;
             };
-            let own_default = route.header.protocol == RouteProtocol::Other(PROTOCOL);
             if !parsed.dst.is_default()
-                || own_default
+                || is_own_route(&route)
                 || (table != MAIN_TABLE && table != saved_table)
             {
                 continue;
+            }
+            let Some(rank) = DefaultRank::of(&route, table == saved_table) else {
+                continue;
+            };
+            if let Some(left) = rank.expires_in() {
+                observed.default_expiry =
+                    Some(observed.default_expiry.map_or(left, |d| d.min(left)));
             }
             let hops = match parsed.next {
                 RouteNext::Gateway { gateway, dev } => vec![(Some(gateway), dev)],
@@ -161,17 +175,31 @@ impl Netlink {
                 RouteNext::Dev { dev, .. } => vec![(None, dev)],
             };
             for (gateway, dev) in hops {
-                if let Some(iface) = observed.get_mut(&dev) {
-                    match (gateway, parsed.dst.family()) {
-                        (Some(IpAddr::V4(gateway)), _) => {
-                            iface.gateway.get_or_insert(gateway);
+                match gateway {
+                    Some(gateway) => {
+                        let best = gateways
+                            .entry((dev, gateway.is_ipv6()))
+                            .or_insert((rank, gateway));
+                        if rank < best.0 {
+                            *best = (rank, gateway);
                         }
-                        (Some(IpAddr::V6(gateway)), _) => {
-                            iface.gateway6.get_or_insert(gateway);
-                        }
-                        (None, Family::V4) => iface.default_dev = true,
-                        (None, Family::V6) => iface.default_dev6 = true,
                     }
+                    None => {
+                        if let Some(iface) = observed.get_mut(&dev) {
+                            match parsed.dst.family() {
+                                Family::V4 => iface.default_dev = true,
+                                Family::V6 => iface.default_dev6 = true,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for ((dev, _), (_, gateway)) in gateways {
+            if let Some(iface) = observed.get_mut(&dev) {
+                match gateway {
+                    IpAddr::V4(gateway) => iface.gateway = Some(gateway),
+                    IpAddr::V6(gateway) => iface.gateway6 = Some(gateway),
                 }
             }
         }
@@ -223,17 +251,29 @@ impl Netlink {
     }
 
     /// Adds a route exactly as another program left it (used to save and restore the
-    /// main table's default); an identical route already there is fine.
+    /// main table's default); an identical route already there is fine. Without
+    /// `NLM_F_EXCL`: defaults of equal metric through other interfaces (two DHCP
+    /// uplinks at metric 0) are kept beside it, not refused as "exists".
     pub async fn add_raw_route(
         &self,
         mut message: RouteMessage,
         table: u32,
     ) -> Result<(), NetlinkError> {
         set_table(&mut message, table);
-        match self.handle.route().add(message).execute().await {
-            Err(err) if errno(&err) == Some(EEXIST) => Ok(()),
-            other => other.map_err(request(format!("restoring a route into table {table}"))),
+        let mut add = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(message));
+        add.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+        let what = || format!("restoring a route into table {table}");
+        let mut handle = self.handle.clone();
+        let mut answers = handle.request(add).map_err(request(what()))?;
+        while let Some(answer) = answers.next().await {
+            if let NetlinkPayload::Error(err) = answer.payload {
+                if err.raw_code().abs() == EEXIST {
+                    continue;
+                }
+                return Err(request(what())(rtnetlink::Error::NetlinkError(err)));
+            }
         }
+        Ok(())
     }
 
     /// Deletes a route; one already gone is fine.
@@ -424,8 +464,88 @@ fn route_message(route: &Route, observed: &Observed) -> Result<RouteMessage, Net
             message.attributes.push(RouteAttribute::MultiPath(hops));
         }
     }
+    if route.metric() != 0 {
+        message
+            .attributes
+            .push(RouteAttribute::Priority(route.metric()));
+    }
     set_table(&mut message, route.table);
     Ok(message)
+}
+
+/// How a foreign default route through an interface ranks as the source of its
+/// gateway, best first: the one in the main table (a DHCP client's newest, before
+/// multiroute parks it), the lowest metric (the kernel's choice), then the longest
+/// lifetime (an ISP's new router before the old one's adverts run out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct DefaultRank {
+    parked: bool,
+    metric: u32,
+    lifetime: Reverse<Lifetime>,
+}
+
+/// Ordered shortest first, so `Reverse` ranks permanent routes, then the longest-lived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Lifetime {
+    Expiring(Duration),
+    Permanent,
+}
+
+impl DefaultRank {
+    /// `None` for a default whose lifetime has run out: the kernel no longer uses
+    /// it, though it deletes it only at its next garbage collection (up to 30 s on).
+    fn of(route: &RouteMessage, parked: bool) -> Option<Self> {
+        let lifetime = match route_expires(route) {
+            None => Lifetime::Permanent,
+            Some(ticks) if ticks > 0 => {
+                Lifetime::Expiring(Duration::from_millis(ticks as u64 * 1000 / USER_HZ))
+            }
+            Some(_) => return None,
+        };
+        Some(Self {
+            parked,
+            metric: route_metric(route),
+            lifetime: Reverse(lifetime),
+        })
+    }
+
+    fn expires_in(&self) -> Option<Duration> {
+        match self.lifetime.0 {
+            Lifetime::Expiring(left) => Some(left),
+            Lifetime::Permanent => None,
+        }
+    }
+}
+
+/// Clock ticks per second in `RTA_CACHEINFO` (the kernel's `USER_HZ`).
+const USER_HZ: u64 = 100;
+
+/// Lifetime left of a route that expires (RA-learned), in clock ticks; negative
+/// once it has run out.
+fn route_expires(route: &RouteMessage) -> Option<i32> {
+    route.attributes.iter().find_map(|attr| match attr {
+        RouteAttribute::CacheInfo(info) if info.expires != 0 => Some(info.expires as i32),
+        _ => None,
+    })
+}
+
+/// Whole seconds left of an expiring route that has not run out yet (`RTA_EXPIRES`
+/// takes seconds).
+pub fn route_expires_secs(route: &RouteMessage) -> Option<u32> {
+    route_expires(route)
+        .filter(|ticks| *ticks > 0)
+        .map(|ticks| (ticks as u64).div_ceil(USER_HZ) as u32)
+}
+
+pub fn route_metric(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|attr| match attr {
+            RouteAttribute::Priority(metric) => Some(*metric),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// A route's destination prefix, whatever its type.
@@ -611,5 +731,54 @@ fn net_of(addr: IpAddr, prefix_len: u8) -> IpNet {
     match addr {
         IpAddr::V4(addr) => IpNet::V4(Ipv4Net::new(addr, prefix_len)),
         IpAddr::V6(addr) => IpNet::V6(Ipv6Net::new(addr, prefix_len)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::route::RouteCacheInfo;
+
+    use super::*;
+
+    /// An RA-style default: a metric, and `ticks` of lifetime left if it expires.
+    fn default_route(metric: u32, ticks: Option<i32>) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.attributes.push(RouteAttribute::Priority(metric));
+        if let Some(ticks) = ticks {
+            // struct rta_cacheinfo: eight u32, rta_expires the third.
+            let mut raw = [0u8; 32];
+            raw[8..12].copy_from_slice(&ticks.to_ne_bytes());
+            let info = RouteCacheInfo::parse(&raw).expect("a whole rta_cacheinfo");
+            route.attributes.push(RouteAttribute::CacheInfo(info));
+        }
+        route
+    }
+
+    #[test]
+    fn a_gateway_comes_from_the_main_table_then_the_lowest_metric_then_the_longest_lifetime() {
+        let rank = |metric, ticks, parked| DefaultRank::of(&default_route(metric, ticks), parked);
+        // An ISP's new router (refreshed: 29 s left) before its old one (8 s left).
+        assert!(rank(1024, Some(2900), false) < rank(1024, Some(800), false));
+        assert!(rank(1024, None, false) < rank(1024, Some(2900), false));
+        assert!(rank(1002, None, false) < rank(1024, None, false));
+        // A DHCP client's fresh default in main before the copy parked for it.
+        assert!(rank(2000, Some(100), false) < rank(0, None, true));
+        // Run out (negative ticks): the kernel no longer uses it.
+        assert_eq!(rank(1024, Some(-5), false), None);
+        assert_eq!(
+            rank(1024, Some(2950), false).and_then(|r| r.expires_in()),
+            Some(Duration::from_millis(29_500))
+        );
+        assert_eq!(rank(1024, None, false).and_then(|r| r.expires_in()), None);
+    }
+
+    #[test]
+    fn a_parked_copy_keeps_the_whole_seconds_left_rounded_up() {
+        assert_eq!(
+            route_expires_secs(&default_route(1024, Some(2950))),
+            Some(30)
+        );
+        assert_eq!(route_expires_secs(&default_route(1024, Some(-3))), None);
+        assert_eq!(route_expires_secs(&default_route(0, None)), None);
     }
 }

@@ -1,21 +1,24 @@
 //! Brings the kernel's routes and rules to the plan, idempotently: what multiroute
 //! owns (protocol [`super::netlink::PROTOCOL`]) and the plan does not want is removed, what is
-//! missing is added, nothing else is touched. The main table's original default
-//! routes are parked in table `table_base` while multiroute's multipath default
-//! stands, so the kernel itself remembers them across a crash.
+//! missing is added, nothing else is touched. Multiroute's multipath default goes
+//! into the main table at [`MAIN_DEFAULT_METRIC`], ahead of the defaults other
+//! programs keep there (RA, DHCP clients), which stay where their owner refreshes
+//! and expires them; only a default that would collide with it (same metric) is
+//! parked in table `table_base` meanwhile, so the kernel itself remembers it
+//! across a crash.
 use std::collections::BTreeSet;
 
 use netlink_packet_route::{AddressFamily, route::RouteMessage};
 use tracing::{debug, info};
 
 use super::netlink::{
-    Netlink, NetlinkError, is_own_route, is_own_rule, parse_route, parse_rule, route_table,
-    rule_priority,
+    Netlink, NetlinkError, is_own_route, is_own_rule, parse_route, parse_rule, route_expires_secs,
+    route_metric, route_table, rule_priority,
 };
 use crate::{
     config::{Config, RULE_PRIORITY_SPAN},
     net::Family,
-    plan::{MAIN_TABLE, Observed, Plan, Rule},
+    plan::{MAIN_DEFAULT_METRIC, MAIN_TABLE, Observed, Plan, Rule},
 };
 
 /// Tables multiroute may own: the saved-default table and one per possible uplink.
@@ -81,6 +84,7 @@ pub async fn sync_main_default(
             Some(route) => {
                 park_main_defaults(nl, config, family).await?;
                 nl.replace_route(route, observed).await?;
+                remove_own_defaults(nl, family, |metric| metric != route.metric()).await?;
             }
             None => {
                 restore_main_defaults(nl, config, family).await?;
@@ -203,10 +207,11 @@ fn is_default(message: &RouteMessage, family: Family) -> bool {
     of_family && message.header.destination_prefix_length == 0
 }
 
-/// Moves the main table's foreign default routes into the saved table. Copy first,
-/// delete second: a crash in between leaves both, and the restore is idempotent. A
-/// new default through an interface (a DHCP renew, a PPP reconnect) replaces the one
-/// saved for that interface, so the saved table always holds the latest gateway.
+/// Moves the main table's foreign default routes that multiroute's would replace
+/// (of its metric or below) into the saved table. Copy first, delete second: a
+/// crash in between leaves both, and the restore is idempotent. A new default
+/// through an interface (a DHCP renew, a PPP reconnect) replaces the one saved for
+/// that interface, so the saved table always holds the latest gateway.
 async fn park_main_defaults(
     nl: &Netlink,
     config: &Config,
@@ -218,6 +223,7 @@ async fn park_main_defaults(
         if route_table(message) == MAIN_TABLE
             && is_default(message, family)
             && !is_own_route(message)
+            && route_metric(message) <= MAIN_DEFAULT_METRIC
         {
             info!(
                 "parking the main table's {} default route in table {saved}",
@@ -246,23 +252,34 @@ fn route_oif(message: &RouteMessage) -> Option<u32> {
     })
 }
 
+/// Deletes multiroute's own main-table defaults of `family` whose metric `stale`
+/// picks (all of them, or one a previous release left at another metric).
+async fn remove_own_defaults(
+    nl: &Netlink,
+    family: Family,
+    stale: impl Fn(u32) -> bool,
+) -> Result<(), NetlinkError> {
+    for message in nl.routes().await? {
+        if route_table(&message) == MAIN_TABLE
+            && is_default(&message, family)
+            && is_own_route(&message)
+            && stale(route_metric(&message))
+        {
+            nl.delete_route(message).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts parked default routes back into the main table after removing multiroute's.
 async fn restore_main_defaults(
     nl: &Netlink,
     config: &Config,
     family: Family,
 ) -> Result<usize, NetlinkError> {
-    let routes = nl.routes().await?;
+    remove_own_defaults(nl, family, |_| true).await?;
     let mut restored = 0;
-    for message in &routes {
-        if route_table(message) == MAIN_TABLE
-            && is_default(message, family)
-            && is_own_route(message)
-        {
-            nl.delete_route(message.clone()).await?;
-        }
-    }
-    for message in routes {
+    for message in nl.routes().await? {
         if route_table(&message) == config.numbering().saved_default_table()
             && is_default(&message, family)
         {
@@ -279,9 +296,12 @@ async fn restore_main_defaults(
 }
 
 /// A dumped route reduced to what defines it, so it can be added again elsewhere.
+/// An expiring route (RA-learned) keeps the lifetime it has left: a copy must not
+/// outlive what the kernel would have honoured.
 fn scrub(message: &RouteMessage) -> RouteMessage {
     use netlink_packet_route::route::RouteAttribute as A;
     let mut copy = message.clone();
+    let expires = route_expires_secs(message);
     copy.header.flags = Default::default();
     copy.attributes.retain(|attr| {
         matches!(
@@ -304,5 +324,6 @@ fn scrub(message: &RouteMessage) -> RouteMessage {
             hop.flags = Default::default();
         }
     }
+    copy.attributes.extend(expires.map(A::Expires));
     copy
 }

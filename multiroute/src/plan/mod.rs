@@ -15,7 +15,9 @@ use std::{
 };
 
 pub use maglev::{Member, build_ring};
-pub use model::{LocalMatch, MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector};
+pub use model::{
+    LocalMatch, MAIN_DEFAULT_METRIC, MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector,
+};
 pub use numbering::Numbering;
 pub use policy::{Policy, RuleUse};
 
@@ -111,6 +113,10 @@ pub struct Observed {
     /// Destinations of the main table's routes other than defaults, of any type
     /// (LAN and VPN subnets, static routes, blackholes), multiroute's own excluded.
     pub main_routes: BTreeSet<IpNet>,
+    /// Time left of the soonest-expiring default a gateway could be learned from
+    /// (an RA's router lifetime): the kernel announces no expiry, so the daemon
+    /// looks again then.
+    pub default_expiry: Option<std::time::Duration>,
 }
 
 impl Observed {
@@ -136,7 +142,7 @@ impl<const N: usize> From<[(String, Interface); N]> for Observed {
     fn from(interfaces: [(String, Interface); N]) -> Self {
         Self {
             interfaces: BTreeMap::from(interfaces),
-            main_routes: BTreeSet::new(),
+            ..Self::default()
         }
     }
 }

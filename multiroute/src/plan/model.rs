@@ -9,6 +9,15 @@ use crate::{
 
 pub const MAIN_TABLE: u32 = 254;
 
+/// The metric of multiroute's default in the main table, both families. It sorts
+/// before the defaults other programs keep there (RA at 1024, dhcpcd at 1000 +
+/// ifindex, NetworkManager at 100 and up), which stay where their owner refreshes,
+/// replaces and expires them; those at 0 or 1 (ifupdown, udhcpc's script, an
+/// admin's `ip route add`) are parked meanwhile. Not 0 itself: a program adding
+/// its default at 0 while multiroute's stands would be refused ("File exists")
+/// and its new gateway never seen.
+pub const MAIN_DEFAULT_METRIC: u32 = 1;
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     pub table: u32,
@@ -107,6 +116,18 @@ fn family_flag(family: Family) -> &'static str {
     match family {
         Family::V4 => "",
         Family::V6 => "-6 ",
+    }
+}
+
+impl Route {
+    /// The route's metric: [`MAIN_DEFAULT_METRIC`] for the main table's default,
+    /// the kernel's default for everything else.
+    pub fn metric(&self) -> u32 {
+        if self.table == MAIN_TABLE && self.dst.is_default() {
+            MAIN_DEFAULT_METRIC
+        } else {
+            0
+        }
     }
 }
 

@@ -150,6 +150,9 @@ pub struct Daemon {
     incoming_results: mpsc::Receiver<ProbeResult>,
     /// The kernel holds the running plan: the last apply and check succeeded.
     ready: bool,
+    /// When a default route a gateway was learned from runs out (an RA lifetime):
+    /// the host is read again then, as nothing announces it.
+    recheck_at: Option<Instant>,
 }
 
 /// How often the daemon checks that the kernel still holds its plan.
@@ -210,7 +213,9 @@ impl Daemon {
             results,
             incoming_results,
             ready: true,
+            recheck_at: None,
         };
+        daemon.recheck_when_expiring(&observed);
         log_plan(&daemon.plan);
         daemon.sync_probers();
         daemon.health.presume_down(&presumed_dead);
@@ -257,6 +262,7 @@ impl Daemon {
                 }
                 Some(incoming) = requests.recv() => self.answer(incoming).await,
                 _ = resync.tick() => self.resync().await,
+                () = until(self.recheck_at) => self.reconcile(None).await,
                 Some(ended) = tasks.join_next() => {
                     break Some(match ended {
                         Ok(task) => task,
@@ -305,6 +311,7 @@ impl Daemon {
     /// Moves the kernel from the running plan to `plan`, then records and logs
     /// what changed.
     async fn move_to(&mut self, plan: Plan, observed: &Observed, change: Option<Change>) {
+        self.recheck_when_expiring(observed);
         let started = Instant::now();
         let update = apply::update(
             &self.nl,
@@ -371,6 +378,7 @@ impl Daemon {
             Ok(planned) => planned,
             Err(err) => return error!("checking the set-up failed, will retry: {err}"),
         };
+        self.recheck_when_expiring(&observed);
         if plan != self.plan {
             return self.move_to(plan, &observed, None).await;
         }
@@ -398,6 +406,15 @@ impl Daemon {
                 error!("checking the set-up failed, will retry: {err}");
             }
         }
+    }
+
+    /// Reads the host again just after the soonest learned default runs out, so an
+    /// ISP router that stopped advertising loses its uplink's gateway on time.
+    fn recheck_when_expiring(&mut self, observed: &Observed) {
+        // The kernel counts lifetimes in 10 ms ticks: a little later, it has run out.
+        self.recheck_at = observed
+            .default_expiry
+            .map(|left| Instant::now() + left + Duration::from_millis(50));
     }
 
     /// Logs and remembers every uplink whose liveness changed with the new plan.
@@ -679,6 +696,14 @@ fn log_takeover(takeover: &apply::Takeover) {
 }
 
 /// Tells systemd (`Type=notify`) about our state; a no-op outside systemd.
+/// Completes at `deadline`, never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn notify_systemd(state: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(state) {
         warn!("cannot notify systemd: {err}");
