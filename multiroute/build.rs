@@ -7,7 +7,36 @@ use aya_build::Toolchain;
 /// `cargo xtask` installs exactly this toolchain.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-07-20";
 
+/// The commit being built, for `multiroute --version`: from git when the source is
+/// a checkout, else `MULTIROUTE_COMMIT` (a packaging build from a tarball), else
+/// "unknown".
+fn record_commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])
+        .or_else(|| std::env::var("MULTIROUTE_COMMIT").ok())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=MULTIROUTE_COMMIT={commit}");
+    println!("cargo:rerun-if-env-changed=MULTIROUTE_COMMIT");
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        // HEAD names the branch; the branch's ref (loose or packed) moves with commits.
+        for file in ["HEAD", "packed-refs"] {
+            println!("cargo:rerun-if-changed={git_dir}/{file}");
+        }
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={git_dir}/{branch}");
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    record_commit();
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -12,3 +12,15 @@ pub mod net;
 pub mod path_error;
 pub mod plan;
 pub mod run;
+
+/// This build's version, the commit it was built from and the layout of the BPF maps
+/// it pins (an upgrade adopts only maps of a layout it knows), e.g.
+/// `0.1.0 (commit 9bd0093a1b2c, map layout 3)`.
+pub fn version() -> String {
+    format!(
+        "{} (commit {}, map layout {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("MULTIROUTE_COMMIT"),
+        multiroute_ebpf::MAP_LAYOUT
+    )
+}

@@ -4,7 +4,7 @@ mod commands;
 
 use std::{io::IsTerminal, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use multiroute::{config::DEFAULT_PATH, net::Ipv4Net};
 
 #[derive(Parser)]
@@ -65,7 +65,10 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // The long version names the commit and map layout, known only at run time here.
+    let version: &'static str = Box::leak(multiroute::version().into_boxed_str());
+    let cli = Cli::command().version(version).get_matches();
+    let cli = Cli::from_arg_matches(&cli).unwrap_or_else(|err| err.exit());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, not in journald or a log file.

@@ -27,6 +27,9 @@ use super::{CommandResult, read_config, runtime};
 struct Status {
     /// PID of the running `load`, if any.
     pid: Option<u32>,
+    /// The running `load`'s version (`multiroute --version`), null without one;
+    /// after an upgrade it says whether the daemon is the new build yet.
+    version: Option<String>,
     /// The running `load` has rules, routes, the datapath and its maps in place and
     /// consistent with its plan. False without a running `load`.
     ready: bool,
@@ -230,6 +233,10 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         fail_open: health.as_ref().is_some_and(|h| h.fail_open),
         standby: health.as_ref().map_or(plan.standby(), |h| h.standby),
         ready: health.as_ref().is_some_and(|h| h.ready),
+        version: health
+            .as_ref()
+            .map(|h| h.version.clone())
+            .filter(|version| !version.is_empty()),
         pid,
         attached: datapath::attached_interfaces(pin_path).context("reading the pin directory")?,
         uplinks,
@@ -285,7 +292,8 @@ fn age(since: Option<f64>) -> String {
 fn print_table(status: &Status) {
     match (status.pid, status.attached.is_empty()) {
         (Some(pid), _) => println!(
-            "multiroute running (PID {pid}, {}), datapath attached to: {}",
+            "multiroute {} running (PID {pid}, {}), datapath attached to: {}",
+            status.version.as_deref().unwrap_or("(an older build)"),
             if status.ready { "ready" } else { "NOT READY" },
             status.attached.join(", ")
         ),

@@ -112,6 +112,9 @@ pub struct UplinkReport {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonReport {
+    /// The running daemon's [`crate::version`] (empty from one older than that).
+    #[serde(default)]
+    pub version: String,
     /// Rules, routes, the datapath and its maps are all in place and match the plan.
     pub ready: bool,
     /// No uplink can take new flows: traffic falls back to the main table.
@@ -651,6 +654,7 @@ impl Daemon {
             })
             .collect();
         DaemonReport {
+            version: crate::version(),
             ready: self.ready,
             fail_open: self.plan.fail_open(),
             standby: self.plan.standby(),
