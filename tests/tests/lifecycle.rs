@@ -44,15 +44,30 @@ fn start_traffic(lab: &Lab, session_seconds: f64, attempt_seconds: f64) -> Traff
     Traffic { sessions, attempts }
 }
 
+/// How long after an admin deletes a steering rule a new connection may break: one
+/// whose first packets left through the main table's default before the daemon put
+/// the rule back (in milliseconds) is reset when its packets return to their
+/// uplink, as masquerade ends a NATed connection that changes interface.
+const DAMAGE_WINDOW: f64 = 0.1;
+
 /// Waits for the traffic to end, prints the figures and asserts that nothing moved
 /// or broke.
 fn assert_nothing_lost(lab: &Lab, traffic: Traffic, what: &str) {
+    assert_nothing_lost_but_at(lab, traffic, what, None);
+}
+
+/// [`assert_nothing_lost`], but a new connection started within [`DAMAGE_WINDOW`]
+/// after `damage` (wall-clock seconds) may fail.
+fn assert_nothing_lost_but_at(lab: &Lab, traffic: Traffic, what: &str, damage: Option<f64>) {
     let attempts: Vec<Attempt> = Lab::attempts(traffic.attempts).expect("the new connections");
     let report = traffic.sessions.finish().expect("the sessions");
-    let failed = attempts.iter().filter(|a| !a.ok).count();
+    let in_window =
+        |a: &&Attempt| damage.is_some_and(|t| (t..t + DAMAGE_WINDOW).contains(&a.start));
+    let excused = attempts.iter().filter(|a| !a.ok).filter(in_window).count();
+    let failed = attempts.iter().filter(|a| !a.ok).count() - excused;
     println!(
         "{what}: {} sessions ({} TCP, {} UDP): {} moved, {} broken, {} UDP messages lost; \
-         {} new connections: {failed} failed",
+         {} new connections: {failed} failed ({excused} more started as a steering rule was deleted)",
         report.tcp.len() + report.udp.len(),
         report.tcp.len(),
         report.udp.len(),
@@ -78,7 +93,14 @@ fn assert_nothing_lost(lab: &Lab, traffic: Traffic, what: &str) {
         lab.router_log()
     );
     assert!(
-        attempts.iter().all(|a| a.address.is_some()),
+        excused <= 2,
+        "{what}: {excused} new connections broke by the deleted rule"
+    );
+    assert!(
+        attempts
+            .iter()
+            .filter(|a| !in_window(a))
+            .all(|a| a.address.is_some()),
         "{what}: every new connection answered"
     );
 }
@@ -188,11 +210,7 @@ fn restart_and_upgrade_move_no_session() {
         2,
         "both restarts adopted the datapath:\n{log}"
     );
-    assert_eq!(
-        multiroute_tests::loaded_classifiers(),
-        1,
-        "one program loaded"
-    );
+    assert_eq!(lab.classifiers(), 1, "one program loaded");
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
@@ -215,6 +233,7 @@ fn reload_weights_and_self_repair_move_no_session() {
     sleep(Duration::from_millis(500));
     // An admin deletes a steering rule; a firewall reload flushes every table and
     // loads its own (atomically, as `nft -f` of a file starting with a flush does).
+    let damage = multiroute_tests::wall_clock();
     lab.ns(&router, "ip", &["rule", "del", "pref", "10102"])
         .unwrap();
     sleep(Duration::from_millis(500));
@@ -224,7 +243,12 @@ fn reload_weights_and_self_repair_move_no_session() {
         &[&format!("flush ruleset; {}", multiroute_tests::LAB_NAT)],
     )
     .unwrap();
-    assert_nothing_lost(&lab, traffic, "reload, weight 0 and back, self-repair");
+    assert_nothing_lost_but_at(
+        &lab,
+        traffic,
+        "reload, weight 0 and back, self-repair",
+        Some(damage),
+    );
     multiroute_tests::wait_until(Duration::from_secs(8), || {
         lab.assert_kernel_matches_plan().is_ok()
             && lab
