@@ -42,9 +42,40 @@ impl Lab {
         format!("http://[{SERVER6}]:{SERVER_PORT}{path}")
     }
 
-    /// Adds IPv6 to every link and an IPv6 server beside the IPv4 one. Addresses
-    /// skip duplicate detection so they are usable at once.
+    /// Adds IPv6 to every link and an IPv6 server beside the IPv4 one, the
+    /// router's uplinks configured by hand (static addresses, its own default via
+    /// the first ISP). Addresses skip duplicate detection so they are usable at once.
     pub fn add_ipv6(&mut self) -> Result<()> {
+        self.add_ipv6_links()?;
+        let router = self.router();
+        for n in 0..self.isps {
+            self.addr6(
+                &router,
+                &format!("wan{n}"),
+                &format!("{}/64", Self::uplink_address6(n)),
+            )?;
+            self.addr6(&self.isp(n), "cpe", &format!("{ISP_ROUTER6}/64"))?;
+        }
+        self.ns(
+            &router,
+            "ip",
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                ISP_ROUTER6,
+                "dev",
+                "wan0",
+            ],
+        )?;
+        self.start_ipv6_server()
+    }
+
+    /// IPv6 on the LAN, at the ISPs and beyond them; the router's uplinks are left
+    /// to the caller (by hand, or by the ISPs' router advertisements).
+    pub(crate) fn add_ipv6_links(&mut self) -> Result<()> {
         let (client, router, inet) = (self.client(), self.router(), self.inet());
         for ns in self.namespaces() {
             self.ns(&ns, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
@@ -59,13 +90,7 @@ impl Lab {
         self.addr6(&inet, "lo", &format!("{SERVER6}/128"))?;
         for n in 0..self.isps {
             let isp = self.isp(n);
-            self.addr6(
-                &router,
-                &format!("wan{n}"),
-                &format!("{}/64", Self::uplink_address6(n)),
-            )?;
             self.addr6(&isp, "cpe", &format!("2001:db8:18:{n}::1/64"))?;
-            self.addr6(&isp, "cpe", &format!("{ISP_ROUTER6}/64"))?;
             self.addr6(&isp, "inet", &format!("2001:db8:19:{n}::1/64"))?;
             self.addr6(
                 &inet,
@@ -97,20 +122,12 @@ impl Lab {
                 ],
             )?;
         }
-        self.ns(
-            &router,
-            "ip",
-            &[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                ISP_ROUTER6,
-                "dev",
-                "wan0",
-            ],
-        )?;
+        Ok(())
+    }
+
+    /// The IPv6 HTTP server, reachable from the first ISP.
+    pub(crate) fn start_ipv6_server(&mut self) -> Result<()> {
+        let inet = self.inet();
         self.start_in(
             &inet,
             "python3",

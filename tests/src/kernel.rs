@@ -5,6 +5,32 @@ use anyhow::{Context as _, Result, ensure};
 use crate::{Lab, status_in, stdout};
 
 impl Lab {
+    /// Multiroute classifiers in the kernel that use this lab's flow tables; other
+    /// labs' and the host's own are not counted. The tables' ids are remembered,
+    /// so a program still loaded after `unload` removed the pins is counted too.
+    pub fn classifiers(&self) -> usize {
+        let mut seen = self
+            .flow_tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for pins in [self.pin_path(), self.pin_path_b()] {
+            let pin = pins.join(multiroute_ebpf::map_names::FLOWS);
+            if let Ok(info) = aya::maps::MapData::from_pin(pin).and_then(|map| map.info()) {
+                seen.insert(info.id());
+            }
+        }
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|info| info.name_as_str() == Some(multiroute_ebpf::PROGRAM_NAME))
+            .filter(|info| {
+                info.map_ids()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|ids| ids.iter().any(|id| seen.contains(id)))
+            })
+            .count()
+    }
+
     /// `multiroute status --json`, parsed.
     pub fn status(&self) -> Result<serde_json::Value> {
         status_in(&self.router(), &self.config)
@@ -140,10 +166,15 @@ impl Lab {
 
     /// The uplink index whose address is `address`.
     /// The uplink whose address (of either family) the server saw.
+    /// The uplink whose subnet `address` is in (198.18.N.0/24, 2001:db8:18:N::/64):
+    /// static, DHCP-leased and SLAAC addresses alike.
     pub fn uplink_index(&self, address: &str) -> Option<usize> {
-        (0..self.isps).find(|&i| {
-            Self::uplink_address(i).to_string() == address
-                || Self::uplink_address6(i).to_string() == address
+        let address: std::net::IpAddr = address.parse().ok()?;
+        (0..self.isps).find(|&i| match address {
+            std::net::IpAddr::V4(v4) => v4.octets()[..3] == Self::uplink_address(i).octets()[..3],
+            std::net::IpAddr::V6(v6) => {
+                v6.segments()[..4] == Self::uplink_address6(i).segments()[..4]
+            }
         })
     }
 
@@ -202,12 +233,4 @@ impl Lab {
             })
             .unwrap_or_default()
     }
-}
-
-/// Number of `multiroute` classifiers loaded in the kernel (any namespace).
-pub fn loaded_classifiers() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|info| info.name_as_str() == Some(multiroute_ebpf::PROGRAM_NAME))
-        .count()
 }

@@ -15,15 +15,17 @@
 //! sends and measures, `faults` what the lab breaks, `kernel` what the router
 //! shows, `pair` the two-router variant, `datapath` the classifier on its own.
 pub mod bench;
+mod cleanup;
 pub mod datapath;
 mod faults;
 pub mod ipv6;
+pub mod isp;
 mod kernel;
 pub mod pair;
 mod traffic;
 
+pub use cleanup::{handle_signals, interrupted, stop_requested};
 pub use faults::{FORWARDED_PORT, ROUTER_PORT};
-pub use kernel::loaded_classifiers;
 pub use traffic::{
     Attempt, Connections, Outage, RunningSessions, Session, SessionsReport, measure_outage,
     wall_clock,
@@ -123,6 +125,11 @@ pub struct Lab {
     pub config: PathBuf,
     pub isps: usize,
     children: Vec<Child>,
+    /// Daemons a test stops or restarts by name (an ISP's radvd, DHCP server or
+    /// the router's DHCP client).
+    services: BTreeMap<String, Child>,
+    /// Ids of the flow tables this lab's routers pinned (see [`Lab::classifiers`]).
+    flow_tables: Mutex<std::collections::BTreeSet<u32>>,
     router: Option<Child>,
     /// A second router sharing the LAN and the ISPs' links (see [`pair`]).
     pair: bool,
@@ -150,6 +157,10 @@ impl Lab {
     pub fn pin_path(&self) -> PathBuf {
         self.dir.join("bpf/multiroute")
     }
+    /// Files `ip netns exec` mounts over the host's `/etc` inside the router.
+    fn netns_etc(&self) -> PathBuf {
+        Path::new("/etc/netns").join(self.router())
+    }
 
     /// Builds the topology with `options.weights.len()` ISPs and writes the config;
     /// the router is not started.
@@ -161,6 +172,7 @@ impl Lab {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cleanup::remove_stale();
         let prefix = format!(
             "mrt{}x{}",
             std::process::id() % 100_000,
@@ -173,6 +185,8 @@ impl Lab {
             dir,
             isps: options.weights.len(),
             children: Vec::new(),
+            services: BTreeMap::new(),
+            flow_tables: Mutex::default(),
             router: None,
             pair,
             router_b: None,
@@ -184,6 +198,7 @@ impl Lab {
 
     fn build(&mut self, options: &LabOptions) -> Result<()> {
         std::fs::create_dir_all(self.dir.join("bpf")).context("creating the lab directory")?;
+        cleanup::claim(&self.dir).context("recording the lab's owner")?;
         // A bpffs in the host's mount namespace: `ip netns exec` remounts /sys, and a
         // mount made inside one `ip netns exec` dies with that process.
         run(
@@ -381,6 +396,55 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts `program` in namespace `ns` as service `name` (stopped with the lab,
+    /// or by [`Lab::stop_service`]).
+    pub fn start_service(
+        &mut self,
+        name: &str,
+        ns: &str,
+        program: &str,
+        args: &[&str],
+    ) -> Result<()> {
+        ensure!(
+            !self.services.contains_key(name),
+            "{name} is already running"
+        );
+        let child = self.spawn_ns(ns, program, args)?;
+        self.services.insert(name.to_owned(), child);
+        Ok(())
+    }
+
+    /// Sends `signal` to service `name` (`ip netns exec` execs the program, so the
+    /// child is the daemon itself).
+    pub fn signal_service(&self, name: &str, signal: i32) -> Result<()> {
+        let child = self
+            .services
+            .get(name)
+            .with_context(|| format!("no service {name}"))?;
+        // SAFETY: kill(2) on a child we started and have not reaped.
+        ensure!(
+            unsafe { libc::kill(child.id() as i32, signal) } == 0,
+            "cannot signal {name}"
+        );
+        Ok(())
+    }
+
+    /// Stops service `name` with `signal` and waits (bounded) for it to exit.
+    pub fn stop_service(&mut self, name: &str, signal: i32) -> Result<()> {
+        self.signal_service(name, signal)?;
+        let mut child = self.services.remove(name).context("no such service")?;
+        let start = Instant::now();
+        while child.try_wait()?.is_none() {
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{name} did not exit within 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Starts dnsmasq in namespace `ns` (stopped with the lab), answering on
     /// `listen` with `rules` (e.g. `--address=/name/192.0.2.1`) and logging every
     /// query to `<lab dir>/<log>`.
@@ -502,6 +566,7 @@ impl Lab {
     pub fn start_router_with(&mut self, binary: &Path) -> Result<()> {
         let child = self.start_load(&self.router(), &self.config, "router.log", binary)?;
         self.router = Some(child);
+        self.classifiers();
         Ok(())
     }
 
@@ -617,13 +682,14 @@ impl Drop for Lab {
                 let _ = multiroute_in(&ns, &config, &["unload"]);
             }
         }
-        for child in &mut self.children {
+        for child in self.children.iter_mut().chain(self.services.values_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
         for ns in self.namespaces() {
             let _ = run("ip", &["netns", "del", &ns]);
         }
+        let _ = std::fs::remove_dir_all(self.netns_etc());
         let _ = run("umount", &[&self.dir.join("bpf").to_string_lossy()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

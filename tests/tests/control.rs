@@ -6,9 +6,7 @@ use std::{
     time::Duration,
 };
 
-use multiroute_tests::{
-    Lab, LabOptions, loaded_classifiers, percent, require_root, stdout, wait_until,
-};
+use multiroute_tests::{Lab, LabOptions, percent, require_root, stdout, wait_until};
 
 fn lab(weights: &[u32]) -> Lab {
     Lab::new(&LabOptions {
@@ -258,7 +256,7 @@ fn sigkill_under_load_loses_no_connection_and_restart_moves_no_flow() {
     assert_eq!(after.len(), before.len());
     assert_eq!(moved, 0);
     assert_eq!(
-        loaded_classifiers(),
+        lab.classifiers(),
         1,
         "the old program was replaced behind the pinned link, not stacked"
     );

@@ -2,9 +2,7 @@
 //! HTTP server behind simulated ISPs, and `multiroute load` running in the router.
 use std::time::Duration;
 
-use multiroute_tests::{
-    Connections, Lab, LabOptions, loaded_classifiers, percent, require_root, stdout,
-};
+use multiroute_tests::{Connections, Lab, LabOptions, percent, require_root, stdout};
 
 fn lab(weights: &[u32]) -> Lab {
     Lab::new(&LabOptions {
@@ -83,7 +81,7 @@ fn unload(lab: &Lab) {
 /// left in the kernel.
 fn assert_restored(lab: &Lab, pristine: &str, when: &str) {
     assert_eq!(lab.router_snapshot().unwrap(), pristine, "{when}");
-    assert_eq!(loaded_classifiers(), 0, "{when}: the classifier is gone");
+    assert_eq!(lab.classifiers(), 0, "{when}: the classifier is gone");
     assert!(
         lab.pins().is_empty(),
         "{when}: no pins left: {:?}",
@@ -158,11 +156,6 @@ fn unload_restores_the_host_exactly() {
     }
     let mut lab = lab(&[1, 1]);
     let pristine = lab.router_snapshot().unwrap();
-    assert_eq!(
-        loaded_classifiers(),
-        0,
-        "no classifier loaded before the test"
-    );
 
     // SIGTERM stops the daemon but leaves routing and the datapath steering (a
     // restart must move no session); `unload` removes everything.
@@ -180,7 +173,15 @@ fn unload_restores_the_host_exactly() {
         main.contains("nexthop via 198.18.0.1") && main.contains("nexthop via 198.18.1.1"),
         "{main}"
     );
-    assert_eq!(loaded_classifiers(), 1);
+    assert_eq!(lab.classifiers(), 1);
+    let version = stdout(&lab.multiroute(&["--version"]));
+    assert_eq!(
+        lab.status().unwrap()["version"]
+            .as_str()
+            .map(|v| format!("multiroute {v}\n")),
+        Some(version),
+        "status names the running daemon's version"
+    );
     lab.connections(200).unwrap();
     stop_cleanly(&mut lab);
     assert_eq!(
@@ -188,7 +189,7 @@ fn unload_restores_the_host_exactly() {
         running,
         "SIGTERM leaves rules, routes and the datapath as they were"
     );
-    assert_eq!(loaded_classifiers(), 1, "still steering after SIGTERM");
+    assert_eq!(lab.classifiers(), 1, "still steering after SIGTERM");
     let Connections { hits, failures, .. } = lab.connections(400).unwrap();
     assert_eq!(failures, 0);
     assert!(
@@ -443,4 +444,29 @@ fn balancing_by_addresses_or_by_source_keeps_hosts_together() {
         "a host's servers spread over both uplinks: {hosts_split}"
     );
     lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn version_names_the_commit_and_the_map_layout() {
+    let out = std::process::Command::new(multiroute_tests::multiroute_bin())
+        .arg("--version")
+        .output()
+        .expect("running multiroute --version");
+    assert!(out.status.success());
+    let version = stdout(&out);
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map_or("unknown".to_owned(), |out| stdout(&out).trim().to_owned());
+    assert_eq!(
+        version.trim(),
+        format!(
+            "multiroute {} (commit {commit}, map layout {})",
+            env!("CARGO_PKG_VERSION"),
+            multiroute_ebpf::MAP_LAYOUT
+        )
+    );
 }

@@ -7,8 +7,8 @@ use std::{thread::sleep, time::Duration};
 
 use multiroute::net::Family;
 use multiroute_tests::{
-    FORWARDED_PORT, Lab, LabOptions, SERVER, ipv6::CLIENT6, ipv6::SERVER6, loaded_classifiers,
-    measure_outage, percent, require_root, wait_until, wall_clock,
+    FORWARDED_PORT, Lab, LabOptions, SERVER, ipv6::CLIENT6, ipv6::SERVER6, measure_outage, percent,
+    require_root, wait_until, wall_clock,
 };
 
 /// Probes every 200 ms at each ISP's gateway, per family (its IPv4 router and
@@ -137,7 +137,7 @@ fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
         pristine,
         "nothing of either family is left, the IPv6 default is back"
     );
-    assert_eq!(loaded_classifiers(), 0);
+    assert_eq!(lab.classifiers(), 0);
 }
 
 /// What the server saw of `count` IPv6 connections: answers by source address.

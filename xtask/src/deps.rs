@@ -27,6 +27,11 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "conntrack",
     "dnsmasq-base",
+    // what ISPs speak: router advertisements, and the DHCP clients routers run
+    // (dhcpcd-base has no service to start; udhcpc brings Debian's default.script)
+    "radvd",
+    "dhcpcd-base",
+    "udhcpc",
     // the HA pair (contrib/ha): VRRP and conntrack sync, run by the tests only
     "keepalived",
     "conntrackd",
@@ -83,7 +88,7 @@ fn ensure_apt() -> Result<()> {
         "updating the Debian package lists",
         Command::new("apt-get").args(["update", "-qq"]),
     )?;
-    // keepalived and conntrackd must not start as host services: the tests run
+    // keepalived, conntrackd and radvd must not start as host services: the tests run
     // them inside their namespaces. policy-rc.d answering 101 ("action not
     // allowed") keeps the packages' scripts from starting anything.
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");

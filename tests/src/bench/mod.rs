@@ -8,36 +8,12 @@ pub mod forwarding;
 pub mod memory;
 mod report;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 pub use report::markdown;
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// SIGINT/SIGTERM make the next [`interrupted`] check fail, so the suites unwind
-/// and every lab is torn down on the way out.
-pub fn handle_signals() {
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-}
-
-/// Called between measurements.
-pub fn interrupted() -> Result<()> {
-    if STOP.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
+pub use crate::{handle_signals, interrupted};
 
 /// How much to measure: `--quick` is what a developer runs (≤ 2 minutes).
 #[derive(Debug, Clone, Serialize, Deserialize)]

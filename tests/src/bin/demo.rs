@@ -1,21 +1,14 @@
 //! `cargo xtask run`: the demo lab. A dual-stack LAN client, a router running
 //! `multiroute load`, three dual-stack ISPs weighted 1:2:3 and an "internet" server;
 //! every second the client opens a batch of IPv4 and of IPv6 connections and the
-//! screen shows which uplink each took, next to `multiroute status`. Ctrl-C (or the
-//! time limit) tears everything down.
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
+//! screen shows which uplink each took, next to `multiroute status`. Ctrl-C, SIGTERM,
+//! a closed terminal (SIGHUP) or the time limit tear everything down.
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use multiroute_tests::{Lab, LabOptions, percent, require_root, stdout};
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
+use multiroute_tests::{
+    Lab, LabOptions, handle_signals, percent, require_root, stdout, stop_requested,
+};
 
 fn main() -> Result<()> {
     let seconds: u64 = std::env::args()
@@ -25,11 +18,7 @@ fn main() -> Result<()> {
     if !require_root("demo") {
         return Ok(());
     }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    handle_signals();
     let weights = vec![1, 2, 3];
     let mut lab = Lab::new(&LabOptions {
         weights: weights.clone(),
@@ -62,7 +51,7 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let mut totals = [vec![0; weights.len()], vec![0; weights.len()]];
     let urls = [lab.url("/"), lab.url6("/")];
-    while !STOP.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(seconds) {
+    while !stop_requested() && start.elapsed() < Duration::from_secs(seconds) {
         let mut last = Vec::new();
         for (family_totals, url) in totals.iter_mut().zip(&urls) {
             let child = lab.start_connections_to(url, 60)?;
