@@ -3,14 +3,10 @@
 //! crash half-way, converges; [`teardown`] removes all of it, also after SIGKILL.
 pub mod conntrack;
 pub mod datapath;
-mod direct;
-pub mod flow_tables;
 pub mod host;
 pub mod netlink;
 pub mod nftables;
-mod prefix_trie;
 pub mod routing;
-mod rule_maps;
 pub mod snat;
 
 use std::{

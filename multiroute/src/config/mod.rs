@@ -11,8 +11,10 @@ use serde::Deserialize;
 
 use crate::net::{Address, Ipv6Net};
 
+mod numbering;
 mod policy;
 mod probe_target;
+pub use numbering::Numbering;
 pub use policy::{MAX_ROUTER_RULES, MAX_RULES, PolicyRule, PortRange, families, proto_name};
 pub use probe_target::{ProbeTarget, Target};
 
@@ -301,8 +303,8 @@ impl Config {
     }
 
     /// Slots, tables and marks under this config's `[routing]`.
-    pub fn numbering(&self) -> crate::plan::Numbering {
-        crate::plan::Numbering::new(&self.routing)
+    pub fn numbering(&self) -> Numbering {
+        Numbering::new(self.routing.table_base, self.routing.fwmark_mask)
     }
 
     /// The targets `uplink` is probed at: its own `probe` list or `[health].targets`.
@@ -598,7 +600,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                     format!("{:#x} must be a non-zero 32-bit mask", raw.fwmark_mask),
                 )
             })?;
-        if (crate::plan::numbering::slot_capacity(mask) as usize) < uplinks {
+        if (numbering::slot_capacity(mask) as usize) < uplinks {
             return Err(fail(
                 "routing.fwmark_mask",
                 format!(

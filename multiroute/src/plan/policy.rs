@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use multiroute_ebpf::{MAX_RULE_UPLINKS, RuleSet};
 
 use super::{
-    UplinkPlan,
     model::{LocalMatch, Rule, Selector},
+    uplink::UplinkPlan,
 };
 use crate::{
     config::{PolicyRule, families},

@@ -17,7 +17,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::Task;
+use super::task::Task;
 use crate::path_error::PathError;
 
 /// The longest request line the daemon reads; a longer one is refused and the
@@ -41,7 +41,7 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
-    Status(super::DaemonReport),
+    Status(super::report::DaemonReport),
     Weight {
         uplink: String,
         previous: u32,

@@ -16,7 +16,7 @@ use rtnetlink::constants::{
 };
 use tokio::{sync::Notify, task::JoinSet};
 
-use super::Task;
+use super::task::Task;
 
 use crate::apply::netlink::PROTOCOL;
 

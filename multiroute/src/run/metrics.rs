@@ -19,9 +19,9 @@ use tokio::{
 use tracing::{debug, info};
 
 use super::{
-    Task,
     control::{Incoming, Request, Response},
     health::TargetReport,
+    task::Task,
 };
 
 /// Everything one scrape shows.

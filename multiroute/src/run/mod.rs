@@ -14,7 +14,9 @@ pub mod metrics;
 pub mod nft_events;
 pub mod probe;
 pub mod prober;
+pub mod report;
 pub mod states;
+mod task;
 
 use std::{
     collections::BTreeMap,
@@ -23,7 +25,6 @@ use std::{
 };
 
 use sd_notify::NotifyState;
-use serde::{Deserialize, Serialize};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -38,9 +39,11 @@ use crate::{
     plan::{Observed, Plan, Readiness},
 };
 use control::{Incoming, Request, Response};
-use health::{Change, HealthBook, TargetReport, Thresholds};
+use health::{Change, HealthBook, Thresholds};
 use prober::{ProbeResult, Prober, Timing};
+pub use report::{DaemonReport, RuleReport, UplinkReport};
 use states::{States, Transition};
+pub use task::Task;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -62,78 +65,8 @@ pub enum DaemonError {
     },
 }
 
-/// The daemon's background tasks; one ending means the daemon lost a sense or a
-/// voice, so it stops (and systemd restarts it) rather than run on half-deaf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
-    ControlSocket,
-    Metrics,
-    LinkEvents,
-    NftEvents,
-}
-
-impl std::fmt::Display for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Task::ControlSocket => "the control socket listener",
-            Task::Metrics => "the metrics listener",
-            Task::LinkEvents => "the netlink event listener",
-            Task::NftEvents => "the nftables event listener",
-        })
-    }
-}
-
 fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
     move |source| DaemonError::Os { what, source }
-}
-
-/// One uplink's health as the daemon reports it (`status`, the control socket).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UplinkReport {
-    pub name: String,
-    pub alive: bool,
-    /// The weight in force (the config's, or what `multiroute weight` set since).
-    pub weight: u32,
-    pub tier: u32,
-    /// In the ring: alive, weighted and on the best live tier.
-    pub new_flows: bool,
-    /// When the uplink entered its current state (seconds since the Unix epoch).
-    pub since: f64,
-    /// Why it is in that state.
-    pub reason: String,
-    /// Up/down transitions since `load` started.
-    pub state_changes: u64,
-    pub probes: Vec<TargetReport>,
-    /// Its IPv6 may carry flows (judged apart from its IPv4).
-    pub alive6: bool,
-    /// The probes of its IPv6 side.
-    pub probes6: Vec<TargetReport>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DaemonReport {
-    /// The running daemon's [`crate::version`] (empty from one older than that).
-    #[serde(default)]
-    pub version: String,
-    /// Rules, routes, the datapath and its maps are all in place and match the plan.
-    pub ready: bool,
-    /// No uplink can take new flows: traffic falls back to the main table.
-    pub fail_open: bool,
-    /// No uplink has its address: the backup of a VRRP pair.
-    #[serde(default)]
-    pub standby: bool,
-    pub uplinks: Vec<UplinkReport>,
-    /// Each policy rule and the uplink it uses now.
-    #[serde(default)]
-    pub rules: Vec<RuleReport>,
-}
-
-/// A policy rule's uplink in use: the first listed one that carries traffic, or
-/// none (all dead: what it matches is balanced).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RuleReport {
-    pub name: String,
-    pub using: Option<String>,
 }
 
 pub struct Daemon {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use tokio::{io::unix::AsyncFd, sync::Notify, task::JoinSet};
 
-use super::Task;
+use super::task::Task;
 
 /// `NFNLGRP_NFTABLES` in linux/netfilter/nfnetlink.h.
 const NFNLGRP_NFTABLES: u32 = 7;

@@ -15,11 +15,24 @@ use aya::{
 };
 use multiroute_ebpf::{DIRECT_UPLINK, Flow, FlowIdentity, PENDING_UPLINK, balance, chosen_by};
 
-use super::{
+use super::direct::DirectChange;
+use crate::apply::{
     conntrack::{Keyed, NatedSession},
-    datapath::{DatapathError, Seeding, map_error, monotonic_seconds, open_map},
-    direct::DirectChange,
+    datapath::{
+        error::{DatapathError, map_error},
+        sys::{monotonic_seconds, open_map},
+    },
 };
+
+/// What [`FlowTables::seed`] does with a flow the table already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seeding {
+    /// Keeps the datapath's choice (taking over: the flows it placed are new).
+    FillGaps,
+    /// Puts the flow where its NAT binding is (an address arrived: conntrack is
+    /// the truth about sessions that ran elsewhere).
+    Replace,
+}
 
 pub struct FlowTables<K> {
     flows: HashMap<MapData, K, Flow>,

@@ -6,9 +6,10 @@ use std::path::Path;
 use aya::maps::{Array, MapData};
 use multiroute_ebpf::{MAX_RULES, PolicyRule, RuleSet, map_names};
 
-use super::{
-    datapath::{DatapathError, map_error, open_map},
-    prefix_trie::Trie,
+use super::prefix_trie::Trie;
+use crate::apply::datapath::{
+    error::{DatapathError, map_error},
+    sys::open_map,
 };
 use crate::plan::Policy;
 

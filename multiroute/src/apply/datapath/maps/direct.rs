@@ -9,7 +9,8 @@ use std::{
 
 use multiroute_ebpf::map_names;
 
-use super::{datapath::DatapathError, prefix_trie::Trie};
+use super::prefix_trie::Trie;
+use crate::apply::datapath::error::DatapathError;
 use crate::net::IpNet;
 
 pub struct DirectTries {

@@ -14,7 +14,10 @@ use aya::{
     },
 };
 
-use super::datapath::{DatapathError, map_error, open_map};
+use crate::apply::datapath::{
+    error::{DatapathError, map_error},
+    sys::open_map,
+};
 use crate::net::{IpNet, Ipv4Net, Ipv6Net};
 
 /// One prefix trie: `N` address bytes (4 or 16), values of type `V`.

@@ -1,7 +1,7 @@
 //! How an uplink's slot becomes its routing table and its fwmark, and what the
-//! mark mask leaves room for. Slots never change while an uplink exists, so neither
-//! do its numbers.
-use crate::config::RoutingConfig;
+//! mark mask leaves room for: what `[routing]` means, so validation (room for the
+//! uplinks) and the plan read the same numbers. Slots never change while an uplink
+//! exists, so neither do its numbers.
 
 /// The numbering `[routing]` sets: `table_base` and `fwmark_mask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,10 +11,10 @@ pub struct Numbering {
 }
 
 impl Numbering {
-    pub fn new(routing: &RoutingConfig) -> Self {
+    pub fn new(table_base: u32, fwmark_mask: u32) -> Self {
         Self {
-            table_base: routing.table_base,
-            mask: routing.fwmark_mask,
+            table_base,
+            mask: fwmark_mask,
         }
     }
 

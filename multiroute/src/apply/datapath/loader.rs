@@ -1,0 +1,311 @@
+//! Loading the classifier (adopting the maps a running one pinned, refusing or
+//! upgrading another layout's), attaching it to the LAN interfaces through pinned
+//! TCX links, and removing it all.
+use std::{
+    io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+};
+use multiroute_ebpf::{
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE,
+    MAP_LAYOUT, PROGRAM_NAME, UPGRADABLE_LAYOUTS, balance, family, map_names,
+};
+use tracing::{debug, info};
+
+use super::{
+    error::{DatapathError, io_error, map_error},
+    sys::{open_map, prepare_pin_path},
+};
+
+/// The compiled classifier, built by build.rs through aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multiroute"));
+
+const LINK_PREFIX: &str = "link-";
+
+/// Entries the affinity table needs under `[balance] by`: one per LAN host and
+/// server (or LAN host), or none to speak of for "connection", which never reads
+/// it — 5.5 MiB of kernel memory saved in the default mode.
+pub fn affinity_capacity(balance_by: u32) -> u32 {
+    if balance_by == balance::CONNECTION {
+        1
+    } else {
+        AFFINITY_TABLE_SIZE
+    }
+}
+
+/// How many entries the datapath's tables hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub flows: u32,
+    pub flows6: u32,
+    pub affinity: u32,
+}
+
+impl Capacity {
+    /// The defaults, with an affinity table as `[balance] by` (`balance_by`) needs.
+    pub fn for_balance(balance_by: u32) -> Self {
+        Self {
+            flows: FLOW_TABLE_SIZE,
+            flows6: FLOW6_TABLE_SIZE,
+            affinity: affinity_capacity(balance_by),
+        }
+    }
+}
+
+/// Unpins map `name` if it holds another number of entries than `entries`, so the
+/// load creates it afresh at that size (the running program keeps the old one until
+/// it is replaced).
+fn drop_if_resized(pin_path: &Path, name: &'static str, entries: u32) -> Result<(), DatapathError> {
+    let pin = pin_path.join(name);
+    if !pin.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(&pin).map_err(map_error(name))?;
+    if info.max_entries() != entries {
+        std::fs::remove_file(&pin).map_err(io_error(&pin, "replacing a resized map"))?;
+    }
+    Ok(())
+}
+
+/// Refuses pinned maps of another layout before anything adopts them (the program
+/// would misread them, or fail to verify against them with an obscure error),
+/// unless it is one this release upgrades in place.
+fn check_layout(pin_path: &Path) -> Result<(), DatapathError> {
+    if !pin_path.join(map_names::FLOWS).exists() {
+        return Ok(());
+    }
+    let held = if pin_path.join(map_names::LAYOUT).exists() {
+        let layout: Array<MapData, u32> = open_map(pin_path, map_names::LAYOUT)?;
+        layout.get(&0, 0).map_err(map_error(map_names::LAYOUT))?
+    } else {
+        1
+    };
+    if held == MAP_LAYOUT || UPGRADABLE_LAYOUTS.contains(&held) {
+        return Ok(());
+    }
+    Err(DatapathError::Layout {
+        path: pin_path.to_owned(),
+        held,
+        wanted: MAP_LAYOUT,
+    })
+}
+
+/// The loaded classifier, its maps pinned under `pin_path`.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_path: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the classifier, reusing maps already pinned under `pin_path` (a running
+    /// flow table survives a daemon restart this way), with an affinity table as
+    /// `[balance] by` (`balance_by`) needs.
+    pub fn load(pin_path: &Path, balance_by: u32) -> Result<Self, DatapathError> {
+        Self::load_sized(pin_path, Capacity::for_balance(balance_by))
+    }
+
+    /// [`Datapath::load`] with a flow table of `flows` entries (benchmarks size it
+    /// to a million; an adopted, pinned table keeps its size) and an affinity table
+    /// of `affinity` (a pinned one of another size is replaced: the mode changed).
+    pub fn load_sized(pin_path: &Path, capacity: Capacity) -> Result<Self, DatapathError> {
+        prepare_pin_path(pin_path)?;
+        check_layout(pin_path)?;
+        drop_if_resized(pin_path, map_names::AFFINITY, capacity.affinity)?;
+        drop_if_resized(pin_path, map_names::AFFINITY6, capacity.affinity)?;
+        // An upgrade from layout 2: one counter more per family.
+        drop_if_resized(pin_path, map_names::COUNTERS, COUNTER_COUNT * family::COUNT)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_path)
+            .map_max_entries(map_names::FLOWS, capacity.flows)
+            .map_max_entries(map_names::FLOWS6, capacity.flows6)
+            .map_max_entries(map_names::AFFINITY, capacity.affinity)
+            .map_max_entries(map_names::AFFINITY6, capacity.affinity)
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load {
+                path: pin_path.to_owned(),
+                source: Box::new(source),
+            })?;
+        let classifier = classifier(&mut ebpf)?;
+        classifier.load().map_err(|source| DatapathError::Program {
+            what: "verifying the classifier".into(),
+            source: Box::new(source),
+        })?;
+        let mut layout: Array<MapData, u32> = open_map(pin_path, map_names::LAYOUT)?;
+        layout
+            .set(0, &MAP_LAYOUT, 0)
+            .map_err(map_error(map_names::LAYOUT))?;
+        Ok(Self {
+            ebpf,
+            pin_path: pin_path.to_owned(),
+        })
+    }
+
+    pub fn classifier(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        classifier(&mut self.ebpf)
+    }
+
+    /// The empty classifier shipped in the same object, loaded on first use: the
+    /// floor benchmarks compare against.
+    pub fn floor_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        let floor = program(&mut self.ebpf, FLOOR_PROGRAM_NAME)?;
+        if floor.fd().is_err() {
+            floor.load().map_err(|source| DatapathError::Program {
+                what: "verifying the floor program".into(),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(floor)
+    }
+
+    /// Attaches to the ingress of every LAN interface, atomically replacing the program
+    /// behind a link a previous `load` pinned, and detaches from interfaces no longer
+    /// listed.
+    pub fn attach(&mut self, lan: &[(String, u32)]) -> Result<(), DatapathError> {
+        let pin_path = self.pin_path.clone();
+        for (name, index) in lan {
+            let link_pin = link_pin_path(&pin_path, name);
+            if link_pin.exists() {
+                match self.replace_program(&link_pin) {
+                    Ok(()) => {
+                        debug!(interface = %name, "replaced the program behind the pinned link");
+                        continue;
+                    }
+                    Err(err) => {
+                        info!(interface = %name, "re-attaching: the pinned link is unusable ({err})");
+                        std::fs::remove_file(&link_pin)
+                            .map_err(io_error(&link_pin, "removing a stale link pin"))?;
+                    }
+                }
+            }
+            let classifier = self.classifier()?;
+            let program_error = |what: String| {
+                move |source| DatapathError::Program {
+                    what,
+                    source: Box::new(source),
+                }
+            };
+            let link_id = classifier
+                .attach(*index, TcAttachType::Ingress)
+                .map_err(program_error(format!("attaching to the ingress of {name}")))?;
+            let link = classifier
+                .take_link(link_id)
+                .map_err(program_error(format!("taking the link on {name}")))?;
+            let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+                what: format!("link on {name} is not a TCX link"),
+                source: Box::new(source),
+            })?;
+            link.pin(&link_pin).map_err(|source| DatapathError::Link {
+                what: format!("pinning the link on {name} at {}", link_pin.display()),
+                source: Box::new(source),
+            })?;
+            info!(interface = %name, "classifier attached (TCX ingress)");
+        }
+        for stale in link_pins(&pin_path)? {
+            let listed = lan
+                .iter()
+                .any(|(name, _)| link_pin_path(&pin_path, name) == stale);
+            if !listed {
+                std::fs::remove_file(&stale).map_err(io_error(&stale, "detaching"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn replace_program(
+        &mut self,
+        link_pin: &Path,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let link = FdLink::from(PinnedLink::from_pin(link_pin)?);
+        let link = SchedClassifierLink::try_from(link)?;
+        self.classifier()?.attach_to_link(link)?;
+        Ok(())
+    }
+}
+
+fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    program(ebpf, PROGRAM_NAME)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let missing = || DatapathError::Program {
+        what: format!("the object has no classifier named {name}"),
+        source: Box::new(aya::programs::ProgramError::NotLoaded),
+    };
+    let program = ebpf.program_mut(name).ok_or_else(missing)?;
+    program.try_into().map_err(|source| DatapathError::Program {
+        what: format!("{name} is not a TC classifier"),
+        source: Box::new(source),
+    })
+}
+
+fn link_pin_path(pin_path: &Path, interface: &str) -> PathBuf {
+    pin_path.join(format!("{LINK_PREFIX}{interface}"))
+}
+
+fn link_pins(pin_path: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    pin_entries(pin_path).map(|entries| {
+        entries
+            .into_iter()
+            .filter(|path| {
+                path.file_name()
+                    .is_some_and(|name| name.as_bytes().starts_with(LINK_PREFIX.as_bytes()))
+            })
+            .collect()
+    })
+}
+
+fn pin_entries(pin_path: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    match std::fs::read_dir(pin_path) {
+        Ok(entries) => entries
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(io_error(pin_path, "listing pins")),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(io_error(pin_path, "listing pins")(err)),
+    }
+}
+
+/// Detaches the classifier (link pins first, so steering stops before the maps go)
+/// and removes every pin and the pin directory. Returns how many pins it removed.
+pub fn remove(pin_path: &Path) -> Result<usize, DatapathError> {
+    let links = link_pins(pin_path)?;
+    let mut removed = 0;
+    for path in links
+        .iter()
+        .chain(pin_entries(pin_path)?.iter().filter(|p| !links.contains(p)))
+    {
+        match std::fs::remove_file(path) {
+            Ok(()) => removed += 1,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_error(path, "removing a pin")(err)),
+        }
+    }
+    match std::fs::remove_dir(pin_path) {
+        Ok(()) => Ok(removed),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(removed),
+        Err(err) => Err(io_error(pin_path, "removing the pin directory")(err)),
+    }
+}
+
+/// Names of interfaces the classifier is pinned to under `pin_path`.
+pub fn attached_interfaces(pin_path: &Path) -> Result<Vec<String>, DatapathError> {
+    Ok(link_pins(pin_path)?
+        .iter()
+        .filter_map(|path| {
+            path.file_name()?
+                .to_str()?
+                .strip_prefix(LINK_PREFIX)
+                .map(str::to_owned)
+        })
+        .collect())
+}
