@@ -2,6 +2,7 @@
 //! test`, `cargo xtask bench`. xtask depends on no multiroute crate, so it can install the eBPF toolchain
 //! before anything that needs it is compiled.
 mod deps;
+mod layers;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -49,6 +50,13 @@ enum Task {
     },
     /// Only install what is missing (apt packages, the eBPF nightly, bpf-linker).
     Deps,
+    /// Check the library's module graph: no circle between files, no arrow from a
+    /// lower room to a higher one (net → config → plan → observe → apply → run).
+    Layers {
+        /// Another checkout to check (default: this workspace).
+        #[arg(long)]
+        root: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +72,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Deps => deps::ensure(),
+        Task::Layers { root } => layers::check(&root.unwrap_or_else(workspace_root)),
         Task::Bench {
             quick,
             datapath_only,
@@ -128,6 +137,7 @@ fn test() -> Result<()> {
         bail!("CI=true needs root: the datapath and namespace tests may not be skipped");
     }
     cargo(&["fmt", "--all", "--", "--check"])?;
+    layers::check(&workspace_root())?;
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The e2e tests run the `multiroute` binary inside namespaces.
     cargo(&["build", "--package", "multiroute"])?;
@@ -188,4 +198,10 @@ fn status(command: &mut Command) -> Result<()> {
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+/// The workspace root: xtask's manifest directory's parent.
+fn workspace_root() -> std::path::PathBuf {
+    let xtask = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
 }
