@@ -9,6 +9,8 @@ pub mod apply;
 pub mod config;
 pub mod instance;
 pub mod net;
+pub mod netlink;
+pub mod observe;
 pub mod path_error;
 pub mod plan;
 pub mod run;

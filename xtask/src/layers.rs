@@ -2,7 +2,8 @@
 //! inline `crate::`/`super::` path of `multiroute/src` (test code left out) is an
 //! arrow from its file to the module file it names. Two rules: no circle between
 //! files, and no arrow from a lower room to a higher one in
-//! net → config → plan → observe → apply → run (a room may use those before it).
+//! net → config → plan → netlink → observe → apply → run (a room may use those
+//! before it).
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -17,6 +18,7 @@ const ROOMS: &[&str] = &[
     "instance",
     "config",
     "plan",
+    "netlink",
     "observe",
     "apply",
     "run",

@@ -51,7 +51,8 @@ enum Task {
     /// Only install what is missing (apt packages, the eBPF nightly, bpf-linker).
     Deps,
     /// Check the library's module graph: no circle between files, no arrow from a
-    /// lower room to a higher one (net → config → plan → observe → apply → run).
+    /// lower room to a higher one (net → config → plan → netlink → observe → apply →
+    /// run).
     Layers {
         /// Another checkout to check (default: this workspace).
         #[arg(long)]

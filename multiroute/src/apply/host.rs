@@ -8,11 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{
+use super::snat::{Coverage, Ruleset};
+use crate::{
+    config::Config,
     netlink::{Netlink, NetlinkError, is_own_rule, parse_rule, rule_priority},
-    snat::{Coverage, Ruleset},
+    path_error::PathError,
 };
-use crate::{config::Config, path_error::PathError};
 
 /// What the host looks like, as far as [`assess`] cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,7 +4,6 @@
 pub mod conntrack;
 pub mod datapath;
 pub mod host;
-pub mod netlink;
 pub mod nftables;
 pub mod routing;
 pub mod snat;
@@ -16,13 +15,13 @@ use std::{
 
 use conntrack::ConntrackError;
 
+use crate::netlink::{Netlink, NetlinkError};
 use crate::{
     config::Config,
     net::Family,
     plan::{Observed, Plan, PlanError},
 };
 use datapath::{Datapath, DatapathError, Maps};
-use netlink::{Netlink, NetlinkError};
 use nftables::NftError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +46,7 @@ pub async fn plan(
     config: &Config,
     dead: &BTreeSet<String>,
 ) -> Result<(Plan, Observed), ApplyError> {
-    let observed = nl.observe(config.numbering().saved_default_table()).await?;
+    let observed = crate::observe::host(nl, config.numbering().saved_default_table()).await?;
     let slots = datapath::read_slots(&config.routing.pin_path)?;
     let plan = Plan::build(config, &observed, dead, &slots)?;
     Ok((plan, observed))

@@ -1,5 +1,5 @@
 //! Brings the kernel's routes and rules to the plan, idempotently: what multiroute
-//! owns (protocol [`super::netlink::PROTOCOL`]) and the plan does not want is removed, what is
+//! owns (protocol [`crate::netlink::PROTOCOL`]) and the plan does not want is removed, what is
 //! missing is added, nothing else is touched. Multiroute's multipath default goes
 //! into the main table at [`MAIN_DEFAULT_METRIC`], ahead of the defaults other
 //! programs keep there (RA, DHCP clients), which stay where their owner refreshes
@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use netlink_packet_route::{AddressFamily, route::RouteMessage};
 use tracing::{debug, info};
 
-use super::netlink::{
+use crate::netlink::{
     Netlink, NetlinkError, is_own_route, is_own_rule, parse_route, parse_rule, route_expires_secs,
     route_metric, route_table, rule_priority,
 };

@@ -3,8 +3,9 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use multiroute::{
-    apply::{self, datapath, host, netlink::Netlink},
+    apply::{self, datapath, host},
     instance,
+    netlink::Netlink,
     plan::Readiness,
     run::control::{self, Request, Response},
 };

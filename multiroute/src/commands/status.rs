@@ -9,9 +9,9 @@ use multiroute::{
     apply::{
         self,
         datapath::{self, Maps},
-        netlink::Netlink,
     },
     instance,
+    netlink::Netlink,
     plan::Readiness,
     run::{
         DaemonReport, UplinkReport,

@@ -6,10 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use multiroute::{
-    apply::{self, netlink::Netlink},
-    instance,
-};
+use multiroute::{apply, instance, netlink::Netlink};
 use tracing::info;
 
 use super::{CommandResult, read_config, runtime};

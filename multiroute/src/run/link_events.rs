@@ -18,7 +18,7 @@ use tokio::{sync::Notify, task::JoinSet};
 
 use super::task::Task;
 
-use crate::apply::netlink::PROTOCOL;
+use crate::netlink::PROTOCOL;
 
 /// `RTNLGRP_IPV6_RULE` (19) as a legacy group bit; rtnetlink names no constant.
 const RTMGRP_IPV6_RULE: u32 = 1 << (19 - 1);

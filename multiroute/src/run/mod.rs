@@ -33,8 +33,9 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    apply::{self, ApplyError, datapath::Datapath, datapath::Maps, host, netlink::Netlink},
+    apply::{self, ApplyError, datapath::Datapath, datapath::Maps, host},
     config::{BalanceBy, Config, ConfigError, MAX_WEIGHT},
+    netlink::Netlink,
     path_error::PathError,
     plan::{Observed, Plan, Readiness},
 };
