@@ -8,10 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::snat::{Coverage, Ruleset};
 use crate::{
     config::Config,
     netlink::{Netlink, NetlinkError, is_own_rule, parse_rule, rule_priority},
+    observe::nat::{Coverage, Ruleset},
     path_error::PathError,
 };
 

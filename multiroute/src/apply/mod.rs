@@ -6,7 +6,6 @@ pub mod datapath;
 pub mod host;
 pub mod nftables;
 pub mod routing;
-pub mod snat;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

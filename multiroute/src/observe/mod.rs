@@ -1,6 +1,9 @@
 //! Reading the host, never changing it: its interfaces, their addresses and the
 //! gateways of the default routes through them, and the main table's specific
-//! destinations, as the plan takes them ([`Observed`]).
+//! destinations, as the plan takes them ([`Observed`]); whether its own nftables
+//! ruleset source-NATs each uplink ([`nat`]).
+pub mod nat;
+
 use std::{
     cmp::Reverse,
     collections::BTreeMap,
@@ -27,6 +30,25 @@ use crate::{
 /// through them (in the main table, or saved away by multiroute in
 /// `saved_table`), and the main table's specific destinations.
 pub async fn host(nl: &Netlink, saved_table: u32) -> Result<Observed, NetlinkError> {
+    let mut observed = interfaces(nl).await?;
+    for msg in nl.addresses().await? {
+        add_address(&mut observed, &msg);
+    }
+    let routes = nl.routes().await?;
+    for route in &routes {
+        if route_table(route) == MAIN_TABLE
+            && !is_own_route(route)
+            && let Some(dst) = route_destination(route).filter(|dst| !dst.is_default())
+        {
+            observed.main_routes.insert(dst);
+        }
+    }
+    learn_gateways(&mut observed, &routes, saved_table);
+    Ok(observed)
+}
+
+/// Every link by name, with whether it can send (up, with carrier).
+async fn interfaces(nl: &Netlink) -> Result<Observed, NetlinkError> {
     let mut observed = Observed::new();
     for link in nl.links().await? {
         let name = link.attributes.iter().find_map(|attr| match attr {
@@ -47,56 +69,54 @@ pub async fn host(nl: &Netlink, saved_table: u32) -> Result<Observed, NetlinkErr
             );
         }
     }
-    for msg in nl.addresses().await? {
-        let local = msg.attributes.iter().find_map(|attr| match attr {
-            AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
-            _ => None,
-        });
-        // IFA_ADDRESS is the far end on a point-to-point link, the address
-        // itself otherwise.
-        let other_end = msg.attributes.iter().find_map(|attr| match attr {
-            AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
-            _ => None,
-        });
-        if let (Some(addr), Some(iface)) = (
-            global_ipv6(&msg),
-            interface_mut(&mut observed, msg.header.index),
-        ) {
-            iface
-                .addresses6
-                .push(Ipv6Net::new(addr, msg.header.prefix_len));
-        }
-        let address = local.or(other_end);
-        if let (Some(addr), Some(iface)) = (address, interface_mut(&mut observed, msg.header.index))
-        {
-            if iface.addresses.is_empty() {
-                iface.peer = other_end.filter(|peer| Some(*peer) != local && local.is_some());
-            }
-            iface
-                .addresses
-                .push(Ipv4Net::new(addr, msg.header.prefix_len));
-        }
+    Ok(observed)
+}
+
+/// One address onto its interface: a global IPv6 one, or an IPv4 one (with the
+/// peer of a point-to-point link).
+fn add_address(observed: &mut Observed, msg: &AddressMessage) {
+    let local = msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
+        _ => None,
+    });
+    // IFA_ADDRESS is the far end on a point-to-point link, the address itself
+    // otherwise.
+    let other_end = msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(IpAddr::V4(addr)) => Some(*addr),
+        _ => None,
+    });
+    let Some(iface) = interface_mut(observed, msg.header.index) else {
+        return;
+    };
+    if let Some(addr) = global_ipv6(msg) {
+        iface
+            .addresses6
+            .push(Ipv6Net::new(addr, msg.header.prefix_len));
     }
-    // The best default through each interface, per family (see DefaultRank).
-    let mut gateways: BTreeMap<(String, bool), (DefaultRank, IpAddr)> = BTreeMap::new();
-    for route in nl.routes().await? {
-        let table = route_table(&route);
-        if table == MAIN_TABLE
-            && !is_own_route(&route)
-            && let Some(dst) = route_destination(&route).filter(|dst| !dst.is_default())
-        {
-            observed.main_routes.insert(dst);
+    if let Some(addr) = local.or(other_end) {
+        if iface.addresses.is_empty() {
+            iface.peer = other_end.filter(|peer| Some(*peer) != local && local.is_some());
         }
-        let Some(parsed) = parse_route(&route, &observed) else {
+        iface
+            .addresses
+            .push(Ipv4Net::new(addr, msg.header.prefix_len));
+    }
+}
+
+/// Each interface's gateway per family, from the best-ranked foreign default
+/// through it (see [`DefaultRank`]), its gateway-less defaults (point-to-point),
+/// and when the soonest of those defaults runs out.
+fn learn_gateways(observed: &mut Observed, routes: &[RouteMessage], saved_table: u32) {
+    let mut gateways: BTreeMap<(String, bool), (DefaultRank, IpAddr)> = BTreeMap::new();
+    for route in routes {
+        let table = route_table(route);
+        if is_own_route(route) || (table != MAIN_TABLE && table != saved_table) {
+            continue;
+        }
+        let Some(parsed) = parse_route(route, observed).filter(|r| r.dst.is_default()) else {
             continue;
         };
-        if !parsed.dst.is_default()
-            || is_own_route(&route)
-            || (table != MAIN_TABLE && table != saved_table)
-        {
-            continue;
-        }
-        let Some(rank) = DefaultRank::of(&route, table == saved_table) else {
+        let Some(rank) = DefaultRank::of(route, table == saved_table) else {
             continue;
         };
         if let Some(left) = rank.expires_in() {
@@ -136,7 +156,6 @@ pub async fn host(nl: &Netlink, saved_table: u32) -> Result<Observed, NetlinkErr
             }
         }
     }
-    Ok(observed)
 }
 
 fn interface_mut(observed: &mut Observed, index: u32) -> Option<&mut Interface> {
