@@ -1,0 +1,178 @@
+//! The validated config: what the user asked for, every field known good.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use serde::Deserialize;
+
+use super::{numbering::Numbering, policy::PolicyRule, probe_target::ProbeTarget};
+use crate::net::Ipv6Net;
+
+/// A config problem, always naming the file, the key and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub lan: Vec<String>,
+    pub uplinks: Vec<UplinkConfig>,
+    pub health: HealthConfig,
+    pub routing: RoutingConfig,
+    pub control: ControlConfig,
+    pub metrics: MetricsConfig,
+    pub balance: BalanceConfig,
+    /// Policy rules in the order they are matched: every uplink's `pin` and
+    /// `pin_from` as one-uplink rules, then the `[[rule]]`s in file order.
+    pub rules: Vec<PolicyRule>,
+}
+
+/// `[balance]`: what a new flow's uplink is chosen by, and what backup-tier flows
+/// do when a better tier recovers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BalanceConfig {
+    pub by: BalanceBy,
+    pub failback: Failback,
+}
+
+/// The granularity of balancing (mwan3 `sticky`, pfSense sticky connections,
+/// MikroTik PCC classifiers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceBy {
+    /// Each connection (5-tuple) on its own.
+    #[default]
+    Connection,
+    /// Every connection between one LAN host and one server shares an uplink.
+    Addresses,
+    /// Every connection of one LAN host shares an uplink.
+    Source,
+}
+
+/// Flows on a backup tier when a better tier has a live uplink again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failback {
+    /// They stay until they end.
+    #[default]
+    Keep,
+    /// They move back; the backup's conntrack entries are flushed (metered LTE).
+    Move,
+}
+
+/// How the LAN's IPv6 leaves through an uplink (`nat6`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Nat6 {
+    /// NAT66 to the uplink's current global address (one address for the LAN,
+    /// as IPv4 masquerade), followed when it changes.
+    #[default]
+    Masquerade,
+    /// 1:1 prefix translation of the LAN's prefix onto `prefix`, or onto the
+    /// uplink's own prefix when none is given (followed when it changes).
+    Npt { prefix: Option<Ipv6Net> },
+    /// Routed: the LAN's addresses leave as they are (a delegated prefix); the
+    /// user's firewall decides.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkConfig {
+    pub name: String,
+    pub interface: String,
+    pub gateway: Option<Ipv4Addr>,
+    /// Usually a link-local router; learned from the IPv6 default route when unset.
+    pub gateway6: Option<Ipv6Addr>,
+    pub nat6: Nat6,
+    pub weight: u32,
+    /// Lower is preferred: new flows use the best tier that has a live uplink.
+    pub tier: u32,
+    pub probe: Vec<ProbeTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub targets: Vec<ProbeTarget>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub down: u32,
+    pub up: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    pub table_base: u32,
+    pub rule_priority: u32,
+    pub fwmark_mask: u32,
+    pub main_default: bool,
+    pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+}
+
+/// `[metrics]`: Prometheus/OpenMetrics text over HTTP, off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
+}
+
+/// A name that is not one of the config's uplinks, with the ones there are.
+#[derive(Debug, thiserror::Error)]
+#[error("no uplink named {name:?}; the uplinks are: {known}")]
+pub struct UnknownUplink {
+    pub name: String,
+    pub known: String,
+}
+
+/// Weights above this are refused: the kernel's nexthop weight is one byte.
+pub const MAX_WEIGHT: u32 = 256;
+/// Rule priorities multiroute may use above `rule_priority`.
+pub const RULE_PRIORITY_SPAN: u32 = 1000;
+
+impl Config {
+    /// Slots, tables and marks under this config's `[routing]`.
+    pub fn numbering(&self) -> Numbering {
+        Numbering::new(self.routing.table_base, self.routing.fwmark_mask)
+    }
+
+    /// The targets `uplink` is probed at: its own `probe` list or `[health].targets`.
+    pub fn targets<'a>(&'a self, uplink: &'a UplinkConfig) -> &'a [ProbeTarget] {
+        if uplink.probe.is_empty() {
+            &self.health.targets
+        } else {
+            &uplink.probe
+        }
+    }
+
+    /// Whether `uplink`'s IPv6 is probed on its own: an IPv6 target or "gateway"
+    /// (the IPv6 gateway, for IPv6) is listed. Otherwise its IPv6 follows its IPv4.
+    pub fn probes_ipv6(&self, uplink: &UplinkConfig) -> bool {
+        self.targets(uplink).iter().any(|target| match target {
+            ProbeTarget::Gateway => true,
+            ProbeTarget::Target(target) => target.family() == crate::net::Family::V6,
+        })
+    }
+
+    /// Where uplink `name` is in `uplinks`.
+    pub fn uplink_position(&self, name: &str) -> Result<usize, UnknownUplink> {
+        self.uplinks
+            .iter()
+            .position(|u| u.name == name)
+            .ok_or_else(|| UnknownUplink {
+                name: name.to_owned(),
+                known: self
+                    .uplinks
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}

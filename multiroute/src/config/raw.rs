@@ -1,0 +1,134 @@
+//! The config as written in the file: parsed strictly (unknown keys are errors),
+//! with the defaults of PRODUCT.md, before validation.
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{
+    model::{BalanceBy, Failback},
+    policy,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) lan: Vec<String>,
+    #[serde(default)]
+    pub(super) uplink: Vec<RawUplink>,
+    #[serde(default)]
+    pub(super) health: RawHealth,
+    #[serde(default)]
+    pub(super) routing: RawRouting,
+    #[serde(default)]
+    pub(super) control: RawControl,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
+    #[serde(default)]
+    pub(super) balance: RawBalance,
+    #[serde(default)]
+    pub(super) rule: Vec<policy::RawRule>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBalance {
+    #[serde(default)]
+    pub(super) by: BalanceBy,
+    #[serde(default)]
+    pub(super) failback: Failback,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUplink {
+    pub(super) name: String,
+    pub(super) interface: String,
+    pub(super) gateway: Option<String>,
+    pub(super) gateway6: Option<String>,
+    pub(super) nat6: Option<String>,
+    pub(super) npt_prefix: Option<String>,
+    #[serde(default = "default_weight")]
+    pub(super) weight: i64,
+    #[serde(default = "default_tier")]
+    pub(super) tier: i64,
+    #[serde(default)]
+    pub(super) pin: Vec<String>,
+    #[serde(default)]
+    pub(super) pin_from: Vec<String>,
+    pub(super) probe: Option<Vec<String>>,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+
+fn default_tier() -> i64 {
+    1
+}
+
+/// Tiers 1 (preferred, the default) to this.
+pub const MAX_TIER: u32 = 255;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawHealth {
+    pub(super) targets: Vec<String>,
+    pub(super) interval_ms: i64,
+    pub(super) timeout_ms: i64,
+    pub(super) down: i64,
+    pub(super) up: i64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            targets: vec!["gateway".into()],
+            interval_ms: 500,
+            timeout_ms: 1000,
+            down: 3,
+            up: 3,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRouting {
+    pub(super) table_base: i64,
+    pub(super) rule_priority: i64,
+    pub(super) fwmark_mask: i64,
+    pub(super) main_default: bool,
+    pub(super) pin_path: PathBuf,
+}
+
+impl Default for RawRouting {
+    fn default() -> Self {
+        Self {
+            table_base: 100,
+            rule_priority: 10_000,
+            fwmark_mask: 0xff00,
+            main_default: true,
+            pin_path: "/sys/fs/bpf/multiroute".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawControl {
+    pub(super) socket: PathBuf,
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        Self {
+            socket: "/run/multiroute/control.sock".into(),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! From the file's shape to a [`Config`]: every key checked, the first problem
+//! reported with its key. Reads nothing from the host.
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use super::{
+    model::*,
+    numbering,
+    policy::{self, PolicyRule},
+    probe_target::ProbeTarget,
+    raw::*,
+};
+use crate::net::{Address, Ipv6Net};
+
+/// Parses and validates `text`; `file` only names the source in errors.
+pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let fail = |key: &str, problem: String| ConfigError {
+        file: file.to_owned(),
+        key: key.to_owned(),
+        problem,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|err| {
+        let problem = err.message().trim().to_owned();
+        let key = err
+            .span()
+            .map(|span| describe_location(text, span.start))
+            .unwrap_or_else(|| "(file)".into());
+        fail(&key, problem)
+    })?;
+    Validator { fail: &fail }.config(raw)
+}
+
+/// "line N" for a parse error without a key path; toml gives byte spans only.
+fn describe_location(text: &str, offset: usize) -> String {
+    let line = text[..offset.min(text.len())].matches('\n').count() + 1;
+    format!("line {line}")
+}
+
+struct Validator<'a, F: Fn(&str, String) -> ConfigError> {
+    fail: &'a F,
+}
+
+impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let fail = self.fail;
+        if raw.lan.is_empty() {
+            return Err(fail("lan", "list at least one LAN interface".into()));
+        }
+        for (i, name) in raw.lan.iter().enumerate() {
+            self.interface_name(&format!("lan[{i}]"), name)?;
+        }
+        if let Some(dup) = first_duplicate(raw.lan.iter()) {
+            return Err(fail("lan", format!("interface {dup:?} is listed twice")));
+        }
+        if raw.uplink.is_empty() {
+            return Err(fail("uplink", "define at least one [[uplink]]".into()));
+        }
+        let routing = self.routing(raw.routing, raw.uplink.len())?;
+        let health = self.health(raw.health)?;
+        let mut rules = Vec::new();
+        let uplinks = raw
+            .uplink
+            .into_iter()
+            .enumerate()
+            .map(|(i, uplink)| self.uplink(i, uplink, &mut rules))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(dup) = first_duplicate(uplinks.iter().map(|u| &u.name)) {
+            return Err(fail("uplink.name", format!("{dup:?} is used twice")));
+        }
+        if let Some(dup) = first_duplicate(uplinks.iter().map(|u| &u.interface)) {
+            return Err(fail(
+                "uplink.interface",
+                format!("{dup:?} is used by two uplinks"),
+            ));
+        }
+        let known: Vec<&str> = uplinks.iter().map(|u| u.name.as_str()).collect();
+        for (i, rule) in raw.rule.into_iter().enumerate() {
+            rules.push(policy::validate(i, rule, &known).map_err(|(key, p)| fail(&key, p))?);
+        }
+        if let Some(dup) = first_duplicate(rules.iter().map(|r| &r.name)) {
+            return Err(fail("rule.name", format!("{dup:?} is used twice")));
+        }
+        policy::check_limits(&rules).map_err(|(key, p)| fail(&key, p))?;
+        if let Some(uplink) = uplinks.iter().find(|u| raw.lan.contains(&u.interface)) {
+            return Err(fail(
+                "uplink.interface",
+                format!(
+                    "{:?} of uplink {:?} is also a LAN interface",
+                    uplink.interface, uplink.name
+                ),
+            ));
+        }
+        Ok(Config {
+            lan: raw.lan,
+            uplinks,
+            health,
+            routing,
+            control: ControlConfig {
+                socket: raw.control.socket,
+            },
+            balance: BalanceConfig {
+                by: raw.balance.by,
+                failback: raw.balance.failback,
+            },
+            rules,
+            metrics: MetricsConfig {
+                listen: raw
+                    .metrics
+                    .listen
+                    .map(|text| {
+                        text.parse().map_err(|_| {
+                            fail(
+                                "metrics.listen",
+                                format!(
+                                    "{text:?} is not an address:port such as \"127.0.0.1:9750\""
+                                ),
+                            )
+                        })
+                    })
+                    .transpose()?,
+            },
+        })
+    }
+
+    /// One `[[uplink]]`; its `pin` and `pin_from` become rules in `rules`.
+    fn uplink(
+        &self,
+        i: usize,
+        raw: RawUplink,
+        rules: &mut Vec<PolicyRule>,
+    ) -> Result<UplinkConfig, ConfigError> {
+        let fail = self.fail;
+        let key = |field: &str| format!("uplink[{i}].{field}");
+        let name_ok = (1..=15).contains(&raw.name.len())
+            && raw
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(fail(
+                &key("name"),
+                format!("{:?} must be 1-15 characters of a-z, 0-9, _ or -", raw.name),
+            ));
+        }
+        self.interface_name(&key("interface"), &raw.interface)?;
+        let gateway = self.optional_address::<Ipv4Addr>(&key("gateway"), raw.gateway)?;
+        let gateway6 = self.optional_address::<Ipv6Addr>(&key("gateway6"), raw.gateway6)?;
+        let npt_prefix = raw
+            .npt_prefix
+            .map(|text| {
+                text.parse::<Ipv6Net>().map_err(|problem| {
+                    fail(
+                        &key("npt_prefix"),
+                        format!("{text:?} is not an IPv6 prefix: {problem}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let nat6 = match raw.nat6.as_deref() {
+            None | Some("masquerade") => Nat6::Masquerade,
+            Some("npt") => Nat6::Npt { prefix: npt_prefix },
+            Some("none") => Nat6::None,
+            Some(other) => {
+                return Err(fail(
+                    &key("nat6"),
+                    format!("{other:?} must be \"masquerade\", \"npt\" or \"none\""),
+                ));
+            }
+        };
+        if npt_prefix.is_some() && !matches!(nat6, Nat6::Npt { .. }) {
+            return Err(fail(
+                &key("npt_prefix"),
+                "only applies with nat6 = \"npt\"".into(),
+            ));
+        }
+        let weight = u32::try_from(raw.weight)
+            .ok()
+            .filter(|w| *w <= MAX_WEIGHT)
+            .ok_or_else(|| {
+                fail(
+                    &key("weight"),
+                    format!("{} must be between 0 and {MAX_WEIGHT}", raw.weight),
+                )
+            })?;
+        let tier = u32::try_from(raw.tier)
+            .ok()
+            .filter(|t| (1..=MAX_TIER).contains(t))
+            .ok_or_else(|| {
+                fail(
+                    &key("tier"),
+                    format!("{} must be between 1 (preferred) and {MAX_TIER}", raw.tier),
+                )
+            })?;
+        let prefixes = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|text| {
+                    policy::parse_prefix(text).map_err(|problem| fail(&key(field), problem))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        rules.extend(policy::pin_rules(
+            &raw.name,
+            prefixes("pin", &raw.pin)?,
+            prefixes("pin_from", &raw.pin_from)?,
+        ));
+        let probe = match raw.probe {
+            Some(list) => self.probe_targets(&key("probe"), &list)?,
+            None => Vec::new(),
+        };
+        Ok(UplinkConfig {
+            name: raw.name,
+            interface: raw.interface,
+            gateway,
+            gateway6,
+            nat6,
+            weight,
+            tier,
+            probe,
+        })
+    }
+
+    fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
+        let positive = |key: &str, value: i64, max: i64| {
+            if (1..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err((self.fail)(
+                    key,
+                    format!("{value} must be between 1 and {max}"),
+                ))
+            }
+        };
+        let targets = self.probe_targets("health.targets", &raw.targets)?;
+        if targets.is_empty() {
+            return Err((self.fail)(
+                "health.targets",
+                "list at least one target (\"gateway\" or an address)".into(),
+            ));
+        }
+        Ok(HealthConfig {
+            targets,
+            interval_ms: positive("health.interval_ms", raw.interval_ms, 3_600_000)? as u64,
+            timeout_ms: positive("health.timeout_ms", raw.timeout_ms, 3_600_000)? as u64,
+            down: positive("health.down", raw.down, 1000)? as u32,
+            up: positive("health.up", raw.up, 1000)? as u32,
+        })
+    }
+
+    fn routing(&self, raw: RawRouting, uplinks: usize) -> Result<RoutingConfig, ConfigError> {
+        let fail = self.fail;
+        let max_uplinks = multiroute_ebpf::MAX_UPLINKS as usize;
+        if uplinks > max_uplinks {
+            return Err(fail(
+                "uplink",
+                format!("{uplinks} uplinks defined; at most {max_uplinks} are supported"),
+            ));
+        }
+        // Tables 253-255 are the kernel's default/main/local; 0 is "unspec".
+        let last_table = raw.table_base.saturating_add(uplinks as i64);
+        if raw.table_base < 1
+            || last_table > u32::MAX as i64
+            || (raw.table_base..=last_table).any(|t| (253..=255).contains(&t))
+        {
+            return Err(fail(
+                "routing.table_base",
+                format!(
+                    "{} gives tables {}..={last_table}, which must be positive and avoid 253-255 (default, main, local)",
+                    raw.table_base, raw.table_base
+                ),
+            ));
+        }
+        // Priority 0 is the local table's rule and 32766/32767 are main/default.
+        if raw.rule_priority < 1 || raw.rule_priority + RULE_PRIORITY_SPAN as i64 > 32_766 {
+            return Err(fail(
+                "routing.rule_priority",
+                format!(
+                    "{} must leave room for {RULE_PRIORITY_SPAN} rules between 1 and 32765",
+                    raw.rule_priority
+                ),
+            ));
+        }
+        let mask = u32::try_from(raw.fwmark_mask)
+            .ok()
+            .filter(|m| *m != 0)
+            .ok_or_else(|| {
+                fail(
+                    "routing.fwmark_mask",
+                    format!("{:#x} must be a non-zero 32-bit mask", raw.fwmark_mask),
+                )
+            })?;
+        if (numbering::slot_capacity(mask) as usize) < uplinks {
+            return Err(fail(
+                "routing.fwmark_mask",
+                format!(
+                    "{mask:#x} is too small for {uplinks} uplinks: it needs {} contiguous bits from its lowest set bit (the uplinks' numbers plus one bit for replies to inbound connections)",
+                    usize::BITS - uplinks.leading_zeros() + 1
+                ),
+            ));
+        }
+        if !raw.pin_path.is_absolute() {
+            return Err(fail(
+                "routing.pin_path",
+                format!("{} must be an absolute path", raw.pin_path.display()),
+            ));
+        }
+        Ok(RoutingConfig {
+            table_base: raw.table_base as u32,
+            rule_priority: raw.rule_priority as u32,
+            fwmark_mask: mask,
+            main_default: raw.main_default,
+            pin_path: raw.pin_path,
+        })
+    }
+
+    fn probe_targets(&self, key: &str, list: &[String]) -> Result<Vec<ProbeTarget>, ConfigError> {
+        list.iter()
+            .map(|text| text.parse().map_err(|problem| (self.fail)(key, problem)))
+            .collect()
+    }
+
+    /// An optional address of `A`'s family at `key`.
+    fn optional_address<A: Address>(
+        &self,
+        key: &str,
+        text: Option<String>,
+    ) -> Result<Option<A>, ConfigError> {
+        text.map(|text| {
+            text.parse::<A>()
+                .map_err(|_| (self.fail)(key, format!("{text:?} is not an {} address", A::FAMILY)))
+        })
+        .transpose()
+    }
+
+    fn interface_name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
+        // IFNAMSIZ is 16 including the NUL; "/" and whitespace are refused by the kernel.
+        let ok = (1..=15).contains(&name.len())
+            && !name.contains(['/', ' ', '\t', '\n'])
+            && name != "."
+            && name != "..";
+        if ok {
+            Ok(())
+        } else {
+            Err((self.fail)(
+                key,
+                format!(
+                    "{name:?} is not a valid interface name (1-15 characters, no '/' or spaces)"
+                ),
+            ))
+        }
+    }
+}
+
+fn first_duplicate<'a>(items: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    let mut seen = HashSet::new();
+    items.into_iter().find(|item| !seen.insert(*item))
+}
