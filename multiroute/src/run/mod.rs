@@ -7,7 +7,9 @@
 //! Stopping the daemon (SIGTERM, SIGINT) stops only the control plane: routing and
 //! the datapath stay and keep every session where it is, so a restart or an upgrade
 //! moves nothing. `multiroute unload` removes everything.
+mod answers;
 pub mod control;
+mod error;
 pub mod health;
 pub mod link_events;
 pub mod metrics;
@@ -15,6 +17,7 @@ pub mod nft_events;
 pub mod probe;
 pub mod prober;
 pub mod report;
+mod setup;
 pub mod states;
 mod task;
 
@@ -33,42 +36,19 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    apply::{self, ApplyError, datapath::Datapath, datapath::Maps, host},
-    config::{BalanceBy, Config, ConfigError, MAX_WEIGHT},
+    apply::{self, ApplyError, datapath::Datapath, datapath::Maps},
+    config::{BalanceBy, Config},
     netlink::Netlink,
-    path_error::PathError,
-    plan::{Observed, Plan, Readiness},
+    plan::{Observed, Plan},
 };
-use control::{Incoming, Request, Response};
+pub use error::DaemonError;
+use error::os;
 use health::{Change, HealthBook, Thresholds};
 use prober::{ProbeResult, Prober, Timing};
 pub use report::{DaemonReport, RuleReport, UplinkReport};
+use setup::{log_plan, log_takeover, prepare_host};
 use states::{States, Transition};
 pub use task::Task;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Io(#[from] PathError),
-    #[error("{0}")]
-    Host(String),
-    #[error("{0} stopped unexpectedly; the datapath keeps steering, restart multiroute")]
-    TaskEnded(Task),
-    #[error("{what}: {source}")]
-    Os {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
-    move |source| DaemonError::Os { what, source }
-}
 
 pub struct Daemon {
     nl: Netlink,
@@ -458,182 +438,8 @@ impl Daemon {
         }
         log_plan(&self.plan);
     }
-
-    async fn answer(&mut self, incoming: Incoming) {
-        let reply = match incoming.request {
-            Request::Status => Response::Status(self.report()),
-            Request::Weight { uplink, weight } => self.set_weight(&uplink, weight).await,
-            Request::Metrics => Response::Metrics {
-                text: metrics::render(&self.metrics().await),
-            },
-            Request::Plan => Response::Plan {
-                lines: self.plan.lines(),
-            },
-        };
-        // The asker may have gone away; nothing to do then.
-        let _ = incoming.reply.send(reply);
-    }
-
-    /// `multiroute weight`: live until the next reload or restart (the file's
-    /// weights win then).
-    async fn set_weight(&mut self, name: &str, weight: u32) -> Response {
-        if weight > MAX_WEIGHT {
-            return control::refusal(&format!("weight {weight} is above {MAX_WEIGHT}"), true);
-        }
-        let index = match self.config.uplink_position(name) {
-            Ok(index) => index,
-            Err(unknown) => return control::refusal(&unknown.to_string(), true),
-        };
-        let uplink = &mut self.config.uplinks[index];
-        let previous = std::mem::replace(&mut uplink.weight, weight);
-        info!(uplink = name, previous, weight, "weight changed");
-        self.reconcile(None).await;
-        Response::Weight {
-            uplink: name.to_owned(),
-            previous,
-            weight,
-        }
-    }
-
-    async fn metrics(&self) -> metrics::Snapshot {
-        // Walking a full flow table takes hundreds of thousands of bpf(2) calls: off
-        // the loop's thread, on a handle of its own.
-        let pin_path = self.config.routing.pin_path.clone();
-        let flows = tokio::task::spawn_blocking(move || {
-            Maps::open(&pin_path)
-                .map(|maps| maps.flows_per_uplink())
-                .unwrap_or_default()
-        })
-        .await
-        .unwrap_or_default();
-        let report = self.report();
-        let uplinks = self
-            .plan
-            .uplinks
-            .iter()
-            .zip(&report.uplinks)
-            .map(|(plan, report)| {
-                let traffic = self.maps.traffic(plan.slot).unwrap_or_default();
-                metrics::UplinkMetrics {
-                    name: plan.name.clone(),
-                    up: report.alive,
-                    up6: report.alive6,
-                    weight: plan.weight,
-                    flows: flows.get(&plan.slot).copied().unwrap_or(0) as u64,
-                    packets: traffic.packets,
-                    bytes: traffic.bytes,
-                    state_changes: report.state_changes,
-                    // Both families' targets: their addresses tell them apart.
-                    probes: report
-                        .probes
-                        .iter()
-                        .chain(&report.probes6)
-                        .cloned()
-                        .collect(),
-                }
-            })
-            .collect();
-        metrics::Snapshot {
-            fail_open: report.fail_open,
-            uplinks,
-            datapath: (0..multiroute_ebpf::family::COUNT)
-                .zip(multiroute_ebpf::family::NAMES)
-                .flat_map(|(family, name)| {
-                    self.maps
-                        .counters(family)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(move |(counter, value)| (name, counter.name(), value))
-                })
-                .collect(),
-        }
-    }
-
-    fn report(&self) -> DaemonReport {
-        let active = self.plan.active_tier();
-        let uplinks = self
-            .plan
-            .uplinks
-            .iter()
-            .filter_map(|u| {
-                let state = self.states.get(&u.name)?;
-                Some(UplinkReport {
-                    name: u.name.clone(),
-                    alive: state.alive,
-                    weight: u.weight,
-                    tier: u.tier,
-                    new_flows: u.takes_new_flows(active),
-                    since: state
-                        .since
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64(),
-                    reason: state.reason.clone(),
-                    state_changes: state.changes,
-                    probes: self.health.report(&u.name),
-                    alive6: u.alive6,
-                    probes6: self
-                        .health
-                        .report(&crate::plan::health_name(&u.name, crate::net::Family::V6)),
-                })
-            })
-            .collect();
-        let rules = self
-            .plan
-            .rule_uses
-            .iter()
-            .map(|used| RuleReport {
-                name: used.name.clone(),
-                using: used.using_name.clone(),
-            })
-            .collect();
-        DaemonReport {
-            version: crate::version(),
-            ready: self.ready,
-            fail_open: self.plan.fail_open(),
-            standby: self.plan.standby(),
-            uplinks,
-            rules,
-        }
-    }
 }
 
-/// Refuses a host with rules in multiroute's range, warns about what will not work,
-/// and sets the sysctls multiroute needs (recorded for `unload`).
-async fn prepare_host(nl: &Netlink, config: &Config) -> Result<(), DaemonError> {
-    let facts = host::facts(nl, config).await.map_err(ApplyError::from)?;
-    let assessment = host::assess(config, &facts);
-    if let Some(conflict) = assessment.conflicts.first() {
-        return Err(DaemonError::Host(conflict.clone()));
-    }
-    for warning in &assessment.warnings {
-        warn!("{warning}");
-    }
-    for change in &assessment.changes {
-        info!(
-            "setting {} = {} (was {}): {}; restored on unload",
-            change.key, change.to, change.from, change.why
-        );
-    }
-    host::apply_sysctls(config, &assessment.changes)?;
-    Ok(())
-}
-
-fn log_takeover(takeover: &apply::Takeover) {
-    let how = if takeover.adopted {
-        "adopted the running datapath and its flow table"
-    } else {
-        "took over the host's running sessions"
-    };
-    info!(
-        seeded = takeover.seeded,
-        resolved = takeover.resolved,
-        forgotten = takeover.forgotten,
-        "{how}: sessions NATed to an uplink keep it"
-    );
-}
-
-/// Tells systemd (`Type=notify`) about our state; a no-op outside systemd.
 /// Completes at `deadline`, never without one.
 async fn until(deadline: Option<Instant>) {
     match deadline {
@@ -642,34 +448,9 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
+/// Tells systemd (`Type=notify`) about our state; a no-op outside systemd.
 fn notify_systemd(state: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(state) {
         warn!("cannot notify systemd: {err}");
-    }
-}
-
-fn log_plan(plan: &Plan) {
-    for uplink in &plan.uplinks {
-        match (&uplink.readiness, uplink.readiness.problem()) {
-            (Readiness::Ready { address, gateway }, _) => info!(
-                uplink = %uplink.name,
-                interface = %uplink.interface,
-                address = %address,
-                gateway = %gateway,
-                table = uplink.table,
-                mark = format_args!("{:#x}", uplink.mark),
-                weight = uplink.weight,
-                "uplink ready"
-            ),
-            (_, problem) => warn!(
-                uplink = %uplink.name,
-                interface = %uplink.interface,
-                "uplink not ready: {}",
-                problem.unwrap_or_default()
-            ),
-        }
-    }
-    if let Some(route) = &plan.main_default {
-        info!(%route, "main table default");
     }
 }

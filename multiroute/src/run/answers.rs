@@ -1,0 +1,153 @@
+//! The daemon's answers on the control socket: its report (`status`), a live
+//! weight change, the metrics scrape and the plan in force.
+use std::time::SystemTime;
+
+use tracing::info;
+
+use super::{
+    Daemon,
+    control::{self, Incoming, Request, Response},
+    metrics,
+    report::{DaemonReport, RuleReport, UplinkReport},
+};
+use crate::{apply::datapath::Maps, config::MAX_WEIGHT};
+
+impl Daemon {
+    pub(super) async fn answer(&mut self, incoming: Incoming) {
+        let reply = match incoming.request {
+            Request::Status => Response::Status(self.report()),
+            Request::Weight { uplink, weight } => self.set_weight(&uplink, weight).await,
+            Request::Metrics => Response::Metrics {
+                text: metrics::render(&self.metrics().await),
+            },
+            Request::Plan => Response::Plan {
+                lines: self.plan.lines(),
+            },
+        };
+        // The asker may have gone away; nothing to do then.
+        let _ = incoming.reply.send(reply);
+    }
+
+    /// `multiroute weight`: live until the next reload or restart (the file's
+    /// weights win then).
+    async fn set_weight(&mut self, name: &str, weight: u32) -> Response {
+        if weight > MAX_WEIGHT {
+            return control::refusal(&format!("weight {weight} is above {MAX_WEIGHT}"), true);
+        }
+        let index = match self.config.uplink_position(name) {
+            Ok(index) => index,
+            Err(unknown) => return control::refusal(&unknown.to_string(), true),
+        };
+        let uplink = &mut self.config.uplinks[index];
+        let previous = std::mem::replace(&mut uplink.weight, weight);
+        info!(uplink = name, previous, weight, "weight changed");
+        self.reconcile(None).await;
+        Response::Weight {
+            uplink: name.to_owned(),
+            previous,
+            weight,
+        }
+    }
+
+    async fn metrics(&self) -> metrics::Snapshot {
+        // Walking a full flow table takes hundreds of thousands of bpf(2) calls: off
+        // the loop's thread, on a handle of its own.
+        let pin_path = self.config.routing.pin_path.clone();
+        let flows = tokio::task::spawn_blocking(move || {
+            Maps::open(&pin_path)
+                .map(|maps| maps.flows_per_uplink())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
+        let report = self.report();
+        let uplinks = self
+            .plan
+            .uplinks
+            .iter()
+            .zip(&report.uplinks)
+            .map(|(plan, report)| {
+                let traffic = self.maps.traffic(plan.slot).unwrap_or_default();
+                metrics::UplinkMetrics {
+                    name: plan.name.clone(),
+                    up: report.alive,
+                    up6: report.alive6,
+                    weight: plan.weight,
+                    flows: flows.get(&plan.slot).copied().unwrap_or(0) as u64,
+                    packets: traffic.packets,
+                    bytes: traffic.bytes,
+                    state_changes: report.state_changes,
+                    // Both families' targets: their addresses tell them apart.
+                    probes: report
+                        .probes
+                        .iter()
+                        .chain(&report.probes6)
+                        .cloned()
+                        .collect(),
+                }
+            })
+            .collect();
+        metrics::Snapshot {
+            fail_open: report.fail_open,
+            uplinks,
+            datapath: (0..multiroute_ebpf::family::COUNT)
+                .zip(multiroute_ebpf::family::NAMES)
+                .flat_map(|(family, name)| {
+                    self.maps
+                        .counters(family)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(move |(counter, value)| (name, counter.name(), value))
+                })
+                .collect(),
+        }
+    }
+
+    fn report(&self) -> DaemonReport {
+        let active = self.plan.active_tier();
+        let uplinks = self
+            .plan
+            .uplinks
+            .iter()
+            .filter_map(|u| {
+                let state = self.states.get(&u.name)?;
+                Some(UplinkReport {
+                    name: u.name.clone(),
+                    alive: state.alive,
+                    weight: u.weight,
+                    tier: u.tier,
+                    new_flows: u.takes_new_flows(active),
+                    since: state
+                        .since
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                    reason: state.reason.clone(),
+                    state_changes: state.changes,
+                    probes: self.health.report(&u.name),
+                    alive6: u.alive6,
+                    probes6: self
+                        .health
+                        .report(&crate::plan::health_name(&u.name, crate::net::Family::V6)),
+                })
+            })
+            .collect();
+        let rules = self
+            .plan
+            .rule_uses
+            .iter()
+            .map(|used| RuleReport {
+                name: used.name.clone(),
+                using: used.using_name.clone(),
+            })
+            .collect();
+        DaemonReport {
+            version: crate::version(),
+            ready: self.ready,
+            fail_open: self.plan.fail_open(),
+            standby: self.plan.standby(),
+            uplinks,
+            rules,
+        }
+    }
+}
