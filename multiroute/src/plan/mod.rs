@@ -7,13 +7,12 @@ mod model;
 pub mod nft;
 mod observed;
 pub mod policy;
+pub mod priority;
+mod routing;
 pub mod slots;
 mod uplink;
 
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeSet, net::IpAddr};
 
 pub use maglev::{Member, build_ring};
 pub use model::{
@@ -22,56 +21,14 @@ pub use model::{
 
 pub use observed::{Interface, Observed};
 pub use policy::{Policy, RuleUse};
+use routing::{main_default, rules, table_routes};
 pub use uplink::{Hop, Readiness, UplinkPlan, health_name};
-use uplink::{readiness, readiness6};
+use uplink::{active_tier, readiness, readiness6};
 
 use crate::{
     config::{BalanceBy, Config, Failback, Nat6},
-    net::{Family, IpNet, Ipv4Net, Ipv6Net},
+    net::{Family, IpNet, Ipv6Net},
 };
-
-/// Rule priority offsets inside `[rule_priority, rule_priority + 999]`, in the order
-/// the kernel consults them. Per-uplink rules sit at `offset + slot`, and an
-/// uplink's slot never changes while it exists, so one uplink coming or going never
-/// renumbers another's rules.
-pub mod priority {
-    use multiroute_ebpf::MAX_UPLINKS;
-
-    use crate::config::{MAX_ROUTER_RULES, RULE_PRIORITY_SPAN};
-
-    /// `lookup main suppress_prefixlength 0` ahead of the marks: only for a family
-    /// whose main table has more specific routes than the datapath's direct
-    /// prefixes hold (see `Plan::direct`), so those routes keep winning.
-    pub const MAIN_FIRST: u32 = 0;
-    /// `fwmark <mark>/<mask>`: the datapath's per-flow choice (policy rules for
-    /// LAN traffic included: the classifier matched them). First: a marked LAN
-    /// packet walks no other rule and does one table lookup, its uplink's. The
-    /// classifier marks no packet the main table routes specifically (LAN, VPN,
-    /// other local subnets: `Plan::direct`). An inbound reply's mark carries the
-    /// flag, so it matches none of these.
-    pub const FWMARK: u32 = 100;
-    /// `lookup main suppress_prefixlength 0`: for everything unmarked (the
-    /// router's own traffic, LAN traffic to direct destinations), specific main
-    /// routes win over every steering rule below.
-    pub const MAIN_SPECIFIC: u32 = 190;
-    /// `fwmark <mark | inbound flag>/<mask>`: replies to connections that arrived on
-    /// an uplink (port forwards), marked from conntrack (see `nft`).
-    pub const INBOUND: u32 = 200;
-    /// `from <uplink address>`: replies and router-originated traffic sourced from an
-    /// uplink's address leave through that uplink (the seed's NAT/DNAT symmetry).
-    pub const FROM_UPLINK: u32 = 300;
-    /// `iif lo …`: policy rules for the router's own traffic, numbered over every
-    /// configured rule. After the LAN's rules: a LAN packet never walks them.
-    pub const LOCAL_POLICY: u32 = 400;
-
-    // Every band holds what can be put in it, and the last one ends in the range.
-    const _: () = assert!(MAIN_FIRST < FWMARK);
-    const _: () = assert!(FWMARK + MAX_UPLINKS <= MAIN_SPECIFIC);
-    const _: () = assert!(MAIN_SPECIFIC < INBOUND);
-    const _: () = assert!(INBOUND + MAX_UPLINKS <= FROM_UPLINK);
-    const _: () = assert!(FROM_UPLINK + MAX_UPLINKS <= LOCAL_POLICY);
-    const _: () = assert!(LOCAL_POLICY + MAX_ROUTER_RULES as u32 <= RULE_PRIORITY_SPAN);
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -301,16 +258,6 @@ impl Plan {
     }
 }
 
-/// The best (lowest) tier with a live, weighted uplink of `family`: the one new
-/// flows of that family use (each family's uplinks live apart).
-fn active_tier(uplinks: &[UplinkPlan], family: Family) -> Option<u32> {
-    uplinks
-        .iter()
-        .filter(|u| u.alive_in(family) && u.weight > 0)
-        .map(|u| u.tier)
-        .min()
-}
-
 /// The IPv6 NAT of one uplink, when its IPv6 is ready and translated. `lan` is
 /// the LAN's IPv6 prefix (the first LAN interface's), which prefix translation
 /// maps; without one there is nothing to map.
@@ -381,81 +328,6 @@ impl Plan {
     }
 }
 
-/// The seed's tables, per family: every table knows the LAN and every uplink's
-/// connected network (with its `src`), loopback for IPv4, and defaults via its
-/// own uplink's gateway.
-fn table_routes(
-    config: &Config,
-    observed: &Observed,
-    uplinks: &[UplinkPlan],
-    family: Family,
-) -> Vec<Route> {
-    let dev = |name: &str, src: Option<IpAddr>| RouteNext::Dev {
-        dev: name.to_owned(),
-        src,
-    };
-    let mut shared = Vec::new();
-    if family == Family::V4 {
-        shared.push((
-            IpNet::V4(Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8)),
-            dev("lo", None),
-        ));
-    }
-    for name in &config.lan {
-        // No `src` on LAN routes: it would break DNAT (port forwarding), says the seed.
-        for net in lan_networks(observed, name, family) {
-            shared.push((net, dev(name, None)));
-        }
-    }
-    for uplink in uplinks {
-        if let Some(side) = uplink.side(family) {
-            shared.push((side.connected, dev(&uplink.interface, Some(side.address))));
-        }
-    }
-    let mut routes = Vec::new();
-    for uplink in uplinks {
-        let Some(hop) = uplink.side(family).and_then(|side| side.hop) else {
-            continue;
-        };
-        routes.extend(shared.iter().map(|(dst, next)| Route {
-            table: uplink.table,
-            dst: *dst,
-            next: next.clone(),
-        }));
-        routes.push(Route {
-            table: uplink.table,
-            dst: default_route(family),
-            next: default_next(hop, &uplink.interface),
-        });
-    }
-    routes
-}
-
-fn default_route(family: Family) -> IpNet {
-    match family {
-        Family::V4 => IpNet::V4(Ipv4Net::DEFAULT),
-        Family::V6 => IpNet::V6(Ipv6Net::DEFAULT),
-    }
-}
-
-fn lan_networks(observed: &Observed, name: &str, family: Family) -> BTreeSet<IpNet> {
-    let Some(iface) = observed.get(name) else {
-        return BTreeSet::new();
-    };
-    match family {
-        Family::V4 => iface
-            .addresses
-            .iter()
-            .map(|a| IpNet::V4(a.network()))
-            .collect(),
-        Family::V6 => iface
-            .addresses6
-            .iter()
-            .map(|a| IpNet::V6(a.network()))
-            .collect(),
-    }
-}
-
 /// What the classifier leaves to the main table, of `family`: the destinations of
 /// the main table's specific routes, and the router's own addresses (the local
 /// table routes them first anyway; unmarked they are not counted as an uplink's).
@@ -475,139 +347,6 @@ fn direct_destinations(observed: &Observed, family: Family) -> Option<BTreeSet<I
         .filter(|net| net.family() == family)
         .collect();
     (direct.len() <= multiroute_ebpf::MAX_DIRECT_PREFIXES as usize).then_some(direct)
-}
-
-/// `main_first`: the main table's specific routes do not fit the datapath (see
-/// [`direct_destinations`]), so its lookup comes before the marks.
-fn rules(
-    config: &Config,
-    uplinks: &[UplinkPlan],
-    rule_uses: &[RuleUse],
-    family: Family,
-    main_first: bool,
-) -> Vec<Rule> {
-    let base = config.routing.rule_priority;
-    let ready: Vec<_> = uplinks
-        .iter()
-        .filter_map(|plan| {
-            let side = plan.side(family)?;
-            side.hop.map(|_| (plan, side.address))
-        })
-        .collect();
-    // No uplink speaks IPv6: `ip -6 rule` is left as it was.
-    if family == Family::V6 && ready.is_empty() {
-        return Vec::new();
-    }
-    let main = |priority: u32| Rule {
-        family,
-        priority: base + priority,
-        selector: Selector::All,
-        table: MAIN_TABLE,
-        suppress_prefixlength: Some(0),
-    };
-    let lookup = |priority: u32, selector: Selector, table: u32| Rule {
-        family,
-        priority,
-        selector,
-        table,
-        suppress_prefixlength: None,
-    };
-    let mut rules = Vec::new();
-    if main_first {
-        rules.push(main(priority::MAIN_FIRST));
-    }
-    for (plan, _) in &ready {
-        rules.push(lookup(
-            base + priority::FWMARK + plan.slot,
-            Selector::Fwmark {
-                mark: plan.mark,
-                mask: config.routing.fwmark_mask,
-            },
-            plan.table,
-        ));
-    }
-    if !main_first {
-        rules.push(main(priority::MAIN_SPECIFIC));
-    }
-    for (plan, _) in &ready {
-        rules.push(lookup(
-            base + priority::INBOUND + plan.slot,
-            Selector::Fwmark {
-                mark: plan.mark | config.numbering().inbound_flag(),
-                mask: config.routing.fwmark_mask,
-            },
-            plan.table,
-        ));
-    }
-    for (plan, address) in &ready {
-        rules.push(lookup(
-            base + priority::FROM_UPLINK + plan.slot,
-            Selector::From(IpNet::host(*address)),
-            plan.table,
-        ));
-    }
-    rules.extend(
-        policy::router_rules(
-            &config.rules,
-            rule_uses,
-            uplinks,
-            base + priority::LOCAL_POLICY,
-        )
-        .into_iter()
-        .filter(|rule| rule.family == family),
-    );
-    rules
-}
-
-/// A table's default: via the gateway, or straight into a point-to-point link.
-fn default_next(hop: Hop<IpAddr>, dev: &str) -> RouteNext {
-    match hop {
-        Hop::Via(gateway) => RouteNext::Gateway {
-            gateway,
-            dev: dev.to_owned(),
-        },
-        Hop::PointToPoint { .. } => RouteNext::Dev {
-            dev: dev.to_owned(),
-            src: None,
-        },
-    }
-}
-
-/// The seed's `default scope global nexthop via … weight …` over the live, weighted
-/// uplinks of the best tier of `family`, for traffic the router itself originates.
-fn main_default(uplinks: &[UplinkPlan], family: Family) -> Option<Route> {
-    let active = active_tier(uplinks, family);
-    let nexthops: Vec<_> = uplinks
-        .iter()
-        .filter(|u| u.takes_new_flows_in(family, active))
-        .filter_map(|u| {
-            let hop = u.side(family)?.hop?;
-            Some(Nexthop {
-                gateway: hop.via(),
-                dev: u.interface.clone(),
-                weight: u.weight,
-            })
-        })
-        .collect();
-    let next = match nexthops.as_slice() {
-        [] => return None,
-        [only] => match only.gateway {
-            Some(gateway) => RouteNext::Gateway {
-                gateway,
-                dev: only.dev.clone(),
-            },
-            None => RouteNext::Dev {
-                dev: only.dev.clone(),
-                src: None,
-            },
-        },
-        _ => RouteNext::Multipath(nexthops),
-    };
-    Some(Route {
-        table: MAIN_TABLE,
-        dst: default_route(family),
-        next,
-    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The plan for the seed's own example must be the seed's own commands.
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
 use super::slots::Slots;
 use super::*;
+use crate::net::Ipv4Net;
 
 /// The seed's interfaces: eth0 LAN 192.168.0.1/24, eth1 DSL 142.154.64.7/24 via
 /// 142.154.64.1, eth2 cable 24.19.12.45/24 via 24.19.12.1, and its two DNS pins.

@@ -285,3 +285,13 @@ where
         hop,
     })
 }
+
+/// The best (lowest) tier with a live, weighted uplink of `family`: the one new
+/// flows of that family use (each family's uplinks live apart).
+pub(super) fn active_tier(uplinks: &[UplinkPlan], family: Family) -> Option<u32> {
+    uplinks
+        .iter()
+        .filter(|u| u.alive_in(family) && u.weight > 0)
+        .map(|u| u.tier)
+        .min()
+}
