@@ -65,6 +65,26 @@ pub const UNREACHABLE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 static SERIAL: Mutex<()> = Mutex::new(());
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The name of the function it is used in (a test's own name), so a test need
+/// not spell it.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn here() {}
+        let path = std::any::type_name_of_val(&here);
+        let path = path.strip_suffix("::here").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+
+/// [`require_root`] for the test it is used in.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        $crate::require_root($crate::test_name!())
+    };
+}
+
 /// Skips (locally) or fails (in CI) when the lab cannot run here.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -742,4 +762,12 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Result<()
 /// Share of `part` in `total`, in percentage points.
 pub fn percent(part: usize, total: usize) -> f64 {
     100.0 * part as f64 / total.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn test_name_is_the_enclosing_functions() {
+        assert_eq!(test_name!(), "test_name_is_the_enclosing_functions");
+    }
 }

@@ -59,7 +59,7 @@ fn busiest(lab: &Lab, before: &[u64]) -> usize {
 
 #[test]
 fn weight_changes_apply_to_new_flows_only() {
-    if !require_root("weight_changes_apply_to_new_flows_only") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1]);
@@ -159,7 +159,7 @@ fn weight_changes_apply_to_new_flows_only() {
 
 #[test]
 fn reload_moves_only_the_removed_uplinks_flows() {
-    if !require_root("reload_moves_only_the_removed_uplinks_flows") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1, 1]);
@@ -229,7 +229,7 @@ fn reload_moves_only_the_removed_uplinks_flows() {
 
 #[test]
 fn sigkill_under_load_loses_no_connection_and_restart_moves_no_flow() {
-    if !require_root("sigkill_under_load_loses_no_connection_and_restart_moves_no_flow") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1]);
@@ -275,7 +275,7 @@ fn sigkill_under_load_loses_no_connection_and_restart_moves_no_flow() {
 
 #[test]
 fn metrics_endpoint_shows_what_status_shows() {
-    if !require_root("metrics_endpoint_shows_what_status_shows") {
+    if !require_root!() {
         return;
     }
     let mut lab = Lab::new(&LabOptions {
@@ -416,7 +416,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_full_flow_table_scraped_in_a_loop_causes_no_false_transition() {
-    if !require_root("a_full_flow_table_scraped_in_a_loop_causes_no_false_transition") {
+    if !require_root!() {
         return;
     }
     let mut lab = Lab::new(&LabOptions {
@@ -481,7 +481,7 @@ fn a_full_flow_table_scraped_in_a_loop_causes_no_false_transition() {
 #[test]
 fn an_oversized_control_request_is_refused_without_buffering_it() {
     use std::io::{BufRead, Write};
-    if !require_root("an_oversized_control_request_is_refused_without_buffering_it") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1]);

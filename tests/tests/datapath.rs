@@ -12,7 +12,7 @@ use multiroute_tests::{
         IPV6_PAYLOAD, LoadedDatapath, PAD_OPTIONS, Verdict, fragment_header, icmp_echo, icmp6_echo,
         tcp, tcp6, udp, udp6, with_extension,
     },
-    require_root,
+    require_root, test_name,
 };
 
 const MASK: u32 = 0xff00;
@@ -145,7 +145,7 @@ fn shares(dp: &mut LoadedDatapath, flows: impl Iterator<Item = Vec<u8>>) -> [usi
 
 #[test]
 fn fixtures_steer_ip_and_pass_everything_else_untouched() {
-    let Some(mut dp) = setup("fixtures", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     let client = lan(7);
@@ -251,7 +251,7 @@ fn same_five_tuple_gets_the_same_mark_every_time() {
 
 #[test]
 fn weights_one_two_three_over_sixty_thousand_flows() {
-    let Some(mut dp) = setup("weights", [1, 2, 3], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 2, 3], [true; 3]) else {
         return;
     };
     let counts = shares(&mut dp, many_flows(60_000, 0));
@@ -272,7 +272,7 @@ fn weights_one_two_three_over_sixty_thousand_flows() {
 
 #[test]
 fn dead_uplink_gets_no_new_flows_and_its_flows_move() {
-    let Some(mut dp) = setup("dead", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     let before: Vec<_> = many_flows(3000, 0)
@@ -314,7 +314,7 @@ fn dead_uplink_gets_no_new_flows_and_its_flows_move() {
 
 #[test]
 fn weight_changes_keep_existing_flows() {
-    let Some(mut dp) = setup("reweight", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     let before: Vec<_> = many_flows(3000, 0).map(|p| verdict(&mut dp, &p)).collect();
@@ -335,7 +335,7 @@ fn weight_changes_keep_existing_flows() {
 
 #[test]
 fn cost_per_packet_is_reported() {
-    let Some(mut dp) = setup("cost", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     let known = tcp(lan(1), 1000, SERVER, 80);
@@ -416,7 +416,7 @@ fn chosen(dp: &LoadedDatapath, src: Ipv4Addr, dst: Ipv4Addr, sport: u16) -> (u8,
 
 #[test]
 fn policy_rules_choose_new_flows_in_order_and_fall_back_in_order() {
-    let Some(mut dp) = setup("policy", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     dp.maps
@@ -510,7 +510,7 @@ fn policy_rules_choose_new_flows_in_order_and_fall_back_in_order() {
 
 #[test]
 fn maps_of_another_layout_are_refused_not_adopted() {
-    let Some(dp) = setup("layout", [1, 1, 1], [true; 3]) else {
+    let Some(dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     let pin_path = dp.pin_path();
@@ -541,7 +541,7 @@ fn maps_of_another_layout_are_refused_not_adopted() {
 /// is kept, the counters start afresh with their new size.
 #[test]
 fn maps_of_the_previous_layout_are_upgraded_in_place() {
-    let Some(mut dp) = setup("upgrade", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     let flow = tcp(lan(3), 40_000, SERVER, 443);
@@ -581,7 +581,7 @@ fn maps_of_the_previous_layout_are_upgraded_in_place() {
 
 #[test]
 fn the_affinity_table_is_sized_by_the_balance_mode() {
-    let Some(mut dp) = setup("affinity", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     uplink_of(verdict(&mut dp, &tcp(lan(1), 1000, SERVER, 443)));
@@ -741,7 +741,7 @@ uplinks = ["cable"]
 
 #[test]
 fn ipv6_prefixes_in_policy_rules_match_ipv6_flows() {
-    let Some(mut dp) = setup("policy6", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     configure_families(&mut dp, [1, 1, 1], [true; 3], [true; 3]);
@@ -791,7 +791,7 @@ fn destinations_the_main_table_routes_pass_unmarked() {
 
     use multiroute::net::{IpNet, Ipv4Net, Ipv6Net};
 
-    let Some(mut dp) = setup("direct", [1, 1, 1], [true; 3]) else {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     configure_families(&mut dp, [1, 1, 1], [true; 3], [true; 3]);

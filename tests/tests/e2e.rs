@@ -91,21 +91,21 @@ fn assert_restored(lab: &Lab, pristine: &str, when: &str) {
 
 #[test]
 fn two_uplinks_one_to_one() {
-    if require_root("two_uplinks_one_to_one") {
+    if require_root!() {
         assert_split(&[1, 1], 3000);
     }
 }
 
 #[test]
 fn three_uplinks_one_two_three() {
-    if require_root("three_uplinks_one_two_three") {
+    if require_root!() {
         assert_split(&[1, 2, 3], 3000);
     }
 }
 
 #[test]
 fn long_transfer_keeps_its_uplink() {
-    if !require_root("long_transfer_keeps_its_uplink") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1]);
@@ -151,7 +151,7 @@ fn long_transfer_keeps_its_uplink() {
 
 #[test]
 fn unload_restores_the_host_exactly() {
-    if !require_root("unload_restores_the_host_exactly") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1]);
@@ -241,7 +241,7 @@ fn unload_restores_the_host_exactly() {
 
 #[test]
 fn bad_input_changes_nothing() {
-    if !require_root("bad_input_changes_nothing") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1]);
@@ -379,7 +379,7 @@ fn per_source(
 
 #[test]
 fn balancing_by_addresses_or_by_source_keeps_hosts_together() {
-    if !require_root("balancing_by_addresses_or_by_source_keeps_hosts_together") {
+    if !require_root!() {
         return;
     }
     const SOURCES: usize = 1000;

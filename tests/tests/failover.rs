@@ -108,7 +108,7 @@ fn transfer_entry(lab: &Lab, client_port: Option<u16>) -> (u16, u64) {
 
 #[test]
 fn silent_upstream_failure_fails_over_within_a_second_and_recovers() {
-    if !require_root("silent_upstream_failure_fails_over_within_a_second_and_recovers") {
+    if !require_root!() {
         return;
     }
     let mut lab = running_lab(SERVER);
@@ -219,7 +219,7 @@ fn silent_upstream_failure_fails_over_within_a_second_and_recovers() {
 
 #[test]
 fn link_down_fails_over_within_200_ms() {
-    if !require_root("link_down_fails_over_within_200_ms") {
+    if !require_root!() {
         return;
     }
     let mut lab = running_lab(SERVER);
@@ -270,7 +270,7 @@ fn link_down_fails_over_within_200_ms() {
 
 #[test]
 fn udp_exchange_moves_to_a_live_uplink() {
-    if !require_root("udp_exchange_moves_to_a_live_uplink") {
+    if !require_root!() {
         return;
     }
     let mut lab = running_lab(SERVER);
@@ -309,7 +309,7 @@ fn udp_exchange_moves_to_a_live_uplink() {
 
 #[test]
 fn flapping_probes_do_not_flip_the_state() {
-    if !require_root("flapping_probes_do_not_flip_the_state") {
+    if !require_root!() {
         return;
     }
     let mut lab = running_lab(SERVER);
@@ -326,7 +326,7 @@ fn flapping_probes_do_not_flip_the_state() {
 
 #[test]
 fn all_uplinks_dead_fails_open() {
-    if !require_root("all_uplinks_dead_fails_open") {
+    if !require_root!() {
         return;
     }
     let mut lab = running_lab(UNREACHABLE);
@@ -362,7 +362,7 @@ fn time_until_state(lab: &Lab, uplink: usize, state: &str) -> f64 {
 
 #[test]
 fn tcp_and_dns_probes_keep_an_uplink_that_drops_icmp_and_catch_silence() {
-    if !require_root("tcp_and_dns_probes_keep_an_uplink_that_drops_icmp_and_catch_silence") {
+    if !require_root!() {
         return;
     }
     let mut lab = Lab::new(&LabOptions {
@@ -498,7 +498,7 @@ fn backup_round(lab: &Lab, failback: &str) -> usize {
 
 #[test]
 fn a_backup_tier_takes_new_flows_only_while_the_better_tier_is_dead() {
-    if !require_root("a_backup_tier_takes_new_flows_only_while_the_better_tier_is_dead") {
+    if !require_root!() {
         return;
     }
     let mut lab = Lab::new(&LabOptions {
@@ -584,7 +584,7 @@ fn answers_by_uplink(lab: &Lab, report: &serde_json::Value) -> [u64; 3] {
 
 #[test]
 fn a_policy_rule_keeps_sip_on_its_uplinks_in_order_from_lan_and_router() {
-    if !require_root("a_policy_rule_keeps_sip_on_its_uplinks_in_order_from_lan_and_router") {
+    if !require_root!() {
         return;
     }
     let rule = "\n[[rule]]\nname = \"sip\"\nproto = \"udp\"\ndst_port = 5060\nuplinks = [\"isp1\", \"isp2\"]\n";

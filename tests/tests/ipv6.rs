@@ -42,7 +42,7 @@ fn dual_stack_lab(weights: &[u32], extra: &str) -> Lab {
 
 #[test]
 fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
-    if !require_root("ipv6_is_balanced_and_fails_over_apart_from_ipv4") {
+    if !require_root!() {
         return;
     }
     let mut lab = dual_stack_lab(&[1, 2, 3], HEALTH);
@@ -151,7 +151,7 @@ fn sources6(lab: &Lab, count: usize) -> std::collections::BTreeMap<String, u64> 
 
 #[test]
 fn npt_maps_the_lan_prefix_statelessly_and_follows_a_new_prefix() {
-    if !require_root("npt_maps_the_lan_prefix_statelessly_and_follows_a_new_prefix") {
+    if !require_root!() {
         return;
     }
     let mut lab = Lab::new(&LabOptions {
@@ -221,7 +221,7 @@ fn npt_maps_the_lan_prefix_statelessly_and_follows_a_new_prefix() {
 
 #[test]
 fn an_uplink_renumbered_by_its_isp_is_followed_within_a_second() {
-    if !require_root("an_uplink_renumbered_by_its_isp_is_followed_within_a_second") {
+    if !require_root!() {
         return;
     }
     let mut lab = dual_stack_lab(&[0, 1], HEALTH);
@@ -294,7 +294,7 @@ fn an_uplink_renumbered_by_its_isp_is_followed_within_a_second() {
 
 #[test]
 fn inbound_ipv6_connections_are_answered_through_their_uplink() {
-    if !require_root("inbound_ipv6_connections_are_answered_through_their_uplink") {
+    if !require_root!() {
         return;
     }
     let mut lab = dual_stack_lab(&[1, 1, 1], HEALTH);
@@ -331,7 +331,7 @@ fn inbound_ipv6_connections_are_answered_through_their_uplink() {
 
 #[test]
 fn ipv6_sessions_open_before_the_first_load_keep_their_uplink() {
-    if !require_root("ipv6_sessions_open_before_the_first_load_keep_their_uplink") {
+    if !require_root!() {
         return;
     }
     let mut lab = dual_stack_lab(&[1, 2, 3], "");

@@ -45,7 +45,7 @@ fn assert_shares(hits: &[usize], weights: &[u32], tolerance: f64) {
 
 #[test]
 fn ipv6_gateways_come_from_router_advertisements_and_expire_with_them() {
-    if !require_root("ipv6_gateways_come_from_router_advertisements_and_expire_with_them") {
+    if !require_root!() {
         return;
     }
     let mut lab = Lab::new(&LabOptions {
@@ -162,7 +162,7 @@ const CLIENTS: [(usize, DhcpClient); 2] = [(1, DhcpClient::Dhcpcd), (2, DhcpClie
 
 #[test]
 fn ipv4_gateways_come_from_dhcp_clients_and_follow_renewals_and_expiry() {
-    if !require_root("ipv4_gateways_come_from_dhcp_clients_and_follow_renewals_and_expiry") {
+    if !require_root!() {
         return;
     }
     let resolv_conf = std::fs::read("/etc/resolv.conf").ok();

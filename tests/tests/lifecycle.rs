@@ -107,7 +107,7 @@ fn assert_nothing_lost_but_at(lab: &Lab, traffic: Traffic, what: &str, damage: O
 
 #[test]
 fn sessions_open_before_the_first_load_keep_their_uplink() {
-    if !require_root("sessions_open_before_the_first_load_keep_their_uplink") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab();
@@ -185,7 +185,7 @@ fn stop_as_systemd(lab: &mut Lab) {
 
 #[test]
 fn restart_and_upgrade_move_no_session() {
-    if !require_root("restart_and_upgrade_move_no_session") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab();
@@ -216,7 +216,7 @@ fn restart_and_upgrade_move_no_session() {
 
 #[test]
 fn reload_weights_and_self_repair_move_no_session() {
-    if !require_root("reload_weights_and_self_repair_move_no_session") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab();
@@ -262,7 +262,7 @@ fn reload_weights_and_self_repair_move_no_session() {
 
 #[test]
 fn an_uplink_losing_carrier_while_no_daemon_runs_is_routed_around() {
-    if !require_root("an_uplink_losing_carrier_while_no_daemon_runs_is_routed_around") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab();
@@ -284,7 +284,7 @@ fn an_uplink_losing_carrier_while_no_daemon_runs_is_routed_around() {
 
 #[test]
 fn a_restart_keeps_a_dead_uplink_dead_until_its_probes_answer() {
-    if !require_root("a_restart_keeps_a_dead_uplink_dead_until_its_probes_answer") {
+    if !require_root!() {
         return;
     }
     let mut lab = Lab::new(&LabOptions {

@@ -44,7 +44,7 @@ fn round(advert_int: f64, failover: f64, failback: f64) {
 
 #[test]
 fn a_router_failover_and_failback_move_and_break_no_session() {
-    if !require_root("a_router_failover_and_failback_move_and_break_no_session") {
+    if !require_root!() {
         return;
     }
     // VRRP's own bounds: the backup takes over after three missed adverts plus its
@@ -55,7 +55,7 @@ fn a_router_failover_and_failback_move_and_break_no_session() {
 
 #[test]
 fn faster_adverts_switch_routers_faster_still_without_losing_a_session() {
-    if !require_root("faster_adverts_switch_routers_faster_still_without_losing_a_session") {
+    if !require_root!() {
         return;
     }
     // The same bounds at 0.3 s adverts.

@@ -40,7 +40,7 @@ fn lab(weights: &[u32], extra_config: &str) -> Lab {
 
 #[test]
 fn connections_arriving_on_an_uplink_are_answered_through_it() {
-    if !require_root("connections_arriving_on_an_uplink_are_answered_through_it") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1], "");
@@ -93,7 +93,7 @@ fn query_sources(lab: &Lab, log: &str) -> Vec<String> {
 
 #[test]
 fn pinned_resolvers_are_reached_through_their_own_isp() {
-    if !require_root("pinned_resolvers_are_reached_through_their_own_isp") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1], "");
@@ -161,7 +161,7 @@ fn pinned_resolvers_are_reached_through_their_own_isp() {
 
 #[test]
 fn a_pinned_lan_source_always_uses_its_uplink() {
-    if !require_root("a_pinned_lan_source_always_uses_its_uplink") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1], "");
@@ -195,7 +195,7 @@ fn a_pinned_lan_source_always_uses_its_uplink() {
 
 #[test]
 fn a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second() {
-    if !require_root("a_dhcp_renew_with_new_address_and_gateway_is_followed_within_a_second") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1], "");
@@ -306,7 +306,7 @@ fn sysctl(lab: &Lab, key: &str) -> String {
 
 #[test]
 fn host_settings_are_checked_set_and_restored() {
-    if !require_root("host_settings_are_checked_set_and_restored") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1], "");
@@ -425,7 +425,7 @@ fn host_settings_are_checked_set_and_restored() {
 
 #[test]
 fn what_others_remove_is_put_back() {
-    if !require_root("what_others_remove_is_put_back") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1], "");
@@ -500,7 +500,7 @@ fn what_others_remove_is_put_back() {
 
 #[test]
 fn a_point_to_point_uplink_works_like_any_other() {
-    if !require_root("a_point_to_point_uplink_works_like_any_other") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1], "");
@@ -595,7 +595,7 @@ fn a_point_to_point_uplink_works_like_any_other() {
 /// A static route added while running is followed at once, and removed again.
 #[test]
 fn a_static_route_in_the_main_table_wins_over_steering() {
-    if !require_root("a_static_route_in_the_main_table_wins_over_steering") {
+    if !require_root!() {
         return;
     }
     let mut lab = lab(&[1, 1, 1], "");
