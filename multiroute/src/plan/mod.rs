@@ -2,6 +2,8 @@
 //! tables, the rules that lead into them, the main-table multipath default and the
 //! datapath's map contents. Computed from the config and what the host shows; applied
 //! by `apply`; tested here without root against the seed's own commands.
+mod datapath;
+mod firewall;
 mod maglev;
 mod model;
 pub mod nft;
@@ -12,7 +14,7 @@ mod routing;
 pub mod slots;
 mod uplink;
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::collections::BTreeSet;
 
 pub use maglev::{Member, build_ring};
 pub use model::{
@@ -26,8 +28,8 @@ pub use uplink::{Hop, Readiness, UplinkPlan, health_name};
 use uplink::{active_tier, readiness, readiness6};
 
 use crate::{
-    config::{BalanceBy, Config, Failback, Nat6},
-    net::{Family, IpNet, Ipv6Net},
+    config::{Config, Failback},
+    net::{Family, IpNet},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,88 +86,21 @@ impl Plan {
         dead: &BTreeSet<String>,
         previous_slots: &slots::Slots,
     ) -> Result<Plan, PlanError> {
-        let slots = slots::assign(
-            previous_slots,
-            config.uplinks.iter().map(|u| u.name.as_str()),
-            config.numbering().capacity(),
-        );
-        let lan = config
-            .lan
-            .iter()
-            .map(|name| {
-                observed
-                    .get(name)
-                    .map(|iface| (name.clone(), iface.index))
-                    .ok_or_else(|| PlanError::MissingLan(name.clone()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let uplinks = config
-            .uplinks
-            .iter()
-            .map(|uplink| {
-                // Validation keeps the uplink count within the capacity.
-                let slot = slots.get(&uplink.name).copied().unwrap_or_default();
-                let iface =
-                    observed
-                        .get(&uplink.interface)
-                        .ok_or_else(|| PlanError::MissingUplink {
-                            uplink: uplink.name.clone(),
-                            interface: uplink.interface.clone(),
-                        })?;
-                let readiness = readiness(uplink, iface);
-                let readiness6 = readiness6(uplink, iface);
-                // Without IPv6 targets of its own (only IPv4 addresses listed),
-                // an uplink's IPv6 lives and dies with its IPv4.
-                let dead6 = if config.probes_ipv6(uplink) {
-                    dead.contains(&health_name(&uplink.name, Family::V6))
-                } else {
-                    dead.contains(&uplink.name)
-                };
-                Ok(UplinkPlan {
-                    name: uplink.name.clone(),
-                    slot,
-                    interface: uplink.interface.clone(),
-                    table: config.numbering().table(slot),
-                    mark: config.numbering().mark(slot),
-                    weight: uplink.weight,
-                    tier: uplink.tier,
-                    alive: matches!(readiness, Readiness::Ready { .. })
-                        && !dead.contains(&uplink.name),
-                    readiness,
-                    alive6: readiness6.is_ready() && !dead6,
-                    readiness6,
-                    nat6: uplink.nat6,
-                    standby: false,
-                })
-            })
-            .collect::<Result<Vec<_>, PlanError>>()?;
-        let mut uplinks = uplinks;
-        let active = active_tier(&uplinks, Family::V4);
-        if config.balance.failback == Failback::Move {
-            for uplink in &mut uplinks {
-                uplink.standby = uplink.alive && Some(uplink.tier) > active;
-            }
-        }
-
+        let lan = lan_interfaces(config, observed)?;
+        let uplinks = uplink_plans(config, observed, dead, previous_slots)?;
+        // Routing: the uplinks' tables, the rules into them, the main defaults.
         let routes = Family::ALL
             .into_iter()
             .flat_map(|family| table_routes(config, observed, &uplinks, family))
             .collect();
         let rule_uses = policy::uses(&config.rules, &uplinks);
-        let direct = Family::ALL.map(|family| (family, direct_destinations(observed, family)));
+        let direct = Family::ALL.map(|family| (family, datapath::direct(observed, family)));
         let rules = direct
             .iter()
             .flat_map(|(family, direct)| {
                 rules(config, &uplinks, &rule_uses, *family, direct.is_none())
             })
             .collect();
-        let direct = direct
-            .into_iter()
-            .flat_map(|(_, direct)| direct.unwrap_or_default())
-            .collect();
-        let policy = policy::datapath(&config.rules, |name| {
-            policy::named(&uplinks, name).map(|u| u.slot)
-        });
         let main_default = |family| {
             config
                 .routing
@@ -173,67 +108,29 @@ impl Plan {
                 .then(|| main_default(&uplinks, family))
                 .flatten()
         };
-        let (main_default, main_default6) = (main_default(Family::V4), main_default(Family::V6));
-        let mask = config.routing.fwmark_mask;
-        let used = uplinks.iter().map(|u| u.slot + 1).max().unwrap_or(0);
-        let mut datapath_uplinks = vec![multiroute_ebpf::Uplink::default(); used as usize];
-        for u in &uplinks {
-            datapath_uplinks[u.slot as usize] = multiroute_ebpf::Uplink {
-                mark: u.mark,
-                mask,
-                alive: u32::from(u.carries_in(Family::V4)),
-                alive6: u32::from(u.carries_in(Family::V6)),
-            };
-        }
-        let ring_of = |family| {
-            let active = active_tier(&uplinks, family);
-            let members: Vec<_> = uplinks
-                .iter()
-                .filter(|u| u.takes_new_flows_in(family, active))
-                .map(|u| Member {
-                    index: u.slot,
-                    name: &u.name,
-                    weight: u.weight,
-                })
-                .collect();
-            build_ring(&members, multiroute_ebpf::RING_SIZE)
-        };
-        let (ring, ring6) = (ring_of(Family::V4), ring_of(Family::V6));
-        let inbound = uplinks
-            .iter()
-            .filter(|u| matches!(u.readiness, Readiness::Ready { .. }))
-            .map(|u| nft::InboundMark {
-                interface: u.interface.clone(),
-                mark: u.mark | config.numbering().inbound_flag(),
-            })
-            .collect();
-        let lan6 = config
-            .lan
-            .iter()
-            .filter_map(|name| observed.get(name)?.addresses6.first())
-            .map(|address| address.network())
-            .next();
-        let nat6 = uplinks.iter().filter_map(|u| nat66(u, lan6)).collect();
+        // The datapath: uplink entries, rings, rules, the balance mode.
+        let policy = policy::datapath(&config.rules, |name| {
+            policy::named(&uplinks, name).map(|u| u.slot)
+        });
         Ok(Plan {
-            uplinks,
             routes,
             rules,
-            main_default,
-            main_default6,
-            datapath_uplinks,
-            ring,
-            ring6,
+            main_default: main_default(Family::V4),
+            main_default6: main_default(Family::V6),
+            datapath_uplinks: datapath::uplink_entries(&uplinks, config.routing.fwmark_mask),
+            ring: datapath::ring(&uplinks, Family::V4),
+            ring6: datapath::ring(&uplinks, Family::V6),
             lan,
-            inbound,
-            nat6,
-            balance_by: match config.balance.by {
-                BalanceBy::Connection => multiroute_ebpf::balance::CONNECTION,
-                BalanceBy::Addresses => multiroute_ebpf::balance::ADDRESSES,
-                BalanceBy::Source => multiroute_ebpf::balance::SOURCE,
-            },
+            inbound: firewall::inbound_marks(config, &uplinks),
+            nat6: firewall::nat66(config, observed, &uplinks),
+            balance_by: datapath::balance_by(config.balance.by),
             policy,
             rule_uses,
-            direct,
+            direct: direct
+                .into_iter()
+                .flat_map(|(_, direct)| direct.unwrap_or_default())
+                .collect(),
+            uplinks,
         })
     }
 }
@@ -256,30 +153,6 @@ impl Plan {
             })
             .collect()
     }
-}
-
-/// The IPv6 NAT of one uplink, when its IPv6 is ready and translated. `lan` is
-/// the LAN's IPv6 prefix (the first LAN interface's), which prefix translation
-/// maps; without one there is nothing to map.
-fn nat66(uplink: &UplinkPlan, lan: Option<Ipv6Net>) -> Option<nft::Nat66> {
-    let Readiness::Ready { address, .. } = uplink.readiness6 else {
-        return None;
-    };
-    let translation = match uplink.nat6 {
-        Nat6::None => return None,
-        Nat6::Masquerade => nft::Translation::Masquerade,
-        // Learned: the uplink's own prefix (its address's network). The LAN side
-        // is taken at the same length, so the mapping is 1:1 both ways.
-        Nat6::Npt { prefix } => {
-            let outside = prefix.unwrap_or(address.network());
-            let lan = Ipv6Net::new(lan?.addr, outside.prefix_len).network();
-            nft::Translation::Prefix { lan, outside }
-        }
-    };
-    Some(nft::Nat66 {
-        interface: uplink.interface.clone(),
-        translation,
-    })
 }
 
 impl Plan {
@@ -328,25 +201,79 @@ impl Plan {
     }
 }
 
-/// What the classifier leaves to the main table, of `family`: the destinations of
-/// the main table's specific routes, and the router's own addresses (the local
-/// table routes them first anyway; unmarked they are not counted as an uplink's).
-/// `None` when they are more than the datapath holds: the main table is then
-/// consulted before the marks instead.
-fn direct_destinations(observed: &Observed, family: Family) -> Option<BTreeSet<IpNet>> {
-    let own = observed.values().flat_map(|iface| {
-        let v4 = iface.addresses.iter().map(|a| IpAddr::V4(a.addr));
-        let v6 = iface.addresses6.iter().map(|a| IpAddr::V6(a.addr));
-        v4.chain(v6).map(IpNet::host)
-    });
-    let direct: BTreeSet<IpNet> = observed
-        .main_routes
+/// Every LAN interface with its ifindex, for the classifier.
+fn lan_interfaces(config: &Config, observed: &Observed) -> Result<Vec<(String, u32)>, PlanError> {
+    config
+        .lan
         .iter()
-        .copied()
-        .chain(own)
-        .filter(|net| net.family() == family)
-        .collect();
-    (direct.len() <= multiroute_ebpf::MAX_DIRECT_PREFIXES as usize).then_some(direct)
+        .map(|name| {
+            observed
+                .get(name)
+                .map(|iface| (name.clone(), iface.index))
+                .ok_or_else(|| PlanError::MissingLan(name.clone()))
+        })
+        .collect()
+}
+
+/// Each uplink's slot, numbers, readiness and liveness per family (`dead`: what
+/// health declared dead), and whether it stands by on a backup tier.
+fn uplink_plans(
+    config: &Config,
+    observed: &Observed,
+    dead: &BTreeSet<String>,
+    previous_slots: &slots::Slots,
+) -> Result<Vec<UplinkPlan>, PlanError> {
+    let slots = slots::assign(
+        previous_slots,
+        config.uplinks.iter().map(|u| u.name.as_str()),
+        config.numbering().capacity(),
+    );
+    let mut uplinks = config
+        .uplinks
+        .iter()
+        .map(|uplink| {
+            // Validation keeps the uplink count within the capacity.
+            let slot = slots.get(&uplink.name).copied().unwrap_or_default();
+            let iface =
+                observed
+                    .get(&uplink.interface)
+                    .ok_or_else(|| PlanError::MissingUplink {
+                        uplink: uplink.name.clone(),
+                        interface: uplink.interface.clone(),
+                    })?;
+            let readiness = readiness(uplink, iface);
+            let readiness6 = readiness6(uplink, iface);
+            // Without IPv6 targets of its own (only IPv4 addresses listed), an
+            // uplink's IPv6 lives and dies with its IPv4.
+            let dead6 = if config.probes_ipv6(uplink) {
+                dead.contains(&health_name(&uplink.name, Family::V6))
+            } else {
+                dead.contains(&uplink.name)
+            };
+            Ok(UplinkPlan {
+                name: uplink.name.clone(),
+                slot,
+                interface: uplink.interface.clone(),
+                table: config.numbering().table(slot),
+                mark: config.numbering().mark(slot),
+                weight: uplink.weight,
+                tier: uplink.tier,
+                alive: matches!(readiness, Readiness::Ready { .. }) && !dead.contains(&uplink.name),
+                readiness,
+                alive6: readiness6.is_ready() && !dead6,
+                readiness6,
+                nat6: uplink.nat6,
+                standby: false,
+            })
+        })
+        .collect::<Result<Vec<_>, PlanError>>()?;
+    let active = active_tier(&uplinks, Family::V4);
+    if config.balance.failback == Failback::Move {
+        for uplink in &mut uplinks {
+            uplink.standby = uplink.alive && Some(uplink.tier) > active;
+        }
+    }
+    Ok(uplinks)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ use std::{net::Ipv4Addr, path::Path};
 
 use super::slots::Slots;
 use super::*;
-use crate::net::Ipv4Net;
+use crate::net::{Ipv4Net, Ipv6Net};
 
 /// The seed's interfaces: eth0 LAN 192.168.0.1/24, eth1 DSL 142.154.64.7/24 via
 /// 142.154.64.1, eth2 cable 24.19.12.45/24 via 24.19.12.1, and its two DNS pins.
