@@ -76,18 +76,23 @@ pub async fn sync_main_default(
     plan: &Plan,
     observed: &Observed,
 ) -> Result<(), NetlinkError> {
+    // One dump serves both families: what one family's steps write, the other's
+    // do not read.
+    let routes = nl.routes().await?;
     for (family, wanted) in [
         (Family::V4, &plan.main_default),
         (Family::V6, &plan.main_default6),
     ] {
         match wanted {
             Some(route) => {
-                park_main_defaults(nl, config, family).await?;
+                park_main_defaults(nl, config, family, &routes).await?;
                 nl.replace_route(route, observed).await?;
-                remove_own_defaults(nl, family, |metric| metric != route.metric()).await?;
+                // Parking touched no own route, and the replace only the one at
+                // its metric: the dump still shows the stale ones.
+                remove_own_defaults(nl, family, &routes, |metric| metric != route.metric()).await?;
             }
             None => {
-                restore_main_defaults(nl, config, family).await?;
+                restore_main_defaults(nl, config, family, &routes).await?;
             }
         }
     }
@@ -110,8 +115,9 @@ pub async fn remove(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError
             removed += 1;
         }
     }
+    let routes = nl.routes().await?;
     for family in Family::ALL {
-        removed += restore_main_defaults(nl, config, family).await?;
+        removed += restore_main_defaults(nl, config, family, &routes).await?;
     }
     Ok(removed)
 }
@@ -216,10 +222,10 @@ async fn park_main_defaults(
     nl: &Netlink,
     config: &Config,
     family: Family,
+    routes: &[RouteMessage],
 ) -> Result<(), NetlinkError> {
-    let routes = nl.routes().await?;
     let saved = config.numbering().saved_default_table();
-    for message in &routes {
+    for message in routes {
         if route_table(message) == MAIN_TABLE
             && is_default(message, family)
             && !is_own_route(message)
@@ -229,7 +235,7 @@ async fn park_main_defaults(
                 "parking the main table's {} default route in table {saved}",
                 family.name()
             );
-            for old in &routes {
+            for old in routes {
                 if route_table(old) == saved
                     && is_default(old, family)
                     && route_oif(old).is_some()
@@ -252,20 +258,22 @@ fn route_oif(message: &RouteMessage) -> Option<u32> {
     })
 }
 
-/// Deletes multiroute's own main-table defaults of `family` whose metric `stale`
-/// picks (all of them, or one a previous release left at another metric).
+/// Deletes multiroute's own main-table defaults of `family` in `routes` whose
+/// metric `stale` picks (all of them, or one a previous release left at another
+/// metric).
 async fn remove_own_defaults(
     nl: &Netlink,
     family: Family,
+    routes: &[RouteMessage],
     stale: impl Fn(u32) -> bool,
 ) -> Result<(), NetlinkError> {
-    for message in nl.routes().await? {
-        if route_table(&message) == MAIN_TABLE
-            && is_default(&message, family)
-            && is_own_route(&message)
-            && stale(route_metric(&message))
+    for message in routes {
+        if route_table(message) == MAIN_TABLE
+            && is_default(message, family)
+            && is_own_route(message)
+            && stale(route_metric(message))
         {
-            nl.delete_route(message).await?;
+            nl.delete_route(message.clone()).await?;
         }
     }
     Ok(())
@@ -276,19 +284,20 @@ async fn restore_main_defaults(
     nl: &Netlink,
     config: &Config,
     family: Family,
+    routes: &[RouteMessage],
 ) -> Result<usize, NetlinkError> {
-    remove_own_defaults(nl, family, |_| true).await?;
+    remove_own_defaults(nl, family, routes, |_| true).await?;
     let mut restored = 0;
-    for message in nl.routes().await? {
-        if route_table(&message) == config.numbering().saved_default_table()
-            && is_default(&message, family)
+    for message in routes {
+        if route_table(message) == config.numbering().saved_default_table()
+            && is_default(message, family)
         {
             info!(
                 "restoring the main table's original {} default route",
                 family.name()
             );
-            nl.add_raw_route(scrub(&message), MAIN_TABLE).await?;
-            nl.delete_route(message).await?;
+            nl.add_raw_route(scrub(message), MAIN_TABLE).await?;
+            nl.delete_route(message.clone()).await?;
             restored += 1;
         }
     }
