@@ -218,7 +218,10 @@ impl Daemon {
     /// probe verdict that prompted this, if one did.
     async fn reconcile(&mut self, change: Option<Change>) {
         match apply::plan(&self.nl, &self.config, &self.health.dead()).await {
-            Ok((plan, observed)) => self.move_to(plan, &observed, change).await,
+            Ok((plan, observed)) => {
+                self.recheck_when_expiring(&observed);
+                self.move_to(plan, &observed, change).await
+            }
             Err(err) => {
                 error!("could not follow a change on the host, will retry on the next one: {err}")
             }
@@ -228,7 +231,6 @@ impl Daemon {
     /// Moves the kernel from the running plan to `plan`, then records and logs
     /// what changed.
     async fn move_to(&mut self, plan: Plan, observed: &Observed, change: Option<Change>) {
-        self.recheck_when_expiring(observed);
         let started = Instant::now();
         let update = apply::update(
             &self.nl,
