@@ -153,18 +153,20 @@ impl Netlink {
         set_table(&mut message, table);
         let mut add = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(message));
         add.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
-        let what = || format!("restoring a route into table {table}");
         let mut handle = self.handle.clone();
-        let mut answers = handle.request(add).map_err(request(what()))?;
-        while let Some(answer) = answers.next().await {
-            if let NetlinkPayload::Error(err) = answer.payload {
-                if err.raw_code().abs() == EEXIST {
-                    continue;
+        let added = async {
+            let mut answers = handle.request(add)?;
+            while let Some(answer) = answers.next().await {
+                if let NetlinkPayload::Error(err) = answer.payload {
+                    return Err(rtnetlink::Error::NetlinkError(err));
                 }
-                return Err(request(what())(rtnetlink::Error::NetlinkError(err)));
             }
+            Ok(())
+        };
+        match added.await {
+            Err(err) if errno(&err) == Some(EEXIST) => Ok(()),
+            other => other.map_err(request(format!("restoring a route into table {table}"))),
         }
-        Ok(())
     }
 
     /// Deletes a route; one already gone is fine.
