@@ -254,9 +254,4 @@ impl Lab {
     pub fn default_routes(&self, family: &str, table: &str) -> Result<Vec<serde_json::Value>> {
         self.router_json(&[family, "-j", "route", "show", "default", "table", table])
     }
-
-    fn router_json(&self, args: &[&str]) -> Result<Vec<serde_json::Value>> {
-        let out = self.ns(&self.router(), "ip", args)?;
-        serde_json::from_slice(&out.stdout).context("parsing ip -j")
-    }
 }

@@ -71,12 +71,14 @@ impl Lab {
         Ok(())
     }
 
+    /// What `ip ARGS` (with `-j`) prints in the router, parsed.
+    pub(crate) fn router_json(&self, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+        let out = self.ns(&self.router(), "ip", args)?;
+        serde_json::from_slice(&out.stdout).context("parsing ip -j")
+    }
+
     /// The router's protocol-77 rules and routes in the plan's `ip` syntax.
     fn kernel_lines(&self) -> Result<std::collections::BTreeSet<String>> {
-        let json = |args: &[&str]| -> Result<Vec<serde_json::Value>> {
-            let out = self.ns(&self.router(), "ip", args)?;
-            serde_json::from_slice(&out.stdout).context("parsing ip -j")
-        };
         let text = |v: &serde_json::Value| {
             v.as_str()
                 .map(str::to_owned)
@@ -88,7 +90,7 @@ impl Lab {
                 Some(len) if len != host => format!("{}/{len}", text(addr)),
                 _ => text(addr),
             };
-            for rule in json(&[flag, "-j", "rule", "show"])? {
+            for rule in self.router_json(&[flag, "-j", "rule", "show"])? {
                 if rule["protocol"] != "77" {
                     continue;
                 }
@@ -135,7 +137,9 @@ impl Lab {
                 }
                 lines.insert(line);
             }
-            for route in json(&[flag, "-j", "route", "show", "table", "all", "proto", "77"])? {
+            for route in
+                self.router_json(&[flag, "-j", "route", "show", "table", "all", "proto", "77"])?
+            {
                 let mut line = format!("{prefix}{}", text(&route["dst"]));
                 if let Some(hops) = route["nexthops"].as_array() {
                     for hop in hops {

@@ -434,35 +434,20 @@ impl Lab {
         Ok(())
     }
 
-    /// Sends `signal` to service `name` (`ip netns exec` execs the program, so the
-    /// child is the daemon itself).
+    /// Sends `signal` to service `name`.
     pub fn signal_service(&self, name: &str, signal: i32) -> Result<()> {
         let child = self
             .services
             .get(name)
             .with_context(|| format!("no service {name}"))?;
-        // SAFETY: kill(2) on a child we started and have not reaped.
-        ensure!(
-            unsafe { libc::kill(child.id() as i32, signal) } == 0,
-            "cannot signal {name}"
-        );
-        Ok(())
+        signal_child(child, signal, name)
     }
 
     /// Stops service `name` with `signal` and waits (bounded) for it to exit.
     pub fn stop_service(&mut self, name: &str, signal: i32) -> Result<()> {
         self.signal_service(name, signal)?;
         let mut child = self.services.remove(name).context("no such service")?;
-        let start = Instant::now();
-        while child.try_wait()?.is_none() {
-            if start.elapsed() > Duration::from_secs(5) {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{name} did not exit within 5 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        wait_exit(&mut child, Duration::from_secs(5), name).map(drop)
     }
 
     /// Starts dnsmasq in namespace `ns` (stopped with the lab), answering on
@@ -638,12 +623,7 @@ impl Lab {
     /// Sends `signal` to the running `load` without waiting.
     pub fn signal_router(&self, signal: i32) -> Result<()> {
         let child = self.router.as_ref().context("the router is not running")?;
-        // SAFETY: kill(2) on a child we started.
-        ensure!(
-            unsafe { libc::kill(child.id() as i32, signal) } == 0,
-            "cannot signal multiroute"
-        );
-        Ok(())
+        signal_child(child, signal, "multiroute")
     }
 
     /// Sends `signal` to the running `load` and waits for it to exit.
@@ -655,18 +635,7 @@ impl Lab {
     /// Waits (bounded) for the running `load` to exit, however it was told to.
     pub fn wait_router_exit(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.router.take().context("the router is not running")?;
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().context("waiting for multiroute")? {
-                return Ok(status);
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("multiroute did not exit within 15 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_exit(&mut child, Duration::from_secs(15), "multiroute")
     }
 
     /// Stops the running `load` with SIGTERM, which must exit 0 and leave steering
@@ -712,6 +681,36 @@ impl Drop for Lab {
         let _ = std::fs::remove_dir_all(self.netns_etc());
         let _ = run("umount", &[&self.dir.join("bpf").to_string_lossy()]);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `signal` to `child` (`ip netns exec` execs its program, so the child is
+/// the program itself).
+fn signal_child(child: &Child, signal: i32, what: &str) -> Result<()> {
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    ensure!(
+        unsafe { libc::kill(child.id() as i32, signal) } == 0,
+        "cannot signal {what}"
+    );
+    Ok(())
+}
+
+/// Waits up to `limit` for `child` to exit; past it, kills it and fails.
+fn wait_exit(child: &mut Child, limit: Duration, what: &str) -> Result<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {what}"))?
+        {
+            return Ok(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not exit within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
