@@ -363,11 +363,12 @@ pub struct SlotName {
 pub struct Uplink {
     pub mark: u32,
     pub mask: u32,
-    /// Non-zero while the uplink may carry IPv4 traffic. Flows on a dead uplink
-    /// are re-steered through the ring on their next packet.
-    pub alive: u32,
+    /// Non-zero while the uplink may carry IPv4 traffic: alive and not standing
+    /// by on a backup tier. Flows on an uplink that does not are re-steered
+    /// through the ring on their next packet.
+    pub carries: u32,
     /// The same for IPv6: an ISP's IPv6 can be broken while its IPv4 works.
-    pub alive6: u32,
+    pub carries6: u32,
 }
 
 /// Per-uplink, per-CPU traffic the datapath steered.

@@ -112,7 +112,7 @@ trait Family {
     fn flows() -> &'static LruHashMap<Self::Key, Flow>;
     fn affinity() -> &'static LruHashMap<Self::Key, u32>;
     fn ring() -> &'static Array<u32>;
-    fn alive(uplink: &Uplink) -> bool;
+    fn carries(uplink: &Uplink) -> bool;
     /// The rule bitmaps of the key's source and destination prefixes.
     fn rule_prefixes(key: &Self::Key) -> (u64, u64);
     /// The main table routes the key's destination specifically.
@@ -138,8 +138,8 @@ impl Family for V4 {
         &RING
     }
     #[inline(always)]
-    fn alive(uplink: &Uplink) -> bool {
-        uplink.alive != 0
+    fn carries(uplink: &Uplink) -> bool {
+        uplink.carries != 0
     }
     #[inline(always)]
     fn rule_prefixes(key: &FlowKey) -> (u64, u64) {
@@ -172,8 +172,8 @@ impl Family for V6 {
         &RING6
     }
     #[inline(always)]
-    fn alive(uplink: &Uplink) -> bool {
-        uplink.alive6 != 0
+    fn carries(uplink: &Uplink) -> bool {
+        uplink.carries6 != 0
     }
     #[inline(always)]
     fn rule_prefixes(key: &FlowKey6) -> (u64, u64) {
@@ -421,7 +421,7 @@ fn ring_choice<F: Family>(key: &F::Key) -> Option<u32> {
 #[inline(always)]
 fn live_uplink<F: Family>(index: u32) -> Option<(u32, Uplink)> {
     let uplink = UPLINKS.get(index)?;
-    F::alive(uplink).then_some((index, *uplink))
+    F::carries(uplink).then_some((index, *uplink))
 }
 
 /// Remembers the flow's uplink and what chose it; counts `outcome`, or the failed

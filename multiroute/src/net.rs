@@ -154,6 +154,22 @@ impl IpNet {
         }
     }
 
+    /// The IPv6 prefix, if it is one.
+    pub fn v6(self) -> Option<Ipv6Net> {
+        match self {
+            IpNet::V6(net) => Some(net),
+            IpNet::V4(_) => None,
+        }
+    }
+
+    /// The network this prefix belongs to (host bits cleared).
+    pub fn network(self) -> Self {
+        match self {
+            IpNet::V4(net) => IpNet::V4(net.network()),
+            IpNet::V6(net) => IpNet::V6(net.network()),
+        }
+    }
+
     pub fn prefix_len(self) -> u8 {
         match self {
             IpNet::V4(net) => net.prefix_len,
@@ -232,6 +248,58 @@ impl Family {
         match self {
             Family::V4 => "ipv4",
             Family::V6 => "ipv6",
+        }
+    }
+}
+
+/// One value per address family, indexed by [`Family`]: routes, rules, rings and
+/// health are kept per family, by one piece of code for both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerFamily<T> {
+    pub v4: T,
+    pub v6: T,
+}
+
+impl<T> PerFamily<T> {
+    pub fn from_fn(mut f: impl FnMut(Family) -> T) -> Self {
+        Self {
+            v4: f(Family::V4),
+            v6: f(Family::V6),
+        }
+    }
+
+    pub fn map<U>(self, mut f: impl FnMut(Family, T) -> U) -> PerFamily<U> {
+        PerFamily {
+            v4: f(Family::V4, self.v4),
+            v6: f(Family::V6, self.v6),
+        }
+    }
+
+    /// Each family with its value, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = (Family, &T)> {
+        [(Family::V4, &self.v4), (Family::V6, &self.v6)].into_iter()
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        [&self.v4, &self.v6].into_iter()
+    }
+}
+
+impl<T> std::ops::Index<Family> for PerFamily<T> {
+    type Output = T;
+    fn index(&self, family: Family) -> &T {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Family> for PerFamily<T> {
+    fn index_mut(&mut self, family: Family) -> &mut T {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
         }
     }
 }

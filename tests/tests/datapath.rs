@@ -53,8 +53,8 @@ fn configure_families(
         let uplink = Uplink {
             mark: *mark,
             mask: MASK,
-            alive: u32::from(alive[i]),
-            alive6: u32::from(alive6[i]),
+            carries: u32::from(alive[i]),
+            carries6: u32::from(alive6[i]),
         };
         dp.maps
             .set_uplink(i as u32, uplink)
@@ -71,10 +71,11 @@ fn configure_families(
             .collect();
         build_ring(&members, RING_SIZE)
     };
-    dp.maps.write_ring(&ring(alive)).expect("writing the ring");
-    dp.maps
-        .write_ring6(&ring(alive6))
-        .expect("writing the IPv6 ring");
+    let rings = multiroute::net::PerFamily {
+        v4: ring(alive),
+        v6: ring(alive6),
+    };
+    dp.maps.write_rings(&rings).expect("writing the rings");
 }
 
 fn verdict(dp: &mut LoadedDatapath, packet: &[u8]) -> Verdict {

@@ -462,11 +462,9 @@ fn what_others_remove_is_put_back() {
     let mut maps = multiroute::apply::datapath::Maps::open(&lab.pin_path()).unwrap();
     maps.set_uplink(0, multiroute_ebpf::Uplink::default())
         .unwrap();
-    maps.write_ring(&vec![
-        multiroute_ebpf::NO_UPLINK;
-        multiroute_ebpf::RING_SIZE as usize
-    ])
-    .unwrap();
+    let nowhere = vec![multiroute_ebpf::NO_UPLINK; multiroute_ebpf::RING_SIZE as usize];
+    maps.write_rings(&multiroute::net::PerFamily::from_fn(|_| nowhere.clone()))
+        .unwrap();
     // The periodic check may have run between the two writes and mended half of
     // the damage: only a repair that started after both proves the maps whole.
     let map_repairs = || lab.router_log().matches("the datapath maps").count();

@@ -90,10 +90,11 @@ pub async fn apply(
     let pin_path = &config.routing.pin_path;
     // The main table's lookup stays in front of the marks until the classifier
     // leaves its destinations unmarked (see `Plan::rules_main_first`).
-    let guarded = plan.rules_main_first(config.routing.rule_priority);
-    routing::sync_with_rules(nl, config, plan, &guarded, observed).await?;
-    nftables::apply(plan, config)?;
-    let mut datapath = Datapath::load(pin_path, plan.balance_by)?;
+    let guarded = plan.routing.rules_main_first(config.routing.rule_priority);
+    routing::sync_tables(nl, config, &plan.routing, observed).await?;
+    routing::sync_rules(nl, config, &guarded).await?;
+    nftables::apply(&plan.firewall, config)?;
+    let mut datapath = Datapath::load(pin_path, plan.datapath.balance_by)?;
     let mut maps = Maps::open(pin_path)?;
     maps.write_uplinks(plan)?;
     let mut takeover = Takeover {
@@ -107,15 +108,14 @@ pub async fn apply(
     }
     // Before the classifier sees a packet: a flow to a direct destination must
     // never carry a mark, which would skip the main table's lookup.
-    maps.write_direct(&plan.direct)?;
-    datapath.attach(&plan.lan)?;
+    maps.write_direct(&plan.datapath.direct)?;
+    datapath.attach(&plan.datapath.lan)?;
     takeover.seeded = seed_from_conntrack(&mut maps, plan).await?;
-    maps.write_ring(&plan.ring)?;
-    maps.write_ring6(&plan.ring6)?;
-    maps.write_policy(&plan.policy)?;
+    maps.write_rings(&plan.datapath.ring)?;
+    maps.write_policy(&plan.datapath.policy)?;
     (takeover.resolved, takeover.forgotten) = resolve_pending(&mut maps, plan).await?;
-    routing::sync_rules(nl, config, &plan.rules).await?;
-    routing::sync_main_default(nl, config, plan, observed).await?;
+    routing::sync_rules(nl, config, &plan.routing.rules).await?;
+    routing::sync_main_default(nl, config, &plan.routing, observed).await?;
     Ok((datapath, maps, takeover))
 }
 
@@ -157,7 +157,7 @@ async fn seed_from_conntrack(maps: &mut Maps, plan: &Plan) -> Result<usize, Appl
     let slot_of = plan
         .uplinks
         .iter()
-        .flat_map(|u| Family::ALL.map(|family| Some((u.address_in(family)?, u.slot))))
+        .flat_map(|u| Family::ALL.map(|family| Some((u.address(family)?, u.slot))))
         .flatten()
         .collect();
     seed_sessions(maps, &slot_of, datapath::Seeding::FillGaps).await
@@ -229,7 +229,7 @@ pub async fn update(
     let arrived: Vec<_> = now.difference(&before).cloned().collect();
     let mut seeded = 0;
     let routing = if stopped.is_empty() {
-        let changed = routing::apply(nl, config, plan, observed).await?;
+        let changed = routing::apply(nl, config, &plan.routing, observed).await?;
         if !arrived.is_empty() {
             maps.write_uplinks(plan)?;
             seeded = seed_arrived(maps, plan, &arrived).await?;
@@ -238,12 +238,12 @@ pub async fn update(
         changed
     } else {
         maps.write_plan(plan)?;
-        let changed = routing::apply(nl, config, plan, observed).await?;
+        let changed = routing::apply(nl, config, &plan.routing, observed).await?;
         seeded = seed_arrived(maps, plan, &arrived).await?;
         changed
     };
-    if plan.inbound != previous.inbound || plan.nat6 != previous.nat6 {
-        nftables::apply(plan, config)?;
+    if plan.firewall != previous.firewall {
+        nftables::apply(&plan.firewall, config)?;
     }
     let mut flushed = Vec::new();
     // Only while the address is still here: one that left the host (keepalived
@@ -330,8 +330,8 @@ fn carried_addresses(plan: &Plan) -> BTreeSet<(String, IpAddr)> {
     plan.uplinks
         .iter()
         .flat_map(|u| Family::ALL.map(|family| (u, family)))
-        .filter(|(u, family)| u.carries_in(*family))
-        .filter_map(|(u, family)| Some((u.name.clone(), u.address_in(family)?)))
+        .filter(|(u, family)| u.carries(*family))
+        .filter_map(|(u, family)| Some((u.name.clone(), u.address(family)?)))
         .collect()
 }
 
@@ -368,7 +368,7 @@ pub async fn repair(
     observed: &Observed,
 ) -> Result<Vec<String>, ApplyError> {
     let mut repaired = Vec::new();
-    let routing = routing::apply(nl, config, plan, observed).await?;
+    let routing = routing::apply(nl, config, &plan.routing, observed).await?;
     if routing > 0 {
         repaired.push(format!("{routing} rules or routes"));
     }
@@ -379,8 +379,13 @@ pub async fn repair(
         ));
     }
     let attached = datapath::attached_interfaces(&config.routing.pin_path)?;
-    if plan.lan.iter().any(|(name, _)| !attached.contains(name)) {
-        datapath.attach(&plan.lan)?;
+    if plan
+        .datapath
+        .lan
+        .iter()
+        .any(|(name, _)| !attached.contains(name))
+    {
+        datapath.attach(&plan.datapath.lan)?;
         repaired.push("the classifier's link pins".to_owned());
     }
     let maps_differ = maps.differences(plan)?;
@@ -394,10 +399,10 @@ pub async fn repair(
 /// Puts multiroute's nftables table back if something took it (a firewall reload
 /// flushing the ruleset); returns whether it had to.
 pub fn restore_nft_table(config: &Config, plan: &Plan) -> Result<bool, ApplyError> {
-    if (plan.inbound.is_empty() && plan.nat6.is_empty()) || nftables::present()? {
+    if plan.firewall.is_empty() || nftables::present()? {
         return Ok(false);
     }
-    nftables::apply(plan, config)?;
+    nftables::apply(&plan.firewall, config)?;
     Ok(true)
 }
 

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use crate::plan::{Plan, nft};
+use crate::plan::{FirewallPlan, nft};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -41,7 +41,7 @@ fn checked(output: std::process::Output) -> Result<(), NftError> {
 }
 
 /// Replaces multiroute's table with the plan's.
-pub fn apply(plan: &Plan, config: &crate::config::Config) -> Result<(), NftError> {
+pub fn apply(plan: &FirewallPlan, config: &crate::config::Config) -> Result<(), NftError> {
     let ruleset = nft::ruleset(
         &plan.inbound,
         &plan.nat6,

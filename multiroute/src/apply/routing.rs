@@ -18,7 +18,7 @@ use crate::netlink::{
 use crate::{
     config::{Config, RULE_PRIORITY_SPAN},
     net::Family,
-    plan::{MAIN_DEFAULT_METRIC, MAIN_TABLE, Observed, Plan, Rule},
+    plan::{MAIN_DEFAULT_METRIC, MAIN_TABLE, Observed, RoutingPlan, Rule},
 };
 
 /// Tables multiroute may own: the saved-default table and one per possible uplink.
@@ -37,34 +37,13 @@ fn own_priorities(config: &Config) -> std::ops::Range<u32> {
 pub async fn apply(
     nl: &Netlink,
     config: &Config,
-    plan: &Plan,
+    plan: &RoutingPlan,
     observed: &Observed,
 ) -> Result<usize, NetlinkError> {
-    let changed = sync(nl, config, plan, observed).await?;
+    let changed = sync_tables(nl, config, plan, observed).await?
+        + sync_rules(nl, config, &plan.rules).await?;
     sync_main_default(nl, config, plan, observed).await?;
     Ok(changed)
-}
-
-/// The per-uplink tables and the rules into them, without touching the main
-/// table's default. Returns how many routes and rules had to be added or removed.
-pub async fn sync(
-    nl: &Netlink,
-    config: &Config,
-    plan: &Plan,
-    observed: &Observed,
-) -> Result<usize, NetlinkError> {
-    sync_with_rules(nl, config, plan, &plan.rules, observed).await
-}
-
-/// The tables, with `rules` for the plan's rules (see `Plan::rules_main_first`).
-pub async fn sync_with_rules(
-    nl: &Netlink,
-    config: &Config,
-    plan: &Plan,
-    rules: &[Rule],
-    observed: &Observed,
-) -> Result<usize, NetlinkError> {
-    Ok(sync_tables(nl, config, plan, observed).await? + sync_rules(nl, config, rules).await?)
 }
 
 /// The main table's defaults, per family: multiroute's weighted multipath route
@@ -73,16 +52,13 @@ pub async fn sync_with_rules(
 pub async fn sync_main_default(
     nl: &Netlink,
     config: &Config,
-    plan: &Plan,
+    plan: &RoutingPlan,
     observed: &Observed,
 ) -> Result<(), NetlinkError> {
     // One dump serves both families: what one family's steps write, the other's
     // do not read.
     let routes = nl.routes().await?;
-    for (family, wanted) in [
-        (Family::V4, &plan.main_default),
-        (Family::V6, &plan.main_default6),
-    ] {
+    for (family, wanted) in plan.main_default.iter() {
         match wanted {
             Some(route) => {
                 park_main_defaults(nl, config, family, &routes).await?;
@@ -122,13 +98,14 @@ pub async fn remove(nl: &Netlink, config: &Config) -> Result<usize, NetlinkError
     Ok(removed)
 }
 
-/// Adds (replaces) what is missing before removing what is stale, so a table's
-/// default never disappears while it changes gateway. A stale route the replace
-/// already overwrote is gone by then, which the delete takes as success.
-async fn sync_tables(
+/// The per-uplink tables. Adds (replaces) what is missing before removing what is
+/// stale, so a table's default never disappears while it changes gateway. A stale
+/// route the replace already overwrote is gone by then, which the delete takes as
+/// success. Returns how many routes had to be added or removed.
+pub async fn sync_tables(
     nl: &Netlink,
     config: &Config,
-    plan: &Plan,
+    plan: &RoutingPlan,
     observed: &Observed,
 ) -> Result<usize, NetlinkError> {
     let wanted: BTreeSet<_> = plan.routes.iter().collect();
@@ -165,10 +142,9 @@ async fn sync_tables(
     Ok(changed)
 }
 
-/// Adds what is missing before removing what is stale: a rule that changes (a new
-/// address, a new priority) never leaves a gap in which its traffic would fall
-/// through to another uplink.
-/// Brings multiroute's rules to `rules`.
+/// Brings multiroute's rules to `rules`. Adds what is missing before removing what
+/// is stale: a rule that changes (a new address, a new priority) never leaves a
+/// gap in which its traffic would fall through to another uplink.
 pub async fn sync_rules(
     nl: &Netlink,
     config: &Config,

@@ -4,9 +4,11 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::{Context as _, anyhow};
 use multiroute::{
     apply::{self, datapath, host},
+    config::Config,
     instance,
+    net::Family,
     netlink::Netlink,
-    plan::Readiness,
+    plan::{Plan, Readiness},
     run::control::{self, Request, Response},
 };
 
@@ -14,7 +16,7 @@ use super::{CommandResult, Failure, read_config, runtime};
 
 /// The running load's plan (it knows which uplinks are dead) or, without one, the
 /// plan for the host as it is.
-fn print_plan(config: &multiroute::config::Config, computed: Vec<String>) -> CommandResult {
+fn print_plan(config: &Config, computed: Vec<String>) -> CommandResult {
     let running = control::ask(&config.control.socket, &Request::Plan)
         .context("asking the running multiroute for its plan")?;
     let (lines, source) = match running {
@@ -38,8 +40,48 @@ pub fn run(config_path: &Path, show_plan: bool) -> CommandResult {
         config_path.display(),
         config.uplinks.len()
     );
-    let mut problems = Vec::new();
+    let mut problems = system_problems(&config);
+    let (plan, assessment) = runtime()?.block_on(async {
+        let nl = Netlink::connect().context("connecting to the kernel")?;
+        let (plan, _) = apply::plan(&nl, &config, &BTreeSet::new())
+            .await
+            .map_err(Failure::from)?;
+        let facts = host::facts(&nl, &config)
+            .await
+            .context("reading the host's settings")?;
+        Ok::<_, Failure>((plan, host::assess(&config, &facts)))
+    })?;
+    for change in &assessment.changes {
+        println!(
+            "note: load will set {} = {} (now {}): {}; unload restores it",
+            change.key, change.to, change.from, change.why
+        );
+    }
+    for warning in &assessment.warnings {
+        println!("warning: {warning}");
+    }
+    problems.extend(assessment.conflicts);
+    print_interfaces(&plan);
+    if show_plan {
+        print_plan(&config, plan.lines())?;
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+        Err(Failure::Runtime(anyhow!(
+            "{} problem(s) found on this host",
+            problems.len()
+        )))
+    }
+}
 
+/// Root, the kernel, the bpffs and a running instance: what `load` needs of the
+/// system before it looks at interfaces. Prints what is fine, returns problems.
+fn system_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         problems.push("not running as root: load needs CAP_NET_ADMIN and CAP_BPF".to_owned());
@@ -69,70 +111,40 @@ pub fn run(config_path: &Path, show_plan: bool) -> CommandResult {
     if let Some(pid) = instance::running(&config.control.socket) {
         println!("note: multiroute is running for this config (PID {pid})");
     }
+    problems
+}
 
-    let (plan, assessment) = runtime()?.block_on(async {
-        let nl = Netlink::connect().context("connecting to the kernel")?;
-        let (plan, _) = apply::plan(&nl, &config, &BTreeSet::new())
-            .await
-            .map_err(Failure::from)?;
-        let facts = host::facts(&nl, &config)
-            .await
-            .context("reading the host's settings")?;
-        Ok::<_, Failure>((plan, host::assess(&config, &facts)))
-    })?;
-    for change in &assessment.changes {
-        println!(
-            "note: load will set {} = {} (now {}): {}; unload restores it",
-            change.key, change.to, change.from, change.why
-        );
-    }
-    for warning in &assessment.warnings {
-        println!("warning: {warning}");
-    }
-    problems.extend(assessment.conflicts);
-    for (name, index) in &plan.lan {
+/// The LAN interfaces and each uplink's readiness per family.
+fn print_interfaces(plan: &Plan) {
+    for (name, index) in &plan.datapath.lan {
         println!("ok: LAN interface {name} (ifindex {index})");
     }
     for uplink in &plan.uplinks {
-        match (&uplink.readiness, uplink.readiness.problem()) {
-            (Readiness::Ready { address, gateway }, _) => println!(
-                "ok: uplink {} on {}: address {address}, gateway {gateway}, table {}, mark {:#x}",
-                uplink.name, uplink.interface, uplink.table, uplink.mark
-            ),
-            (_, problem) => println!(
-                "warning: uplink {} on {}: {}",
-                uplink.name,
-                uplink.interface,
-                problem.unwrap_or_default()
-            ),
+        for (family, readiness) in uplink.readiness.iter() {
+            let side = match family {
+                Family::V4 => format!("{} on {}", uplink.name, uplink.interface),
+                Family::V6 => format!("{} IPv6", uplink.name),
+            };
+            match (family, readiness) {
+                (Family::V4, Readiness::Ready { address, gateway }) => println!(
+                    "ok: uplink {side}: address {address}, gateway {gateway}, table {}, mark {:#x}",
+                    uplink.table, uplink.mark
+                ),
+                (Family::V6, Readiness::Ready { address, gateway }) => {
+                    println!("ok: uplink {side}: address {address}, gateway {gateway}")
+                }
+                // IPv6 is optional: an uplink without it is not a warning.
+                (Family::V6, Readiness::NoAddress) => {}
+                (Family::V4, other) => println!(
+                    "warning: uplink {side}: {}",
+                    other.problem(family).unwrap_or_default()
+                ),
+                (Family::V6, other) => println!(
+                    "warning: uplink {side}: {} (its IPv6 carries nothing until it has both an address and a gateway; set `gateway6` or let an RA announce one)",
+                    other.state()
+                ),
+            }
         }
-        // IPv6 is optional: an uplink without it is not a warning.
-        match &uplink.readiness6 {
-            Readiness::Ready { address, gateway } => println!(
-                "ok: uplink {} IPv6: address {address}, gateway {gateway}",
-                uplink.name
-            ),
-            Readiness::NoAddress => {}
-            other => println!(
-                "warning: uplink {} IPv6: {} (its IPv6 carries nothing until it has both an address and a gateway; set `gateway6` or let an RA announce one)",
-                uplink.name,
-                other.state()
-            ),
-        }
-    }
-    if show_plan {
-        print_plan(&config, plan.lines())?;
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        for problem in &problems {
-            println!("problem: {problem}");
-        }
-        Err(Failure::Runtime(anyhow!(
-            "{} problem(s) found on this host",
-            problems.len()
-        )))
     }
 }
 

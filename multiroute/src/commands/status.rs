@@ -12,11 +12,10 @@ use multiroute::{
     },
     instance,
     netlink::Netlink,
-    plan::Readiness,
     run::{
-        DaemonReport, UplinkReport,
+        DaemonReport,
         control::{self, Request, Response},
-        health::TargetReport,
+        view::{Counted, UplinkView},
     },
 };
 use serde::Serialize;
@@ -39,7 +38,7 @@ struct Status {
     fail_open: bool,
     /// No uplink has its address: the backup of a VRRP pair, steering nothing.
     standby: bool,
-    uplinks: Vec<UplinkStatus>,
+    uplinks: Vec<UplinkView>,
     /// Policy rules in the order they are matched (`pin`/`pin_from` first).
     rules: Vec<RuleStatus>,
     /// Datapath outcome counters of IPv4 (flow_hit, flow_new, pass_not_ip, …).
@@ -58,49 +57,6 @@ struct RuleStatus {
     /// The uplink it uses now (the running daemon's view; without one, the first
     /// ready uplink); null when none is alive and its traffic is balanced.
     using: Option<String>,
-}
-
-#[derive(Serialize)]
-struct UplinkStatus {
-    name: String,
-    /// "up", "down" or "drained" (alive, weight 0: keeps its flows, takes no new ones).
-    state: &'static str,
-    weight: u32,
-    /// Lower is preferred: new flows use the best tier with a live uplink.
-    tier: u32,
-    /// Takes new flows now: alive, weighted and on the best live tier.
-    new_flows: bool,
-    interface: String,
-    address: Option<String>,
-    gateway: Option<String>,
-    table: u32,
-    mark: String,
-    flows: usize,
-    packets: u64,
-    bytes: u64,
-    /// Since when the uplink is in its state (Unix seconds; null without a daemon).
-    since: Option<f64>,
-    /// Why it is in that state.
-    reason: Option<String>,
-    /// Up/down transitions since `load` started.
-    state_changes: u64,
-    /// Last probe round-trip time, from the best answering target.
-    rtt_ms: Option<f64>,
-    /// Probe loss over the last probes of the best target, in percent.
-    loss_percent: Option<f64>,
-    probes: Vec<TargetReport>,
-    ipv6: Ipv6Status,
-}
-
-/// An uplink's IPv6 side: judged apart from its IPv4.
-#[derive(Serialize)]
-struct Ipv6Status {
-    /// "up", "down", or why it cannot carry IPv6 ("no address", "no gateway",
-    /// "link down").
-    state: &'static str,
-    address: Option<String>,
-    gateway: Option<String>,
-    probes: Vec<TargetReport>,
 }
 
 pub fn run(config_path: &Path, json: bool) -> CommandResult {
@@ -127,81 +83,23 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         .as_ref()
         .map(Maps::flows_per_uplink)
         .unwrap_or_default();
-    let mut uplinks = Vec::new();
-    for uplink in &plan.uplinks {
-        let index = uplink.slot;
-        let traffic = maps
-            .as_ref()
-            .and_then(|m| m.traffic(index).ok())
-            .unwrap_or_default();
-        let (address, gateway) = match &uplink.readiness {
-            // A point-to-point link shows its peer (null when its address names none).
-            Readiness::Ready { address, gateway } => (
-                Some(address.to_string()),
-                gateway.probe_address().map(|g| g.to_string()),
-            ),
-            Readiness::NoGateway { address } => (Some(address.to_string()), None),
-            Readiness::NoAddress | Readiness::LinkDown => (None, None),
-        };
-        let daemon_view = health
-            .as_ref()
-            .and_then(|h| h.uplinks.iter().find(|u| u.name == uplink.name));
-        let alive = daemon_view.map_or(uplink.alive, |u| u.alive);
-        // `multiroute weight` changes live in the daemon, not in the file.
-        let weight = daemon_view.map_or(uplink.weight, |u| u.weight);
-        let state = match (alive, weight) {
-            (false, _) => "down",
-            (true, 0) => "drained",
-            (true, _) => "up",
-        };
-        let new_flows =
-            daemon_view.map_or(uplink.takes_new_flows(plan.active_tier()), |u| u.new_flows);
-        let ipv6 = Ipv6Status {
-            state: match (
-                &uplink.readiness6,
-                daemon_view.map_or(uplink.alive6, |u| u.alive6),
-            ) {
-                (Readiness::Ready { .. }, true) => "up",
-                (Readiness::Ready { .. }, false) => "down",
-                (other, _) => other.state(),
-            },
-            address: match &uplink.readiness6 {
-                Readiness::Ready { address, .. } | Readiness::NoGateway { address } => {
-                    Some(address.to_string())
-                }
-                Readiness::LinkDown | Readiness::NoAddress => None,
-            },
-            gateway: match &uplink.readiness6 {
-                Readiness::Ready { gateway, .. } => gateway.probe_address().map(|g| g.to_string()),
-                _ => None,
-            },
-            probes: daemon_view.map(|u| u.probes6.clone()).unwrap_or_default(),
-        };
-        uplinks.push(UplinkStatus {
-            name: uplink.name.clone(),
-            state,
-            weight,
-            tier: uplink.tier,
-            new_flows,
-            interface: uplink.interface.clone(),
-            address,
-            gateway,
-            table: uplink.table,
-            mark: format!("{:#x}", uplink.mark),
-            flows: flows.get(&index).copied().unwrap_or(0),
-            packets: traffic.packets,
-            bytes: traffic.bytes,
-            since: daemon_view.map(|u| u.since),
-            reason: daemon_view
-                .map(|u| u.reason.clone())
-                .or_else(|| uplink.readiness.problem().map(str::to_owned)),
-            state_changes: daemon_view.map_or(0, |u| u.state_changes),
-            rtt_ms: daemon_view.and_then(best_rtt),
-            loss_percent: daemon_view.and_then(best_loss),
-            probes: daemon_view.map(|u| u.probes.clone()).unwrap_or_default(),
-            ipv6,
-        });
-    }
+    let uplinks = plan
+        .uplinks
+        .iter()
+        .map(|uplink| {
+            let counted = Counted {
+                traffic: maps
+                    .as_ref()
+                    .and_then(|m| m.traffic(uplink.slot).ok())
+                    .unwrap_or_default(),
+                flows: flows.get(&uplink.slot).copied().unwrap_or(0),
+            };
+            let daemon_view = health
+                .as_ref()
+                .and_then(|h| h.uplinks.iter().find(|u| u.name == uplink.name));
+            UplinkView::new(uplink, plan.active_tier(), daemon_view, counted)
+        })
+        .collect();
     let counters = |family| {
         maps.as_ref()
             .and_then(|m| m.counters(family).ok())
@@ -252,23 +150,6 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         print_table(&status);
     }
     Ok(())
-}
-
-fn best_rtt(health: &UplinkReport) -> Option<f64> {
-    health
-        .probes
-        .iter()
-        .filter(|p| p.up)
-        .filter_map(|p| p.rtt_ms)
-        .reduce(f64::min)
-}
-
-fn best_loss(health: &UplinkReport) -> Option<f64> {
-    health
-        .probes
-        .iter()
-        .map(|p| p.loss_percent)
-        .reduce(f64::min)
 }
 
 /// "12s", "4m", "3h", "2d": how long ago `since` was.
@@ -354,8 +235,8 @@ fn print_table(status: &Status) {
             &u.weight.to_string(),
             &format!("{}{}", u.tier, if u.new_flows { "" } else { "*" }),
             &u.interface,
-            u.address.as_deref().unwrap_or("-"),
-            u.gateway.as_deref().unwrap_or("-"),
+            u.ipv4.address.as_deref().unwrap_or("-"),
+            u.ipv4.gateway.as_deref().unwrap_or("-"),
             &u.table.to_string(),
             &u.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
             &u.loss_percent.map_or("-".into(), |p| format!("{p:.0}%")),
@@ -367,13 +248,17 @@ fn print_table(status: &Status) {
     if status.uplinks.iter().any(|u| !u.new_flows) {
         println!("TIER *: takes no new flows now (down, drained, or a better tier is live)");
     }
-    for u in status.uplinks.iter().filter(|u| u.ipv6.address.is_some()) {
+    for u in status
+        .uplinks
+        .iter()
+        .filter(|u| u.ipv6.side.address.is_some())
+    {
         println!(
             "{} IPv6 {}: {} via {}",
             u.name,
             u.ipv6.state,
-            u.ipv6.address.as_deref().unwrap_or("-"),
-            u.ipv6.gateway.as_deref().unwrap_or("-")
+            u.ipv6.side.address.as_deref().unwrap_or("-"),
+            u.ipv6.side.gateway.as_deref().unwrap_or("-")
         );
     }
     for u in status.uplinks.iter().filter(|u| u.state == "down") {

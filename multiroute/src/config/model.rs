@@ -1,13 +1,13 @@
 //! The validated config: what the user asked for, every field known good.
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
 };
 
 use serde::Deserialize;
 
 use super::{numbering::Numbering, policy::PolicyRule, probe_target::ProbeTarget};
-use crate::net::Ipv6Net;
+use crate::net::{Ipv6Net, PerFamily};
 
 /// A config problem, always naming the file, the key and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +84,9 @@ pub enum Nat6 {
 pub struct UplinkConfig {
     pub name: String,
     pub interface: String,
-    pub gateway: Option<Ipv4Addr>,
-    /// Usually a link-local router; learned from the IPv6 default route when unset.
-    pub gateway6: Option<Ipv6Addr>,
+    /// `gateway` and `gateway6`; learned from the default routes when unset. The
+    /// IPv6 one is usually a link-local router.
+    pub gateway: PerFamily<Option<IpAddr>>,
     pub nat6: Nat6,
     pub weight: u32,
     /// Lower is preferred: new flows use the best tier that has a live uplink.

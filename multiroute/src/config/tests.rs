@@ -22,7 +22,7 @@ fn error(text: &str) -> String {
 fn defaults_are_those_of_the_contract() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.uplinks[0].weight, 1);
-    assert_eq!(config.uplinks[0].gateway, None);
+    assert_eq!(config.uplinks[0].gateway, Default::default());
     assert_eq!(config.health.targets, [ProbeTarget::Gateway]);
     assert_eq!(
         (config.health.interval_ms, config.health.timeout_ms),

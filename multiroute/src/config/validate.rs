@@ -2,7 +2,7 @@
 //! reported with its key. Reads nothing from the host.
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -13,7 +13,7 @@ use super::{
     probe_target::ProbeTarget,
     raw::*,
 };
-use crate::net::{Address, Ipv6Net};
+use crate::net::{Address, Ipv6Net, PerFamily};
 
 /// Parses and validates `text`; `file` only names the source in errors.
 pub(super) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
@@ -146,8 +146,14 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             ));
         }
         self.interface_name(&key("interface"), &raw.interface)?;
-        let gateway = self.optional_address::<Ipv4Addr>(&key("gateway"), raw.gateway)?;
-        let gateway6 = self.optional_address::<Ipv6Addr>(&key("gateway6"), raw.gateway6)?;
+        let gateway = PerFamily {
+            v4: self
+                .optional_address::<Ipv4Addr>(&key("gateway"), raw.gateway)?
+                .map(IpAddr::V4),
+            v6: self
+                .optional_address::<Ipv6Addr>(&key("gateway6"), raw.gateway6)?
+                .map(IpAddr::V6),
+        };
         let npt_prefix = raw
             .npt_prefix
             .map(|text| {
@@ -214,7 +220,6 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             name: raw.name,
             interface: raw.interface,
             gateway,
-            gateway6,
             nat6,
             weight,
             tier,

@@ -18,7 +18,7 @@ use netlink_packet_route::{
 };
 
 use crate::{
-    net::{Family, Ipv4Net, Ipv6Net},
+    net::{Family, IpNet, Ipv4Net, Ipv6Net},
     netlink::{
         Netlink, NetlinkError, USER_HZ, is_own_route, parse_route, route_destination,
         route_expires, route_metric, route_table,
@@ -90,16 +90,18 @@ fn add_address(observed: &mut Observed, msg: &AddressMessage) {
     };
     if let Some(addr) = global_ipv6(msg) {
         iface
-            .addresses6
-            .push(Ipv6Net::new(addr, msg.header.prefix_len));
+            .addresses
+            .v6
+            .push(IpNet::V6(Ipv6Net::new(addr, msg.header.prefix_len)));
     }
     if let Some(addr) = local.or(other_end) {
-        if iface.addresses.is_empty() {
+        if iface.addresses.v4.is_empty() {
             iface.peer = other_end.filter(|peer| Some(*peer) != local && local.is_some());
         }
         iface
             .addresses
-            .push(Ipv4Net::new(addr, msg.header.prefix_len));
+            .v4
+            .push(IpNet::V4(Ipv4Net::new(addr, msg.header.prefix_len)));
     }
 }
 
@@ -107,7 +109,7 @@ fn add_address(observed: &mut Observed, msg: &AddressMessage) {
 /// through it (see [`DefaultRank`]), its gateway-less defaults (point-to-point),
 /// and when the soonest of those defaults runs out.
 fn learn_gateways(observed: &mut Observed, routes: &[RouteMessage], saved_table: u32) {
-    let mut gateways: BTreeMap<(String, bool), (DefaultRank, IpAddr)> = BTreeMap::new();
+    let mut gateways: BTreeMap<(String, Family), (DefaultRank, IpAddr)> = BTreeMap::new();
     for route in routes {
         let table = route_table(route);
         if is_own_route(route) || (table != MAIN_TABLE && table != saved_table) {
@@ -131,7 +133,7 @@ fn learn_gateways(observed: &mut Observed, routes: &[RouteMessage], saved_table:
             match gateway {
                 Some(gateway) => {
                     let best = gateways
-                        .entry((dev, gateway.is_ipv6()))
+                        .entry((dev, Family::of(gateway)))
                         .or_insert((rank, gateway));
                     if rank < best.0 {
                         *best = (rank, gateway);
@@ -139,21 +141,15 @@ fn learn_gateways(observed: &mut Observed, routes: &[RouteMessage], saved_table:
                 }
                 None => {
                     if let Some(iface) = observed.get_mut(&dev) {
-                        match parsed.dst.family() {
-                            Family::V4 => iface.default_dev = true,
-                            Family::V6 => iface.default_dev6 = true,
-                        }
+                        iface.default_dev[parsed.dst.family()] = true;
                     }
                 }
             }
         }
     }
-    for ((dev, _), (_, gateway)) in gateways {
+    for ((dev, family), (_, gateway)) in gateways {
         if let Some(iface) = observed.get_mut(&dev) {
-            match gateway {
-                IpAddr::V4(gateway) => iface.gateway = Some(gateway),
-                IpAddr::V6(gateway) => iface.gateway6 = Some(gateway),
-            }
+            iface.gateway[family] = Some(gateway);
         }
     }
 }

@@ -1,40 +1,79 @@
 //! The datapath's side of the plan: its uplink table, the Maglev rings new flows
 //! are placed by, the balance mode, and the destinations it leaves to the main
 //! table.
-use std::{collections::BTreeSet, net::IpAddr};
+use std::collections::BTreeSet;
 
 use super::{
     maglev::{Member, build_ring},
     observed::Observed,
+    policy::{self, Policy},
     uplink::{UplinkPlan, active_tier},
 };
 use crate::{
-    config::BalanceBy,
-    net::{Family, IpNet},
+    config::{BalanceBy, Config},
+    net::{Family, IpNet, PerFamily},
 };
+
+/// The datapath's side of the plan: what its maps hold and where it attaches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatapathPlan {
+    /// Contents of the datapath's uplink table, indexed by slot; free slots are
+    /// all zero (not alive).
+    pub uplinks: Vec<multiroute_ebpf::Uplink>,
+    /// Per family, the uplinks that take its new flows, by weight.
+    pub ring: PerFamily<Vec<u32>>,
+    /// Ifindex of every LAN interface, by name, for the classifier.
+    pub lan: Vec<(String, u32)>,
+    /// `[balance] by`, as the datapath reads it (`multiroute_ebpf::balance`).
+    pub balance_by: u32,
+    /// Policy rules as the classifier matches them.
+    pub policy: Policy,
+    /// Destinations the classifier leaves unmarked, to the main table: its specific
+    /// routes and the router's own addresses, of each family that fits the
+    /// datapath (see [`direct`]).
+    pub direct: BTreeSet<IpNet>,
+}
+
+pub(super) fn plan(
+    config: &Config,
+    uplinks: &[UplinkPlan],
+    lan: Vec<(String, u32)>,
+    direct: PerFamily<Option<BTreeSet<IpNet>>>,
+) -> DatapathPlan {
+    DatapathPlan {
+        uplinks: uplink_entries(uplinks, config.routing.fwmark_mask),
+        ring: PerFamily::from_fn(|family| ring(uplinks, family)),
+        lan,
+        balance_by: balance_by(config.balance.by),
+        policy: policy::datapath(&config.rules, |name| {
+            policy::named(uplinks, name).map(|u| u.slot)
+        }),
+        direct: direct.v4.into_iter().chain(direct.v6).flatten().collect(),
+    }
+}
 
 /// The datapath's uplink table, indexed by slot; free slots are all zero (not
 /// alive).
-pub(super) fn uplink_entries(uplinks: &[UplinkPlan], mask: u32) -> Vec<multiroute_ebpf::Uplink> {
+fn uplink_entries(uplinks: &[UplinkPlan], mask: u32) -> Vec<multiroute_ebpf::Uplink> {
     let used = uplinks.iter().map(|u| u.slot + 1).max().unwrap_or(0);
     let mut entries = vec![multiroute_ebpf::Uplink::default(); used as usize];
     for u in uplinks {
         entries[u.slot as usize] = multiroute_ebpf::Uplink {
             mark: u.mark,
             mask,
-            alive: u32::from(u.carries_in(Family::V4)),
-            alive6: u32::from(u.carries_in(Family::V6)),
+            carries: u32::from(u.carries(Family::V4)),
+            carries6: u32::from(u.carries(Family::V6)),
         };
     }
     entries
 }
 
 /// `family`'s ring: the uplinks that take its new flows, by weight.
-pub(super) fn ring(uplinks: &[UplinkPlan], family: Family) -> Vec<u32> {
+fn ring(uplinks: &[UplinkPlan], family: Family) -> Vec<u32> {
     let active = active_tier(uplinks, family);
     let members: Vec<_> = uplinks
         .iter()
-        .filter(|u| u.takes_new_flows_in(family, active))
+        .filter(|u| u.takes_new_flows(family, active))
         .map(|u| Member {
             index: u.slot,
             name: &u.name,
@@ -45,7 +84,7 @@ pub(super) fn ring(uplinks: &[UplinkPlan], family: Family) -> Vec<u32> {
 }
 
 /// `[balance] by` as the datapath reads it (`multiroute_ebpf::balance`).
-pub(super) fn balance_by(by: BalanceBy) -> u32 {
+fn balance_by(by: BalanceBy) -> u32 {
     match by {
         BalanceBy::Connection => multiroute_ebpf::balance::CONNECTION,
         BalanceBy::Addresses => multiroute_ebpf::balance::ADDRESSES,
@@ -60,9 +99,9 @@ pub(super) fn balance_by(by: BalanceBy) -> u32 {
 /// consulted before the marks instead.
 pub(super) fn direct(observed: &Observed, family: Family) -> Option<BTreeSet<IpNet>> {
     let own = observed.values().flat_map(|iface| {
-        let v4 = iface.addresses.iter().map(|a| IpAddr::V4(a.addr));
-        let v6 = iface.addresses6.iter().map(|a| IpAddr::V6(a.addr));
-        v4.chain(v6).map(IpNet::host)
+        iface.addresses[family]
+            .iter()
+            .map(|a| IpNet::host(a.addr()))
     });
     let direct: BTreeSet<IpNet> = observed
         .main_routes

@@ -10,11 +10,34 @@ use crate::{
     net::Ipv6Net,
 };
 
+/// The firewall's side of the plan: what multiroute's nftables table holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirewallPlan {
+    /// The conntrack marks of inbound symmetry, per ready uplink.
+    pub inbound: Vec<nft::InboundMark>,
+    /// NAT for the LAN's IPv6, per uplink whose IPv6 is ready and translated.
+    pub nat6: Vec<nft::Nat66>,
+}
+
+pub(super) fn plan(config: &Config, observed: &Observed, uplinks: &[UplinkPlan]) -> FirewallPlan {
+    FirewallPlan {
+        inbound: inbound_marks(config, uplinks),
+        nat6: nat66(config, observed, uplinks),
+    }
+}
+
+impl FirewallPlan {
+    /// Nothing to hold: multiroute's table need not exist.
+    pub fn is_empty(&self) -> bool {
+        self.inbound.is_empty() && self.nat6.is_empty()
+    }
+}
+
 /// The conntrack mark of connections arriving on each ready uplink.
-pub(super) fn inbound_marks(config: &Config, uplinks: &[UplinkPlan]) -> Vec<nft::InboundMark> {
+fn inbound_marks(config: &Config, uplinks: &[UplinkPlan]) -> Vec<nft::InboundMark> {
     uplinks
         .iter()
-        .filter(|u| matches!(u.readiness, Readiness::Ready { .. }))
+        .filter(|u| u.readiness.v4.is_ready())
         .map(|u| nft::InboundMark {
             interface: u.interface.clone(),
             mark: u.mark | config.numbering().inbound_flag(),
@@ -23,15 +46,11 @@ pub(super) fn inbound_marks(config: &Config, uplinks: &[UplinkPlan]) -> Vec<nft:
 }
 
 /// The NAT for the LAN's IPv6 on every uplink whose IPv6 is ready and translated.
-pub(super) fn nat66(
-    config: &Config,
-    observed: &Observed,
-    uplinks: &[UplinkPlan],
-) -> Vec<nft::Nat66> {
+fn nat66(config: &Config, observed: &Observed, uplinks: &[UplinkPlan]) -> Vec<nft::Nat66> {
     let lan = config
         .lan
         .iter()
-        .filter_map(|name| observed.get(name)?.addresses6.first())
+        .filter_map(|name| observed.get(name)?.addresses.v6.first()?.v6())
         .map(|address| address.network())
         .next();
     uplinks
@@ -44,8 +63,9 @@ pub(super) fn nat66(
 /// the LAN's IPv6 prefix (the first LAN interface's), which prefix translation
 /// maps; without one there is nothing to map.
 fn uplink_nat66(uplink: &UplinkPlan, lan: Option<Ipv6Net>) -> Option<nft::Nat66> {
-    let Readiness::Ready { address, .. } = uplink.readiness6 else {
-        return None;
+    let address = match uplink.readiness.v6 {
+        Readiness::Ready { address, .. } => address.v6()?,
+        _ => return None,
     };
     let translation = match uplink.nat6 {
         Nat6::None => return None,

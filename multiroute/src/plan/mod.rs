@@ -21,15 +21,17 @@ pub use model::{
     LocalMatch, MAIN_DEFAULT_METRIC, MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector,
 };
 
+pub use datapath::DatapathPlan;
+pub use firewall::FirewallPlan;
 pub use observed::{Interface, Observed};
 pub use policy::{Policy, RuleUse};
-use routing::{main_default, rules, table_routes};
+pub use routing::RoutingPlan;
 pub use uplink::{Hop, Readiness, UplinkPlan, health_name};
-use uplink::{active_tier, readiness, readiness6};
+use uplink::{active_tier, readiness};
 
 use crate::{
     config::{Config, Failback},
-    net::{Family, IpNet},
+    net::{Family, PerFamily},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,34 +47,9 @@ pub enum PlanError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub uplinks: Vec<UplinkPlan>,
-    /// Routes of the per-uplink tables.
-    pub routes: Vec<Route>,
-    pub rules: Vec<Rule>,
-    /// The weighted multipath default for the main table, when `main_default` is on
-    /// and at least one uplink is alive and weighted.
-    pub main_default: Option<Route>,
-    /// The same for IPv6, over the uplinks whose IPv6 is alive.
-    pub main_default6: Option<Route>,
-    /// Contents of the datapath's uplink table, indexed by slot; free slots are
-    /// all zero (not alive).
-    pub datapath_uplinks: Vec<multiroute_ebpf::Uplink>,
-    pub ring: Vec<u32>,
-    /// The IPv6 ring: uplinks whose IPv6 takes new flows.
-    pub ring6: Vec<u32>,
-    /// Ifindex of every LAN interface, by name, for the classifier.
-    pub lan: Vec<(String, u32)>,
-    /// The conntrack marks of inbound symmetry, per ready uplink.
-    pub inbound: Vec<nft::InboundMark>,
-    /// NAT for the LAN's IPv6, per uplink whose IPv6 is ready and translated.
-    pub nat6: Vec<nft::Nat66>,
-    /// `[balance] by`, as the datapath reads it (`multiroute_ebpf::balance`).
-    pub balance_by: u32,
-    /// Policy rules as the classifier matches them.
-    pub policy: Policy,
-    /// Destinations the classifier leaves unmarked, to the main table: its specific
-    /// routes and the router's own addresses, of each family that fits the
-    /// datapath (see `direct_destinations`).
-    pub direct: BTreeSet<IpNet>,
+    pub routing: RoutingPlan,
+    pub datapath: DatapathPlan,
+    pub firewall: FirewallPlan,
     /// Which uplink each policy rule uses now.
     pub rule_uses: Vec<RuleUse>,
 }
@@ -88,84 +65,28 @@ impl Plan {
     ) -> Result<Plan, PlanError> {
         let lan = lan_interfaces(config, observed)?;
         let uplinks = uplink_plans(config, observed, dead, previous_slots)?;
-        // Routing: the uplinks' tables, the rules into them, the main defaults.
-        let routes = Family::ALL
-            .into_iter()
-            .flat_map(|family| table_routes(config, observed, &uplinks, family))
-            .collect();
         let rule_uses = policy::uses(&config.rules, &uplinks);
-        let direct = Family::ALL.map(|family| (family, datapath::direct(observed, family)));
-        let rules = direct
-            .iter()
-            .flat_map(|(family, direct)| {
-                rules(config, &uplinks, &rule_uses, *family, direct.is_none())
-            })
-            .collect();
-        let main_default = |family| {
-            config
-                .routing
-                .main_default
-                .then(|| main_default(&uplinks, family))
-                .flatten()
-        };
-        // The datapath: uplink entries, rings, rules, the balance mode.
-        let policy = policy::datapath(&config.rules, |name| {
-            policy::named(&uplinks, name).map(|u| u.slot)
-        });
+        let direct = PerFamily::from_fn(|family| datapath::direct(observed, family));
+        let fits = PerFamily::from_fn(|family| direct[family].is_some());
         Ok(Plan {
-            routes,
-            rules,
-            main_default: main_default(Family::V4),
-            main_default6: main_default(Family::V6),
-            datapath_uplinks: datapath::uplink_entries(&uplinks, config.routing.fwmark_mask),
-            ring: datapath::ring(&uplinks, Family::V4),
-            ring6: datapath::ring(&uplinks, Family::V6),
-            lan,
-            inbound: firewall::inbound_marks(config, &uplinks),
-            nat6: firewall::nat66(config, observed, &uplinks),
-            balance_by: datapath::balance_by(config.balance.by),
-            policy,
+            routing: routing::plan(config, observed, &uplinks, &rule_uses, fits),
+            datapath: datapath::plan(config, &uplinks, lan, direct),
+            firewall: firewall::plan(config, observed, &uplinks),
             rule_uses,
-            direct: direct
-                .into_iter()
-                .flat_map(|(_, direct)| direct.unwrap_or_default())
-                .collect(),
             uplinks,
         })
     }
-}
 
-impl Plan {
-    /// The same rules with each family's main-table lookup in front of the marks
-    /// (`rule_priority` is the config's base): what `load` holds until the
-    /// classifier leaves the direct destinations unmarked. A classifier an older
-    /// release left running marks them, and so does the new one until its direct
-    /// tries are written.
-    pub fn rules_main_first(&self, rule_priority: u32) -> Vec<Rule> {
-        self.rules
-            .iter()
-            .map(|rule| {
-                let mut rule = rule.clone();
-                if rule.table == MAIN_TABLE && rule.suppress_prefixlength == Some(0) {
-                    rule.priority = rule_priority + priority::MAIN_FIRST;
-                }
-                rule
-            })
-            .collect()
-    }
-}
-
-impl Plan {
-    /// The rules, then every route (uplink tables and the main default), one per
+    /// The rules, then every route (uplink tables and the main defaults), one per
     /// line in `ip` syntax: what `check --plan` prints and tests compare with the
     /// kernel.
     pub fn lines(&self) -> Vec<String> {
-        let rules = self.rules.iter().map(ToString::to_string);
-        let routes = self
+        let routing = &self.routing;
+        let rules = routing.rules.iter().map(ToString::to_string);
+        let routes = routing
             .routes
             .iter()
-            .chain(&self.main_default)
-            .chain(&self.main_default6)
+            .chain(routing.main_default.values().flatten())
             .map(ToString::to_string);
         rules.chain(routes).collect()
     }
@@ -186,7 +107,7 @@ impl Plan {
     pub fn fail_open(&self) -> bool {
         !self.uplinks.is_empty()
             && !self.standby()
-            && !self.uplinks.iter().any(|u| u.alive && u.weight > 0)
+            && !self.uplinks.iter().any(|u| u.alive.v4 && u.weight > 0)
     }
 
     /// Every uplink is up but has no address: the backup of a VRRP pair, whose
@@ -197,7 +118,7 @@ impl Plan {
             && self
                 .uplinks
                 .iter()
-                .all(|u| u.readiness == Readiness::NoAddress)
+                .all(|u| u.readiness.v4 == Readiness::NoAddress)
     }
 }
 
@@ -242,14 +163,14 @@ fn uplink_plans(
                         interface: uplink.interface.clone(),
                     })?;
             let readiness = readiness(uplink, iface);
-            let readiness6 = readiness6(uplink, iface);
             // Without IPv6 targets of its own (only IPv4 addresses listed), an
             // uplink's IPv6 lives and dies with its IPv4.
-            let dead6 = if config.probes_ipv6(uplink) {
-                dead.contains(&health_name(&uplink.name, Family::V6))
-            } else {
-                dead.contains(&uplink.name)
+            let judged = |family| match family {
+                Family::V6 if config.probes_ipv6(uplink) => health_name(&uplink.name, family),
+                _ => uplink.name.clone(),
             };
+            let alive =
+                PerFamily::from_fn(|f| readiness[f].is_ready() && !dead.contains(&judged(f)));
             Ok(UplinkPlan {
                 name: uplink.name.clone(),
                 slot,
@@ -258,10 +179,8 @@ fn uplink_plans(
                 mark: config.numbering().mark(slot),
                 weight: uplink.weight,
                 tier: uplink.tier,
-                alive: matches!(readiness, Readiness::Ready { .. }) && !dead.contains(&uplink.name),
                 readiness,
-                alive6: readiness6.is_ready() && !dead6,
-                readiness6,
+                alive,
                 nat6: uplink.nat6,
                 standby: false,
             })
@@ -270,7 +189,7 @@ fn uplink_plans(
     let active = active_tier(&uplinks, Family::V4);
     if config.balance.failback == Failback::Move {
         for uplink in &mut uplinks {
-            uplink.standby = uplink.alive && Some(uplink.tier) > active;
+            uplink.standby = uplink.alive.v4 && Some(uplink.tier) > active;
         }
     }
     Ok(uplinks)

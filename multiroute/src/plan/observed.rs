@@ -3,10 +3,10 @@
 //! them from the kernel).
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
 };
 
-use crate::net::{IpNet, Ipv4Net, Ipv6Net};
+use crate::net::{Family, IpNet, PerFamily};
 
 /// What the host shows of one interface.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -14,32 +14,42 @@ pub struct Interface {
     pub index: u32,
     /// Administratively up with carrier (IFF_UP and IFF_LOWER_UP).
     pub up: bool,
-    /// IPv4 addresses with their prefix lengths, primary first.
-    pub addresses: Vec<Ipv4Net>,
+    /// Addresses with their prefix lengths, primary first; IPv6 only global ones
+    /// (not link-local, not tentative).
+    pub addresses: PerFamily<Vec<IpNet>>,
     /// Gateway of a default route through this interface, if the host has one
-    /// (DHCP client, PPP, the admin).
-    pub gateway: Option<Ipv4Addr>,
-    /// The far end of the primary address on a point-to-point link (`inet A peer
-    /// B/32`, as pppd and LTE modems in raw-IP mode configure it).
+    /// (DHCP client, an RA's link-local router, PPP, the admin).
+    pub gateway: PerFamily<Option<IpAddr>>,
+    /// The far end of the primary IPv4 address on a point-to-point link (`inet A
+    /// peer B/32`, as pppd and LTE modems in raw-IP mode configure it).
     pub peer: Option<Ipv4Addr>,
     /// A default route through this interface without a gateway (`default dev
     /// ppp0`): the link itself is the way out.
-    pub default_dev: bool,
-    /// Global IPv6 addresses (not link-local, not tentative), as for IPv4.
-    pub addresses6: Vec<Ipv6Net>,
-    /// Gateway of an IPv6 default route through this interface: usually the
-    /// link-local router an RA announced.
-    pub gateway6: Option<Ipv6Addr>,
-    /// An IPv6 default route through this interface without a gateway.
-    pub default_dev6: bool,
+    pub default_dev: PerFamily<bool>,
 }
 
 impl Interface {
     /// Whether `address` (of either family) is on the interface.
     pub fn has_address(&self, address: IpAddr) -> bool {
-        match address {
-            IpAddr::V4(address) => self.addresses.iter().any(|a| a.addr == address),
-            IpAddr::V6(address) => self.addresses6.iter().any(|a| a.addr == address),
+        self.addresses[Family::of(address)]
+            .iter()
+            .any(|a| a.addr() == address)
+    }
+}
+
+#[cfg(test)]
+impl Interface {
+    /// Up (or not) with one IPv4 address (for tests).
+    pub fn with_ipv4(index: u32, up: bool, address: [u8; 4], prefix_len: u8) -> Self {
+        let address = IpNet::V4(crate::net::Net::new(address.into(), prefix_len));
+        Interface {
+            index,
+            up,
+            addresses: PerFamily {
+                v4: vec![address],
+                v6: Vec::new(),
+            },
+            ..Interface::default()
         }
     }
 }

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     config::{PolicyRule, families},
-    net::IpNet,
+    net::{Family, IpNet},
 };
 
 /// The datapath's side of the rule set.
@@ -112,7 +112,7 @@ pub fn uses(rules: &[PolicyRule], uplinks: &[UplinkPlan]) -> Vec<RuleUse> {
                 .uplinks
                 .iter()
                 .filter_map(|name| named(uplinks, name))
-                .find(|u| u.carries());
+                .find(|u| u.carries(Family::V4));
             RuleUse {
                 name: rule.name.clone(),
                 using: chosen.map(|u| u.slot),

@@ -16,13 +16,74 @@ use super::{
 };
 use crate::{
     config::Config,
-    net::{Family, IpNet, Ipv4Net, Ipv6Net},
+    net::{Family, IpNet, Ipv4Net, Ipv6Net, PerFamily},
 };
+
+/// The routing side of the plan: what the kernel's tables and rules hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutingPlan {
+    /// Routes of the per-uplink tables.
+    pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
+    /// The weighted multipath default for the main table, per family, when
+    /// `main_default` is on and at least one uplink of the family is alive and
+    /// weighted.
+    pub main_default: PerFamily<Option<Route>>,
+}
+
+/// `direct_fits`: per family, whether the main table's specific destinations fit
+/// the datapath (see `datapath::direct`); where they do not, the main table's
+/// lookup comes before the marks.
+pub(super) fn plan(
+    config: &Config,
+    observed: &Observed,
+    uplinks: &[UplinkPlan],
+    rule_uses: &[RuleUse],
+    direct_fits: PerFamily<bool>,
+) -> RoutingPlan {
+    RoutingPlan {
+        routes: Family::ALL
+            .into_iter()
+            .flat_map(|family| table_routes(config, observed, uplinks, family))
+            .collect(),
+        rules: Family::ALL
+            .into_iter()
+            .flat_map(|family| rules(config, uplinks, rule_uses, family, !direct_fits[family]))
+            .collect(),
+        main_default: PerFamily::from_fn(|family| {
+            config
+                .routing
+                .main_default
+                .then(|| main_default(uplinks, family))
+                .flatten()
+        }),
+    }
+}
+
+impl RoutingPlan {
+    /// The same rules with each family's main-table lookup in front of the marks
+    /// (`rule_priority` is the config's base): what `load` holds until the
+    /// classifier leaves the direct destinations unmarked. A classifier an older
+    /// release left running marks them, and so does the new one until its direct
+    /// tries are written.
+    pub fn rules_main_first(&self, rule_priority: u32) -> Vec<Rule> {
+        self.rules
+            .iter()
+            .map(|rule| {
+                let mut rule = rule.clone();
+                if rule.table == MAIN_TABLE && rule.suppress_prefixlength == Some(0) {
+                    rule.priority = rule_priority + priority::MAIN_FIRST;
+                }
+                rule
+            })
+            .collect()
+    }
+}
 
 /// The seed's tables, per family: every table knows the LAN and every uplink's
 /// connected network (with its `src`), loopback for IPv4, and defaults via its
 /// own uplink's gateway.
-pub(super) fn table_routes(
+fn table_routes(
     config: &Config,
     observed: &Observed,
     uplinks: &[UplinkPlan],
@@ -77,26 +138,17 @@ pub(super) fn default_route(family: Family) -> IpNet {
 }
 
 fn lan_networks(observed: &Observed, name: &str, family: Family) -> BTreeSet<IpNet> {
-    let Some(iface) = observed.get(name) else {
-        return BTreeSet::new();
-    };
-    match family {
-        Family::V4 => iface
-            .addresses
+    observed.get(name).map_or_else(BTreeSet::new, |iface| {
+        iface.addresses[family]
             .iter()
-            .map(|a| IpNet::V4(a.network()))
-            .collect(),
-        Family::V6 => iface
-            .addresses6
-            .iter()
-            .map(|a| IpNet::V6(a.network()))
-            .collect(),
-    }
+            .map(|a| a.network())
+            .collect()
+    })
 }
 
 /// `main_first`: the main table's specific routes do not fit the datapath (see
 /// [`direct_destinations`]), so its lookup comes before the marks.
-pub(super) fn rules(
+fn rules(
     config: &Config,
     uplinks: &[UplinkPlan],
     rule_uses: &[RuleUse],
@@ -177,7 +229,7 @@ pub(super) fn rules(
 }
 
 /// A table's default: via the gateway, or straight into a point-to-point link.
-fn default_next(hop: Hop<IpAddr>, dev: &str) -> RouteNext {
+fn default_next(hop: Hop, dev: &str) -> RouteNext {
     match hop {
         Hop::Via(gateway) => RouteNext::Gateway {
             gateway,
@@ -192,11 +244,11 @@ fn default_next(hop: Hop<IpAddr>, dev: &str) -> RouteNext {
 
 /// The seed's `default scope global nexthop via … weight …` over the live, weighted
 /// uplinks of the best tier of `family`, for traffic the router itself originates.
-pub(super) fn main_default(uplinks: &[UplinkPlan], family: Family) -> Option<Route> {
+fn main_default(uplinks: &[UplinkPlan], family: Family) -> Option<Route> {
     let active = active_tier(uplinks, family);
     let nexthops: Vec<_> = uplinks
         .iter()
-        .filter(|u| u.takes_new_flows_in(family, active))
+        .filter(|u| u.takes_new_flows(family, active))
         .filter_map(|u| {
             let hop = u.side(family)?.hop?;
             Some(Nexthop {

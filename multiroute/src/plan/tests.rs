@@ -3,7 +3,7 @@ use std::{net::Ipv4Addr, path::Path};
 
 use super::slots::Slots;
 use super::*;
-use crate::net::{Ipv4Net, Ipv6Net};
+use crate::net::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The seed's interfaces: eth0 LAN 192.168.0.1/24, eth1 DSL 142.154.64.7/24 via
 /// 142.154.64.1, eth2 cable 24.19.12.45/24 via 24.19.12.1, and its two DNS pins.
@@ -24,12 +24,7 @@ pin = ["24.19.100.1"]
 "#;
 
 fn seed_host() -> Observed {
-    let iface = |index, addr: [u8; 4], prefix_len| Interface {
-        index,
-        up: true,
-        addresses: vec![Ipv4Net::new(addr.into(), prefix_len)],
-        ..Interface::default()
-    };
+    let iface = |index, addr, prefix_len| Interface::with_ipv4(index, true, addr, prefix_len);
     Observed::from([
         ("eth0".into(), iface(2, [192, 168, 0, 1], 24)),
         ("eth1".into(), iface(3, [142, 154, 64, 7], 24)),
@@ -54,7 +49,7 @@ fn lines<T: ToString>(items: &[T]) -> Vec<String> {
 
 /// The plan's rules for the router's own traffic (`iif lo`), as `ip` lists them.
 fn router_rule_lines(plan: &Plan) -> Vec<String> {
-    lines(&plan.rules)
+    lines(&plan.routing.rules)
         .into_iter()
         .filter(|r| r.contains("iif lo"))
         .collect()
@@ -76,7 +71,7 @@ fn seed_tables_match_the_seed_commands() {
         "24.19.12.0/24 dev eth2 src 24.19.12.45 table 102",
         "default via 24.19.12.1 dev eth2 table 102",
     ];
-    assert_eq!(lines(&seed_plan().routes), expected);
+    assert_eq!(lines(&seed_plan().routing.routes), expected);
 }
 
 #[test]
@@ -101,7 +96,7 @@ fn seed_rules_match_the_seed_commands_plus_steering() {
         "pref 10400 from all to 142.154.61.100 iif lo lookup 101",
         "pref 10401 from all to 24.19.100.1 iif lo lookup 102",
     ];
-    assert_eq!(lines(&seed_plan().rules), expected);
+    assert_eq!(lines(&seed_plan().routing.rules), expected);
 }
 
 /// The classifier leaves to the main table what it routes specifically (of any
@@ -120,7 +115,12 @@ fn direct_destinations_are_main_routes_and_own_addresses() {
     .map(net)
     .into();
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
-    let direct: Vec<_> = plan.direct.iter().map(ToString::to_string).collect();
+    let direct: Vec<_> = plan
+        .datapath
+        .direct
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         direct,
         [
@@ -141,7 +141,10 @@ fn direct_destinations_are_main_routes_and_own_addresses() {
 #[test]
 fn load_holds_the_main_lookup_in_front_until_the_classifier_is_ready() {
     let plan = seed_plan();
-    let (now, guarded) = (lines(&plan.rules), lines(&plan.rules_main_first(10000)));
+    let (now, guarded) = (
+        lines(&plan.routing.rules),
+        lines(&plan.routing.rules_main_first(10000)),
+    );
     let changed: Vec<_> = now.iter().zip(&guarded).filter(|(a, b)| a != b).collect();
     assert_eq!(
         changed,
@@ -163,8 +166,8 @@ fn too_many_main_routes_put_the_main_table_first() {
         .map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24)))
         .collect();
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
-    assert!(plan.direct.is_empty());
-    let rules = lines(&plan.rules);
+    assert!(plan.datapath.direct.is_empty());
+    let rules = lines(&plan.routing.rules);
     assert_eq!(
         rules[0],
         "pref 10000 from all lookup main suppress_prefixlength 0"
@@ -180,7 +183,7 @@ fn too_many_main_routes_put_the_main_table_first() {
 fn seed_main_default_is_the_seed_multipath_route() {
     // ip route add default scope global nexthop via 142.154.64.1 dev eth1 weight 1
     //                                  nexthop via 24.19.12.1 dev eth2 weight 1
-    let route = seed_plan().main_default.unwrap();
+    let route = seed_plan().routing.main_default.v4.unwrap();
     assert_eq!(
         route.to_string(),
         "default nexthop via 142.154.64.1 dev eth1 weight 1 nexthop via 24.19.12.1 dev eth2 weight 1 table main"
@@ -191,14 +194,15 @@ fn seed_main_default_is_the_seed_multipath_route() {
 fn datapath_gets_marks_inside_the_mask_and_a_ring_of_both() {
     let plan = seed_plan();
     let marks: Vec<_> = plan
-        .datapath_uplinks
+        .datapath
+        .uplinks
         .iter()
-        .map(|u| (u.mark, u.mask, u.alive))
+        .map(|u| (u.mark, u.mask, u.carries))
         .collect();
     assert_eq!(marks, [(0x100, 0xff00, 1), (0x200, 0xff00, 1)]);
-    let on_dsl = plan.ring.iter().filter(|&&i| i == 0).count();
-    assert!((on_dsl as f64 / plan.ring.len() as f64 - 0.5).abs() < 0.001);
-    assert_eq!(plan.lan, [("eth0".to_string(), 2)]);
+    let on_dsl = plan.datapath.ring.v4.iter().filter(|&&i| i == 0).count();
+    assert!((on_dsl as f64 / plan.datapath.ring.v4.len() as f64 - 0.5).abs() < 0.001);
+    assert_eq!(plan.datapath.lan, [("eth0".to_string(), 2)]);
 }
 
 #[test]
@@ -206,27 +210,27 @@ fn dead_uplink_leaves_ring_and_main_default_but_keeps_its_table() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let dead = BTreeSet::from(["dsl".to_string()]);
     let plan = build(&config, &seed_host(), &dead).unwrap();
-    assert!(plan.ring.iter().all(|&i| i == 1));
-    assert_eq!(plan.datapath_uplinks[0].alive, 0);
+    assert!(plan.datapath.ring.v4.iter().all(|&i| i == 1));
+    assert_eq!(plan.datapath.uplinks[0].carries, 0);
     assert_eq!(
-        plan.main_default.unwrap().to_string(),
+        plan.routing.main_default.v4.unwrap().to_string(),
         "default via 24.19.12.1 dev eth2 table main"
     );
-    assert!(plan.routes.iter().any(|r| r.table == 101));
+    assert!(plan.routing.routes.iter().any(|r| r.table == 101));
     // Its pins lapse: pinned traffic follows the normal choice meanwhile.
     assert!(
-        !lines(&plan.rules)
+        !lines(&plan.routing.rules)
             .iter()
             .any(|r| r.contains("to 142.154.61.100"))
     );
     assert!(
-        lines(&plan.rules)
+        lines(&plan.routing.rules)
             .iter()
             .any(|r| r.contains("to 24.19.100.1 iif lo lookup 102"))
     );
     // Probes must keep flowing through the dead uplink to see it recover.
     assert!(
-        lines(&plan.rules)
+        lines(&plan.routing.rules)
             .iter()
             .any(|r| r.ends_with("from 142.154.64.7 lookup 101"))
     );
@@ -257,7 +261,7 @@ fn policy_rules_go_to_the_classifier_and_the_routers_own_rules() {
     let plan = build(&config, &seed_host(), &BTreeSet::new()).unwrap();
     let names: Vec<_> = config.rules.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["dsl.pin", "cable.pin", "sip", "dns"]);
-    let policy = &plan.policy;
+    let policy = &plan.datapath.policy;
     assert_eq!(policy.set.present, 0b1111);
     assert_eq!(policy.set.any_src, 0b0111, "only dns names sources");
     assert_eq!(policy.set.any_dst, 0b1100, "sip and dns name ports only");
@@ -305,7 +309,7 @@ fn policy_rules_go_to_the_classifier_and_the_routers_own_rules() {
         using(&fallback),
         [Some("dsl"), None, Some("dsl"), Some("dsl")].map(|u| u.map(String::from))
     );
-    assert_eq!(fallback.policy, plan.policy);
+    assert_eq!(fallback.datapath.policy, plan.datapath.policy);
     let local = router_rule_lines(&fallback);
     assert!(
         local.contains(&"pref 10402 from all iif lo ipproto udp dport 5060-5061 lookup 101".into())
@@ -315,8 +319,8 @@ fn policy_rules_go_to_the_classifier_and_the_routers_own_rules() {
         "{local:?}"
     );
     assert_eq!(
-        plan.rules.len(),
-        fallback.rules.len() + 1,
+        plan.routing.rules.len(),
+        fallback.routing.rules.len() + 1,
         "only cable's pin goes (a dead uplink keeps its tables and rules); SIP's moves"
     );
 }
@@ -326,19 +330,22 @@ fn gateway_is_learned_from_the_host_when_omitted() {
     let text = SEED_CONFIG.replace("gateway = \"142.154.64.1\"\n", "");
     let config = Config::parse(&text, Path::new("seed.toml")).unwrap();
     let mut host = seed_host();
-    host.get_mut("eth1").unwrap().gateway = Some("142.154.64.254".parse().unwrap());
+    host.get_mut("eth1").unwrap().gateway.v4 = Some("142.154.64.254".parse().unwrap());
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
-    assert!(lines(&plan.routes).contains(&"default via 142.154.64.254 dev eth1 table 101".into()));
+    assert!(
+        lines(&plan.routing.routes)
+            .contains(&"default via 142.154.64.254 dev eth1 table 101".into())
+    );
 
-    host.get_mut("eth1").unwrap().gateway = None;
+    host.get_mut("eth1").unwrap().gateway.v4 = None;
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
     assert!(matches!(
-        plan.uplinks[0].readiness,
+        plan.uplinks[0].readiness.v4,
         Readiness::NoGateway { .. }
     ));
-    assert!(!plan.uplinks[0].alive);
+    assert!(!plan.uplinks[0].alive.v4);
     assert!(
-        plan.routes.iter().all(|r| r.table != 101),
+        plan.routing.routes.iter().all(|r| r.table != 101),
         "no table for an uplink without gateway"
     );
 }
@@ -347,10 +354,14 @@ fn gateway_is_learned_from_the_host_when_omitted() {
 fn uplink_without_address_is_not_ready() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let mut host = seed_host();
-    host.get_mut("eth2").unwrap().addresses.clear();
+    host.get_mut("eth2").unwrap().addresses.v4.clear();
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
-    assert_eq!(plan.uplinks[1].readiness, Readiness::NoAddress);
-    assert!(!lines(&plan.rules).iter().any(|r| r.contains("lookup 102")));
+    assert_eq!(plan.uplinks[1].readiness.v4, Readiness::NoAddress);
+    assert!(
+        !lines(&plan.routing.rules)
+            .iter()
+            .any(|r| r.contains("lookup 102"))
+    );
 }
 
 #[test]
@@ -380,7 +391,9 @@ fn main_default_off_means_no_main_route() {
     assert!(
         build(&config, &seed_host(), &BTreeSet::new())
             .unwrap()
+            .routing
             .main_default
+            .v4
             .is_none()
     );
 }
@@ -391,15 +404,24 @@ fn link_down_uplink_has_no_table_and_no_rules() {
     let mut host = seed_host();
     host.get_mut("eth1").unwrap().up = false;
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
-    assert_eq!(plan.uplinks[0].readiness, Readiness::LinkDown);
-    assert!(!plan.uplinks[0].alive);
-    assert!(plan.routes.iter().all(|r| r.table != 101));
+    assert_eq!(plan.uplinks[0].readiness.v4, Readiness::LinkDown);
+    assert!(!plan.uplinks[0].alive.v4);
+    assert!(plan.routing.routes.iter().all(|r| r.table != 101));
     assert!(
-        !lines(&plan.routes).iter().any(|r| r.contains("dev eth1")),
+        !lines(&plan.routing.routes)
+            .iter()
+            .any(|r| r.contains("dev eth1")),
         "no table routes through a down link: the kernel would refuse them"
     );
-    assert!(!lines(&plan.rules).iter().any(|r| r.contains("lookup 101")));
-    assert!(plan.ring.iter().all(|&i| i == 1), "every new flow to cable");
+    assert!(
+        !lines(&plan.routing.rules)
+            .iter()
+            .any(|r| r.contains("lookup 101"))
+    );
+    assert!(
+        plan.datapath.ring.v4.iter().all(|&i| i == 1),
+        "every new flow to cable"
+    );
 }
 
 #[test]
@@ -409,10 +431,16 @@ fn all_dead_fails_open() {
     let plan = build(&config, &seed_host(), &dead).unwrap();
     assert!(plan.fail_open());
     assert!(
-        plan.main_default.is_none(),
+        plan.routing.main_default.v4.is_none(),
         "the original default comes back"
     );
-    assert!(plan.ring.iter().all(|&i| i == multiroute_ebpf::NO_UPLINK));
+    assert!(
+        plan.datapath
+            .ring
+            .v4
+            .iter()
+            .all(|&i| i == multiroute_ebpf::NO_UPLINK)
+    );
     assert!(!seed_plan().fail_open());
 }
 
@@ -423,10 +451,10 @@ fn uplinks_keep_the_slot_the_datapath_holds() {
     let plan = Plan::build(&config, &seed_host(), &BTreeSet::new(), &held).unwrap();
     let dsl = &plan.uplinks[0];
     assert_eq!((dsl.slot, dsl.table, dsl.mark), (1, 102, 0x200));
-    assert_eq!(plan.datapath_uplinks[1].mark, 0x200);
-    assert_eq!(plan.datapath_uplinks[0].mark, 0x100, "cable in slot 0");
+    assert_eq!(plan.datapath.uplinks[1].mark, 0x200);
+    assert_eq!(plan.datapath.uplinks[0].mark, 0x100, "cable in slot 0");
     assert!(
-        lines(&plan.rules)
+        lines(&plan.routing.rules)
             .iter()
             .any(|r| r.ends_with("from 142.154.64.7 lookup 102"))
     );
@@ -442,7 +470,7 @@ fn tiered(failback: &str) -> Config {
 }
 
 fn ring_members(plan: &Plan) -> BTreeSet<u32> {
-    plan.ring.iter().copied().collect()
+    plan.datapath.ring.v4.iter().copied().collect()
 }
 
 #[test]
@@ -455,12 +483,12 @@ fn new_flows_use_the_best_live_tier_only() {
         "only dsl (tier 1)"
     );
     assert_eq!(
-        plan.main_default.as_ref().unwrap().to_string(),
+        plan.routing.main_default.v4.as_ref().unwrap().to_string(),
         "default via 142.154.64.1 dev eth1 table main",
         "the router's own traffic prefers tier 1 too"
     );
     assert_eq!(
-        plan.datapath_uplinks[1].alive, 1,
+        plan.datapath.uplinks[1].carries, 1,
         "keep: the backup keeps its flows"
     );
     let dsl_dead = build(&config, &seed_host(), &BTreeSet::from(["dsl".into()])).unwrap();
@@ -476,13 +504,17 @@ fn new_flows_use_the_best_live_tier_only() {
 fn failback_move_moves_the_backups_flows_while_a_better_tier_lives() {
     let plan = build(&tiered("move"), &seed_host(), &BTreeSet::new()).unwrap();
     let cable = &plan.uplinks[1];
-    assert!(cable.alive && cable.standby, "alive, probed, standing by");
+    assert!(
+        cable.alive.v4 && cable.standby,
+        "alive, probed, standing by"
+    );
     assert_eq!(
-        plan.datapath_uplinks[1].alive, 0,
+        plan.datapath.uplinks[1].carries, 0,
         "its flows move on their next packet"
     );
     assert!(
-        plan.rules
+        plan.routing
+            .rules
             .iter()
             .any(|r| r.to_string().contains("from 24.19.12.45")),
         "still routable for its own address and probes"
@@ -494,7 +526,7 @@ fn failback_move_moves_the_backups_flows_while_a_better_tier_lives() {
     )
     .unwrap();
     assert!(!dsl_dead.uplinks[1].standby);
-    assert_eq!(dsl_dead.datapath_uplinks[1].alive, 1);
+    assert_eq!(dsl_dead.datapath.uplinks[1].carries, 1);
 }
 
 #[test]
@@ -507,10 +539,10 @@ fn a_point_to_point_uplink_defaults_into_its_link_and_connects_its_peer() {
     .unwrap();
     let mut host = seed_host();
     let eth2 = host.get_mut("eth2").unwrap();
-    eth2.addresses = vec![Ipv4Net::new(Ipv4Addr::new(24, 19, 12, 45), 32)];
+    eth2.addresses.v4 = vec![IpNet::V4(Ipv4Net::new(Ipv4Addr::new(24, 19, 12, 45), 32))];
     eth2.peer = Some(Ipv4Addr::new(24, 19, 12, 1));
     let plan = build(&config, &host, &BTreeSet::new()).unwrap();
-    let routes = lines(&plan.routes);
+    let routes = lines(&plan.routing.routes);
     for expected in [
         "default dev eth2 table 102",
         "24.19.12.1 dev eth2 src 24.19.12.45 table 102",
@@ -522,10 +554,10 @@ fn a_point_to_point_uplink_defaults_into_its_link_and_connects_its_peer() {
         );
     }
     assert_eq!(
-        plan.main_default.unwrap().to_string(),
+        plan.routing.main_default.v4.unwrap().to_string(),
         "default nexthop via 142.154.64.1 dev eth1 weight 1 nexthop dev eth2 weight 1 table main"
     );
-    assert!(plan.uplinks[1].alive);
+    assert!(plan.uplinks[1].alive.v4);
 }
 
 /// The seed's config with `nat6 = "npt"` on cable, and `extra` after it.
@@ -546,8 +578,11 @@ fn dual_stack() -> (Config, Observed) {
     let v6 = |text: &str| text.parse::<Ipv6Net>().unwrap();
     let set = |iface: &mut Interface, address: &str, gateway: Option<&str>| {
         let (addr, len) = address.split_once('/').unwrap();
-        iface.addresses6 = vec![Ipv6Net::new(addr.parse().unwrap(), len.parse().unwrap())];
-        iface.gateway6 = gateway.map(|g| g.parse().unwrap());
+        iface.addresses.v6 = vec![IpNet::V6(Ipv6Net::new(
+            addr.parse().unwrap(),
+            len.parse().unwrap(),
+        ))];
+        iface.gateway.v6 = gateway.map(|g| g.parse().unwrap());
     };
     set(host.get_mut("eth0").unwrap(), "fd00:1::1/64", None);
     set(
@@ -595,7 +630,7 @@ fn ipv6_gets_its_own_tables_rules_and_main_default() {
         ]
     );
     assert_eq!(
-        plan.nat6,
+        plan.firewall.nat6,
         [
             nft::Nat66 {
                 interface: "eth1".into(),
@@ -619,15 +654,18 @@ fn a_broken_ipv6_leaves_the_ipv6_ring_only() {
     let dead = BTreeSet::from([health_name("dsl", Family::V6)]);
     let plan = build(&config, &host, &dead).unwrap();
     let dsl = plan.uplink("dsl").unwrap();
-    assert!(dsl.alive && !dsl.alive6);
+    assert!(dsl.alive.v4 && !dsl.alive.v6);
     assert_eq!(
-        plan.datapath_uplinks[dsl.slot as usize].alive6, 0,
+        plan.datapath.uplinks[dsl.slot as usize].carries6, 0,
         "its IPv6 flows move"
     );
-    assert!(plan.ring.contains(&dsl.slot), "IPv4 keeps using dsl");
-    assert!(!plan.ring6.contains(&dsl.slot));
+    assert!(
+        plan.datapath.ring.v4.contains(&dsl.slot),
+        "IPv4 keeps using dsl"
+    );
+    assert!(!plan.datapath.ring.v6.contains(&dsl.slot));
     assert_eq!(
-        plan.main_default6.as_ref().unwrap().to_string(),
+        plan.routing.main_default.v6.as_ref().unwrap().to_string(),
         "-6 default via fe80::2 dev eth2 table main"
     );
     // Its IPv6 table and rules stay: replies and the router's own traffic from
@@ -641,7 +679,7 @@ fn a_broken_ipv6_leaves_the_ipv6_ring_only() {
     let ipv4_only = config_with_targets(&config, "[\"198.51.100.9\"]");
     let plan = build(&ipv4_only, &host, &BTreeSet::from(["dsl".to_owned()])).unwrap();
     let dsl = plan.uplink("dsl").unwrap();
-    assert!(!dsl.alive && !dsl.alive6);
+    assert!(!dsl.alive.v4 && !dsl.alive.v6);
 }
 
 fn config_with_targets(config: &Config, targets: &str) -> Config {
@@ -661,11 +699,13 @@ fn without_ipv6_nothing_of_it_is_planned() {
     let plan = seed_plan();
     assert!(!plan.lines().iter().any(|l| l.starts_with("-6 ")));
     assert!(
-        plan.ring6
+        plan.datapath
+            .ring
+            .v6
             .iter()
             .all(|slot| *slot == multiroute_ebpf::NO_UPLINK)
     );
-    assert!(plan.main_default6.is_none() && plan.nat6.is_empty());
+    assert!(plan.routing.main_default.v6.is_none() && plan.firewall.nat6.is_empty());
 }
 
 #[test]
@@ -697,7 +737,7 @@ uplinks = ["dsl"]
     );
     // The classifier's IPv6 trie holds the IPv6 destination.
     assert_eq!(
-        plan.policy.dst[&IpNet::V6("2001:db8:ff::/64".parse().unwrap())],
+        plan.datapath.policy.dst[&IpNet::V6("2001:db8:ff::/64".parse().unwrap())],
         0b1000
     );
 }

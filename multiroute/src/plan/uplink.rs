@@ -2,28 +2,28 @@
 //! (`Readiness`: link, address, next hop) and what it carries (alive, tier,
 //! weight), with the per-family side that tables, rules and the main default are
 //! built from.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use super::observed::Interface;
 use crate::{
     config::{Nat6, UplinkConfig},
-    net::{Address, Family, IpNet},
+    net::{Family, IpNet, PerFamily},
 };
 
 /// Where an uplink's traffic of one family goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hop<A = Ipv4Addr> {
+pub enum Hop {
     /// Through a gateway on the link (Ethernet, DHCP, an IPv6 router).
-    Via(A),
+    Via(IpAddr),
     /// Straight into a point-to-point link (PPPoE, LTE raw-IP, WireGuard, GRE):
     /// `default dev <if>`; the peer, when the address names one, is what the
     /// "gateway" probe target means.
-    PointToPoint { peer: Option<A> },
+    PointToPoint { peer: Option<IpAddr> },
 }
 
-impl<A: Copy> Hop<A> {
+impl Hop {
     /// The gateway in a `via`, if any.
-    pub fn via(self) -> Option<A> {
+    pub fn via(self) -> Option<IpAddr> {
         match self {
             Hop::Via(gateway) => Some(gateway),
             Hop::PointToPoint { .. } => None,
@@ -31,7 +31,7 @@ impl<A: Copy> Hop<A> {
     }
 
     /// What the "gateway" probe target stands for: the gateway, or the peer.
-    pub fn probe_address(self) -> Option<A> {
+    pub fn probe_address(self) -> Option<IpAddr> {
         match self {
             Hop::Via(gateway) => Some(gateway),
             Hop::PointToPoint { peer } => peer,
@@ -39,7 +39,7 @@ impl<A: Copy> Hop<A> {
     }
 }
 
-impl<A: std::fmt::Display> std::fmt::Display for Hop<A> {
+impl std::fmt::Display for Hop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Hop::Via(gateway) => write!(f, "{gateway}"),
@@ -51,37 +51,41 @@ impl<A: std::fmt::Display> std::fmt::Display for Hop<A> {
 
 /// Why an uplink cannot carry traffic of one family right now, or `Ready`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness<A = Ipv4Addr> {
+pub enum Readiness {
     Ready {
-        address: crate::net::Net<A>,
-        gateway: Hop<A>,
+        address: IpNet,
+        gateway: Hop,
     },
     /// Down, or no carrier: the kernel cannot send through it.
     LinkDown,
     NoAddress,
     NoGateway {
-        address: crate::net::Net<A>,
+        address: IpNet,
     },
 }
 
-impl<A: Copy> Readiness<A> {
+impl Readiness {
     pub fn is_ready(&self) -> bool {
         matches!(self, Readiness::Ready { .. })
     }
 
-    /// The uplink's own address of this family, when it has one.
-    pub fn address(&self) -> Option<A> {
+    /// The uplink's own address of this family, with its prefix length.
+    pub fn net(&self) -> Option<IpNet> {
         match self {
-            Readiness::Ready { address, .. } | Readiness::NoGateway { address } => {
-                Some(address.addr)
-            }
+            Readiness::Ready { address, .. } | Readiness::NoGateway { address } => Some(*address),
             Readiness::LinkDown | Readiness::NoAddress => None,
         }
     }
-}
 
-impl Readiness<Ipv6Addr> {
-    /// The uplink's IPv6 state in a word or two (an uplink without IPv6 is normal).
+    /// Where traffic goes next, when ready.
+    pub fn hop(&self) -> Option<Hop> {
+        match self {
+            Readiness::Ready { gateway, .. } => Some(*gateway),
+            _ => None,
+        }
+    }
+
+    /// The state in a word or two (an uplink without IPv6 is normal).
     pub fn state(&self) -> &'static str {
         match self {
             Readiness::Ready { .. } => "ready",
@@ -90,20 +94,61 @@ impl Readiness<Ipv6Addr> {
             Readiness::NoGateway { .. } => "no gateway",
         }
     }
+
+    /// Why the uplink cannot carry `family`'s traffic, in words an operator acts on.
+    /// IPv6 is optional at most ISPs, so its problem is only named.
+    pub fn problem(&self, family: Family) -> Option<String> {
+        let text = match (self, family) {
+            (Readiness::Ready { .. }, _) => return None,
+            (_, Family::V6) => return Some(format!("IPv6: {}", self.state())),
+            (Readiness::LinkDown, _) => "the interface is down or has no carrier",
+            (Readiness::NoAddress, _) => {
+                "the interface has no IPv4 address; it carries no traffic until it gets one"
+            }
+            (Readiness::NoGateway { .. }, _) => {
+                "no gateway: set `gateway` in the config or give the interface a default route"
+            }
+        };
+        Some(text.to_owned())
+    }
 }
 
+#[cfg(test)]
 impl Readiness {
-    /// Why the uplink cannot carry traffic, in words an operator acts on.
-    pub fn problem(&self) -> Option<&'static str> {
-        match self {
-            Readiness::Ready { .. } => None,
-            Readiness::LinkDown => Some("the interface is down or has no carrier"),
-            Readiness::NoAddress => {
-                Some("the interface has no IPv4 address; it carries no traffic until it gets one")
-            }
-            Readiness::NoGateway { .. } => Some(
-                "no gateway: set `gateway` in the config or give the interface a default route",
-            ),
+    /// Ready at `address`/`prefix_len` via `gateway`, of either family (for tests).
+    pub fn via(address: &str, prefix_len: u8, gateway: &str) -> Self {
+        let address: IpAddr = address.parse().expect("a test address");
+        let address = match address {
+            IpAddr::V4(a) => IpNet::V4(crate::net::Net::new(a, prefix_len)),
+            IpAddr::V6(a) => IpNet::V6(crate::net::Net::new(a, prefix_len)),
+        };
+        let gateway = Hop::Via(gateway.parse().expect("a test gateway"));
+        Readiness::Ready { address, gateway }
+    }
+}
+
+#[cfg(test)]
+impl UplinkPlan {
+    /// An IPv4-only uplink in `slot`, ready on 198.18.<slot>.2/24 (for tests).
+    pub fn test(name: &str, slot: u32, alive: bool) -> Self {
+        UplinkPlan {
+            name: name.to_owned(),
+            slot,
+            interface: format!("wan{slot}"),
+            table: 101 + slot,
+            mark: 0x100 << slot,
+            weight: 1,
+            tier: 1,
+            standby: false,
+            readiness: PerFamily {
+                v4: Readiness::via(&format!("198.18.{slot}.2"), 24, &format!("198.18.{slot}.1")),
+                v6: Readiness::NoAddress,
+            },
+            alive: PerFamily {
+                v4: alive,
+                v6: false,
+            },
+            nat6: Nat6::default(),
         }
     }
 }
@@ -118,13 +163,11 @@ pub struct UplinkPlan {
     pub mark: u32,
     pub weight: u32,
     pub tier: u32,
-    pub readiness: Readiness,
-    /// Ready and not declared dead by health checks.
-    pub alive: bool,
-    /// The same for IPv6, judged apart: an ISP's IPv6 may be broken (or absent)
-    /// while its IPv4 works, and the other way round.
-    pub readiness6: Readiness<Ipv6Addr>,
-    pub alive6: bool,
+    /// Judged per family: an ISP's IPv6 may be broken (or absent) while its IPv4
+    /// works, and the other way round.
+    pub readiness: PerFamily<Readiness>,
+    /// Ready and not declared dead by that family's health checks.
+    pub alive: PerFamily<bool>,
     /// How the LAN's IPv6 leaves through it.
     pub nat6: Nat6,
     /// Alive, but on a worse tier than the best live one with `failback = "move"`:
@@ -145,97 +188,52 @@ pub fn health_name(uplink: &str, family: Family) -> String {
 }
 
 impl UplinkPlan {
-    /// May carry IPv4 flows (see [`UplinkPlan::carries_in`]).
-    pub fn carries(&self) -> bool {
-        self.carries_in(Family::V4)
-    }
-
-    /// In the IPv4 ring (see [`UplinkPlan::takes_new_flows_in`]).
-    pub fn takes_new_flows(&self, active_tier: Option<u32>) -> bool {
-        self.takes_new_flows_in(Family::V4, active_tier)
-    }
-
-    /// Alive for `family` (ready, and not declared dead by that family's probes).
-    pub fn alive_in(&self, family: Family) -> bool {
-        match family {
-            Family::V4 => self.alive,
-            Family::V6 => self.alive6,
-        }
-    }
-
     /// May carry flows of `family`: alive and not standing by on a backup tier
     /// (standing by applies to both families). The datapath moves the flows of an
     /// uplink that does not.
-    pub fn carries_in(&self, family: Family) -> bool {
-        self.alive_in(family) && !self.standby
+    pub fn carries(&self, family: Family) -> bool {
+        self.alive[family] && !self.standby
     }
 
     /// In `family`'s ring: carries its flows, is weighted and on the best live
     /// tier of that family (`active_tier`).
-    pub fn takes_new_flows_in(&self, family: Family, active_tier: Option<u32>) -> bool {
-        self.carries_in(family) && self.weight > 0 && Some(self.tier) == active_tier
-    }
-
-    /// The uplink's own IPv4 address, when it has one.
-    pub fn address(&self) -> Option<Ipv4Addr> {
-        self.readiness.address()
+    pub fn takes_new_flows(&self, family: Family, active_tier: Option<u32>) -> bool {
+        self.carries(family) && self.weight > 0 && Some(self.tier) == active_tier
     }
 
     /// The address the uplink's traffic of `family` leaves from and where it goes
     /// next, when that family is ready.
-    pub fn ready_in(&self, family: Family) -> Option<(IpAddr, Hop<IpAddr>)> {
+    pub fn ready(&self, family: Family) -> Option<(IpAddr, Hop)> {
         let side = self.side(family)?;
         Some((side.address, side.hop?))
     }
 
     /// The uplink's own address of `family`, when it has one.
-    pub fn address_in(&self, family: Family) -> Option<IpAddr> {
-        match family {
-            Family::V4 => self.readiness.address().map(IpAddr::V4),
-            Family::V6 => self.readiness6.address().map(IpAddr::V6),
+    pub fn address(&self, family: Family) -> Option<IpAddr> {
+        self.readiness[family].net().map(IpNet::addr)
+    }
+}
+
+/// Whether each family of `uplink` can carry traffic, from what the host shows.
+pub(super) fn readiness(uplink: &UplinkConfig, iface: &Interface) -> PerFamily<Readiness> {
+    PerFamily::from_fn(|family| {
+        if !iface.up {
+            return Readiness::LinkDown;
         }
-    }
-}
-
-pub(super) fn readiness(uplink: &UplinkConfig, iface: &Interface) -> Readiness {
-    let point_to_point = (iface.peer.is_some() || iface.default_dev)
-        .then_some(Hop::PointToPoint { peer: iface.peer });
-    family_readiness(
-        iface.up,
-        iface.addresses.first(),
-        uplink.gateway.or(iface.gateway),
-        point_to_point,
-    )
-}
-
-pub(super) fn readiness6(uplink: &UplinkConfig, iface: &Interface) -> Readiness<Ipv6Addr> {
-    let point_to_point = iface
-        .default_dev6
-        .then_some(Hop::PointToPoint { peer: None });
-    family_readiness(
-        iface.up,
-        iface.addresses6.first(),
-        uplink.gateway6.or(iface.gateway6),
-        point_to_point,
-    )
-}
-
-fn family_readiness<A: Address>(
-    up: bool,
-    address: Option<&crate::net::Net<A>>,
-    gateway: Option<A>,
-    point_to_point: Option<Hop<A>>,
-) -> Readiness<A> {
-    if !up {
-        return Readiness::LinkDown;
-    }
-    let Some(&address) = address else {
-        return Readiness::NoAddress;
-    };
-    match gateway.map(Hop::Via).or(point_to_point) {
-        Some(gateway) => Readiness::Ready { address, gateway },
-        None => Readiness::NoGateway { address },
-    }
+        let Some(&address) = iface.addresses[family].first() else {
+            return Readiness::NoAddress;
+        };
+        // A point-to-point link is one with a peer (IPv4 only: pppd's `inet A peer
+        // B/32`) or a default route without a gateway.
+        let peer = iface.peer.map(IpAddr::V4).filter(|_| family == Family::V4);
+        let point_to_point =
+            (peer.is_some() || iface.default_dev[family]).then_some(Hop::PointToPoint { peer });
+        let gateway = uplink.gateway[family].or(iface.gateway[family]);
+        match gateway.map(Hop::Via).or(point_to_point) {
+            Some(gateway) => Readiness::Ready { address, gateway },
+            None => Readiness::NoGateway { address },
+        }
+    })
 }
 
 /// One family's view of an uplink, so tables, rules and the main default are
@@ -246,44 +244,26 @@ pub(super) struct Side {
     pub(super) address: IpAddr,
     pub(super) connected: IpNet,
     /// `Some` when ready: where its traffic of this family goes next.
-    pub(super) hop: Option<Hop<IpAddr>>,
+    pub(super) hop: Option<Hop>,
 }
 
 impl UplinkPlan {
     pub(super) fn side(&self, family: Family) -> Option<Side> {
-        match family {
-            Family::V4 => side(&self.readiness),
-            Family::V6 => side(&self.readiness6),
-        }
+        let readiness = &self.readiness[family];
+        let address = readiness.net()?;
+        let hop = readiness.hop();
+        // A point-to-point link's connected network is its peer, as the kernel's own
+        // route for `inet A peer B/32` says.
+        let connected = match hop {
+            Some(Hop::PointToPoint { peer: Some(peer) }) => IpNet::host(peer),
+            _ => address.network(),
+        };
+        Some(Side {
+            address: address.addr(),
+            connected,
+            hop,
+        })
     }
-}
-
-fn side<A: Address + Into<IpAddr>>(readiness: &Readiness<A>) -> Option<Side>
-where
-    IpNet: From<crate::net::Net<A>>,
-{
-    let (address, hop) = match *readiness {
-        Readiness::Ready { address, gateway } => (address, Some(gateway)),
-        Readiness::NoGateway { address } => (address, None),
-        Readiness::LinkDown | Readiness::NoAddress => return None,
-    };
-    // A point-to-point link's connected network is its peer, as the kernel's own
-    // route for `inet A peer B/32` says.
-    let connected = match hop {
-        Some(Hop::PointToPoint { peer: Some(peer) }) => crate::net::Net::host(peer),
-        _ => address.network(),
-    };
-    let hop = hop.map(|hop| match hop {
-        Hop::Via(gateway) => Hop::Via(gateway.into()),
-        Hop::PointToPoint { peer } => Hop::PointToPoint {
-            peer: peer.map(Into::into),
-        },
-    });
-    Some(Side {
-        address: address.addr.into(),
-        connected: connected.into(),
-        hop,
-    })
 }
 
 /// The best (lowest) tier with a live, weighted uplink of `family`: the one new
@@ -291,7 +271,7 @@ where
 pub(super) fn active_tier(uplinks: &[UplinkPlan], family: Family) -> Option<u32> {
     uplinks
         .iter()
-        .filter(|u| u.alive_in(family) && u.weight > 0)
+        .filter(|u| u.alive[family] && u.weight > 0)
         .map(|u| u.tier)
         .min()
 }

@@ -9,8 +9,9 @@ use super::{
     control::{self, Incoming, Request, Response},
     metrics,
     report::{DaemonReport, RuleReport, UplinkReport},
+    view::{Counted, UplinkView},
 };
-use crate::{apply::datapath::Maps, config::MAX_WEIGHT};
+use crate::{apply::datapath::Maps, config::MAX_WEIGHT, net::Family, plan::health_name};
 
 impl Daemon {
     pub(super) async fn answer(&mut self, incoming: Incoming) {
@@ -61,30 +62,18 @@ impl Daemon {
         .await
         .unwrap_or_default();
         let report = self.report();
+        let active = self.plan.active_tier();
         let uplinks = self
             .plan
             .uplinks
             .iter()
             .zip(&report.uplinks)
             .map(|(plan, report)| {
-                let traffic = self.maps.traffic(plan.slot).unwrap_or_default();
-                metrics::UplinkMetrics {
-                    name: plan.name.clone(),
-                    up: report.alive,
-                    up6: report.alive6,
-                    weight: plan.weight,
-                    flows: flows.get(&plan.slot).copied().unwrap_or(0) as u64,
-                    packets: traffic.packets,
-                    bytes: traffic.bytes,
-                    state_changes: report.state_changes,
-                    // Both families' targets: their addresses tell them apart.
-                    probes: report
-                        .probes
-                        .iter()
-                        .chain(&report.probes6)
-                        .cloned()
-                        .collect(),
-                }
+                let counted = Counted {
+                    traffic: self.maps.traffic(plan.slot).unwrap_or_default(),
+                    flows: flows.get(&plan.slot).copied().unwrap_or(0),
+                };
+                UplinkView::new(plan, active, Some(report), counted)
             })
             .collect();
         metrics::Snapshot {
@@ -116,7 +105,7 @@ impl Daemon {
                     alive: state.alive,
                     weight: u.weight,
                     tier: u.tier,
-                    new_flows: u.takes_new_flows(active),
+                    new_flows: u.takes_new_flows(Family::V4, active),
                     since: state
                         .since
                         .duration_since(SystemTime::UNIX_EPOCH)
@@ -125,10 +114,8 @@ impl Daemon {
                     reason: state.reason.clone(),
                     state_changes: state.changes,
                     probes: self.health.report(&u.name),
-                    alive6: u.alive6,
-                    probes6: self
-                        .health
-                        .report(&crate::plan::health_name(&u.name, crate::net::Family::V6)),
+                    alive6: u.alive.v6,
+                    probes6: self.health.report(&health_name(&u.name, Family::V6)),
                 })
             })
             .collect();

@@ -20,31 +20,18 @@ use tracing::{debug, info};
 
 use super::{
     control::{Incoming, Request, Response},
-    health::TargetReport,
     task::Task,
+    view::UplinkView,
 };
+use crate::net::Family as IpFamily;
 
 /// Everything one scrape shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub fail_open: bool,
-    pub uplinks: Vec<UplinkMetrics>,
+    pub uplinks: Vec<UplinkView>,
     /// Datapath outcome counters by family ("ipv4", "ipv6") and name.
     pub datapath: Vec<(&'static str, &'static str, u64)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct UplinkMetrics {
-    pub name: String,
-    pub up: bool,
-    /// Its IPv6 takes traffic (judged apart from its IPv4).
-    pub up6: bool,
-    pub weight: u32,
-    pub flows: u64,
-    pub packets: u64,
-    pub bytes: u64,
-    pub state_changes: u64,
-    pub probes: Vec<TargetReport>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -112,14 +99,15 @@ pub fn render(snapshot: &Snapshot) -> String {
         .set(i64::from(snapshot.fail_open));
     for u in &snapshot.uplinks {
         let labels = vec![("uplink", u.name.clone())];
-        up.get_or_create(&labels).set(i64::from(u.up));
-        up6.get_or_create(&labels).set(i64::from(u.up6));
+        up.get_or_create(&labels).set(i64::from(u.up(IpFamily::V4)));
+        up6.get_or_create(&labels)
+            .set(i64::from(u.up(IpFamily::V6)));
         weight.get_or_create(&labels).set(i64::from(u.weight));
         flows.get_or_create(&labels).set(u.flows as i64);
         packets.get_or_create(&labels).inc_by(u.packets);
         bytes.get_or_create(&labels).inc_by(u.bytes);
         changes.get_or_create(&labels).inc_by(u.state_changes);
-        for probe in &u.probes {
+        for probe in u.all_probes() {
             let labels = vec![
                 ("uplink", u.name.clone()),
                 ("target", probe.target.to_string()),
@@ -219,27 +207,47 @@ async fn answer(mut stream: TcpStream, requests: mpsc::Sender<Incoming>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        plan::UplinkPlan,
+        run::{health::TargetReport, report::UplinkReport, view::Counted},
+    };
 
     #[test]
     fn snapshot_renders_every_series_with_its_value() {
         let snapshot = Snapshot {
             fail_open: false,
-            uplinks: vec![UplinkMetrics {
-                name: "dsl".into(),
-                up: true,
-                up6: false,
-                weight: 3,
-                flows: 42,
-                packets: 1000,
-                bytes: 64000,
-                state_changes: 2,
-                probes: vec![TargetReport {
-                    target: "192.0.2.1".parse().unwrap(),
-                    up: true,
-                    rtt_ms: Some(12.5),
-                    loss_percent: 5.0,
-                }],
-            }],
+            uplinks: vec![UplinkView::new(
+                &UplinkPlan {
+                    weight: 3,
+                    ..UplinkPlan::test("dsl", 0, true)
+                },
+                Some(1),
+                Some(&UplinkReport {
+                    name: "dsl".into(),
+                    alive: true,
+                    weight: 3,
+                    tier: 1,
+                    new_flows: true,
+                    since: 0.0,
+                    reason: "ready".into(),
+                    state_changes: 2,
+                    probes: vec![TargetReport {
+                        target: "192.0.2.1".parse().unwrap(),
+                        up: true,
+                        rtt_ms: Some(12.5),
+                        loss_percent: 5.0,
+                    }],
+                    alive6: false,
+                    probes6: Vec::new(),
+                }),
+                Counted {
+                    traffic: multiroute_ebpf::Traffic {
+                        packets: 1000,
+                        bytes: 64000,
+                    },
+                    flows: 42,
+                },
+            )],
             datapath: vec![("ipv4", "flow_hit", 958), ("ipv6", "flow_new", 7)],
         };
         let text = render(&snapshot);

@@ -20,9 +20,10 @@ pub mod report;
 mod setup;
 pub mod states;
 mod task;
+pub mod view;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -82,6 +83,18 @@ fn thresholds(config: &Config) -> Thresholds {
     }
 }
 
+/// What the previous daemon held as not carrying, less the uplinks that only
+/// stood by on a backup tier (alive, so not to be presumed dead).
+async fn presumed_dead(nl: &Netlink, config: &Config) -> Result<BTreeSet<String>, DaemonError> {
+    let held = apply::datapath::not_carrying(&config.routing.pin_path).map_err(ApplyError::from)?;
+    let (trusting, _) = apply::plan(nl, config, &BTreeSet::new()).await?;
+    let standing_by = |name: &str| {
+        let uplink = name.split_once('/').map_or(name, |(uplink, _)| uplink);
+        trusting.uplink(uplink).is_some_and(|u| u.standby)
+    };
+    Ok(held.into_iter().filter(|name| !standing_by(name)).collect())
+}
+
 impl Daemon {
     /// Applies the config (every uplink trusted until probed) and starts probing.
     /// On failure the host is left as it was.
@@ -94,7 +107,7 @@ impl Daemon {
         // A restart keeps the previous daemon's verdicts: an uplink it had found
         // dead gets no new flows until probes bring it back.
         let presumed_dead = if running {
-            apply::datapath::presumed_dead(pin_path).map_err(ApplyError::from)?
+            presumed_dead(&nl, &config).await?
         } else {
             Default::default()
         };
@@ -361,7 +374,7 @@ impl Daemon {
 
     /// One line for `systemctl status`.
     fn notify_status(&self) {
-        let up = self.plan.uplinks.iter().filter(|u| u.alive).count();
+        let up = self.plan.uplinks.iter().filter(|u| u.alive.v4).count();
         let line = if self.plan.fail_open() {
             "ALL UPLINKS DOWN: failing open".to_owned()
         } else {
@@ -435,7 +448,7 @@ impl Daemon {
         self.config = config;
         info!("configuration reloaded");
         self.reconcile(None).await;
-        if let Err(err) = self.datapath.attach(&self.plan.lan) {
+        if let Err(err) = self.datapath.attach(&self.plan.datapath.lan) {
             error!("attaching to the LAN interfaces of the new config: {err}");
         }
         log_plan(&self.plan);

@@ -30,7 +30,7 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
     let mut wanted = BTreeMap::new();
     for (uplink, planned) in config.uplinks.iter().zip(&plan.uplinks) {
         for family in Family::ALL {
-            let Some((address, hop)) = planned.ready_in(family) else {
+            let Some((address, hop)) = planned.ready(family) else {
                 continue;
             };
             let targets: Vec<Target> = config
@@ -138,10 +138,7 @@ mod tests {
     use std::{net::Ipv4Addr, path::Path};
 
     use super::*;
-    use crate::{
-        net::Ipv4Net,
-        plan::{Interface, Observed},
-    };
+    use crate::plan::{Interface, Observed};
 
     #[test]
     fn each_ready_uplink_is_probed_at_its_own_targets_with_the_gateway_resolved() {
@@ -165,12 +162,7 @@ gateway = "198.18.3.1"
             Path::new("test.toml"),
         )
         .unwrap();
-        let iface = |index, address: [u8; 4], up| Interface {
-            index,
-            up,
-            addresses: vec![Ipv4Net::new(address.into(), 24)],
-            ..Interface::default()
-        };
+        let iface = |index, address, up| Interface::with_ipv4(index, up, address, 24);
         let observed = Observed::from([
             ("eth0".into(), iface(2, [100, 64, 0, 1], true)),
             ("eth1".into(), iface(3, [192, 0, 2, 7], true)),

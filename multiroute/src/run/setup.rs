@@ -7,6 +7,7 @@ use super::error::DaemonError;
 use crate::{
     apply::{self, ApplyError, host},
     config::Config,
+    net::Family,
     netlink::Netlink,
     plan::{Plan, Readiness},
 };
@@ -48,7 +49,10 @@ pub(super) fn log_takeover(takeover: &apply::Takeover) {
 
 pub(super) fn log_plan(plan: &Plan) {
     for uplink in &plan.uplinks {
-        match (&uplink.readiness, uplink.readiness.problem()) {
+        match (
+            &uplink.readiness.v4,
+            uplink.readiness.v4.problem(Family::V4),
+        ) {
             (Readiness::Ready { address, gateway }, _) => info!(
                 uplink = %uplink.name,
                 interface = %uplink.interface,
@@ -67,7 +71,7 @@ pub(super) fn log_plan(plan: &Plan) {
             ),
         }
     }
-    if let Some(route) = &plan.main_default {
+    for route in plan.routing.main_default.values().flatten() {
         info!(%route, "main table default");
     }
 }

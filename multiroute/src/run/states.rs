@@ -44,21 +44,19 @@ struct Side {
 
 /// The uplink's IPv4 side, and its IPv6 side when it has (or had, in `known`) one.
 fn sides(uplink: &UplinkPlan, known: &BTreeMap<String, UplinkState>) -> Vec<Side> {
-    let mut sides = vec![Side {
-        name: uplink.name.clone(),
-        alive: uplink.alive,
-        problem: uplink.readiness.problem().map(str::to_owned),
-    }];
-    let name6 = health_name(&uplink.name, Family::V6);
-    if uplink.readiness6 != Readiness::NoAddress || known.contains_key(&name6) {
-        sides.push(Side {
-            name: name6,
-            alive: uplink.alive6,
-            problem: (!uplink.readiness6.is_ready())
-                .then(|| format!("IPv6: {}", uplink.readiness6.state())),
-        });
-    }
-    sides
+    Family::ALL
+        .into_iter()
+        .filter(|&family| {
+            family == Family::V4
+                || uplink.readiness[family] != Readiness::NoAddress
+                || known.contains_key(&health_name(&uplink.name, family))
+        })
+        .map(|family| Side {
+            name: health_name(&uplink.name, family),
+            alive: uplink.alive[family],
+            problem: uplink.readiness[family].problem(family),
+        })
+        .collect()
 }
 
 impl States {
@@ -149,53 +147,23 @@ impl States {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, time::Duration};
+    use std::time::Duration;
 
     use super::*;
-    use crate::{
-        net::Ipv4Net,
-        plan::{Hop, Readiness, UplinkPlan},
-    };
+    use crate::plan::{Readiness, UplinkPlan};
 
     fn plan(uplinks: &[(&str, bool)]) -> Plan {
         let uplinks = uplinks
             .iter()
             .enumerate()
-            .map(|(slot, &(name, alive))| UplinkPlan {
-                name: name.to_owned(),
-                slot: slot as u32,
-                interface: format!("wan{slot}"),
-                table: 101 + slot as u32,
-                mark: 0x100 << slot,
-                weight: 1,
-                tier: 1,
-                standby: false,
-                readiness: Readiness::Ready {
-                    address: Ipv4Net::new(Ipv4Addr::new(198, 18, slot as u8, 2), 24),
-                    gateway: Hop::Via(Ipv4Addr::new(198, 18, slot as u8, 1)),
-                },
-                alive,
-                readiness6: Readiness::NoAddress,
-                alive6: false,
-                nat6: Default::default(),
-            })
+            .map(|(slot, &(name, alive))| UplinkPlan::test(name, slot as u32, alive))
             .collect();
         Plan {
             uplinks,
-            routes: Vec::new(),
-            rules: Vec::new(),
-            main_default: None,
-            main_default6: None,
-            datapath_uplinks: Vec::new(),
-            ring: Vec::new(),
-            ring6: Vec::new(),
-            lan: Vec::new(),
-            inbound: Vec::new(),
-            nat6: Vec::new(),
-            balance_by: 0,
-            policy: Default::default(),
+            routing: Default::default(),
+            datapath: Default::default(),
+            firewall: Default::default(),
             rule_uses: Vec::new(),
-            direct: Default::default(),
         }
     }
 
@@ -252,11 +220,8 @@ mod tests {
         );
         let dual = |alive6: bool| {
             let mut plan = plan(&[("dsl", true)]);
-            plan.uplinks[0].readiness6 = Readiness::Ready {
-                address: crate::net::Ipv6Net::new("2001:db8::2".parse().unwrap(), 64),
-                gateway: Hop::Via("fe80::1".parse().unwrap()),
-            };
-            plan.uplinks[0].alive6 = alive6;
+            plan.uplinks[0].readiness.v6 = Readiness::via("2001:db8::2", 64, "fe80::1");
+            plan.uplinks[0].alive.v6 = alive6;
             plan
         };
         let mut states = States::start(&dual(true), t0);

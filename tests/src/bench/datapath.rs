@@ -9,7 +9,7 @@ use std::{
 use anyhow::Result;
 use multiroute::{
     apply::datapath::Capacity,
-    net::{IpNet, Ipv4Net, Ipv6Net},
+    net::{IpNet, Ipv4Net, Ipv6Net, PerFamily},
     plan::{Member, Policy, build_ring},
 };
 use multiroute_ebpf::{Flow, FlowKey, MAX_RULES, PolicyRule, RING_SIZE, RuleSet, Uplink};
@@ -50,8 +50,8 @@ fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
             Uplink {
                 mark: (i + 1) << 8,
                 mask: MASK,
-                alive: 1,
-                alive6: 1,
+                carries: 1,
+                carries6: 1,
             },
         )?;
     }
@@ -65,8 +65,7 @@ fn configure(dp: &mut LoadedDatapath, n: u32) -> Result<()> {
         })
         .collect();
     let ring = build_ring(&members, RING_SIZE);
-    dp.maps.write_ring(&ring)?;
-    dp.maps.write_ring6(&ring)?;
+    dp.maps.write_rings(&PerFamily::from_fn(|_| ring.clone()))?;
     dp.maps.write_direct(&direct_destinations()?)?;
     Ok(())
 }

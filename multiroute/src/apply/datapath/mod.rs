@@ -16,5 +16,5 @@ mod sys;
 
 pub use error::DatapathError;
 pub use loader::{Capacity, Datapath, affinity_capacity, attached_interfaces, remove};
-pub use maps::{Maps, Seeding, presumed_dead, read_slots};
+pub use maps::{Maps, Seeding, not_carrying, read_slots};
 pub use sys::{is_bpffs, monotonic_seconds, prepare_pin_path};

@@ -21,8 +21,8 @@ use super::{
     sys::open_map,
 };
 use crate::{
-    net::IpNet,
-    plan::{Plan, slots::Slots},
+    net::{Family, IpNet, PerFamily},
+    plan::{Plan, health_name, slots::Slots},
 };
 use direct::{DirectChange, DirectTries};
 use flows::FlowTables;
@@ -37,8 +37,7 @@ pub struct Maps {
     pub v4: FlowTables<FlowKey>,
     /// IPv6's.
     pub v6: FlowTables<FlowKey6>,
-    ring: Ring,
-    ring6: Ring,
+    ring: PerFamily<Ring>,
     uplinks: Array<MapData, Uplink>,
     traffic: PerCpuArray<MapData, Traffic>,
     counters: PerCpuArray<MapData, u64>,
@@ -72,25 +71,33 @@ pub fn read_slots(pin_path: &Path) -> Result<Slots, DatapathError> {
     Ok(slots)
 }
 
-/// Uplinks the running datapath holds as not alive (dead by probes, or not ready):
-/// what a restarted daemon presumes until probes say otherwise.
-pub fn presumed_dead(pin_path: &Path) -> Result<std::collections::BTreeSet<String>, DatapathError> {
+/// The health names (see `plan::health_name`) of each family the running datapath
+/// holds as not carrying: dead by probes, not ready, or standing by on a backup
+/// tier — the map does not tell those apart.
+pub fn not_carrying(pin_path: &Path) -> Result<BTreeSet<String>, DatapathError> {
     let uplinks: Array<MapData, Uplink> = open_map(pin_path, map_names::UPLINKS)?;
-    let mut dead = std::collections::BTreeSet::new();
+    let mut held = BTreeSet::new();
     for (name, slot) in read_slots(pin_path)? {
         let uplink = uplinks
             .get(&slot, 0)
             .map_err(map_error(map_names::UPLINKS))?;
-        if uplink.alive == 0 {
-            dead.insert(name);
+        let carries = PerFamily {
+            v4: uplink.carries,
+            v6: uplink.carries6,
+        };
+        for (family, carries) in carries.iter() {
+            if *carries == 0 {
+                held.insert(health_name(&name, family));
+            }
         }
     }
-    Ok(dead)
+    Ok(held)
 }
 
 /// What the plan wants in uplink slot `index`: all zero (not alive) when unused.
 fn planned_uplink(plan: &Plan, index: u32) -> Uplink {
-    plan.datapath_uplinks
+    plan.datapath
+        .uplinks
         .get(index as usize)
         .copied()
         .unwrap_or_default()
@@ -109,8 +116,10 @@ impl Maps {
         Ok(Self {
             v4: FlowTables::open(pin_path, map_names::FLOWS, map_names::AFFINITY)?,
             v6: FlowTables::open(pin_path, map_names::FLOWS6, map_names::AFFINITY6)?,
-            ring: Ring::open(pin_path, map_names::RING)?,
-            ring6: Ring::open(pin_path, map_names::RING6)?,
+            ring: PerFamily {
+                v4: Ring::open(pin_path, map_names::RING)?,
+                v6: Ring::open(pin_path, map_names::RING6)?,
+            },
             uplinks: open_map(pin_path, map_names::UPLINKS)?,
             traffic: open_map(pin_path, map_names::TRAFFIC)?,
             counters: open_map(pin_path, map_names::COUNTERS)?,
@@ -126,10 +135,9 @@ impl Maps {
     /// move (and new flows stop landing on it) from that one write on.
     pub fn write_plan(&mut self, plan: &Plan) -> Result<(), DatapathError> {
         self.write_uplinks(plan)?;
-        self.write_direct(&plan.direct)?;
-        self.write_ring(&plan.ring)?;
-        self.write_ring6(&plan.ring6)?;
-        self.write_policy(&plan.policy)
+        self.write_direct(&plan.datapath.direct)?;
+        self.write_rings(&plan.datapath.ring)?;
+        self.write_policy(&plan.datapath.policy)
     }
 
     /// The destinations the classifier leaves to the main table; when they
@@ -165,7 +173,7 @@ impl Maps {
     /// The uplink table and the slot owners. Unused slots are cleared so a removed
     /// uplink's flows are re-steered.
     pub fn write_uplinks(&mut self, plan: &Plan) -> Result<(), DatapathError> {
-        self.write_balance(plan.balance_by)?;
+        self.write_balance(plan.datapath.balance_by)?;
         for index in 0..MAX_UPLINKS {
             self.set_uplink(index, planned_uplink(plan, index))?;
             let owner = plan
@@ -181,23 +189,21 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes the IPv4 ring (see [`Ring::write`]).
-    pub fn write_ring(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
-        self.ring.write(ring)
-    }
-
-    /// Writes the IPv6 ring.
-    pub fn write_ring6(&mut self, ring: &[u32]) -> Result<(), DatapathError> {
-        self.ring6.write(ring)
+    /// Writes each family's ring (see [`Ring::write`]).
+    pub fn write_rings(&mut self, rings: &PerFamily<Vec<u32>>) -> Result<(), DatapathError> {
+        for (family, ring) in rings.iter() {
+            self.ring[family].write(ring)?;
+        }
+        Ok(())
     }
 
     /// Every ring slot of both families points at no uplink yet: new flows are
     /// remembered as pending and pass unmarked (see [`PENDING_UPLINK`]) until the
     /// real rings are written.
     pub fn write_pending_rings(&mut self) -> Result<(), DatapathError> {
-        let pending = vec![PENDING_UPLINK; RING_SIZE as usize];
-        self.write_ring(&pending)?;
-        self.write_ring6(&pending)
+        self.write_rings(&PerFamily::from_fn(|_| {
+            vec![PENDING_UPLINK; RING_SIZE as usize]
+        }))
     }
 
     /// Where the kernel's uplink table and ring differ from the plan, in words;
@@ -206,8 +212,9 @@ impl Maps {
     pub fn differences(&mut self, plan: &Plan) -> Result<Vec<String>, DatapathError> {
         let mut differences = Vec::new();
         let by = self.balance_by()?;
-        if by != plan.balance_by {
-            differences.push(format!("balance mode {by} instead of {}", plan.balance_by));
+        let planned = plan.datapath.balance_by;
+        if by != planned {
+            differences.push(format!("balance mode {by} instead of {planned}"));
         }
         for index in 0..MAX_UPLINKS {
             let held = self
@@ -218,17 +225,15 @@ impl Maps {
                 differences.push(format!("uplink slot {index} holds {held:?}"));
             }
         }
-        for (ring, planned, family) in [
-            (&mut self.ring, &plan.ring, "IPv4"),
-            (&mut self.ring6, &plan.ring6, "IPv6"),
-        ] {
-            let wrong = ring.differing_slots(planned)?;
+        for family in Family::ALL {
+            let wrong = self.ring[family].differing_slots(&plan.datapath.ring[family])?;
             if wrong > 0 {
+                let family = family.name();
                 differences.push(format!("{wrong} {family} ring slots differ from the plan"));
             }
         }
-        differences.extend(self.rules.differences(&plan.policy)?);
-        differences.extend(self.direct.differences(&plan.direct)?);
+        differences.extend(self.rules.differences(&plan.datapath.policy)?);
+        differences.extend(self.direct.differences(&plan.datapath.direct)?);
         Ok(differences)
     }
 

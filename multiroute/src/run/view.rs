@@ -1,0 +1,169 @@
+//! One view of an uplink, built once from the plan, the daemon's health report and
+//! the datapath's counters, and rendered three ways: `status --json` (its serde
+//! shape), the `status` table and the OpenMetrics endpoint.
+use multiroute_ebpf::Traffic;
+use serde::Serialize;
+
+use super::{health::TargetReport, report::UplinkReport};
+use crate::{
+    net::Family,
+    plan::{Readiness, UplinkPlan},
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UplinkView {
+    pub name: String,
+    /// "up", "down" or "drained" (alive, weight 0: keeps its flows, takes no new ones).
+    pub state: &'static str,
+    pub weight: u32,
+    /// Lower is preferred: new flows use the best tier with a live uplink.
+    pub tier: u32,
+    /// Takes new flows now: alive, weighted and on the best live tier.
+    pub new_flows: bool,
+    pub interface: String,
+    /// Its IPv4 address, gateway and probes.
+    #[serde(flatten)]
+    pub ipv4: FamilyView,
+    pub table: u32,
+    pub mark: String,
+    pub flows: usize,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Since when the uplink is in its state (Unix seconds; null without a daemon).
+    pub since: Option<f64>,
+    /// Why it is in that state.
+    pub reason: Option<String>,
+    /// Up/down transitions since `load` started.
+    pub state_changes: u64,
+    /// Last probe round-trip time, from the best answering target.
+    pub rtt_ms: Option<f64>,
+    /// Probe loss over the last probes of the best target, in percent.
+    pub loss_percent: Option<f64>,
+    /// Its IPv6 side, judged apart from its IPv4.
+    pub ipv6: Ipv6View,
+}
+
+/// What one family of an uplink has: its address, next hop and probes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FamilyView {
+    pub address: Option<String>,
+    /// The gateway, or a point-to-point link's peer (null when its address names
+    /// none).
+    pub gateway: Option<String>,
+    pub probes: Vec<TargetReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ipv6View {
+    /// "up", "down", or why it cannot carry IPv6 ("no address", "no gateway",
+    /// "link down").
+    pub state: &'static str,
+    #[serde(flatten)]
+    pub side: FamilyView,
+}
+
+/// What the datapath counted for an uplink.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counted {
+    pub traffic: Traffic,
+    pub flows: usize,
+}
+
+impl UplinkView {
+    /// `health` is the running daemon's report (None without one: then the plan's
+    /// own judgement stands); `active_tier` is the plan's.
+    pub fn new(
+        uplink: &UplinkPlan,
+        active_tier: Option<u32>,
+        health: Option<&UplinkReport>,
+        counted: Counted,
+    ) -> Self {
+        let alive = health.map_or(uplink.alive.v4, |u| u.alive);
+        // `multiroute weight` changes live in the daemon, not in the file.
+        let weight = health.map_or(uplink.weight, |u| u.weight);
+        let state = match (alive, weight) {
+            (false, _) => "down",
+            (true, 0) => "drained",
+            (true, _) => "up",
+        };
+        let readiness6 = &uplink.readiness.v6;
+        let ipv6_state = match (readiness6, health.map_or(uplink.alive.v6, |u| u.alive6)) {
+            (Readiness::Ready { .. }, true) => "up",
+            (Readiness::Ready { .. }, false) => "down",
+            (other, _) => other.state(),
+        };
+        let probes = |family| {
+            health
+                .map(|u| match family {
+                    Family::V4 => u.probes.clone(),
+                    Family::V6 => u.probes6.clone(),
+                })
+                .unwrap_or_default()
+        };
+        let side = |family| FamilyView {
+            address: uplink.readiness[family].net().map(|a| a.to_string()),
+            gateway: uplink.readiness[family]
+                .hop()
+                .and_then(|hop| hop.probe_address())
+                .map(|g| g.to_string()),
+            probes: probes(family),
+        };
+        UplinkView {
+            name: uplink.name.clone(),
+            state,
+            weight,
+            tier: uplink.tier,
+            new_flows: health.map_or(uplink.takes_new_flows(Family::V4, active_tier), |u| {
+                u.new_flows
+            }),
+            interface: uplink.interface.clone(),
+            ipv4: side(Family::V4),
+            table: uplink.table,
+            mark: format!("{:#x}", uplink.mark),
+            flows: counted.flows,
+            packets: counted.traffic.packets,
+            bytes: counted.traffic.bytes,
+            since: health.map(|u| u.since),
+            reason: health
+                .map(|u| u.reason.clone())
+                .or_else(|| uplink.readiness.v4.problem(Family::V4)),
+            state_changes: health.map_or(0, |u| u.state_changes),
+            rtt_ms: health.and_then(best_rtt),
+            loss_percent: health.and_then(best_loss),
+            ipv6: Ipv6View {
+                state: ipv6_state,
+                side: side(Family::V6),
+            },
+        }
+    }
+
+    /// Takes traffic of `family` (a drained uplink still carries its flows).
+    pub fn up(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.state != "down",
+            Family::V6 => self.ipv6.state == "up",
+        }
+    }
+
+    /// Both families' probes: their target addresses tell them apart.
+    pub fn all_probes(&self) -> impl Iterator<Item = &TargetReport> {
+        self.ipv4.probes.iter().chain(&self.ipv6.side.probes)
+    }
+}
+
+fn best_rtt(health: &UplinkReport) -> Option<f64> {
+    health
+        .probes
+        .iter()
+        .filter(|p| p.up)
+        .filter_map(|p| p.rtt_ms)
+        .reduce(f64::min)
+}
+
+fn best_loss(health: &UplinkReport) -> Option<f64> {
+    health
+        .probes
+        .iter()
+        .map(|p| p.loss_percent)
+        .reduce(f64::min)
+}
