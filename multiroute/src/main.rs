@@ -5,7 +5,7 @@ mod commands;
 use std::{io::IsTerminal, path::PathBuf};
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use multiroute::{config::DEFAULT_PATH, net::Ipv4Net};
+use multiroute::{config::DEFAULT_PATH, net::IpNet};
 
 #[derive(Parser)]
 #[command(
@@ -57,10 +57,10 @@ enum Command {
         uplink: Option<String>,
         /// Only flows from this LAN address or prefix.
         #[arg(long)]
-        src: Option<Ipv4Net>,
+        src: Option<IpNet>,
         /// Only flows to this address or prefix.
         #[arg(long)]
-        dst: Option<Ipv4Net>,
+        dst: Option<IpNet>,
     },
 }
 

@@ -205,6 +205,19 @@ impl IpNet {
     }
 }
 
+impl FromStr for IpNet {
+    type Err = String;
+
+    /// An address or prefix of either family, told apart by its ':'.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.contains(':') {
+            text.parse().map(IpNet::V6)
+        } else {
+            text.parse().map(IpNet::V4)
+        }
+    }
+}
+
 impl From<Ipv4Net> for IpNet {
     fn from(net: Ipv4Net) -> Self {
         IpNet::V4(net)
@@ -318,6 +331,18 @@ mod tests {
         assert!(net.contains(Ipv4Addr::new(198, 51, 100, 200)));
         assert!(!net.contains(Ipv4Addr::new(198, 51, 101, 1)));
         assert_eq!(net.to_string(), "198.51.100.0/24");
+    }
+
+    #[test]
+    fn a_prefix_of_either_family_covers_only_its_own_family() {
+        let v6: IpNet = "2001:db8:1::/48".parse().unwrap();
+        let v4: IpNet = "100.64.0.0/10".parse().unwrap();
+        let host = |text: &str| IpNet::host(text.parse().unwrap());
+        assert!(v6.covers(host("2001:db8:1::7")));
+        assert!(!v6.covers(host("2001:db8:2::7")));
+        assert!(v4.covers(host("100.64.0.2")));
+        assert!(!v4.covers(host("::ffff:100.64.0.2")), "no family crosses");
+        assert!("2001:db8::1/129".parse::<IpNet>().is_err());
     }
 
     #[test]

@@ -130,6 +130,12 @@ fn ipv6_is_balanced_and_fails_over_apart_from_ipv4() {
         "`flows` lists IPv6 flows"
     );
     assert!(flows.iter().any(|f| f["dst"] == SERVER.to_string()));
+    // `--dst` takes a prefix of either family and matches only its own.
+    let to_server6 = lab.flows(&["--dst", "2001:db8:ff::/48"]).unwrap();
+    assert!(
+        !to_server6.is_empty() && to_server6.iter().all(|f| f["dst"] == SERVER6.to_string()),
+        "{to_server6:?}"
+    );
 
     lab.stop_and_unload().unwrap();
     assert_eq!(

@@ -13,7 +13,7 @@ use multiroute::{
         datapath::{self, Maps},
     },
     config::{Config, proto_name},
-    net::Ipv4Net,
+    net::IpNet,
 };
 use multiroute_ebpf::{DIRECT_UPLINK, Flow, FlowKey, FlowKey6, chosen_by};
 use serde::Serialize;
@@ -24,8 +24,8 @@ use super::{CommandResult, Failure, read_config};
 #[derive(Debug, Default)]
 pub struct Filter {
     pub uplink: Option<String>,
-    pub src: Option<Ipv4Net>,
-    pub dst: Option<Ipv4Net>,
+    pub src: Option<IpNet>,
+    pub dst: Option<IpNet>,
 }
 
 #[derive(Serialize)]
@@ -86,21 +86,52 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
             .uplink_position(name)
             .map_err(|unknown| Failure::Config(anyhow!("{}: {unknown}", config_path.display())))?;
     }
-    let pin_path = &config.routing.pin_path;
-    let maps = Maps::open(pin_path).map_err(|err| {
+    let maps = Maps::open(&config.routing.pin_path).map_err(|err| {
         anyhow!("no datapath is loaded for this config ({err}); start it with `multiroute load`")
     })?;
-    let slots = datapath::read_slots(pin_path).context("reading the uplink slots")?;
+    // A prefix filter matches the flows of its own family only.
+    let within =
+        |net: Option<IpNet>, addr: IpAddr| net.is_none_or(|net| net.covers(IpNet::host(addr)));
+    let mut rows: Vec<FlowRow> = rows(&config, &maps)?
+        .into_iter()
+        .filter(|row| filter.uplink.as_ref().is_none_or(|u| &row.uplink == u))
+        .filter(|row| within(filter.src, row.src) && within(filter.dst, row.dst))
+        .collect();
+    rows.sort_by_key(|row| row.age_s);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).context("encoding JSON")?
+        );
+    } else {
+        print_rows(&rows);
+    }
+    Ok(())
+}
+
+/// Every flow of both families, with its uplink and why.
+fn rows(config: &Config, maps: &Maps) -> anyhow::Result<Vec<FlowRow>> {
+    let slots =
+        datapath::read_slots(&config.routing.pin_path).context("reading the uplink slots")?;
     let now = u64::from(datapath::monotonic_seconds());
-    let inbound = inbound_slots(&config, conntrack::inbound_replies::<FlowKey>);
-    let inbound6 = inbound_slots(&config, conntrack::inbound_replies::<FlowKey6>);
+    let inbound = inbound_slots(config, conntrack::inbound_replies::<FlowKey>);
+    let inbound6 = inbound_slots(config, conntrack::inbound_replies::<FlowKey6>);
     let name_of = |slot: u32| {
         slots
             .iter()
             .find(|(_, held)| **held == slot)
             .map_or_else(|| format!("slot {slot}"), |(name, _)| name.clone())
     };
-    let row = |src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16), uplink, why, flow: &Flow| {
+    let row = |src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16), inbound, flow: &Flow| {
+        // Replies of inbound connections follow their arrival uplink, whatever the
+        // classifier hashed.
+        let (uplink, why) = match inbound {
+            Some(&slot) => (name_of(slot), "inbound".to_owned()),
+            None if flow.uplink_index() == DIRECT_UPLINK => {
+                ("main".to_owned(), "direct".to_owned())
+            }
+            None => (name_of(flow.uplink_index()), why(config, flow)),
+        };
         FlowRow {
             proto: proto_name(proto),
             src,
@@ -113,48 +144,24 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
             packets: flow.packets,
         }
     };
-    // Replies of inbound connections follow their arrival uplink, whatever the
-    // classifier hashed.
-    let placed = |inbound: Option<&u32>, flow: &Flow| match inbound {
-        Some(&slot) => (name_of(slot), "inbound".to_owned()),
-        None if flow.uplink_index() == DIRECT_UPLINK => ("main".to_owned(), "direct".to_owned()),
-        None => (name_of(flow.uplink_index()), why(&config, flow)),
-    };
     let ipv4 = maps.v4.all().into_iter().map(|(key, flow)| {
-        let (uplink, why) = placed(inbound.get(&key), &flow);
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
-        row(src, dst, key.proto, key.ports(), uplink, why, &flow)
+        row(src, dst, key.proto, key.ports(), inbound.get(&key), &flow)
     });
     let ipv6 = maps.v6.all().into_iter().map(|(key, flow)| {
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
         let ports = multiroute_ebpf::FlowIdentity::ports(&key);
-        let (uplink, why) = placed(inbound6.get(&key), &flow);
-        row(src, dst, key.proto, ports, uplink, why, &flow)
+        row(src, dst, key.proto, ports, inbound6.get(&key), &flow)
     });
-    // An IPv4 prefix filter matches no IPv6 flow.
-    let within = |net: Ipv4Net, addr: IpAddr| match addr {
-        IpAddr::V4(addr) => net.contains(addr),
-        IpAddr::V6(_) => false,
-    };
-    let mut rows: Vec<FlowRow> = ipv4
-        .chain(ipv6)
-        .filter(|row| filter.uplink.as_ref().is_none_or(|u| &row.uplink == u))
-        .filter(|row| filter.src.is_none_or(|net| within(net, row.src)))
-        .filter(|row| filter.dst.is_none_or(|net| within(net, row.dst)))
-        .collect();
-    rows.sort_by_key(|row| row.age_s);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).context("encoding JSON")?
-        );
-        return Ok(());
-    }
+    Ok(ipv4.chain(ipv6).collect())
+}
+
+fn print_rows(rows: &[FlowRow]) {
     println!(
         "{:<5} {:<41} {:<41} {:<15} {:<20} {:>9} {:>9}",
         "PROTO", "SOURCE", "DESTINATION", "UPLINK", "WHY", "AGE", "PACKETS"
     );
-    for row in &rows {
+    for row in rows {
         println!(
             "{:<5} {:<41} {:<41} {:<15} {:<20} {:>8}s {:>9}",
             row.proto,
@@ -167,5 +174,4 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         );
     }
     println!("{} flows", rows.len());
-    Ok(())
 }

@@ -10,12 +10,14 @@ use multiroute::{
         self,
         datapath::{self, Maps},
     },
+    config::Config,
     instance,
     netlink::Netlink,
+    plan::Plan,
     run::{
         DaemonReport,
         control::{self, Request, Response},
-        view::{Counted, UplinkView},
+        view::UplinkView,
     },
 };
 use serde::Serialize;
@@ -69,37 +71,11 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             .map_err(super::Failure::from)
     })?;
     let pid = instance::running(&config.control.socket);
-    let health: Option<DaemonReport> = match pid {
-        Some(_) => control::ask(&config.control.socket, &Request::Status)
-            .context("asking the running multiroute")?
-            .and_then(|reply| match reply {
-                Response::Status(report) => Some(report),
-                _ => None,
-            }),
+    let health = match pid {
+        Some(_) => daemon_report(&config)?,
         None => None,
     };
     let maps = Maps::open(pin_path).ok();
-    let flows = maps
-        .as_ref()
-        .map(Maps::flows_per_uplink)
-        .unwrap_or_default();
-    let uplinks = plan
-        .uplinks
-        .iter()
-        .map(|uplink| {
-            let counted = Counted {
-                traffic: maps
-                    .as_ref()
-                    .and_then(|m| m.traffic(uplink.slot).ok())
-                    .unwrap_or_default(),
-                flows: flows.get(&uplink.slot).copied().unwrap_or(0),
-            };
-            let daemon_view = health
-                .as_ref()
-                .and_then(|h| h.uplinks.iter().find(|u| u.name == uplink.name));
-            UplinkView::new(uplink, plan.active_tier(), daemon_view, counted)
-        })
-        .collect();
     let counters = |family| {
         maps.as_ref()
             .and_then(|m| m.counters(family).ok())
@@ -108,26 +84,9 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             .map(|(counter, value)| (counter.name(), value))
             .collect()
     };
-    let rules = config
-        .rules
-        .iter()
-        .zip(&plan.rule_uses)
-        .map(|(rule, used)| RuleStatus {
-            name: rule.name.clone(),
-            matches: rule.describe(),
-            uplinks: rule.uplinks.clone(),
-            using: match &health {
-                Some(report) => report
-                    .rules
-                    .iter()
-                    .find(|r| r.name == rule.name)
-                    .and_then(|r| r.using.clone()),
-                None => used.using_name.clone(),
-            },
-        })
-        .collect();
     let status = Status {
-        rules,
+        rules: rule_statuses(&config, &plan, health.as_ref()),
+        uplinks: UplinkView::all(&plan, health.as_ref(), maps.as_ref()),
         fail_open: health.as_ref().is_some_and(|h| h.fail_open),
         standby: health.as_ref().map_or(plan.standby(), |h| h.standby),
         ready: health.as_ref().is_some_and(|h| h.ready),
@@ -137,7 +96,6 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
             .filter(|version| !version.is_empty()),
         pid,
         attached: datapath::attached_interfaces(pin_path).context("reading the pin directory")?,
-        uplinks,
         counters: counters(multiroute_ebpf::family::IPV4),
         counters_ipv6: counters(multiroute_ebpf::family::IPV6),
     };
@@ -150,6 +108,38 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         print_table(&status);
     }
     Ok(())
+}
+
+/// The running daemon's health view, over its control socket.
+fn daemon_report(config: &Config) -> anyhow::Result<Option<DaemonReport>> {
+    let reply = control::ask(&config.control.socket, &Request::Status)
+        .context("asking the running multiroute")?;
+    Ok(match reply {
+        Some(Response::Status(report)) => Some(report),
+        _ => None,
+    })
+}
+
+/// Each policy rule with the uplink it uses: the daemon's view, or the plan's.
+fn rule_statuses(config: &Config, plan: &Plan, health: Option<&DaemonReport>) -> Vec<RuleStatus> {
+    config
+        .rules
+        .iter()
+        .zip(&plan.rule_uses)
+        .map(|(rule, used)| RuleStatus {
+            name: rule.name.clone(),
+            matches: rule.describe(),
+            uplinks: rule.uplinks.clone(),
+            using: match health {
+                Some(report) => report
+                    .rules
+                    .iter()
+                    .find(|r| r.name == rule.name)
+                    .and_then(|r| r.using.clone()),
+                None => used.using_name.clone(),
+            },
+        })
+        .collect()
 }
 
 /// "12s", "4m", "3h", "2d": how long ago `since` was.
@@ -171,6 +161,13 @@ fn age(since: Option<f64>) -> String {
 }
 
 fn print_table(status: &Status) {
+    print_summary(status);
+    print_uplinks(&status.uplinks);
+    print_rules(&status.rules);
+}
+
+/// Whether it runs, and the states that concern every uplink at once.
+fn print_summary(status: &Status) {
     match (status.pid, status.attached.is_empty()) {
         (Some(pid), _) => println!(
             "multiroute {} running (PID {pid}, {}), datapath attached to: {}",
@@ -192,91 +189,91 @@ fn print_table(status: &Status) {
     if status.fail_open {
         println!("ALL UPLINKS DOWN: failing open, LAN traffic follows the main table");
     }
-    let row = |cells: [&str; 14]| {
-        println!(
-            "{:<15} {:<8} {:>5} {:>6} {:>4} {:<10} {:<18} {:<15} {:>5} {:>8} {:>5} {:>7} {:>10} {:>12}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            cells[5],
-            cells[6],
-            cells[7],
-            cells[8],
-            cells[9],
-            cells[10],
-            cells[11],
-            cells[12],
-            cells[13]
-        );
-    };
-    row([
-        "UPLINK",
-        "STATE",
-        "SINCE",
-        "WEIGHT",
-        "TIER",
-        "INTERFACE",
-        "ADDRESS",
-        "GATEWAY",
-        "TABLE",
-        "RTT",
-        "LOSS",
-        "FLOWS",
-        "PACKETS",
-        "BYTES",
-    ]);
-    for u in &status.uplinks {
-        row([
-            &u.name,
-            u.state,
-            &age(u.since),
-            &u.weight.to_string(),
-            &format!("{}{}", u.tier, if u.new_flows { "" } else { "*" }),
-            &u.interface,
-            u.ipv4.address.as_deref().unwrap_or("-"),
-            u.ipv4.gateway.as_deref().unwrap_or("-"),
-            &u.table.to_string(),
-            &u.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
-            &u.loss_percent.map_or("-".into(), |p| format!("{p:.0}%")),
-            &u.flows.to_string(),
-            &u.packets.to_string(),
-            &u.bytes.to_string(),
+}
+
+/// The uplink table's columns: heading and width (negative: left-aligned).
+const COLUMNS: [(&str, i32); 14] = [
+    ("UPLINK", -15),
+    ("STATE", -8),
+    ("SINCE", 5),
+    ("WEIGHT", 6),
+    ("TIER", 4),
+    ("INTERFACE", -10),
+    ("ADDRESS", -18),
+    ("GATEWAY", -15),
+    ("TABLE", 5),
+    ("RTT", 8),
+    ("LOSS", 5),
+    ("FLOWS", 7),
+    ("PACKETS", 10),
+    ("BYTES", 12),
+];
+
+fn print_row(cells: [String; 14]) {
+    let line: Vec<_> = cells
+        .iter()
+        .zip(COLUMNS)
+        .map(|(cell, (_, width))| match width {
+            ..0 => format!("{cell:<0$}", width.unsigned_abs() as usize),
+            _ => format!("{cell:>0$}", width as usize),
+        })
+        .collect();
+    println!("{}", line.join(" "));
+}
+
+fn print_uplinks(uplinks: &[UplinkView]) {
+    print_row(COLUMNS.map(|(heading, _)| heading.to_owned()));
+    let or_dash = |text: &Option<String>| text.clone().unwrap_or_else(|| "-".into());
+    for u in uplinks {
+        print_row([
+            u.name.clone(),
+            u.state.to_owned(),
+            age(u.since),
+            u.weight.to_string(),
+            format!("{}{}", u.tier, if u.new_flows { "" } else { "*" }),
+            u.interface.clone(),
+            or_dash(&u.ipv4.address),
+            or_dash(&u.ipv4.gateway),
+            u.table.to_string(),
+            u.rtt_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
+            u.loss_percent.map_or("-".into(), |p| format!("{p:.0}%")),
+            u.flows.to_string(),
+            u.packets.to_string(),
+            u.bytes.to_string(),
         ]);
     }
-    if status.uplinks.iter().any(|u| !u.new_flows) {
+    if uplinks.iter().any(|u| !u.new_flows) {
         println!("TIER *: takes no new flows now (down, drained, or a better tier is live)");
     }
-    for u in status
-        .uplinks
-        .iter()
-        .filter(|u| u.ipv6.side.address.is_some())
-    {
+    for u in uplinks.iter().filter(|u| u.ipv6.side.address.is_some()) {
         println!(
             "{} IPv6 {}: {} via {}",
             u.name,
             u.ipv6.state,
-            u.ipv6.side.address.as_deref().unwrap_or("-"),
-            u.ipv6.side.gateway.as_deref().unwrap_or("-")
+            or_dash(&u.ipv6.side.address),
+            or_dash(&u.ipv6.side.gateway)
         );
     }
-    for u in status.uplinks.iter().filter(|u| u.state == "down") {
+    for u in uplinks.iter().filter(|u| u.state == "down") {
         if let Some(reason) = &u.reason {
             println!("{} is down: {reason}", u.name);
         }
     }
-    if !status.rules.is_empty() {
-        println!();
-        println!("{:<20} {:<40} {:<24} USING", "RULE", "MATCHES", "UPLINKS");
-        for rule in &status.rules {
-            println!(
-                "{:<20} {:<40} {:<24} {}",
-                rule.name,
-                rule.matches,
-                rule.uplinks.join(", "),
-                rule.using.as_deref().unwrap_or("none alive: balanced")
-            );
-        }
+}
+
+fn print_rules(rules: &[RuleStatus]) {
+    if rules.is_empty() {
+        return;
+    }
+    println!();
+    println!("{:<20} {:<40} {:<24} USING", "RULE", "MATCHES", "UPLINKS");
+    for rule in rules {
+        println!(
+            "{:<20} {:<40} {:<24} {}",
+            rule.name,
+            rule.matches,
+            rule.uplinks.join(", "),
+            rule.using.as_deref().unwrap_or("none alive: balanced")
+        );
     }
 }

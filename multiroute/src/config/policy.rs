@@ -7,7 +7,7 @@ use std::{fmt, str::FromStr};
 
 use serde::Deserialize;
 
-use crate::net::{Family, IpNet, Ipv4Net, Ipv6Net};
+use crate::net::{Family, IpNet};
 
 /// Rules over the whole config, `pin`/`pin_from` shorthands included: one bit each
 /// in the datapath's rule bitmaps.
@@ -229,36 +229,7 @@ pub(super) fn validate(
     };
     let src = prefixes("src", &raw.src)?;
     let dst = prefixes("dst", &raw.dst)?;
-    if raw.uplinks.is_empty() {
-        return Err(fail(
-            "uplinks",
-            "list at least one uplink, most preferred first".into(),
-        ));
-    }
-    if raw.uplinks.len() > multiroute_ebpf::MAX_RULE_UPLINKS {
-        return Err(fail(
-            "uplinks",
-            format!(
-                "{} uplinks listed; a rule takes at most {}",
-                raw.uplinks.len(),
-                multiroute_ebpf::MAX_RULE_UPLINKS
-            ),
-        ));
-    }
-    for (n, name) in raw.uplinks.iter().enumerate() {
-        if !known.contains(&name.as_str()) {
-            return Err(fail(
-                "uplinks",
-                format!(
-                    "no uplink named {name:?}; the uplinks are: {}",
-                    known.join(", ")
-                ),
-            ));
-        }
-        if raw.uplinks[..n].contains(name) {
-            return Err(fail("uplinks", format!("{name:?} is listed twice")));
-        }
-    }
+    check_uplinks(&raw.uplinks, known).map_err(|p| fail("uplinks", p))?;
     let name = match raw.name {
         Some(name) if name.is_empty() || name.len() > 32 || name.contains(char::is_whitespace) => {
             return Err(fail(
@@ -280,14 +251,36 @@ pub(super) fn validate(
     })
 }
 
+/// A rule's uplinks: at least one, known, each once, no more than the datapath holds.
+fn check_uplinks(uplinks: &[String], known: &[&str]) -> Result<(), String> {
+    if uplinks.is_empty() {
+        return Err("list at least one uplink, most preferred first".into());
+    }
+    if uplinks.len() > multiroute_ebpf::MAX_RULE_UPLINKS {
+        return Err(format!(
+            "{} uplinks listed; a rule takes at most {}",
+            uplinks.len(),
+            multiroute_ebpf::MAX_RULE_UPLINKS
+        ));
+    }
+    for (n, name) in uplinks.iter().enumerate() {
+        if !known.contains(&name.as_str()) {
+            return Err(format!(
+                "no uplink named {name:?}; the uplinks are: {}",
+                known.join(", ")
+            ));
+        }
+        if uplinks[..n].contains(name) {
+            return Err(format!("{name:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
 /// An IPv4 or IPv6 address or prefix, as rules and pins write them.
 pub(super) fn parse_prefix(text: &str) -> Result<IpNet, String> {
-    let family = if text.contains(':') {
-        text.parse::<Ipv6Net>().map(IpNet::V6)
-    } else {
-        text.parse::<Ipv4Net>().map(IpNet::V4)
-    };
-    family.map_err(|problem| format!("{text:?} is not an address or prefix: {problem}"))
+    text.parse::<IpNet>()
+        .map_err(|problem| format!("{text:?} is not an address or prefix: {problem}"))
 }
 
 /// The family a routing rule for `from` and `to` belongs to: theirs, both when

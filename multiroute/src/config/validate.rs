@@ -134,17 +134,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
     ) -> Result<UplinkConfig, ConfigError> {
         let fail = self.fail;
         let key = |field: &str| format!("uplink[{i}].{field}");
-        let name_ok = (1..=15).contains(&raw.name.len())
-            && raw
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-        if !name_ok {
-            return Err(fail(
-                &key("name"),
-                format!("{:?} must be 1-15 characters of a-z, 0-9, _ or -", raw.name),
-            ));
-        }
+        self.uplink_name(&key("name"), &raw.name)?;
         self.interface_name(&key("interface"), &raw.interface)?;
         let gateway = PerFamily {
             v4: self
@@ -154,52 +144,9 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 .optional_address::<Ipv6Addr>(&key("gateway6"), raw.gateway6)?
                 .map(IpAddr::V6),
         };
-        let npt_prefix = raw
-            .npt_prefix
-            .map(|text| {
-                text.parse::<Ipv6Net>().map_err(|problem| {
-                    fail(
-                        &key("npt_prefix"),
-                        format!("{text:?} is not an IPv6 prefix: {problem}"),
-                    )
-                })
-            })
-            .transpose()?;
-        let nat6 = match raw.nat6.as_deref() {
-            None | Some("masquerade") => Nat6::Masquerade,
-            Some("npt") => Nat6::Npt { prefix: npt_prefix },
-            Some("none") => Nat6::None,
-            Some(other) => {
-                return Err(fail(
-                    &key("nat6"),
-                    format!("{other:?} must be \"masquerade\", \"npt\" or \"none\""),
-                ));
-            }
-        };
-        if npt_prefix.is_some() && !matches!(nat6, Nat6::Npt { .. }) {
-            return Err(fail(
-                &key("npt_prefix"),
-                "only applies with nat6 = \"npt\"".into(),
-            ));
-        }
-        let weight = u32::try_from(raw.weight)
-            .ok()
-            .filter(|w| *w <= MAX_WEIGHT)
-            .ok_or_else(|| {
-                fail(
-                    &key("weight"),
-                    format!("{} must be between 0 and {MAX_WEIGHT}", raw.weight),
-                )
-            })?;
-        let tier = u32::try_from(raw.tier)
-            .ok()
-            .filter(|t| (1..=MAX_TIER).contains(t))
-            .ok_or_else(|| {
-                fail(
-                    &key("tier"),
-                    format!("{} must be between 1 (preferred) and {MAX_TIER}", raw.tier),
-                )
-            })?;
+        let nat6 = self.nat6(&key, raw.nat6.as_deref(), raw.npt_prefix)?;
+        let weight = self.ranged(&key("weight"), raw.weight, 0..=MAX_WEIGHT, "")?;
+        let tier = self.ranged(&key("tier"), raw.tier, 1..=MAX_TIER, " (preferred)")?;
         let prefixes = |field: &str, list: &[String]| {
             list.iter()
                 .map(|text| {
@@ -227,17 +174,85 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         })
     }
 
-    fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
-        let positive = |key: &str, value: i64, max: i64| {
-            if (1..=max).contains(&value) {
-                Ok(value)
-            } else {
-                Err((self.fail)(
-                    key,
-                    format!("{value} must be between 1 and {max}"),
-                ))
+    /// 1-15 characters (an interface name's limit, as the datapath stores it).
+    fn uplink_name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
+        let name_ok = (1..=15).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if name_ok {
+            Ok(())
+        } else {
+            Err((self.fail)(
+                key,
+                format!("{name:?} must be 1-15 characters of a-z, 0-9, _ or -"),
+            ))
+        }
+    }
+
+    /// `nat6` with its `npt_prefix` (`key` names a field of the uplink).
+    fn nat6(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        nat6: Option<&str>,
+        npt_prefix: Option<String>,
+    ) -> Result<Nat6, ConfigError> {
+        let fail = self.fail;
+        let npt_prefix = npt_prefix
+            .map(|text| {
+                text.parse::<Ipv6Net>().map_err(|problem| {
+                    fail(
+                        &key("npt_prefix"),
+                        format!("{text:?} is not an IPv6 prefix: {problem}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let nat6 = match nat6 {
+            None | Some("masquerade") => Nat6::Masquerade,
+            Some("npt") => Nat6::Npt { prefix: npt_prefix },
+            Some("none") => Nat6::None,
+            Some(other) => {
+                return Err(fail(
+                    &key("nat6"),
+                    format!("{other:?} must be \"masquerade\", \"npt\" or \"none\""),
+                ));
             }
         };
+        if npt_prefix.is_some() && !matches!(nat6, Nat6::Npt { .. }) {
+            return Err(fail(
+                &key("npt_prefix"),
+                "only applies with nat6 = \"npt\"".into(),
+            ));
+        }
+        Ok(nat6)
+    }
+
+    /// A whole number within `range`; `low_means` explains the lower end.
+    fn ranged(
+        &self,
+        key: &str,
+        value: i64,
+        range: std::ops::RangeInclusive<u32>,
+        low_means: &str,
+    ) -> Result<u32, ConfigError> {
+        u32::try_from(value)
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| {
+                (self.fail)(
+                    key,
+                    format!(
+                        "{value} must be between {}{low_means} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            })
+    }
+
+    fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
+        let positive = |key: &str, value: i64, max: u32| self.ranged(key, value, 1..=max, "");
         let targets = self.probe_targets("health.targets", &raw.targets)?;
         if targets.is_empty() {
             return Err((self.fail)(
@@ -247,10 +262,10 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         }
         Ok(HealthConfig {
             targets,
-            interval_ms: positive("health.interval_ms", raw.interval_ms, 3_600_000)? as u64,
-            timeout_ms: positive("health.timeout_ms", raw.timeout_ms, 3_600_000)? as u64,
-            down: positive("health.down", raw.down, 1000)? as u32,
-            up: positive("health.up", raw.up, 1000)? as u32,
+            interval_ms: positive("health.interval_ms", raw.interval_ms, 3_600_000)?.into(),
+            timeout_ms: positive("health.timeout_ms", raw.timeout_ms, 3_600_000)?.into(),
+            down: positive("health.down", raw.down, 1000)?,
+            up: positive("health.up", raw.up, 1000)?,
         })
     }
 

@@ -61,10 +61,20 @@ fn host_mask(len: u8) -> std::net::Ipv6Addr {
 /// list still yields the table, so applying it is also how stale rules go).
 /// `flag` is the inbound flag inside `mask`.
 pub fn ruleset(inbound: &[InboundMark], nat6: &[Nat66], mask: u32, flag: u32) -> String {
-    let keep = !mask;
-    let mut text = format!(
-        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n\
-         \tchain inbound {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n"
+    let mut text =
+        format!("table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
+    inbound_chains(&mut text, inbound, mask, flag);
+    masquerade_chain(&mut text, nat6);
+    prefix_chains(&mut text, nat6);
+    text.push_str("}\n");
+    text
+}
+
+/// The `inbound` chain with its two verdict maps, and each uplink's two chains.
+/// Writing into a String cannot fail, hence the ignored results.
+fn inbound_chains(text: &mut String, inbound: &[InboundMark], mask: u32, flag: u32) {
+    text.push_str(
+        "\tchain inbound {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n",
     );
     if !inbound.is_empty() {
         let arrivals: Vec<_> = inbound
@@ -77,7 +87,6 @@ pub fn ruleset(inbound: &[InboundMark], nat6: &[Nat66], mask: u32, flag: u32) ->
             .enumerate()
             .map(|(i, uplink)| format!("{:#x} : jump reply{i}", uplink.mark))
             .collect();
-        // Writing into a String cannot fail.
         let _ = write!(
             text,
             "\t\tct state != new ct mark and {flag:#x} == 0 return\n\
@@ -88,6 +97,7 @@ pub fn ruleset(inbound: &[InboundMark], nat6: &[Nat66], mask: u32, flag: u32) ->
         );
     }
     text.push_str("\t}\n");
+    let keep = !mask;
     for (i, uplink) in inbound.iter().enumerate() {
         let _ = write!(
             text,
@@ -96,23 +106,32 @@ pub fn ruleset(inbound: &[InboundMark], nat6: &[Nat66], mask: u32, flag: u32) ->
             mark = uplink.mark
         );
     }
+}
+
+/// NAT66 masquerade on the uplinks that translate that way.
+fn masquerade_chain(text: &mut String, nat6: &[Nat66]) {
     let masquerade: Vec<_> = nat6
         .iter()
         .filter(|u| u.translation == Translation::Masquerade)
         .collect();
-    if !masquerade.is_empty() {
-        text.push_str(
-            "\tchain nat6 {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
-        );
-        for uplink in masquerade {
-            let _ = writeln!(
-                text,
-                "\t\tmeta nfproto ipv6 oifname \"{}\" masquerade",
-                uplink.interface
-            );
-        }
-        text.push_str("\t}\n");
+    if masquerade.is_empty() {
+        return;
     }
+    text.push_str(
+        "\tchain nat6 {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
+    );
+    for uplink in masquerade {
+        let _ = writeln!(
+            text,
+            "\t\tmeta nfproto ipv6 oifname \"{}\" masquerade",
+            uplink.interface
+        );
+    }
+    text.push_str("\t}\n");
+}
+
+/// Prefix translation both ways on the uplinks that map the LAN's prefix.
+fn prefix_chains(text: &mut String, nat6: &[Nat66]) {
     let prefixes: Vec<_> = nat6
         .iter()
         .filter_map(|u| match u.translation {
@@ -120,35 +139,34 @@ pub fn ruleset(inbound: &[InboundMark], nat6: &[Nat66], mask: u32, flag: u32) ->
             Translation::Masquerade => None,
         })
         .collect();
-    if !prefixes.is_empty() {
-        // Out: after NAT (srcnat is 100), conntrack has the LAN address already.
-        // In: before conntrack (-200) and before anything else.
-        let mut out = String::from(
-            "\tchain npt_out {\n\t\ttype filter hook postrouting priority 300; policy accept;\n",
+    if prefixes.is_empty() {
+        return;
+    }
+    // Out: after NAT (srcnat is 100), conntrack has the LAN address already.
+    // In: before conntrack (-200) and before anything else.
+    let mut out = String::from(
+        "\tchain npt_out {\n\t\ttype filter hook postrouting priority 300; policy accept;\n",
+    );
+    let mut back = String::from(
+        "\tchain npt_in {\n\t\ttype filter hook prerouting priority -400; policy accept;\n",
+    );
+    for (interface, lan, outside) in prefixes {
+        let mask = host_mask(outside.prefix_len);
+        let _ = writeln!(
+            out,
+            "\t\tmeta nfproto ipv6 oifname \"{interface}\" ip6 saddr {lan} ip6 saddr set ip6 saddr & {mask} | {}",
+            outside.addr
         );
-        let mut back = String::from(
-            "\tchain npt_in {\n\t\ttype filter hook prerouting priority -400; policy accept;\n",
+        let _ = writeln!(
+            back,
+            "\t\tmeta nfproto ipv6 iifname \"{interface}\" ip6 daddr {outside} ip6 daddr set ip6 daddr & {mask} | {}",
+            lan.addr
         );
-        for (interface, lan, outside) in prefixes {
-            let mask = host_mask(outside.prefix_len);
-            let _ = writeln!(
-                out,
-                "\t\tmeta nfproto ipv6 oifname \"{interface}\" ip6 saddr {lan} ip6 saddr set ip6 saddr & {mask} | {}",
-                outside.addr
-            );
-            let _ = writeln!(
-                back,
-                "\t\tmeta nfproto ipv6 iifname \"{interface}\" ip6 daddr {outside} ip6 daddr set ip6 daddr & {mask} | {}",
-                lan.addr
-            );
-        }
-        text.push_str(&out);
-        text.push_str("\t}\n");
-        text.push_str(&back);
+    }
+    for chain in [out, back] {
+        text.push_str(&chain);
         text.push_str("\t}\n");
     }
-    text.push_str("}\n");
-    text
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::{
     control::{self, Incoming, Request, Response},
     metrics,
     report::{DaemonReport, RuleReport, UplinkReport},
-    view::{Counted, UplinkView},
+    view::UplinkView,
 };
 use crate::{apply::datapath::Maps, config::MAX_WEIGHT, net::Family, plan::health_name};
 
@@ -54,30 +54,17 @@ impl Daemon {
         // Walking a full flow table takes hundreds of thousands of bpf(2) calls: off
         // the loop's thread, on a handle of its own.
         let pin_path = self.config.routing.pin_path.clone();
-        let flows = tokio::task::spawn_blocking(move || {
-            Maps::open(&pin_path)
-                .map(|maps| maps.flows_per_uplink())
-                .unwrap_or_default()
+        let report = self.report();
+        let fail_open = report.fail_open;
+        let plan = self.plan.clone();
+        let uplinks = tokio::task::spawn_blocking(move || {
+            let maps = Maps::open(&pin_path).ok();
+            UplinkView::all(&plan, Some(&report), maps.as_ref())
         })
         .await
         .unwrap_or_default();
-        let report = self.report();
-        let active = self.plan.active_tier();
-        let uplinks = self
-            .plan
-            .uplinks
-            .iter()
-            .zip(&report.uplinks)
-            .map(|(plan, report)| {
-                let counted = Counted {
-                    traffic: self.maps.traffic(plan.slot).unwrap_or_default(),
-                    flows: flows.get(&plan.slot).copied().unwrap_or(0),
-                };
-                UplinkView::new(plan, active, Some(report), counted)
-            })
-            .collect();
         metrics::Snapshot {
-            fail_open: report.fail_open,
+            fail_open,
             uplinks,
             datapath: (0..multiroute_ebpf::family::COUNT)
                 .zip(multiroute_ebpf::family::NAMES)

@@ -47,79 +47,104 @@ where
     family
 }
 
-/// Renders a snapshot as OpenMetrics text.
-pub fn render(snapshot: &Snapshot) -> String {
-    let mut registry = Registry::with_prefix("multiroute");
-    let fail_open = family::<Gauge>(
-        &mut registry,
-        "fail_open",
-        "1 while every uplink is down and LAN traffic follows the main table",
-    );
-    let up = family::<Gauge>(
-        &mut registry,
-        "uplink_up",
-        "1 while the uplink takes traffic",
-    );
-    let up6 = family::<Gauge>(
-        &mut registry,
-        "uplink_ipv6_up",
-        "1 while the uplink takes IPv6 traffic",
-    );
-    let weight = family::<Gauge>(&mut registry, "uplink_weight", "Weight in force");
-    let flows = family::<Gauge>(&mut registry, "uplink_flows", "Flows tracked on the uplink");
-    let packets = family::<Counter>(
-        &mut registry,
-        "uplink_packets",
-        "Packets steered to the uplink",
-    );
-    let bytes = family::<Counter>(&mut registry, "uplink_bytes", "Bytes steered to the uplink");
-    let changes = family::<Counter>(
-        &mut registry,
-        "uplink_state_changes",
-        "Up/down transitions since load started",
-    );
-    let rtt = family::<FloatGauge>(
-        &mut registry,
-        "probe_rtt_seconds",
-        "Last probe round-trip time per target",
-    );
-    let loss = family::<FloatGauge>(
-        &mut registry,
-        "probe_loss_ratio",
-        "Probe loss per target over the last probes",
-    );
-    let datapath = family::<Counter>(
-        &mut registry,
-        "datapath_packets",
-        "Packets the classifier handled, by outcome",
-    );
+/// Every series a scrape shows, registered once per scrape.
+struct Series {
+    fail_open: Family<Labels, Gauge>,
+    up: Family<Labels, Gauge>,
+    up6: Family<Labels, Gauge>,
+    weight: Family<Labels, Gauge>,
+    flows: Family<Labels, Gauge>,
+    packets: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+    changes: Family<Labels, Counter>,
+    rtt: Family<Labels, FloatGauge>,
+    loss: Family<Labels, FloatGauge>,
+    datapath: Family<Labels, Counter>,
+}
 
-    fail_open
-        .get_or_create(&Vec::new())
-        .set(i64::from(snapshot.fail_open));
-    for u in &snapshot.uplinks {
+impl Series {
+    fn register(registry: &mut Registry) -> Self {
+        Series {
+            fail_open: family(
+                registry,
+                "fail_open",
+                "1 while every uplink is down and LAN traffic follows the main table",
+            ),
+            up: family(registry, "uplink_up", "1 while the uplink takes traffic"),
+            up6: family(
+                registry,
+                "uplink_ipv6_up",
+                "1 while the uplink takes IPv6 traffic",
+            ),
+            weight: family(registry, "uplink_weight", "Weight in force"),
+            flows: family(registry, "uplink_flows", "Flows tracked on the uplink"),
+            packets: family(registry, "uplink_packets", "Packets steered to the uplink"),
+            bytes: family(registry, "uplink_bytes", "Bytes steered to the uplink"),
+            changes: family(
+                registry,
+                "uplink_state_changes",
+                "Up/down transitions since load started",
+            ),
+            rtt: family(
+                registry,
+                "probe_rtt_seconds",
+                "Last probe round-trip time per target",
+            ),
+            loss: family(
+                registry,
+                "probe_loss_ratio",
+                "Probe loss per target over the last probes",
+            ),
+            datapath: family(
+                registry,
+                "datapath_packets",
+                "Packets the classifier handled, by outcome",
+            ),
+        }
+    }
+
+    fn uplink(&self, u: &UplinkView) {
         let labels = vec![("uplink", u.name.clone())];
-        up.get_or_create(&labels).set(i64::from(u.up(IpFamily::V4)));
-        up6.get_or_create(&labels)
+        self.up
+            .get_or_create(&labels)
+            .set(i64::from(u.up(IpFamily::V4)));
+        self.up6
+            .get_or_create(&labels)
             .set(i64::from(u.up(IpFamily::V6)));
-        weight.get_or_create(&labels).set(i64::from(u.weight));
-        flows.get_or_create(&labels).set(u.flows as i64);
-        packets.get_or_create(&labels).inc_by(u.packets);
-        bytes.get_or_create(&labels).inc_by(u.bytes);
-        changes.get_or_create(&labels).inc_by(u.state_changes);
+        self.weight.get_or_create(&labels).set(i64::from(u.weight));
+        self.flows.get_or_create(&labels).set(u.flows as i64);
+        self.packets.get_or_create(&labels).inc_by(u.packets);
+        self.bytes.get_or_create(&labels).inc_by(u.bytes);
+        self.changes.get_or_create(&labels).inc_by(u.state_changes);
         for probe in u.all_probes() {
             let labels = vec![
                 ("uplink", u.name.clone()),
                 ("target", probe.target.to_string()),
             ];
             if let Some(ms) = probe.rtt_ms {
-                rtt.get_or_create(&labels).set(ms / 1000.0);
+                self.rtt.get_or_create(&labels).set(ms / 1000.0);
             }
-            loss.get_or_create(&labels).set(probe.loss_percent / 100.0);
+            self.loss
+                .get_or_create(&labels)
+                .set(probe.loss_percent / 100.0);
         }
     }
+}
+
+/// Renders a snapshot as OpenMetrics text.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("multiroute");
+    let series = Series::register(&mut registry);
+    series
+        .fail_open
+        .get_or_create(&Vec::new())
+        .set(i64::from(snapshot.fail_open));
+    for u in &snapshot.uplinks {
+        series.uplink(u);
+    }
     for (family, outcome, value) in &snapshot.datapath {
-        datapath
+        series
+            .datapath
             .get_or_create(&vec![
                 ("family", (*family).to_owned()),
                 ("outcome", (*outcome).to_owned()),

@@ -4,10 +4,14 @@
 use multiroute_ebpf::Traffic;
 use serde::Serialize;
 
-use super::{health::TargetReport, report::UplinkReport};
+use super::{
+    health::TargetReport,
+    report::{DaemonReport, UplinkReport},
+};
 use crate::{
+    apply::datapath::Maps,
     net::Family,
-    plan::{Readiness, UplinkPlan},
+    plan::{Plan, Readiness, UplinkPlan},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,6 +74,25 @@ pub struct Counted {
 }
 
 impl UplinkView {
+    /// Every planned uplink's view: `health` is the daemon's report (None without
+    /// one), `maps` the datapath's (None when it is not loaded).
+    pub fn all(plan: &Plan, health: Option<&DaemonReport>, maps: Option<&Maps>) -> Vec<Self> {
+        let flows = maps.map(Maps::flows_per_uplink).unwrap_or_default();
+        plan.uplinks
+            .iter()
+            .map(|uplink| {
+                let counted = Counted {
+                    traffic: maps
+                        .and_then(|m| m.traffic(uplink.slot).ok())
+                        .unwrap_or_default(),
+                    flows: flows.get(&uplink.slot).copied().unwrap_or(0),
+                };
+                let report = health.and_then(|h| h.uplinks.iter().find(|u| u.name == uplink.name));
+                UplinkView::new(uplink, plan.active_tier(), report, counted)
+            })
+            .collect()
+    }
+
     /// `health` is the running daemon's report (None without one: then the plan's
     /// own judgement stands); `active_tier` is the plan's.
     pub fn new(
