@@ -1,18 +1,17 @@
 //! Makes the kernel match a [`Plan`]: routes and rules over netlink, the classifier
 //! and its maps over bpf(2). Every step is idempotent, so applying twice, or after a
 //! crash half-way, converges; [`teardown`] removes all of it, also after SIGKILL.
-pub mod conntrack;
 pub mod datapath;
-pub mod host;
 pub mod nftables;
 pub mod routing;
+pub mod sysctl;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
 
-use conntrack::ConntrackError;
+use crate::netlink::conntrack::{self, ConntrackError};
 
 use crate::netlink::{Netlink, NetlinkError};
 use crate::{
@@ -209,72 +208,82 @@ pub struct Flushed {
     pub entries: usize,
 }
 
-/// Moves a running set-up from `previous` to `plan` (liveness, addresses, links).
-///
-/// When an uplink stops being alive the datapath hears first (new flows avoid it,
-/// its flows move on their next packet), then routing (its nexthop leaves the main
-/// default), then the conntrack entries NATed to its address go, so the moved
-/// flows are NATed afresh. Otherwise routing goes first, so no mark ever points at
-/// a table that is not there yet.
-pub async fn update(
-    nl: &Netlink,
-    config: &Config,
-    maps: &mut Maps,
-    previous: &Plan,
-    plan: &Plan,
-    observed: &Observed,
-) -> Result<Updated, ApplyError> {
-    let (before, now) = (carried_addresses(previous), carried_addresses(plan));
-    let stopped: Vec<_> = before.difference(&now).cloned().collect();
-    let arrived: Vec<_> = now.difference(&before).cloned().collect();
-    let mut seeded = 0;
-    let routing = if stopped.is_empty() {
-        let changed = routing::apply(nl, config, &plan.routing, observed).await?;
-        if !arrived.is_empty() {
-            maps.write_uplinks(plan)?;
+/// What a running set-up writes through: netlink, the loaded datapath (its
+/// program handle and link pins) and its maps.
+pub struct Kernel {
+    pub nl: Netlink,
+    pub datapath: Datapath,
+    pub maps: Maps,
+}
+
+impl Kernel {
+    /// Moves a running set-up from `previous` to `plan` (liveness, addresses, links).
+    ///
+    /// When an uplink stops being alive the datapath hears first (new flows avoid it,
+    /// its flows move on their next packet), then routing (its nexthop leaves the main
+    /// default), then the conntrack entries NATed to its address go, so the moved
+    /// flows are NATed afresh. Otherwise routing goes first, so no mark ever points at
+    /// a table that is not there yet.
+    pub async fn update(
+        &mut self,
+        config: &Config,
+        previous: &Plan,
+        plan: &Plan,
+        observed: &Observed,
+    ) -> Result<Updated, ApplyError> {
+        let (nl, maps) = (&self.nl, &mut self.maps);
+        let (before, now) = (carried_addresses(previous), carried_addresses(plan));
+        let stopped: Vec<_> = before.difference(&now).cloned().collect();
+        let arrived: Vec<_> = now.difference(&before).cloned().collect();
+        let mut seeded = 0;
+        let routing = if stopped.is_empty() {
+            let changed = routing::apply(nl, config, &plan.routing, observed).await?;
+            if !arrived.is_empty() {
+                maps.write_uplinks(plan)?;
+                seeded = seed_arrived(maps, plan, &arrived).await?;
+            }
+            maps.write_plan(plan)?;
+            changed
+        } else {
+            maps.write_plan(plan)?;
+            let changed = routing::apply(nl, config, &plan.routing, observed).await?;
             seeded = seed_arrived(maps, plan, &arrived).await?;
+            changed
+        };
+        if plan.firewall != previous.firewall {
+            nftables::apply(&plan.firewall, config)?;
         }
-        maps.write_plan(plan)?;
-        changed
-    } else {
-        maps.write_plan(plan)?;
-        let changed = routing::apply(nl, config, &plan.routing, observed).await?;
-        seeded = seed_arrived(maps, plan, &arrived).await?;
-        changed
-    };
-    if plan.firewall != previous.firewall {
-        nftables::apply(&plan.firewall, config)?;
-    }
-    let mut flushed = Vec::new();
-    // Only while the address is still here: one that left the host (keepalived
-    // moved it to the VRRP peer, a lease ended) takes its sessions with it — the
-    // peer carries them on, synced by conntrackd, and a delete here would be synced
-    // there too. (The kernel itself forgets sessions masqueraded to a removed
-    // address.)
-    let still_here = |uplink: &str, address: IpAddr| {
-        previous
-            .uplink(uplink)
-            .and_then(|u| observed.get(&u.interface))
-            .is_some_and(|iface| iface.has_address(address))
-    };
-    for (uplink, address) in stopped {
-        if !still_here(&uplink, address) {
-            continue;
+        let mut flushed = Vec::new();
+        // Only while the address is still here: one that left the host (keepalived
+        // moved it to the VRRP peer, a lease ended) takes its sessions with it — the
+        // peer carries them on, synced by conntrackd, and a delete here would be synced
+        // there too. (The kernel itself forgets sessions masqueraded to a removed
+        // address.)
+        let still_here = |uplink: &str, address: IpAddr| {
+            previous
+                .uplink(uplink)
+                .and_then(|u| observed.get(&u.interface))
+                .is_some_and(|iface| iface.has_address(address))
+        };
+        for (uplink, address) in stopped {
+            if !still_here(&uplink, address) {
+                continue;
+            }
+            let entries = off_thread(move || conntrack::flush_nated_to(address)).await?;
+            flushed.push(Flushed {
+                uplink,
+                address,
+                entries,
+            });
         }
-        let entries = off_thread(move || conntrack::flush_nated_to(address)).await?;
-        flushed.push(Flushed {
-            uplink,
-            address,
-            entries,
-        });
+        let returned = return_rule_flows(maps, previous, plan).await?;
+        Ok(Updated {
+            routing,
+            flushed,
+            returned,
+            seeded,
+        })
     }
-    let returned = return_rule_flows(maps, previous, plan).await?;
-    Ok(Updated {
-        routing,
-        flushed,
-        returned,
-        seeded,
-    })
 }
 
 /// When a policy rule's uplink changes to a live one — its preferred uplink carries
@@ -356,44 +365,45 @@ async fn seed_arrived(
     seed_sessions(maps, &slot_of, datapath::Seeding::Replace).await
 }
 
-/// Puts back what someone else removed or changed of the running plan — a firewall
-/// reload flushing every nftables table, an admin deleting a rule or a link pin, a
-/// map write that failed half-way. Returns what it had to repair, in words.
-pub async fn repair(
-    nl: &Netlink,
-    config: &Config,
-    datapath: &mut Datapath,
-    maps: &mut Maps,
-    plan: &Plan,
-    observed: &Observed,
-) -> Result<Vec<String>, ApplyError> {
-    let mut repaired = Vec::new();
-    let routing = routing::apply(nl, config, &plan.routing, observed).await?;
-    if routing > 0 {
-        repaired.push(format!("{routing} rules or routes"));
+impl Kernel {
+    /// Puts back what someone else removed or changed of the running plan — a firewall
+    /// reload flushing every nftables table, an admin deleting a rule or a link pin, a
+    /// map write that failed half-way. Returns what it had to repair, in words.
+    pub async fn repair(
+        &mut self,
+        config: &Config,
+        plan: &Plan,
+        observed: &Observed,
+    ) -> Result<Vec<String>, ApplyError> {
+        let (nl, datapath, maps) = (&self.nl, &mut self.datapath, &mut self.maps);
+        let mut repaired = Vec::new();
+        let routing = routing::apply(nl, config, &plan.routing, observed).await?;
+        if routing > 0 {
+            repaired.push(format!("{routing} rules or routes"));
+        }
+        if restore_nft_table(config, plan)? {
+            repaired.push(format!(
+                "the nftables table inet {}",
+                crate::plan::nft::TABLE
+            ));
+        }
+        let attached = datapath::attached_interfaces(&config.routing.pin_path)?;
+        if plan
+            .datapath
+            .lan
+            .iter()
+            .any(|(name, _)| !attached.contains(name))
+        {
+            datapath.attach(&plan.datapath.lan)?;
+            repaired.push("the classifier's link pins".to_owned());
+        }
+        let maps_differ = maps.differences(plan)?;
+        if !maps_differ.is_empty() {
+            maps.write_plan(plan)?;
+            repaired.push(format!("the datapath maps ({})", maps_differ.join("; ")));
+        }
+        Ok(repaired)
     }
-    if restore_nft_table(config, plan)? {
-        repaired.push(format!(
-            "the nftables table inet {}",
-            crate::plan::nft::TABLE
-        ));
-    }
-    let attached = datapath::attached_interfaces(&config.routing.pin_path)?;
-    if plan
-        .datapath
-        .lan
-        .iter()
-        .any(|(name, _)| !attached.contains(name))
-    {
-        datapath.attach(&plan.datapath.lan)?;
-        repaired.push("the classifier's link pins".to_owned());
-    }
-    let maps_differ = maps.differences(plan)?;
-    if !maps_differ.is_empty() {
-        maps.write_plan(plan)?;
-        repaired.push(format!("the datapath maps ({})", maps_differ.join("; ")));
-    }
-    Ok(repaired)
 }
 
 /// Puts multiroute's nftables table back if something took it (a firewall reload
@@ -421,7 +431,7 @@ pub async fn teardown(nl: &Netlink, config: &Config) -> Result<Removed, ApplyErr
     let pins = datapath::remove(&config.routing.pin_path)?;
     let nft = usize::from(nftables::remove()?);
     let routing = routing::remove(nl, config).await? + nft;
-    let sysctls = host::restore_sysctls(config)?;
+    let sysctls = sysctl::restore_sysctls(config)?;
     Ok(Removed {
         pins,
         routing,

@@ -3,11 +3,12 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use multiroute::{
-    apply::{self, datapath, host},
+    apply::{self, datapath},
     config::Config,
     instance,
     net::Family,
     netlink::Netlink,
+    observe, plan,
     plan::{Plan, Readiness},
     run::control::{self, Request, Response},
 };
@@ -46,10 +47,10 @@ pub fn run(config_path: &Path, show_plan: bool) -> CommandResult {
         let (plan, _) = apply::plan(&nl, &config, &BTreeSet::new())
             .await
             .map_err(Failure::from)?;
-        let facts = host::facts(&nl, &config)
+        let facts = observe::host::facts(&nl, &config)
             .await
             .context("reading the host's settings")?;
-        Ok::<_, Failure>((plan, host::assess(&config, &facts)))
+        Ok::<_, Failure>((plan, plan::host::assess(&config, &facts)))
     })?;
     for change in &assessment.changes {
         println!(

@@ -8,12 +8,10 @@ use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use multiroute::{
-    apply::{
-        conntrack,
-        datapath::{self, Maps},
-    },
+    apply::datapath::{self, Maps},
     config::{Config, proto_name},
     net::IpNet,
+    netlink::conntrack,
 };
 use multiroute_ebpf::{DIRECT_UPLINK, Flow, FlowKey, FlowKey6, chosen_by};
 use serde::Serialize;

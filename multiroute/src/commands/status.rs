@@ -88,7 +88,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
         rules: rule_statuses(&config, &plan, health.as_ref()),
         uplinks: UplinkView::all(&plan, health.as_ref(), maps.as_ref()),
         fail_open: health.as_ref().is_some_and(|h| h.fail_open),
-        standby: health.as_ref().map_or(plan.standby(), |h| h.standby),
+        standby: health.as_ref().map_or(plan.ha_backup(), |h| h.standby),
         ready: health.as_ref().is_some_and(|h| h.ready),
         version: health
             .as_ref()

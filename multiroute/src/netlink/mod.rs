@@ -1,6 +1,7 @@
 //! A typed layer over rtnetlink: the rest of the code reads and writes [`Route`]s and
 //! [`Rule`]s, never netlink attributes (`message` converts). Everything multiroute
 //! adds carries [`PROTOCOL`], which is how `unload` finds it again after a crash.
+pub mod conntrack;
 mod message;
 
 use futures::{StreamExt as _, TryStreamExt};

@@ -2,6 +2,7 @@
 //! gateways of the default routes through them, and the main table's specific
 //! destinations, as the plan takes them ([`Observed`]); whether its own nftables
 //! ruleset source-NATs each uplink ([`nat`]).
+pub mod host;
 pub mod nat;
 
 use std::{

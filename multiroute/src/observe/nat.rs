@@ -8,16 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// The answer for one interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Coverage {
-    /// A masquerade or snat rule applies to packets leaving it.
-    Covered,
-    /// No rule can apply to it.
-    NotCovered,
-    /// The ruleset uses something this reader does not follow.
-    CannotTell,
-}
+pub use crate::plan::host::Coverage;
 
 /// Nested jumps followed at most; nft itself refuses loops.
 const MAX_DEPTH: usize = 16;

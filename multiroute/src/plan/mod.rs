@@ -4,6 +4,7 @@
 //! by `apply`; tested here without root against the seed's own commands.
 mod datapath;
 mod firewall;
+pub mod host;
 mod maglev;
 mod model;
 pub mod nft;
@@ -103,17 +104,17 @@ impl Plan {
 
     /// No uplink can take new flows: the datapath passes them unmarked and the main
     /// table's original default carries them, rather than blackholing the LAN.
-    /// Not while standing by: then nothing is wrong.
+    /// Not while the HA pair's backup: then nothing is wrong.
     pub fn fail_open(&self) -> bool {
         !self.uplinks.is_empty()
-            && !self.standby()
+            && !self.ha_backup()
             && !self.uplinks.iter().any(|u| u.alive.v4 && u.weight > 0)
     }
 
     /// Every uplink is up but has no address: the backup of a VRRP pair, whose
     /// peer holds the uplinks' addresses (and the LAN's gateway). Nothing to steer
     /// until they arrive.
-    pub fn standby(&self) -> bool {
+    pub fn ha_backup(&self) -> bool {
         !self.uplinks.is_empty()
             && self
                 .uplinks

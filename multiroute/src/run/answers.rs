@@ -69,7 +69,8 @@ impl Daemon {
             datapath: (0..multiroute_ebpf::family::COUNT)
                 .zip(multiroute_ebpf::family::NAMES)
                 .flat_map(|(family, name)| {
-                    self.maps
+                    self.kernel
+                        .maps
                         .counters(family)
                         .unwrap_or_default()
                         .into_iter()
@@ -119,7 +120,7 @@ impl Daemon {
             version: crate::version(),
             ready: self.ready,
             fail_open: self.plan.fail_open(),
-            standby: self.plan.standby(),
+            standby: self.plan.ha_backup(),
             uplinks,
             rules,
         }

@@ -37,7 +37,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    apply::{self, ApplyError, datapath::Datapath, datapath::Maps},
+    apply::{self, ApplyError, Kernel},
     config::{BalanceBy, Config},
     netlink::Netlink,
     plan::{Observed, Plan},
@@ -52,14 +52,13 @@ use states::{States, Transition};
 pub use task::Task;
 
 pub struct Daemon {
-    nl: Netlink,
     config_path: PathBuf,
     config: Config,
     plan: Plan,
-    maps: Maps,
-    /// Keeps the loaded program's handle until teardown; the pinned links keep it
-    /// attached on their own.
-    datapath: Datapath,
+    /// Netlink, the datapath and its maps. The datapath keeps the loaded
+    /// program's handle until teardown; the pinned links keep it attached on
+    /// their own.
+    kernel: Kernel,
     health: HealthBook,
     probers: BTreeMap<String, Prober>,
     next_ident: u16,
@@ -129,13 +128,11 @@ impl Daemon {
         let (results, incoming_results) = mpsc::channel(256);
         let states = States::start(&plan, SystemTime::now());
         let mut daemon = Daemon {
-            nl,
+            kernel: Kernel { nl, datapath, maps },
             config_path,
             health: HealthBook::new(thresholds(&config)),
             config,
             plan,
-            maps,
-            datapath,
             probers: BTreeMap::new(),
             // Distinct echo identifiers per daemon and per prober.
             next_ident: std::process::id() as u16,
@@ -230,7 +227,7 @@ impl Daemon {
     /// Re-reads the host and moves the kernel to the plan for it; `change` is the
     /// probe verdict that prompted this, if one did.
     async fn reconcile(&mut self, change: Option<Change>) {
-        match apply::plan(&self.nl, &self.config, &self.health.dead()).await {
+        match apply::plan(&self.kernel.nl, &self.config, &self.health.dead()).await {
             Ok((plan, observed)) => {
                 self.recheck_when_expiring(&observed);
                 self.move_to(plan, &observed, change).await
@@ -245,15 +242,10 @@ impl Daemon {
     /// what changed.
     async fn move_to(&mut self, plan: Plan, observed: &Observed, change: Option<Change>) {
         let started = Instant::now();
-        let update = apply::update(
-            &self.nl,
-            &self.config,
-            &mut self.maps,
-            &self.plan,
-            &plan,
-            observed,
-        )
-        .await;
+        let update = self
+            .kernel
+            .update(&self.config, &self.plan, &plan, observed)
+            .await;
         let updated = match update {
             Ok(updated) => updated,
             Err(err) => {
@@ -270,7 +262,7 @@ impl Daemon {
                 updated.routing
             );
         }
-        match (self.plan.standby(), plan.standby()) {
+        match (self.plan.ha_backup(), plan.ha_backup()) {
             (false, true) => info!(
                 "standby: no uplink has its address (a VRRP peer holds them); steering nothing until they arrive"
             ),
@@ -305,24 +297,16 @@ impl Daemon {
     /// The periodic check: a host change no event announced gets a full re-plan;
     /// otherwise whatever someone removed of the running plan is put back.
     async fn resync(&mut self) {
-        let (plan, observed) = match apply::plan(&self.nl, &self.config, &self.health.dead()).await
-        {
-            Ok(planned) => planned,
-            Err(err) => return error!("checking the set-up failed, will retry: {err}"),
-        };
+        let (plan, observed) =
+            match apply::plan(&self.kernel.nl, &self.config, &self.health.dead()).await {
+                Ok(planned) => planned,
+                Err(err) => return error!("checking the set-up failed, will retry: {err}"),
+            };
         self.recheck_when_expiring(&observed);
         if plan != self.plan {
             return self.move_to(plan, &observed, None).await;
         }
-        let repaired = apply::repair(
-            &self.nl,
-            &self.config,
-            &mut self.datapath,
-            &mut self.maps,
-            &plan,
-            &observed,
-        )
-        .await;
+        let repaired = self.kernel.repair(&self.config, &plan, &observed).await;
         match repaired {
             Ok(repaired) => {
                 self.ready = true;
@@ -420,7 +404,7 @@ impl Daemon {
         let checked = async {
             let config = Config::load(&self.config_path)?;
             // Interfaces the new config names must exist before anything changes.
-            apply::plan(&self.nl, &config, &self.health.dead()).await?;
+            apply::plan(&self.kernel.nl, &config, &self.health.dead()).await?;
             Ok::<_, DaemonError>(config)
         };
         let config = match checked.await {
@@ -448,7 +432,7 @@ impl Daemon {
         self.config = config;
         info!("configuration reloaded");
         self.reconcile(None).await;
-        if let Err(err) = self.datapath.attach(&self.plan.datapath.lan) {
+        if let Err(err) = self.kernel.datapath.attach(&self.plan.datapath.lan) {
             error!("attaching to the LAN interfaces of the new config: {err}");
         }
         log_plan(&self.plan);

@@ -5,17 +5,20 @@ use tracing::{info, warn};
 
 use super::error::DaemonError;
 use crate::{
-    apply::{self, ApplyError, host},
+    apply::{self, ApplyError, sysctl},
     config::Config,
     net::Family,
     netlink::Netlink,
-    plan::{Plan, Readiness},
+    observe,
+    plan::{Plan, Readiness, host},
 };
 
 /// Refuses a host with rules in multiroute's range, warns about what will not work,
 /// and sets the sysctls multiroute needs (recorded for `unload`).
 pub(super) async fn prepare_host(nl: &Netlink, config: &Config) -> Result<(), DaemonError> {
-    let facts = host::facts(nl, config).await.map_err(ApplyError::from)?;
+    let facts = observe::host::facts(nl, config)
+        .await
+        .map_err(ApplyError::from)?;
     let assessment = host::assess(config, &facts);
     if let Some(conflict) = assessment.conflicts.first() {
         return Err(DaemonError::Host(conflict.clone()));
@@ -29,7 +32,7 @@ pub(super) async fn prepare_host(nl: &Netlink, config: &Config) -> Result<(), Da
             change.key, change.to, change.from, change.why
         );
     }
-    host::apply_sysctls(config, &assessment.changes)?;
+    sysctl::apply_sysctls(config, &assessment.changes)?;
     Ok(())
 }
 

@@ -36,14 +36,14 @@ pub struct States(BTreeMap<String, UplinkState>);
 
 /// One side followed: its name, whether it is alive, and why it cannot carry
 /// traffic when that is the host's doing (no address, link down, …).
-struct Side {
+struct FamilyState {
     name: String,
     alive: bool,
     problem: Option<String>,
 }
 
 /// The uplink's IPv4 side, and its IPv6 side when it has (or had, in `known`) one.
-fn sides(uplink: &UplinkPlan, known: &BTreeMap<String, UplinkState>) -> Vec<Side> {
+fn sides(uplink: &UplinkPlan, known: &BTreeMap<String, UplinkState>) -> Vec<FamilyState> {
     Family::ALL
         .into_iter()
         .filter(|&family| {
@@ -51,7 +51,7 @@ fn sides(uplink: &UplinkPlan, known: &BTreeMap<String, UplinkState>) -> Vec<Side
                 || uplink.readiness[family] != Readiness::NoAddress
                 || known.contains_key(&health_name(&uplink.name, family))
         })
-        .map(|family| Side {
+        .map(|family| FamilyState {
             name: health_name(&uplink.name, family),
             alive: uplink.alive[family],
             problem: uplink.readiness[family].problem(family),

@@ -16,12 +16,12 @@ use aya::{
 use multiroute_ebpf::{DIRECT_UPLINK, Flow, FlowIdentity, PENDING_UPLINK, balance, chosen_by};
 
 use super::direct::DirectChange;
-use crate::apply::{
-    conntrack::{Keyed, NatedSession},
-    datapath::{
+use crate::{
+    apply::datapath::{
         error::{DatapathError, map_error},
         sys::{monotonic_seconds, open_map},
     },
+    netlink::conntrack::{Keyed, NatedSession},
 };
 
 /// What [`FlowTables::seed`] does with a flow the table already holds.

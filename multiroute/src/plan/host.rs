@@ -1,19 +1,22 @@
 //! Host settings a multi-WAN router depends on, outside routes and rules: IPv4
 //! forwarding, reverse-path filtering and link-down routes on the uplinks, source
-//! NAT, and nobody else's rules in multiroute's priority range. [`assess`] is pure; `load` applies its
-//! sysctl changes (recording the old values next to the lock file, so `unload`
-//! restores them even after a crash), `check` only reports.
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+//! NAT, and nobody else's rules in multiroute's priority range. [`assess`] is
+//! pure: `observe::host` reads the facts, `load` applies the sysctl changes
+//! (`apply::sysctl`), `check` only reports.
+use std::collections::BTreeMap;
 
-use crate::{
-    config::Config,
-    netlink::{Netlink, NetlinkError, is_own_rule, parse_rule, rule_priority},
-    observe::nat::{Coverage, Ruleset},
-    path_error::PathError,
-};
+use crate::config::Config;
+
+/// Whether the host's own NAT covers traffic leaving one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// A masquerade or snat rule applies to packets leaving it.
+    Covered,
+    /// No rule can apply to it.
+    NotCovered,
+    /// The ruleset uses something this reader does not follow.
+    CannotTell,
+}
 
 /// What the host looks like, as far as [`assess`] cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -117,132 +120,15 @@ pub fn assess(config: &Config, facts: &HostFacts) -> Assessment {
     assessment
 }
 
-/// Reads what [`assess`] needs from this host (this network namespace).
-pub async fn facts(nl: &Netlink, config: &Config) -> Result<HostFacts, NetlinkError> {
-    let range = config.routing.rule_priority
-        ..config.routing.rule_priority + crate::config::RULE_PRIORITY_SPAN;
-    let foreign_rules = nl
-        .rules()
-        .await?
-        .into_iter()
-        .filter(|rule| !is_own_rule(rule) && range.contains(&rule_priority(rule)))
-        .map(|rule| (rule_priority(&rule), parse_rule(&rule).to_string()))
-        .collect();
-    let snat = std::process::Command::new("nft")
-        .args(["-j", "list", "ruleset"])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| serde_json::from_slice(&out.stdout).ok())
-        .map(|json| {
-            let ruleset = Ruleset::parse(&json);
-            config
-                .uplinks
-                .iter()
-                .map(|u| (u.interface.clone(), ruleset.coverage(&u.interface)))
-                .collect()
-        });
-    Ok(HostFacts {
-        ip_forward: read_sysctl("net.ipv4.ip_forward"),
-        rp_filter_all: read_sysctl("net.ipv4.conf.all.rp_filter"),
-        rp_filter: config
-            .uplinks
-            .iter()
-            .filter_map(|u| {
-                let key = format!("net.ipv4.conf.{}.rp_filter", u.interface);
-                Some((u.interface.clone(), read_sysctl(&key)?))
-            })
-            .collect(),
-        ignore_linkdown: config
-            .uplinks
-            .iter()
-            .filter_map(|u| {
-                Some((
-                    u.interface.clone(),
-                    read_sysctl(&linkdown_key(&u.interface))?,
-                ))
-            })
-            .collect(),
-        snat,
-        foreign_rules,
-    })
-}
-
-fn linkdown_key(interface: &str) -> String {
+/// The sysctl that makes the kernel skip routes through a link without carrier.
+pub fn linkdown_key(interface: &str) -> String {
     format!("net.ipv4.conf.{interface}.ignore_routes_with_linkdown")
-}
-
-fn sysctl_path(key: &str) -> PathBuf {
-    Path::new("/proc/sys").join(key.replace('.', "/"))
-}
-
-pub fn read_sysctl(key: &str) -> Option<u8> {
-    std::fs::read_to_string(sysctl_path(key))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Where `load` records the values it changed: beside the lock file.
-pub fn record_path(config: &Config) -> PathBuf {
-    crate::instance::beside_socket(&config.control.socket, ".sysctl")
-}
-
-/// Applies `changes`, recording each original value first. A record left by a
-/// crashed `load` is kept: it holds the values from before multiroute.
-pub fn apply_sysctls(config: &Config, changes: &[SysctlChange]) -> Result<(), PathError> {
-    let record = record_path(config);
-    let mut originals: BTreeMap<String, u8> = read_record(&record);
-    for change in changes {
-        originals.entry(change.key.clone()).or_insert(change.from);
-    }
-    if !changes.is_empty() {
-        write_record(&record, &originals)?;
-    }
-    for change in changes {
-        let path = sysctl_path(&change.key);
-        std::fs::write(&path, change.to.to_string())
-            .map_err(PathError::at(&path, "setting a sysctl"))?;
-    }
-    Ok(())
-}
-
-/// Puts back every sysctl `load` changed; returns how many.
-pub fn restore_sysctls(config: &Config) -> Result<usize, PathError> {
-    let record = record_path(config);
-    let originals = read_record(&record);
-    for (key, value) in &originals {
-        let path = sysctl_path(key);
-        match std::fs::write(&path, value.to_string()) {
-            // An interface that went away took its sysctl with it.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            other => other.map_err(PathError::at(&path, "restoring a sysctl"))?,
-        }
-    }
-    match std::fs::remove_file(&record) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-            Err(PathError::at(&record, "removing the sysctl record")(err))
-        }
-        _ => Ok(originals.len()),
-    }
-}
-
-fn read_record(path: &Path) -> BTreeMap<String, u8> {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
-}
-
-fn write_record(path: &Path, originals: &BTreeMap<String, u8>) -> Result<(), PathError> {
-    let text = serde_json::to_string(originals).unwrap_or_default();
-    std::fs::write(path, text).map_err(PathError::at(path, "recording sysctls"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn config() -> Config {
         Config::parse(
