@@ -1,6 +1,6 @@
 //! The lab: real network namespaces, veth pairs, nftables masquerade and real
-//! servers, built the same way for the end-to-end tests, the demo and the
-//! benchmarks.
+//! servers, built the same way for the end-to-end tests, and for the demo and the
+//! benchmarks (the `tools` crate).
 //!
 //! ```text
 //!  client ──lan0── router ──wanN── ispN ──inetN── inet (203.0.113.10, HTTP :8080)
@@ -16,16 +16,15 @@
 //! client sends and measures, `faults` what the lab breaks, `kernel` what the
 //! router shows, `pair` the two-router variant, `datapath` the classifier on its
 //! own, `isp` and `ipv6` what ISPs speak.
-pub mod bench;
 mod cleanup;
 pub mod datapath;
 mod faults;
 pub mod ipv6;
 pub mod isp;
 mod kernel;
+mod lab;
 pub mod pair;
 mod traffic;
-mod lab;
 
 pub use cleanup::{handle_signals, interrupted, stop_requested};
 pub use faults::{FORWARDED_PORT, ROUTER_PORT};

@@ -16,7 +16,7 @@ use multiroute::apply::datapath::Capacity;
 use multiroute_ebpf::{Flow, FlowKey, FlowKey6};
 use serde::{Deserialize, Serialize};
 
-use crate::{Lab, LabOptions, datapath::LoadedDatapath};
+use multiroute_tests::{Lab, LabOptions, datapath::LoadedDatapath};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measured {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use report::markdown;
 
-pub use crate::{handle_signals, interrupted};
+pub use multiroute_tests::{handle_signals, interrupted};
 
 /// How much to measure: `--quick` is what a developer runs (≤ 2 minutes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,9 +111,12 @@ pub fn run(options: &Options, command: String) -> Result<Results> {
     })?;
     Ok(Results {
         command,
-        date: crate::stdout(&crate::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?)
-            .trim()
-            .to_owned(),
+        date: multiroute_tests::stdout(&multiroute_tests::run(
+            "date",
+            &["-u", "+%Y-%m-%d %H:%M UTC"],
+        )?)
+        .trim()
+        .to_owned(),
         machine: machine(),
         options: options.clone(),
         datapath,

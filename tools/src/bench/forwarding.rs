@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
-use crate::{Lab, LabOptions, SERVER, ipv6::SERVER6, lab_script};
+use multiroute_tests::{Lab, LabOptions, SERVER, ipv6::SERVER6, lab_script};
 
 /// The IPv6 iperf3 server's port (the IPv4 one keeps iperf3's default).
 const IPERF6_PORT: &str = "5202";
@@ -330,7 +330,7 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
     // client's IPv6 only reaches the server through a NAT66, which only some
     // variants have.
     let isp = lab.isp(0);
-    crate::wait_until(std::time::Duration::from_secs(5), || {
+    multiroute_tests::wait_until(std::time::Duration::from_secs(5), || {
         iperf_from(&lab, &isp, false, &["-n", "1K"]).is_ok()
             && iperf_from(&lab, &isp, true, &["-n", "1K"]).is_ok()
     })

@@ -1,15 +1,13 @@
 //! `cargo xtask bench [--quick] [--datapath-only | --forwarding-only]` runs this
-//! (release build, as root): every suite of `multiroute_tests::bench`, then
+//! (release build, as root): every suite of `multiroute_tools::bench`, then
 //! `target/bench/results.json` and `BENCHMARKS.md`; with `--datapath-only` or
 //! `--forwarding-only`, only suite 1 or suites 2–3, printed; with
 //! `--report-only`, BENCHMARKS.md again from the last results (after editing notes).
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result};
-use multiroute_tests::{
-    bench::{self, Options},
-    require_root,
-};
+use multiroute_tests::require_root;
+use multiroute_tools::bench::{self, Options};
 
 fn main() -> ExitCode {
     match run() {

@@ -16,7 +16,7 @@ use multiroute_ebpf::{Flow, FlowKey, MAX_RULES, PolicyRule, RING_SIZE, RuleSet, 
 use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
-use crate::datapath::{LoadedDatapath, arp, tcp, tcp6};
+use multiroute_tests::datapath::{LoadedDatapath, arp, tcp, tcp6};
 
 const MASK: u32 = 0xff00;
 /// Big enough for a million flows plus the ones a run adds.

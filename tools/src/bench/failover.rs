@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{Options, median};
-use crate::{Lab, LabOptions, SERVER, measure_outage, wall_clock};
+use multiroute_tests::{Lab, LabOptions, SERVER, measure_outage, wall_clock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -133,7 +133,7 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
     }
     for advert_int in [1.0, 0.3] {
         super::interrupted()?;
-        let round = crate::pair::failover_round(advert_int)?;
+        let round = multiroute_tests::pair::failover_round(advert_int)?;
         let measured = Measured {
             health: format!("HA pair, VRRP advert_int {advert_int} s"),
             kind: Kind::Router,
