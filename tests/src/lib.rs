@@ -19,6 +19,7 @@
 mod cleanup;
 pub mod datapath;
 mod faults;
+pub mod fixtures;
 pub mod ipv6;
 pub mod isp;
 mod kernel;

@@ -1,5 +1,6 @@
 //! The classifier, loaded into the kernel and driven through BPF_PROG_TEST_RUN.
-//! Fixtures in Katran's style: a packet built field by field, the verdict expected.
+//! Fixtures in Katran's style (`multiroute_tests::fixtures`): tables of packets
+//! built field by field, each with the verdict and the counter expected.
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, Ipv6Addr},
@@ -8,10 +9,8 @@ use std::{
 use multiroute::plan::{Member, build_ring};
 use multiroute_ebpf::{Counter, RING_SIZE, Uplink, chosen_by, family};
 use multiroute_tests::{
-    datapath::{
-        IPV6_PAYLOAD, LoadedDatapath, PAD_OPTIONS, Verdict, fragment_header, icmp_echo, icmp6_echo,
-        tcp, tcp6, udp, udp6, with_extension,
-    },
+    datapath::{LoadedDatapath, Verdict, icmp_echo, tcp, tcp6, udp, udp6},
+    fixtures::{self, Expect, Fixture},
     require_root, test_name,
 };
 
@@ -144,86 +143,69 @@ fn shares(dp: &mut LoadedDatapath, flows: impl Iterator<Item = Vec<u8>>) -> [usi
     counts
 }
 
+/// Runs a fixture table in order: each row's verdict, and the one counter of
+/// `family` it moved (the other family's counters stay where they were).
+fn run_fixtures(dp: &mut LoadedDatapath, family: u32, fixtures: &[Fixture]) {
+    let other = family ^ 1;
+    let mut took: HashMap<&str, usize> = HashMap::new();
+    for fixture in fixtures {
+        let what = fixture.description;
+        let (before, before_other) = (counters(dp, family), counters(dp, other));
+        let v = dp
+            .run(&fixture.packet, FOREIGN_MARK, 1)
+            .unwrap_or_else(|err| panic!("{what}: {err:#}"))
+            .0;
+        let counter = match fixture.expect {
+            Expect::Steered {
+                counter,
+                same_flow_as,
+            } => {
+                let uplink = uplink_of(v).unwrap_or_else(|| panic!("{what} must be steered"));
+                if let Some(earlier) = same_flow_as {
+                    assert_eq!(Some(&uplink), took.get(earlier), "{what}: {earlier}'s flow");
+                }
+                took.insert(what, uplink);
+                counter
+            }
+            Expect::Untouched(counter) => {
+                let untouched = Verdict {
+                    return_code: TC_ACT_UNSPEC,
+                    mark: FOREIGN_MARK,
+                };
+                assert_eq!(v, untouched, "{what} must pass untouched");
+                counter
+            }
+        };
+        let after = counters(dp, family);
+        for (seen, value) in &after {
+            let moved = value - before.get(seen).copied().unwrap_or(0);
+            let want = u64::from(*seen == counter);
+            assert_eq!(moved, want, "{what}: counter {seen:?} (want {counter:?})");
+        }
+        assert_eq!(
+            counters(dp, other),
+            before_other,
+            "{what}: families count apart"
+        );
+    }
+}
+
 #[test]
-fn fixtures_steer_ip_and_pass_everything_else_untouched() {
+fn ipv4_fixtures_steer_ip_and_pass_everything_else_untouched() {
     let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
-    let client = lan(7);
-    let syn = tcp(client, 40000, SERVER, 80);
-    let mut vlan_syn = syn[..12].to_vec();
-    vlan_syn.extend_from_slice(&[0x81, 0x00, 0x00, 0x2a]);
-    vlan_syn.extend_from_slice(&syn[12..]);
-    let mut long_ihl = syn[..14 + 22].to_vec();
-    long_ihl[14] = 0x4f; // IHL 15: a 60-byte header that is not there
-    let mut later_fragment = udp(client, 5000, SERVER, 53);
-    later_fragment[14 + 6] = 0x00;
-    later_fragment[14 + 7] = 0x10; // fragment offset 16 × 8 bytes
-    let mut arp = vec![0xff; 12];
-    arp.extend_from_slice(&[0x08, 0x06]);
-    arp.extend_from_slice(&[0u8; 28]);
-    // The kernel's test-run refuses an untagged IPv4 frame shorter than an IP header,
-    // so the cut-short IP header travels behind a VLAN tag.
-    let truncated = vlan_syn[..18 + 10].to_vec();
-    let mut bad_version = syn.clone();
-    bad_version[14] = 0x65;
-    let mut bad_ihl = syn.clone();
-    bad_ihl[14] = 0x43;
-    let ports_cut_off = syn[..14 + 20 + 2].to_vec();
-    let garbage: Vec<u8> = (0..60u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-
-    let steered: &[(&str, Vec<u8>)] = &[
-        ("TCP SYN", syn.clone()),
-        ("UDP datagram", udp(client, 5353, SERVER, 53)),
-        ("ICMP echo", icmp_echo(client, SERVER, 77, 1)),
-        ("802.1Q-tagged TCP", vlan_syn),
-        ("non-first IPv4 fragment", later_fragment),
-    ];
-    for (what, packet) in steered {
-        assert!(
-            uplink_of(verdict(&mut dp, packet)).is_some(),
-            "{what} must be steered"
-        );
-    }
-    let untouched: &[(&str, Vec<u8>)] = &[
-        ("ARP", arp),
-        ("IPv4 header cut short", truncated),
-        ("IP version 6 in an IPv4 frame", bad_version),
-        ("IHL below 5", bad_ihl),
-        ("TCP ports cut off", ports_cut_off),
-        ("IHL past the end of the frame", long_ihl),
-        ("garbage", garbage),
-        (
-            "multicast destination",
-            udp(client, 5353, Ipv4Addr::new(224, 0, 0, 251), 5353),
-        ),
-        (
-            "limited broadcast",
-            udp(client, 68, Ipv4Addr::BROADCAST, 67),
-        ),
-    ];
-    assert_untouched(&mut dp, untouched);
-    let counters = counters(&dp, multiroute_ebpf::family::IPV4);
-    // The tagged SYN is the plain SYN's flow: one hit, four new flows.
-    assert_eq!(
-        (counters[&Counter::FlowNew], counters[&Counter::FlowHit]),
-        (4, 1),
-        "{counters:?}"
-    );
-    // The garbage frame's ethertype decides which of the two it lands in.
-    let (not_ipv4, malformed) = (
-        counters[&Counter::PassNotIp],
-        counters[&Counter::PassMalformed],
-    );
-    assert!(
-        not_ipv4 >= 1 && malformed >= 5 && not_ipv4 + malformed == 7,
-        "{counters:?}"
-    );
-    assert_eq!(counters[&Counter::PassNotUnicast], 2, "{counters:?}");
+    let fixtures = fixtures::ipv4(lan(7), SERVER);
+    run_fixtures(&mut dp, family::IPV4, &fixtures);
+    let steered = fixtures
+        .iter()
+        .filter(|f| matches!(f.expect, Expect::Steered { .. }))
+        .count() as u64;
     let traffic: u64 = (0..3).map(|i| dp.maps.traffic(i).unwrap().packets).sum();
-    assert_eq!(traffic, 5);
+    assert_eq!(
+        traffic, steered,
+        "every steered packet counted on its uplink"
+    );
 }
 
 #[test]
@@ -611,79 +593,22 @@ fn lan6(host: u16) -> Ipv6Addr {
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 10);
 
 #[test]
-fn ipv6_is_parsed_through_extension_headers_and_steered_like_ipv4() {
-    let Some(mut dp) = setup("ipv6-fixtures", [1, 1, 1], [true; 3]) else {
+fn ipv6_fixtures_are_parsed_through_extension_headers_and_steered_like_ipv4() {
+    let Some(mut dp) = setup(test_name!(), [1, 1, 1], [true; 3]) else {
         return;
     };
     configure_families(&mut dp, [1, 1, 1], [true; 3], [true; 3]);
-    let client = lan6(7);
-    let syn = tcp6(client, 40000, SERVER6, 443);
-    let hop_by_hop = with_extension(&syn, 0, &PAD_OPTIONS);
-    let two_options = with_extension(&hop_by_hop, 60, &PAD_OPTIONS);
-    let datagram = udp6(client, 5000, SERVER6, 53);
-    let first_fragment = with_extension(&datagram, 44, &fragment_header(0, true));
-    let later_fragment = with_extension(&datagram, 44, &fragment_header(16, false));
-    let echo = icmp6_echo(client, SERVER6, 77, 1);
-    let next_echo = icmp6_echo(client, SERVER6, 77, 2);
-
-    let syn_uplink = uplink_of(verdict(&mut dp, &syn)).expect("an IPv6 SYN is steered");
-    for (what, packet) in [
-        ("behind hop-by-hop options", &hop_by_hop),
-        ("behind hop-by-hop and destination options", &two_options),
-    ] {
-        assert_eq!(
-            uplink_of(verdict(&mut dp, packet)),
-            Some(syn_uplink),
-            "the SYN's flow {what} is the same flow"
-        );
-    }
-    // Every fragment of a datagram is keyed by addresses and protocol, so the
-    // first (which has the ports) and the rest take one uplink.
-    let first = uplink_of(verdict(&mut dp, &first_fragment)).expect("first fragment steered");
-    assert_eq!(uplink_of(verdict(&mut dp, &later_fragment)), Some(first));
-    let echo_uplink = uplink_of(verdict(&mut dp, &echo)).expect("an ICMPv6 echo is steered");
+    let fixtures = fixtures::ipv6(lan6(7), SERVER6);
+    run_fixtures(&mut dp, family::IPV6, &fixtures);
+    let new_flows = fixtures
+        .iter()
+        .filter(|f| f.expect == fixtures::NEW)
+        .count();
     assert_eq!(
-        uplink_of(verdict(&mut dp, &next_echo)),
-        Some(echo_uplink),
-        "one echo identifier, one flow"
+        dp.maps.v6.all().len(),
+        new_flows,
+        "one flow-table entry per new flow"
     );
-    assert!(uplink_of(verdict(&mut dp, &datagram)).is_some());
-
-    let mut link_local_dst = syn.clone();
-    link_local_dst[14 + 24..14 + 40]
-        .copy_from_slice(&"fe80::1".parse::<Ipv6Addr>().unwrap().octets());
-    let multicast = udp6(client, 5353, "ff02::fb".parse().unwrap(), 5353);
-    let mut solicitation = icmp6_echo(client, SERVER6, 1, 1);
-    solicitation[IPV6_PAYLOAD] = 135; // neighbour solicitation to a global address
-    let mut chain = syn.clone();
-    for _ in 0..7 {
-        chain = with_extension(&chain, 60, &PAD_OPTIONS);
-    }
-    let mut bad_version = syn.clone();
-    bad_version[14] = 0x40;
-    let ports_cut_off = syn[..IPV6_PAYLOAD + 2].to_vec();
-    let extension_cut_off = hop_by_hop[..IPV6_PAYLOAD + 2].to_vec();
-    let untouched: &[(&str, Vec<u8>)] = &[
-        ("link-local destination", link_local_dst),
-        ("multicast destination", multicast),
-        ("neighbour solicitation", solicitation),
-        ("seven extension headers", chain),
-        ("IP version 4 in an IPv6 frame", bad_version),
-        ("TCP ports cut off", ports_cut_off),
-        ("extension header cut off", extension_cut_off),
-    ];
-    assert_untouched(&mut dp, untouched);
-    let ipv4 = counters(&dp, family::IPV4);
-    let ipv6 = counters(&dp, family::IPV6);
-    assert_eq!(
-        (ipv6[&Counter::FlowNew], ipv6[&Counter::FlowHit]),
-        (4, 4),
-        "SYN, fragments, echo and datagram new; options, later fragment, next echo hit: {ipv6:?}"
-    );
-    assert_eq!(ipv6[&Counter::PassNotUnicast], 3, "{ipv6:?}");
-    assert_eq!(ipv6[&Counter::PassMalformed], 4, "{ipv6:?}");
-    assert_eq!(ipv4.values().sum::<u64>(), 0, "IPv6 counts apart: {ipv4:?}");
-    assert_eq!(dp.maps.v6.all().len(), 4);
 }
 
 #[test]
