@@ -2,7 +2,7 @@
 //! and its maps over bpf(2). Every step is idempotent, so applying twice, or after a
 //! crash half-way, converges; [`teardown`] removes all of it, also after SIGKILL.
 pub mod datapath;
-pub mod nftables;
+pub mod firewall;
 pub mod routing;
 pub mod sysctl;
 
@@ -20,7 +20,7 @@ use crate::{
     plan::{Observed, Plan, PlanError},
 };
 use datapath::{Datapath, DatapathError, Maps};
-use nftables::NftError;
+use firewall::NftError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -92,7 +92,7 @@ pub async fn apply(
     let guarded = plan.routing.rules_main_first(config.routing.rule_priority);
     routing::sync_tables(nl, config, &plan.routing, observed).await?;
     routing::sync_rules(nl, config, &guarded).await?;
-    nftables::apply(&plan.firewall, config)?;
+    firewall::apply(&plan.firewall, config)?;
     let mut datapath = Datapath::load(pin_path, plan.datapath.balance_by)?;
     let mut maps = Maps::open(pin_path)?;
     maps.write_uplinks(plan)?;
@@ -251,7 +251,7 @@ impl Kernel {
             changed
         };
         if plan.firewall != previous.firewall {
-            nftables::apply(&plan.firewall, config)?;
+            firewall::apply(&plan.firewall, config)?;
         }
         let mut flushed = Vec::new();
         // Only while the address is still here: one that left the host (keepalived
@@ -409,10 +409,10 @@ impl Kernel {
 /// Puts multiroute's nftables table back if something took it (a firewall reload
 /// flushing the ruleset); returns whether it had to.
 pub fn restore_nft_table(config: &Config, plan: &Plan) -> Result<bool, ApplyError> {
-    if plan.firewall.is_empty() || nftables::present()? {
+    if plan.firewall.is_empty() || firewall::present()? {
         return Ok(false);
     }
-    nftables::apply(&plan.firewall, config)?;
+    firewall::apply(&plan.firewall, config)?;
     Ok(true)
 }
 
@@ -429,7 +429,7 @@ pub struct Removed {
 /// the main default is restored, then the sysctls `load` changed.
 pub async fn teardown(nl: &Netlink, config: &Config) -> Result<Removed, ApplyError> {
     let pins = datapath::remove(&config.routing.pin_path)?;
-    let nft = usize::from(nftables::remove()?);
+    let nft = usize::from(firewall::remove()?);
     let routing = routing::remove(nl, config).await? + nft;
     let sysctls = sysctl::restore_sysctls(config)?;
     Ok(Removed {
