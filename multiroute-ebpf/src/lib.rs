@@ -143,12 +143,13 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// Layout 2: IPv6 (`Uplink::alive6`, the IPv6 maps, counters per family).
 /// Layout 3: direct destinations (`MR_DIRECT`, `MR_DIRECT6`, the `pass_direct`
 /// counter).
-pub const MAP_LAYOUT: u32 = 3;
+/// Layout 4: the fast path (`MR_FAST`, `MR_FAST_REPLY`, two counters more).
+pub const MAP_LAYOUT: u32 = 4;
 
-/// Older layouts a `load` upgrades in place, keeping the flow table: layout 2's
-/// maps are layout 3's but for the counters (one more per family: recreated,
-/// they restart from zero) and the direct tries (created).
-pub const UPGRADABLE_LAYOUTS: [u32; 1] = [2];
+/// Older layouts a `load` upgrades in place, keeping the flow table: their maps
+/// are layout 4's but for the counters (more per family: recreated, they restart
+/// from zero) and the maps added since (created).
+pub const UPGRADABLE_LAYOUTS: [u32; 2] = [2, 3];
 
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
@@ -172,10 +173,14 @@ pub mod map_names {
     pub const RULE_DST6: &str = "MR_RULE_DST6";
     pub const DIRECT: &str = "MR_DIRECT";
     pub const DIRECT6: &str = "MR_DIRECT6";
+    pub const FAST: &str = "MR_FAST";
+    pub const FAST_REPLY: &str = "MR_FAST_REPLY";
 }
 
 /// Name of the classifier function inside the object file.
 pub const PROGRAM_NAME: &str = "multiroute";
+/// The fast path for replies, on the ingress of each uplink interface.
+pub const REPLY_PROGRAM_NAME: &str = "multiroute_reply";
 /// The empty classifier benchmarks use as their floor.
 pub const FLOOR_PROGRAM_NAME: &str = "multiroute_floor";
 
@@ -371,6 +376,33 @@ pub struct Uplink {
     pub carries6: u32,
 }
 
+/// Capacity of each fast-path table (`MR_FAST`, `MR_FAST_REPLY`): sessions
+/// conntrack has established and userspace bound. An LRU: a session pushed out
+/// goes back to the slow path, which is always correct.
+pub const FAST_TABLE_SIZE: u32 = 65_536;
+
+/// An established session as the fast path forwards it, written by userspace from
+/// conntrack's entry: `MR_FAST` is keyed by the LAN side's flow key (as the
+/// classifier reads it), `MR_FAST_REPLY` by the reply's as it arrives on the
+/// uplink. The packet's source (outbound) or destination (replies) becomes
+/// `addr`:`port` — the NAT conntrack bound — and the next hop comes from route
+/// table `table` without the rule walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastFlow {
+    /// Network byte order, as on the wire.
+    pub addr: u32,
+    pub port: u16,
+    /// The uplink slot (outbound: forwarded only while its flow uses it and it
+    /// carries; replies: counted on it).
+    pub slot: u16,
+    pub table: u32,
+    /// When the fast path last forwarded a packet (coarse monotonic seconds):
+    /// userspace refreshes conntrack's timeout from it.
+    pub seen_s: u32,
+    pub packets: u64,
+}
+
 /// Per-uplink, per-CPU traffic the datapath steered.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -408,9 +440,15 @@ pub enum Counter {
     /// A flow to a destination the main table routes specifically (see
     /// [`DIRECT_UPLINK`]): passed unmarked.
     PassDirect = 10,
+    /// A LAN packet of an established session, rewritten and sent out of its
+    /// uplink by the fast path (see [`FastFlow`]).
+    FastOut = 11,
+    /// A reply arriving on an uplink, rewritten and sent to the LAN host by the
+    /// fast path.
+    FastReply = 12,
 }
 
-pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_COUNT: u32 = 13;
 
 /// The address families the datapath counts apart: `MR_COUNTERS` holds
 /// [`COUNTER_COUNT`] counters per family, IPv4's first. Packets that are neither
@@ -435,6 +473,8 @@ impl Counter {
         Counter::PassPending,
         Counter::FlowRule,
         Counter::PassDirect,
+        Counter::FastOut,
+        Counter::FastReply,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -450,6 +490,8 @@ impl Counter {
             Counter::PassPending => "pass_pending",
             Counter::FlowRule => "flow_rule",
             Counter::PassDirect => "pass_direct",
+            Counter::FastOut => "fast_out",
+            Counter::FastReply => "fast_reply",
         }
     }
 }
@@ -485,4 +527,5 @@ mod pod {
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::SlotName {}
+    unsafe impl aya::Pod for super::FastFlow {}
 }

@@ -5,8 +5,14 @@
 //! fwmark inside the configured mask; `ip rule fwmark … lookup <uplink table>` does
 //! the routing. All policy (weights, liveness, the ring itself) lives in userspace.
 //! Whatever the program cannot parse or must not steer it passes untouched.
+//!
+//! Packets of sessions conntrack has established take the fast path instead
+//! (`fast`): rewritten and redirected to their uplink here, and their replies by
+//! `multiroute_reply` on each uplink's ingress.
 #![no_std]
 #![no_main]
+
+mod fast;
 
 use core::mem::size_of;
 
@@ -22,11 +28,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use multiroute_ebpf::{
-    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, DIRECT_UPLINK, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE,
-    Flow, FlowIdentity, FlowKey, FlowKey6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_DIRECT_PREFIXES, MAX_RULE_PREFIXES, MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS,
-    PENDING_UPLINK, PolicyRule, RING_SIZE, RuleAddress, RuleAddress6, RuleSet, SlotName, Traffic,
-    Uplink, balance, chosen_by, family, ring_slot,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, DIRECT_UPLINK, FAST_TABLE_SIZE, FLOW_TABLE_SIZE,
+    FLOW6_TABLE_SIZE, FastFlow, Flow, FlowIdentity, FlowKey, FlowKey6, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_DIRECT_PREFIXES, MAX_RULE_PREFIXES,
+    MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS, PENDING_UPLINK, PolicyRule, RING_SIZE, RuleAddress,
+    RuleAddress6, RuleSet, SlotName, Traffic, Uplink, balance, chosen_by, family, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -83,6 +89,15 @@ static LAYOUT: Array<u32> = Array::pinned(1, 0);
 /// [`COUNTER_COUNT`] counters per address family (see `multiroute_ebpf::family`).
 #[map(name = "MR_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT * family::COUNT, 0);
+
+/// Established sessions the fast path forwards, by the LAN side's flow key
+/// (see [`FastFlow`]); written by userspace from conntrack.
+#[map(name = "MR_FAST")]
+static FAST: LruHashMap<FlowKey, FastFlow> = LruHashMap::pinned(FAST_TABLE_SIZE, 0);
+
+/// The same sessions by their replies' flow key, as they arrive on the uplink.
+#[map(name = "MR_FAST_REPLY")]
+static FAST_REPLY: LruHashMap<FlowKey, FastFlow> = LruHashMap::pinned(FAST_TABLE_SIZE, 0);
 
 // IPv6 has its own flow, ring, affinity and rule-prefix maps: wider keys, and its
 // own membership (an uplink's IPv6 can be dead while its IPv4 lives).
@@ -221,17 +236,56 @@ const MAX_HEADER_BYTES: u32 = (ETH_HLEN + VLAN_HLEN + 60 + 8) as u32;
 pub fn multiroute(ctx: TcContext) -> i32 {
     match ethertype(&ctx) {
         Ok((ETH_P_IP, l3)) => match flow_key(&ctx, l3) {
-            Ok(key) => steer::<V4>(&ctx, &key),
+            Ok(key) => {
+                let hit = steer::<V4>(&ctx, &key);
+                if let Some(slot) = hit
+                    && l3 == ETH_HLEN
+                    && let Some(verdict) = fast_out(&ctx, &key, slot)
+                {
+                    return verdict;
+                }
+            }
             Err(reason) => count::<V4>(reason),
         },
         Ok((ETH_P_IPV6, l3)) => match flow_key6(&ctx, l3) {
-            Ok(key) => steer::<V6>(&ctx, &key),
+            Ok(key) => {
+                steer::<V6>(&ctx, &key);
+            }
             Err(reason) => count::<V6>(reason),
         },
         Ok(_) => count::<V4>(Counter::PassNotIp),
         Err(reason) => count::<V4>(reason),
     }
     // Never drop, never short-circuit classifiers attached after us.
+    TC_ACT_UNSPEC
+}
+
+/// A LAN packet of a known flow on its uplink `slot`: the fast path, when its
+/// session is bound to that uplink.
+#[inline(always)]
+fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32) -> Option<i32> {
+    let flow = FAST.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from a successful lookup.
+    if u32::from(unsafe { (*flow).slot }) != slot {
+        return None;
+    }
+    let verdict = fast::forward(ctx, key, flow, fast::Side::Outbound)?;
+    count::<V4>(Counter::FastOut);
+    Some(verdict)
+}
+
+/// The fast path for replies, on the ingress of every uplink: a reply of a bound
+/// session goes straight to its LAN host; everything else passes untouched.
+#[classifier]
+pub fn multiroute_reply(ctx: TcContext) -> i32 {
+    if let Ok((ETH_P_IP, ETH_HLEN)) = ethertype(&ctx)
+        && let Ok(key) = flow_key(&ctx, ETH_HLEN)
+        && let Some(flow) = FAST_REPLY.get_ptr_mut(&key)
+        && let Some(verdict) = fast::forward(&ctx, &key, flow, fast::Side::Reply)
+    {
+        count::<V4>(Counter::FastReply);
+        return verdict;
+    }
     TC_ACT_UNSPEC
 }
 
@@ -251,26 +305,30 @@ struct Choice {
     rule: u8,
 }
 
-/// Marks the packet with its flow's uplink, choosing and remembering one for a new flow.
+/// Marks the packet with its flow's uplink, choosing and remembering one for a new
+/// flow. Returns the uplink of a known flow that keeps it (what the fast path may
+/// take), `None` otherwise.
 #[inline(always)]
-fn steer<F: Family>(ctx: &TcContext, key: &F::Key) {
+fn steer<F: Family>(ctx: &TcContext, key: &F::Key) -> Option<u32> {
+    let mut hit = None;
     let choice = match F::flows().get_ptr_mut(key) {
         Some(flow) => match remembered_uplink::<F>(flow) {
             Some(found) => {
                 count::<F>(Counter::FlowHit);
+                hit = Some(found.index);
                 found
             }
             None => {
                 // SAFETY: `flow` points into the flow table's value for this key.
                 match u32::from(unsafe { (*flow).uplink }) {
-                    PENDING_UPLINK => return count::<F>(Counter::PassPending),
-                    DIRECT_UPLINK => return count::<F>(Counter::PassDirect),
+                    PENDING_UPLINK => return none(count::<F>(Counter::PassPending)),
+                    DIRECT_UPLINK => return none(count::<F>(Counter::PassDirect)),
                     _ => {}
                 }
                 let Some(chosen) =
                     rule_choice::<F>(key).or_else(|| hashed::<F>(ring_choice::<F>(key)))
                 else {
-                    return count::<F>(Counter::PassNoUplink);
+                    return none(count::<F>(Counter::PassNoUplink));
                 };
                 // SAFETY: as above.
                 unsafe {
@@ -282,17 +340,17 @@ fn steer<F: Family>(ctx: &TcContext, key: &F::Key) {
                 chosen
             }
         },
-        None if F::direct(key) => return remember_direct::<F>(key),
+        None if F::direct(key) => return none(remember_direct::<F>(key)),
         None => match rule_choice::<F>(key) {
             Some(chosen) => {
                 remember::<F>(key, &chosen, Counter::FlowRule);
                 chosen
             }
             None => match new_flow_choice::<F>(key) {
-                Some(PENDING_UPLINK) => return remember_pending::<F>(key),
+                Some(PENDING_UPLINK) => return none(remember_pending::<F>(key)),
                 choice => {
                     let Some(chosen) = hashed::<F>(choice) else {
-                        return count::<F>(Counter::PassNoUplink);
+                        return none(count::<F>(Counter::PassNoUplink));
                     };
                     remember::<F>(key, &chosen, Counter::FlowNew);
                     chosen
@@ -302,6 +360,13 @@ fn steer<F: Family>(ctx: &TcContext, key: &F::Key) {
     };
     set_mark(ctx, &choice.uplink);
     account(ctx, choice.index);
+    hit
+}
+
+/// Nothing for the fast path, once `_done` has run.
+#[inline(always)]
+fn none(_done: ()) -> Option<u32> {
+    None
 }
 
 /// The uplink a known flow uses, unless that uplink has died since. Counts the

@@ -108,7 +108,7 @@ pub async fn apply(
     // Before the classifier sees a packet: a flow to a direct destination must
     // never carry a mark, which would skip the main table's lookup.
     maps.write_direct(&plan.datapath.direct)?;
-    datapath.attach(&plan.datapath.lan)?;
+    datapath.attach(&plan.datapath.lan, &plan.datapath.fast_replies)?;
     takeover.seeded = seed_from_conntrack(&mut maps, plan).await?;
     maps.write_rings(&plan.datapath.ring)?;
     maps.write_policy(&plan.datapath.policy)?;
@@ -394,7 +394,7 @@ impl Kernel {
             .iter()
             .any(|(name, _)| !attached.contains(name))
         {
-            datapath.attach(&plan.datapath.lan)?;
+            datapath.attach(&plan.datapath.lan, &plan.datapath.fast_replies)?;
             repaired.push("the classifier's link pins".to_owned());
         }
         let maps_differ = maps.differences(plan)?;

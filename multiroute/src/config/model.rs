@@ -27,9 +27,17 @@ pub struct Config {
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
     pub balance: BalanceConfig,
+    pub datapath: DatapathConfig,
     /// Policy rules in the order they are matched: every uplink's `pin` and
     /// `pin_from` as one-uplink rules, then the `[[rule]]`s in file order.
     pub rules: Vec<PolicyRule>,
+}
+
+/// `[datapath]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Established sessions bypass the rule walk and netfilter (on by default).
+    pub fast_path: bool,
 }
 
 /// `[balance]`: what a new flow's uplink is chosen by, and what backup-tier flows

@@ -26,7 +26,26 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) balance: RawBalance,
     #[serde(default)]
+    pub(super) datapath: RawDatapath,
+    #[serde(default)]
     pub(super) rule: Vec<policy::RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatapath {
+    #[serde(default = "yes")]
+    pub(super) fast_path: bool,
+}
+
+impl Default for RawDatapath {
+    fn default() -> Self {
+        Self { fast_path: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize, Default)]

@@ -105,6 +105,9 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 by: raw.balance.by,
                 failback: raw.balance.failback,
             },
+            datapath: DatapathConfig {
+                fast_path: raw.datapath.fast_path,
+            },
             rules,
             metrics: MetricsConfig {
                 listen: raw

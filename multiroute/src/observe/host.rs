@@ -67,6 +67,15 @@ pub fn sysctl_path(key: &str) -> PathBuf {
 }
 
 pub fn read_sysctl(key: &str) -> Option<u8> {
+    read_sysctl_as(key)
+}
+
+/// A sysctl that holds a larger number (a timeout in seconds).
+pub fn read_sysctl_u32(key: &str) -> Option<u32> {
+    read_sysctl_as(key)
+}
+
+fn read_sysctl_as<T: std::str::FromStr>(key: &str) -> Option<T> {
     std::fs::read_to_string(sysctl_path(key))
         .ok()?
         .trim()

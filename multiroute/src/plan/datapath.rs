@@ -24,6 +24,9 @@ pub struct DatapathPlan {
     pub ring: PerFamily<Vec<u32>>,
     /// Ifindex of every LAN interface, by name, for the classifier.
     pub lan: Vec<(String, u32)>,
+    /// Ifindex of every uplink interface, by name, for the fast path's reply
+    /// program; empty with `fast_path = false`.
+    pub fast_replies: Vec<(String, u32)>,
     /// `[balance] by`, as the datapath reads it (`multiroute_ebpf::balance`).
     pub balance_by: u32,
     /// Policy rules as the classifier matches them.
@@ -36,14 +39,21 @@ pub struct DatapathPlan {
 
 pub(super) fn plan(
     config: &Config,
+    observed: &Observed,
     uplinks: &[UplinkPlan],
     lan: Vec<(String, u32)>,
     direct: PerFamily<Option<BTreeSet<IpNet>>>,
 ) -> DatapathPlan {
+    let fast_replies = uplinks
+        .iter()
+        .filter(|_| config.datapath.fast_path)
+        .filter_map(|u| Some((u.interface.clone(), observed.get(&u.interface)?.index)))
+        .collect();
     DatapathPlan {
         uplinks: uplink_entries(uplinks, config.routing.fwmark_mask),
         ring: PerFamily::from_fn(|family| ring(uplinks, family)),
         lan,
+        fast_replies,
         balance_by: balance_by(config.balance.by),
         policy: policy::datapath(&config.rules, |name| {
             policy::named(uplinks, name).map(|u| u.slot)

@@ -71,7 +71,7 @@ impl Plan {
         let fits = PerFamily::from_fn(|family| direct[family].is_some());
         Ok(Plan {
             routing: routing::plan(config, observed, &uplinks, &rule_uses, fits),
-            datapath: datapath::plan(config, &uplinks, lan, direct),
+            datapath: datapath::plan(config, observed, &uplinks, lan, direct),
             firewall: firewall::plan(config, observed, &uplinks),
             rule_uses,
             uplinks,

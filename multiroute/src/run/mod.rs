@@ -10,6 +10,7 @@
 mod answers;
 pub mod control;
 mod error;
+mod fast_path;
 pub mod health;
 pub mod link_events;
 pub mod metrics;
@@ -44,6 +45,7 @@ use crate::{
 };
 pub use error::DaemonError;
 use error::os;
+use fast_path::FastPath;
 use health::{Change, HealthBook, Thresholds};
 use prober::{ProbeResult, Prober, Timing};
 pub use report::{DaemonReport, RuleReport, UplinkReport};
@@ -70,6 +72,8 @@ pub struct Daemon {
     /// When a default route a gateway was learned from runs out (an RA lifetime):
     /// the host is read again then, as nothing announces it.
     recheck_at: Option<Instant>,
+    /// Follows conntrack for the fast path, while `[datapath] fast_path` is on.
+    fast_path: Option<FastPath>,
 }
 
 /// How often the daemon checks that the kernel still holds its plan.
@@ -141,11 +145,13 @@ impl Daemon {
             incoming_results,
             ready: true,
             recheck_at: None,
+            fast_path: None,
         };
         daemon.recheck_when_expiring(&observed);
         log_plan(&daemon.plan);
         daemon.sync_probers();
         daemon.health.presume_down(&presumed_dead);
+        daemon.follow_fast_path();
         Ok(daemon)
     }
 
@@ -200,6 +206,7 @@ impl Daemon {
         };
         notify_systemd(&[NotifyState::Stopping]);
         self.probers.clear();
+        self.fast_path = None;
         tasks.abort_all();
         info!(
             "stopped; routing and the datapath stay in place and keep every session on its uplink, without health checks: `multiroute load` resumes, `multiroute unload` removes everything"
@@ -270,6 +277,9 @@ impl Daemon {
             _ => {}
         }
         self.plan = plan;
+        if let Some(fast_path) = &self.fast_path {
+            fast_path.follow_plan(&self.plan);
+        }
         self.record_transitions(change.as_ref(), elapsed);
         for flush in updated.flushed {
             info!(
@@ -432,10 +442,29 @@ impl Daemon {
         self.config = config;
         info!("configuration reloaded");
         self.reconcile(None).await;
-        if let Err(err) = self.kernel.datapath.attach(&self.plan.datapath.lan) {
+        self.follow_fast_path();
+        if let Err(err) = self
+            .kernel
+            .datapath
+            .attach(&self.plan.datapath.lan, &self.plan.datapath.fast_replies)
+        {
             error!("attaching to the LAN interfaces of the new config: {err}");
         }
         log_plan(&self.plan);
+    }
+}
+
+impl Daemon {
+    /// Starts or stops following conntrack as `[datapath] fast_path` says.
+    fn follow_fast_path(&mut self) {
+        match (self.config.datapath.fast_path, self.fast_path.is_some()) {
+            (true, false) => {
+                let pin_path = self.config.routing.pin_path.clone();
+                self.fast_path = Some(FastPath::start(pin_path, &self.plan));
+            }
+            (false, true) => self.fast_path = None,
+            _ => {}
+        }
     }
 }
 

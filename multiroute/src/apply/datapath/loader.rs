@@ -18,7 +18,7 @@ use aya::{
 };
 use multiroute_ebpf::{
     AFFINITY_TABLE_SIZE, COUNTER_COUNT, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE,
-    MAP_LAYOUT, PROGRAM_NAME, UPGRADABLE_LAYOUTS, balance, family, map_names,
+    MAP_LAYOUT, PROGRAM_NAME, REPLY_PROGRAM_NAME, UPGRADABLE_LAYOUTS, balance, family, map_names,
 };
 use tracing::{debug, info};
 
@@ -31,6 +31,8 @@ use super::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/multiroute"));
 
 const LINK_PREFIX: &str = "link-";
+/// Pins of the reply program's links on the uplinks.
+const REPLY_LINK_PREFIX: &str = "reply-";
 
 /// Entries the affinity table needs under `[balance] by`: one per LAN host and
 /// server (or LAN host), or none to speak of for "connection", which never reads
@@ -157,63 +159,78 @@ impl Datapath {
     /// The empty classifier shipped in the same object, loaded on first use: the
     /// floor benchmarks compare against.
     pub fn floor_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        let floor = program(&mut self.ebpf, FLOOR_PROGRAM_NAME)?;
-        if floor.fd().is_err() {
-            floor.load().map_err(|source| DatapathError::Program {
-                what: "verifying the floor program".into(),
-                source: Box::new(source),
-            })?;
-        }
-        Ok(floor)
+        self.loaded(FLOOR_PROGRAM_NAME)
     }
 
-    /// Attaches to the ingress of every LAN interface, atomically replacing the program
-    /// behind a link a previous `load` pinned, and detaches from interfaces no longer
-    /// listed.
-    pub fn attach(&mut self, lan: &[(String, u32)]) -> Result<(), DatapathError> {
+    /// The fast path's reply program, verified on first use.
+    pub fn reply_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        self.loaded(REPLY_PROGRAM_NAME)
+    }
+
+    /// Attaches the classifier to the ingress of every LAN interface and the
+    /// fast path's reply program to that of every uplink in `uplinks`, atomically
+    /// replacing the program behind a link a previous `load` pinned, and detaches
+    /// from interfaces no longer listed.
+    pub fn attach(
+        &mut self,
+        lan: &[(String, u32)],
+        uplinks: &[(String, u32)],
+    ) -> Result<(), DatapathError> {
+        self.attach_program(PROGRAM_NAME, LINK_PREFIX, lan)?;
+        self.attach_program(REPLY_PROGRAM_NAME, REPLY_LINK_PREFIX, uplinks)
+    }
+
+    fn attach_program(
+        &mut self,
+        name: &str,
+        prefix: &str,
+        interfaces: &[(String, u32)],
+    ) -> Result<(), DatapathError> {
         let pin_path = self.pin_path.clone();
-        for (name, index) in lan {
-            let link_pin = link_pin_path(&pin_path, name);
+        for (interface, index) in interfaces {
+            let link_pin = pin_path.join(format!("{prefix}{interface}"));
             if link_pin.exists() {
-                match self.replace_program(&link_pin) {
+                match self.replace_program(name, &link_pin) {
                     Ok(()) => {
-                        debug!(interface = %name, "replaced the program behind the pinned link");
+                        debug!(%interface, "replaced {name} behind the pinned link");
                         continue;
                     }
                     Err(err) => {
-                        info!(interface = %name, "re-attaching: the pinned link is unusable ({err})");
+                        info!(%interface, "re-attaching {name}: the pinned link is unusable ({err})");
                         std::fs::remove_file(&link_pin)
                             .map_err(io_error(&link_pin, "removing a stale link pin"))?;
                     }
                 }
             }
-            let classifier = self.classifier()?;
+            let program = self.loaded(name)?;
             let program_error = |what: String| {
                 move |source| DatapathError::Program {
                     what,
                     source: Box::new(source),
                 }
             };
-            let link_id = classifier
+            let link_id = program
                 .attach(*index, TcAttachType::Ingress)
-                .map_err(program_error(format!("attaching to the ingress of {name}")))?;
-            let link = classifier
+                .map_err(program_error(format!(
+                    "attaching {name} to the ingress of {interface}"
+                )))?;
+            let link = program
                 .take_link(link_id)
-                .map_err(program_error(format!("taking the link on {name}")))?;
+                .map_err(program_error(format!("taking the link on {interface}")))?;
             let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-                what: format!("link on {name} is not a TCX link"),
+                what: format!("link on {interface} is not a TCX link"),
                 source: Box::new(source),
             })?;
             link.pin(&link_pin).map_err(|source| DatapathError::Link {
-                what: format!("pinning the link on {name} at {}", link_pin.display()),
+                what: format!("pinning the link on {interface} at {}", link_pin.display()),
                 source: Box::new(source),
             })?;
-            info!(interface = %name, "classifier attached (TCX ingress)");
+            info!(%interface, "{name} attached (TCX ingress)");
         }
-        for stale in link_pins(&pin_path)? {
-            let listed = lan
+        for stale in link_pins(&pin_path, prefix)? {
+            let listed = interfaces
                 .iter()
-                .any(|(name, _)| link_pin_path(&pin_path, name) == stale);
+                .any(|(interface, _)| pin_path.join(format!("{prefix}{interface}")) == stale);
             if !listed {
                 std::fs::remove_file(&stale).map_err(io_error(&stale, "detaching"))?;
             }
@@ -221,13 +238,26 @@ impl Datapath {
         Ok(())
     }
 
+    /// The program `name`, verified on first use (the classifier is at load).
+    fn loaded(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
+        let program = program(&mut self.ebpf, name)?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| DatapathError::Program {
+                what: format!("verifying {name}"),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(program)
+    }
+
     fn replace_program(
         &mut self,
+        name: &str,
         link_pin: &Path,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let link = FdLink::from(PinnedLink::from_pin(link_pin)?);
         let link = SchedClassifierLink::try_from(link)?;
-        self.classifier()?.attach_to_link(link)?;
+        self.loaded(name)?.attach_to_link(link)?;
         Ok(())
     }
 }
@@ -248,17 +278,13 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
     })
 }
 
-fn link_pin_path(pin_path: &Path, interface: &str) -> PathBuf {
-    pin_path.join(format!("{LINK_PREFIX}{interface}"))
-}
-
-fn link_pins(pin_path: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+fn link_pins(pin_path: &Path, prefix: &str) -> Result<Vec<PathBuf>, DatapathError> {
     pin_entries(pin_path).map(|entries| {
         entries
             .into_iter()
             .filter(|path| {
                 path.file_name()
-                    .is_some_and(|name| name.as_bytes().starts_with(LINK_PREFIX.as_bytes()))
+                    .is_some_and(|name| name.as_bytes().starts_with(prefix.as_bytes()))
             })
             .collect()
     })
@@ -278,7 +304,8 @@ fn pin_entries(pin_path: &Path) -> Result<Vec<PathBuf>, DatapathError> {
 /// Detaches the classifier (link pins first, so steering stops before the maps go)
 /// and removes every pin and the pin directory. Returns how many pins it removed.
 pub fn remove(pin_path: &Path) -> Result<usize, DatapathError> {
-    let links = link_pins(pin_path)?;
+    let mut links = link_pins(pin_path, LINK_PREFIX)?;
+    links.extend(link_pins(pin_path, REPLY_LINK_PREFIX)?);
     let mut removed = 0;
     for path in links
         .iter()
@@ -297,9 +324,18 @@ pub fn remove(pin_path: &Path) -> Result<usize, DatapathError> {
     }
 }
 
+/// Whether the reply program is pinned to exactly `uplinks`.
+pub fn replies_attached(pin_path: &Path, uplinks: &[(String, u32)]) -> Result<bool, DatapathError> {
+    let pinned = link_pins(pin_path, REPLY_LINK_PREFIX)?;
+    Ok(pinned.len() == uplinks.len()
+        && uplinks
+            .iter()
+            .all(|(name, _)| pinned.contains(&pin_path.join(format!("{REPLY_LINK_PREFIX}{name}")))))
+}
+
 /// Names of interfaces the classifier is pinned to under `pin_path`.
 pub fn attached_interfaces(pin_path: &Path) -> Result<Vec<String>, DatapathError> {
-    Ok(link_pins(pin_path)?
+    Ok(link_pins(pin_path, LINK_PREFIX)?
         .iter()
         .filter_map(|path| {
             path.file_name()?

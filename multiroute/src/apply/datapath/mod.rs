@@ -1,5 +1,6 @@
-//! The classifier in the kernel: loading it, attaching it to the LAN interfaces,
-//! writing the plan into its maps, and removing it.
+//! The classifier in the kernel: loading it, attaching it to the LAN interfaces
+//! (and the fast path's reply program to the uplinks), writing the plan into its
+//! maps, and removing it.
 //!
 //! Everything lives under `pin_path` on a bpffs: the maps (pinned by name, so a new
 //! `load` reuses the running flow table instead of creating an empty one) and one TCX
@@ -15,6 +16,8 @@ pub mod maps;
 mod sys;
 
 pub use error::DatapathError;
-pub use loader::{Capacity, Datapath, affinity_capacity, attached_interfaces, remove};
-pub use maps::{Maps, Seeding, not_carrying, read_slots};
+pub use loader::{
+    Capacity, Datapath, affinity_capacity, attached_interfaces, remove, replies_attached,
+};
+pub use maps::{Maps, Seeding, fast, not_carrying, read_slots};
 pub use sys::{is_bpffs, monotonic_seconds, prepare_pin_path};

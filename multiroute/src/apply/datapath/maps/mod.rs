@@ -2,6 +2,7 @@
 //! rings, policy rules, direct destinations, the balance mode) and read back for
 //! `status`, `flows`, repair and tests. One file per kind of map below.
 mod direct;
+pub mod fast;
 pub mod flows;
 mod prefix_trie;
 mod ring;
@@ -25,6 +26,7 @@ use crate::{
     plan::{Plan, health_name, slots::Slots},
 };
 use direct::{DirectChange, DirectTries};
+use fast::FastTables;
 use flows::FlowTables;
 pub use flows::Seeding;
 use ring::Ring;
@@ -46,6 +48,8 @@ pub struct Maps {
     balance: Array<MapData, u32>,
     rules: RuleMaps,
     direct: DirectTries,
+    /// The fast path's bound sessions.
+    pub fast: FastTables,
 }
 
 /// The slot assignment a loaded datapath holds; empty when nothing is pinned.
@@ -127,6 +131,7 @@ impl Maps {
             balance: open_map(pin_path, map_names::BALANCE)?,
             rules: RuleMaps::open(pin_path)?,
             direct: DirectTries::open(pin_path)?,
+            fast: FastTables::open(pin_path)?,
         })
     }
 

@@ -11,9 +11,12 @@
 //!
 //! Flushes are per family: an uplink whose IPv6 dies loses exactly the IPv6
 //! sessions NATed to its IPv6 address (NAT66), its IPv4 ones live on.
+mod sessions;
+
 use std::net::IpAddr;
 
 use crate::net::Family;
+pub use sessions::{Established, Event, Events, established, refresh};
 
 use multiroute_ebpf::{FlowKey, FlowKey6};
 
@@ -22,11 +25,15 @@ use netlink_packet_core::{
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
-    conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple},
+    conntrack::{
+        ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple,
+    },
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 const ENOENT: i32 = 2;
+/// `CTA_HELP`: the entry's conntrack helper.
+const CTA_HELP: u16 = 5;
 /// `CTA_PROTO_ICMP_ID`: the echo identifier, which the datapath keys ICMP flows by.
 const CTA_PROTO_ICMP_ID: u16 = 4;
 const IPPROTO_ICMP: u8 = 1;
@@ -48,7 +55,7 @@ pub enum ConntrackError {
     },
 }
 
-/// An entry's two directions and its mark.
+/// An entry's two directions, its mark and state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     original: Vec<Tuple>,
@@ -56,6 +63,12 @@ struct Entry {
     original_src: Option<IpAddr>,
     reply_dst: Option<IpAddr>,
     mark: u32,
+    /// `IPS_*` bits.
+    status: u32,
+    /// TCP's conntrack state (`TCP_CONNTRACK_*`), for TCP entries.
+    tcp_state: Option<u8>,
+    /// A conntrack helper (FTP, SIP, …) follows it.
+    helper: bool,
 }
 
 impl Entry {
@@ -66,6 +79,9 @@ impl Entry {
             original_src: None,
             reply_dst: None,
             mark: 0,
+            status: 0,
+            tcp_state: None,
+            helper: false,
         };
         for attribute in attributes {
             match attribute {
@@ -78,6 +94,9 @@ impl Entry {
                     entry.reply = tuple;
                 }
                 ConntrackAttribute::CtaMark(mark) => entry.mark = mark,
+                ConntrackAttribute::CtaStatus(status) => entry.status = status.bits(),
+                ConntrackAttribute::CtaProtoInfo(info) => entry.tcp_state = tcp_state(&info),
+                ConntrackAttribute::Other(nla) if nla.kind() == CTA_HELP => entry.helper = true,
                 _ => {}
             }
         }
@@ -201,6 +220,16 @@ fn address(tuple: &[Tuple], source: bool) -> Option<IpAddr> {
     tuple.iter().find_map(|part| match part {
         Tuple::Ip(ips) => ips.iter().find_map(|ip| match (ip, source) {
             (IPTuple::SourceAddress(a), true) | (IPTuple::DestinationAddress(a), false) => Some(*a),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+fn tcp_state(info: &[ProtoInfo]) -> Option<u8> {
+    info.iter().find_map(|part| match part {
+        ProtoInfo::TCP(fields) => fields.iter().find_map(|field| match field {
+            ProtoInfoTCP::State(state) => Some(*state),
             _ => None,
         }),
         _ => None,

@@ -1,0 +1,232 @@
+//! The sessions the fast path may carry, as conntrack tells them: established (TCP)
+//! or answered (UDP), source-NATed by the router, with no helper and no
+//! destination NAT. Dumped once, then followed through conntrack's events, and kept
+//! alive while the fast path carries them: its packets never reach conntrack, so
+//! the timeout is refreshed from userspace and TCP window tracking is told to be
+//! liberal (a FIN after fast-pathed data must not look out of window).
+use std::{net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
+
+use multiroute_ebpf::FlowKey;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::{
+    NetfilterMessage, NetfilterMessageInner,
+    conntrack::{
+        ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple,
+        Protocol, TCPFlags, Tuple,
+    },
+};
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+
+use super::{ConntrackError, Ctnetlink, ENOENT, Entry, IPPROTO_TCP, IPPROTO_UDP, tuple_key};
+use crate::net::Family;
+
+const IPS_SEEN_REPLY: u32 = 1 << 1;
+const IPS_SRC_NAT: u32 = 1 << 4;
+const IPS_DST_NAT: u32 = 1 << 5;
+const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
+/// `IP_CT_TCP_FLAG_BE_LIBERAL`.
+const TCP_BE_LIBERAL: u8 = 0x08;
+/// Conntrack's multicast groups: new entries, changed ones, destroyed ones.
+const NFNLGRP_CONNTRACK_NEW: u32 = 1;
+const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
+const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+const ENOBUFS: i32 = 105;
+
+/// A session the fast path may carry: its two directions as the datapath keys
+/// them, and the uplink address it is NATed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Established {
+    pub original: FlowKey,
+    pub reply: FlowKey,
+    pub nat_address: Ipv4Addr,
+}
+
+/// What an event says of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Established (or still so): the fast path may carry it.
+    Established(Established),
+    /// Gone, closing, or no longer fit: back to the slow path.
+    Ended { original: FlowKey },
+}
+
+impl Entry {
+    fn established(&self) -> Option<Established> {
+        let nated = self.status & IPS_SRC_NAT != 0 && self.status & IPS_DST_NAT == 0;
+        let original = tuple_key(&self.original)?;
+        let ready = match original.proto {
+            IPPROTO_TCP => self.tcp_state == Some(TCP_CONNTRACK_ESTABLISHED),
+            IPPROTO_UDP => self.status & IPS_SEEN_REPLY != 0,
+            _ => false,
+        };
+        if !nated || !ready || self.helper {
+            return None;
+        }
+        let std::net::IpAddr::V4(nat_address) = self.nat_address()? else {
+            return None;
+        };
+        Some(Established {
+            original,
+            reply: tuple_key(&self.reply)?,
+            nat_address,
+        })
+    }
+}
+
+/// Every IPv4 session the fast path may carry now. Blocking.
+pub fn established() -> Result<Vec<Established>, ConntrackError> {
+    let mut sessions = Vec::new();
+    Ctnetlink::open()?.dump(Family::V4, |entry| sessions.extend(entry.established()))?;
+    Ok(sessions)
+}
+
+/// Conntrack's event stream (IPv4 entries only matter to the fast path).
+pub struct Events {
+    socket: Socket,
+}
+
+impl Events {
+    /// Subscribes; `wait` bounds each [`Events::read`], so the caller can do
+    /// periodic work between events.
+    pub fn subscribe(wait: Duration) -> Result<Self, ConntrackError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(ConntrackError::Socket)?;
+        socket.bind_auto().map_err(ConntrackError::Socket)?;
+        for group in [
+            NFNLGRP_CONNTRACK_NEW,
+            NFNLGRP_CONNTRACK_UPDATE,
+            NFNLGRP_CONNTRACK_DESTROY,
+        ] {
+            socket
+                .add_membership(group)
+                .map_err(ConntrackError::Socket)?;
+        }
+        let timeout = libc::timeval {
+            tv_sec: wait.as_secs() as libc::time_t,
+            tv_usec: wait.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt on our own socket with a correctly sized timeval.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(ConntrackError::Socket(std::io::Error::last_os_error()));
+        }
+        Ok(Self { socket })
+    }
+
+    /// The events of one read; empty when `wait` passed without any. Err(None)
+    /// when the kernel dropped events (the reader fell behind): the caller then
+    /// starts over from a dump.
+    pub fn read(&mut self) -> Result<Vec<Event>, Option<ConntrackError>> {
+        let bytes = match self.socket.recv_from_full() {
+            Ok((bytes, _)) => bytes,
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock) => {
+                return Ok(Vec::new());
+            }
+            Err(err) if err.raw_os_error() == Some(ENOBUFS) => return Err(None),
+            Err(err) => return Err(Some(ConntrackError::Socket(err))),
+        };
+        let mut events = Vec::new();
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[offset..])
+            else {
+                break;
+            };
+            let length = message.header.length as usize;
+            if let NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::Conntrack(conntrack),
+                ..
+            }) = message.payload
+            {
+                events.extend(event(conntrack));
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+        Ok(events)
+    }
+}
+
+fn event(message: ConntrackMessage) -> Option<Event> {
+    let (attributes, destroyed) = match message {
+        ConntrackMessage::New(attributes) => (attributes, false),
+        ConntrackMessage::Delete(attributes) => (attributes, true),
+        _ => return None,
+    };
+    let entry = Entry::from_attributes(attributes);
+    match entry.established() {
+        Some(session) if !destroyed => Some(Event::Established(session)),
+        _ => Some(Event::Ended {
+            original: tuple_key(&entry.original)?,
+        }),
+    }
+}
+
+/// Sets the timeout of each session (by its original direction) to `timeout_s`
+/// seconds, and marks TCP ones be-liberal: what conntrack would have done had it
+/// seen the fast-pathed packets. Returns how many were still there. Blocking.
+pub fn refresh(sessions: &[(FlowKey, u32)]) -> Result<usize, ConntrackError> {
+    let mut ct = Ctnetlink::open()?;
+    let mut refreshed = 0;
+    for (original, timeout_s) in sessions {
+        let mut attributes = vec![
+            ConntrackAttribute::CtaTupleOrig(tuple(original)),
+            ConntrackAttribute::CtaTimeout(*timeout_s),
+        ];
+        if original.proto == IPPROTO_TCP {
+            attributes.push(liberal());
+        }
+        ct.send(
+            NLM_F_REQUEST | NLM_F_ACK,
+            Family::V4,
+            ConntrackMessage::New(attributes),
+        )?;
+        match ct.receive(drop)? {
+            None | Some(0) => refreshed += 1,
+            Some(ENOENT) => {}
+            Some(code) => {
+                return Err(ConntrackError::Kernel {
+                    what: "a conntrack timeout refresh",
+                    source: std::io::Error::from_raw_os_error(code),
+                });
+            }
+        }
+    }
+    Ok(refreshed)
+}
+
+/// Be-liberal in both directions (flags, mask).
+fn liberal() -> ConntrackAttribute {
+    let flags = |side: fn(TCPFlags) -> ProtoInfoTCP| {
+        TCPFlags::parse(&[TCP_BE_LIBERAL, TCP_BE_LIBERAL]).map(side)
+    };
+    let fields = [
+        flags(ProtoInfoTCP::OriginalFlags),
+        flags(ProtoInfoTCP::ReplyFlags),
+    ];
+    ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(fields.into_iter().flatten().collect())])
+}
+
+/// The conntrack tuple of a direction keyed as the datapath keys it.
+fn tuple(key: &FlowKey) -> Vec<Tuple> {
+    vec![
+        Tuple::Ip(vec![
+            IPTuple::SourceAddress(Ipv4Addr::from(key.src_octets()).into()),
+            IPTuple::DestinationAddress(Ipv4Addr::from(key.dst_octets()).into()),
+        ]),
+        Tuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::from(key.proto)),
+            ProtoTuple::SourcePort(u16::from_be(key.src_port)),
+            ProtoTuple::DestinationPort(u16::from_be(key.dst_port)),
+        ]),
+    ]
+}

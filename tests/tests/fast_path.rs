@@ -1,0 +1,197 @@
+//! The fast path end to end: established sessions rewritten and redirected by the
+//! datapath, their replies too, with conntrack still the truth (a deleted entry
+//! sends its session back to the slow path).
+use std::time::Duration;
+
+use multiroute_tests::{Lab, LabOptions, SERVER, require_root, stdout, wait_until};
+use serde_json::Value;
+
+const IPERF_PORT: u16 = 5201;
+
+fn lab(extra_config: &str) -> Lab {
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: extra_config.to_owned(),
+    })
+    .expect("building the lab");
+    let inet = lab.inet();
+    // Bound to the server's address: its UDP answers must come from where the
+    // client sent them.
+    let server = SERVER.to_string();
+    lab.start_in(
+        &inet,
+        "iperf3",
+        &["-s", "-B", &server, "-p", &IPERF_PORT.to_string()],
+    )
+    .expect("starting iperf3 -s");
+    lab
+}
+
+/// IPv4 counters of `status --json`, by name.
+fn counter(status: &Value, name: &str) -> u64 {
+    status["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Packets steered to every uplink (slow and fast path alike).
+fn steered(status: &Value) -> u64 {
+    status["uplinks"]
+        .as_array()
+        .map(|uplinks| uplinks.iter().filter_map(|u| u["packets"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// Runs iperf3 from the client for `seconds` (`udp`: at 20 Mbit/s); returns its
+/// JSON report.
+fn iperf(lab: &Lab, seconds: u32, udp: bool) -> Value {
+    let (server, port, time) = (
+        SERVER.to_string(),
+        IPERF_PORT.to_string(),
+        seconds.to_string(),
+    );
+    let mut args = vec!["-c", &server, "-p", &port, "-t", &time, "-J"];
+    if udp {
+        args.extend(["-u", "-b", "20M"]);
+    }
+    let out = lab
+        .ns(&lab.client(), "iperf3", &args)
+        .expect("running iperf3");
+    serde_json::from_str(&stdout(&out)).expect("iperf3 -J")
+}
+
+#[test]
+fn a_bulk_transfer_takes_the_fast_path_both_ways() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    lab.start_router().expect("starting multiroute");
+    for udp in [false, true] {
+        let before = lab.status().unwrap();
+        let report = iperf(&lab, 3, udp);
+        let after = lab.status().unwrap();
+        let out = counter(&after, "fast_out") - counter(&before, "fast_out");
+        let replies = counter(&after, "fast_reply") - counter(&before, "fast_reply");
+        let total = steered(&after) - steered(&before);
+        let share = 100.0 * out as f64 / total.max(1) as f64;
+        let kind = if udp { "UDP" } else { "TCP" };
+        println!(
+            "{kind}: {out} of {total} LAN packets on the fast path ({share:.2}%), {replies} replies"
+        );
+        assert!(
+            report["error"].is_null(),
+            "iperf3: {}\n{}",
+            report["error"],
+            lab.router_log()
+        );
+        assert!(share >= 99.0, "{kind}: only {share:.2}% on the fast path");
+        if !udp {
+            assert!(
+                replies > 100,
+                "TCP's ACKs come back on the fast path: {replies}"
+            );
+        }
+    }
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn fast_path_sessions_stay_in_conntrack_and_do_not_time_out() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    // UDP entries that would expire in 3 s unless refreshed: the fast path's
+    // packets never reach conntrack.
+    for key in [
+        "nf_conntrack_udp_timeout",
+        "nf_conntrack_udp_timeout_stream",
+    ] {
+        lab.ns(
+            &lab.router(),
+            "sysctl",
+            &["-qw", &format!("net.netfilter.{key}=3")],
+        )
+        .unwrap();
+    }
+    lab.start_router().expect("starting multiroute");
+    let (client, router, server) = (lab.client(), lab.router(), SERVER.to_string());
+    let (report, listed) = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            let args = [
+                "-c", &server, "-p", "5201", "-t", "8", "-u", "-b", "5M", "-J",
+            ];
+            lab.ns(&client, "iperf3", &args)
+        });
+        std::thread::sleep(Duration::from_secs(6));
+        let listed = lab.ns(
+            &router,
+            "conntrack",
+            &["-L", "-p", "udp", "--dport", "5201"],
+        );
+        (running.join(), listed)
+    });
+    let report: Value = serde_json::from_str(&stdout(&report.unwrap().unwrap())).unwrap();
+    let listed = stdout(&listed.unwrap());
+    println!("{listed}");
+    assert!(
+        listed.contains("dport=5201"),
+        "the session is in conntrack -L: {listed}"
+    );
+    let status = lab.status().unwrap();
+    let sent = report["end"]["sum"]["packets"].as_u64().unwrap_or(0);
+    let fast = counter(&status, "fast_out");
+    println!("{fast} of {sent} datagrams on the fast path");
+    assert!(
+        sent > 1000 && fast as f64 >= 0.99 * sent as f64,
+        "{fast} of {sent}"
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn a_deleted_conntrack_entry_sends_its_session_back_to_the_slow_path() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    lab.start_router().expect("starting multiroute");
+    let fast = |lab: &Lab| counter(&lab.status().unwrap(), "fast_out");
+    // A UDP session at 20 Mbit/s for 6 s; its entry is deleted after 2 s.
+    let client = lab.client();
+    let server = SERVER.to_string();
+    let transfer = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            lab.ns(
+                &client,
+                "iperf3",
+                &[
+                    "-c", &server, "-p", "5201", "-t", "6", "-u", "-b", "20M", "-J",
+                ],
+            )
+        });
+        wait_until(Duration::from_secs(3), || fast(&lab) > 100).expect("fast path in use");
+        std::thread::sleep(Duration::from_secs(1));
+        lab.ns(
+            &lab.router(),
+            "conntrack",
+            &["-D", "-p", "udp", "--dport", "5201"],
+        )
+        .expect("conntrack -D");
+        let deleted = fast(&lab);
+        std::thread::sleep(Duration::from_millis(300));
+        let after_delete = fast(&lab);
+        (running.join(), deleted, after_delete)
+    });
+    let (report, deleted, after_delete) = transfer;
+    report.unwrap().expect("iperf3 ran");
+    // The next packet takes the slow path, which makes a new entry; as it is never
+    // answered (iperf3's UDP only sends), the session stays there.
+    println!("fast-path packets: {deleted} at the delete, {after_delete} 300 ms later");
+    assert!(deleted > 100, "the session was on the fast path: {deleted}");
+    assert!(
+        after_delete - deleted <= 2,
+        "back on the slow path within a packet or two: {}",
+        after_delete - deleted
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}
