@@ -17,7 +17,10 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
-use super::{ConntrackError, Ctnetlink, ENOENT, Entry, IPPROTO_TCP, IPPROTO_UDP, tuple_key};
+use super::{
+    entry::{Entry, IPPROTO_TCP, IPPROTO_UDP, tuple_key},
+    socket::{ConntrackError, Ctnetlink, ENOENT},
+};
 use crate::net::Family;
 
 const IPS_SEEN_REPLY: u32 = 1 << 1;
