@@ -143,7 +143,8 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// Layout 2: IPv6 (`Uplink::alive6`, the IPv6 maps, counters per family).
 /// Layout 3: direct destinations (`MR_DIRECT`, `MR_DIRECT6`, the `pass_direct`
 /// counter).
-/// Layout 4: the fast path (`MR_FAST`, `MR_FAST_REPLY`, two counters more).
+/// Layout 4: the fast path (`MR_FAST`, `MR_FAST_REPLY`, `MR_FAST_TRAFFIC`, two
+/// counters more).
 pub const MAP_LAYOUT: u32 = 4;
 
 /// Older layouts a `load` upgrades in place, keeping the flow table: their maps
@@ -175,12 +176,32 @@ pub mod map_names {
     pub const DIRECT6: &str = "MR_DIRECT6";
     pub const FAST: &str = "MR_FAST";
     pub const FAST_REPLY: &str = "MR_FAST_REPLY";
+    pub const FAST_TRAFFIC: &str = "MR_FAST_TRAFFIC";
 }
 
 /// Name of the classifier function inside the object file.
 pub const PROGRAM_NAME: &str = "multiroute";
 /// The fast path for replies, on the ingress of each uplink interface.
 pub const REPLY_PROGRAM_NAME: &str = "multiroute_reply";
+/// What the benchmark's XDP generator and sink share with it (never attached by
+/// multiroute itself).
+pub mod bench {
+    pub const GEN_PROGRAM: &str = "multiroute_bench_gen";
+    pub const DROP_PROGRAM: &str = "multiroute_bench_drop";
+    pub const MAP: &str = "MR_BENCH";
+    /// Index in `MR_BENCH` of the sink's count.
+    pub const DROPPED: u32 = 1;
+    /// The generator's flows: destination ports `FIRST_PORT..FIRST_PORT + FLOWS`.
+    pub const FIRST_PORT: u16 = 9000;
+    pub const FLOWS: u16 = 64;
+    /// Where the UDP destination port sits in an untagged IPv4 frame without
+    /// options.
+    pub const DST_PORT_OFFSET: usize = 14 + 20 + 2;
+    /// The generator's frames carry [`MARK`] as their first payload byte here.
+    pub const PAYLOAD_OFFSET: usize = 14 + 20 + 8;
+    pub const MARK: u8 = 0xf1;
+}
+
 /// The empty classifier benchmarks use as their floor.
 pub const FLOOR_PROGRAM_NAME: &str = "multiroute_floor";
 

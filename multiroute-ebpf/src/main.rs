@@ -18,21 +18,21 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_coarse_ns,
-    macros::{classifier, map},
+    macros::{classifier, map, xdp},
     maps::{
         Array, LruHashMap, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::TcContext,
+    programs::{TcContext, XdpContext},
 };
 use multiroute_ebpf::{
     AFFINITY_TABLE_SIZE, COUNTER_COUNT, Counter, DIRECT_UPLINK, FAST_TABLE_SIZE, FLOW_TABLE_SIZE,
     FLOW6_TABLE_SIZE, FastFlow, Flow, FlowIdentity, FlowKey, FlowKey6, IPPROTO_ICMP,
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_DIRECT_PREFIXES, MAX_RULE_PREFIXES,
     MAX_RULE_UPLINKS, MAX_RULES, MAX_UPLINKS, PENDING_UPLINK, PolicyRule, RING_SIZE, RuleAddress,
-    RuleAddress6, RuleSet, SlotName, Traffic, Uplink, balance, chosen_by, family, ring_slot,
+    RuleAddress6, RuleSet, SlotName, Traffic, Uplink, balance, bench, chosen_by, family, ring_slot,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -82,6 +82,11 @@ static RULE_DST: LpmTrie<RuleAddress, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 
 #[map(name = "MR_DIRECT")]
 static DIRECT: LpmTrie<RuleAddress, u8> = LpmTrie::pinned(MAX_DIRECT_PREFIXES, 0);
 
+/// The benchmark programs' per-CPU state: the generator's sequence, the sink's
+/// count. Not pinned: it lives with the benchmark.
+#[map(name = "MR_BENCH")]
+static BENCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
 /// [`multiroute_ebpf::MAP_LAYOUT`] of the maps pinned beside it; userspace only.
 #[map(name = "MR_LAYOUT")]
 static LAYOUT: Array<u32> = Array::pinned(1, 0);
@@ -98,6 +103,10 @@ static FAST: LruHashMap<FlowKey, FastFlow> = LruHashMap::pinned(FAST_TABLE_SIZE,
 /// The same sessions by their replies' flow key, as they arrive on the uplink.
 #[map(name = "MR_FAST_REPLY")]
 static FAST_REPLY: LruHashMap<FlowKey, FastFlow> = LruHashMap::pinned(FAST_TABLE_SIZE, 0);
+
+/// Packets the fast path forwarded per uplink (both directions), per CPU.
+#[map(name = "MR_FAST_TRAFFIC")]
+static FAST_TRAFFIC: PerCpuArray<u64> = PerCpuArray::pinned(MAX_UPLINKS, 0);
 
 // IPv6 has its own flow, ring, affinity and rule-prefix maps: wider keys, and its
 // own membership (an uplink's IPv6 can be dead while its IPv4 lives).
@@ -271,6 +280,7 @@ fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32) -> Option<i32> {
     }
     let verdict = fast::forward(ctx, key, flow, fast::Side::Outbound)?;
     count::<V4>(Counter::FastOut);
+    count_fast(slot);
     Some(verdict)
 }
 
@@ -284,9 +294,49 @@ pub fn multiroute_reply(ctx: TcContext) -> i32 {
         && let Some(verdict) = fast::forward(&ctx, &key, flow, fast::Side::Reply)
     {
         count::<V4>(Counter::FastReply);
+        // SAFETY: the pointer comes from a successful lookup.
+        count_fast(u32::from(unsafe { (*flow).slot }));
         return verdict;
     }
     TC_ACT_UNSPEC
+}
+
+/// `cargo xtask bench`'s generator (XDP live frames, never attached): hands the
+/// frame it is run with to the stack as if its interface had received it, to a
+/// destination port of [`bench::FLOWS`] in turn from [`bench::FIRST_PORT`] (the
+/// frame's UDP checksum is 0, so none needs fixing).
+#[xdp]
+pub fn multiroute_bench_gen(ctx: XdpContext) -> u32 {
+    let port_at = ctx.data() + bench::DST_PORT_OFFSET;
+    if port_at + 2 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(sequence) = BENCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slot; the two port bytes were bounds-checked above.
+    unsafe {
+        let port = bench::FIRST_PORT + (*sequence % u64::from(bench::FLOWS)) as u16;
+        *sequence += 1;
+        (port_at as *mut u16).write_unaligned(port.to_be());
+    }
+    xdp_action::XDP_PASS
+}
+
+/// `cargo xtask bench`'s sink beyond the ISPs (TC ingress: a veth peer with XDP
+/// would convert every skb): counts and drops the generator's frames (their
+/// first payload byte is [`bench::MARK`]), passes the rest.
+#[classifier]
+pub fn multiroute_bench_drop(ctx: TcContext) -> i32 {
+    match ctx.load::<u8>(bench::PAYLOAD_OFFSET) {
+        Ok(bench::MARK) => {}
+        _ => return TC_ACT_UNSPEC,
+    }
+    if let Some(count) = BENCH.get_ptr_mut(bench::DROPPED) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe { *count += 1 };
+    }
+    TC_ACT_SHOT
 }
 
 /// An empty classifier: the floor `cargo xtask bench` measures the real one against
@@ -559,6 +609,14 @@ fn account(ctx: &TcContext, index: u32) {
             (*traffic).packets += 1;
             (*traffic).bytes += u64::from(ctx.len());
         }
+    }
+}
+
+#[inline(always)]
+fn count_fast(slot: u32) {
+    if let Some(value) = FAST_TRAFFIC.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe { *value += 1 };
     }
 }
 

@@ -35,7 +35,7 @@ const APT_PACKAGES: &[&str] = &[
     // the HA pair (contrib/ha): VRRP and conntrack sync, run by the tests only
     "keepalived",
     "conntrackd",
-    // benchmarks
+    // benchmarks and the fast path's tests
     "iperf3",
     // `systemd-analyze verify` checks the shipped unit
     "systemd",

@@ -44,6 +44,9 @@ enum Task {
         /// Only the forwarding suite, printed (BENCHMARKS.md is left alone).
         #[arg(long)]
         forwarding_only: bool,
+        /// Only the saturation suite (the router's own CPU), printed.
+        #[arg(long)]
+        saturation_only: bool,
         /// Rewrite BENCHMARKS.md from target/bench/results.json without measuring.
         #[arg(long)]
         report_only: bool,
@@ -78,6 +81,7 @@ fn run(cli: Cli) -> Result<()> {
             quick,
             datapath_only,
             forwarding_only,
+            saturation_only,
             report_only,
         } => {
             deps::ensure()?;
@@ -101,6 +105,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if forwarding_only {
                 args.push("--forwarding-only");
+            }
+            if saturation_only {
+                args.push("--saturation-only");
             }
             if report_only {
                 args.push("--report-only");

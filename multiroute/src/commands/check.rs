@@ -10,7 +10,10 @@ use multiroute::{
     netlink::Netlink,
     observe, plan,
     plan::{Plan, Readiness},
-    run::control::{self, Request, Response},
+    run::{
+        control::{self, Request, Response},
+        fast_path,
+    },
 };
 
 use super::{CommandResult, Failure, read_config, runtime};
@@ -108,6 +111,15 @@ fn system_problems(config: &Config) -> Vec<String> {
             "note: {} is not a bpffs yet; load will mount one there",
             bpffs_at.display()
         );
+    }
+    match (config.datapath.fast_path, fast_path::unavailable()) {
+        (false, _) => println!("note: fast path off ([datapath] fast_path = false)"),
+        (true, None) => {
+            println!("ok: fast path: established IPv4 sessions skip the rule walk and netfilter")
+        }
+        (true, Some(why)) => {
+            println!("warning: fast path unavailable, every session takes the slow path: {why}")
+        }
     }
     if let Some(pid) = instance::running(&config.control.socket) {
         println!("note: multiroute is running for this config (PID {pid})");

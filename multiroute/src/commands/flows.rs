@@ -44,6 +44,8 @@ struct FlowRow {
     age_s: u64,
     /// Packets seen from the LAN side.
     packets: u64,
+    /// Packets the fast path forwarded, both ways (0 for a session not on it).
+    fast_packets: u64,
 }
 
 /// What chose a flow's uplink, in words.
@@ -120,7 +122,13 @@ fn rows(config: &Config, maps: &Maps) -> anyhow::Result<Vec<FlowRow>> {
             .find(|(_, held)| **held == slot)
             .map_or_else(|| format!("slot {slot}"), |(name, _)| name.clone())
     };
-    let row = |src: IpAddr, dst: IpAddr, proto: u8, ports: (u16, u16), inbound, flow: &Flow| {
+    let row = |src: IpAddr,
+               dst: IpAddr,
+               proto: u8,
+               ports: (u16, u16),
+               inbound,
+               flow: &Flow,
+               fast_packets: u64| {
         // Replies of inbound connections follow their arrival uplink, whatever the
         // classifier hashed.
         let (uplink, why) = match inbound {
@@ -140,35 +148,46 @@ fn rows(config: &Config, maps: &Maps) -> anyhow::Result<Vec<FlowRow>> {
             why,
             age_s: now.saturating_sub(u64::from(flow.created_s)),
             packets: flow.packets,
+            fast_packets,
         }
     };
     let ipv4 = maps.v4.all().into_iter().map(|(key, flow)| {
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
-        row(src, dst, key.proto, key.ports(), inbound.get(&key), &flow)
+        let fast = maps.fast.session_packets(&key).unwrap_or(0);
+        row(
+            src,
+            dst,
+            key.proto,
+            key.ports(),
+            inbound.get(&key),
+            &flow,
+            fast,
+        )
     });
     let ipv6 = maps.v6.all().into_iter().map(|(key, flow)| {
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
         let ports = multiroute_ebpf::FlowIdentity::ports(&key);
-        row(src, dst, key.proto, ports, inbound6.get(&key), &flow)
+        row(src, dst, key.proto, ports, inbound6.get(&key), &flow, 0)
     });
     Ok(ipv4.chain(ipv6).collect())
 }
 
 fn print_rows(rows: &[FlowRow]) {
     println!(
-        "{:<5} {:<41} {:<41} {:<15} {:<20} {:>9} {:>9}",
-        "PROTO", "SOURCE", "DESTINATION", "UPLINK", "WHY", "AGE", "PACKETS"
+        "{:<5} {:<41} {:<41} {:<15} {:<20} {:>9} {:>9} {:>9}",
+        "PROTO", "SOURCE", "DESTINATION", "UPLINK", "WHY", "AGE", "PACKETS", "FAST"
     );
     for row in rows {
         println!(
-            "{:<5} {:<41} {:<41} {:<15} {:<20} {:>8}s {:>9}",
+            "{:<5} {:<41} {:<41} {:<15} {:<20} {:>8}s {:>9} {:>9}",
             row.proto,
             std::net::SocketAddr::new(row.src, row.src_port).to_string(),
             std::net::SocketAddr::new(row.dst, row.dst_port).to_string(),
             row.uplink,
             row.why,
             row.age_s,
-            row.packets
+            row.packets,
+            row.fast_packets
         );
     }
     println!("{} flows", rows.len());

@@ -192,7 +192,7 @@ fn print_summary(status: &Status) {
 }
 
 /// The uplink table's columns: heading and width (negative: left-aligned).
-const COLUMNS: [(&str, i32); 14] = [
+const COLUMNS: [(&str, i32); 15] = [
     ("UPLINK", -15),
     ("STATE", -8),
     ("SINCE", 5),
@@ -207,9 +207,10 @@ const COLUMNS: [(&str, i32); 14] = [
     ("FLOWS", 7),
     ("PACKETS", 10),
     ("BYTES", 12),
+    ("FAST", 10),
 ];
 
-fn print_row(cells: [String; 14]) {
+fn print_row(cells: [String; 15]) {
     let line: Vec<_> = cells
         .iter()
         .zip(COLUMNS)
@@ -240,6 +241,7 @@ fn print_uplinks(uplinks: &[UplinkView]) {
             u.flows.to_string(),
             u.packets.to_string(),
             u.bytes.to_string(),
+            u.fast_packets.to_string(),
         ]);
     }
     if uplinks.iter().any(|u| !u.new_flows) {

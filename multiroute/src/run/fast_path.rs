@@ -106,7 +106,20 @@ fn routes(plan: &Plan) -> Routes {
         .collect()
 }
 
+/// Why the fast path cannot follow conntrack on this host, if it cannot: without
+/// its events a deleted entry would stay bound.
+pub fn unavailable() -> Option<&'static str> {
+    match read_sysctl_u32("net.netfilter.nf_conntrack_events") {
+        None => Some("the kernel has no conntrack (net.netfilter.nf_conntrack_events missing)"),
+        Some(0) => Some("conntrack events are off (net.netfilter.nf_conntrack_events = 0)"),
+        Some(_) => None,
+    }
+}
+
 fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool) {
+    if let Some(why) = unavailable() {
+        return warn!("fast path off, every session takes the slow path: {why}");
+    }
     let mut tables = match Maps::open(pin_path) {
         Ok(maps) => maps.fast,
         Err(err) => return warn!("fast path off: {err}"),

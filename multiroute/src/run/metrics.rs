@@ -56,6 +56,7 @@ struct Series {
     flows: Family<Labels, Gauge>,
     packets: Family<Labels, Counter>,
     bytes: Family<Labels, Counter>,
+    fast: Family<Labels, Counter>,
     changes: Family<Labels, Counter>,
     rtt: Family<Labels, FloatGauge>,
     loss: Family<Labels, FloatGauge>,
@@ -80,6 +81,11 @@ impl Series {
             flows: family(registry, "uplink_flows", "Flows tracked on the uplink"),
             packets: family(registry, "uplink_packets", "Packets steered to the uplink"),
             bytes: family(registry, "uplink_bytes", "Bytes steered to the uplink"),
+            fast: family(
+                registry,
+                "uplink_fast_path_packets",
+                "Packets the fast path forwarded for the uplink, both directions",
+            ),
             changes: family(
                 registry,
                 "uplink_state_changes",
@@ -115,6 +121,7 @@ impl Series {
         self.flows.get_or_create(&labels).set(u.flows as i64);
         self.packets.get_or_create(&labels).inc_by(u.packets);
         self.bytes.get_or_create(&labels).inc_by(u.bytes);
+        self.fast.get_or_create(&labels).inc_by(u.fast_packets);
         self.changes.get_or_create(&labels).inc_by(u.state_changes);
         for probe in u.all_probes() {
             let labels = vec![
@@ -271,6 +278,7 @@ mod tests {
                         bytes: 64000,
                     },
                     flows: 42,
+                    fast_packets: 900,
                 },
             )],
             datapath: vec![("ipv4", "flow_hit", 958), ("ipv6", "flow_new", 7)],
@@ -284,6 +292,7 @@ mod tests {
             "multiroute_uplink_flows{uplink=\"dsl\"} 42",
             "multiroute_uplink_packets_total{uplink=\"dsl\"} 1000",
             "multiroute_uplink_bytes_total{uplink=\"dsl\"} 64000",
+            "multiroute_uplink_fast_path_packets_total{uplink=\"dsl\"} 900",
             "multiroute_uplink_state_changes_total{uplink=\"dsl\"} 2",
             "multiroute_probe_rtt_seconds{uplink=\"dsl\",target=\"192.0.2.1\"} 0.0125",
             "multiroute_probe_loss_ratio{uplink=\"dsl\",target=\"192.0.2.1\"} 0.05",

@@ -10,7 +10,7 @@
 mod answers;
 pub mod control;
 mod error;
-mod fast_path;
+pub mod fast_path;
 pub mod health;
 pub mod link_events;
 pub mod metrics;

@@ -33,6 +33,8 @@ pub struct UplinkView {
     pub flows: usize,
     pub packets: u64,
     pub bytes: u64,
+    /// Of its packets both ways, how many the fast path forwarded.
+    pub fast_packets: u64,
     /// Since when the uplink is in its state (Unix seconds; null without a daemon).
     pub since: Option<f64>,
     /// Why it is in that state.
@@ -71,6 +73,7 @@ pub struct Ipv6View {
 pub struct Counted {
     pub traffic: Traffic,
     pub flows: usize,
+    pub fast_packets: u64,
 }
 
 impl UplinkView {
@@ -86,6 +89,9 @@ impl UplinkView {
                         .and_then(|m| m.traffic(uplink.slot).ok())
                         .unwrap_or_default(),
                     flows: flows.get(&uplink.slot).copied().unwrap_or(0),
+                    fast_packets: maps
+                        .and_then(|m| m.fast.packets(uplink.slot).ok())
+                        .unwrap_or(0),
                 };
                 let report = health.and_then(|h| h.uplinks.iter().find(|u| u.name == uplink.name));
                 UplinkView::new(uplink, plan.active_tier(), report, counted)
@@ -146,6 +152,7 @@ impl UplinkView {
             flows: counted.flows,
             packets: counted.traffic.packets,
             bytes: counted.traffic.bytes,
+            fast_packets: counted.fast_packets,
             since: health.map(|u| u.since),
             reason: health
                 .map(|u| u.reason.clone())

@@ -124,7 +124,7 @@ const NAT66_RULESET: &str = "table ip6 nat66 {
 ";
 
 /// The seed's multipath default, hashed on the 5-tuple.
-const ECMP_DEFAULT: [&str; 17] = [
+pub(super) const ECMP_DEFAULT: [&str; 17] = [
     "route",
     "replace",
     "default",
@@ -143,7 +143,7 @@ const ECMP_DEFAULT: [&str; 17] = [
     "weight",
     "1",
 ];
-const PLAIN_DEFAULT: [&str; 7] = [
+pub(super) const PLAIN_DEFAULT: [&str; 7] = [
     "route",
     "replace",
     "default",

@@ -7,6 +7,7 @@ pub mod failover;
 pub mod forwarding;
 pub mod memory;
 mod report;
+pub mod saturation;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,8 @@ pub struct Results {
     pub options: Options,
     pub datapath: datapath::Results,
     pub forwarding: Vec<forwarding::Measured>,
+    #[serde(default)]
+    pub saturation: Vec<saturation::Measured>,
     pub failover: Vec<failover::Measured>,
     pub memory: memory::Measured,
 }
@@ -94,6 +97,13 @@ pub fn run_datapath(options: &Options) -> Result<datapath::Results> {
     })
 }
 
+/// Only the saturation suite (the router's own CPU), for iterating on the fast path.
+pub fn run_saturation(options: &Options) -> Result<Vec<saturation::Measured>> {
+    suite("forwarding at saturation (XDP generator and sinks)", || {
+        saturation::run(options)
+    })
+}
+
 /// Only the forwarding suite, for iterating on the per-packet path.
 pub fn run_forwarding(options: &Options) -> Result<Vec<forwarding::Measured>> {
     suite(
@@ -105,6 +115,7 @@ pub fn run_forwarding(options: &Options) -> Result<Vec<forwarding::Measured>> {
 pub fn run(options: &Options, command: String) -> Result<Results> {
     let datapath = run_datapath(options)?;
     let forwarding = run_forwarding(options)?;
+    let saturation = run_saturation(options)?;
     let failover = suite("failover and recovery", || failover::run(options))?;
     let memory = suite("memory", || {
         memory::run(options.memory_flows, options.connections)
@@ -121,6 +132,7 @@ pub fn run(options: &Options, command: String) -> Result<Results> {
         options: options.clone(),
         datapath,
         forwarding,
+        saturation,
         failover,
         memory,
     })

@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        SchedClassifier, TcAttachType,
+        SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
     },
@@ -159,12 +159,42 @@ impl Datapath {
     /// The empty classifier shipped in the same object, loaded on first use: the
     /// floor benchmarks compare against.
     pub fn floor_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        self.loaded(FLOOR_PROGRAM_NAME)
+        self.tc_program(FLOOR_PROGRAM_NAME)
+    }
+
+    /// One of the object's XDP programs (the benchmark's generator and sink),
+    /// verified on first use; multiroute attaches none.
+    pub fn xdp_program(&mut self, name: &str) -> Result<&mut Xdp, DatapathError> {
+        let missing = || DatapathError::Program {
+            what: format!("the object has no XDP program named {name}"),
+            source: Box::new(aya::programs::ProgramError::NotLoaded),
+        };
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(missing)?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                what: format!("{name} is not an XDP program"),
+                source: Box::new(source),
+            })?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| DatapathError::Program {
+                what: format!("verifying {name}"),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(program)
+    }
+
+    /// A map of the object that is not pinned (the benchmark's), by name.
+    pub fn own_map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
     }
 
     /// The fast path's reply program, verified on first use.
     pub fn reply_program(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        self.loaded(REPLY_PROGRAM_NAME)
+        self.tc_program(REPLY_PROGRAM_NAME)
     }
 
     /// Attaches the classifier to the ingress of every LAN interface and the
@@ -202,7 +232,7 @@ impl Datapath {
                     }
                 }
             }
-            let program = self.loaded(name)?;
+            let program = self.tc_program(name)?;
             let program_error = |what: String| {
                 move |source| DatapathError::Program {
                     what,
@@ -238,8 +268,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// The program `name`, verified on first use (the classifier is at load).
-    fn loaded(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
+    /// The classifier `name` of the object, verified on first use (the
+    /// classifier proper is at load).
+    pub fn tc_program(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
         let program = program(&mut self.ebpf, name)?;
         if program.fd().is_err() {
             program.load().map_err(|source| DatapathError::Program {
@@ -257,7 +288,7 @@ impl Datapath {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let link = FdLink::from(PinnedLink::from_pin(link_pin)?);
         let link = SchedClassifierLink::try_from(link)?;
-        self.loaded(name)?.attach_to_link(link)?;
+        self.tc_program(name)?.attach_to_link(link)?;
         Ok(())
     }
 }

@@ -233,3 +233,117 @@ fn tuple(key: &FlowKey) -> Vec<Tuple> {
         ]),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_netfilter::conntrack::Status;
+
+    use super::*;
+
+    const LAN_HOST: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const UPLINK: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    fn direction(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            src: u32::from_ne_bytes(src.octets()),
+            dst: u32::from_ne_bytes(dst.octets()),
+            src_port: sport.to_be(),
+            dst_port: dport.to_be(),
+            proto,
+            pad: [0; 3],
+        }
+    }
+
+    /// A LAN host's session to the server, masqueraded to the uplink's address
+    /// and port 61000, with `status` bits and TCP `state`.
+    fn entry(proto: u8, status: u32, state: Option<u8>, extra: Vec<ConntrackAttribute>) -> Entry {
+        let original = direction(LAN_HOST, SERVER, 40000, 443, proto);
+        let reply = direction(SERVER, UPLINK, 443, 61000, proto);
+        let mut attributes = vec![
+            ConntrackAttribute::CtaTupleOrig(tuple(&original)),
+            ConntrackAttribute::CtaTupleReply(tuple(&reply)),
+            ConntrackAttribute::CtaStatus(Status::from_bits_retain(status)),
+        ];
+        if let Some(state) = state {
+            attributes.push(ConntrackAttribute::CtaProtoInfo(vec![ProtoInfo::TCP(
+                vec![ProtoInfoTCP::State(state)],
+            )]));
+        }
+        attributes.extend(extra);
+        Entry::from_attributes(attributes)
+    }
+
+    #[test]
+    fn an_established_masqueraded_session_is_the_fast_paths() {
+        let tcp = entry(
+            IPPROTO_TCP,
+            IPS_SRC_NAT,
+            Some(TCP_CONNTRACK_ESTABLISHED),
+            vec![],
+        );
+        let session = tcp.established().expect("fit for the fast path");
+        assert_eq!(session.nat_address, UPLINK);
+        assert_eq!(
+            session.original,
+            direction(LAN_HOST, SERVER, 40000, 443, IPPROTO_TCP)
+        );
+        assert_eq!(
+            session.reply,
+            direction(SERVER, UPLINK, 443, 61000, IPPROTO_TCP)
+        );
+        let udp = entry(IPPROTO_UDP, IPS_SRC_NAT | IPS_SEEN_REPLY, None, vec![]);
+        assert!(udp.established().is_some(), "answered UDP");
+    }
+
+    #[test]
+    fn opening_closing_helped_or_forwarded_sessions_stay_on_the_slow_path() {
+        let syn_sent = entry(IPPROTO_TCP, IPS_SRC_NAT, Some(2), vec![]);
+        let fin_wait = entry(IPPROTO_TCP, IPS_SRC_NAT, Some(4), vec![]);
+        let unanswered = entry(IPPROTO_UDP, IPS_SRC_NAT, None, vec![]);
+        let port_forward = entry(
+            IPPROTO_TCP,
+            IPS_SRC_NAT | IPS_DST_NAT,
+            Some(TCP_CONNTRACK_ESTABLISHED),
+            vec![],
+        );
+        let not_nated = entry(IPPROTO_TCP, 0, Some(TCP_CONNTRACK_ESTABLISHED), vec![]);
+        let helper = netlink_packet_core::DefaultNla::new(5, vec![0; 4]);
+        let helped = entry(
+            IPPROTO_TCP,
+            IPS_SRC_NAT,
+            Some(TCP_CONNTRACK_ESTABLISHED),
+            vec![ConntrackAttribute::Other(helper)],
+        );
+        for (what, entry) in [
+            ("SYN sent", syn_sent),
+            ("FIN wait", fin_wait),
+            ("unanswered UDP", unanswered),
+            ("port forward", port_forward),
+            ("not NATed", not_nated),
+            ("with a helper", helped),
+        ] {
+            assert_eq!(entry.established(), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_destroyed_entry_ends_its_session() {
+        let tcp = entry(
+            IPPROTO_TCP,
+            IPS_SRC_NAT,
+            Some(TCP_CONNTRACK_ESTABLISHED),
+            vec![],
+        );
+        let attributes = vec![
+            ConntrackAttribute::CtaTupleOrig(tcp.original.clone()),
+            ConntrackAttribute::CtaTupleReply(tcp.reply.clone()),
+        ];
+        assert_eq!(
+            event(ConntrackMessage::Delete(attributes)),
+            Some(Event::Ended {
+                original: direction(LAN_HOST, SERVER, 40000, 443, IPPROTO_TCP)
+            })
+        );
+    }
+}

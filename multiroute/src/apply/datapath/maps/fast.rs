@@ -2,7 +2,7 @@
 //! established goes in by both of its directions, and out when conntrack ends it.
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
 use multiroute_ebpf::{FastFlow, FlowKey, map_names};
 
 use crate::{
@@ -25,6 +25,7 @@ pub struct Route {
 pub struct FastTables {
     out: HashMap<MapData, FlowKey, FastFlow>,
     reply: HashMap<MapData, FlowKey, FastFlow>,
+    traffic: PerCpuArray<MapData, u64>,
 }
 
 impl FastTables {
@@ -32,6 +33,7 @@ impl FastTables {
         Ok(Self {
             out: open_map(pin_path, map_names::FAST)?,
             reply: open_map(pin_path, map_names::FAST_REPLY)?,
+            traffic: open_map(pin_path, map_names::FAST_TRAFFIC)?,
         })
     }
 
@@ -93,6 +95,26 @@ impl FastTables {
                 )
             })
             .collect()
+    }
+
+    /// Packets the fast path forwarded for uplink `slot`, both directions.
+    pub fn packets(&self, slot: u32) -> Result<u64, DatapathError> {
+        let per_cpu = self
+            .traffic
+            .get(&slot, 0)
+            .map_err(map_error(map_names::FAST_TRAFFIC))?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// The packets the fast path forwarded of the session whose LAN side is
+    /// `original` (both directions), if it is bound.
+    pub fn session_packets(&self, original: &FlowKey) -> Option<u64> {
+        let out = self.out.get(original, 0).ok()?;
+        let reply = self
+            .reply
+            .get(&reply_key(original, &out), 0)
+            .unwrap_or_default();
+        Some(out.packets + reply.packets)
     }
 
     /// Sends every session back to the slow path (`fast_path = false`).

@@ -1,0 +1,412 @@
+//! Suite 4, forwarding at saturation: the router's own CPU, not iperf3's. A
+//! generator that costs little per packet (the object's `multiroute_bench_gen`,
+//! run with `BPF_PROG_RUN` and XDP live frames: each frame enters the router's
+//! stack as if `lan0` had received it) floods 64-byte UDP of many flows from
+//! CPU 0; RPS hands them to CPU 1, where the router's receive path runs; beyond
+//! the ISPs `multiroute_bench_drop` counts and drops what the router forwarded.
+//! The figure is packets forwarded per second of CPU 1's busy time: what one
+//! router CPU forwards, whatever the generator managed to offer.
+//! (Debian's xdp-tools 1.3 cannot load on this kernel: their objects name a
+//! tracepoint it renamed.) Every flow is answered first, so conntrack holds it
+//! (and the fast path has bound it) before the flood. Variants take turns, round
+//! after round; the comparisons are medians of paired ratios.
+use std::time::Duration;
+
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    maps::PerCpuArray,
+    programs::{TcAttachType, TestRun, TestRunAttrs, TestRunOptions, Xdp},
+};
+use etherparse::PacketBuilder;
+use multiroute_ebpf::bench::{self, FIRST_PORT, FLOWS};
+use serde::{Deserialize, Serialize};
+
+use super::{Options, median};
+use multiroute_tests::{CLIENT, Lab, LabOptions, SERVER, datapath::LoadedDatapath, stdout};
+
+/// The flows: this client port to [`FLOWS`] server ports from [`FIRST_PORT`].
+const CLIENT_PORT: u16 = 10000;
+/// Frames the generator hands the kernel at a time.
+const BATCH: u32 = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Variant {
+    Baseline,
+    FastPath,
+    SlowPath,
+    RulesOnly,
+    Ecmp,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 5] = [
+        Variant::Baseline,
+        Variant::FastPath,
+        Variant::SlowPath,
+        Variant::RulesOnly,
+        Variant::Ecmp,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Baseline => "plain forwarding + masquerade",
+            Variant::FastPath => "multiroute (fast path)",
+            Variant::SlowPath => "multiroute (slow path only)",
+            Variant::RulesOnly => "(multiroute's rules and tables only)",
+            Variant::Ecmp => "kernel ECMP, L4 hash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measured {
+    pub variant: Variant,
+    /// Median over the rounds: thousands of 64-byte packets forwarded per second
+    /// of the router's CPU (what one CPU forwards when saturated).
+    pub kpps: f64,
+    pub rounds: Vec<f64>,
+}
+
+impl Measured {
+    /// The median of `self / other`, round by round.
+    pub fn paired_ratio(&self, other: &Measured) -> f64 {
+        median(
+            self.rounds
+                .iter()
+                .zip(&other.rounds)
+                .map(|(ours, theirs)| ours / theirs)
+                .collect(),
+        )
+    }
+}
+
+/// Echoes one datagram on each flow's server port, then exits.
+const ECHO: &str = "
+import select, socket, sys
+first, n = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for port in range(first, first + n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[3], port))
+    socks.append(s)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+";
+
+/// Sends one datagram to each flow's port from the client port and waits for
+/// every answer: conntrack then holds every flow as answered.
+const ANSWERED: &str = "
+import socket, sys
+first, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[4], int(sys.argv[5])))
+s.settimeout(2)
+answered = 0
+for port in range(first, first + n):
+    s.sendto(b'x' * 18, (sys.argv[3], port))
+    try:
+        s.recvfrom(2048)
+        answered += 1
+    except socket.timeout:
+        pass
+print(answered)
+";
+
+fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
+    let router = lab.router();
+    match variant {
+        Variant::Baseline => {}
+        Variant::FastPath => lab.start_router()?,
+        Variant::SlowPath => {
+            let blocks = Lab::uplink_block(0, 1) + &Lab::uplink_block(1, 1);
+            lab.write_config_with(&blocks, "\n[datapath]\nfast_path = false\n")?;
+            lab.start_router()?;
+        }
+        Variant::RulesOnly => {
+            lab.start_router()?;
+            lab.stop_router(libc::SIGKILL)?;
+            std::fs::remove_file(lab.pin_path().join("link-lan0"))
+                .context("detaching the classifier")?;
+            lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
+        }
+        Variant::Ecmp => {
+            lab.ns(
+                &router,
+                "sysctl",
+                &["-qw", "net.ipv4.fib_multipath_hash_policy=1"],
+            )?;
+            lab.ns(&router, "ip", &super::forwarding::ECMP_DEFAULT)?;
+        }
+    }
+    Ok(())
+}
+
+fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
+    let router = lab.router();
+    match variant {
+        Variant::Baseline => {}
+        Variant::FastPath => lab.stop_and_unload()?,
+        Variant::SlowPath => {
+            lab.stop_and_unload()?;
+            let blocks = Lab::uplink_block(0, 1) + &Lab::uplink_block(1, 1);
+            lab.write_config_with(&blocks, "")?;
+        }
+        Variant::RulesOnly => {
+            let out = lab.multiroute(&["unload"]);
+            if !out.status.success() {
+                bail!("unload: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Variant::Ecmp => {
+            lab.ns(&router, "ip", &super::forwarding::PLAIN_DEFAULT)?;
+            lab.ns(
+                &router,
+                "sysctl",
+                &["-qw", "net.ipv4.fib_multipath_hash_policy=0"],
+            )?;
+        }
+    }
+    // The flows' entries go with the router: the next variant answers them anew.
+    lab.ns(&router, "conntrack", &["-F"])?;
+    Ok(())
+}
+
+fn mac(lab: &Lab, ns: &str, dev: &str) -> Result<String> {
+    let out = lab.ns(ns, "ip", &["-j", "link", "show", dev])?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    links[0]["address"]
+        .as_str()
+        .map(str::to_owned)
+        .context("interface without a MAC")
+}
+
+/// Runs `work` on a thread inside namespace `ns` (setns affects that thread only).
+fn in_netns<T: Send>(ns: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let path = format!("/run/netns/{ns}");
+                let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+                // SAFETY: setns on this thread with a namespace fd we hold open.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).context("setns");
+                }
+                work()
+            })
+            .join()
+            .map_err(|_| anyhow!("the thread in {ns} panicked"))?
+    })
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity act on
+    // this thread's set only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
+/// The generator and the sinks: the object's benchmark programs, loaded apart
+/// from any router (their own bpffs), the sinks attached to every ISP's `cpe`.
+struct Flood {
+    loaded: LoadedDatapath,
+}
+
+impl Flood {
+    fn attach(lab: &Lab) -> Result<Self> {
+        let mut loaded = LoadedDatapath::load("saturation")?;
+        for n in 0..lab.isps {
+            let sink = loaded.datapath.tc_program(bench::DROP_PROGRAM)?;
+            in_netns(&lab.isp(n), || {
+                sink.attach(c"cpe", TcAttachType::Ingress)
+                    .context("attaching the sink")?;
+                Ok(())
+            })?;
+        }
+        Ok(Self { loaded })
+    }
+
+    /// Packets the sinks dropped so far.
+    fn sunk(&self) -> Result<u64> {
+        let map = self
+            .loaded
+            .datapath
+            .own_map(bench::MAP)
+            .context("no benchmark map")?;
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(counts.get(&bench::DROPPED, 0)?.iter().sum())
+    }
+
+    /// Hands `packets` copies of `frame` (destination ports rotated) to the
+    /// router's stack as received on `lan0`, from CPU 0.
+    fn send(&mut self, lab: &Lab, frame: &[u8], packets: u32) -> Result<()> {
+        let router = lab.router();
+        let index: u32 = stdout(&lab.ns(&router, "cat", &["/sys/class/net/lan0/ifindex"])?)
+            .trim()
+            .parse()
+            .context("lan0's ifindex")?;
+        let generator: &mut Xdp = self.loaded.datapath.xdp_program(bench::GEN_PROGRAM)?;
+        in_netns(&router, || {
+            pin_to_cpu(0)?;
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, …
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&index.to_ne_bytes());
+            generator
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat: packets,
+                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                    ..TestRunOptions::default()
+                })
+                .context("BPF_PROG_RUN with live frames")?;
+            Ok(())
+        })
+    }
+}
+
+/// A 64-byte frame (with the FCS) from the client to the server, UDP checksum 0
+/// so the generator may change the port.
+fn frame(client_mac: [u8; 6], router_mac: [u8; 6]) -> Result<Vec<u8>> {
+    let builder = PacketBuilder::ethernet2(client_mac, router_mac)
+        .ipv4(CLIENT.octets(), SERVER.octets(), 64)
+        .udp(CLIENT_PORT, FIRST_PORT);
+    let mut frame = Vec::with_capacity(builder.size(18));
+    let mut payload = [0; 18];
+    payload[0] = bench::MARK;
+    builder.write(&mut frame, &payload)?;
+    frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    Ok(frame)
+}
+
+fn mac_bytes(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|part| u8::from_str_radix(part, 16))
+        .collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow!("{text} is not a MAC"))
+}
+
+/// One flood through the router as it is set up: packets forwarded per second.
+fn measure_once(lab: &Lab, flood: &mut Flood, packets: u32) -> Result<f64> {
+    let client = lab.client();
+    let (server, client_ip) = (SERVER.to_string(), CLIENT.to_string());
+    let (first, flows) = (FIRST_PORT.to_string(), FLOWS.to_string());
+    let answered = lab.ns(
+        &client,
+        "python3",
+        &[
+            "-c",
+            ANSWERED,
+            &first,
+            &flows,
+            &server,
+            &client_ip,
+            &CLIENT_PORT.to_string(),
+        ],
+    )?;
+    let answered: u16 = stdout(&answered).trim().parse().unwrap_or(0);
+    if answered != FLOWS {
+        bail!("only {answered} of {FLOWS} flows were answered");
+    }
+    // The fast path binds answered sessions from conntrack's events.
+    std::thread::sleep(Duration::from_millis(300));
+    let frame = frame(
+        mac_bytes(&mac(lab, &client, "eth0")?)?,
+        mac_bytes(&mac(lab, &lab.router(), "lan0")?)?,
+    )?;
+    let before = (flood.sunk()?, router_cpu_busy()?);
+    flood.send(lab, &frame, packets)?;
+    // What is still queued is forwarded within a moment.
+    std::thread::sleep(Duration::from_millis(100));
+    let forwarded = flood.sunk()? - before.0;
+    let busy = router_cpu_busy()? - before.1;
+    Ok(forwarded as f64 / busy / 1e3)
+}
+
+/// Seconds the router's CPU (CPU 1) has spent busy since boot: everything but
+/// idle and I/O wait, from `/proc/stat` (in USER_HZ ticks).
+fn router_cpu_busy() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|line| line.starts_with("cpu1 "))
+        .context("no CPU 1 in /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks.iter().sum::<u64>() - idle) as f64 / hz)
+}
+
+/// The lab for the flood: the router's receive work on CPU 1, and the server
+/// answering each flow once.
+fn flood_lab() -> Result<Lab> {
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: String::new(),
+    })?;
+    let router = lab.router();
+    lab.ns(
+        &router,
+        "sh",
+        &["-c", "echo 2 > /sys/class/net/lan0/queues/rx-0/rps_cpus"],
+    )?;
+    let inet = lab.inet();
+    let server = SERVER.to_string();
+    lab.start_in(
+        &inet,
+        "python3",
+        &[
+            "-c",
+            ECHO,
+            &FIRST_PORT.to_string(),
+            &FLOWS.to_string(),
+            &server,
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(lab)
+}
+
+pub fn run(options: &Options) -> Result<Vec<Measured>> {
+    let mut lab = flood_lab()?;
+    let mut flood = Flood::attach(&lab)?;
+    let packets: u32 = if options.quick { 3_000_000 } else { 10_000_000 };
+    let mut samples = vec![Vec::new(); Variant::ALL.len()];
+    for round in 0..options.forwarding_runs {
+        for (i, variant) in Variant::ALL.into_iter().enumerate() {
+            super::interrupted()?;
+            set_up(&mut lab, variant)?;
+            let measured = measure_once(&lab, &mut flood, packets);
+            tear_down(&mut lab, variant)?;
+            let kpps = measured?;
+            eprintln!("bench: round {round}, {}: {kpps:.0} kpps", variant.label());
+            samples[i].push(kpps);
+        }
+    }
+    Ok(Variant::ALL
+        .into_iter()
+        .zip(samples)
+        .map(|(variant, rounds)| Measured {
+            variant,
+            kpps: median(rounds.clone()),
+            rounds,
+        })
+        .collect())
+}
