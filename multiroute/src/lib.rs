@@ -19,7 +19,7 @@ pub mod run;
 
 /// This build's version, the commit it was built from and the layout of the BPF maps
 /// it pins (an upgrade adopts only maps of a layout it knows), e.g.
-/// `0.1.0 (commit 9bd0093a1b2c, map layout 3)`.
+/// `0.1.0 (commit 9bd0093a1b2c, map layout 4)`.
 pub fn version() -> String {
     format!(
         "{} (commit {}, map layout {})",

@@ -10,9 +10,20 @@ use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use multiroute::apply::datapath::{Capacity, Datapath, Maps};
 
-/// `sizeof(struct __sk_buff)`; `mark` sits at offset 8.
+/// `sizeof(struct __sk_buff)`; `mark` sits at offset 8, `ifindex` (the device
+/// the test run's skb arrives on) at 40.
 const SKB_CTX_LEN: usize = 192;
 const MARK_OFFSET: usize = 8;
+const IFINDEX_OFFSET: usize = 40;
+
+/// Which of the object's TC programs a test run drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// The LAN classifier (and the fast path's outbound half).
+    Classifier,
+    /// The fast path's reply program on the uplinks.
+    Reply,
+}
 
 /// What the classifier did to one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +88,42 @@ impl LoadedDatapath {
     ) -> Result<(Verdict, std::time::Duration)> {
         let program = self.datapath.classifier()?;
         test_run(program, packet, mark, repeat)
+    }
+
+    /// Runs one packet through `program` once as if it arrived on `ifindex` (of
+    /// the calling thread's network namespace); returns the verdict and the
+    /// packet as the program left it.
+    pub fn run_on(
+        &mut self,
+        program: Program,
+        packet: &[u8],
+        ifindex: u32,
+    ) -> Result<(Verdict, Vec<u8>)> {
+        let program = match program {
+            Program::Classifier => self.datapath.classifier()?,
+            Program::Reply => self.datapath.reply_program()?,
+        };
+        let mut ctx_in = [0u8; SKB_CTX_LEN];
+        ctx_in[IFINDEX_OFFSET..IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_CTX_LEN];
+        let mut data_out = vec![0u8; packet.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut data_out),
+                ctx_in: Some(&ctx_in),
+                ctx_out: Some(&mut ctx_out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        data_out.truncate(result.data_size_out as usize);
+        let mark = u32::from_ne_bytes(ctx_out[MARK_OFFSET..MARK_OFFSET + 4].try_into()?);
+        let verdict = Verdict {
+            return_code: result.return_value as i32,
+            mark,
+        };
+        Ok((verdict, data_out))
     }
 
     /// The same through the empty program (the floor benchmarks compare against).

@@ -203,6 +203,11 @@ fn bind(
     session: &Established,
     route: Route,
 ) -> Result<(), crate::apply::datapath::DatapathError> {
+    // Every change we make to an entry comes back as an event: a bound session
+    // is left alone, or each refresh would answer the last one's event.
+    if tables.is_bound(&session.original) {
+        return Ok(());
+    }
     if session.original.proto == IPPROTO_TCP {
         // Before its data skips conntrack: its window tracking must accept the
         // FIN that follows.

@@ -37,10 +37,15 @@ impl FastTables {
         })
     }
 
+    /// Whether the session whose LAN side is `original` is bound.
+    pub fn is_bound(&self, original: &FlowKey) -> bool {
+        self.out.get(original, 0).is_ok()
+    }
+
     /// Binds `session` to the fast path over `route`. A session already bound
     /// keeps its counters.
     pub fn bind(&mut self, session: &Established, route: Route) -> Result<(), DatapathError> {
-        if self.out.get(&session.original, 0).is_ok() {
+        if self.is_bound(&session.original) {
             return Ok(());
         }
         let out = FastFlow {
