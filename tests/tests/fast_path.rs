@@ -89,8 +89,50 @@ fn a_bulk_transfer_takes_the_fast_path_both_ways() {
                 replies > 100,
                 "TCP's ACKs come back on the fast path: {replies}"
             );
+            // The close took the slow path: conntrack saw the FINs.
+            let tcp = stdout(
+                &lab.ns(&lab.router(), "conntrack", &["-L", "-p", "tcp"])
+                    .unwrap(),
+            );
+            assert!(
+                tcp.lines()
+                    .any(|l| l.contains("dport=5201") && l.contains("TIME_WAIT")),
+                "the transfer's sessions closed in conntrack: {tcp}"
+            );
         }
     }
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn an_uplink_mtu_lowered_mid_transfer_is_followed_by_path_mtu_discovery() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    lab.start_router().expect("starting multiroute");
+    let router = lab.router();
+    let report = std::thread::scope(|scope| {
+        let running = scope.spawn(|| iperf(&lab, 5, false));
+        std::thread::sleep(Duration::from_millis(1500));
+        for wan in ["wan0", "wan1"] {
+            lab.ns(&router, "ip", &["link", "set", wan, "mtu", "1280"])
+                .unwrap();
+        }
+        running.join().expect("iperf3 ran")
+    });
+    // Over-sized packets take the slow path, whose "fragmentation needed" shrinks
+    // the sender's segments: the transfer goes on.
+    assert!(report["error"].is_null(), "iperf3: {}", report["error"]);
+    let intervals = report["intervals"].as_array().cloned().unwrap_or_default();
+    let last = intervals
+        .last()
+        .map(|i| i["sum"]["bytes"].as_u64().unwrap_or(0));
+    println!("last second after the MTU change: {last:?} bytes");
+    assert!(
+        last.is_some_and(|bytes| bytes > 1_000_000),
+        "traffic after the change"
+    );
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
