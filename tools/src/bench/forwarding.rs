@@ -335,18 +335,15 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
             && iperf_from(&lab, &isp, true, &["-n", "1K"]).is_ok()
     })
     .context("iperf3 servers did not come up")?;
-    let mut samples = vec![Vec::new(); Variant::ALL.len()];
-    for round in 0..options.forwarding_runs {
-        for (i, variant) in Variant::ALL.into_iter().enumerate() {
-            super::interrupted()?;
-            set_up(&mut lab, variant)?;
-            let measured = measure_once(&lab, variant, options);
-            tear_down(&mut lab, variant)?;
-            let measured = measured?;
-            eprintln!("bench: round {round}, {}: {measured:.2?}", variant.label());
-            samples[i].push(measured);
-        }
-    }
+    let samples = super::take_turns(
+        &mut lab,
+        &Variant::ALL,
+        options.forwarding_runs,
+        Variant::label,
+        set_up,
+        |lab, variant| measure_once(lab, variant, options),
+        tear_down,
+    )?;
     Ok(Variant::ALL
         .into_iter()
         .zip(samples)

@@ -81,6 +81,34 @@ pub struct Results {
     pub memory: memory::Measured,
 }
 
+/// Every variant in turn, round after round, in one lab, so drift on a shared
+/// machine falls on every variant alike: each variant's figures, round by round.
+/// `measure` runs between `set_up` and `tear_down`; a failed measurement fails
+/// the suite after the lab is turned back.
+pub(crate) fn take_turns<V: Copy, T: std::fmt::Debug>(
+    lab: &mut multiroute_tests::Lab,
+    variants: &[V],
+    runs: u32,
+    label: impl Fn(V) -> &'static str,
+    mut set_up: impl FnMut(&mut multiroute_tests::Lab, V) -> Result<()>,
+    mut measure: impl FnMut(&multiroute_tests::Lab, V) -> Result<T>,
+    mut tear_down: impl FnMut(&mut multiroute_tests::Lab, V) -> Result<()>,
+) -> Result<Vec<Vec<T>>> {
+    let mut samples: Vec<Vec<T>> = variants.iter().map(|_| Vec::new()).collect();
+    for round in 0..runs {
+        for (i, &variant) in variants.iter().enumerate() {
+            interrupted()?;
+            set_up(lab, variant)?;
+            let measured = measure(lab, variant);
+            tear_down(lab, variant)?;
+            let measured = measured?;
+            eprintln!("bench: round {round}, {}: {measured:.2?}", label(variant));
+            samples[i].push(measured);
+        }
+    }
+    Ok(samples)
+}
+
 /// Runs one suite, saying what and how long.
 fn suite<T>(name: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
     eprintln!("bench: {name}");

@@ -388,18 +388,15 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
     let mut lab = flood_lab()?;
     let mut flood = Flood::attach(&lab)?;
     let packets: u32 = if options.quick { 3_000_000 } else { 10_000_000 };
-    let mut samples = vec![Vec::new(); Variant::ALL.len()];
-    for round in 0..options.forwarding_runs {
-        for (i, variant) in Variant::ALL.into_iter().enumerate() {
-            super::interrupted()?;
-            set_up(&mut lab, variant)?;
-            let measured = measure_once(&lab, &mut flood, packets);
-            tear_down(&mut lab, variant)?;
-            let kpps = measured?;
-            eprintln!("bench: round {round}, {}: {kpps:.0} kpps", variant.label());
-            samples[i].push(kpps);
-        }
-    }
+    let samples = super::take_turns(
+        &mut lab,
+        &Variant::ALL,
+        options.forwarding_runs,
+        Variant::label,
+        set_up,
+        |lab, _| measure_once(lab, &mut flood, packets),
+        tear_down,
+    )?;
     Ok(Variant::ALL
         .into_iter()
         .zip(samples)

@@ -179,10 +179,7 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         if program.fd().is_err() {
-            program.load().map_err(|source| DatapathError::Program {
-                what: format!("verifying {name}"),
-                source: Box::new(source),
-            })?;
+            program.load().map_err(verifying(name))?;
         }
         Ok(program)
     }
@@ -273,10 +270,7 @@ impl Datapath {
     pub fn tc_program(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
         let program = program(&mut self.ebpf, name)?;
         if program.fd().is_err() {
-            program.load().map_err(|source| DatapathError::Program {
-                what: format!("verifying {name}"),
-                source: Box::new(source),
-            })?;
+            program.load().map_err(verifying(name))?;
         }
         Ok(program)
     }
@@ -290,6 +284,15 @@ impl Datapath {
         let link = SchedClassifierLink::try_from(link)?;
         self.tc_program(name)?.attach_to_link(link)?;
         Ok(())
+    }
+}
+
+/// The error of a program the verifier refused.
+fn verifying(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+    let what = format!("verifying {name}");
+    move |source| DatapathError::Program {
+        what,
+        source: Box::new(source),
     }
 }
 
