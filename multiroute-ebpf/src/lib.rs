@@ -3,6 +3,12 @@
 //! cannot reach one side only.
 #![no_std]
 
+mod counters;
+mod policy;
+
+pub use counters::{COUNTER_COUNT, Counter, family};
+pub use policy::{PolicyRule, RuleAddress, RuleAddress6, RuleSet};
+
 /// Uplinks the datapath can address. Bounded so every array map has a fixed size.
 pub const MAX_UPLINKS: u32 = 64;
 
@@ -75,62 +81,6 @@ pub mod chosen_by {
     /// Seeded from conntrack when multiroute took over a running router.
     pub const CONNTRACK: u8 = 2;
 }
-
-/// One policy rule as the datapath matches it. Addresses are matched through the
-/// two prefix tries (their values are bitmaps of the rules each prefix belongs
-/// to); protocol and ports here. Ports are in host order, inclusive.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PolicyRule {
-    /// IP protocol, or 0 for any.
-    pub proto: u8,
-    /// Non-zero when the rule names ports: only TCP and UDP can match then.
-    pub ports: u8,
-    /// How many of `uplinks` are used.
-    pub uplink_count: u8,
-    pub pad: u8,
-    pub src_port_first: u16,
-    pub src_port_last: u16,
-    pub dst_port_first: u16,
-    pub dst_port_last: u16,
-    /// Uplink slots in preference order: the first alive one is chosen.
-    pub uplinks: [u8; MAX_RULE_UPLINKS],
-}
-
-impl PolicyRule {
-    /// Protocol and ports match (addresses are matched by the tries).
-    #[inline(always)]
-    pub fn matches_ports(&self, key: &impl FlowIdentity) -> bool {
-        let proto = key.proto();
-        if self.proto != 0 && self.proto != proto {
-            return false;
-        }
-        if self.ports == 0 {
-            return true;
-        }
-        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-            return false;
-        }
-        let (src, dst) = key.ports();
-        (self.src_port_first..=self.src_port_last).contains(&src)
-            && (self.dst_port_first..=self.dst_port_last).contains(&dst)
-    }
-}
-
-/// The rule set's header (`MR_RULESET`, one entry): which rules exist, and which
-/// of them match any source or any destination (they have no prefix in that trie).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RuleSet {
-    pub present: u64,
-    pub any_src: u64,
-    pub any_dst: u64,
-}
-
-/// An IPv4 address as the prefix tries key it (with `prefix_len` in front).
-pub type RuleAddress = [u8; 4];
-/// An IPv6 address as the IPv6 prefix tries key it.
-pub type RuleAddress6 = [u8; 16];
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -430,91 +380,6 @@ pub struct FastFlow {
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
-}
-
-/// Why a packet went the way it did: one per-CPU counter each.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Counter {
-    /// Known flow, its uplink alive: remembered mark applied.
-    FlowHit = 0,
-    /// New flow, uplink chosen from the ring and remembered.
-    FlowNew = 1,
-    /// Known flow whose uplink died: moved to a live one.
-    FlowMoved = 2,
-    /// Neither IPv4 nor IPv6 (ARP, LLDP, …): passed untouched.
-    PassNotIp = 3,
-    /// Too short or malformed to parse: passed untouched.
-    PassMalformed = 4,
-    /// Multicast, broadcast or link-local destination, or IPv6 neighbour
-    /// discovery: never routed by a default route.
-    PassNotUnicast = 5,
-    /// No uplink alive and weighted: passed unmarked so the main table decides.
-    PassNoUplink = 6,
-    /// The flow table refused an insert; the packet was still marked.
-    FlowInsertFailed = 7,
-    /// A flow whose uplink userspace has not resolved yet (see [`PENDING_UPLINK`]):
-    /// passed unmarked.
-    PassPending = 8,
-    /// New (or moved) flow whose uplink a policy rule chose.
-    FlowRule = 9,
-    /// A flow to a destination the main table routes specifically (see
-    /// [`DIRECT_UPLINK`]): passed unmarked.
-    PassDirect = 10,
-    /// A LAN packet of an established session, rewritten and sent out of its
-    /// uplink by the fast path (see [`FastFlow`]).
-    FastOut = 11,
-    /// A reply arriving on an uplink, rewritten and sent to the LAN host by the
-    /// fast path.
-    FastReply = 12,
-}
-
-pub const COUNTER_COUNT: u32 = 13;
-
-/// The address families the datapath counts apart: `MR_COUNTERS` holds
-/// [`COUNTER_COUNT`] counters per family, IPv4's first. Packets that are neither
-/// (`pass_not_ip`) count under IPv4.
-pub mod family {
-    pub const IPV4: u32 = 0;
-    pub const IPV6: u32 = 1;
-    pub const COUNT: u32 = 2;
-    pub const NAMES: [&str; COUNT as usize] = ["ipv4", "ipv6"];
-}
-
-impl Counter {
-    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
-        Counter::FlowHit,
-        Counter::FlowNew,
-        Counter::FlowMoved,
-        Counter::PassNotIp,
-        Counter::PassMalformed,
-        Counter::PassNotUnicast,
-        Counter::PassNoUplink,
-        Counter::FlowInsertFailed,
-        Counter::PassPending,
-        Counter::FlowRule,
-        Counter::PassDirect,
-        Counter::FastOut,
-        Counter::FastReply,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::FlowHit => "flow_hit",
-            Counter::FlowNew => "flow_new",
-            Counter::FlowMoved => "flow_moved",
-            Counter::PassNotIp => "pass_not_ip",
-            Counter::PassMalformed => "pass_malformed",
-            Counter::PassNotUnicast => "pass_not_unicast",
-            Counter::PassNoUplink => "pass_no_uplink",
-            Counter::FlowInsertFailed => "flow_insert_failed",
-            Counter::PassPending => "pass_pending",
-            Counter::FlowRule => "flow_rule",
-            Counter::PassDirect => "pass_direct",
-            Counter::FastOut => "fast_out",
-            Counter::FastReply => "fast_reply",
-        }
-    }
 }
 
 /// The flow hash that indexes the ring. Deterministic (no per-boot seed) so a flow's

@@ -109,23 +109,23 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 fast_path: raw.datapath.fast_path,
             },
             rules,
-            metrics: MetricsConfig {
-                listen: raw
-                    .metrics
-                    .listen
-                    .map(|text| {
-                        text.parse().map_err(|_| {
-                            fail(
-                                "metrics.listen",
-                                format!(
-                                    "{text:?} is not an address:port such as \"127.0.0.1:9750\""
-                                ),
-                            )
-                        })
-                    })
-                    .transpose()?,
-            },
+            metrics: self.metrics(raw.metrics)?,
         })
+    }
+
+    fn metrics(&self, raw: RawMetrics) -> Result<MetricsConfig, ConfigError> {
+        let listen = raw
+            .listen
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    (self.fail)(
+                        "metrics.listen",
+                        format!("{text:?} is not an address:port such as \"127.0.0.1:9750\""),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(MetricsConfig { listen })
     }
 
     /// One `[[uplink]]`; its `pin` and `pin_from` become rules in `rules`.
