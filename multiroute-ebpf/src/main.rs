@@ -126,14 +126,21 @@ fn steer<F: Family>(ctx: &TcContext, key: &F::Key) -> Option<u32> {
             None => {
                 // SAFETY: `flow` points into the flow table's value for this key.
                 match u32::from(unsafe { (*flow).uplink }) {
-                    PENDING_UPLINK => return none(count::<F>(Counter::PassPending)),
-                    DIRECT_UPLINK => return none(count::<F>(Counter::PassDirect)),
+                    PENDING_UPLINK => {
+                        count::<F>(Counter::PassPending);
+                        return None;
+                    }
+                    DIRECT_UPLINK => {
+                        count::<F>(Counter::PassDirect);
+                        return None;
+                    }
                     _ => {}
                 }
                 let Some(chosen) =
                     rule_choice::<F>(key).or_else(|| hashed::<F>(ring_choice::<F>(key)))
                 else {
-                    return none(count::<F>(Counter::PassNoUplink));
+                    count::<F>(Counter::PassNoUplink);
+                    return None;
                 };
                 // SAFETY: as above.
                 unsafe {
@@ -145,17 +152,24 @@ fn steer<F: Family>(ctx: &TcContext, key: &F::Key) -> Option<u32> {
                 chosen
             }
         },
-        None if F::direct(key) => return none(remember_direct::<F>(key)),
+        None if F::direct(key) => {
+            remember_direct::<F>(key);
+            return None;
+        }
         None => match rule_choice::<F>(key) {
             Some(chosen) => {
                 remember::<F>(key, &chosen, Counter::FlowRule);
                 chosen
             }
             None => match new_flow_choice::<F>(key) {
-                Some(PENDING_UPLINK) => return none(remember_pending::<F>(key)),
+                Some(PENDING_UPLINK) => {
+                    remember_pending::<F>(key);
+                    return None;
+                }
                 choice => {
                     let Some(chosen) = hashed::<F>(choice) else {
-                        return none(count::<F>(Counter::PassNoUplink));
+                        count::<F>(Counter::PassNoUplink);
+                        return None;
                     };
                     remember::<F>(key, &chosen, Counter::FlowNew);
                     chosen
@@ -166,12 +180,6 @@ fn steer<F: Family>(ctx: &TcContext, key: &F::Key) -> Option<u32> {
     set_mark(ctx, &choice.uplink);
     account(ctx, choice.index);
     hit
-}
-
-/// Nothing for the fast path, once `_done` has run.
-#[inline(always)]
-fn none(_done: ()) -> Option<u32> {
-    None
 }
 
 /// The uplink a known flow uses, unless that uplink has died since. Counts the
