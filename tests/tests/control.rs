@@ -322,9 +322,11 @@ fn metrics_endpoint_shows_what_status_shows() {
         );
         assert_eq!(value(&series("uplink_state_changes_total")), 0.0);
         // The default target is the gateway: answered, so an RTT and no loss.
+        // (surge-ping can read a veth round trip as 0: it stamps a reply when its
+        // receive loop wakes, which may be before the echo was sent.)
         let gateway = uplink["gateway"].as_str().unwrap();
         let probe = format!("{{uplink=\"{name}\",target=\"{gateway}\"}}");
-        assert!(value(&format!("multiroute_probe_rtt_seconds{probe}")) > 0.0);
+        assert!(value(&format!("multiroute_probe_rtt_seconds{probe}")) >= 0.0);
         assert_eq!(value(&format!("multiroute_probe_loss_ratio{probe}")), 0.0);
     }
     assert!(
