@@ -371,6 +371,11 @@ pub struct FastFlow {
     /// When the fast path last forwarded a packet (coarse monotonic seconds):
     /// userspace refreshes conntrack's timeout from it.
     pub seen_s: u32,
+    /// Non-zero for a connection that arrived on the uplink (a port forward): its
+    /// LAN side's packets are the replies, which follow the arrival uplink
+    /// whatever the classifier hashed them to.
+    pub inbound: u32,
+    pub pad: u32,
     pub packets: u64,
 }
 

@@ -68,12 +68,20 @@ pub fn multiroute(ctx: TcContext) -> i32 {
 fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32) -> Option<i32> {
     let flow = FAST.get_ptr_mut(key)?;
     // SAFETY: the pointer comes from a successful lookup.
-    if u32::from(unsafe { (*flow).slot }) != slot {
+    let (bound, inbound) = unsafe { (u32::from((*flow).slot), (*flow).inbound != 0) };
+    // A port forward's replies leave through the uplink their connection arrived
+    // on, while it carries; any other session only through its flow's uplink.
+    let fits = if inbound {
+        UPLINKS.get(bound).is_some_and(V4::carries)
+    } else {
+        bound == slot
+    };
+    if !fits {
         return None;
     }
     let verdict = fast::forward(ctx, key, flow, fast::Side::Outbound)?;
     count::<V4>(Counter::FastOut);
-    count_fast(slot);
+    count_fast(bound);
     Some(verdict)
 }
 

@@ -237,3 +237,59 @@ fn a_deleted_conntrack_entry_sends_its_session_back_to_the_slow_path() {
     );
     lab.stop_and_unload().expect("stopping multiroute");
 }
+
+#[test]
+fn a_port_forwarded_transfer_takes_the_fast_path_both_ways() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    lab.serve_inbound(multiroute::net::Family::V4)
+        .expect("the lab's port forward");
+    // iperf3 on the LAN host too, forwarded from every uplink's port 5202.
+    let (client, router) = (lab.client(), lab.router());
+    let lan_host = multiroute_tests::CLIENT.to_string();
+    lab.start_in(&client, "iperf3", &["-s", "-B", &lan_host, "-p", "5202"])
+        .unwrap();
+    lab.ns(
+        &router,
+        "nft",
+        &[&format!(
+            "add rule ip forward pre iifname \"wan*\" tcp dport 5202 dnat to {lan_host}:5202"
+        )],
+    )
+    .unwrap();
+    lab.start_router().expect("starting multiroute");
+    let before = lab.status().unwrap();
+    let uplink = Lab::uplink_address(1).to_string();
+    let inet = lab.inet();
+    wait_until(Duration::from_secs(5), || {
+        lab.ns(&inet, "iperf3", &["-c", &uplink, "-p", "5202", "-n", "1K"])
+            .is_ok()
+    })
+    .expect("the forwarded iperf3 answers");
+    let out = lab
+        .ns(
+            &inet,
+            "iperf3",
+            &["-c", &uplink, "-p", "5202", "-t", "3", "-J"],
+        )
+        .expect("iperf3 through the port forward");
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(report["error"].is_null(), "iperf3: {}", report["error"]);
+    let after = lab.status().unwrap();
+    let arrived = counter(&after, "fast_reply") - counter(&before, "fast_reply");
+    let answers = counter(&after, "fast_out") - counter(&before, "fast_out");
+    let isp1 = |status: &Value| status["uplinks"][1]["fast_packets"].as_u64().unwrap_or(0);
+    println!("port forward: {arrived} arriving and {answers} answering packets on the fast path");
+    assert!(
+        arrived > 10_000,
+        "the transfer's data arrived fast: {arrived}"
+    );
+    assert!(answers > 1_000, "the LAN host's ACKs left fast: {answers}");
+    assert!(
+        isp1(&after) - isp1(&before) >= arrived + answers,
+        "counted on isp1"
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}

@@ -173,6 +173,7 @@ fn bind(dp: &mut LoadedDatapath, proto: u8) {
         original,
         reply: key(SERVER, 443, UPLINK, NAT_PORT, proto),
         nat_address: UPLINK,
+        inbound: false,
     };
     let route = multiroute::apply::datapath::fast::Route {
         slot: 0,
@@ -369,4 +370,65 @@ fn unusual_packets_of_a_bound_session_take_the_slow_path() {
         assert_eq!(out, frame);
     });
     assert_eq!(fast_counters(&dp).0, 0, "none took the fast path");
+}
+
+#[test]
+fn a_port_forward_takes_the_fast_path_both_ways() {
+    if !require_root!() {
+        return;
+    }
+    let router = Router::new(test_name!());
+    let (lan0, wan0) = (router.ifindex("lan0"), router.ifindex("wan0"));
+    let wan_mac = router.mac("wan0");
+    let mut dp = LoadedDatapath::load(test_name!()).unwrap();
+    bind(&mut dp, IPPROTO_TCP);
+    // A connection from the server to the uplink's port 8080, forwarded to the LAN
+    // host's port 80: conntrack's original is the arrival, its reply the LAN's.
+    let (external, internal, remote) = (8080, 80, 5555);
+    let forward = multiroute::netlink::conntrack::Established {
+        original: key(SERVER, remote, UPLINK, external, IPPROTO_TCP),
+        reply: key(LAN_HOST, internal, SERVER, remote, IPPROTO_TCP),
+        nat_address: UPLINK,
+        inbound: true,
+    };
+    let route = multiroute::apply::datapath::fast::Route {
+        slot: 0,
+        uplink_table: TABLE,
+        lan_table: 254,
+    };
+    dp.maps.fast.bind(&forward, route).unwrap();
+    // The LAN side's flow is known to the classifier, hashed wherever.
+    dp.maps.v4.insert(&forward.reply, &Flow::default()).unwrap();
+    let frame = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
+        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
+            .ipv4(src.octets(), dst.octets(), 64)
+            .tcp(sport, dport, 1000, 65535)
+            .ack(2000);
+        let mut out = Vec::new();
+        builder.write(&mut out, &[0x5a; 100]).unwrap();
+        out
+    };
+    router.inside(|| {
+        // Arriving on the uplink: to the LAN host's port.
+        let arriving = frame(SERVER, remote, UPLINK, external);
+        let (verdict, out) = dp.run_on(Program::Reply, &arriving, wan0).unwrap();
+        assert_eq!(verdict.return_code, TC_ACT_REDIRECT, "arrival redirected");
+        let (dmac, _, ip, sport, dport) = parse(&out);
+        assert_eq!(dmac, LAN_HOST_MAC);
+        assert_eq!(Ipv4Addr::from(ip.destination), LAN_HOST);
+        assert_eq!((sport, dport), (remote, internal));
+        // The LAN host's answer: from the uplink's address and the external port,
+        // out of the uplink it arrived on.
+        let answer = frame(LAN_HOST, internal, SERVER, remote);
+        let (verdict, out) = dp.run_on(Program::Classifier, &answer, lan0).unwrap();
+        assert_eq!(verdict.return_code, TC_ACT_REDIRECT, "answer redirected");
+        let (dmac, smac, ip, sport, dport) = parse(&out);
+        assert_eq!((dmac, smac), (GATEWAY_MAC, wan_mac));
+        assert_eq!(Ipv4Addr::from(ip.source), UPLINK);
+        assert_eq!((sport, dport), (external, remote));
+    });
+    assert_eq!(fast_counters(&dp), (1, 1), "one each way");
+    // Ended by conntrack (named by its original direction): both ways unbound.
+    assert!(dp.maps.fast.unbind(&forward.original).unwrap());
+    assert!(!dp.maps.fast.is_bound(&forward.reply));
 }

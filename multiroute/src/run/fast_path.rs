@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use multiroute_ebpf::{FlowKey, IPPROTO_TCP};
+use multiroute_ebpf::IPPROTO_TCP;
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
         monotonic_seconds,
     },
     net::Family,
-    netlink::conntrack::{self, Established, Event, Events},
+    netlink::conntrack::{self, Direction, Established, Event, Events},
     observe::host::read_sysctl_u32,
     plan::{MAIN_TABLE, Plan},
 };
@@ -172,8 +172,8 @@ fn resync(tables: &mut FastTables, route_of: &impl Fn(&Established) -> Option<Ro
             return false;
         }
     };
-    let live: std::collections::HashSet<_> = sessions.iter().map(|s| s.original).collect();
-    for (key, _, _) in tables.sessions() {
+    let live: std::collections::HashSet<_> = sessions.iter().map(|s| s.lan_side()).collect();
+    for (key, ..) in tables.sessions() {
         if !live.contains(&key) {
             let _ = tables.unbind(&key);
         }
@@ -205,13 +205,19 @@ fn bind(
 ) -> Result<(), crate::apply::datapath::DatapathError> {
     // Every change we make to an entry comes back as an event: a bound session
     // is left alone, or each refresh would answer the last one's event.
-    if tables.is_bound(&session.original) {
+    let lan_side = session.lan_side();
+    if tables.is_bound(&lan_side) {
         return Ok(());
     }
-    if session.original.proto == IPPROTO_TCP {
+    if lan_side.proto == IPPROTO_TCP {
         // Before its data skips conntrack: its window tracking must accept the
         // FIN that follows.
-        match conntrack::refresh(&[(session.original, timeout(session.original.proto))]) {
+        let named = (
+            lan_side,
+            direction(session.inbound),
+            timeout(lan_side.proto),
+        );
+        match conntrack::refresh(&[named]) {
             Ok(1) => {}
             Ok(_) => return Ok(()),
             Err(err) => {
@@ -226,11 +232,11 @@ fn bind(
 /// Refreshes conntrack's timeout of every session the fast path carried since
 /// `since` (monotonic seconds).
 fn refresh_carried(tables: &FastTables, since: u32) {
-    let carried: Vec<(FlowKey, u32)> = tables
+    let carried: Vec<_> = tables
         .sessions()
         .into_iter()
-        .filter(|(_, seen, _)| *seen >= since)
-        .map(|(key, _, _)| (key, timeout(key.proto)))
+        .filter(|(_, seen, ..)| *seen >= since)
+        .map(|(key, _, _, inbound)| (key, direction(inbound), timeout(key.proto)))
         .collect();
     if carried.is_empty() {
         return;
@@ -250,6 +256,16 @@ const UDP_REPLIED: (&str, u32) = ("net.netfilter.nf_conntrack_udp_timeout", 30);
 
 fn sysctl((key, default): (&str, u32)) -> u32 {
     read_sysctl_u32(key).unwrap_or(default)
+}
+
+/// How conntrack names a session by its LAN side: the original direction of a
+/// LAN host's, the reply of a port forward.
+fn direction(inbound: bool) -> Direction {
+    if inbound {
+        Direction::Reply
+    } else {
+        Direction::Original
+    }
 }
 
 /// The timeout conntrack gives an established session of `proto` (its sysctls).

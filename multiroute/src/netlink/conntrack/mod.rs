@@ -23,7 +23,7 @@ use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage};
 use crate::net::Family;
 use entry::Entry;
 pub use entry::{Keyed, NatedSession};
-pub use sessions::{Established, Event, Events, established, refresh};
+pub use sessions::{Direction, Established, Event, Events, established, refresh};
 pub use socket::ConntrackError;
 use socket::{Ctnetlink, ENOENT};
 

@@ -1,6 +1,6 @@
 //! The sessions the fast path may carry, as conntrack tells them: established (TCP)
-//! or answered (UDP), source-NATed by the router, with no helper and no
-//! destination NAT. Dumped once, then followed through conntrack's events, and kept
+//! or answered (UDP), with no helper, and either source-NATed by the router (a LAN
+//! host's) or destination-NATed by it (a port forward, arrived on an uplink). Dumped once, then followed through conntrack's events, and kept
 //! alive while the fast path carries them: its packets never reach conntrack, so
 //! the timeout is refreshed from userspace and TCP window tracking is told to be
 //! liberal (a FIN after fast-pathed data must not look out of window).
@@ -36,12 +36,25 @@ const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 const ENOBUFS: i32 = 105;
 
 /// A session the fast path may carry: its two directions as the datapath keys
-/// them, and the uplink address it is NATed to.
+/// them, and the uplink address it is NATed to (or arrived at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Established {
     pub original: FlowKey,
     pub reply: FlowKey,
     pub nat_address: Ipv4Addr,
+    /// A port forward: it arrived on the uplink, its replies come from the LAN.
+    pub inbound: bool,
+}
+
+impl Established {
+    /// The direction the LAN side sends, as the classifier keys it.
+    pub fn lan_side(&self) -> FlowKey {
+        if self.inbound {
+            self.reply
+        } else {
+            self.original
+        }
+    }
 }
 
 /// What an event says of a session.
@@ -55,23 +68,34 @@ pub enum Event {
 
 impl Entry {
     fn established(&self) -> Option<Established> {
-        let nated = self.status & IPS_SRC_NAT != 0 && self.status & IPS_DST_NAT == 0;
+        let (snat, dnat) = (
+            self.status & IPS_SRC_NAT != 0,
+            self.status & IPS_DST_NAT != 0,
+        );
         let original = tuple_key(&self.original)?;
         let ready = match original.proto {
             IPPROTO_TCP => self.tcp_state == Some(TCP_CONNTRACK_ESTABLISHED),
             IPPROTO_UDP => self.status & IPS_SEEN_REPLY != 0,
             _ => false,
         };
-        if !nated || !ready || self.helper {
+        if snat == dnat || !ready || self.helper {
             return None;
         }
-        let std::net::IpAddr::V4(nat_address) = self.nat_address()? else {
-            return None;
+        let reply = tuple_key(&self.reply)?;
+        let nat_address = if dnat {
+            // Arrived at the uplink's address, forwarded to the LAN host.
+            Ipv4Addr::from(original.dst_octets())
+        } else {
+            let std::net::IpAddr::V4(address) = self.nat_address()? else {
+                return None;
+            };
+            address
         };
         Some(Established {
             original,
-            reply: tuple_key(&self.reply)?,
+            reply,
             nat_address,
+            inbound: dnat,
         })
     }
 }
@@ -174,18 +198,27 @@ fn event(message: ConntrackMessage) -> Option<Event> {
     }
 }
 
-/// Sets the timeout of each session (by its original direction) to `timeout_s`
-/// seconds, and marks TCP ones be-liberal: what conntrack would have done had it
-/// seen the fast-pathed packets. Returns how many were still there. Blocking.
-pub fn refresh(sessions: &[(FlowKey, u32)]) -> Result<usize, ConntrackError> {
+/// How a session is named to conntrack: by one of its directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Original,
+    Reply,
+}
+
+/// Sets the timeout of each session (named by `key` in `direction`) to
+/// `timeout_s` seconds, and marks TCP ones be-liberal: what conntrack would have
+/// done had it seen the fast-pathed packets. Returns how many were still there.
+/// Blocking.
+pub fn refresh(sessions: &[(FlowKey, Direction, u32)]) -> Result<usize, ConntrackError> {
     let mut ct = Ctnetlink::open()?;
     let mut refreshed = 0;
-    for (original, timeout_s) in sessions {
-        let mut attributes = vec![
-            ConntrackAttribute::CtaTupleOrig(tuple(original)),
-            ConntrackAttribute::CtaTimeout(*timeout_s),
-        ];
-        if original.proto == IPPROTO_TCP {
+    for (key, direction, timeout_s) in sessions {
+        let named = match direction {
+            Direction::Original => ConntrackAttribute::CtaTupleOrig(tuple(key)),
+            Direction::Reply => ConntrackAttribute::CtaTupleReply(tuple(key)),
+        };
+        let mut attributes = vec![named, ConntrackAttribute::CtaTimeout(*timeout_s)];
+        if key.proto == IPPROTO_TCP {
             attributes.push(liberal());
         }
         ct.send(
@@ -294,6 +327,17 @@ mod tests {
         );
         let udp = entry(IPPROTO_UDP, IPS_SRC_NAT | IPS_SEEN_REPLY, None, vec![]);
         assert!(udp.established().is_some(), "answered UDP");
+        // A port forward: arrived at the uplink's address, its LAN side the reply.
+        let arrived = entry(
+            IPPROTO_TCP,
+            IPS_DST_NAT,
+            Some(TCP_CONNTRACK_ESTABLISHED),
+            vec![],
+        );
+        let forward = arrived.established().expect("a port forward is fit too");
+        assert!(forward.inbound);
+        assert_eq!(forward.lan_side(), forward.reply);
+        assert_eq!(forward.nat_address, SERVER, "its original's destination");
     }
 
     #[test]
@@ -301,7 +345,7 @@ mod tests {
         let syn_sent = entry(IPPROTO_TCP, IPS_SRC_NAT, Some(2), vec![]);
         let fin_wait = entry(IPPROTO_TCP, IPS_SRC_NAT, Some(4), vec![]);
         let unanswered = entry(IPPROTO_UDP, IPS_SRC_NAT, None, vec![]);
-        let port_forward = entry(
+        let both_nats = entry(
             IPPROTO_TCP,
             IPS_SRC_NAT | IPS_DST_NAT,
             Some(TCP_CONNTRACK_ESTABLISHED),
@@ -319,7 +363,7 @@ mod tests {
             ("SYN sent", syn_sent),
             ("FIN wait", fin_wait),
             ("unanswered UDP", unanswered),
-            ("port forward", port_forward),
+            ("source and destination NAT", both_nats),
             ("not NATed", not_nated),
             ("with a helper", helped),
         ] {

@@ -37,54 +37,71 @@ impl FastTables {
         })
     }
 
-    /// Whether the session whose LAN side is `original` is bound.
-    pub fn is_bound(&self, original: &FlowKey) -> bool {
-        self.out.get(original, 0).is_ok()
+    /// Whether the session whose LAN side sends `lan_side` is bound.
+    pub fn is_bound(&self, lan_side: &FlowKey) -> bool {
+        self.out.get(lan_side, 0).is_ok()
     }
 
     /// Binds `session` to the fast path over `route`. A session already bound
     /// keeps its counters.
     pub fn bind(&mut self, session: &Established, route: Route) -> Result<(), DatapathError> {
-        if self.is_bound(&session.original) {
+        let lan_side = session.lan_side();
+        if self.is_bound(&lan_side) {
             return Ok(());
         }
+        // The LAN side's packets leave from the uplink's address (the NAT, or the
+        // address a port forward arrived at); the uplink side's reach the LAN host.
+        let (wan_side, lan_host) = if session.inbound {
+            (session.original, session.reply)
+        } else {
+            (session.reply, session.original)
+        };
         let out = FastFlow {
-            addr: session.reply.dst,
-            port: session.reply.dst_port,
+            addr: wan_side.dst,
+            port: wan_side.dst_port,
             slot: route.slot,
             table: route.uplink_table,
+            inbound: u32::from(session.inbound),
             ..FastFlow::default()
         };
         let reply = FastFlow {
-            addr: session.original.src,
-            port: session.original.src_port,
+            addr: lan_host.src,
+            port: lan_host.src_port,
             slot: route.slot,
             table: route.lan_table,
+            inbound: u32::from(session.inbound),
             ..FastFlow::default()
         };
-        // Replies first: by the time the LAN side is fast, its answers are too.
+        // The uplink side first: by the time the LAN side is fast, its answers are
+        // too.
         self.reply
-            .insert(&session.reply, &reply, 0)
+            .insert(&wan_side, &reply, 0)
             .map_err(map_error(map_names::FAST_REPLY))?;
         self.out
-            .insert(&session.original, &out, 0)
+            .insert(&lan_side, &out, 0)
             .map_err(map_error(map_names::FAST))
     }
 
-    /// Sends the session back to the slow path; `false` when it was not bound.
-    pub fn unbind(&mut self, original: &FlowKey) -> Result<bool, DatapathError> {
-        let Ok(out) = self.out.get(original, 0) else {
+    /// Sends the session back to the slow path, named by either direction (the
+    /// original of an outbound session is its LAN side, of a port forward its
+    /// uplink side); `false` when it was not bound.
+    pub fn unbind(&mut self, direction: &FlowKey) -> Result<bool, DatapathError> {
+        let (lan_side, wan_side) = if let Ok(out) = self.out.get(direction, 0) {
+            (*direction, reply_key(direction, &out))
+        } else if let Ok(reply) = self.reply.get(direction, 0) {
+            (lan_key(direction, &reply), *direction)
+        } else {
             return Ok(false);
         };
-        remove(&mut self.out, original, map_names::FAST)?;
-        let reply = reply_key(original, &out);
-        remove(&mut self.reply, &reply, map_names::FAST_REPLY)?;
+        remove(&mut self.out, &lan_side, map_names::FAST)?;
+        remove(&mut self.reply, &wan_side, map_names::FAST_REPLY)?;
         Ok(true)
     }
 
     /// Every bound session by its LAN side's key, with the time its last packet
-    /// took the fast path (the later of both directions) and its packets.
-    pub fn sessions(&self) -> Vec<(FlowKey, u32, u64)> {
+    /// took the fast path (the later of both directions), its packets, and
+    /// whether it is a port forward.
+    pub fn sessions(&self) -> Vec<(FlowKey, u32, u64, bool)> {
         self.out
             .iter()
             .filter_map(Result::ok)
@@ -93,11 +110,8 @@ impl FastTables {
                     .reply
                     .get(&reply_key(&key, &out), 0)
                     .unwrap_or_default();
-                (
-                    key,
-                    out.seen_s.max(reply.seen_s),
-                    out.packets + reply.packets,
-                )
+                let seen = out.seen_s.max(reply.seen_s);
+                (key, seen, out.packets + reply.packets, out.inbound != 0)
             })
             .collect()
     }
@@ -122,7 +136,8 @@ impl FastTables {
         Some(out.packets + reply.packets)
     }
 
-    /// Sends every session back to the slow path (`fast_path = false`).
+    /// Sends every session back to the slow path (the daemon stops, or
+    /// `fast_path = false`).
     pub fn clear(&mut self) -> Result<usize, DatapathError> {
         let keys: Vec<_> = self.out.keys().filter_map(Result::ok).collect();
         for key in &keys {
@@ -132,15 +147,28 @@ impl FastTables {
     }
 }
 
-/// The reply direction's key of a session bound as `out`: from the server to the
-/// NAT address and port.
-fn reply_key(original: &FlowKey, out: &FastFlow) -> FlowKey {
+/// The other direction's key of a session one of whose directions is `key`,
+/// bound as `bound`: from `key`'s destination to the address `bound` rewrites to.
+fn reply_key(key: &FlowKey, bound: &FastFlow) -> FlowKey {
     FlowKey {
-        src: original.dst,
-        dst: out.addr,
-        src_port: original.dst_port,
-        dst_port: out.port,
-        proto: original.proto,
+        src: key.dst,
+        dst: bound.addr,
+        src_port: key.dst_port,
+        dst_port: bound.port,
+        proto: key.proto,
+        pad: [0; 3],
+    }
+}
+
+/// The LAN side's key of a session whose uplink side is `wan_side`, bound as
+/// `reply`: from the LAN host to where the uplink side came from.
+fn lan_key(wan_side: &FlowKey, reply: &FastFlow) -> FlowKey {
+    FlowKey {
+        src: reply.addr,
+        dst: wan_side.src,
+        src_port: reply.port,
+        dst_port: wan_side.src_port,
+        proto: wan_side.proto,
         pad: [0; 3],
     }
 }
