@@ -293,3 +293,43 @@ fn a_port_forwarded_transfer_takes_the_fast_path_both_ways() {
     );
     lab.stop_and_unload().expect("stopping multiroute");
 }
+
+#[test]
+fn a_firewall_reload_under_fast_path_traffic_breaks_no_session() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    lab.start_router().expect("starting multiroute");
+    let (client, router, server) = (lab.client(), lab.router(), SERVER.to_string());
+    let fast = |lab: &Lab| counter(&lab.status().unwrap(), "fast_out");
+    let (report, before, after) = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            let args = [
+                "-c", &server, "-p", "5201", "-t", "5", "-u", "-b", "5M", "-J",
+            ];
+            lab.ns(&client, "iperf3", &args)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        // What a firewall reload does: flush everything, load its own rules.
+        lab.ns(&router, "nft", &["flush", "ruleset"]).unwrap();
+        lab.ns(&router, "nft", &[multiroute_tests::LAB_NAT])
+            .unwrap();
+        let before = fast(&lab);
+        std::thread::sleep(Duration::from_secs(1));
+        (running.join(), before, fast(&lab))
+    });
+    let report: Value = serde_json::from_str(&stdout(&report.unwrap().unwrap())).unwrap();
+    let sum = &report["end"]["sum"];
+    let (sent, lost) = (
+        sum["packets"].as_u64().unwrap_or(0),
+        sum["lost_packets"].as_u64().unwrap_or(u64::MAX),
+    );
+    println!(
+        "reload: {lost} of {sent} datagrams lost; {} fast after it",
+        after - before
+    );
+    assert!(sent > 1000 && lost * 100 <= sent, "{lost} of {sent} lost");
+    assert!(after - before > 100, "the session stayed on the fast path");
+    lab.stop_and_unload().expect("stopping multiroute");
+}
