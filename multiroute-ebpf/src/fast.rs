@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use multiroute_ebpf::{FastFlow, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
 
-const ETH_HLEN: usize = 14;
+use crate::parse::{ETH_HLEN, header};
+
 const AF_INET: u8 = 2;
 /// Version 4, a 20-byte header: anything else carries options.
 const IPV4_NO_OPTIONS: u8 = 0x45;
@@ -48,14 +49,17 @@ pub fn forward(ctx: &TcContext, key: &FlowKey, flow: *mut FastFlow, side: Side) 
     if key.proto != IPPROTO_TCP && key.proto != IPPROTO_UDP {
         return None;
     }
-    let ip: [u8; 20] = ctx.load(ETH_HLEN).ok()?;
+    // The classifier has just parsed these headers: direct packet access, no copy.
+    // SAFETY: `header` checked the 20 bytes lie inside the packet.
+    let ip = unsafe { header::<[u8; 20]>(ctx, ETH_HLEN).ok()?.read_unaligned() };
     let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
     if ip[0] != IPV4_NO_OPTIONS || fragment || ip[IP_TTL] <= 1 {
         return None;
     }
     let l4 = ETH_HLEN + 20;
     if key.proto == IPPROTO_TCP {
-        let flags: u8 = ctx.load(l4 + TCP_FLAGS).ok()?;
+        // SAFETY: `header` checked the byte lies inside the packet.
+        let flags = unsafe { header::<u8>(ctx, l4 + TCP_FLAGS).ok()?.read_unaligned() };
         if flags & TCP_FIN_SYN_RST != 0 {
             return None;
         }
