@@ -45,9 +45,18 @@ pub async fn plan(
     dead: &BTreeSet<String>,
 ) -> Result<(Plan, Observed), ApplyError> {
     let observed = crate::observe::host(nl, config.numbering().saved_default_table()).await?;
-    let slots = datapath::read_slots(&config.routing.pin_path)?;
-    let plan = Plan::build(config, &observed, dead, &slots)?;
+    let plan = replan(config, &observed, dead)?;
     Ok((plan, observed))
+}
+
+/// Plans against a host already read, with the slots a running datapath holds.
+pub fn replan(
+    config: &Config,
+    observed: &Observed,
+    dead: &BTreeSet<String>,
+) -> Result<Plan, ApplyError> {
+    let slots = datapath::read_slots(&config.routing.pin_path)?;
+    Ok(Plan::build(config, observed, dead, &slots)?)
 }
 
 /// What `load` found and did when it took over.

@@ -87,10 +87,10 @@ fn thresholds(config: &Config) -> Thresholds {
 }
 
 /// What the previous daemon held as not carrying, less the uplinks that only
-/// stood by on a backup tier (alive, so not to be presumed dead).
-async fn presumed_dead(nl: &Netlink, config: &Config) -> Result<BTreeSet<String>, DaemonError> {
+/// stood by on a backup tier in `trusting` (the plan with none dead): alive, so
+/// not to be presumed dead.
+fn presumed_dead(config: &Config, trusting: &Plan) -> Result<BTreeSet<String>, DaemonError> {
     let held = apply::datapath::not_carrying(&config.routing.pin_path).map_err(ApplyError::from)?;
-    let (trusting, _) = apply::plan(nl, config, &BTreeSet::new()).await?;
     let standing_by = |name: &str| {
         let uplink = name.split_once('/').map_or(name, |(uplink, _)| uplink);
         trusting.uplink(uplink).is_some_and(|u| u.standby)
@@ -109,12 +109,17 @@ impl Daemon {
             .is_empty();
         // A restart keeps the previous daemon's verdicts: an uplink it had found
         // dead gets no new flows until probes bring it back.
+        let (trusting, observed) = apply::plan(&nl, &config, &BTreeSet::new()).await?;
         let presumed_dead = if running {
-            presumed_dead(&nl, &config).await?
+            presumed_dead(&config, &trusting)?
         } else {
-            Default::default()
+            BTreeSet::new()
         };
-        let (plan, observed) = apply::plan(&nl, &config, &presumed_dead).await?;
+        let plan = if presumed_dead.is_empty() {
+            trusting
+        } else {
+            apply::replan(&config, &observed, &presumed_dead)?
+        };
         prepare_host(&nl, &config).await?;
         let applied = apply::apply(&nl, &config, &plan, &observed, running).await;
         let (datapath, maps, takeover) = match applied {
