@@ -30,7 +30,7 @@ use crate::{
         monotonic_seconds,
     },
     net::Family,
-    netlink::conntrack::{self, Direction, Established, Event, Events},
+    netlink::conntrack::{self, Direction, Established, Event, Events, Updates},
     observe::host::read_sysctl_u32,
     plan::{MAIN_TABLE, Plan},
 };
@@ -120,25 +120,32 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
     if let Some(why) = unavailable() {
         return warn!("fast path off, every session takes the slow path: {why}");
     }
-    let mut tables = match Maps::open(pin_path) {
+    let tables = match Maps::open(pin_path) {
         Ok(maps) => maps.fast,
         Err(err) => return warn!("fast path off: {err}"),
     };
-    let mut events = match Events::subscribe(WAIT) {
-        Ok(events) => events,
-        Err(err) => return warn!("fast path off: cannot follow conntrack: {err}"),
+    let (mut events, updates) = match (Events::subscribe(WAIT), Updates::open()) {
+        (Ok(events), Ok(updates)) => (events, updates),
+        (Err(err), _) | (_, Err(err)) => {
+            return warn!("fast path off: cannot follow conntrack: {err}");
+        }
     };
-    let route_of = |session: &Established| routes.lock().ok()?.get(&session.nat_address).copied();
+    let mut follower = Follower {
+        tables,
+        routes,
+        updates,
+        timeouts: Timeouts::read(),
+    };
     let mut synced = false;
     let mut refreshed = (Instant::now(), monotonic_seconds());
     while !stop.load(Ordering::Relaxed) {
         if !synced {
-            synced = resync(&mut tables, &route_of);
+            synced = follower.resync();
         }
         match events.read() {
             Ok(events) => {
                 for event in events {
-                    apply(&mut tables, event, &route_of);
+                    follower.apply(event);
                 }
             }
             // Events were lost: start over from what conntrack holds.
@@ -148,12 +155,14 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
                 std::thread::sleep(WAIT);
             }
         }
-        if refreshed.0.elapsed() >= refresh_interval() {
-            refresh_carried(&tables, refreshed.1);
+        if refreshed.0.elapsed() >= follower.timeouts.refresh_every {
+            follower.refresh_carried(refreshed.1);
             refreshed = (Instant::now(), monotonic_seconds());
+            // A changed sysctl counts from the next round on.
+            follower.timeouts = Timeouts::read();
         }
     }
-    match tables.clear() {
+    match follower.tables.clear() {
         Ok(sessions) => info!(
             sessions,
             "fast path stopped: every session is on the slow path"
@@ -162,87 +171,104 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
     }
 }
 
-/// Binds what conntrack holds established now and unbinds the rest; `false` when
-/// conntrack could not be read (tried again on the next round).
-fn resync(tables: &mut FastTables, route_of: &impl Fn(&Established) -> Option<Route>) -> bool {
-    let sessions = match conntrack::established() {
-        Ok(sessions) => sessions,
-        Err(err) => {
-            warn!("reading conntrack for the fast path: {err}");
-            return false;
-        }
-    };
-    let live: std::collections::HashSet<_> = sessions.iter().map(|s| s.lan_side()).collect();
-    for (key, ..) in tables.sessions() {
-        if !live.contains(&key) {
-            let _ = tables.unbind(&key);
-        }
-    }
-    for session in sessions {
-        apply(tables, Event::Established(session), route_of);
-    }
-    true
+/// The thread's state: the tables it writes, the uplinks sessions may be bound
+/// to, its socket for conntrack updates, and conntrack's timeouts.
+struct Follower<'a> {
+    tables: FastTables,
+    routes: &'a Mutex<Routes>,
+    updates: Updates,
+    timeouts: Timeouts,
 }
 
-fn apply(tables: &mut FastTables, event: Event, route_of: &impl Fn(&Established) -> Option<Route>) {
-    let result = match event {
-        Event::Established(session) => match route_of(&session) {
-            Some(route) => bind(tables, &session, route),
-            // Not (or no longer) an uplink that carries: the slow path decides.
-            None => tables.unbind(&session.original).map(drop),
-        },
-        Event::Ended { original } => tables.unbind(&original).map(drop),
-    };
-    if let Err(err) = result {
-        debug!("fast path table: {err}");
+impl Follower<'_> {
+    fn route_of(&self, session: &Established) -> Option<Route> {
+        self.routes.lock().ok()?.get(&session.nat_address).copied()
     }
-}
 
-fn bind(
-    tables: &mut FastTables,
-    session: &Established,
-    route: Route,
-) -> Result<(), crate::apply::datapath::DatapathError> {
-    // Every change we make to an entry comes back as an event: a bound session
-    // is left alone, or each refresh would answer the last one's event.
-    let lan_side = session.lan_side();
-    if tables.is_bound(&lan_side) {
-        return Ok(());
-    }
-    if lan_side.proto == IPPROTO_TCP {
-        // Before its data skips conntrack: its window tracking must accept the
-        // FIN that follows.
-        let named = (
-            lan_side,
-            direction(session.inbound),
-            timeout(lan_side.proto),
-        );
-        match conntrack::refresh(&[named]) {
-            Ok(1) => {}
-            Ok(_) => return Ok(()),
+    /// Binds what conntrack holds established now and unbinds the rest; `false`
+    /// when conntrack could not be read (tried again on the next round).
+    fn resync(&mut self) -> bool {
+        let sessions = match conntrack::established() {
+            Ok(sessions) => sessions,
             Err(err) => {
-                debug!("marking a session be-liberal: {err}");
-                return Ok(());
+                warn!("reading conntrack for the fast path: {err}");
+                return false;
+            }
+        };
+        let live: std::collections::HashSet<_> = sessions.iter().map(|s| s.lan_side()).collect();
+        for (key, ..) in self.tables.sessions() {
+            if !live.contains(&key) {
+                let _ = self.tables.unbind(&key);
             }
         }
+        for session in sessions {
+            self.apply(Event::Established(session));
+        }
+        true
     }
-    tables.bind(session, route)
-}
 
-/// Refreshes conntrack's timeout of every session the fast path carried since
-/// `since` (monotonic seconds).
-fn refresh_carried(tables: &FastTables, since: u32) {
-    let carried: Vec<_> = tables
-        .sessions()
-        .into_iter()
-        .filter(|(_, seen, ..)| *seen >= since)
-        .map(|(key, _, _, inbound)| (key, direction(inbound), timeout(key.proto)))
-        .collect();
-    if carried.is_empty() {
-        return;
+    fn apply(&mut self, event: Event) {
+        let result = match event {
+            Event::Established(session) => match self.route_of(&session) {
+                Some(route) => self.bind(&session, route),
+                // Not (or no longer) an uplink that carries: the slow path decides.
+                None => self.tables.unbind(&session.original).map(drop),
+            },
+            Event::Ended { original } => self.tables.unbind(&original).map(drop),
+        };
+        if let Err(err) = result {
+            debug!("fast path table: {err}");
+        }
     }
-    if let Err(err) = conntrack::refresh(&carried) {
-        warn!("refreshing conntrack timeouts of fast-path sessions: {err}");
+
+    fn bind(
+        &mut self,
+        session: &Established,
+        route: Route,
+    ) -> Result<(), crate::apply::datapath::DatapathError> {
+        // Every change we make to an entry comes back as an event: a bound session
+        // is left alone, or each refresh would answer the last one's event.
+        let lan_side = session.lan_side();
+        if self.tables.is_bound(&lan_side) {
+            return Ok(());
+        }
+        if lan_side.proto == IPPROTO_TCP {
+            // Before its data skips conntrack: its window tracking must accept the
+            // FIN that follows.
+            let named = (
+                lan_side,
+                direction(session.inbound),
+                self.timeouts.of(lan_side.proto),
+            );
+            match self.updates.refresh(&[named]) {
+                Ok(1) => {}
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    debug!("marking a session be-liberal: {err}");
+                    return Ok(());
+                }
+            }
+        }
+        self.tables.bind(session, route)
+    }
+
+    /// Refreshes conntrack's timeout of every session the fast path carried since
+    /// `since` (monotonic seconds).
+    fn refresh_carried(&mut self, since: u32) {
+        let timeouts = self.timeouts;
+        let carried: Vec<_> = self
+            .tables
+            .sessions()
+            .into_iter()
+            .filter(|(_, seen, ..)| *seen >= since)
+            .map(|(key, _, _, inbound)| (key, direction(inbound), timeouts.of(key.proto)))
+            .collect();
+        if carried.is_empty() {
+            return;
+        }
+        if let Err(err) = self.updates.refresh(&carried) {
+            warn!("refreshing conntrack timeouts of fast-path sessions: {err}");
+        }
     }
 }
 
@@ -268,16 +294,34 @@ fn direction(inbound: bool) -> Direction {
     }
 }
 
-/// The timeout conntrack gives an established session of `proto` (its sysctls).
-fn timeout(proto: u8) -> u32 {
-    sysctl(if proto == IPPROTO_TCP {
-        TCP_ESTABLISHED
-    } else {
-        UDP_STREAM
-    })
+/// Conntrack's timeouts for established sessions (its sysctls), and how often
+/// carried sessions are refreshed: a third of the shortest UDP one, bounded.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    tcp: u32,
+    udp: u32,
+    refresh_every: Duration,
 }
 
-fn refresh_interval() -> Duration {
-    let shortest = sysctl(UDP_REPLIED).min(sysctl(UDP_STREAM));
-    (Duration::from_secs(u64::from(shortest)) / 3).clamp(REFRESH_BOUNDS.0, REFRESH_BOUNDS.1)
+impl Timeouts {
+    fn read() -> Self {
+        let udp = sysctl(UDP_STREAM);
+        let shortest = sysctl(UDP_REPLIED).min(udp);
+        let refresh_every = (Duration::from_secs(u64::from(shortest)) / 3)
+            .clamp(REFRESH_BOUNDS.0, REFRESH_BOUNDS.1);
+        Timeouts {
+            tcp: sysctl(TCP_ESTABLISHED),
+            udp,
+            refresh_every,
+        }
+    }
+
+    /// The timeout of an established session of `proto`.
+    fn of(self, proto: u8) -> u32 {
+        if proto == IPPROTO_TCP {
+            self.tcp
+        } else {
+            self.udp
+        }
+    }
 }

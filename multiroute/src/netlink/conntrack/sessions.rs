@@ -205,12 +205,35 @@ pub enum Direction {
     Reply,
 }
 
-/// Sets the timeout of each session (named by `key` in `direction`) to
-/// `timeout_s` seconds, and marks TCP ones be-liberal: what conntrack would have
-/// done had it seen the fast-pathed packets. Returns how many were still there.
-/// Blocking.
-pub fn refresh(sessions: &[(FlowKey, Direction, u32)]) -> Result<usize, ConntrackError> {
-    let mut ct = Ctnetlink::open()?;
+/// A socket for the fast path's updates of conntrack entries, kept open: one is
+/// sent for every TCP session bound and every carried session refreshed.
+pub struct Updates {
+    ct: Ctnetlink,
+}
+
+impl Updates {
+    pub fn open() -> Result<Self, ConntrackError> {
+        Ok(Self {
+            ct: Ctnetlink::open()?,
+        })
+    }
+
+    /// Sets the timeout of each session (named by `key` in `direction`) to
+    /// `timeout_s` seconds, and marks TCP ones be-liberal: what conntrack would
+    /// have done had it seen the fast-pathed packets. Returns how many were still
+    /// there. Blocking.
+    pub fn refresh(
+        &mut self,
+        sessions: &[(FlowKey, Direction, u32)],
+    ) -> Result<usize, ConntrackError> {
+        refresh(&mut self.ct, sessions)
+    }
+}
+
+fn refresh(
+    ct: &mut Ctnetlink,
+    sessions: &[(FlowKey, Direction, u32)],
+) -> Result<usize, ConntrackError> {
     let mut refreshed = 0;
     for (key, direction, timeout_s) in sessions {
         let named = match direction {
