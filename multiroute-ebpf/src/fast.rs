@@ -6,7 +6,8 @@
 //! redirected to the egress device, whose qdiscs still apply.
 //!
 //! Anything unusual returns `None` and takes the slow path: fragments, IP options,
-//! TTL ≤ 1, TCP SYN/FIN/RST (conntrack must see a session open and close), a
+//! TTL ≤ 1, TCP SYN/FIN/RST (conntrack must see a session open and close; a FIN or
+//! RST also ends the session's fast path, so the close's last ACK follows), a
 //! packet larger than the egress MTU (the kernel then sends "fragmentation
 //! needed"), an unresolved neighbour, VLAN tags, and every unbound session.
 use aya_ebpf::{
@@ -20,7 +21,10 @@ use aya_ebpf::{
 };
 use multiroute_ebpf::{FastFlow, FlowKey, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::parse::{ETH_HLEN, header};
+use crate::{
+    maps::{FAST, FAST_REPLY},
+    parse::{ETH_HLEN, header},
+};
 
 const AF_INET: u8 = 2;
 /// Version 4, a 20-byte header: anything else carries options.
@@ -32,7 +36,8 @@ const IP_DST: usize = 16;
 const TCP_FLAGS: usize = 13;
 const TCP_CHECKSUM: usize = 16;
 const UDP_CHECKSUM: usize = 6;
-const TCP_FIN_SYN_RST: u8 = 0x07;
+const TCP_FIN_RST: u8 = 0x05;
+const TCP_SYN: u8 = 0x02;
 
 /// Which side of the session the packet is on: the LAN host's (its source becomes
 /// the NAT address) or the reply's (its destination becomes the LAN host).
@@ -60,7 +65,13 @@ pub fn forward(ctx: &TcContext, key: &FlowKey, flow: *mut FastFlow, side: Side) 
     if key.proto == IPPROTO_TCP {
         // SAFETY: `header` checked the byte lies inside the packet.
         let flags = unsafe { header::<u8>(ctx, l4 + TCP_FLAGS).ok()?.read_unaligned() };
-        if flags & TCP_FIN_SYN_RST != 0 {
+        if flags & TCP_FIN_RST != 0 {
+            // The close is conntrack's to see, to its last ACK: the session leaves
+            // the fast path now, not when userspace hears of it.
+            end(key, flow, side);
+            return None;
+        }
+        if flags & TCP_SYN != 0 {
             return None;
         }
     }
@@ -92,6 +103,41 @@ pub fn forward(ctx: &TcContext, key: &FlowKey, flow: *mut FastFlow, side: Side) 
     }
     // SAFETY: helper without preconditions.
     Some(unsafe { bpf_redirect(next.ifindex, 0) } as i32)
+}
+
+/// Unbinds the session `key` (of `side`) belongs to, both directions, as
+/// userspace's `FastTables::unbind` does.
+#[inline(always)]
+fn end(key: &FlowKey, flow: *mut FastFlow, side: Side) {
+    // SAFETY: `flow` points into a fast-path table's value for this key.
+    let bound = unsafe { *flow };
+    let other = match side {
+        // The uplink side: from the LAN side's destination to the address it
+        // leaves from.
+        Side::Outbound => FlowKey {
+            src: key.dst,
+            dst: bound.addr,
+            src_port: key.dst_port,
+            dst_port: bound.port,
+            proto: key.proto,
+            pad: [0; 3],
+        },
+        // The LAN side: from the LAN host to where the uplink side came from.
+        Side::Reply => FlowKey {
+            src: bound.addr,
+            dst: key.src,
+            src_port: bound.port,
+            dst_port: key.src_port,
+            proto: key.proto,
+            pad: [0; 3],
+        },
+    };
+    let (own, theirs) = match side {
+        Side::Outbound => (&FAST, &FAST_REPLY),
+        Side::Reply => (&FAST_REPLY, &FAST),
+    };
+    let _ = own.remove(key);
+    let _ = theirs.remove(&other);
 }
 
 /// Where the packet goes next: the egress device and the MACs.

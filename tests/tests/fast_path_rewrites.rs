@@ -327,9 +327,8 @@ fn unusual_packets_of_a_bound_session_take_the_slow_path() {
         return;
     }
     let router = Router::new(test_name!());
-    let lan0 = router.ifindex("lan0");
+    let (lan0, router_wan0) = (router.ifindex("lan0"), router.ifindex("wan0"));
     let mut dp = LoadedDatapath::load(test_name!()).unwrap();
-    bind(&mut dp, IPPROTO_TCP);
     let fragment = |ip: &mut etherparse::Ipv4Header, _: &mut etherparse::TcpHeader| {
         ip.more_fragments = true;
     };
@@ -354,11 +353,33 @@ fn unusual_packets_of_a_bound_session_take_the_slow_path() {
         ),
     ];
     router.inside(|| {
+        let original = key(LAN_HOST, LAN_PORT, SERVER, 443, IPPROTO_TCP);
         for (what, frame) in &cases {
+            // Bound afresh for each case: a FIN or RST unbinds it.
+            bind(&mut dp, IPPROTO_TCP);
             let (verdict, out) = dp.run_on(Program::Classifier, frame, lan0).unwrap();
             assert_eq!(verdict.return_code, TC_ACT_UNSPEC, "{what}: the slow path");
             assert_eq!(&out, frame, "{what}: not rewritten");
+            let closes = matches!(*what, "FIN" | "RST");
+            assert_eq!(
+                dp.maps.fast.is_bound(&original),
+                !closes,
+                "{what}: a close ends the fast path, nothing else does"
+            );
         }
+        // The reply side's FIN ends it too, both ways.
+        bind(&mut dp, IPPROTO_TCP);
+        let reply_fin = packet(IPPROTO_TCP, false, |_, tcp| tcp.fin = true);
+        let (verdict, _) = dp.run_on(Program::Reply, &reply_fin, router_wan0).unwrap();
+        assert_eq!(
+            verdict.return_code, TC_ACT_UNSPEC,
+            "a reply's FIN: the slow path"
+        );
+        assert!(
+            !dp.maps.fast.is_bound(&original),
+            "a reply's FIN unbinds both ways"
+        );
+        bind(&mut dp, IPPROTO_TCP);
         // Larger than wan0's MTU: the kernel must send "fragmentation needed".
         run("ip", &["link", "set", "wan0", "mtu", "120"]).unwrap();
         let frame = packet(IPPROTO_TCP, true, |_, _| {});
