@@ -76,6 +76,31 @@ impl Lab {
         .map(drop)
     }
 
+    /// ISP `n` drops `percent` % of what the router sends beyond it, at random
+    /// (a bad line), until [`Lab::restore_upstream`].
+    pub fn lose_upstream(&self, n: usize, percent: u32) -> Result<()> {
+        self.drop_forwarded(
+            n,
+            &format!("iifname \"cpe\" numgen random mod 100 < {percent}"),
+        )
+    }
+
+    /// ISP `n` sends what it forwards to the internet at `mbit` Mbit/s through a
+    /// queue of `queue_ms` (a DSL modem's buffer: bufferbloat once the upload is
+    /// saturated).
+    pub fn shape_upstream(&self, n: usize, mbit: u32, queue_ms: u32) -> Result<()> {
+        let (rate, latency) = (format!("{mbit}mbit"), format!("{queue_ms}ms"));
+        self.ns(
+            &self.isp(n),
+            "tc",
+            &[
+                "qdisc", "replace", "dev", "inet", "root", "tbf", "rate", &rate, "burst", "32kb",
+                "latency", &latency,
+            ],
+        )
+        .map(drop)
+    }
+
     pub fn restore_upstream(&self, n: usize) -> Result<()> {
         self.ns(&self.isp(n), "nft", &["delete table ip outage"])
             .map(drop)

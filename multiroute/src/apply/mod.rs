@@ -17,7 +17,7 @@ use crate::netlink::{Netlink, NetlinkError};
 use crate::{
     config::Config,
     net::Family,
-    plan::{Observed, Plan, PlanError},
+    plan::{Observed, Plan, PlanError, Verdicts},
 };
 use datapath::{Datapath, DatapathError, Maps};
 use firewall::NftError;
@@ -42,10 +42,10 @@ pub enum ApplyError {
 pub async fn plan(
     nl: &Netlink,
     config: &Config,
-    dead: &BTreeSet<String>,
+    verdicts: &Verdicts,
 ) -> Result<(Plan, Observed), ApplyError> {
     let observed = crate::observe::host(nl, config.numbering().saved_default_table()).await?;
-    let plan = replan(config, &observed, dead)?;
+    let plan = replan(config, &observed, verdicts)?;
     Ok((plan, observed))
 }
 
@@ -53,10 +53,10 @@ pub async fn plan(
 pub fn replan(
     config: &Config,
     observed: &Observed,
-    dead: &BTreeSet<String>,
+    verdicts: &Verdicts,
 ) -> Result<Plan, ApplyError> {
     let slots = datapath::read_slots(&config.routing.pin_path)?;
-    Ok(Plan::build(config, observed, dead, &slots)?)
+    Ok(Plan::build(config, observed, verdicts, &slots)?)
 }
 
 /// What `load` found and did when it took over.

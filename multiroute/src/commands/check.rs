@@ -1,5 +1,5 @@
 //! `multiroute check`: validate the config and the host without changing anything.
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
 use anyhow::{Context as _, anyhow};
 use multiroute::{
@@ -9,7 +9,7 @@ use multiroute::{
     net::Family,
     netlink::Netlink,
     observe, plan,
-    plan::{Plan, Readiness},
+    plan::{Plan, Readiness, Verdicts},
     run::{
         control::{self, Request, Response},
         fast_path,
@@ -47,7 +47,7 @@ pub fn run(config_path: &Path, show_plan: bool) -> CommandResult {
     let mut problems = system_problems(&config);
     let (plan, assessment) = runtime()?.block_on(async {
         let nl = Netlink::connect().context("connecting to the kernel")?;
-        let (plan, _) = apply::plan(&nl, &config, &BTreeSet::new())
+        let (plan, _) = apply::plan(&nl, &config, &Verdicts::default())
             .await
             .map_err(Failure::from)?;
         let facts = observe::host::facts(&nl, &config)

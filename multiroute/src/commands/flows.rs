@@ -10,8 +10,11 @@ use anyhow::{Context as _, anyhow};
 use multiroute::{
     apply::datapath::{self, Maps},
     config::{Config, proto_name},
+    instance,
     net::IpNet,
     netlink::conntrack,
+    plan::Condition,
+    run::report::UplinkReport,
 };
 use multiroute_ebpf::{DIRECT_UPLINK, Flow, FlowKey, FlowKey6, chosen_by};
 use serde::Serialize;
@@ -46,6 +49,9 @@ struct FlowRow {
     packets: u64,
     /// Packets the fast path forwarded, both ways (0 for a session not on it).
     fast_packets: u64,
+    /// Its uplink's state for the flow's family ("up", "degraded", "down"), as
+    /// the running daemon judges it; null without one.
+    uplink_state: Option<&'static str>,
 }
 
 /// What chose a flow's uplink, in words.
@@ -98,6 +104,20 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         .filter(|row| within(filter.src, row.src) && within(filter.dst, row.dst))
         .collect();
     rows.sort_by_key(|row| row.age_s);
+    let report = match instance::running(&config.control.socket) {
+        Some(_) => super::status::daemon_report(&config)?,
+        None => None,
+    };
+    let uplinks = report.map(|r| r.uplinks).unwrap_or_default();
+    for row in &mut rows {
+        row.uplink_state = uplinks.iter().find(|u| u.name == row.uplink).map(|u| {
+            match row.src {
+                IpAddr::V4(_) => Condition::of(u.alive, u.degraded),
+                IpAddr::V6(_) => Condition::of(u.alive6, u.degraded6),
+            }
+            .as_str()
+        });
+    }
     if json {
         println!(
             "{}",
@@ -105,6 +125,7 @@ pub fn run(config_path: &Path, json: bool, filter: &Filter) -> CommandResult {
         );
     } else {
         print_rows(&rows);
+        print_unwell(&rows, &uplinks);
     }
     Ok(())
 }
@@ -149,6 +170,7 @@ fn rows(config: &Config, maps: &Maps) -> anyhow::Result<Vec<FlowRow>> {
             age_s: now.saturating_sub(u64::from(flow.created_s)),
             packets: flow.packets,
             fast_packets,
+            uplink_state: None,
         }
     };
     let ipv4 = maps.v4.all().into_iter().map(|(key, flow)| {
@@ -191,4 +213,22 @@ fn print_rows(rows: &[FlowRow]) {
         );
     }
     println!("{} flows", rows.len());
+}
+
+/// Why the flows of an uplink that is not up are where they are.
+fn print_unwell(rows: &[FlowRow], uplinks: &[UplinkReport]) {
+    for u in uplinks {
+        let state = rows
+            .iter()
+            .filter(|row| row.uplink == u.name)
+            .find_map(|row| row.uplink_state.filter(|&state| state != "up"));
+        match state {
+            Some("degraded") => println!(
+                "{} is degraded ({}): its flows stay, new ones go to a good uplink of its tier",
+                u.name, u.reason
+            ),
+            Some(state) => println!("{} is {state}: {}", u.name, u.reason),
+            None => {}
+        }
+    }
 }

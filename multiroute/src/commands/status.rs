@@ -2,7 +2,7 @@
 //! maps and the interfaces), so it works whether or not `load` is still running, plus
 //! the running daemon's health view (state since when and why, probe RTT and loss)
 //! from its control socket.
-use std::{collections::BTreeSet, path::Path, time::SystemTime};
+use std::{path::Path, time::SystemTime};
 
 use anyhow::Context as _;
 use multiroute::{
@@ -13,7 +13,7 @@ use multiroute::{
     config::Config,
     instance,
     netlink::Netlink,
-    plan::Plan,
+    plan::{Plan, Verdicts},
     run::{
         DaemonReport,
         control::{self, Request, Response},
@@ -66,7 +66,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
     let pin_path = &config.routing.pin_path;
     let (plan, _) = runtime()?.block_on(async {
         let nl = Netlink::connect().context("connecting to the kernel")?;
-        apply::plan(&nl, &config, &BTreeSet::new())
+        apply::plan(&nl, &config, &Verdicts::default())
             .await
             .map_err(super::Failure::from)
     })?;
@@ -111,7 +111,7 @@ pub fn run(config_path: &Path, json: bool) -> CommandResult {
 }
 
 /// The running daemon's health view, over its control socket.
-fn daemon_report(config: &Config) -> anyhow::Result<Option<DaemonReport>> {
+pub(super) fn daemon_report(config: &Config) -> anyhow::Result<Option<DaemonReport>> {
     let reply = control::ask(&config.control.socket, &Request::Status)
         .context("asking the running multiroute")?;
     Ok(match reply {
@@ -245,7 +245,9 @@ fn print_uplinks(uplinks: &[UplinkView]) {
         ]);
     }
     if uplinks.iter().any(|u| !u.new_flows) {
-        println!("TIER *: takes no new flows now (down, drained, or a better tier is live)");
+        println!(
+            "TIER *: takes no new flows now (down, drained, degraded while a good uplink of its tier is live, or a better tier is live)"
+        );
     }
     for u in uplinks.iter().filter(|u| u.ipv6.side.address.is_some()) {
         println!(
@@ -256,9 +258,12 @@ fn print_uplinks(uplinks: &[UplinkView]) {
             or_dash(&u.ipv6.side.gateway)
         );
     }
-    for u in uplinks.iter().filter(|u| u.state == "down") {
+    for u in uplinks
+        .iter()
+        .filter(|u| matches!(u.state, "down" | "degraded"))
+    {
         if let Some(reason) = &u.reason {
-            println!("{} is down: {reason}", u.name);
+            println!("{} is {}: {reason}", u.name, u.state);
         }
     }
 }

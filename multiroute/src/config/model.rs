@@ -100,6 +100,8 @@ pub struct UplinkConfig {
     /// Lower is preferred: new flows use the best tier that has a live uplink.
     pub tier: u32,
     pub probe: Vec<ProbeTarget>,
+    /// Its `[uplink.health]` over `[health]`'s limits.
+    pub quality: Quality,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +111,38 @@ pub struct HealthConfig {
     pub timeout_ms: u64,
     pub down: u32,
     pub up: u32,
+    /// The limits of uplinks that set none of their own.
+    pub quality: Quality,
+}
+
+/// When a live uplink is "degraded": over a limit on the last `window` probes of
+/// its targets, back once under the (lower) recover limits, each verdict held for
+/// at least `min_state_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quality {
+    pub max_loss_percent: u32,
+    pub max_rtt_ms: u32,
+    pub recover_loss_percent: u32,
+    pub recover_rtt_ms: u32,
+    pub window: u32,
+    /// Of the uplink's targets, how many must answer (alive) and be within the
+    /// limits (not degraded); at most as many as it has.
+    pub targets_needed: u32,
+    pub min_state_ms: u32,
+}
+
+impl Default for Quality {
+    fn default() -> Self {
+        Self {
+            max_loss_percent: 20,
+            max_rtt_ms: 500,
+            recover_loss_percent: 5,
+            recover_rtt_ms: 250,
+            window: 20,
+            targets_needed: 1,
+            min_state_ms: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -81,6 +81,9 @@ pub(super) struct RawUplink {
     #[serde(default)]
     pub(super) pin_from: Vec<String>,
     pub(super) probe: Option<Vec<String>>,
+    /// `[uplink.health]`: this uplink's quality limits over `[health]`'s.
+    #[serde(default)]
+    pub(super) health: RawQuality,
 }
 
 fn default_weight() -> i64 {
@@ -102,6 +105,9 @@ pub(super) struct RawHealth {
     pub(super) timeout_ms: i64,
     pub(super) down: i64,
     pub(super) up: i64,
+    /// The quality limits every uplink has unless its `[uplink.health]` says.
+    #[serde(flatten)]
+    pub(super) quality: RawQuality,
 }
 
 impl Default for RawHealth {
@@ -112,8 +118,22 @@ impl Default for RawHealth {
             timeout_ms: 1000,
             down: 3,
             up: 3,
+            quality: RawQuality::default(),
         }
     }
+}
+
+/// Quality limits as written; unset ones come from `[health]`, then the defaults.
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQuality {
+    pub(super) max_loss_percent: Option<i64>,
+    pub(super) max_rtt_ms: Option<i64>,
+    pub(super) recover_loss_percent: Option<i64>,
+    pub(super) recover_rtt_ms: Option<i64>,
+    pub(super) window: Option<i64>,
+    pub(super) targets_needed: Option<i64>,
+    pub(super) min_state_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]

@@ -341,3 +341,65 @@ fn unreadable_file_is_a_config_error() {
             .starts_with("/nonexistent/multiroute.toml: (file): cannot read it")
     );
 }
+
+#[test]
+fn quality_limits_come_from_health_and_each_uplink_may_tighten_them() {
+    let text = r#"
+lan = ["lan0"]
+[health]
+max_loss_percent = 30
+window = 10
+[[uplink]]
+name = "a"
+interface = "wan0"
+[[uplink]]
+name = "lte"
+interface = "wan1"
+probe = ["192.0.2.1", "192.0.2.2"]
+[uplink.health]
+max_rtt_ms = 200
+targets_needed = 2
+"#;
+    let config = parse(text).unwrap();
+    let (a, lte) = (config.uplinks[0].quality, config.uplinks[1].quality);
+    assert_eq!((a.max_loss_percent, a.window, a.max_rtt_ms), (30, 10, 500));
+    assert_eq!((a.recover_loss_percent, a.recover_rtt_ms), (5, 250));
+    assert_eq!(
+        (lte.max_loss_percent, lte.max_rtt_ms, lte.recover_rtt_ms),
+        (30, 200, 200),
+        "an inherited recover limit is capped at the uplink's own max"
+    );
+    assert_eq!(lte.targets_needed, 2);
+    assert_eq!(parse(MINIMAL).unwrap().health.quality, Quality::default());
+}
+
+#[test]
+fn quality_limit_errors_name_their_key() {
+    let cases = [
+        ("[health]\nwindo = 5\n", "unknown field `windo`"),
+        (
+            "[health]\nmax_loss_percent = 0\n",
+            "health.max_loss_percent: 0 must be between 1 and 100",
+        ),
+        (
+            "[health]\nrecover_loss_percent = 30\n",
+            "health.recover_loss_percent: 30 must be between 0 and 20",
+        ),
+        (
+            "[health]\ntargets_needed = 2\n",
+            "health.targets_needed: 2 targets needed, but uplink \"a\" is probed at 1",
+        ),
+        (
+            "[uplink.health]\nrecover_rtt_ms = 900\n",
+            "uplink[0].health.recover_rtt_ms: 900 must be between 1 and 500",
+        ),
+        (
+            "[uplink.health]\ninterval_ms = 5\n",
+            "unknown field `interval_ms`",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let err = error(&format!("{MINIMAL}{extra}"));
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
+}

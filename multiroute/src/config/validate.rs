@@ -65,7 +65,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             .uplink
             .into_iter()
             .enumerate()
-            .map(|(i, uplink)| self.uplink(i, uplink, &mut rules))
+            .map(|(i, uplink)| self.uplink(i, uplink, &health, &mut rules))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(dup) = first_duplicate(uplinks.iter().map(|u| &u.name)) {
             return Err(fail("uplink.name", format!("{dup:?} is used twice")));
@@ -133,6 +133,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         &self,
         i: usize,
         raw: RawUplink,
+        health: &HealthConfig,
         rules: &mut Vec<PolicyRule>,
     ) -> Result<UplinkConfig, ConfigError> {
         let fail = self.fail;
@@ -166,6 +167,25 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             Some(list) => self.probe_targets(&key("probe"), &list)?,
             None => Vec::new(),
         };
+        let quality = self.quality(&key("health"), raw.health, health.quality)?;
+        let targets = if probe.is_empty() {
+            health.targets.len()
+        } else {
+            probe.len()
+        };
+        if quality.targets_needed as usize > targets {
+            let written = match raw.health.targets_needed {
+                Some(_) => key("health.targets_needed"),
+                None => "health.targets_needed".to_owned(),
+            };
+            return Err(fail(
+                &written,
+                format!(
+                    "{} targets needed, but uplink {:?} is probed at {targets}",
+                    quality.targets_needed, raw.name
+                ),
+            ));
+        }
         Ok(UplinkConfig {
             name: raw.name,
             interface: raw.interface,
@@ -174,7 +194,64 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             weight,
             tier,
             probe,
+            quality,
         })
+    }
+
+    /// Quality limits under `section`: what `raw` sets, the rest from `inherited`.
+    fn quality(
+        &self,
+        section: &str,
+        raw: RawQuality,
+        inherited: Quality,
+    ) -> Result<Quality, ConfigError> {
+        let key = |field: &str| format!("{section}.{field}");
+        let value = |field: &str, set: Option<i64>, had: u32, range| match set {
+            Some(value) => self.ranged(&key(field), value, range, ""),
+            None => Ok(had),
+        };
+        let max_loss_percent = value(
+            "max_loss_percent",
+            raw.max_loss_percent,
+            inherited.max_loss_percent,
+            1..=100,
+        )?;
+        let max_rtt_ms = value(
+            "max_rtt_ms",
+            raw.max_rtt_ms,
+            inherited.max_rtt_ms,
+            1..=3_600_000,
+        )?;
+        let quality = Quality {
+            max_loss_percent,
+            max_rtt_ms,
+            recover_loss_percent: value(
+                "recover_loss_percent",
+                raw.recover_loss_percent,
+                inherited.recover_loss_percent.min(max_loss_percent),
+                0..=max_loss_percent,
+            )?,
+            recover_rtt_ms: value(
+                "recover_rtt_ms",
+                raw.recover_rtt_ms,
+                inherited.recover_rtt_ms.min(max_rtt_ms),
+                1..=max_rtt_ms,
+            )?,
+            window: value("window", raw.window, inherited.window, 1..=1000)?,
+            targets_needed: value(
+                "targets_needed",
+                raw.targets_needed,
+                inherited.targets_needed,
+                1..=64,
+            )?,
+            min_state_ms: value(
+                "min_state_ms",
+                raw.min_state_ms,
+                inherited.min_state_ms,
+                0..=3_600_000,
+            )?,
+        };
+        Ok(quality)
     }
 
     /// 1-15 characters (an interface name's limit, as the datapath stores it).
@@ -269,6 +346,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             timeout_ms: positive("health.timeout_ms", raw.timeout_ms, 3_600_000)?.into(),
             down: positive("health.down", raw.down, 1000)?,
             up: positive("health.up", raw.up, 1000)?,
+            quality: self.quality("health", raw.quality, Quality::default())?,
         })
     }
 

@@ -15,8 +15,6 @@ mod routing;
 pub mod slots;
 mod uplink;
 
-use std::collections::BTreeSet;
-
 pub use maglev::{Member, build_ring};
 pub use model::{
     LocalMatch, MAIN_DEFAULT_METRIC, MAIN_TABLE, Nexthop, Route, RouteNext, Rule, Selector,
@@ -27,8 +25,8 @@ pub use firewall::FirewallPlan;
 pub use observed::{Interface, Observed};
 pub use policy::{Policy, RuleUse};
 pub use routing::RoutingPlan;
-pub use uplink::{Hop, Readiness, UplinkPlan, health_name};
-use uplink::{active_tier, readiness};
+pub use uplink::{Condition, Hop, Readiness, UplinkPlan, Verdicts, health_name};
+use uplink::{active_tier, pass_over_degraded, readiness};
 
 use crate::{
     config::{Config, Failback},
@@ -56,16 +54,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `dead` names uplinks health checks consider down; `previous_slots` is the
-    /// slot assignment the datapath holds now (empty on a fresh start).
+    /// `verdicts` names the uplinks health checks found dead or degraded;
+    /// `previous_slots` is the slot assignment the datapath holds now (empty on a
+    /// fresh start).
     pub fn build(
         config: &Config,
         observed: &Observed,
-        dead: &BTreeSet<String>,
+        verdicts: &Verdicts,
         previous_slots: &slots::Slots,
     ) -> Result<Plan, PlanError> {
         let lan = lan_interfaces(config, observed)?;
-        let uplinks = uplink_plans(config, observed, dead, previous_slots)?;
+        let uplinks = uplink_plans(config, observed, verdicts, previous_slots)?;
         let rule_uses = policy::uses(&config.rules, &uplinks);
         let direct = PerFamily::from_fn(|family| datapath::direct(observed, family));
         let fits = PerFamily::from_fn(|family| direct[family].is_some());
@@ -137,12 +136,12 @@ fn lan_interfaces(config: &Config, observed: &Observed) -> Result<Vec<(String, u
         .collect()
 }
 
-/// Each uplink's slot, numbers, readiness and liveness per family (`dead`: what
-/// health declared dead), and whether it stands by on a backup tier.
+/// Each uplink's slot, numbers, readiness and health per family (`verdicts`: what
+/// health declared dead or degraded), and whether it stands by on a backup tier.
 fn uplink_plans(
     config: &Config,
     observed: &Observed,
-    dead: &BTreeSet<String>,
+    verdicts: &Verdicts,
     previous_slots: &slots::Slots,
 ) -> Result<Vec<UplinkPlan>, PlanError> {
     let slots = slots::assign(
@@ -170,8 +169,11 @@ fn uplink_plans(
                 Family::V6 if config.probes_ipv6(uplink) => health_name(&uplink.name, family),
                 _ => uplink.name.clone(),
             };
-            let alive =
-                PerFamily::from_fn(|f| readiness[f].is_ready() && !dead.contains(&judged(f)));
+            let alive = PerFamily::from_fn(|f| {
+                readiness[f].is_ready() && !verdicts.dead.contains(&judged(f))
+            });
+            let degraded =
+                PerFamily::from_fn(|f| alive[f] && verdicts.degraded.contains(&judged(f)));
             Ok(UplinkPlan {
                 name: uplink.name.clone(),
                 slot,
@@ -182,6 +184,8 @@ fn uplink_plans(
                 tier: uplink.tier,
                 readiness,
                 alive,
+                degraded,
+                passed_over: PerFamily::default(),
                 nat6: uplink.nat6,
                 standby: false,
             })
@@ -193,6 +197,7 @@ fn uplink_plans(
             uplink.standby = uplink.alive.v4 && Some(uplink.tier) > active;
         }
     }
+    pass_over_degraded(&mut uplinks);
     Ok(uplinks)
 }
 

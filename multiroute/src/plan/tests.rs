@@ -1,5 +1,5 @@
 //! The plan for the seed's own example must be the seed's own commands.
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
 
 use super::slots::Slots;
 use super::*;
@@ -40,7 +40,7 @@ fn seed_plan() -> Plan {
 
 /// A fresh start: no slots held yet.
 fn build(config: &Config, host: &Observed, dead: &BTreeSet<String>) -> Result<Plan, PlanError> {
-    Plan::build(config, host, dead, &Slots::new())
+    Plan::build(config, host, &Verdicts::dead(dead.clone()), &Slots::new())
 }
 
 fn lines<T: ToString>(items: &[T]) -> Vec<String> {
@@ -425,6 +425,29 @@ fn link_down_uplink_has_no_table_and_no_rules() {
 }
 
 #[test]
+fn a_degraded_uplink_takes_no_new_flows_while_a_good_one_of_its_tier_does() {
+    let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
+    let degraded = |names: &[&str]| Verdicts {
+        dead: BTreeSet::new(),
+        degraded: names.iter().map(|n| n.to_string()).collect(),
+    };
+    let plan = Plan::build(&config, &seed_host(), &degraded(&["dsl"]), &Slots::new()).unwrap();
+    let dsl = plan.uplink("dsl").unwrap();
+    assert_eq!(dsl.condition(Family::V4), Condition::Degraded);
+    assert!(dsl.carries(Family::V4), "its running flows stay");
+    assert!(!dsl.takes_new_flows(Family::V4, plan.active_tier()));
+    assert_eq!(
+        ring_members(&plan),
+        BTreeSet::from([plan.uplink("cable").unwrap().slot])
+    );
+    // Both degraded: both carry new flows, as if healthy.
+    let both = degraded(&["dsl", "cable"]);
+    let plan = Plan::build(&config, &seed_host(), &both, &Slots::new()).unwrap();
+    assert_eq!(ring_members(&plan).len(), 2);
+    assert!(!plan.fail_open());
+}
+
+#[test]
 fn all_dead_fails_open() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let dead = BTreeSet::from(["dsl".to_owned(), "cable".to_owned()]);
@@ -448,7 +471,7 @@ fn all_dead_fails_open() {
 fn uplinks_keep_the_slot_the_datapath_holds() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let held = Slots::from([("dsl".to_owned(), 1), ("cable".to_owned(), 0)]);
-    let plan = Plan::build(&config, &seed_host(), &BTreeSet::new(), &held).unwrap();
+    let plan = Plan::build(&config, &seed_host(), &Verdicts::default(), &held).unwrap();
     let dsl = &plan.uplinks[0];
     assert_eq!((dsl.slot, dsl.table, dsl.mark), (1, 102, 0x200));
     assert_eq!(plan.datapath.uplinks[1].mark, 0x200);

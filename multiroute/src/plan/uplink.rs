@@ -2,7 +2,7 @@
 //! (`Readiness`: link, address, next hop) and what it carries (alive, tier,
 //! weight), with the per-family side that tables, rules and the main default are
 //! built from.
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use super::observed::Interface;
 use crate::{
@@ -148,6 +148,8 @@ impl UplinkPlan {
                 v4: alive,
                 v6: false,
             },
+            degraded: PerFamily::default(),
+            passed_over: PerFamily::default(),
             nat6: Nat6::default(),
         }
     }
@@ -168,12 +170,62 @@ pub struct UplinkPlan {
     pub readiness: PerFamily<Readiness>,
     /// Ready and not declared dead by that family's health checks.
     pub alive: PerFamily<bool>,
+    /// Alive, but over a quality limit (loss, RTT).
+    pub degraded: PerFamily<bool>,
+    /// Degraded while a good uplink of its tier takes new flows: it takes none
+    /// (its running sessions stay). With every uplink of the tier degraded, they
+    /// all take new flows, as if healthy.
+    pub passed_over: PerFamily<bool>,
     /// How the LAN's IPv6 leaves through it.
     pub nat6: Nat6,
     /// Alive, but on a worse tier than the best live one with `failback = "move"`:
     /// its flows move to the best tier, as if it were dead, though it stays probed
     /// and ready to take over.
     pub standby: bool,
+}
+
+/// What health checks concluded, by health name (see [`health_name`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    pub dead: BTreeSet<String>,
+    /// Alive but over a quality limit.
+    pub degraded: BTreeSet<String>,
+}
+
+impl Verdicts {
+    /// Only these dead, nothing degraded.
+    pub fn dead(dead: BTreeSet<String>) -> Self {
+        Self {
+            dead,
+            degraded: BTreeSet::new(),
+        }
+    }
+}
+
+/// An uplink side's health in a word: what `status` and the log say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Up,
+    Degraded,
+    Down,
+}
+
+impl Condition {
+    pub fn of(alive: bool, degraded: bool) -> Self {
+        match (alive, degraded) {
+            (false, _) => Condition::Down,
+            (true, true) => Condition::Degraded,
+            (true, false) => Condition::Up,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Up => "up",
+            Condition::Degraded => "degraded",
+            Condition::Down => "down",
+        }
+    }
 }
 
 /// How health checks name an uplink's side of `family`: its IPv4 by the uplink's
@@ -198,7 +250,15 @@ impl UplinkPlan {
     /// In `family`'s ring: carries its flows, is weighted and on the best live
     /// tier of that family (`active_tier`).
     pub fn takes_new_flows(&self, family: Family, active_tier: Option<u32>) -> bool {
-        self.carries(family) && self.weight > 0 && Some(self.tier) == active_tier
+        self.carries(family)
+            && self.weight > 0
+            && Some(self.tier) == active_tier
+            && !self.passed_over[family]
+    }
+
+    /// Its `family` side's health in a word.
+    pub fn condition(&self, family: Family) -> Condition {
+        Condition::of(self.alive[family], self.degraded[family])
     }
 
     /// The address the uplink's traffic of `family` leaves from and where it goes
@@ -274,4 +334,20 @@ pub(super) fn active_tier(uplinks: &[UplinkPlan], family: Family) -> Option<u32>
         .filter(|u| u.alive[family] && u.weight > 0)
         .map(|u| u.tier)
         .min()
+}
+
+/// Marks the degraded uplinks that a good one of their tier (weighted, carrying)
+/// replaces for new flows.
+pub(super) fn pass_over_degraded(uplinks: &mut [UplinkPlan]) {
+    for family in Family::ALL {
+        let good_tiers: BTreeSet<u32> = uplinks
+            .iter()
+            .filter(|u| u.carries(family) && u.weight > 0 && !u.degraded[family])
+            .map(|u| u.tier)
+            .collect();
+        for uplink in uplinks.iter_mut() {
+            uplink.passed_over[family] =
+                uplink.degraded[family] && good_tiers.contains(&uplink.tier);
+        }
+    }
 }

@@ -11,7 +11,12 @@ use super::{
     report::{DaemonReport, RuleReport, UplinkReport},
     view::UplinkView,
 };
-use crate::{apply::datapath::Maps, config::MAX_WEIGHT, net::Family, plan::health_name};
+use crate::{
+    apply::datapath::Maps,
+    config::MAX_WEIGHT,
+    net::Family,
+    plan::{Condition, health_name},
+};
 
 impl Daemon {
     pub(super) async fn answer(&mut self, incoming: Incoming) {
@@ -90,7 +95,8 @@ impl Daemon {
                 let state = self.states.get(&u.name)?;
                 Some(UplinkReport {
                     name: u.name.clone(),
-                    alive: state.alive,
+                    alive: state.condition != Condition::Down,
+                    degraded: state.condition == Condition::Degraded,
                     weight: u.weight,
                     tier: u.tier,
                     new_flows: u.takes_new_flows(Family::V4, active),
@@ -103,6 +109,7 @@ impl Daemon {
                     state_changes: state.changes,
                     probes: self.health.report(&u.name),
                     alive6: u.alive.v6,
+                    degraded6: u.degraded.v6,
                     probes6: self.health.report(&health_name(&u.name, Family::V6)),
                 })
             })

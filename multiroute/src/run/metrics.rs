@@ -58,6 +58,7 @@ struct Series {
     bytes: Family<Labels, Counter>,
     fast: Family<Labels, Counter>,
     changes: Family<Labels, Counter>,
+    degraded: Family<Labels, Gauge>,
     rtt: Family<Labels, FloatGauge>,
     loss: Family<Labels, FloatGauge>,
     datapath: Family<Labels, Counter>,
@@ -89,7 +90,12 @@ impl Series {
             changes: family(
                 registry,
                 "uplink_state_changes",
-                "Up/down transitions since load started",
+                "Transitions between up, degraded and down since load started",
+            ),
+            degraded: family(
+                registry,
+                "uplink_degraded",
+                "1 while the uplink's side of the family is alive but over a quality limit",
             ),
             rtt: family(
                 registry,
@@ -123,6 +129,12 @@ impl Series {
         self.bytes.get_or_create(&labels).inc_by(u.bytes);
         self.fast.get_or_create(&labels).inc_by(u.fast_packets);
         self.changes.get_or_create(&labels).inc_by(u.state_changes);
+        for (family, name) in [(IpFamily::V4, "ipv4"), (IpFamily::V6, "ipv6")] {
+            let labels = vec![("uplink", u.name.clone()), ("family", name.to_owned())];
+            self.degraded
+                .get_or_create(&labels)
+                .set(i64::from(u.degraded(family)));
+        }
         for probe in u.all_probes() {
             let labels = vec![
                 ("uplink", u.name.clone()),
@@ -257,6 +269,7 @@ mod tests {
                 Some(&UplinkReport {
                     name: "dsl".into(),
                     alive: true,
+                    degraded: true,
                     weight: 3,
                     tier: 1,
                     new_flows: true,
@@ -268,8 +281,11 @@ mod tests {
                         up: true,
                         rtt_ms: Some(12.5),
                         loss_percent: 5.0,
+                        mean_rtt_ms: Some(11.0),
+                        degraded: None,
                     }],
                     alive6: false,
+                    degraded6: false,
                     probes6: Vec::new(),
                 }),
                 Counted {
@@ -294,6 +310,8 @@ mod tests {
             "multiroute_uplink_bytes_total{uplink=\"dsl\"} 64000",
             "multiroute_uplink_fast_path_packets_total{uplink=\"dsl\"} 900",
             "multiroute_uplink_state_changes_total{uplink=\"dsl\"} 2",
+            "multiroute_uplink_degraded{uplink=\"dsl\",family=\"ipv4\"} 1",
+            "multiroute_uplink_degraded{uplink=\"dsl\",family=\"ipv6\"} 0",
             "multiroute_probe_rtt_seconds{uplink=\"dsl\",target=\"192.0.2.1\"} 0.0125",
             "multiroute_probe_loss_ratio{uplink=\"dsl\",target=\"192.0.2.1\"} 0.05",
             "multiroute_datapath_packets_total{family=\"ipv4\",outcome=\"flow_hit\"} 958",

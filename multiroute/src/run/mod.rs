@@ -41,7 +41,7 @@ use crate::{
     apply::{self, ApplyError, Kernel},
     config::{BalanceBy, Config},
     netlink::Netlink,
-    plan::{Observed, Plan},
+    plan::{Condition, Observed, Plan, Verdicts},
 };
 pub use error::DaemonError;
 use error::os;
@@ -109,7 +109,7 @@ impl Daemon {
             .is_empty();
         // A restart keeps the previous daemon's verdicts: an uplink it had found
         // dead gets no new flows until probes bring it back.
-        let (trusting, observed) = apply::plan(&nl, &config, &BTreeSet::new()).await?;
+        let (trusting, observed) = apply::plan(&nl, &config, &Verdicts::default()).await?;
         let presumed_dead = if running {
             presumed_dead(&config, &trusting)?
         } else {
@@ -118,7 +118,7 @@ impl Daemon {
         let plan = if presumed_dead.is_empty() {
             trusting
         } else {
-            apply::replan(&config, &observed, &presumed_dead)?
+            apply::replan(&config, &observed, &Verdicts::dead(presumed_dead.clone()))?
         };
         prepare_host(&nl, &config).await?;
         let applied = apply::apply(&nl, &config, &plan, &observed, running).await;
@@ -193,7 +193,12 @@ impl Daemon {
                 () = links.notified() => self.reconcile(None).await,
                 () = nft.notified() => self.restore_nft_table(),
                 Some(result) = self.incoming_results.recv() => {
-                    let change = self.health.record(&result.uplink, result.target, result.rtt);
+                    let change = self.health.record(
+                        &result.uplink,
+                        result.target,
+                        result.rtt,
+                        Instant::now(),
+                    );
                     if change.is_some() {
                         self.reconcile(change).await;
                     }
@@ -239,7 +244,7 @@ impl Daemon {
     /// Re-reads the host and moves the kernel to the plan for it; `change` is the
     /// probe verdict that prompted this, if one did.
     async fn reconcile(&mut self, change: Option<Change>) {
-        match apply::plan(&self.kernel.nl, &self.config, &self.health.dead()).await {
+        match apply::plan(&self.kernel.nl, &self.config, &self.health.verdicts()).await {
             Ok((plan, observed)) => {
                 self.recheck_when_expiring(&observed);
                 self.move_to(plan, &observed, change).await
@@ -313,7 +318,7 @@ impl Daemon {
     /// otherwise whatever someone removed of the running plan is put back.
     async fn resync(&mut self) {
         let (plan, observed) =
-            match apply::plan(&self.kernel.nl, &self.config, &self.health.dead()).await {
+            match apply::plan(&self.kernel.nl, &self.config, &self.health.verdicts()).await {
                 Ok(planned) => planned,
                 Err(err) => return error!("checking the set-up failed, will retry: {err}"),
             };
@@ -353,14 +358,17 @@ impl Daemon {
         let applied_ms = elapsed.as_secs_f64() * 1000.0;
         for Transition {
             uplink,
-            alive,
+            condition,
             reason,
         } in self.states.follow(&self.plan, change, SystemTime::now())
         {
-            if alive {
-                info!(%uplink, %reason, applied_ms, "uplink up");
-            } else {
-                warn!(%uplink, %reason, applied_ms, "uplink DOWN");
+            match condition {
+                Condition::Up => info!(%uplink, %reason, applied_ms, "uplink up"),
+                Condition::Degraded => warn!(
+                    %uplink, %reason, applied_ms,
+                    "uplink DEGRADED: no new flows while a good uplink of its tier has them"
+                ),
+                Condition::Down => warn!(%uplink, %reason, applied_ms, "uplink DOWN"),
             }
         }
         self.notify_status();
@@ -407,7 +415,7 @@ impl Daemon {
         self.health.track(
             &wanted
                 .into_iter()
-                .map(|(name, spec)| (name, spec.targets))
+                .map(|(name, spec)| (name, spec.watch))
                 .collect(),
         );
     }
@@ -419,7 +427,7 @@ impl Daemon {
         let checked = async {
             let config = Config::load(&self.config_path)?;
             // Interfaces the new config names must exist before anything changes.
-            apply::plan(&self.kernel.nl, &config, &self.health.dead()).await?;
+            apply::plan(&self.kernel.nl, &config, &self.health.verdicts()).await?;
             Ok::<_, DaemonError>(config)
         };
         let config = match checked.await {

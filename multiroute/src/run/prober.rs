@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinSet, time::MissedTickBehavior};
 
-use super::probe::{self, Through};
+use super::{
+    health::Watch,
+    probe::{self, Through},
+};
 use crate::{
     config::{Config, Target},
     net::Family,
@@ -19,7 +22,8 @@ pub struct ProbeSpec {
     pub uplink: String,
     pub interface: String,
     pub address: IpAddr,
-    pub targets: Vec<Target>,
+    /// Its targets and the quality limits they are held to.
+    pub watch: Watch,
 }
 
 /// What each ready uplink should be probed at, per family: its own `probe` list
@@ -49,7 +53,10 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
                 uplink: name.clone(),
                 interface: planned.interface.clone(),
                 address,
-                targets,
+                watch: Watch {
+                    targets,
+                    quality: uplink.quality,
+                },
             };
             wanted.insert(name, spec);
         }
@@ -96,7 +103,7 @@ pub fn spawn(
         interface: spec.interface.clone(),
         address: spec.address,
     };
-    let probes = probe::for_targets(&spec.targets, &through, ident)?;
+    let probes = probe::for_targets(&spec.watch.targets, &through, ident)?;
     let task = tokio::spawn(probe_loop(probes, spec.uplink.clone(), timing, results));
     Ok(Prober { spec, task })
 }
@@ -172,7 +179,7 @@ gateway = "198.18.3.1"
         let plan =
             Plan::build(&config, &observed, &Default::default(), &Default::default()).unwrap();
         let wanted = wanted(&config, &plan);
-        let targets = |name: &str| wanted[name].targets.clone();
+        let targets = |name: &str| wanted[name].watch.targets.clone();
         assert_eq!(
             targets("dsl"),
             [

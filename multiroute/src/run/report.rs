@@ -9,6 +9,9 @@ use super::health::TargetReport;
 pub struct UplinkReport {
     pub name: String,
     pub alive: bool,
+    /// Alive but over a quality limit (`reason` says which).
+    #[serde(default)]
+    pub degraded: bool,
     /// The weight in force (the config's, or what `multiroute weight` set since).
     pub weight: u32,
     pub tier: u32,
@@ -18,11 +21,13 @@ pub struct UplinkReport {
     pub since: f64,
     /// Why it is in that state.
     pub reason: String,
-    /// Up/down transitions since `load` started.
+    /// Transitions between up, degraded and down since `load` started.
     pub state_changes: u64,
     pub probes: Vec<TargetReport>,
     /// Its IPv6 may carry flows (judged apart from its IPv4).
     pub alive6: bool,
+    #[serde(default)]
+    pub degraded6: bool,
     /// The probes of its IPv6 side.
     pub probes6: Vec<TargetReport>,
 }

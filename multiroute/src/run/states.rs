@@ -1,5 +1,5 @@
-//! Each uplink's state as the daemon reports it — alive or not, since when, why,
-//! how many transitions — as pure bookkeeping over successive plans: no clock is
+//! Each uplink's state as the daemon reports it — up, degraded or down, since
+//! when, why, how many transitions — as pure bookkeeping over successive plans: no clock is
 //! read and nothing is logged here, so every rule is unit-tested. An uplink's IPv6
 //! side, once it has one, is followed apart under its health name
 //! (`<uplink>/ipv6`), so its transitions are told and logged like the uplink's.
@@ -11,34 +11,34 @@ use std::{
 use super::health::Change;
 use crate::{
     net::Family,
-    plan::{Plan, Readiness, UplinkPlan, health_name},
+    plan::{Condition, Plan, Readiness, UplinkPlan, health_name},
 };
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkState {
-    pub alive: bool,
+    pub condition: Condition,
     pub since: SystemTime,
     pub reason: String,
-    /// Up/down transitions since `load` started.
+    /// Transitions between up, degraded and down since `load` started.
     pub changes: u64,
 }
 
-/// An uplink that became alive or stopped being alive.
+/// An uplink side whose condition changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub uplink: String,
-    pub alive: bool,
+    pub condition: Condition,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct States(BTreeMap<String, UplinkState>);
 
-/// One side followed: its name, whether it is alive, and why it cannot carry
-/// traffic when that is the host's doing (no address, link down, …).
+/// One side followed: its name, its condition, and why it cannot carry traffic
+/// when that is the host's doing (no address, link down, …).
 struct FamilyState {
     name: String,
-    alive: bool,
+    condition: Condition,
     problem: Option<String>,
 }
 
@@ -53,7 +53,7 @@ fn sides(uplink: &UplinkPlan, known: &BTreeMap<String, UplinkState>) -> Vec<Fami
         })
         .map(|family| FamilyState {
             name: health_name(&uplink.name, family),
-            alive: uplink.alive[family],
+            condition: uplink.condition(family),
             problem: uplink.readiness[family].problem(family),
         })
         .collect()
@@ -69,15 +69,15 @@ impl States {
             .iter()
             .flat_map(|u| sides(u, &none))
             .map(|side| {
-                let reason = match (side.problem, side.alive) {
+                let reason = match (side.problem, side.condition) {
                     (Some(problem), _) => problem,
-                    (None, true) => "started".to_owned(),
-                    (None, false) => {
+                    (None, Condition::Down) => {
                         "found dead before this restart; back once its probes answer".to_owned()
                     }
+                    (None, _) => "started".to_owned(),
                 };
                 let state = UplinkState {
-                    alive: side.alive,
+                    condition: side.condition,
                     since: now,
                     reason,
                     changes: 0,
@@ -89,7 +89,7 @@ impl States {
     }
 
     /// Follows the new plan; `change` is the probe verdict that led to it, if one
-    /// did. Returns the uplinks whose liveness changed, with why; forgets uplinks
+    /// did. Returns the uplinks whose condition changed, with why; forgets uplinks
     /// the plan no longer has.
     pub fn follow(
         &mut self,
@@ -109,8 +109,8 @@ impl States {
                 Some(problem) => problem,
                 None => match change {
                     Some(change) if change.uplink == side.name => change.reason.clone(),
-                    _ if side.alive => "ready".to_owned(),
-                    _ => "probes failing".to_owned(),
+                    _ if side.condition == Condition::Down => "probes failing".to_owned(),
+                    _ => "ready".to_owned(),
                 },
             };
             followed.insert(side.name.clone());
@@ -118,21 +118,25 @@ impl States {
                 .0
                 .entry(side.name.clone())
                 .or_insert_with(|| UplinkState {
-                    alive: !side.alive,
+                    // New: a transition from what it is not, so it is told.
+                    condition: match side.condition {
+                        Condition::Down => Condition::Up,
+                        _ => Condition::Down,
+                    },
                     since: now,
                     reason: String::new(),
                     changes: 0,
                 });
-            if state.alive == side.alive {
+            if state.condition == side.condition {
                 continue;
             }
-            state.alive = side.alive;
+            state.condition = side.condition;
             state.since = now;
             state.changes += 1;
             state.reason.clone_from(&reason);
             transitions.push(Transition {
                 uplink: side.name,
-                alive: side.alive,
+                condition: side.condition,
                 reason,
             });
         }
@@ -174,7 +178,7 @@ mod tests {
         let mut states = States::start(&plan(&[("dsl", true), ("lte", true)]), t0);
         let change = Change {
             uplink: "dsl".into(),
-            alive: false,
+            condition: Condition::Down,
             reason: "198.51.100.9 missed 3 probes in a row".into(),
         };
         let transitions = states.follow(&plan(&[("dsl", false), ("lte", true)]), Some(&change), t1);
@@ -182,18 +186,40 @@ mod tests {
             transitions,
             [Transition {
                 uplink: "dsl".into(),
-                alive: false,
+                condition: Condition::Down,
                 reason: change.reason.clone(),
             }]
         );
         let dsl = states.get("dsl").unwrap();
-        assert_eq!((dsl.alive, dsl.since, dsl.changes), (false, t1, 1));
+        assert_eq!(
+            (dsl.condition, dsl.since, dsl.changes),
+            (Condition::Down, t1, 1)
+        );
         assert_eq!(states.get("lte").unwrap().since, t0, "lte did not change");
         assert!(
             states
                 .follow(&plan(&[("dsl", false), ("lte", true)]), None, t1)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn degraded_is_a_state_of_its_own() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let mut states = States::start(&plan(&[("dsl", true)]), t0);
+        let mut degraded = plan(&[("dsl", true)]);
+        degraded.uplinks[0].degraded.v4 = true;
+        let change = Change {
+            uplink: "dsl".into(),
+            condition: Condition::Degraded,
+            reason: "192.0.2.1: loss 30 % > 20 % over 20 probes".into(),
+        };
+        let transitions = states.follow(&degraded, Some(&change), t0);
+        assert_eq!(transitions[0].condition, Condition::Degraded);
+        assert_eq!(transitions[0].reason, change.reason);
+        let back = states.follow(&plan(&[("dsl", true)]), None, t0);
+        assert_eq!(back[0].condition, Condition::Up);
+        assert_eq!(states.get("dsl").unwrap().changes, 2);
     }
 
     #[test]
@@ -225,21 +251,25 @@ mod tests {
             plan
         };
         let mut states = States::start(&dual(true), t0);
-        assert!(states.get("dsl/ipv6").unwrap().alive);
+        assert_eq!(states.get("dsl/ipv6").unwrap().condition, Condition::Up);
         let change = Change {
             uplink: "dsl/ipv6".into(),
-            alive: false,
+            condition: Condition::Down,
             reason: "fe80::1 missed 3 probes in a row".into(),
         };
         assert_eq!(
             states.follow(&dual(false), Some(&change), t1),
             [Transition {
                 uplink: "dsl/ipv6".into(),
-                alive: false,
+                condition: Condition::Down,
                 reason: change.reason.clone(),
             }]
         );
-        assert!(states.get("dsl").unwrap().alive, "its IPv4 is untouched");
+        assert_eq!(
+            states.get("dsl").unwrap().condition,
+            Condition::Up,
+            "its IPv4 is untouched"
+        );
         // An uplink that has no IPv6 has no IPv6 side to tell about.
         assert!(
             States::start(&plan(&[("lte", true)]), t0)

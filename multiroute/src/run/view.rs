@@ -11,13 +11,15 @@ use super::{
 use crate::{
     apply::datapath::Maps,
     net::Family,
-    plan::{Plan, Readiness, UplinkPlan},
+    plan::{Condition, Plan, Readiness, UplinkPlan},
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UplinkView {
     pub name: String,
-    /// "up", "down" or "drained" (alive, weight 0: keeps its flows, takes no new ones).
+    /// "up", "degraded" (alive, over a quality limit: no new flows while a good
+    /// uplink of its tier has them), "down" or "drained" (alive, weight 0: keeps
+    /// its flows, takes no new ones).
     pub state: &'static str,
     pub weight: u32,
     /// Lower is preferred: new flows use the best tier with a live uplink.
@@ -39,7 +41,7 @@ pub struct UplinkView {
     pub since: Option<f64>,
     /// Why it is in that state.
     pub reason: Option<String>,
-    /// Up/down transitions since `load` started.
+    /// Transitions between up, degraded and down since `load` started.
     pub state_changes: u64,
     /// Last probe round-trip time, from the best answering target.
     pub rtt_ms: Option<f64>,
@@ -61,8 +63,8 @@ pub struct FamilyView {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ipv6View {
-    /// "up", "down", or why it cannot carry IPv6 ("no address", "no gateway",
-    /// "link down").
+    /// "up", "degraded", "down", or why it cannot carry IPv6 ("no address", "no
+    /// gateway", "link down").
     pub state: &'static str,
     #[serde(flatten)]
     pub side: FamilyView,
@@ -107,19 +109,23 @@ impl UplinkView {
         health: Option<&UplinkReport>,
         counted: Counted,
     ) -> Self {
-        let alive = health.map_or(uplink.alive.v4, |u| u.alive);
+        let condition = |family| match health {
+            None => uplink.condition(family),
+            Some(u) => match family {
+                Family::V4 => Condition::of(u.alive, u.degraded),
+                Family::V6 => Condition::of(u.alive6, u.degraded6),
+            },
+        };
         // `multiroute weight` changes live in the daemon, not in the file.
         let weight = health.map_or(uplink.weight, |u| u.weight);
-        let state = match (alive, weight) {
-            (false, _) => "down",
-            (true, 0) => "drained",
-            (true, _) => "up",
+        let state = match (condition(Family::V4), weight) {
+            (Condition::Down, _) => "down",
+            (_, 0) => "drained",
+            (other, _) => other.as_str(),
         };
-        let readiness6 = &uplink.readiness.v6;
-        let ipv6_state = match (readiness6, health.map_or(uplink.alive.v6, |u| u.alive6)) {
-            (Readiness::Ready { .. }, true) => "up",
-            (Readiness::Ready { .. }, false) => "down",
-            (other, _) => other.state(),
+        let ipv6_state = match &uplink.readiness.v6 {
+            Readiness::Ready { .. } => condition(Family::V6).as_str(),
+            other => other.state(),
         };
         let probes = |family| {
             health
@@ -171,7 +177,15 @@ impl UplinkView {
     pub fn up(&self, family: Family) -> bool {
         match family {
             Family::V4 => self.state != "down",
-            Family::V6 => self.ipv6.state == "up",
+            Family::V6 => matches!(self.ipv6.state, "up" | "degraded"),
+        }
+    }
+
+    /// Alive but over a quality limit in `family`.
+    pub fn degraded(&self, family: Family) -> bool {
+        match family {
+            Family::V4 => self.state == "degraded",
+            Family::V6 => self.ipv6.state == "degraded",
         }
     }
 
