@@ -9,8 +9,8 @@ use std::{
 };
 
 use multiroute_tests::{
-    Attempt, Lab, LabOptions, SERVER, SIP_PORT, UNREACHABLE, measure_outage, percent, require_root,
-    wait_until, wall_clock,
+    Attempt, Lab, LabOptions, SERVER, SERVER_PORT, SERVER2, SIP_PORT, UNREACHABLE, measure_outage,
+    percent, require_root, wait_until, wall_clock,
 };
 
 /// The health config: a probe every 200 ms to a target beyond the ISP's
@@ -60,11 +60,16 @@ fn uplink_status(lab: &Lab, name: &str) -> serde_json::Value {
 
 /// The daemon's own account of state changes, with its apply times.
 fn print_transitions(lab: &Lab) {
-    for line in lab
-        .router_log()
-        .lines()
-        .filter(|l| l.contains("uplink DOWN") || l.contains("uplink up"))
-    {
+    for line in lab.router_log().lines().filter(|l| {
+        [
+            "uplink DOWN",
+            "uplink up",
+            "uplink DEGRADED",
+            "probing at once",
+        ]
+        .iter()
+        .any(|event| l.contains(event))
+    }) {
         println!("  router: {line}");
     }
 }
@@ -214,6 +219,40 @@ fn silent_upstream_failure_fails_over_within_a_second_and_recovers() {
     assert!(output.status.success(), "the transfer was interrupted");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report["seconds"].as_f64().unwrap() >= 13.5, "{report}");
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn a_busy_uplink_failing_silently_is_routed_around_within_300_ms_by_default() {
+    if !require_root!() {
+        return;
+    }
+    // The default health timing (a probe every 500 ms, 1 s timeout, 3 down):
+    // probes alone would take ≈ 2 s. The line is busy with 200 new connections/s,
+    // and its own counters show packets going out with nothing coming back.
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: format!("\n[health]\ntargets = [\"{SERVER}\"]\n"),
+    })
+    .expect("building the lab");
+    lab.start_router().expect("starting multiroute");
+    let client = lab
+        .start_attempts(3.0, 5, 500)
+        .expect("starting the client");
+    sleep(Duration::from_millis(1000));
+    let t0 = wall_clock();
+    lab.fail_upstream(0).unwrap();
+    let attempts = Lab::attempts(client).unwrap();
+    let (failover, failed) = failover_after(&attempts, t0);
+    println!(
+        "busy isp0 failed silently: new connections all succeed {:.0} ms after the outage ({failed} of {} failed before)",
+        failover * 1000.0,
+        attempts.len()
+    );
+    print_transitions(&lab);
+    assert!(failed > 0, "connections through isp0 fail at first");
+    assert!(failover <= 0.3, "failover took {failover:.3} s");
+    assert_eq!(uplink_status(&lab, "isp0")["state"], "down");
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
@@ -476,7 +515,12 @@ fn backup_round(lab: &Lab, failback: &str) -> usize {
             .is_ok_and(|s| s["uplinks"][0]["state"] == "up" && s["uplinks"][1]["state"] == "up")
     })
     .expect("tier 1 recovers");
-    let back = lab.connections(300).unwrap();
+    // To the server's other address: a client port reused from the outage's
+    // attempts would be the same 5-tuple, a flow "keep" leaves on the backup.
+    let url = format!("http://{SERVER2}:{SERVER_PORT}/");
+    let back = lab
+        .finish_connections(lab.start_connections_to(&url, 300).unwrap())
+        .unwrap();
     let report: serde_json::Value =
         serde_json::from_str(&lines.next().expect("the UDP report")).unwrap();
     assert!(client.wait().unwrap().success());

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod prober;
 pub mod report;
 mod setup;
+mod silence;
 pub mod states;
 mod task;
 pub mod view;
@@ -396,6 +397,7 @@ impl Daemon {
         let timing = Timing {
             interval: Duration::from_millis(self.config.health.interval_ms),
             timeout: Duration::from_millis(self.config.health.timeout_ms),
+            burst: self.config.health.down,
         };
         let wanted = prober::wanted(&self.config, &self.plan);
         self.probers

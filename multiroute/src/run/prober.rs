@@ -1,13 +1,19 @@
 //! Each ready uplink's prober: one task that sends a probe to every target once per
 //! interval (the kinds live in [`super::probe`]) and reports each outcome to the
 //! daemon's loop.
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use tokio::{sync::mpsc, task::JoinSet, time::MissedTickBehavior};
+use tracing::info;
 
 use super::{
     health::Watch,
     probe::{self, Through},
+    silence::{self, Silence},
 };
 use crate::{
     config::{Config, Target},
@@ -77,6 +83,9 @@ pub struct ProbeResult {
 pub struct Timing {
     pub interval: Duration,
     pub timeout: Duration,
+    /// Probes per target when the line falls silent under load (`[health] down`:
+    /// as many as it takes to declare it dead).
+    pub burst: u32,
 }
 
 /// A running prober; dropping it stops its probes.
@@ -92,7 +101,9 @@ impl Drop for Prober {
 }
 
 /// Opens the uplink's probe sockets and starts probing every target once per
-/// interval. `ident` tells this prober's echoes apart from any other pinger's.
+/// interval, and at once when its interface falls silent under load
+/// ([`silence`]). `ident` tells this prober's echoes apart from any other
+/// pinger's.
 pub fn spawn(
     spec: ProbeSpec,
     timing: Timing,
@@ -104,34 +115,70 @@ pub fn spawn(
         address: spec.address,
     };
     let probes = probe::for_targets(&spec.watch.targets, &through, ident)?;
-    let task = tokio::spawn(probe_loop(probes, spec.uplink.clone(), timing, results));
+    let task = tokio::spawn(probe_loop(probes, spec.clone(), timing, results));
     Ok(Prober { spec, task })
 }
 
+/// Time between the probes of a burst, so one lost packet does not stand for all.
+const BURST_SPACING: Duration = Duration::from_millis(5);
+/// Answers whose round trips set how long a silence and a burst probe wait.
+const RTT_MEMORY: usize = 20;
+
 async fn probe_loop(
     probes: Vec<(Target, std::sync::Arc<dyn probe::Probe>)>,
-    uplink: String,
+    spec: ProbeSpec,
     timing: Timing,
     results: mpsc::Sender<ProbeResult>,
 ) {
     let mut ticker = tokio::time::interval(timing.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sampler = tokio::time::interval(silence::SAMPLE_EVERY);
+    sampler.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut line = Silence::default();
+    let mut rtts: VecDeque<Duration> = VecDeque::with_capacity(RTT_MEMORY);
     // Probes outlive a tick when the timeout is longer than the interval.
     let mut in_flight = JoinSet::new();
     let mut sequence: u16 = 0;
+    let mut send = |in_flight: &mut JoinSet<_>, delay: Duration, timeout: Duration| {
+        for (target, probe) in &probes {
+            sequence = sequence.wrapping_add(1);
+            let (target, probe, sequence) = (*target, probe.clone(), sequence);
+            in_flight.spawn(async move {
+                tokio::time::sleep(delay).await;
+                (target, probe.probe(sequence, timeout).await)
+            });
+        }
+    };
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                for (target, probe) in &probes {
-                    sequence = sequence.wrapping_add(1);
-                    let (target, probe) = (*target, probe.clone());
-                    in_flight.spawn(async move {
-                        (target, probe.probe(sequence, timing.timeout).await)
-                    });
+            _ = ticker.tick() => send(&mut in_flight, Duration::ZERO, timing.timeout),
+            _ = sampler.tick() => {
+                // A few of the line's slowest recent round trips, at least the floor.
+                let wait = rtts
+                    .iter()
+                    .max()
+                    .map_or(silence::MIN_SILENCE, |&slowest| (slowest * 3).max(silence::MIN_SILENCE))
+                    .min(timing.timeout);
+                let counters = silence::read_counters(&spec.interface);
+                if counters.is_some_and(|c| line.observe(c, Instant::now(), wait)) {
+                    info!(
+                        uplink = %spec.uplink,
+                        silent_ms = wait.as_millis() as u64,
+                        "the line sends and receives nothing: probing at once"
+                    );
+                    for i in 0..timing.burst {
+                        send(&mut in_flight, BURST_SPACING * i, wait);
+                    }
                 }
             }
             Some(Ok((target, rtt))) = in_flight.join_next() => {
-                let result = ProbeResult { uplink: uplink.clone(), target, rtt };
+                if let Some(rtt) = rtt {
+                    if rtts.len() == RTT_MEMORY {
+                        rtts.pop_front();
+                    }
+                    rtts.push_back(rtt);
+                }
+                let result = ProbeResult { uplink: spec.uplink.clone(), target, rtt };
                 if results.send(result).await.is_err() {
                     return;
                 }

@@ -23,6 +23,14 @@ pub enum Kind {
     /// until new connections work through the backup), then restored
     /// ("recovery": until they work through the master again).
     Router,
+    /// A silent upstream failure under 200 new connections/s (passive detection).
+    Busy,
+    /// 30 % random loss at the ISP: "failover" until the uplink is degraded (no
+    /// new flows), "recovery" from the loss's end until it is up again.
+    Loss,
+    /// A saturated 20 Mbit/s upload through an 800 ms queue: as for loss, with
+    /// the RTT limit.
+    Queue,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,9 +81,7 @@ fn outage_trial(lab: &Lab, kind: Kind, window: f64) -> Result<(f64, f64)> {
         (Kind::Silent, false) => lab.fail_upstream(0),
         (Kind::Silent, true) => lab.restore_upstream(0),
         (Kind::LinkDown, up) => lab.set_uplink_link(0, up),
-        (Kind::Restart | Kind::Router, _) => {
-            anyhow::bail!("a restart or a router failover is no uplink outage")
-        }
+        _ => anyhow::bail!("{kind:?} is not an outage of the uplink's link or upstream"),
     };
     let client = lab.start_attempts(window + 0.8, 20, 500)?;
     sleep(Duration::from_millis(800));
@@ -94,8 +100,88 @@ fn outage_trial(lab: &Lab, kind: Kind, window: f64) -> Result<(f64, f64)> {
     Ok((outage.seconds * 1000.0, back * 1000.0))
 }
 
-pub fn run(options: &Options) -> Result<Vec<Measured>> {
+/// Seconds from now until isp0's state in `status` is `state` (polled every
+/// 50 ms, at most `within`).
+fn until_state(lab: &Lab, state: &str, within: Duration) -> Result<f64> {
+    let start = std::time::Instant::now();
+    multiroute_tests::wait_until(within, || {
+        lab.status()
+            .is_ok_and(|s| s["uplinks"][0]["state"] == state)
+    })
+    .with_context(|| format!("isp0 never became {state}"))?;
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// One trial of a quality case: (until degraded, until up again after the cause
+/// ends), in ms.
+fn quality_trial(lab: &mut Lab, kind: Kind) -> Result<(f64, f64)> {
+    let within = Duration::from_secs(40);
+    match kind {
+        Kind::Busy => {
+            let client = lab.start_attempts(3.0, 5, 500)?;
+            sleep(Duration::from_millis(800));
+            let t0 = wall_clock();
+            lab.fail_upstream(0)?;
+            let outage = measure_outage(&Lab::attempts(client)?, t0)?;
+            let t1 = wall_clock();
+            lab.restore_upstream(0)?;
+            until_state(lab, "up", within)?;
+            Ok((outage.seconds * 1000.0, (wall_clock() - t1) * 1000.0))
+        }
+        Kind::Loss => {
+            lab.lose_upstream(0, 30)?;
+            let degraded = until_state(lab, "degraded", within)?;
+            lab.restore_upstream(0)?;
+            Ok((degraded, until_state(lab, "up", within)?))
+        }
+        Kind::Queue => {
+            lab.shape_upstream(0, 20, 800)?;
+            let client = lab.client();
+            let server = SERVER.to_string();
+            lab.start_service("upload", &client, "iperf3", &["-c", &server, "-t", "60"])?;
+            let degraded = until_state(lab, "degraded", within);
+            lab.stop_service("upload", libc::SIGTERM)?;
+            Ok((degraded?, until_state(lab, "up", within)?))
+        }
+        _ => anyhow::bail!("{kind:?} is no quality case"),
+    }
+}
+
+/// Passive detection, loss and queueing delay under the default health config.
+fn quality(options: &Options) -> Result<Vec<Measured>> {
+    let upload = "\n[[rule]]\nname = \"upload\"\nproto = \"tcp\"\ndst_port = \"5201\"\nuplinks = [\"isp0\"]\n";
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1],
+        extra_config: format!("\n[health]\ntargets = [\"{SERVER}\"]\n{upload}"),
+    })?;
+    let inet = lab.inet();
+    lab.start_in(&inet, "iperf3", &["-s", "-B", &SERVER.to_string()])?;
+    lab.start_router()?;
     let mut results = Vec::new();
+    for kind in [Kind::Busy, Kind::Loss, Kind::Queue] {
+        let (mut failover_ms, mut recovery_ms) = (Vec::new(), Vec::new());
+        for _ in 0..options.failover_trials {
+            super::interrupted()?;
+            let (failover, recovery) = quality_trial(&mut lab, kind)?;
+            failover_ms.push(failover);
+            recovery_ms.push(recovery);
+        }
+        results.push(Measured {
+            health: CONFIGS[0].0.to_owned(),
+            kind,
+            failover_median_ms: median(failover_ms.clone()),
+            recovery_median_ms: median(recovery_ms.clone()),
+            failover_ms,
+            recovery_ms,
+            sessions_lost: None,
+        });
+    }
+    lab.stop_and_unload()?;
+    Ok(results)
+}
+
+pub fn run(options: &Options) -> Result<Vec<Measured>> {
+    let mut results = quality(options)?;
     for (health, section, window) in CONFIGS {
         if section.is_empty() && !options.failover_default_config {
             continue;

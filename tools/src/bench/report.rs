@@ -153,6 +153,12 @@ pub fn markdown(results: &Results) -> String {
                 (super::failover::Kind::Restart, _) => "multiroute restart (SIGTERM, load)",
                 (super::failover::Kind::Router, Some(text)) => text.as_str(),
                 (super::failover::Kind::Router, None) => "router failover, then failback",
+                (super::failover::Kind::Busy, _) =>
+                    "silent failure of a busy uplink (200 new connections/s; passive detection)",
+                (super::failover::Kind::Loss, _) =>
+                    "30 % random loss (until degraded; recovery: until up once it stops)",
+                (super::failover::Kind::Queue, _) =>
+                    "saturated 20 Mbit/s upload, 800 ms queue (until degraded; until up once it stops)",
             },
             m.failover_median_ms,
             m.recovery_median_ms,
