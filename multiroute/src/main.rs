@@ -47,6 +47,11 @@ enum Command {
         /// New weight, 0-256. Live until the next reload or restart.
         weight: u32,
     },
+    /// A metered uplink's data budget.
+    Budget {
+        #[command(subcommand)]
+        action: BudgetAction,
+    },
     /// List the tracked flows and the uplink each one uses.
     Flows {
         /// Machine-readable output.
@@ -61,6 +66,16 @@ enum Command {
         /// Only flows to this address or prefix.
         #[arg(long)]
         dst: Option<IpNet>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetAction {
+    /// Start the uplink's count again at 0 (a new data pack); it carries traffic
+    /// again if it was exhausted.
+    Reset {
+        /// The uplink's `name` from the config.
+        name: String,
     },
 }
 
@@ -84,6 +99,9 @@ fn main() {
         Command::Status { json } => commands::status::run(&cli.config, json),
         Command::Check { plan } => commands::check::run(&cli.config, plan),
         Command::Weight { name, weight } => commands::weight::run(&cli.config, &name, weight),
+        Command::Budget {
+            action: BudgetAction::Reset { name },
+        } => commands::budget::reset(&cli.config, &name),
         Command::Flows {
             json,
             uplink,

@@ -54,6 +54,16 @@ impl Lab {
         .map(drop)
     }
 
+    /// Replaces the link to ISP `n` with a new one (a new ifindex, counters from
+    /// 0), addressed as before: what a reboot leaves of an interface.
+    pub fn replug_uplink(&self, n: usize) -> Result<()> {
+        let (router, isp, wan) = (self.router(), self.isp(n), format!("wan{n}"));
+        self.ns(&router, "ip", &["link", "del", &wan])?;
+        self.veth(&router, &wan, &isp, "cpe")?;
+        self.addr(&router, &wan, &format!("{}/24", Self::uplink_address(n)))?;
+        self.addr(&isp, "cpe", &format!("198.18.{n}.1/24"))
+    }
+
     /// The `[[uplink]]` table for point-to-point ISP `n`: no gateway.
     pub fn point_to_point_block(n: usize, weight: u32) -> String {
         format!("\n[[uplink]]\nname = \"isp{n}\"\ninterface = \"wan{n}\"\nweight = {weight}\n")

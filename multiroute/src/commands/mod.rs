@@ -1,4 +1,5 @@
 //! One file per subcommand: each command's whole story in one place.
+pub mod budget;
 pub mod check;
 pub mod flows;
 pub mod load;
@@ -8,8 +9,15 @@ pub mod weight;
 
 use std::path::Path;
 
-use anyhow::anyhow;
-use multiroute::{apply::ApplyError, config::Config, run::DaemonError};
+use anyhow::{Context as _, anyhow};
+use multiroute::{
+    apply::ApplyError,
+    config::Config,
+    run::{
+        DaemonError,
+        control::{self, Refusal, Request, Response},
+    },
+};
 
 /// How a command failed, which decides the exit code (PRODUCT.md: 1 runtime, 2 usage
 /// or config).
@@ -64,6 +72,42 @@ pub type CommandResult = Result<(), Failure>;
 
 pub fn read_config(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|err| Failure::Config(err.into()))
+}
+
+/// Sends `request` to the `load` running for `config`, and returns its answer; a
+/// refusal is the request's fault (exit 2) or the daemon's situation (exit 1).
+pub fn ask_running(
+    config_path: &Path,
+    config: &Config,
+    request: &Request,
+) -> Result<Response, Failure> {
+    let reply = control::ask(&config.control.socket, request)
+        .context("asking the running multiroute")?
+        .ok_or_else(|| {
+            anyhow!(
+                "multiroute is not running for {}; start it with `multiroute load`",
+                config_path.display()
+            )
+        })?;
+    match reply {
+        Response::Refused(Refusal { error, usage }) => {
+            let err = anyhow!("{error}");
+            Err(if usage {
+                Failure::Config(err)
+            } else {
+                Failure::Runtime(err)
+            })
+        }
+        reply => Ok(reply),
+    }
+}
+
+/// `name` must be one of the config's uplinks (exit 2 otherwise).
+pub fn known_uplink(config_path: &Path, config: &Config, name: &str) -> Result<(), Failure> {
+    config
+        .uplink_position(name)
+        .map(drop)
+        .map_err(|unknown| Failure::Config(anyhow!("{}: {unknown}", config_path.display())))
 }
 
 /// The one-shot commands talk to the kernel from one thread; netlink is async.

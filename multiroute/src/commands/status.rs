@@ -10,13 +10,14 @@ use multiroute::{
         self,
         datapath::{self, Maps},
     },
-    config::Config,
+    config::{Config, format_size},
     instance,
     netlink::Netlink,
     plan::{Plan, Verdicts},
     run::{
         DaemonReport,
         control::{self, Request, Response},
+        report::BudgetReport,
         view::UplinkView,
     },
 };
@@ -258,6 +259,11 @@ fn print_uplinks(uplinks: &[UplinkView]) {
             or_dash(&u.ipv6.side.gateway)
         );
     }
+    for u in uplinks {
+        if let Some(budget) = &u.budget {
+            println!("{}", budget_line(&u.name, budget));
+        }
+    }
     for u in uplinks
         .iter()
         .filter(|u| matches!(u.state, "down" | "degraded"))
@@ -266,6 +272,25 @@ fn print_uplinks(uplinks: &[UplinkView]) {
             println!("{} is {}: {reason}", u.name, u.state);
         }
     }
+}
+
+/// "lte budget: 4.2 MB of 5.0 MB (84 %) until 2026-12-15 00:00; at quota: standby".
+fn budget_line(name: &str, budget: &BudgetReport) -> String {
+    let end = jiff::Timestamp::from_second(budget.period_end)
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "-".into());
+    let percent = 100.0 * budget.used_bytes as f64 / budget.quota_bytes.max(1) as f64;
+    format!(
+        "{name} budget: {} of {} ({percent:.0} %) until {end}; at quota: {}{}",
+        format_size(budget.used_bytes),
+        format_size(budget.quota_bytes),
+        budget.at_quota,
+        if budget.exhausted { " (EXHAUSTED)" } else { "" }
+    )
 }
 
 fn print_rules(rules: &[RuleStatus]) {

@@ -2,19 +2,17 @@
 //! flows follow at once; existing flows keep their uplink; `0` drains.
 use std::path::Path;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use multiroute::{
     config::MAX_WEIGHT,
-    run::control::{self, Refusal, Request, Response},
+    run::control::{Request, Response},
 };
 
-use super::{CommandResult, Failure, read_config};
+use super::{CommandResult, Failure, ask_running, known_uplink, read_config};
 
 pub fn run(config_path: &Path, name: &str, weight: u32) -> CommandResult {
     let config = read_config(config_path)?;
-    config
-        .uplink_position(name)
-        .map_err(|unknown| Failure::Config(anyhow!("{}: {unknown}", config_path.display())))?;
+    known_uplink(config_path, &config, name)?;
     if weight > MAX_WEIGHT {
         return Err(Failure::Config(anyhow!(
             "weight {weight} is above the maximum of {MAX_WEIGHT}"
@@ -24,24 +22,8 @@ pub fn run(config_path: &Path, name: &str, weight: u32) -> CommandResult {
         uplink: name.to_owned(),
         weight,
     };
-    let reply = control::ask(&config.control.socket, &request)
-        .context("asking the running multiroute")?
-        .ok_or_else(|| {
-            anyhow!(
-                "multiroute is not running for {}; start it with `multiroute load`",
-                config_path.display()
-            )
-        })?;
-    let previous = match reply {
+    let previous = match ask_running(config_path, &config, &request)? {
         Response::Weight { previous, .. } => previous,
-        Response::Refused(Refusal { error, usage }) => {
-            let err = anyhow!("{error}");
-            return Err(if usage {
-                Failure::Config(err)
-            } else {
-                Failure::Runtime(err)
-            });
-        }
         other => {
             return Err(Failure::Runtime(anyhow!(
                 "the running multiroute answered something else: {other:?}"

@@ -3,16 +3,19 @@
 //! nothing from the host; `check` adds the host's side.
 use std::path::Path;
 
+mod budget;
 mod model;
 mod numbering;
 mod policy;
 mod probe_target;
 mod raw;
 mod validate;
+pub use budget::{AtQuota, Budget, Period, format_size, parse_size};
 pub use model::*;
 pub use numbering::Numbering;
 pub use policy::{MAX_ROUTER_RULES, MAX_RULES, PolicyRule, PortRange, families, proto_name};
 pub use probe_target::{ProbeTarget, Target};
+pub use raw::MAX_TIER;
 
 pub const DEFAULT_PATH: &str = "/etc/multiroute/multiroute.toml";
 

@@ -102,6 +102,8 @@ pub struct UplinkConfig {
     pub probe: Vec<ProbeTarget>,
     /// Its `[uplink.health]` over `[health]`'s limits.
     pub quality: Quality,
+    /// A metered uplink's data quota.
+    pub budget: Option<super::Budget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +159,8 @@ pub struct RoutingConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlConfig {
     pub socket: PathBuf,
+    /// What must outlive a restart or a reboot (the budgets' byte counts).
+    pub state_dir: PathBuf,
 }
 
 /// `[metrics]`: Prometheus/OpenMetrics text over HTTP, off unless `listen` is set.

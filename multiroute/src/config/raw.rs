@@ -84,6 +84,7 @@ pub(super) struct RawUplink {
     /// `[uplink.health]`: this uplink's quality limits over `[health]`'s.
     #[serde(default)]
     pub(super) health: RawQuality,
+    pub(super) budget: Option<super::budget::RawBudget>,
 }
 
 fn default_weight() -> i64 {
@@ -162,12 +163,14 @@ impl Default for RawRouting {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawControl {
     pub(super) socket: PathBuf,
+    pub(super) state_dir: PathBuf,
 }
 
 impl Default for RawControl {
     fn default() -> Self {
         Self {
             socket: "/run/multiroute/control.sock".into(),
+            state_dir: "/var/lib/multiroute".into(),
         }
     }
 }

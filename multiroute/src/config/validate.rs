@@ -7,6 +7,7 @@ use std::{
 };
 
 use super::{
+    budget,
     model::*,
     numbering,
     policy::{self, PolicyRule},
@@ -98,9 +99,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             uplinks,
             health,
             routing,
-            control: ControlConfig {
-                socket: raw.control.socket,
-            },
+            control: self.control(raw.control)?,
             balance: BalanceConfig {
                 by: raw.balance.by,
                 failback: raw.balance.failback,
@@ -110,6 +109,19 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             },
             rules,
             metrics: self.metrics(raw.metrics)?,
+        })
+    }
+
+    fn control(&self, raw: RawControl) -> Result<ControlConfig, ConfigError> {
+        if !raw.state_dir.is_absolute() {
+            return Err((self.fail)(
+                "control.state_dir",
+                format!("{} must be an absolute path", raw.state_dir.display()),
+            ));
+        }
+        Ok(ControlConfig {
+            socket: raw.socket,
+            state_dir: raw.state_dir,
         })
     }
 
@@ -186,7 +198,15 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 ),
             ));
         }
+        let budget = raw
+            .budget
+            .map(|budget| {
+                budget::validate(budget)
+                    .map_err(|(field, problem)| fail(&key(&format!("budget.{field}")), problem))
+            })
+            .transpose()?;
         Ok(UplinkConfig {
+            budget,
             name: raw.name,
             interface: raw.interface,
             gateway,

@@ -25,11 +25,11 @@ pub use firewall::FirewallPlan;
 pub use observed::{Interface, Observed};
 pub use policy::{Policy, RuleUse};
 pub use routing::RoutingPlan;
-pub use uplink::{Condition, Hop, Readiness, UplinkPlan, Verdicts, health_name};
+pub use uplink::{Condition, EXHAUSTED_TIER, Hop, Readiness, UplinkPlan, Verdicts, health_name};
 use uplink::{active_tier, pass_over_degraded, readiness};
 
 use crate::{
-    config::{Config, Failback},
+    config::{AtQuota, Config, Failback},
     net::{Family, PerFamily},
 };
 
@@ -174,6 +174,11 @@ fn uplink_plans(
             });
             let degraded =
                 PerFamily::from_fn(|f| alive[f] && verdicts.degraded.contains(&judged(f)));
+            let exhausted = verdicts.exhausted.contains(&uplink.name)
+                && uplink
+                    .budget
+                    .as_ref()
+                    .is_some_and(|b| b.at_quota != AtQuota::Warn);
             Ok(UplinkPlan {
                 name: uplink.name.clone(),
                 slot,
@@ -181,7 +186,12 @@ fn uplink_plans(
                 table: config.numbering().table(slot),
                 mark: config.numbering().mark(slot),
                 weight: uplink.weight,
-                tier: uplink.tier,
+                tier: if exhausted {
+                    EXHAUSTED_TIER
+                } else {
+                    uplink.tier
+                },
+                exhausted,
                 readiness,
                 alive,
                 degraded,
@@ -192,10 +202,14 @@ fn uplink_plans(
         })
         .collect::<Result<Vec<_>, PlanError>>()?;
     let active = active_tier(&uplinks, Family::V4);
-    if config.balance.failback == Failback::Move {
-        for uplink in &mut uplinks {
-            uplink.standby = uplink.alive.v4 && Some(uplink.tier) > active;
-        }
+    let move_back = config.balance.failback == Failback::Move;
+    for (uplink, configured) in uplinks.iter_mut().zip(&config.uplinks) {
+        let worse = uplink.alive.v4 && Some(uplink.tier) > active;
+        // A used-up budget moves the uplink's sessions off it whatever the
+        // failback: it was to stop spending. "stop" carries nothing at all.
+        let stopped = uplink.exhausted
+            && configured.budget.as_ref().map(|b| b.at_quota) == Some(AtQuota::Stop);
+        uplink.standby = stopped || (worse && (move_back || uplink.exhausted));
     }
     pass_over_degraded(&mut uplinks);
     Ok(uplinks)

@@ -428,8 +428,8 @@ fn link_down_uplink_has_no_table_and_no_rules() {
 fn a_degraded_uplink_takes_no_new_flows_while_a_good_one_of_its_tier_does() {
     let config = Config::parse(SEED_CONFIG, Path::new("seed.toml")).unwrap();
     let degraded = |names: &[&str]| Verdicts {
-        dead: BTreeSet::new(),
         degraded: names.iter().map(|n| n.to_string()).collect(),
+        ..Verdicts::default()
     };
     let plan = Plan::build(&config, &seed_host(), &degraded(&["dsl"]), &Slots::new()).unwrap();
     let dsl = plan.uplink("dsl").unwrap();
@@ -445,6 +445,40 @@ fn a_degraded_uplink_takes_no_new_flows_while_a_good_one_of_its_tier_does() {
     let plan = Plan::build(&config, &seed_host(), &both, &Slots::new()).unwrap();
     assert_eq!(ring_members(&plan).len(), 2);
     assert!(!plan.fail_open());
+}
+
+#[test]
+fn an_exhausted_budget_stands_by_below_every_tier_or_stops() {
+    let metered = |at_quota: &str| {
+        let text = format!(
+            "{SEED_CONFIG}[uplink.budget]\nquota = \"1GB\"\nperiod = \"daily\"\nat_quota = \"{at_quota}\"\n"
+        );
+        Config::parse(&text, Path::new("seed.toml")).unwrap()
+    };
+    let verdicts = |dead: &[&str]| Verdicts {
+        dead: dead.iter().map(|n| n.to_string()).collect(),
+        exhausted: BTreeSet::from(["cable".to_owned()]),
+        ..Verdicts::default()
+    };
+    let config = metered("standby");
+    let plan = Plan::build(&config, &seed_host(), &verdicts(&[]), &Slots::new()).unwrap();
+    let cable = plan.uplink("cable").unwrap();
+    assert!(cable.exhausted && cable.standby, "its flows move");
+    assert_eq!(cable.tier, EXHAUSTED_TIER);
+    assert_eq!(
+        ring_members(&plan),
+        BTreeSet::from([plan.uplink("dsl").unwrap().slot])
+    );
+    // Nothing else alive: it carries.
+    let alone = Plan::build(&config, &seed_host(), &verdicts(&["dsl"]), &Slots::new()).unwrap();
+    assert_eq!(ring_members(&alone), BTreeSet::from([cable.slot]));
+    // "stop" carries nothing, even alone; "warn" changes nothing.
+    let stop = metered("stop");
+    let stopped = Plan::build(&stop, &seed_host(), &verdicts(&["dsl"]), &Slots::new()).unwrap();
+    assert!(ring_members(&stopped).is_empty());
+    let warn = metered("warn");
+    let warned = Plan::build(&warn, &seed_host(), &verdicts(&[]), &Slots::new()).unwrap();
+    assert_eq!(ring_members(&warned).len(), 2);
 }
 
 #[test]
@@ -493,7 +527,9 @@ fn tiered(failback: &str) -> Config {
 }
 
 fn ring_members(plan: &Plan) -> BTreeSet<u32> {
-    plan.datapath.ring.v4.iter().copied().collect()
+    let ring = plan.datapath.ring.v4.iter().copied();
+    ring.filter(|&slot| slot != multiroute_ebpf::NO_UPLINK)
+        .collect()
 }
 
 #[test]

@@ -150,6 +150,7 @@ impl UplinkPlan {
             },
             degraded: PerFamily::default(),
             passed_over: PerFamily::default(),
+            exhausted: false,
             nat6: Nat6::default(),
         }
     }
@@ -176,6 +177,9 @@ pub struct UplinkPlan {
     /// (its running sessions stay). With every uplink of the tier degraded, they
     /// all take new flows, as if healthy.
     pub passed_over: PerFamily<bool>,
+    /// Its budget is used up and `at_quota` is "standby" or "stop": it is on
+    /// [`EXHAUSTED_TIER`], below every other.
+    pub exhausted: bool,
     /// How the LAN's IPv6 leaves through it.
     pub nat6: Nat6,
     /// Alive, but on a worse tier than the best live one with `failback = "move"`:
@@ -184,20 +188,26 @@ pub struct UplinkPlan {
     pub standby: bool,
 }
 
+/// The tier of an uplink whose budget is used up: worse than any configured one,
+/// so it carries traffic only while no other uplink is alive.
+pub const EXHAUSTED_TIER: u32 = crate::config::MAX_TIER + 1;
+
 /// What health checks concluded, by health name (see [`health_name`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdicts {
     pub dead: BTreeSet<String>,
     /// Alive but over a quality limit.
     pub degraded: BTreeSet<String>,
+    /// Uplinks (by name) whose data budget is used up.
+    pub exhausted: BTreeSet<String>,
 }
 
 impl Verdicts {
-    /// Only these dead, nothing degraded.
+    /// Only these dead, nothing degraded or exhausted.
     pub fn dead(dead: BTreeSet<String>) -> Self {
         Self {
             dead,
-            degraded: BTreeSet::new(),
+            ..Self::default()
         }
     }
 }

@@ -8,7 +8,7 @@ use super::{
     Daemon,
     control::{self, Incoming, Request, Response},
     metrics,
-    report::{DaemonReport, RuleReport, UplinkReport},
+    report::{BudgetReport, DaemonReport, RuleReport, UplinkReport},
     view::UplinkView,
 };
 use crate::{
@@ -29,6 +29,7 @@ impl Daemon {
             Request::Plan => Response::Plan {
                 lines: self.plan.lines(),
             },
+            Request::BudgetReset { uplink } => self.reset_budget(&uplink).await,
         };
         // The asker may have gone away; nothing to do then.
         let _ = incoming.reply.send(reply);
@@ -85,6 +86,25 @@ impl Daemon {
         }
     }
 
+    fn budget_report(&self, name: &str) -> Option<BudgetReport> {
+        let budget = self
+            .config
+            .uplinks
+            .iter()
+            .find(|u| u.name == name)?
+            .budget
+            .as_ref()?;
+        let tz = jiff::tz::TimeZone::system();
+        let meter = self.meters.uplinks.get(name);
+        Some(BudgetReport {
+            used_bytes: meter.map_or(0, |m| m.used),
+            quota_bytes: budget.quota,
+            period_end: meter.map_or(0, |m| m.period_end(budget, &tz)),
+            exhausted: meter.is_some_and(|m| m.exhausted(budget)),
+            at_quota: format!("{:?}", budget.at_quota).to_lowercase(),
+        })
+    }
+
     fn report(&self) -> DaemonReport {
         let active = self.plan.active_tier();
         let uplinks = self
@@ -111,6 +131,7 @@ impl Daemon {
                     alive6: u.alive.v6,
                     degraded6: u.degraded.v6,
                     probes6: self.health.report(&health_name(&u.name, Family::V6)),
+                    budget: self.budget_report(&u.name),
                 })
             })
             .collect();

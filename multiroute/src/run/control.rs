@@ -35,6 +35,8 @@ pub enum Request {
     Metrics,
     /// The plan in force, as [`crate::plan::Plan::lines`].
     Plan,
+    /// A metered uplink's count starts again at 0 (a new data pack).
+    BudgetReset { uplink: String },
 }
 
 /// The daemon's answer to one request: the same type on both ends of the socket.
@@ -52,6 +54,11 @@ pub enum Response {
     },
     Plan {
         lines: Vec<String>,
+    },
+    BudgetReset {
+        uplink: String,
+        /// What it had used, in words ("4.2 MB of 5.0 MB (84 %)").
+        previous: String,
     },
     Refused(Refusal),
 }

@@ -10,6 +10,8 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Io(#[from] PathError),
+    #[error("{0}; move it away to count the budgets afresh")]
+    State(#[from] super::budget::StateError),
     #[error("{0}")]
     Host(String),
     #[error("{0} stopped unexpectedly; the datapath keeps steering, restart multiroute")]

@@ -55,11 +55,15 @@ impl Record {
         }
     }
 
-    fn record(&mut self, rtt: Option<Duration>, limits: &Limits, now: Instant) {
-        while self.recent.len() >= limits.quality.window as usize {
-            self.recent.pop_front();
+    fn record(&mut self, rtt: Option<Duration>, cadence: Cadence, limits: &Limits, now: Instant) {
+        // Only probes at the interval sample the line's quality evenly.
+        let sampled = cadence == Cadence::Interval;
+        if sampled {
+            while self.recent.len() >= limits.quality.window as usize {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(rtt);
         }
-        self.recent.push_back(rtt);
         if rtt.is_some() {
             self.ok_streak += 1;
             self.fail_streak = 0;
@@ -67,7 +71,9 @@ impl Record {
                 self.up = true;
                 // The outage is not the line's quality: judge it afresh.
                 self.recent.clear();
-                self.recent.push_back(rtt);
+                if sampled {
+                    self.recent.push_back(rtt);
+                }
                 self.over = None;
                 self.judged_at = Some(now);
             }
@@ -78,17 +84,17 @@ impl Record {
                 self.up = false;
             }
         }
-        if self.up {
+        if self.up && sampled {
             self.judge(&limits.quality, now);
         }
     }
 
     /// Losses in a row that declare this target dead: `down`, or more on a line
-    /// whose window already showed more loss than `recover_loss_percent` (see
-    /// [`RUN_BY_CHANCE`]).
+    /// whose window showed more loss than `recover_loss_percent` before the run
+    /// (see [`RUN_BY_CHANCE`]).
     fn down_after(&self, limits: &Limits) -> u32 {
-        let run = self.fail_streak as usize;
-        let before = self.recent.len().saturating_sub(run);
+        let run = self.recent.iter().rev().take_while(|r| r.is_none()).count();
+        let before = self.recent.len() - run;
         let lost = self
             .recent
             .iter()
@@ -183,6 +189,16 @@ impl Record {
         let lost = self.recent.iter().filter(|r| r.is_none()).count();
         100.0 * lost as f64 / self.recent.len() as f64
     }
+}
+
+/// Why a probe was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cadence {
+    /// At the interval: it counts for liveness and quality.
+    Interval,
+    /// In a burst when the line fell silent under load: for liveness only (a
+    /// burst would weigh one moment over the window).
+    Burst,
 }
 
 /// `[health] down` and `up`: consecutive results that flip a target's state.
@@ -358,14 +374,14 @@ impl HealthBook {
         &mut self,
         uplink: &str,
         target: Target,
-        rtt: Option<Duration>,
+        (rtt, cadence): (Option<Duration>, Cadence),
         now: Instant,
     ) -> Option<Change> {
         let side = self.uplinks.get_mut(uplink)?;
         let was = side.condition();
         let probed = side.targets.iter().position(|t| t.target == target)?;
         let limits = side.limits;
-        side.targets[probed].record(rtt, &limits, now);
+        side.targets[probed].record(rtt, cadence, &limits, now);
         let condition = side.condition();
         (condition != was).then(|| Change {
             uplink: uplink.to_owned(),
@@ -386,6 +402,7 @@ impl HealthBook {
         Verdicts {
             dead: named(Condition::Down),
             degraded: named(Condition::Degraded),
+            exhausted: BTreeSet::new(),
         }
     }
 
@@ -454,7 +471,8 @@ mod tests {
 
         fn probe(&mut self, target: Target, rtt: Option<Duration>) -> Option<Change> {
             self.now += INTERVAL;
-            self.book.record("dsl", target, rtt, self.now)
+            self.book
+                .record("dsl", target, (rtt, Cadence::Interval), self.now)
         }
 
         fn condition(&self) -> Condition {
@@ -590,6 +608,24 @@ mod tests {
         assert_eq!(dsl.condition(), Condition::Degraded);
         let back = (1..100).find(|_| dsl.probe(A, RTT).is_some()).unwrap();
         assert_eq!(back, 60, "30 s at 500 ms a probe");
+    }
+
+    #[test]
+    fn a_burst_counts_for_liveness_but_not_for_the_window() {
+        let mut dsl = Probed::new(&[A]);
+        for _ in 0..20 {
+            dsl.probe(A, RTT);
+        }
+        let mut burst = |rtt| dsl.book.record("dsl", A, (rtt, Cadence::Burst), dsl.now);
+        assert_eq!(burst(None), None);
+        assert_eq!(burst(None), None);
+        let down = burst(None).expect("three burst losses in a row");
+        assert_eq!(down.condition, Condition::Down);
+        assert_eq!(
+            dsl.book.report("dsl")[0].loss_percent,
+            0.0,
+            "not in the window"
+        );
     }
 
     #[test]

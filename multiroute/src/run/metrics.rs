@@ -59,6 +59,10 @@ struct Series {
     fast: Family<Labels, Counter>,
     changes: Family<Labels, Counter>,
     degraded: Family<Labels, Gauge>,
+    budget_used: Family<Labels, Gauge>,
+    budget_quota: Family<Labels, Gauge>,
+    budget_end: Family<Labels, Gauge>,
+    budget_exhausted: Family<Labels, Gauge>,
     rtt: Family<Labels, FloatGauge>,
     loss: Family<Labels, FloatGauge>,
     datapath: Family<Labels, Counter>,
@@ -97,6 +101,22 @@ impl Series {
                 "uplink_degraded",
                 "1 while the uplink's side of the family is alive but over a quality limit",
             ),
+            budget_used: family(
+                registry,
+                "uplink_budget_used_bytes",
+                "Bytes both ways counted against the budget in its period",
+            ),
+            budget_quota: family(registry, "uplink_budget_quota_bytes", "The budget's quota"),
+            budget_end: family(
+                registry,
+                "uplink_budget_period_end_seconds",
+                "When the budget's period ends (Unix time)",
+            ),
+            budget_exhausted: family(
+                registry,
+                "uplink_budget_exhausted",
+                "1 while the budget's quota is used up",
+            ),
             rtt: family(
                 registry,
                 "probe_rtt_seconds",
@@ -129,6 +149,16 @@ impl Series {
         self.bytes.get_or_create(&labels).inc_by(u.bytes);
         self.fast.get_or_create(&labels).inc_by(u.fast_packets);
         self.changes.get_or_create(&labels).inc_by(u.state_changes);
+        if let Some(budget) = &u.budget {
+            let gauge = |series: &Family<Labels, Gauge>, value: i64| {
+                series.get_or_create(&labels).set(value);
+            };
+            let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+            gauge(&self.budget_used, bytes(budget.used_bytes));
+            gauge(&self.budget_quota, bytes(budget.quota_bytes));
+            gauge(&self.budget_end, budget.period_end);
+            gauge(&self.budget_exhausted, i64::from(budget.exhausted));
+        }
         for (family, name) in [(IpFamily::V4, "ipv4"), (IpFamily::V6, "ipv6")] {
             let labels = vec![("uplink", u.name.clone()), ("family", name.to_owned())];
             self.degraded
@@ -286,6 +316,13 @@ mod tests {
                     }],
                     alive6: false,
                     degraded6: false,
+                    budget: Some(crate::run::report::BudgetReport {
+                        used_bytes: 4_200_000,
+                        quota_bytes: 5_000_000,
+                        period_end: 1_800_000_000,
+                        exhausted: false,
+                        at_quota: "standby".into(),
+                    }),
                     probes6: Vec::new(),
                 }),
                 Counted {
@@ -311,6 +348,10 @@ mod tests {
             "multiroute_uplink_fast_path_packets_total{uplink=\"dsl\"} 900",
             "multiroute_uplink_state_changes_total{uplink=\"dsl\"} 2",
             "multiroute_uplink_degraded{uplink=\"dsl\",family=\"ipv4\"} 1",
+            "multiroute_uplink_budget_used_bytes{uplink=\"dsl\"} 4200000",
+            "multiroute_uplink_budget_quota_bytes{uplink=\"dsl\"} 5000000",
+            "multiroute_uplink_budget_period_end_seconds{uplink=\"dsl\"} 1800000000",
+            "multiroute_uplink_budget_exhausted{uplink=\"dsl\"} 0",
             "multiroute_uplink_degraded{uplink=\"dsl\",family=\"ipv6\"} 0",
             "multiroute_probe_rtt_seconds{uplink=\"dsl\",target=\"192.0.2.1\"} 0.0125",
             "multiroute_probe_loss_ratio{uplink=\"dsl\",target=\"192.0.2.1\"} 0.05",

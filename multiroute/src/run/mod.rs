@@ -8,11 +8,13 @@
 //! the datapath stay and keep every session where it is, so a restart or an upgrade
 //! moves nothing. `multiroute unload` removes everything.
 mod answers;
+mod budget;
 pub mod control;
 mod error;
 pub mod fast_path;
 pub mod health;
 pub mod link_events;
+mod metering;
 pub mod metrics;
 pub mod nft_events;
 pub mod probe;
@@ -75,6 +77,10 @@ pub struct Daemon {
     recheck_at: Option<Instant>,
     /// Follows conntrack for the fast path, while `[datapath] fast_path` is on.
     fast_path: Option<FastPath>,
+    /// Metered uplinks' byte counts, kept in the state directory.
+    meters: budget::Meters,
+    /// When the meters were last written to their file.
+    meters_saved: Instant,
 }
 
 /// How often the daemon checks that the kernel still holds its plan.
@@ -110,7 +116,15 @@ impl Daemon {
             .is_empty();
         // A restart keeps the previous daemon's verdicts: an uplink it had found
         // dead gets no new flows until probes bring it back.
-        let (trusting, observed) = apply::plan(&nl, &config, &Verdicts::default()).await?;
+        // Budgets used up before a restart stay so from the first plan on.
+        let meters = budget::Meters::load(&config.control.state_dir)?;
+        let exhausted = metering::exhausted(&config, &meters);
+        let verdicts = |dead| Verdicts {
+            dead,
+            degraded: BTreeSet::new(),
+            exhausted: exhausted.clone(),
+        };
+        let (trusting, observed) = apply::plan(&nl, &config, &verdicts(BTreeSet::new())).await?;
         let presumed_dead = if running {
             presumed_dead(&config, &trusting)?
         } else {
@@ -119,7 +133,7 @@ impl Daemon {
         let plan = if presumed_dead.is_empty() {
             trusting
         } else {
-            apply::replan(&config, &observed, &Verdicts::dead(presumed_dead.clone()))?
+            apply::replan(&config, &observed, &verdicts(presumed_dead.clone()))?
         };
         prepare_host(&nl, &config).await?;
         let applied = apply::apply(&nl, &config, &plan, &observed, running).await;
@@ -152,6 +166,8 @@ impl Daemon {
             ready: true,
             recheck_at: None,
             fast_path: None,
+            meters,
+            meters_saved: Instant::now(),
         };
         daemon.recheck_when_expiring(&observed);
         log_plan(&daemon.plan);
@@ -186,6 +202,8 @@ impl Daemon {
         self.notify_status();
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut metering = tokio::time::interval(metering::EVERY);
+        metering.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
                 _ = terminate.recv() => break None,
@@ -197,7 +215,7 @@ impl Daemon {
                     let change = self.health.record(
                         &result.uplink,
                         result.target,
-                        result.rtt,
+                        (result.rtt, result.cadence),
                         Instant::now(),
                     );
                     if change.is_some() {
@@ -206,6 +224,7 @@ impl Daemon {
                 }
                 Some(incoming) = requests.recv() => self.answer(incoming).await,
                 _ = resync.tick() => self.resync().await,
+                _ = metering.tick() => self.meter().await,
                 () = until(self.recheck_at) => self.reconcile(None).await,
                 Some(ended) = tasks.join_next() => {
                     break Some(match ended {
@@ -216,6 +235,8 @@ impl Daemon {
             }
         };
         notify_systemd(&[NotifyState::Stopping]);
+        self.meter().await;
+        self.save_meters();
         self.probers.clear();
         self.fast_path = None;
         tasks.abort_all();
@@ -245,7 +266,7 @@ impl Daemon {
     /// Re-reads the host and moves the kernel to the plan for it; `change` is the
     /// probe verdict that prompted this, if one did.
     async fn reconcile(&mut self, change: Option<Change>) {
-        match apply::plan(&self.kernel.nl, &self.config, &self.health.verdicts()).await {
+        match apply::plan(&self.kernel.nl, &self.config, &self.verdicts()).await {
             Ok((plan, observed)) => {
                 self.recheck_when_expiring(&observed);
                 self.move_to(plan, &observed, change).await
@@ -319,7 +340,7 @@ impl Daemon {
     /// otherwise whatever someone removed of the running plan is put back.
     async fn resync(&mut self) {
         let (plan, observed) =
-            match apply::plan(&self.kernel.nl, &self.config, &self.health.verdicts()).await {
+            match apply::plan(&self.kernel.nl, &self.config, &self.verdicts()).await {
                 Ok(planned) => planned,
                 Err(err) => return error!("checking the set-up failed, will retry: {err}"),
             };
@@ -395,7 +416,6 @@ impl Daemon {
     /// current address and targets.
     fn sync_probers(&mut self) {
         let timing = Timing {
-            interval: Duration::from_millis(self.config.health.interval_ms),
             timeout: Duration::from_millis(self.config.health.timeout_ms),
             burst: self.config.health.down,
         };
@@ -429,7 +449,7 @@ impl Daemon {
         let checked = async {
             let config = Config::load(&self.config_path)?;
             // Interfaces the new config names must exist before anything changes.
-            apply::plan(&self.kernel.nl, &config, &self.health.verdicts()).await?;
+            apply::plan(&self.kernel.nl, &config, &self.verdicts()).await?;
             Ok::<_, DaemonError>(config)
         };
         let config = match checked.await {

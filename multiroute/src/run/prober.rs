@@ -11,7 +11,7 @@ use tokio::{sync::mpsc, task::JoinSet, time::MissedTickBehavior};
 use tracing::info;
 
 use super::{
-    health::Watch,
+    health::{Cadence, Watch},
     probe::{self, Through},
     silence::{self, Silence},
 };
@@ -30,6 +30,9 @@ pub struct ProbeSpec {
     pub address: IpAddr,
     /// Its targets and the quality limits they are held to.
     pub watch: Watch,
+    /// `[health] interval_ms`, or a metered uplink's `standby_interval_ms` while
+    /// it takes no new flows (so probes do not eat its data plan).
+    pub interval: Duration,
 }
 
 /// What each ready uplink should be probed at, per family: its own `probe` list
@@ -54,6 +57,11 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
             if targets.is_empty() {
                 continue;
             }
+            let standing_by = !planned.takes_new_flows(Family::V4, plan.active_tier());
+            let interval = match uplink.budget.as_ref().and_then(|b| b.standby_interval_ms) {
+                Some(ms) if standing_by => ms,
+                _ => config.health.interval_ms,
+            };
             let name = health_name(&planned.name, family);
             let spec = ProbeSpec {
                 uplink: name.clone(),
@@ -63,6 +71,7 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
                     targets,
                     quality: uplink.quality,
                 },
+                interval: Duration::from_millis(interval),
             };
             wanted.insert(name, spec);
         }
@@ -77,11 +86,11 @@ pub struct ProbeResult {
     pub uplink: String,
     pub target: Target,
     pub rtt: Option<Duration>,
+    pub cadence: Cadence,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
-    pub interval: Duration,
     pub timeout: Duration,
     /// Probes per target when the line falls silent under load (`[health] down`:
     /// as many as it takes to declare it dead).
@@ -130,7 +139,7 @@ async fn probe_loop(
     timing: Timing,
     results: mpsc::Sender<ProbeResult>,
 ) {
-    let mut ticker = tokio::time::interval(timing.interval);
+    let mut ticker = tokio::time::interval(spec.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sampler = tokio::time::interval(silence::SAMPLE_EVERY);
     sampler.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -139,19 +148,21 @@ async fn probe_loop(
     // Probes outlive a tick when the timeout is longer than the interval.
     let mut in_flight = JoinSet::new();
     let mut sequence: u16 = 0;
-    let mut send = |in_flight: &mut JoinSet<_>, delay: Duration, timeout: Duration| {
+    let mut send = |in_flight: &mut JoinSet<_>, cadence, delay: Duration, timeout: Duration| {
         for (target, probe) in &probes {
             sequence = sequence.wrapping_add(1);
             let (target, probe, sequence) = (*target, probe.clone(), sequence);
             in_flight.spawn(async move {
                 tokio::time::sleep(delay).await;
-                (target, probe.probe(sequence, timeout).await)
+                (target, cadence, probe.probe(sequence, timeout).await)
             });
         }
     };
     loop {
         tokio::select! {
-            _ = ticker.tick() => send(&mut in_flight, Duration::ZERO, timing.timeout),
+            _ = ticker.tick() => {
+                send(&mut in_flight, Cadence::Interval, Duration::ZERO, timing.timeout)
+            }
             _ = sampler.tick() => {
                 // A few of the line's slowest recent round trips, at least the floor.
                 let wait = rtts
@@ -167,18 +178,18 @@ async fn probe_loop(
                         "the line sends and receives nothing: probing at once"
                     );
                     for i in 0..timing.burst {
-                        send(&mut in_flight, BURST_SPACING * i, wait);
+                        send(&mut in_flight, Cadence::Burst, BURST_SPACING * i, wait);
                     }
                 }
             }
-            Some(Ok((target, rtt))) = in_flight.join_next() => {
+            Some(Ok((target, cadence, rtt))) = in_flight.join_next() => {
                 if let Some(rtt) = rtt {
                     if rtts.len() == RTT_MEMORY {
                         rtts.pop_front();
                     }
                     rtts.push_back(rtt);
                 }
-                let result = ProbeResult { uplink: spec.uplink.clone(), target, rtt };
+                let result = ProbeResult { uplink: spec.uplink.clone(), target, rtt, cadence };
                 if results.send(result).await.is_err() {
                     return;
                 }

@@ -30,6 +30,23 @@ pub struct UplinkReport {
     pub degraded6: bool,
     /// The probes of its IPv6 side.
     pub probes6: Vec<TargetReport>,
+    /// A metered uplink's count in its period.
+    #[serde(default)]
+    pub budget: Option<BudgetReport>,
+}
+
+/// A metered uplink's budget as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetReport {
+    /// Bytes both ways in the current period.
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    /// When the period ends and the count starts again (Unix seconds).
+    pub period_end: i64,
+    /// The quota is used up.
+    pub exhausted: bool,
+    /// What that does: "standby", "stop" or "warn".
+    pub at_quota: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,10 +6,11 @@ use serde::Serialize;
 
 use super::{
     health::TargetReport,
-    report::{DaemonReport, UplinkReport},
+    report::{BudgetReport, DaemonReport, UplinkReport},
 };
 use crate::{
     apply::datapath::Maps,
+    config::format_size,
     net::Family,
     plan::{Condition, Plan, Readiness, UplinkPlan},
 };
@@ -18,8 +19,8 @@ use crate::{
 pub struct UplinkView {
     pub name: String,
     /// "up", "degraded" (alive, over a quality limit: no new flows while a good
-    /// uplink of its tier has them), "down" or "drained" (alive, weight 0: keeps
-    /// its flows, takes no new ones).
+    /// uplink of its tier has them), "down", "exhausted" (its budget is used up)
+    /// or "drained" (alive, weight 0: keeps its flows, takes no new ones).
     pub state: &'static str,
     pub weight: u32,
     /// Lower is preferred: new flows use the best tier with a live uplink.
@@ -49,6 +50,8 @@ pub struct UplinkView {
     pub loss_percent: Option<f64>,
     /// Its IPv6 side, judged apart from its IPv4.
     pub ipv6: Ipv6View,
+    /// A metered uplink's count (null for an unmetered one, or without a daemon).
+    pub budget: Option<BudgetReport>,
 }
 
 /// What one family of an uplink has: its address, next hop and probes.
@@ -118,8 +121,13 @@ impl UplinkView {
         };
         // `multiroute weight` changes live in the daemon, not in the file.
         let weight = health.map_or(uplink.weight, |u| u.weight);
+        let budget = health.and_then(|u| u.budget.clone());
+        let exhausted = budget
+            .as_ref()
+            .is_some_and(|b| b.exhausted && b.at_quota != "warn");
         let state = match (condition(Family::V4), weight) {
             (Condition::Down, _) => "down",
+            _ if exhausted => "exhausted",
             (_, 0) => "drained",
             (other, _) => other.as_str(),
         };
@@ -160,9 +168,17 @@ impl UplinkView {
             bytes: counted.traffic.bytes,
             fast_packets: counted.fast_packets,
             since: health.map(|u| u.since),
-            reason: health
-                .map(|u| u.reason.clone())
-                .or_else(|| uplink.readiness.v4.problem(Family::V4)),
+            reason: match &budget {
+                Some(b) if exhausted => Some(format!(
+                    "budget used up: {} of {}; at_quota = \"{}\"",
+                    format_size(b.used_bytes),
+                    format_size(b.quota_bytes),
+                    b.at_quota
+                )),
+                _ => health
+                    .map(|u| u.reason.clone())
+                    .or_else(|| uplink.readiness.v4.problem(Family::V4)),
+            },
             state_changes: health.map_or(0, |u| u.state_changes),
             rtt_ms: health.and_then(best_rtt),
             loss_percent: health.and_then(best_loss),
@@ -170,6 +186,7 @@ impl UplinkView {
                 state: ipv6_state,
                 side: side(Family::V6),
             },
+            budget,
         }
     }
 

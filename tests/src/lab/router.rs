@@ -30,10 +30,12 @@ impl Lab {
         let write = |config: &Path, pin_path: &Path, socket: &str| {
             let mut text = String::from("lan = [\"lan0\"]\n");
             text += uplink_blocks;
+            // State (budget counts) in the lab's own directory, never the host's.
             text += &format!(
-                "\n[routing]\npin_path = \"{}\"\n\n[control]\nsocket = \"{}\"\n",
+                "\n[routing]\npin_path = \"{}\"\n\n[control]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
                 pin_path.display(),
-                self.dir.join(socket).display()
+                self.dir.join(socket).display(),
+                self.dir.join(format!("{socket}.state")).display()
             );
             text += extra_config;
             std::fs::write(config, text).context("writing the lab config")

@@ -1,0 +1,132 @@
+//! The daemon's side of metered uplinks: once a second each budgeted uplink's
+//! interface counter is read into its meter; crossing a warning or the quota is
+//! logged, and a used-up quota (or a new period, or `budget reset`) re-plans.
+//! The meters are written to the state directory every [`SAVE_EVERY`], on every
+//! such change and on stop.
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use jiff::Zoned;
+use tracing::{error, info, warn};
+
+use super::{
+    Daemon,
+    budget::{self, BudgetEvent, Meters},
+    control::{self, Response},
+};
+use crate::{
+    config::{AtQuota, Config},
+    plan::Verdicts,
+};
+
+/// How often the counters are read.
+pub const EVERY: Duration = Duration::from_secs(1);
+/// At most this much counting is lost to a power cut.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// The uplinks whose budget is used up, by the meters as they are.
+pub fn exhausted(config: &Config, meters: &Meters) -> BTreeSet<String> {
+    config
+        .uplinks
+        .iter()
+        .filter(|u| {
+            u.budget
+                .as_ref()
+                .zip(meters.uplinks.get(&u.name))
+                .is_some_and(|(budget, meter)| meter.exhausted(budget))
+        })
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+impl Daemon {
+    /// What health checks and the budgets conclude.
+    pub(super) fn verdicts(&self) -> Verdicts {
+        Verdicts {
+            exhausted: exhausted(&self.config, &self.meters),
+            ..self.health.verdicts()
+        }
+    }
+
+    /// Reads every budgeted uplink's counter into its meter.
+    pub(super) async fn meter(&mut self) {
+        let now = Zoned::now();
+        let before = exhausted(&self.config, &self.meters);
+        let mut changed = false;
+        for uplink in &self.config.uplinks {
+            let Some(budget) = &uplink.budget else {
+                continue;
+            };
+            let Some(reading) = budget::read(&uplink.interface) else {
+                continue;
+            };
+            let meter = self.meters.meter(&uplink.name, budget, &now);
+            for event in meter.advance(budget, reading, &now) {
+                changed = true;
+                let used = meter.describe(budget);
+                let name = uplink.name.as_str();
+                match event {
+                    BudgetEvent::NewPeriod => {
+                        info!(
+                            uplink = name,
+                            "budget: a new period begins, counting from 0"
+                        )
+                    }
+                    BudgetEvent::Warning { percent } => {
+                        warn!(uplink = name, %used, "budget warning: {percent} % of the quota used")
+                    }
+                    BudgetEvent::Exhausted => warn!(
+                        uplink = name,
+                        %used,
+                        "budget EXHAUSTED: {}",
+                        match budget.at_quota {
+                            AtQuota::Standby =>
+                                "standby: it carries traffic only while no other uplink is alive",
+                            AtQuota::Stop => "stopped: it carries nothing until `budget reset` or the next period",
+                            AtQuota::Warn => "warn only: it carries on",
+                        }
+                    ),
+                }
+            }
+        }
+        if changed || self.meters_saved.elapsed() >= SAVE_EVERY {
+            self.save_meters();
+        }
+        if exhausted(&self.config, &self.meters) != before {
+            self.reconcile(None).await;
+        }
+    }
+
+    pub(super) fn save_meters(&mut self) {
+        if self.meters.uplinks.is_empty() {
+            return;
+        }
+        match self.meters.save() {
+            Ok(()) => self.meters_saved = Instant::now(),
+            Err(err) => error!("could not keep the budget counts: {err}"),
+        }
+    }
+
+    /// `multiroute budget reset`: a new data pack.
+    pub(super) async fn reset_budget(&mut self, name: &str) -> Response {
+        let uplink = match self.config.uplink_position(name) {
+            Ok(index) => &self.config.uplinks[index],
+            Err(unknown) => return control::refusal(&unknown.to_string(), true),
+        };
+        let Some(budget) = uplink.budget.clone() else {
+            return control::refusal(&format!("uplink {name:?} has no [uplink.budget]"), true);
+        };
+        let meter = self.meters.meter(name, &budget, &Zoned::now());
+        let previous = meter.describe(&budget);
+        meter.reset();
+        info!(uplink = name, %previous, "budget reset: counting from 0");
+        self.save_meters();
+        self.reconcile(None).await;
+        Response::BudgetReset {
+            uplink: name.to_owned(),
+            previous,
+        }
+    }
+}
