@@ -103,7 +103,7 @@ pub struct UplinkConfig {
     /// Its `[uplink.health]` over `[health]`'s limits.
     pub quality: Quality,
     /// A metered uplink's data quota.
-    pub budget: Option<super::Budget>,
+    pub budget: Option<super::budget::Budget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,25 @@ use std::{
 use jiff::{Span, Timestamp, Zoned, civil::Date, tz::TimeZone};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Budget, Period, format_size};
+use crate::config::{Budget, Config, Period, format_size};
+
+/// How often the counters are read.
+pub const READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The uplinks whose budget is used up, by the meters as they are.
+pub fn exhausted(config: &Config, meters: &Meters) -> std::collections::BTreeSet<String> {
+    config
+        .uplinks
+        .iter()
+        .filter(|u| {
+            u.budget
+                .as_ref()
+                .zip(meters.uplinks.get(&u.name))
+                .is_some_and(|(budget, meter)| meter.exhausted(budget))
+        })
+        .map(|u| u.name.clone())
+        .collect()
+}
 
 /// An interface's byte counter and what tells one counter from another: a
 /// reboot (boot id) or a new interface (ifindex) starts a new one at 0.

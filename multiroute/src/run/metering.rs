@@ -1,45 +1,22 @@
-//! The daemon's side of metered uplinks: once a second each budgeted uplink's
+//! The daemon's side of metered uplinks: every [`budget::READ_EVERY`] each budgeted uplink's
 //! interface counter is read into its meter; crossing a warning or the quota is
 //! logged, and a used-up quota (or a new period, or `budget reset`) re-plans.
 //! The meters are written to the state directory every [`SAVE_EVERY`], on every
 //! such change and on stop.
-use std::{
-    collections::BTreeSet,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use jiff::Zoned;
 use tracing::{error, info, warn};
 
 use super::{
     Daemon,
-    budget::{self, BudgetEvent, Meters},
+    budget::{self, BudgetEvent, exhausted},
     control::{self, Response},
 };
-use crate::{
-    config::{AtQuota, Config},
-    plan::Verdicts,
-};
+use crate::{config::AtQuota, plan::Verdicts};
 
-/// How often the counters are read.
-pub const EVERY: Duration = Duration::from_secs(1);
 /// At most this much counting is lost to a power cut.
 const SAVE_EVERY: Duration = Duration::from_secs(30);
-
-/// The uplinks whose budget is used up, by the meters as they are.
-pub fn exhausted(config: &Config, meters: &Meters) -> BTreeSet<String> {
-    config
-        .uplinks
-        .iter()
-        .filter(|u| {
-            u.budget
-                .as_ref()
-                .zip(meters.uplinks.get(&u.name))
-                .is_some_and(|(budget, meter)| meter.exhausted(budget))
-        })
-        .map(|u| u.name.clone())
-        .collect()
-}
 
 impl Daemon {
     /// What health checks and the budgets conclude.

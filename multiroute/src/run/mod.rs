@@ -118,7 +118,7 @@ impl Daemon {
         // dead gets no new flows until probes bring it back.
         // Budgets used up before a restart stay so from the first plan on.
         let meters = budget::Meters::load(&config.control.state_dir)?;
-        let exhausted = metering::exhausted(&config, &meters);
+        let exhausted = budget::exhausted(&config, &meters);
         let verdicts = |dead| Verdicts {
             dead,
             degraded: BTreeSet::new(),
@@ -202,7 +202,7 @@ impl Daemon {
         self.notify_status();
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut metering = tokio::time::interval(metering::EVERY);
+        let mut metering = tokio::time::interval(budget::READ_EVERY);
         metering.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
