@@ -205,12 +205,32 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         for ns in self.namespaces() {
+            // What our programs left there: dhcpcd's privilege-separated helpers
+            // outlive a killed dhcpcd, and ignore SIGTERM.
+            for pid in namespace_pids(&ns) {
+                // SAFETY: kill(2) on a process inside the lab's own namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
             let _ = run("ip", &["netns", "del", &ns]);
         }
         let _ = std::fs::remove_dir_all(self.netns_etc());
         let _ = run("umount", &[&self.dir.join("bpf").to_string_lossy()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The processes inside network namespace `ns`.
+fn namespace_pids(ns: &str) -> Vec<i32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Sends `signal` to `child` (`ip netns exec` execs its program, so the child is

@@ -339,3 +339,79 @@ fn ipv4_gateways_come_from_dhcp_clients_and_follow_renewals_and_expiry() {
         "the DHCP clients left the host's resolv.conf alone"
     );
 }
+
+/// Server-side DHCP acknowledgements dnsmasq logged for ISP `n`.
+fn acks(lab: &Lab, n: usize) -> usize {
+    let log = std::fs::read_to_string(lab.dir.join(format!("dhcp{n}.log"))).unwrap_or_default();
+    log.matches("DHCPACK(").count()
+}
+
+#[test]
+fn a_dead_uplink_gets_its_on_dead_action_renewal_or_command() {
+    if !require_root!() {
+        return;
+    }
+    let health = format!(
+        "\n[health]\ntargets = [\"{}\"]\ninterval_ms = 200\ntimeout_ms = 200\n",
+        multiroute_tests::SERVER
+    );
+    let mut lab = Lab::new(&LabOptions {
+        weights: vec![1, 1, 1],
+        extra_config: health.clone(),
+    })
+    .expect("building the lab");
+    for (n, client) in CLIENTS {
+        lab.serve_dhcp(n, (100, 150), 1).unwrap();
+        lab.start_dhcp_client(n, client).unwrap();
+    }
+    let ran = lab.dir.join("on_dead.log");
+    let command = format!(
+        "on_dead = [\"/bin/sh\", \"-c\", \"echo $MULTIROUTE_UPLINK $MULTIROUTE_INTERFACE >> {}\"]\non_dead_after_ms = 1000\n",
+        ran.display()
+    );
+    let renew = "on_dead = \"renew\"\non_dead_after_ms = 1000\n";
+    let blocks = format!(
+        "{}{command}\n[[uplink]]\nname = \"isp1\"\ninterface = \"wan1\"\n{renew}\n[[uplink]]\nname = \"isp2\"\ninterface = \"wan2\"\n{renew}",
+        Lab::uplink_block(0, 1)
+    );
+    lab.write_config_with(&blocks, &health).unwrap();
+    lab.start_router().expect("starting multiroute");
+    let before = [acks(&lab, 1), acks(&lab, 2)];
+
+    // Zombies: links up, DHCP answering, nothing routed beyond the ISPs.
+    for n in 0..3 {
+        lab.fail_upstream(n).unwrap();
+    }
+    let started = Instant::now();
+    wait_until(Duration::from_secs(8), || {
+        acks(&lab, 1) > before[0]
+            && acks(&lab, 2) > before[1]
+            && std::fs::read_to_string(&ran).is_ok_and(|text| text.contains("isp0 wan0"))
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "no on_dead action within 8 s:\n{}\n{}\n{}",
+            lab.dhcp_logs(1),
+            lab.dhcp_logs(2),
+            lab.router_log()
+        )
+    });
+    println!(
+        "dead uplinks: leases renewed and the command run {:.1} s after the failure",
+        started.elapsed().as_secs_f64()
+    );
+    let log = lab.router_log();
+    for line in [
+        "uplink still dead: renewing its DHCP lease",
+        "asked dhcpcd (pid",
+        "asked udhcpc (pid",
+        "on_dead: /bin/sh -c",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+    // Backing off: the second attempt comes 2 s after the first, not every tick.
+    sleep(Duration::from_millis(1500));
+    let attempts = std::fs::read_to_string(&ran).unwrap().lines().count();
+    assert!(attempts <= 2, "{attempts} attempts within 3 s");
+    lab.stop_and_unload().expect("stopping multiroute");
+}

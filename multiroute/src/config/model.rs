@@ -104,6 +104,8 @@ pub struct UplinkConfig {
     pub quality: Quality,
     /// A metered uplink's data quota.
     pub budget: Option<super::budget::Budget>,
+    /// What to do once it has been dead for a while.
+    pub on_dead: Option<super::on_dead::OnDead>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

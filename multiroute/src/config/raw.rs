@@ -85,6 +85,8 @@ pub(super) struct RawUplink {
     #[serde(default)]
     pub(super) health: RawQuality,
     pub(super) budget: Option<super::budget::RawBudget>,
+    pub(super) on_dead: Option<super::on_dead::RawOnDead>,
+    pub(super) on_dead_after_ms: Option<i64>,
 }
 
 fn default_weight() -> i64 {

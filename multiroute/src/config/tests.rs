@@ -403,3 +403,41 @@ fn quality_limit_errors_name_their_key() {
         assert!(err.contains(expected), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn on_dead_is_a_word_or_an_absolute_argv() {
+    let with = |extra: &str| parse(&format!("{MINIMAL}{extra}"));
+    let renew = with("on_dead = \"renew\"\n").unwrap();
+    assert_eq!(
+        renew.uplinks[0].on_dead,
+        Some(OnDead {
+            action: DeadAction::Renew,
+            after_ms: 30_000
+        })
+    );
+    let command =
+        with("on_dead = [\"/usr/local/bin/reset\", \"a\"]\non_dead_after_ms = 5000\n").unwrap();
+    assert_eq!(
+        command.uplinks[0].on_dead.as_ref().map(|d| &d.action),
+        Some(&DeadAction::Command(vec![
+            "/usr/local/bin/reset".into(),
+            "a".into()
+        ]))
+    );
+    for (extra, expected) in [
+        (
+            "on_dead = \"reboot\"\n",
+            "uplink[0].on_dead: \"reboot\" must be",
+        ),
+        ("on_dead = [\"reset\"]\n", "must be an absolute path"),
+        ("on_dead = []\n", "an empty command"),
+        ("on_dead_after_ms = 5000\n", "only applies with on_dead"),
+        (
+            "on_dead = \"bounce\"\non_dead_after_ms = 10\n",
+            "on_dead_after_ms: 10 must be between 1000",
+        ),
+    ] {
+        let err = error(&format!("{MINIMAL}{extra}"));
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
+}

@@ -9,7 +9,7 @@ use std::{
 use super::{
     budget,
     model::*,
-    numbering,
+    numbering, on_dead,
     policy::{self, PolicyRule},
     probe_target::ProbeTarget,
     raw::*,
@@ -205,8 +205,11 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                     .map_err(|(field, problem)| fail(&key(&format!("budget.{field}")), problem))
             })
             .transpose()?;
+        let on_dead = on_dead::validate(raw.on_dead, raw.on_dead_after_ms)
+            .map_err(|(field, problem)| fail(&key(field), problem))?;
         Ok(UplinkConfig {
             budget,
+            on_dead,
             name: raw.name,
             interface: raw.interface,
             gateway,

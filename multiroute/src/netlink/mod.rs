@@ -187,6 +187,19 @@ impl Netlink {
         }
     }
 
+    /// Sets link `name` administratively up or down.
+    pub async fn set_link(&self, name: &str, up: bool) -> Result<(), NetlinkError> {
+        let link = rtnetlink::LinkUnspec::new_with_name(name);
+        let message = if up { link.up() } else { link.down() }.build();
+        let state = if up { "up" } else { "down" };
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(request(format!("setting {name} {state}")))
+    }
+
     /// Deletes a rule; one already gone is fine.
     pub async fn delete_rule(&self, message: RuleMessage) -> Result<(), NetlinkError> {
         match self.handle.rule().del(message).execute().await {

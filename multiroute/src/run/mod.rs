@@ -10,11 +10,13 @@
 mod answers;
 mod budget;
 pub mod control;
+mod dhcp_client;
 mod error;
 pub mod fast_path;
 pub mod health;
+mod helper;
+mod housekeeping;
 pub mod link_events;
-mod metering;
 pub mod metrics;
 pub mod nft_events;
 pub mod probe;
@@ -25,6 +27,7 @@ mod silence;
 pub mod states;
 mod task;
 pub mod view;
+mod zombie;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -81,6 +84,8 @@ pub struct Daemon {
     meters: budget::Meters,
     /// When the meters were last written to their file.
     meters_saved: Instant,
+    /// Dead uplinks' `on_dead` actions: when each is due, which one runs.
+    zombies: zombie::Zombies,
 }
 
 /// How often the daemon checks that the kernel still holds its plan.
@@ -168,6 +173,7 @@ impl Daemon {
             fast_path: None,
             meters,
             meters_saved: Instant::now(),
+            zombies: zombie::Zombies::default(),
         };
         daemon.recheck_when_expiring(&observed);
         log_plan(&daemon.plan);
@@ -202,8 +208,8 @@ impl Daemon {
         self.notify_status();
         let mut resync = tokio::time::interval(RESYNC_INTERVAL);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut metering = tokio::time::interval(budget::READ_EVERY);
-        metering.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut chores = tokio::time::interval(budget::READ_EVERY);
+        chores.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
                 _ = terminate.recv() => break None,
@@ -224,7 +230,7 @@ impl Daemon {
                 }
                 Some(incoming) = requests.recv() => self.answer(incoming).await,
                 _ = resync.tick() => self.resync().await,
-                _ = metering.tick() => self.meter().await,
+                _ = chores.tick() => self.housekeeping().await,
                 () = until(self.recheck_at) => self.reconcile(None).await,
                 Some(ended) = tasks.join_next() => {
                     break Some(match ended {

@@ -1,8 +1,9 @@
-//! The daemon's side of metered uplinks: every [`budget::READ_EVERY`] each budgeted uplink's
-//! interface counter is read into its meter; crossing a warning or the quota is
-//! logged, and a used-up quota (or a new period, or `budget reset`) re-plans.
-//! The meters are written to the state directory every [`SAVE_EVERY`], on every
-//! such change and on stop.
+//! The daemon's once-a-second chores ([`budget::READ_EVERY`]). Metered uplinks:
+//! each one's interface counter is read into its meter; crossing a warning or the
+//! quota is logged, and a used-up quota (or a new period, or `budget reset`)
+//! re-plans; the meters are written to the state directory every [`SAVE_EVERY`],
+//! on every such change and on stop. Dead uplinks with an `on_dead` action get it
+//! when due ([`super::zombie`]).
 use std::time::{Duration, Instant};
 
 use jiff::Zoned;
@@ -13,7 +14,10 @@ use super::{
     budget::{self, BudgetEvent, exhausted},
     control::{self, Response},
 };
-use crate::{config::AtQuota, plan::Verdicts};
+use crate::{
+    config::AtQuota,
+    plan::{Condition, Verdicts},
+};
 
 /// At most this much counting is lost to a power cut.
 const SAVE_EVERY: Duration = Duration::from_secs(30);
@@ -24,6 +28,35 @@ impl Daemon {
         Verdicts {
             exhausted: exhausted(&self.config, &self.meters),
             ..self.health.verdicts()
+        }
+    }
+
+    /// The chores of one tick.
+    pub(super) async fn housekeeping(&mut self) {
+        self.meter().await;
+        self.tend_zombies();
+    }
+
+    /// Gives each dead uplink its `on_dead` action when due.
+    fn tend_zombies(&mut self) {
+        let names: Vec<&str> = self
+            .config
+            .uplinks
+            .iter()
+            .filter(|u| u.on_dead.is_some())
+            .map(|u| u.name.as_str())
+            .collect();
+        self.zombies.retain(|name| names.contains(&name));
+        for uplink in &self.config.uplinks {
+            let Some(on_dead) = &uplink.on_dead else {
+                continue;
+            };
+            let dead = self
+                .states
+                .get(&uplink.name)
+                .is_some_and(|state| state.condition == Condition::Down);
+            self.zombies
+                .tend(&uplink.name, &uplink.interface, on_dead, dead);
         }
     }
 

@@ -1,0 +1,82 @@
+//! `on_dead`: what to do about an uplink that has been dead for a while — the
+//! "zombie" modem that keeps its link but stops routing until its lease is
+//! renewed or its link reset.
+use serde::Deserialize;
+
+/// A validated `on_dead`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnDead {
+    pub action: DeadAction,
+    /// Dead this long before the first attempt; each further one waits twice as
+    /// long as the one before (at most an hour) while it stays dead.
+    pub after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadAction {
+    /// Ask the interface's DHCP client to renew (rebind) its lease.
+    Renew,
+    /// Take the link down and up again.
+    Bounce,
+    /// Run this program (argv, no shell).
+    Command(Vec<String>),
+}
+
+/// `on_dead` as written: a word or an argv list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawOnDead {
+    Word(String),
+    Command(Vec<String>),
+}
+
+/// Dead this long before `on_dead` acts, unless `on_dead_after_ms` says.
+const DEFAULT_AFTER_MS: u64 = 30_000;
+
+/// Validates `on_dead` and `on_dead_after_ms`; errors are (field, problem).
+pub(super) fn validate(
+    raw: Option<RawOnDead>,
+    after_ms: Option<i64>,
+) -> Result<Option<OnDead>, (&'static str, String)> {
+    let action = match raw {
+        None if after_ms.is_some() => {
+            return Err(("on_dead_after_ms", "only applies with on_dead".into()));
+        }
+        None => return Ok(None),
+        Some(RawOnDead::Word(word)) => match word.as_str() {
+            "renew" => DeadAction::Renew,
+            "bounce" => DeadAction::Bounce,
+            other => {
+                return Err((
+                    "on_dead",
+                    format!(
+                        "{other:?} must be \"renew\", \"bounce\" or a command such as [\"/usr/local/bin/reset-modem\", \"lte\"]"
+                    ),
+                ));
+            }
+        },
+        Some(RawOnDead::Command(argv)) => match argv.first() {
+            Some(program) if program.starts_with('/') => DeadAction::Command(argv),
+            Some(program) => {
+                return Err((
+                    "on_dead",
+                    format!("{program:?} must be an absolute path (no shell runs it)"),
+                ));
+            }
+            None => return Err(("on_dead", "an empty command".into())),
+        },
+    };
+    let after_ms = match after_ms {
+        None => DEFAULT_AFTER_MS,
+        Some(ms) => u64::try_from(ms)
+            .ok()
+            .filter(|ms| (1_000..=86_400_000).contains(ms))
+            .ok_or_else(|| {
+                (
+                    "on_dead_after_ms",
+                    format!("{ms} must be between 1000 and 86400000"),
+                )
+            })?,
+    };
+    Ok(Some(OnDead { action, after_ms }))
+}
