@@ -129,7 +129,7 @@ fn a_saturated_upload_is_not_dead_and_queueing_delay_over_the_limit_degrades() {
     lab.start_in(
         &client,
         "iperf3",
-        &["-c", &SERVER.to_string(), "-t", "60", "-C", "cubic"],
+        &["-c", &SERVER.to_string(), "-t", "90", "-C", "cubic"],
     )
     .expect("starting the upload");
 
@@ -159,5 +159,33 @@ fn a_saturated_upload_is_not_dead_and_queueing_delay_over_the_limit_degrades() {
     assert!(reason.contains("ms > 150 ms"), "{reason}");
     let spread = lab.connections(100).unwrap();
     assert_eq!(spread.hits, [0, 100], "{spread:?}");
+
+    // Bufferbloat past the probes' 1 s timeout: the default limits again and a
+    // 1.6 s queue. Each probe is counted lost at 1 s and answers late: the line
+    // is slow, not dead — degraded by its RTT, never down.
+    lab.write_config_with(
+        &format!("{}{}", Lab::uplink_block(0, 1), Lab::uplink_block(1, 1)),
+        &format!("{health}{rule}"),
+    )
+    .unwrap();
+    lab.signal_router(libc::SIGHUP).unwrap();
+    lab.shape_upstream(0, 20, 1600).unwrap();
+    let (seen, _) = watch_isp0(&lab, 25);
+    let bloated = isp0(&lab);
+    println!("a 1.6 s queue: {seen:?}, {bloated}");
+    assert!(
+        !seen.iter().any(|s| s == "down"),
+        "late answers keep it alive: {seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("degraded"),
+        "{bloated}"
+    );
+    // Still degraded from above: the probe says what it is over now.
+    let over = bloated["probes"][0]["degraded"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(over.contains("ms > 500 ms"), "{over}");
     lab.stop_and_unload().expect("stopping multiroute");
 }

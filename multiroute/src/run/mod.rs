@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod nft_events;
 pub mod probe;
 pub mod prober;
+mod reload;
 pub mod report;
 mod setup;
 mod silence;
@@ -45,7 +46,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     apply::{self, ApplyError, Kernel},
-    config::{BalanceBy, Config},
+    config::Config,
     netlink::Netlink,
     plan::{Condition, Observed, Plan, Verdicts},
 };
@@ -221,7 +222,7 @@ impl Daemon {
                     let change = self.health.record(
                         &result.uplink,
                         result.target,
-                        (result.rtt, result.cadence),
+                        (result.outcome, result.cadence),
                         Instant::now(),
                     );
                     if change.is_some() {
@@ -446,66 +447,6 @@ impl Daemon {
                 .map(|(name, spec)| (name, spec.watch))
                 .collect(),
         );
-    }
-
-    /// SIGHUP: re-read the config and move to it like to any other change: uplinks
-    /// that stay keep their slot and flows, removed ones' flows move, new ones join
-    /// the ring. A config that does not validate changes nothing.
-    async fn reload(&mut self) {
-        let checked = async {
-            let config = Config::load(&self.config_path)?;
-            // Interfaces the new config names must exist before anything changes.
-            apply::plan(&self.kernel.nl, &config, &self.verdicts()).await?;
-            Ok::<_, DaemonError>(config)
-        };
-        let config = match checked.await {
-            Ok(config) => config,
-            Err(err) => return error!("reload refused, keeping the running set-up: {err}"),
-        };
-        if thresholds(&config) != thresholds(&self.config) {
-            self.health = HealthBook::new(thresholds(&config));
-        }
-        if config.health != self.config.health {
-            // New timing: every prober restarts with it.
-            self.probers.clear();
-        }
-        if self.config.balance.by == BalanceBy::Connection
-            && config.balance.by != BalanceBy::Connection
-        {
-            // The affinity table is sized for the mode at load: the new grouping
-            // holds from now on (each host or pair is placed by its own hash), and
-            // remembering groups across uplink changes needs the table a restart
-            // sizes for it — a restart moves no session.
-            warn!(
-                "[balance] by changed: new connections are grouped the new way now; restart multiroute (moves no session) so the groups are also remembered across uplink failures"
-            );
-        }
-        self.config = config;
-        info!("configuration reloaded");
-        self.reconcile(None).await;
-        self.follow_fast_path();
-        if let Err(err) = self
-            .kernel
-            .datapath
-            .attach(&self.plan.datapath.lan, &self.plan.datapath.fast_replies)
-        {
-            error!("attaching to the LAN interfaces of the new config: {err}");
-        }
-        log_plan(&self.plan);
-    }
-}
-
-impl Daemon {
-    /// Starts or stops following conntrack as `[datapath] fast_path` says.
-    fn follow_fast_path(&mut self) {
-        match (self.config.datapath.fast_path, self.fast_path.is_some()) {
-            (true, false) => {
-                let pin_path = self.config.routing.pin_path.clone();
-                self.fast_path = Some(FastPath::start(pin_path, &self.plan));
-            }
-            (false, true) => self.fast_path = None,
-            _ => {}
-        }
     }
 }
 

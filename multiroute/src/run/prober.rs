@@ -11,7 +11,7 @@ use tokio::{sync::mpsc, task::JoinSet, time::MissedTickBehavior};
 use tracing::info;
 
 use super::{
-    health::{Cadence, Watch},
+    health::{Cadence, Outcome, Watch},
     probe::{self, Through},
     silence::{self, Silence},
 };
@@ -79,13 +79,15 @@ pub fn wanted(config: &Config, plan: &Plan) -> BTreeMap<String, ProbeSpec> {
     wanted
 }
 
-/// One probe's outcome: the round-trip time, or `None` when it was lost (no reply
-/// within the timeout, or the send itself failed, e.g. the link is down).
+/// One probe's outcome: answered with its round-trip time, lost (no reply within
+/// the timeout, or the send itself failed, e.g. the link is down), or answered
+/// late: a second result for a probe reported lost, up to [`LATE_FACTOR`] ×
+/// the timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeResult {
     pub uplink: String,
     pub target: Target,
-    pub rtt: Option<Duration>,
+    pub outcome: Outcome,
     pub cadence: Cadence,
 }
 
@@ -128,6 +130,9 @@ pub fn spawn(
     Ok(Prober { spec, task })
 }
 
+/// How long after its timeout a probe still listens for its answer: one that
+/// comes then is late (a full queue), not lost.
+const LATE_FACTOR: u32 = 4;
 /// Time between the probes of a burst, so one lost packet does not stand for all.
 const BURST_SPACING: Duration = Duration::from_millis(5);
 /// Answers whose round trips set how long a silence and a burst probe wait.
@@ -145,16 +150,28 @@ async fn probe_loop(
     sampler.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut line = Silence::default();
     let mut rtts: VecDeque<Duration> = VecDeque::with_capacity(RTT_MEMORY);
-    // Probes outlive a tick when the timeout is longer than the interval.
+    // Probes outlive a tick when the timeout is longer than the interval; each
+    // reports once at its timeout, and again if a late answer comes.
     let mut in_flight = JoinSet::new();
+    let (outcomes, mut outcome) = mpsc::unbounded_channel();
     let mut sequence: u16 = 0;
     let mut send = |in_flight: &mut JoinSet<_>, cadence, delay: Duration, timeout: Duration| {
         for (target, probe) in &probes {
             sequence = sequence.wrapping_add(1);
             let (target, probe, sequence) = (*target, probe.clone(), sequence);
+            let outcomes = outcomes.clone();
             in_flight.spawn(async move {
                 tokio::time::sleep(delay).await;
-                (target, cadence, probe.probe(sequence, timeout).await)
+                let reply = probe.probe(sequence, timeout * LATE_FACTOR);
+                tokio::pin!(reply);
+                let report = |result| outcomes.send((target, cadence, result)).is_ok();
+                match tokio::time::timeout(timeout, &mut reply).await {
+                    Ok(rtt) => report(rtt.map_or(Outcome::Lost, Outcome::Answered)),
+                    Err(_) => {
+                        report(Outcome::Lost)
+                            && reply.await.is_some_and(|rtt| report(Outcome::Late(rtt)))
+                    }
+                };
             });
         }
     };
@@ -182,14 +199,15 @@ async fn probe_loop(
                     }
                 }
             }
-            Some(Ok((target, cadence, rtt))) = in_flight.join_next() => {
-                if let Some(rtt) = rtt {
+            Some(_) = in_flight.join_next() => {}
+            Some((target, cadence, outcome)) = outcome.recv() => {
+                if let Some(rtt) = outcome.rtt() {
                     if rtts.len() == RTT_MEMORY {
                         rtts.pop_front();
                     }
                     rtts.push_back(rtt);
                 }
-                let result = ProbeResult { uplink: spec.uplink.clone(), target, rtt, cadence };
+                let result = ProbeResult { uplink: spec.uplink.clone(), target, outcome, cadence };
                 if results.send(result).await.is_err() {
                     return;
                 }
@@ -258,6 +276,50 @@ gateway = "198.18.3.1"
         assert!(
             !wanted.contains_key("lte"),
             "a link that is down is not probed"
+        );
+    }
+
+    #[test]
+    fn a_metered_uplink_standing_by_is_probed_at_its_standby_interval() {
+        let config = Config::parse(
+            r#"
+lan = ["eth0"]
+[[uplink]]
+name = "dsl"
+interface = "eth1"
+gateway = "192.0.2.1"
+[[uplink]]
+name = "lte"
+interface = "eth2"
+gateway = "203.0.113.1"
+tier = 2
+[uplink.budget]
+quota = "10GB"
+period = "monthly"
+standby_interval_ms = 5000
+"#,
+            Path::new("test.toml"),
+        )
+        .unwrap();
+        let iface = |index, address| Interface::with_ipv4(index, true, address, 24);
+        let observed = Observed::from([
+            ("eth0".into(), iface(2, [100, 64, 0, 1])),
+            ("eth1".into(), iface(3, [192, 0, 2, 7])),
+            ("eth2".into(), iface(4, [203, 0, 113, 7])),
+        ]);
+        let interval = |dead: &[&str]| {
+            let verdicts =
+                crate::plan::Verdicts::dead(dead.iter().map(|d| d.to_string()).collect());
+            let plan = Plan::build(&config, &observed, &verdicts, &Default::default()).unwrap();
+            let wanted = wanted(&config, &plan);
+            (wanted["dsl"].interval, wanted["lte"].interval)
+        };
+        let (ms500, ms5000) = (Duration::from_millis(500), Duration::from_millis(5000));
+        assert_eq!(interval(&[]), (ms500, ms5000), "lte stands by on tier 2");
+        assert_eq!(
+            interval(&["dsl"]),
+            (ms500, ms500),
+            "lte carries: probed as usual"
         );
     }
 }

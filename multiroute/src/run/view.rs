@@ -112,29 +112,13 @@ impl UplinkView {
         health: Option<&UplinkReport>,
         counted: Counted,
     ) -> Self {
-        let condition = |family| match health {
-            None => uplink.condition(family),
-            Some(u) => match family {
-                Family::V4 => Condition::of(u.alive, u.degraded),
-                Family::V6 => Condition::of(u.alive6, u.degraded6),
-            },
-        };
         // `multiroute weight` changes live in the daemon, not in the file.
         let weight = health.map_or(uplink.weight, |u| u.weight);
         let budget = health.and_then(|u| u.budget.clone());
         let exhausted = budget
             .as_ref()
             .is_some_and(|b| b.exhausted && b.at_quota != "warn");
-        let state = match (condition(Family::V4), weight) {
-            (Condition::Down, _) => "down",
-            _ if exhausted => "exhausted",
-            (_, 0) => "drained",
-            (other, _) => other.as_str(),
-        };
-        let ipv6_state = match &uplink.readiness.v6 {
-            Readiness::Ready { .. } => condition(Family::V6).as_str(),
-            other => other.state(),
-        };
+        let (state, ipv6_state) = states(uplink, health, weight, exhausted);
         let probes = |family| {
             health
                 .map(|u| match family {
@@ -210,6 +194,34 @@ impl UplinkView {
     pub fn all_probes(&self) -> impl Iterator<Item = &TargetReport> {
         self.ipv4.probes.iter().chain(&self.ipv6.side.probes)
     }
+}
+
+/// The state words of the uplink's IPv4 side (the uplink's) and of its IPv6 side,
+/// by the daemon's judgement when there is one.
+fn states(
+    uplink: &UplinkPlan,
+    health: Option<&UplinkReport>,
+    weight: u32,
+    exhausted: bool,
+) -> (&'static str, &'static str) {
+    let condition = |family| match health {
+        None => uplink.condition(family),
+        Some(u) => match family {
+            Family::V4 => Condition::of(u.alive, u.degraded),
+            Family::V6 => Condition::of(u.alive6, u.degraded6),
+        },
+    };
+    let state = match (condition(Family::V4), weight) {
+        (Condition::Down, _) => "down",
+        _ if exhausted => "exhausted",
+        (_, 0) => "drained",
+        (other, _) => other.as_str(),
+    };
+    let ipv6 = match &uplink.readiness.v6 {
+        Readiness::Ready { .. } => condition(Family::V6).as_str(),
+        other => other.state(),
+    };
+    (state, ipv6)
 }
 
 fn best_rtt(health: &UplinkReport) -> Option<f64> {

@@ -159,25 +159,40 @@ fn quality(options: &Options) -> Result<Vec<Measured>> {
     lab.start_router()?;
     let mut results = Vec::new();
     for kind in [Kind::Busy, Kind::Loss, Kind::Queue] {
-        let (mut failover_ms, mut recovery_ms) = (Vec::new(), Vec::new());
-        for _ in 0..options.failover_trials {
-            super::interrupted()?;
-            let (failover, recovery) = quality_trial(&mut lab, kind)?;
-            failover_ms.push(failover);
-            recovery_ms.push(recovery);
-        }
-        results.push(Measured {
-            health: CONFIGS[0].0.to_owned(),
-            kind,
-            failover_median_ms: median(failover_ms.clone()),
-            recovery_median_ms: median(recovery_ms.clone()),
-            failover_ms,
-            recovery_ms,
-            sessions_lost: None,
-        });
+        let health = CONFIGS[0].0;
+        results.push(trials(options, health, kind, || {
+            quality_trial(&mut lab, kind)
+        })?);
     }
     lab.stop_and_unload()?;
     Ok(results)
+}
+
+/// `failover_trials` runs of `trial` (failover, recovery in ms), with medians.
+fn trials(
+    options: &Options,
+    health: &str,
+    kind: Kind,
+    mut trial: impl FnMut() -> Result<(f64, f64)>,
+) -> Result<Measured> {
+    let (mut failover_ms, mut recovery_ms) = (Vec::new(), Vec::new());
+    for _ in 0..options.failover_trials {
+        super::interrupted()?;
+        let (failover, recovery) = trial()?;
+        failover_ms.push(failover);
+        recovery_ms.push(recovery);
+    }
+    let measured = Measured {
+        health: health.to_owned(),
+        kind,
+        failover_median_ms: median(failover_ms.clone()),
+        recovery_median_ms: median(recovery_ms.clone()),
+        failover_ms,
+        recovery_ms,
+        sessions_lost: None,
+    };
+    eprintln!("bench: failover {measured:?}");
+    Ok(measured)
 }
 
 pub fn run(options: &Options) -> Result<Vec<Measured>> {
@@ -192,28 +207,10 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
         })?;
         lab.start_router()?;
         for kind in [Kind::Silent, Kind::LinkDown, Kind::Restart] {
-            let mut failover_ms = Vec::new();
-            let mut recovery_ms = Vec::new();
-            for _ in 0..options.failover_trials {
-                super::interrupted()?;
-                let (failover, recovery) = match kind {
-                    Kind::Restart => restart_trial(&mut lab)?,
-                    _ => outage_trial(&lab, kind, window)?,
-                };
-                failover_ms.push(failover);
-                recovery_ms.push(recovery);
-            }
-            let measured = Measured {
-                health: health.to_owned(),
-                kind,
-                failover_median_ms: median(failover_ms.clone()),
-                recovery_median_ms: median(recovery_ms.clone()),
-                failover_ms,
-                recovery_ms,
-                sessions_lost: None,
-            };
-            eprintln!("bench: failover {measured:?}");
-            results.push(measured);
+            results.push(trials(options, health, kind, || match kind {
+                Kind::Restart => restart_trial(&mut lab),
+                _ => outage_trial(&lab, kind, window),
+            })?);
         }
         lab.stop_and_unload()?;
     }
