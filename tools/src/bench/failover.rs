@@ -108,7 +108,10 @@ fn until_state(lab: &Lab, state: &str, within: Duration) -> Result<f64> {
         lab.status()
             .is_ok_and(|s| s["uplinks"][0]["state"] == state)
     })
-    .with_context(|| format!("isp0 never became {state}"))?;
+    .with_context(|| {
+        let now = lab.status().map(|s| s["uplinks"][0].to_string());
+        format!("isp0 never became {state}: {}", now.unwrap_or_default())
+    })?;
     Ok(start.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -138,7 +141,9 @@ fn quality_trial(lab: &mut Lab, kind: Kind) -> Result<(f64, f64)> {
             lab.shape_upstream(0, 20, 800)?;
             let client = lab.client();
             let server = SERVER.to_string();
-            lab.start_service("upload", &client, "iperf3", &["-c", &server, "-t", "60"])?;
+            // Cubic, as most hosts: it fills the queue (BBR would not).
+            let upload = ["-c", &server, "-t", "60", "-C", "cubic"];
+            lab.start_service("upload", &client, "iperf3", &upload)?;
             let degraded = until_state(lab, "degraded", within);
             lab.stop_service("upload", libc::SIGTERM)?;
             Ok((degraded?, until_state(lab, "up", within)?))

@@ -140,11 +140,16 @@ pub fn run_forwarding(options: &Options) -> Result<Vec<forwarding::Measured>> {
     )
 }
 
+/// Only the failover suite, for iterating on health.
+pub fn run_failover(options: &Options) -> Result<Vec<failover::Measured>> {
+    suite("failover and recovery", || failover::run(options))
+}
+
 pub fn run(options: &Options, command: String) -> Result<Results> {
     let datapath = run_datapath(options)?;
     let forwarding = run_forwarding(options)?;
     let saturation = run_saturation(options)?;
-    let failover = suite("failover and recovery", || failover::run(options))?;
+    let failover = run_failover(options)?;
     let memory = suite("memory", || {
         memory::run(options.memory_flows, options.connections)
     })?;

@@ -38,6 +38,12 @@ fn run() -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
+    if std::env::args().any(|a| a == "--failover-only") {
+        // Iterating on health: the failover and recovery rows.
+        let results = bench::run_failover(&Options::new(quick))?;
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
     if std::env::args().any(|a| a == "--saturation-only") {
         // Iterating on the fast path: the router's own CPU at saturation.
         let results = bench::run_saturation(&Options::new(quick))?;
