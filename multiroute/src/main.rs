@@ -47,6 +47,15 @@ enum Command {
         /// New weight, 0-256. Live until the next reload or restart.
         weight: u32,
     },
+    /// What the running `load` did: transitions, failovers, budgets, reloads.
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Then each new event as it happens, until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
     /// A metered uplink's data budget.
     Budget {
         #[command(subcommand)]
@@ -99,6 +108,7 @@ fn main() {
         Command::Status { json } => commands::status::run(&cli.config, json),
         Command::Check { plan } => commands::check::run(&cli.config, plan),
         Command::Weight { name, weight } => commands::weight::run(&cli.config, &name, weight),
+        Command::Events { json, follow } => commands::events::run(&cli.config, json, follow),
         Command::Budget {
             action: BudgetAction::Reset { name },
         } => commands::budget::reset(&cli.config, &name),

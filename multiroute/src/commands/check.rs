@@ -39,6 +39,8 @@ const MIN_KERNEL: (u32, u32) = (6, 6);
 
 pub fn run(config_path: &Path, show_plan: bool) -> CommandResult {
     let config = read_config(config_path)?;
+    multiroute::run::hooks::check_programs(&config, config_path)
+        .map_err(|err| Failure::Config(err.into()))?;
     println!(
         "ok: {} is valid ({} uplinks)",
         config_path.display(),

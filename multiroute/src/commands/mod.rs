@@ -1,6 +1,7 @@
 //! One file per subcommand: each command's whole story in one place.
 pub mod budget;
 pub mod check;
+pub mod events;
 pub mod flows;
 pub mod load;
 pub mod status;

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 mod budget;
+mod hook;
 mod model;
 mod numbering;
 mod on_dead;
@@ -12,6 +13,7 @@ mod probe_target;
 mod raw;
 mod validate;
 pub use budget::{AtQuota, Budget, Period, format_size, parse_size};
+pub use hook::{EVENT_NAMES, Hook, HookAction, HttpUrl};
 pub use model::*;
 pub use numbering::Numbering;
 pub use on_dead::{DeadAction, OnDead};

@@ -31,6 +31,8 @@ pub struct Config {
     /// Policy rules in the order they are matched: every uplink's `pin` and
     /// `pin_from` as one-uplink rules, then the `[[rule]]`s in file order.
     pub rules: Vec<PolicyRule>,
+    /// `[[hook]]`s, in file order.
+    pub hooks: Vec<super::hook::Hook>,
 }
 
 /// `[datapath]`.

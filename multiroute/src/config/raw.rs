@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     pub(super) datapath: RawDatapath,
     #[serde(default)]
     pub(super) rule: Vec<policy::RawRule>,
+    #[serde(default)]
+    pub(super) hook: Vec<super::hook::RawHook>,
 }
 
 #[derive(Deserialize)]

@@ -441,3 +441,44 @@ fn on_dead_is_a_word_or_an_absolute_argv() {
         assert!(err.contains(expected), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn hooks_are_an_exec_or_a_url_for_known_events() {
+    let hooks = parse(&format!(
+        "{MINIMAL}\n[[hook]]\non = [\"down\", \"up\"]\nexec = [\"/usr/local/bin/notify\"]\n\n[[hook]]\nurl = \"http://192.0.2.5:8080/x?token=secret\"\ndebounce_ms = 10000\n"
+    ))
+    .unwrap()
+    .hooks;
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks[0].on, ["down", "up"]);
+    assert_eq!((hooks[0].timeout_ms, hooks[0].retries), (5000, 2));
+    assert!(matches!(&hooks[1].action, HookAction::Url(url) if url.port == 8080));
+    assert_eq!(hooks[1].debounce_ms, 10_000);
+    for (extra, expected) in [
+        (
+            "on = [\"dwon\"]\nexec = [\"/x\"]\n",
+            "hook[0].on: \"dwon\" is not an event",
+        ),
+        (
+            "exec = [\"notify\"]\n",
+            "hook[0].exec: \"notify\" must be an absolute path",
+        ),
+        ("\n", "give exactly one of exec or url"),
+        (
+            "exec = [\"/x\"]\nurl = \"http://a/\"\n",
+            "give exactly one of exec or url",
+        ),
+        (
+            "url = \"https://a/?token=secret\"\n",
+            "https is not supported",
+        ),
+        ("url = \"http://a:99999/\"\n", "is not a port"),
+    ] {
+        let err = error(&format!("{MINIMAL}\n[[hook]]\n{extra}"));
+        assert!(err.contains(expected), "{extra:?}: {err}");
+        assert!(
+            !err.contains("secret"),
+            "the URL's token in an error: {err}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    budget,
+    budget, hook,
     model::*,
     numbering, on_dead,
     policy::{self, PolicyRule},
@@ -109,6 +109,15 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             },
             rules,
             metrics: self.metrics(raw.metrics)?,
+            hooks: raw
+                .hook
+                .into_iter()
+                .enumerate()
+                .map(|(i, raw)| {
+                    hook::validate(raw)
+                        .map_err(|(field, problem)| fail(&format!("hook[{i}].{field}"), problem))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 

@@ -30,6 +30,9 @@ impl Daemon {
                 lines: self.plan.lines(),
             },
             Request::BudgetReset { uplink } => self.reset_budget(&uplink).await,
+            Request::Events { .. } => Response::Events {
+                events: self.events.recent(),
+            },
         };
         // The asker may have gone away; nothing to do then.
         let _ = incoming.reply.send(reply);
@@ -48,6 +51,11 @@ impl Daemon {
         let uplink = &mut self.config.uplinks[index];
         let previous = std::mem::replace(&mut uplink.weight, weight);
         info!(uplink = name, previous, weight, "weight changed");
+        if weight == 0 && previous > 0 {
+            let reason = "weight 0: no new flows, its flows stay";
+            self.events
+                .emit(super::events::Event::about("drained", name, reason));
+        }
         self.reconcile(None).await;
         Response::Weight {
             uplink: name.to_owned(),
@@ -72,6 +80,7 @@ impl Daemon {
         metrics::Snapshot {
             fail_open,
             uplinks,
+            hooks: self.hooks.counts(),
             datapath: (0..multiroute_ebpf::family::COUNT)
                 .zip(multiroute_ebpf::family::NAMES)
                 .flat_map(|(family, name)| {

@@ -1,6 +1,7 @@
 //! The running `load`'s control socket: a Unix socket (mode 0600, root only) that
-//! speaks one JSON request and one JSON reply per line. The daemon's loop answers
-//! every request itself, so a reply always shows one consistent state.
+//! speaks one JSON request and one JSON reply per line (an events follower gets a
+//! line per event after its reply). The daemon's loop answers every request
+//! itself, so a reply always shows one consistent state.
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::fs::PermissionsExt,
@@ -12,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
     task::JoinSet,
 };
 use tracing::debug;
 
-use super::task::Task;
+use super::{events::Event, task::Task};
 use crate::path_error::PathError;
 
 /// The longest request line the daemon reads; a longer one is refused and the
@@ -37,6 +38,12 @@ pub enum Request {
     Plan,
     /// A metered uplink's count starts again at 0 (a new data pack).
     BudgetReset { uplink: String },
+    /// The recent events; with `follow`, then each new one as it happens (one
+    /// `event` reply per line) until the asker hangs up.
+    Events {
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 /// The daemon's answer to one request: the same type on both ends of the socket.
@@ -55,6 +62,10 @@ pub enum Response {
     Plan {
         lines: Vec<String>,
     },
+    Events {
+        events: Vec<Event>,
+    },
+    Event(Event),
     BudgetReset {
         uplink: String,
         /// What it had used, in words ("4.2 MB of 5.0 MB (84 %)").
@@ -103,6 +114,7 @@ impl Drop for ControlSocket {
 pub fn listen(
     path: &Path,
     requests: mpsc::Sender<Incoming>,
+    events: broadcast::Sender<Event>,
     tasks: &mut JoinSet<Task>,
 ) -> Result<ControlSocket, PathError> {
     let at = |what| PathError::at(path, what);
@@ -124,14 +136,18 @@ pub fn listen(
         .map_err(at("restricting the control socket to root"))?;
     tasks.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, requests.clone()));
+            tokio::spawn(serve(stream, requests.clone(), events.clone()));
         }
         Task::ControlSocket
     });
     Ok(socket)
 }
 
-async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
+async fn serve(
+    stream: UnixStream,
+    requests: mpsc::Sender<Incoming>,
+    events: broadcast::Sender<Event>,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read);
     loop {
@@ -149,7 +165,11 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
             let _ = write.write_all(&line_of(&refusal)).await;
             break;
         }
-        let answer = match serde_json::from_slice::<Request>(&line) {
+        let request = serde_json::from_slice::<Request>(&line);
+        // Subscribed before the history is taken, so no event falls between.
+        let follow =
+            matches!(request, Ok(Request::Events { follow: true })).then(|| events.subscribe());
+        let answer = match request {
             Ok(request) => {
                 let (reply, answer) = oneshot::channel();
                 if requests.send(Incoming { request, reply }).await.is_err() {
@@ -161,11 +181,42 @@ async fn serve(stream: UnixStream, requests: mpsc::Sender<Incoming>) {
             }
             Err(err) => refusal(&format!("bad request: {err}"), true),
         };
+        let seen = match &answer {
+            Response::Events { events } => events.last().map_or(0, |e| e.seq),
+            _ => 0,
+        };
         if write.write_all(&line_of(&answer)).await.is_err() {
+            return;
+        }
+        if let Some(mut new) = follow {
+            stream_events(&mut new, seen, &mut write).await;
             return;
         }
     }
     debug!("control connection closed");
+}
+
+/// Writes each event after `seen` as it comes, until the asker hangs up or the
+/// daemon stops. A follower too slow for the stream misses what it lagged.
+async fn stream_events(
+    new: &mut broadcast::Receiver<Event>,
+    seen: u64,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) {
+    loop {
+        let event = match new.recv().await {
+            Ok(event) if event.seq > seen => event,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if write
+            .write_all(&line_of(&Response::Event(event)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 pub fn refusal(error: &str, usage: bool) -> Response {
@@ -183,9 +234,12 @@ fn line_of(response: &Response) -> Vec<u8> {
     line
 }
 
-/// Sends one request to the daemon behind `path` and waits (bounded) for its reply.
-/// `Ok(None)`: no daemon listens there.
-pub fn ask(path: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
+/// Connects to the daemon behind `path` and sends `request`. `Ok(None)`: no daemon
+/// listens there.
+fn send(
+    path: &Path,
+    request: &Request,
+) -> Result<Option<std::os::unix::net::UnixStream>, ControlError> {
     let at = |what| PathError::at(path, what);
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(stream) => stream,
@@ -209,22 +263,56 @@ pub fn ask(path: &Path, request: &Request) -> Result<Option<Response>, ControlEr
         .set_read_timeout(timeout)
         .and_then(|()| stream.set_write_timeout(timeout))
         .map_err(at("setting control socket timeouts"))?;
-    let mut text = serde_json::to_string(request).map_err(|err| ControlError::BadReply {
-        path: path.to_owned(),
-        problem: err.to_string(),
-    })?;
+    let mut text = serde_json::to_string(request).map_err(|err| bad_reply(path, err))?;
     text.push('\n');
     stream
         .write_all(text.as_bytes())
         .map_err(at("writing to the control socket"))?;
+    Ok(Some(stream))
+}
+
+fn bad_reply(path: &Path, problem: impl std::fmt::Display) -> ControlError {
+    ControlError::BadReply {
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Sends one request to the daemon behind `path` and waits (bounded) for its reply.
+/// `Ok(None)`: no daemon listens there.
+pub fn ask(path: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
+    let Some(stream) = send(path, request)? else {
+        return Ok(None);
+    };
     let mut line = String::new();
     BufReader::new(&stream)
         .read_line(&mut line)
-        .map_err(at("reading from the control socket"))?;
+        .map_err(PathError::at(path, "reading from the control socket"))?;
     serde_json::from_str(&line)
         .map(Some)
-        .map_err(|err| ControlError::BadReply {
-            path: path.to_owned(),
-            problem: err.to_string(),
-        })
+        .map_err(|err| bad_reply(path, err))
+}
+
+/// Sends `request` and hands every reply line to `each` until the daemon hangs up
+/// (or `each` returns false). `Ok(false)`: no daemon listens there.
+pub fn follow(
+    path: &Path,
+    request: &Request,
+    mut each: impl FnMut(Response) -> bool,
+) -> Result<bool, ControlError> {
+    let Some(stream) = send(path, request)? else {
+        return Ok(false);
+    };
+    // A follower waits for events as long as they take.
+    stream
+        .set_read_timeout(None)
+        .map_err(PathError::at(path, "setting control socket timeouts"))?;
+    for line in BufReader::new(&stream).lines() {
+        let line = line.map_err(PathError::at(path, "reading from the control socket"))?;
+        let reply = serde_json::from_str(&line).map_err(|err| bad_reply(path, err))?;
+        if !each(reply) {
+            break;
+        }
+    }
+    Ok(true)
 }

@@ -10,7 +10,7 @@
 //! ISC dhclient has no signal that renews and is not supported.
 use std::path::Path;
 
-use super::helper::run_bounded;
+use super::helper::{Input, TIMEOUT, run_bounded};
 
 /// A process seen in /proc: its pid, its parent's and its argv (a retitled
 /// process, as dhcpcd's "dhcpcd: wan1 [ip4]", split at its spaces).
@@ -169,7 +169,7 @@ pub async fn renew(interface: &str) -> Result<String, String> {
                 ))
             }
         }
-        Some(Ask::Run(argv)) => run_bounded(&argv, &[]).await,
+        Some(Ask::Run(argv)) => run_bounded(&argv, Input::default(), TIMEOUT).await,
     }
 }
 

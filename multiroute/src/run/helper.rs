@@ -1,23 +1,51 @@
 //! Running a helper program (an `on_dead` command, a DHCP client's control
-//! tool): argv without a shell, stdin closed, killed at [`TIMEOUT`].
+//! tool, an exec hook): argv without a shell, killed at its timeout.
 use std::time::Duration;
 
-/// The longest a helper may run before it is killed.
+use tokio::io::AsyncWriteExt as _;
+
+/// The longest an `on_dead` command or a DHCP client's tool may run.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs `argv` with `env` added to its environment; says how it went.
-pub async fn run_bounded(argv: &[String], env: &[(&str, &str)]) -> Result<String, String> {
+/// What a helper is given.
+#[derive(Default)]
+pub struct Input<'a> {
+    /// Added to its environment.
+    pub env: Vec<(&'a str, String)>,
+    /// Written to its stdin (closed otherwise).
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// Runs `argv` with `input`, killed after `timeout`; says how it went.
+pub async fn run_bounded(
+    argv: &[String],
+    input: Input<'_>,
+    timeout: Duration,
+) -> Result<String, String> {
     let (program, args) = argv.split_first().ok_or("an empty command")?;
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(TIMEOUT, child).await {
+    let run = async {
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .envs(input.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(if input.stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        if let (Some(text), Some(mut stdin)) = (&input.stdin, child.stdin.take()) {
+            // A program that does not read its stdin is fine.
+            let _ = stdin.write_all(text).await;
+        }
+        child.wait_with_output().await
+    };
+    match tokio::time::timeout(timeout, run).await {
         Err(_) => Err(format!(
-            "{program} ran over {} s and was killed",
-            TIMEOUT.as_secs()
+            "{program} ran over {} ms and was killed",
+            timeout.as_millis()
         )),
         Ok(Err(err)) => Err(format!("cannot run {program}: {err}")),
         Ok(Ok(output)) if output.status.success() => Ok(format!("{} succeeded", argv.join(" "))),

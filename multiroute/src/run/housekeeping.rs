@@ -13,6 +13,7 @@ use super::{
     Daemon,
     budget::{self, BudgetEvent, exhausted},
     control::{self, Response},
+    events::Event,
 };
 use crate::{
     config::AtQuota,
@@ -77,6 +78,20 @@ impl Daemon {
                 changed = true;
                 let used = meter.describe(budget);
                 let name = uplink.name.as_str();
+                let told = match &event {
+                    BudgetEvent::NewPeriod => None,
+                    BudgetEvent::Warning { percent } => Some((
+                        "budget_warning",
+                        format!("{percent} % of the quota used: {used}"),
+                    )),
+                    BudgetEvent::Exhausted => Some((
+                        "exhausted",
+                        format!("quota used up: {used}; at_quota = {:?}", budget.at_quota),
+                    )),
+                };
+                if let Some((name, reason)) = told {
+                    self.events.emit(Event::about(name, &uplink.name, reason));
+                }
                 match event {
                     BudgetEvent::NewPeriod => {
                         info!(

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub uplinks: Vec<UplinkView>,
     /// Datapath outcome counters by family ("ipv4", "ipv6") and name.
     pub datapath: Vec<(&'static str, &'static str, u64)>,
+    /// Each hook's deliveries by outcome ("delivered", "failed").
+    pub hooks: Vec<(String, &'static str, u64)>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -66,6 +68,7 @@ struct Series {
     rtt: Family<Labels, FloatGauge>,
     loss: Family<Labels, FloatGauge>,
     datapath: Family<Labels, Counter>,
+    hooks: Family<Labels, Counter>,
 }
 
 impl Series {
@@ -132,6 +135,11 @@ impl Series {
                 "datapath_packets",
                 "Packets the classifier handled, by outcome",
             ),
+            hooks: family(
+                registry,
+                "hook_deliveries",
+                "Hook deliveries by outcome (a failed one counts once, after its retries)",
+            ),
         }
     }
 
@@ -196,6 +204,15 @@ pub fn render(snapshot: &Snapshot) -> String {
             .datapath
             .get_or_create(&vec![
                 ("family", (*family).to_owned()),
+                ("outcome", (*outcome).to_owned()),
+            ])
+            .inc_by(*value);
+    }
+    for (hook, outcome, value) in &snapshot.hooks {
+        series
+            .hooks
+            .get_or_create(&vec![
+                ("hook", hook.clone()),
                 ("outcome", (*outcome).to_owned()),
             ])
             .inc_by(*value);
@@ -286,9 +303,10 @@ mod tests {
         run::{health::TargetReport, report::UplinkReport, view::Counted},
     };
 
-    #[test]
-    fn snapshot_renders_every_series_with_its_value() {
-        let snapshot = Snapshot {
+    /// A snapshot with every series in it: an uplink with probes and a budget,
+    /// datapath counters and a hook.
+    fn full() -> Snapshot {
+        Snapshot {
             fail_open: false,
             uplinks: vec![UplinkView::new(
                 &UplinkPlan {
@@ -335,8 +353,13 @@ mod tests {
                 },
             )],
             datapath: vec![("ipv4", "flow_hit", 958), ("ipv6", "flow_new", 7)],
-        };
-        let text = render(&snapshot);
+            hooks: vec![("hook[0]".into(), "failed", 2)],
+        }
+    }
+
+    #[test]
+    fn snapshot_renders_every_series_with_its_value() {
+        let text = render(&full());
         for line in [
             "multiroute_fail_open 0",
             "multiroute_uplink_up{uplink=\"dsl\"} 1",
@@ -357,12 +380,50 @@ mod tests {
             "multiroute_probe_loss_ratio{uplink=\"dsl\",target=\"192.0.2.1\"} 0.05",
             "multiroute_datapath_packets_total{family=\"ipv4\",outcome=\"flow_hit\"} 958",
             "multiroute_datapath_packets_total{family=\"ipv6\",outcome=\"flow_new\"} 7",
+            "multiroute_hook_deliveries_total{hook=\"hook[0]\",outcome=\"failed\"} 2",
             "# EOF",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in:\n{text}"
             );
+        }
+    }
+
+    /// contrib/grafana/multiroute.json must name only metrics the daemon serves.
+    #[test]
+    fn every_metric_the_grafana_dashboard_names_is_served() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../contrib/grafana/multiroute.json"))
+                .expect("the dashboard is JSON");
+        let text = render(&full());
+        let served: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10);
+        for panel in panels {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap_or_default();
+                let named: Vec<&str> = expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|word| word.starts_with("multiroute_"))
+                    .collect();
+                assert!(
+                    !named.is_empty(),
+                    "{} names no metric: {expr}",
+                    panel["title"]
+                );
+                for metric in named {
+                    assert!(
+                        served.contains(metric),
+                        "{}: {metric} is not served:\n{text}",
+                        panel["title"]
+                    );
+                }
+            }
         }
     }
 }

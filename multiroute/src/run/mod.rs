@@ -7,14 +7,17 @@
 //! Stopping the daemon (SIGTERM, SIGINT) stops only the control plane: routing and
 //! the datapath stay and keep every session where it is, so a restart or an upgrade
 //! moves nothing. `multiroute unload` removes everything.
+mod announce;
 mod answers;
 mod budget;
 pub mod control;
 mod dhcp_client;
 mod error;
+pub mod events;
 pub mod fast_path;
 pub mod health;
 mod helper;
+pub mod hooks;
 mod housekeeping;
 pub mod link_events;
 pub mod metrics;
@@ -87,6 +90,10 @@ pub struct Daemon {
     meters_saved: Instant,
     /// Dead uplinks' `on_dead` actions: when each is due, which one runs.
     zombies: zombie::Zombies,
+    /// What happened, for `events`, its followers and the hooks.
+    events: events::EventLog,
+    /// The `[[hook]]`s following the events.
+    hooks: hooks::Hooks,
 }
 
 /// How often the daemon checks that the kernel still holds its plan.
@@ -115,6 +122,7 @@ impl Daemon {
     /// Applies the config (every uplink trusted until probed) and starts probing.
     /// On failure the host is left as it was.
     pub async fn start(config_path: PathBuf, config: Config) -> Result<Self, DaemonError> {
+        hooks::check_programs(&config, &config_path)?;
         let nl = Netlink::connect().map_err(ApplyError::from)?;
         let pin_path = &config.routing.pin_path;
         let running = !apply::datapath::attached_interfaces(pin_path)
@@ -175,7 +183,10 @@ impl Daemon {
             meters,
             meters_saved: Instant::now(),
             zombies: zombie::Zombies::default(),
+            events: events::EventLog::default(),
+            hooks: hooks::Hooks::default(),
         };
+        daemon.hooks = hooks::start(&daemon.config.hooks, &daemon.events.sender());
         daemon.recheck_when_expiring(&observed);
         log_plan(&daemon.plan);
         daemon.sync_probers();
@@ -195,7 +206,12 @@ impl Daemon {
         let nft =
             nft_events::subscribe(&mut tasks).map_err(os("subscribing to nftables events"))?;
         let (request_tx, mut requests) = mpsc::channel(16);
-        let _socket = control::listen(&self.config.control.socket, request_tx.clone(), &mut tasks)?;
+        let _socket = control::listen(
+            &self.config.control.socket,
+            request_tx.clone(),
+            self.events.sender(),
+            &mut tasks,
+        )?;
         if let Some(listen) = self.config.metrics.listen {
             metrics::serve(listen, request_tx, &mut tasks)
                 .await
@@ -315,11 +331,12 @@ impl Daemon {
             (true, false) => info!("active: uplink addresses arrived"),
             _ => {}
         }
-        self.plan = plan;
+        let old = std::mem::replace(&mut self.plan, plan);
         if let Some(fast_path) = &self.fast_path {
             fast_path.follow_plan(&self.plan);
         }
-        self.record_transitions(change.as_ref(), elapsed);
+        let transitions = self.record_transitions(change.as_ref(), elapsed);
+        self.announce(&old, &transitions);
         for flush in updated.flushed {
             info!(
                 uplink = %flush.uplink,
@@ -360,10 +377,12 @@ impl Daemon {
             Ok(repaired) => {
                 self.ready = true;
                 if !repaired.is_empty() {
+                    let what = repaired.join(", ");
                     warn!(
-                        "put back what something else removed or changed (a firewall reload flushing nftables, a deleted rule or route): {}",
-                        repaired.join(", ")
+                        "put back what something else removed or changed (a firewall reload flushing nftables, a deleted rule or route): {what}"
                     );
+                    self.events
+                        .emit(events::Event::new("repaired", format!("put back: {what}")));
                 }
             }
             Err(err) => {
@@ -383,13 +402,19 @@ impl Daemon {
     }
 
     /// Logs and remembers every uplink whose liveness changed with the new plan.
-    fn record_transitions(&mut self, change: Option<&Change>, elapsed: Duration) {
+    fn record_transitions(
+        &mut self,
+        change: Option<&Change>,
+        elapsed: Duration,
+    ) -> Vec<Transition> {
         let applied_ms = elapsed.as_secs_f64() * 1000.0;
+        let transitions = self.states.follow(&self.plan, change, SystemTime::now());
         for Transition {
             uplink,
             condition,
             reason,
-        } in self.states.follow(&self.plan, change, SystemTime::now())
+            ..
+        } in &transitions
         {
             match condition {
                 Condition::Up => info!(%uplink, %reason, applied_ms, "uplink up"),
@@ -406,6 +431,7 @@ impl Daemon {
                 "ALL UPLINKS ARE DOWN: failing open, LAN traffic follows the main table's original default"
             );
         }
+        transitions
     }
 
     /// One line for `systemctl status`.

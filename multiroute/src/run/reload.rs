@@ -2,7 +2,9 @@
 //! `[datapath] fast_path` followed.
 use tracing::{error, info, warn};
 
-use super::{Daemon, DaemonError, FastPath, HealthBook, setup::log_plan, thresholds};
+use super::{
+    Daemon, DaemonError, FastPath, HealthBook, events::Event, setup::log_plan, thresholds,
+};
 use crate::{
     apply,
     config::{BalanceBy, Config},
@@ -15,6 +17,7 @@ impl Daemon {
     pub(super) async fn reload(&mut self) {
         let checked = async {
             let config = Config::load(&self.config_path)?;
+            super::hooks::check_programs(&config, &self.config_path)?;
             // Interfaces the new config names must exist before anything changes.
             apply::plan(&self.kernel.nl, &config, &self.verdicts()).await?;
             Ok::<_, DaemonError>(config)
@@ -41,8 +44,13 @@ impl Daemon {
                 "[balance] by changed: new connections are grouped the new way now; restart multiroute (moves no session) so the groups are also remembered across uplink failures"
             );
         }
+        if config.hooks != self.config.hooks {
+            self.hooks = super::hooks::start(&config.hooks, &self.events.sender());
+        }
         self.config = config;
         info!("configuration reloaded");
+        let reason = format!("configuration reloaded from {}", self.config_path.display());
+        self.events.emit(Event::new("reloaded", reason));
         self.reconcile(None).await;
         self.follow_fast_path();
         if let Err(err) = self

@@ -27,6 +27,8 @@ pub struct UplinkState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub uplink: String,
+    /// What it was: `None` for a side seen for the first time.
+    pub previous: Option<Condition>,
     pub condition: Condition,
     pub reason: String,
 }
@@ -114,6 +116,7 @@ impl States {
                 },
             };
             followed.insert(side.name.clone());
+            let new = !self.0.contains_key(&side.name);
             let state = self
                 .0
                 .entry(side.name.clone())
@@ -130,12 +133,14 @@ impl States {
             if state.condition == side.condition {
                 continue;
             }
+            let previous = (!new).then_some(state.condition);
             state.condition = side.condition;
             state.since = now;
             state.changes += 1;
             state.reason.clone_from(&reason);
             transitions.push(Transition {
                 uplink: side.name,
+                previous,
                 condition: side.condition,
                 reason,
             });
@@ -186,6 +191,7 @@ mod tests {
             transitions,
             [Transition {
                 uplink: "dsl".into(),
+                previous: Some(Condition::Up),
                 condition: Condition::Down,
                 reason: change.reason.clone(),
             }]
@@ -261,6 +267,7 @@ mod tests {
             states.follow(&dual(false), Some(&change), t1),
             [Transition {
                 uplink: "dsl/ipv6".into(),
+                previous: Some(Condition::Up),
                 condition: Condition::Down,
                 reason: change.reason.clone(),
             }]

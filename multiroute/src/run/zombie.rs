@@ -11,7 +11,7 @@ use std::{
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::helper::run_bounded;
+use super::helper::{Input, TIMEOUT, run_bounded};
 use crate::{
     config::{DeadAction, OnDead},
     netlink::Netlink,
@@ -122,11 +122,12 @@ async fn act(uplink: &str, interface: &str, action: &DeadAction) -> Result<Strin
             ))
         }
         DeadAction::Command(argv) => {
-            let env = [
-                ("MULTIROUTE_UPLINK", uplink),
-                ("MULTIROUTE_INTERFACE", interface),
+            let env = vec![
+                ("MULTIROUTE_UPLINK", uplink.to_owned()),
+                ("MULTIROUTE_INTERFACE", interface.to_owned()),
             ];
-            run_bounded(argv, &env).await
+            let input = Input { env, stdin: None };
+            run_bounded(argv, input, TIMEOUT).await
         }
     }
 }

@@ -85,7 +85,7 @@ impl Side {
     }
 
     /// Why it is in `condition`, after `probed` gave a result.
-    fn describe(&self, probed: &Record, condition: Condition) -> String {
+    fn describe(&self, probed: &Record, condition: Condition, cadence: Cadence) -> String {
         let (needed, of) = (self.needed(), self.targets.len());
         let quorum = if of > 1 {
             let up = self.targets.iter().filter(|t| t.good()).count();
@@ -96,6 +96,10 @@ impl Side {
         let loss = probed.loss_percent();
         let n = probed.recent.len();
         match condition {
+            Condition::Down if cadence == Cadence::Burst => format!(
+                "{} missed {} probes in a row, sent at once because the line sent packets and received none{quorum}",
+                probed.target, probed.fail_streak
+            ),
             Condition::Down => format!(
                 "{} missed {} probes in a row (loss {loss:.0}% over the last {n}){quorum}",
                 probed.target, probed.fail_streak
@@ -201,7 +205,7 @@ impl HealthBook {
         (condition != was).then(|| Change {
             uplink: uplink.to_owned(),
             condition,
-            reason: side.describe(&side.targets[probed], condition),
+            reason: side.describe(&side.targets[probed], condition, cadence),
         })
     }
 

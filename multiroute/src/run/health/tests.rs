@@ -199,6 +199,7 @@ fn a_burst_counts_for_liveness_but_not_for_the_window() {
     assert_eq!(burst(), None);
     let down = burst().expect("three burst losses in a row");
     assert_eq!(down.condition, Condition::Down);
+    assert!(down.reason.contains("sent at once"), "{}", down.reason);
     assert_eq!(
         dsl.book.report("dsl")[0].loss_percent,
         0.0,
