@@ -116,7 +116,10 @@ impl Daemon {
                 }
             }
         }
-        if changed || self.meters_saved.elapsed() >= SAVE_EVERY {
+        // The first reading after a start is kept at once: what passed while no
+        // daemon ran (a crash, an upgrade) must not wait for the next save.
+        let due = self.meters_saved.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
+        if changed || due {
             self.save_meters();
         }
         if exhausted(&self.config, &self.meters) != before {
@@ -129,7 +132,7 @@ impl Daemon {
             return;
         }
         match self.meters.save() {
-            Ok(()) => self.meters_saved = Instant::now(),
+            Ok(()) => self.meters_saved = Some(Instant::now()),
             Err(err) => error!("could not keep the budget counts: {err}"),
         }
     }

@@ -86,8 +86,8 @@ pub struct Daemon {
     fast_path: Option<FastPath>,
     /// Metered uplinks' byte counts, kept in the state directory.
     meters: budget::Meters,
-    /// When the meters were last written to their file.
-    meters_saved: Instant,
+    /// When the meters were last written to their file (none yet since start).
+    meters_saved: Option<Instant>,
     /// Dead uplinks' `on_dead` actions: when each is due, which one runs.
     zombies: zombie::Zombies,
     /// What happened, for `events`, its followers and the hooks.
@@ -181,7 +181,7 @@ impl Daemon {
             recheck_at: None,
             fast_path: None,
             meters,
-            meters_saved: Instant::now(),
+            meters_saved: None,
             zombies: zombie::Zombies::default(),
             events: events::EventLog::default(),
             hooks: hooks::Hooks::default(),
