@@ -121,16 +121,9 @@ pub(super) fn validate(raw: RawHook) -> Result<Hook, (&'static str, String)> {
         ));
     }
     let action = match (raw.exec, raw.url) {
-        (Some(argv), None) => match argv.first() {
-            Some(program) if program.starts_with('/') => HookAction::Exec(argv),
-            Some(program) => {
-                return Err((
-                    "exec",
-                    format!("{program:?} must be an absolute path (no shell runs it)"),
-                ));
-            }
-            None => return Err(("exec", "an empty command".into())),
-        },
+        (Some(argv), None) => HookAction::Exec(
+            super::on_dead::absolute_argv(argv).map_err(|problem| ("exec", problem))?,
+        ),
         (None, Some(url)) => HookAction::Url(url.parse().map_err(|problem| ("url", problem))?),
         _ => return Err(("exec", "give exactly one of exec or url".into())),
     };

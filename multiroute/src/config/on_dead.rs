@@ -30,6 +30,17 @@ pub(super) enum RawOnDead {
     Command(Vec<String>),
 }
 
+/// A program to exec (no shell): an argv whose program is an absolute path.
+pub(super) fn absolute_argv(argv: Vec<String>) -> Result<Vec<String>, String> {
+    match argv.first() {
+        Some(program) if program.starts_with('/') => Ok(argv),
+        Some(program) => Err(format!(
+            "{program:?} must be an absolute path (no shell runs it)"
+        )),
+        None => Err("an empty command".into()),
+    }
+}
+
 /// Dead this long before `on_dead` acts, unless `on_dead_after_ms` says.
 const DEFAULT_AFTER_MS: u64 = 30_000;
 
@@ -55,16 +66,9 @@ pub(super) fn validate(
                 ));
             }
         },
-        Some(RawOnDead::Command(argv)) => match argv.first() {
-            Some(program) if program.starts_with('/') => DeadAction::Command(argv),
-            Some(program) => {
-                return Err((
-                    "on_dead",
-                    format!("{program:?} must be an absolute path (no shell runs it)"),
-                ));
-            }
-            None => return Err(("on_dead", "an empty command".into())),
-        },
+        Some(RawOnDead::Command(argv)) => {
+            DeadAction::Command(absolute_argv(argv).map_err(|problem| ("on_dead", problem))?)
+        }
     };
     let after_ms = match after_ms {
         None => DEFAULT_AFTER_MS,

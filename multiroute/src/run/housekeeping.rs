@@ -118,7 +118,9 @@ impl Daemon {
         }
         // The first reading after a start is kept at once: what passed while no
         // daemon ran (a crash, an upgrade) must not wait for the next save.
-        let due = self.meters_saved.is_none_or(|at| at.elapsed() >= SAVE_EVERY);
+        let due = self
+            .meters_saved
+            .is_none_or(|at| at.elapsed() >= SAVE_EVERY);
         if changed || due {
             self.save_meters();
         }
