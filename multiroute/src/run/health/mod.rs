@@ -62,6 +62,18 @@ pub struct TargetReport {
     pub degraded: Option<String>,
 }
 
+/// The best of an uplink side's targets: the lowest last RTT of those up, and
+/// the lowest loss.
+pub fn best(probes: &[TargetReport]) -> (Option<f64>, Option<f64>) {
+    let rtt = probes
+        .iter()
+        .filter(|p| p.up)
+        .filter_map(|p| p.rtt_ms)
+        .reduce(f64::min);
+    let loss = probes.iter().map(|p| p.loss_percent).reduce(f64::min);
+    (rtt, loss)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct Side {
     limits: Limits,

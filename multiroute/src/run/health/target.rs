@@ -29,6 +29,9 @@ pub(super) struct Record {
     pub(super) over: Option<String>,
     /// When `over` last changed (None: never judged yet).
     pub(super) judged_at: Option<Instant>,
+    /// Judgements in a row, while degraded, that found it under the recover
+    /// limits.
+    pub(super) recovering: u32,
 }
 
 impl Record {
@@ -43,6 +46,7 @@ impl Record {
             recent: VecDeque::new(),
             over: None,
             judged_at: None,
+            recovering: 0,
         }
     }
 
@@ -157,8 +161,13 @@ impl Record {
                     )
                 })
         };
-        let recovered = loss <= quality.recover_loss_percent.into()
+        let under = loss <= quality.recover_loss_percent.into()
             && rtt.is_none_or(|rtt| rtt <= quality.recover_rtt_ms.into());
+        self.recovering = if under { self.recovering + 1 } else { 0 };
+        // One lucky window is not a recovery: 30 % random loss leaves a 20-probe
+        // window with at most one loss now and then. Half a window more in a row
+        // makes that chance small.
+        let recovered = self.recovering > quality.window / 2;
         let next = match (&self.over, over_limit) {
             (None, over) => over,
             (Some(_), _) if recovered => None,
