@@ -88,6 +88,30 @@ macro_rules! require_root {
     };
 }
 
+/// [`require_tool`] for the test it is used in.
+#[macro_export]
+macro_rules! require_tool {
+    ($program:expr) => {
+        $crate::require_tool($crate::test_name!(), $program)
+    };
+}
+
+/// Skips (locally) or fails (in CI) when `program` is not installed
+/// (`cargo xtask deps` installs what the tests need).
+pub fn require_tool(test: &str, program: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs {program}, and CI=true forbids skipping"
+    );
+    eprintln!("SKIPPED {test}: needs {program} (run `cargo xtask deps`)");
+    false
+}
+
 /// Skips (locally) or fails (in CI) when the lab cannot run here.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

@@ -39,6 +39,8 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     // `systemd-analyze verify` checks the shipped unit
     "systemd",
+    // the status page is tested in a real browser
+    "chromium",
 ];
 
 pub fn is_root() -> bool {

@@ -33,6 +33,7 @@ pub struct Config {
     pub rules: Vec<PolicyRule>,
     /// `[[hook]]`s, in file order.
     pub hooks: Vec<super::hook::Hook>,
+    pub web: WebConfig,
 }
 
 /// `[datapath]`.
@@ -171,6 +172,15 @@ pub struct ControlConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
+}
+
+/// `[web]`: the read-only live status page, off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebConfig {
+    pub listen: Option<SocketAddr>,
+    /// Required for a non-loopback `listen`: the page is opened once as
+    /// `/?token=…`, then the token is kept in a cookie.
+    pub token: Option<String>,
 }
 
 /// A name that is not one of the config's uplinks, with the ones there are.

@@ -31,6 +31,15 @@ pub(super) struct RawConfig {
     pub(super) rule: Vec<policy::RawRule>,
     #[serde(default)]
     pub(super) hook: Vec<super::hook::RawHook>,
+    #[serde(default)]
+    pub(super) web: RawWeb,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWeb {
+    pub(super) listen: Option<String>,
+    pub(super) token: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -482,3 +482,29 @@ fn hooks_are_an_exec_or_a_url_for_known_events() {
         );
     }
 }
+
+#[test]
+fn the_status_page_needs_a_token_off_loopback_and_never_shows_it() {
+    let web = |section: &str| parse(&format!("{MINIMAL}\n[web]\n{section}"));
+    let local = web("listen = \"127.0.0.1:9751\"\n").unwrap().web;
+    assert_eq!(local.listen, Some("127.0.0.1:9751".parse().unwrap()));
+    assert_eq!(local.token, None);
+    let lan = web("listen = \"192.168.0.1:9751\"\ntoken = \"0123456789abcdef\"\n").unwrap();
+    assert_eq!(lan.web.token.as_deref(), Some("0123456789abcdef"));
+    for (section, expected) in [
+        ("listen = \"192.168.0.1:9751\"\n", "web.token: required"),
+        (
+            "listen = \"192.168.0.1\"\n",
+            "web.listen: \"192.168.0.1\" is not an address:port",
+        ),
+        (
+            "listen = \"127.0.0.1:1\"\ntoken = \"short secret\"\n",
+            "web.token: must be at least 16",
+        ),
+    ] {
+        let err = web(section).unwrap_err().to_string();
+        assert!(err.contains(expected), "{section:?}: {err}");
+        assert!(!err.contains("short secret"), "{err}");
+    }
+    assert_eq!(parse(MINIMAL).unwrap().web.listen, None, "off by default");
+}

@@ -109,6 +109,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             },
             rules,
             metrics: self.metrics(raw.metrics)?,
+            web: self.web(raw.web)?,
             hooks: raw
                 .hook
                 .into_iter()
@@ -131,6 +132,48 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         Ok(ControlConfig {
             socket: raw.socket,
             state_dir: raw.state_dir,
+        })
+    }
+
+    fn web(&self, raw: RawWeb) -> Result<WebConfig, ConfigError> {
+        let fail = self.fail;
+        let listen: Option<std::net::SocketAddr> = raw
+            .listen
+            .map(|text| {
+                text.parse().map_err(|_| {
+                    fail(
+                        "web.listen",
+                        format!("{text:?} is not an address:port such as \"192.168.0.1:9751\""),
+                    )
+                })
+            })
+            .transpose()?;
+        // The token never appears in an error: it is a secret.
+        if let Some(token) = &raw.token
+            && (token.len() < 16
+                || !token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(fail(
+                "web.token",
+                "must be at least 16 characters of A-Z, a-z, 0-9, - or _".into(),
+            ));
+        }
+        if let Some(address) = listen
+            && !address.ip().is_loopback()
+            && raw.token.is_none()
+        {
+            return Err(fail(
+                "web.token",
+                format!(
+                    "required: {address} is not a loopback address, and the page must not be open to anyone on it"
+                ),
+            ));
+        }
+        Ok(WebConfig {
+            listen,
+            token: raw.token,
         })
     }
 

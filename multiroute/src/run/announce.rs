@@ -2,7 +2,7 @@
 //! transition (with the figures behind it), the failover or failback it makes,
 //! every uplink failing or one coming back, the HA pair's standby and active, and
 //! an uplink's address or gateway changing.
-use super::{Daemon, events::Event, health::TargetReport, states::Transition};
+use super::{Daemon, events::Event, health, states::Transition};
 use crate::{
     net::Family,
     plan::{Condition, Plan, UplinkPlan},
@@ -21,17 +21,6 @@ fn family_name(family: Family) -> String {
         Family::V4 => "ipv4".into(),
         Family::V6 => "ipv6".into(),
     }
-}
-
-/// The best answering target's figures.
-fn figures(probes: &[TargetReport]) -> (Option<f64>, Option<f64>) {
-    let rtt = probes
-        .iter()
-        .filter(|p| p.up)
-        .filter_map(|p| p.mean_rtt_ms.or(p.rtt_ms))
-        .reduce(f64::min);
-    let loss = probes.iter().map(|p| p.loss_percent).reduce(f64::min);
-    (rtt, loss)
 }
 
 /// The uplinks that take `family`'s new flows in `plan`, by name.
@@ -95,7 +84,7 @@ impl Daemon {
 
     fn announce_transition(&mut self, t: &Transition) {
         let (name, family) = side_of(&t.uplink);
-        let (rtt_ms, loss_percent) = figures(&self.health.report(&t.uplink));
+        let (rtt_ms, loss_percent) = health::best(&self.health.report(&t.uplink));
         let address = self
             .plan
             .uplink(name)

@@ -30,6 +30,9 @@ impl Daemon {
                 lines: self.plan.lines(),
             },
             Request::BudgetReset { uplink } => self.reset_budget(&uplink).await,
+            Request::Page => Response::Page {
+                status: self.page().await,
+            },
             Request::Events { .. } => Response::Events {
                 events: self.events.recent(),
             },
@@ -64,19 +67,39 @@ impl Daemon {
         }
     }
 
-    async fn metrics(&self) -> metrics::Snapshot {
+    /// The status page's JSON: the uplinks' views, the latest events (newest
+    /// first) and each uplink's figures over the last minutes.
+    async fn page(&self) -> serde_json::Value {
+        let report = self.report();
+        let events: Vec<_> = self.events.recent().into_iter().rev().take(30).collect();
+        serde_json::json!({
+            "version": report.version,
+            "fail_open": report.fail_open,
+            "standby": report.standby,
+            "uplinks": self.views(report).await,
+            "events": events,
+            "history": self.history,
+        })
+    }
+
+    /// Every uplink's view, its flows counted off the loop's thread.
+    async fn views(&self, report: DaemonReport) -> Vec<UplinkView> {
         // Walking a full flow table takes hundreds of thousands of bpf(2) calls: off
         // the loop's thread, on a handle of its own.
         let pin_path = self.config.routing.pin_path.clone();
-        let report = self.report();
-        let fail_open = report.fail_open;
         let plan = self.plan.clone();
-        let uplinks = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let maps = Maps::open(&pin_path).ok();
             UplinkView::all(&plan, Some(&report), maps.as_ref())
         })
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+    }
+
+    async fn metrics(&self) -> metrics::Snapshot {
+        let report = self.report();
+        let fail_open = report.fail_open;
+        let uplinks = self.views(report).await;
         metrics::Snapshot {
             fail_open,
             uplinks,

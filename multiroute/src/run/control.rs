@@ -38,6 +38,8 @@ pub enum Request {
     Plan,
     /// A metered uplink's count starts again at 0 (a new data pack).
     BudgetReset { uplink: String },
+    /// What the status page shows (its JSON).
+    Page,
     /// The recent events; with `follow`, then each new one as it happens (one
     /// `event` reply per line) until the asker hangs up.
     Events {
@@ -61,6 +63,9 @@ pub enum Response {
     },
     Plan {
         lines: Vec<String>,
+    },
+    Page {
+        status: serde_json::Value,
     },
     Events {
         events: Vec<Event>,

@@ -36,6 +36,19 @@ impl Daemon {
     pub(super) async fn housekeeping(&mut self) {
         self.meter().await;
         self.tend_zombies();
+        self.sample_history();
+    }
+
+    /// Each uplink's best probe figures and byte counter now, for the page.
+    fn sample_history(&mut self) {
+        self.history
+            .retain(|name| self.config.uplinks.iter().any(|u| u.name == name));
+        for uplink in &self.config.uplinks {
+            let (rtt, loss) = super::health::best(&self.health.report(&uplink.name));
+            let bytes = budget::read(&uplink.interface).map_or(0, |r| r.bytes);
+            self.history
+                .sample(&uplink.name, rtt, loss.unwrap_or(0.0), bytes);
+        }
     }
 
     /// Gives each dead uplink its `on_dead` action when due.

@@ -2,7 +2,7 @@
 //! scrapes natively) over a minimal HTTP/1.1 endpoint, `GET /metrics`. Each scrape
 //! asks the daemon's loop for a fresh [`Snapshot`]; nothing is cached or counted
 //! twice. Encoding is prometheus-client's.
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use prometheus_client::{
     encoding::{EncodeMetric, text::encode},
@@ -11,7 +11,6 @@ use prometheus_client::{
 };
 use std::sync::atomic::AtomicU64;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
     task::JoinSet,
@@ -20,6 +19,7 @@ use tracing::{debug, info};
 
 use super::{
     control::{Incoming, Request, Response},
+    http::{self, Reply},
     task::Task,
     view::UplinkView,
 };
@@ -244,55 +244,29 @@ pub async fn serve(
 
 /// One request per connection, bounded in size and time.
 async fn answer(mut stream: TcpStream, requests: mpsc::Sender<Incoming>) {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    let read_head = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-            match stream.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buffer[..n]),
-            }
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(5), read_head)
-        .await
-        .is_err()
-    {
+    let Some(head) = http::read_head(&mut stream).await else {
         return;
-    }
-    let wanted = head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?");
-    let (status, content_type, body) = if wanted {
-        let (reply, answer) = oneshot::channel();
-        let sent = requests
-            .send(Incoming {
-                request: Request::Metrics,
-                reply,
-            })
-            .await;
-        match (sent, answer.await) {
-            (Ok(()), Ok(Response::Metrics { text })) => (
+    };
+    let reply = if head.method == "GET" && head.path == "/metrics" {
+        match ask(&requests, Request::Metrics).await {
+            Some(Response::Metrics { text }) => Reply::new(
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 text,
             ),
-            _ => (
-                "503 Service Unavailable",
-                "text/plain",
-                "shutting down\n".into(),
-            ),
+            _ => Reply::new("503 Service Unavailable", "text/plain", "shutting down\n"),
         }
     } else {
-        (
-            "404 Not Found",
-            "text/plain",
-            "metrics are at /metrics\n".into(),
-        )
+        Reply::new("404 Not Found", "text/plain", "metrics are at /metrics\n")
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
+    http::respond(&mut stream, reply).await;
+}
+
+/// Asks the daemon's loop; `None` when it is shutting down.
+pub(super) async fn ask(requests: &mpsc::Sender<Incoming>, request: Request) -> Option<Response> {
+    let (reply, answer) = oneshot::channel();
+    requests.send(Incoming { request, reply }).await.ok()?;
+    answer.await.ok()
 }
 
 #[cfg(test)]

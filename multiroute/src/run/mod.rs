@@ -19,6 +19,7 @@ pub mod health;
 mod helper;
 pub mod hooks;
 mod housekeeping;
+mod http;
 pub mod link_events;
 pub mod metrics;
 pub mod nft_events;
@@ -31,6 +32,7 @@ mod silence;
 pub mod states;
 mod task;
 pub mod view;
+mod web;
 mod zombie;
 
 use std::{
@@ -94,6 +96,8 @@ pub struct Daemon {
     events: events::EventLog,
     /// The `[[hook]]`s following the events.
     hooks: hooks::Hooks,
+    /// Each uplink's figures over the last minutes, for the status page.
+    history: web::History,
 }
 
 /// How often the daemon checks that the kernel still holds its plan.
@@ -185,6 +189,7 @@ impl Daemon {
             zombies: zombie::Zombies::default(),
             events: events::EventLog::default(),
             hooks: hooks::Hooks::default(),
+            history: web::History::default(),
         };
         daemon.hooks = hooks::start(&daemon.config.hooks, &daemon.events.sender());
         daemon.recheck_when_expiring(&observed);
@@ -213,10 +218,13 @@ impl Daemon {
             &mut tasks,
         )?;
         if let Some(listen) = self.config.metrics.listen {
-            metrics::serve(listen, request_tx, &mut tasks)
+            metrics::serve(listen, request_tx.clone(), &mut tasks)
                 .await
                 .map_err(os("listening for metrics scrapes"))?;
         }
+        web::serve(&self.config.web, request_tx, &mut tasks)
+            .await
+            .map_err(os("listening for the status page"))?;
         info!(
             config = %self.config_path.display(),
             "multiroute is running; SIGHUP reloads, SIGTERM stops (steering stays), `multiroute unload` removes everything"

@@ -5,6 +5,7 @@
 pub enum Task {
     ControlSocket,
     Metrics,
+    Web,
     LinkEvents,
     NftEvents,
 }
@@ -14,6 +15,7 @@ impl std::fmt::Display for Task {
         f.write_str(match self {
             Task::ControlSocket => "the control socket listener",
             Task::Metrics => "the metrics listener",
+            Task::Web => "the status page listener",
             Task::LinkEvents => "the netlink event listener",
             Task::NftEvents => "the nftables event listener",
         })

@@ -164,8 +164,8 @@ impl UplinkView {
                     .or_else(|| uplink.readiness.v4.problem(Family::V4)),
             },
             state_changes: health.map_or(0, |u| u.state_changes),
-            rtt_ms: health.and_then(best_rtt),
-            loss_percent: health.and_then(best_loss),
+            rtt_ms: health.and_then(|u| super::health::best(&u.probes).0),
+            loss_percent: health.and_then(|u| super::health::best(&u.probes).1),
             ipv6: Ipv6View {
                 state: ipv6_state,
                 side: side(Family::V6),
@@ -222,21 +222,4 @@ fn states(
         other => other.state(),
     };
     (state, ipv6)
-}
-
-fn best_rtt(health: &UplinkReport) -> Option<f64> {
-    health
-        .probes
-        .iter()
-        .filter(|p| p.up)
-        .filter_map(|p| p.rtt_ms)
-        .reduce(f64::min)
-}
-
-fn best_loss(health: &UplinkReport) -> Option<f64> {
-    health
-        .probes
-        .iter()
-        .map(|p| p.loss_percent)
-        .reduce(f64::min)
 }
