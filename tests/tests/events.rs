@@ -3,6 +3,7 @@
 //! and never delayed by a hook that hangs.
 use std::{
     io::{BufRead, BufReader},
+    path::PathBuf,
     process::Stdio,
     sync::mpsc,
     thread::sleep,
@@ -16,6 +17,11 @@ use serde_json::Value;
 const RECEIVER: &str = r#"
 import http.server, sys
 class Hook(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(sys.argv[2], "ab") as out:
+            out.write(b"GET " + self.path.encode() + b"\n")
+        self.send_response(200)
+        self.end_headers()
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         with open(sys.argv[2], "ab") as out:
@@ -42,6 +48,10 @@ fn a_failover_is_an_event_for_followers_and_hooks_and_a_hanging_hook_delays_noth
     })
     .expect("building the lab");
     let dir = lab.dir.display().to_string();
+    let ddns = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../contrib/hooks/ddns")
+        .display()
+        .to_string();
     let hooks = format!(
         r#"
 [health]
@@ -61,6 +71,10 @@ retries = 0
 [[hook]]
 on = ["down"]
 url = "http://127.0.0.1:9760/notify?token=s3cret"
+
+[[hook]]
+on = ["down", "up"]
+exec = ["{ddns}", "http://127.0.0.1:9760/nic/update?hostname=home&myip=", "{dir}"]
 
 [[hook]]
 on = ["down", "up"]
@@ -179,6 +193,14 @@ exec = ["/bin/sh", "-c", "echo $MULTIROUTE_EVENT >> {dir}/debounced.log"]
     assert_eq!(names, ["down", "failover", "up", "failback"], "{names:?}");
     let human = String::from_utf8_lossy(&lab.multiroute(&["events"]).stdout).into_owned();
     assert!(human.contains(" down isp0 ipv4 (up → down): "), "{human}");
+
+    // The dynamic-DNS example followed the uplink taking new flows: isp1 while
+    // isp0 was down, isp0 again after.
+    let updates: Vec<&str> = posts
+        .lines()
+        .filter_map(|l| l.strip_prefix("GET /nic/update?hostname=home&myip="))
+        .collect();
+    assert_eq!(updates, ["198.18.1.2", "198.18.0.2"], "{posts}");
 
     // Debounced: the down and the up ≈ 3 s later are one notification, the up,
     // when the down's 6 s window ends.

@@ -6,6 +6,7 @@
 //! host and port: its path may carry a token).
 use std::{
     collections::BTreeMap,
+    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,6 +24,9 @@ use super::{
     helper::{Input, run_bounded},
 };
 use crate::config::{Hook, HookAction, HttpUrl};
+
+/// What every exec hook gets besides the event.
+type Context = Arc<Vec<(&'static str, String)>>;
 
 /// Deliveries per hook name: (delivered, failed).
 type Counts = Arc<Mutex<BTreeMap<String, (u64, u64)>>>;
@@ -56,13 +60,23 @@ impl Hooks {
     }
 }
 
-/// Starts one task per hook, following `events`.
-pub fn start(hooks: &[Hook], events: &broadcast::Sender<Event>) -> Hooks {
+/// Starts one task per hook, following `events`; an exec hook also learns
+/// `config` (`MULTIROUTE_CONFIG`) and this program (`MULTIROUTE_BIN`), to ask
+/// the daemon more.
+pub fn start(hooks: &[Hook], events: &broadcast::Sender<Event>, config: &Path) -> Hooks {
     let counts = Counts::default();
+    let program = std::env::current_exe().unwrap_or_default();
+    let context: Context = Arc::new(vec![
+        ("MULTIROUTE_CONFIG", config.display().to_string()),
+        ("MULTIROUTE_BIN", program.display().to_string()),
+    ]);
     let tasks = hooks
         .iter()
         .enumerate()
-        .map(|(i, hook)| tokio::spawn(follow(i, hook.clone(), events.subscribe(), counts.clone())))
+        .map(|(i, hook)| {
+            let (hook, events) = (hook.clone(), events.subscribe());
+            tokio::spawn(follow(i, hook, events, counts.clone(), context.clone()))
+        })
         .collect();
     Hooks { tasks, counts }
 }
@@ -71,7 +85,13 @@ fn wanted(hook: &Hook, event: &Event) -> bool {
     hook.on.is_empty() || hook.on.contains(&event.event)
 }
 
-async fn follow(index: usize, hook: Hook, mut events: broadcast::Receiver<Event>, counts: Counts) {
+async fn follow(
+    index: usize,
+    hook: Hook,
+    mut events: broadcast::Receiver<Event>,
+    counts: Counts,
+    context: Context,
+) {
     let name = format!("hook[{index}]");
     let debounce = Duration::from_millis(hook.debounce_ms);
     // Per uplink: the latest event waiting for its window to end, and when.
@@ -82,7 +102,7 @@ async fn follow(index: usize, hook: Hook, mut events: broadcast::Receiver<Event>
             received = events.recv() => match received {
                 Ok(event) if wanted(&hook, &event) => {
                     if debounce.is_zero() {
-                        deliver(&name, &hook, event, &counts);
+                        deliver(&name, &hook, event, &counts, &context);
                     } else {
                         let at = waiting
                             .get(&event.uplink)
@@ -92,7 +112,11 @@ async fn follow(index: usize, hook: Hook, mut events: broadcast::Receiver<Event>
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(hook = %name, missed, "events came faster than the hook keeps up; some were skipped");
+                    warn!(
+                        hook = %name,
+                        missed,
+                        "events came faster than the hook keeps up; some were skipped"
+                    );
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -105,7 +129,7 @@ async fn follow(index: usize, hook: Hook, mut events: broadcast::Receiver<Event>
                     .collect();
                 for key in ready {
                     if let Some((event, _)) = waiting.remove(&key) {
-                        deliver(&name, &hook, event, &counts);
+                        deliver(&name, &hook, event, &counts, &context);
                     }
                 }
             }
@@ -121,10 +145,11 @@ async fn sleep_until(due: Option<Instant>) {
 }
 
 /// Delivers `event` in a task of its own, retrying with backoff.
-fn deliver(name: &str, hook: &Hook, event: Event, counts: &Counts) {
+fn deliver(name: &str, hook: &Hook, event: Event, counts: &Counts, context: &Context) {
     let (name, hook, counts) = (name.to_owned(), hook.clone(), counts.clone());
+    let context = context.clone();
     tokio::spawn(async move {
-        let delivered = attempt(&name, &hook, &event).await;
+        let delivered = attempt(&name, &hook, &event, &context).await;
         if let Ok(mut counts) = counts.lock() {
             let (ok, failed) = counts.entry(name).or_default();
             *if delivered { ok } else { failed } += 1;
@@ -133,23 +158,29 @@ fn deliver(name: &str, hook: &Hook, event: Event, counts: &Counts) {
 }
 
 /// Tries `hook` with `event` up to `retries` more times; whether it got through.
-async fn attempt(name: &str, hook: &Hook, event: &Event) -> bool {
+async fn attempt(name: &str, hook: &Hook, event: &Event, context: &Context) -> bool {
     let timeout = Duration::from_millis(hook.timeout_ms);
     for attempt in 0..=hook.retries {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(6))).await;
         }
         let outcome = match &hook.action {
-            HookAction::Exec(argv) => run_bounded(argv, input(event), timeout).await,
+            HookAction::Exec(argv) => run_bounded(argv, input(event, context), timeout).await,
             HookAction::Url(url) => post(url, event, timeout).await,
         };
         match outcome {
             Ok(done) => {
-                info!(hook = %name, event = %event.event, seq = event.seq, "hook delivered: {done}");
+                info!(
+                    hook = %name, event = %event.event, seq = event.seq,
+                    "hook delivered: {done}"
+                );
                 return true;
             }
             Err(problem) => {
-                warn!(hook = %name, event = %event.event, seq = event.seq, attempt, "hook failed: {problem}")
+                warn!(
+                    hook = %name, event = %event.event, seq = event.seq, attempt,
+                    "hook failed: {problem}"
+                )
             }
         }
     }
@@ -158,7 +189,7 @@ async fn attempt(name: &str, hook: &Hook, event: &Event) -> bool {
 
 /// The event as an exec hook gets it: `MULTIROUTE_*` variables (never read by a
 /// shell: the program is exec'd) and the JSON on stdin.
-fn input(event: &Event) -> Input<'static> {
+fn input(event: &Event, context: &Context) -> Input<'static> {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let number = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_default();
     Input {
@@ -174,7 +205,10 @@ fn input(event: &Event) -> Input<'static> {
             ("MULTIROUTE_ADDRESS", text(&event.address)),
             ("MULTIROUTE_RTT_MS", number(event.rtt_ms)),
             ("MULTIROUTE_LOSS_PERCENT", number(event.loss_percent)),
-        ],
+        ]
+        .into_iter()
+        .chain(context.iter().cloned())
+        .collect(),
         stdin: serde_json::to_vec(event).ok(),
     }
 }
@@ -185,7 +219,9 @@ async fn post(url: &HttpUrl, event: &Event, timeout: Duration) -> Result<String,
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await?;
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: multiroute\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: multiroute\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
             url.path,
             url.host,
             body.len()

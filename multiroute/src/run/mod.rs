@@ -191,7 +191,11 @@ impl Daemon {
             hooks: hooks::Hooks::default(),
             history: web::History::default(),
         };
-        daemon.hooks = hooks::start(&daemon.config.hooks, &daemon.events.sender());
+        daemon.hooks = hooks::start(
+            &daemon.config.hooks,
+            &daemon.events.sender(),
+            &daemon.config_path,
+        );
         daemon.recheck_when_expiring(&observed);
         log_plan(&daemon.plan);
         daemon.sync_probers();

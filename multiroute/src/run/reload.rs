@@ -45,7 +45,8 @@ impl Daemon {
             );
         }
         if config.hooks != self.config.hooks {
-            self.hooks = super::hooks::start(&config.hooks, &self.events.sender());
+            self.hooks =
+                super::hooks::start(&config.hooks, &self.events.sender(), &self.config_path);
         }
         self.config = config;
         info!("configuration reloaded");
