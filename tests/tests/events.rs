@@ -184,13 +184,17 @@ exec = ["/bin/sh", "-c", "echo $MULTIROUTE_EVENT >> {dir}/debounced.log"]
     );
 
     let history = lab.multiroute(&["events", "--json"]);
-    let names: Vec<String> = String::from_utf8_lossy(&history.stdout)
+    let told: Vec<Value> = String::from_utf8_lossy(&history.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["uplink"] == "isp0")
-        .filter_map(|e| e["event"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(names, ["down", "failover", "up", "failback"], "{names:?}");
+    let names: Vec<&str> = told.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["down", "failover", "up", "failback"], "{told:?}");
+    // How many of its sessions moved with it: those the attempts had opened.
+    let moved = told[1]["sessions"].as_u64().expect("a count");
+    println!("failover: {}", told[1]["reason"]);
+    assert!(moved > 0, "{}", told[1]);
     let human = String::from_utf8_lossy(&lab.multiroute(&["events"]).stdout).into_owned();
     assert!(human.contains(" down isp0 ipv4 (up → down): "), "{human}");
 

@@ -4,6 +4,7 @@
 //! an uplink's address or gateway changing.
 use super::{Daemon, events::Event, health, states::Transition};
 use crate::{
+    apply::Flushed,
     net::Family,
     plan::{Condition, Plan, UplinkPlan},
 };
@@ -41,9 +42,9 @@ fn taking(plan: &Plan, family: Family) -> String {
 
 impl Daemon {
     /// Emits what moving from `old` to the plan in force did.
-    pub(super) fn announce(&mut self, old: &Plan, transitions: &[Transition]) {
+    pub(super) fn announce(&mut self, old: &Plan, transitions: &[Transition], flushed: &[Flushed]) {
         for transition in transitions {
-            self.announce_transition(transition);
+            self.announce_transition(transition, flushed);
         }
         match (old.fail_open(), self.plan.fail_open()) {
             (false, true) => self.events.emit(Event::new(
@@ -82,7 +83,7 @@ impl Daemon {
         }
     }
 
-    fn announce_transition(&mut self, t: &Transition) {
+    fn announce_transition(&mut self, t: &Transition, flushed: &[Flushed]) {
         let (name, family) = side_of(&t.uplink);
         let (rtt_ms, loss_percent) = health::best(&self.health.report(&t.uplink));
         let address = self
@@ -100,20 +101,32 @@ impl Daemon {
             ..Event::about(t.condition.as_str(), name, t.reason.clone())
         };
         self.events.emit(event.clone());
-        let (event_name, reason) = match (t.previous, t.condition) {
-            (Some(Condition::Up | Condition::Degraded), Condition::Down) => (
-                "failover",
-                format!("its flows move to: {}", taking(&self.plan, family)),
-            ),
+        let follow_up = match (t.previous, t.condition) {
+            (Some(Condition::Up | Condition::Degraded), Condition::Down) => {
+                // Its sessions whose conntrack entries were flushed so they move.
+                let moved: usize = flushed
+                    .iter()
+                    .filter(|f| f.uplink == name && Family::of(f.address) == family)
+                    .map(|f| f.entries)
+                    .sum();
+                let reason = format!(
+                    "its flows move to: {}; {moved} sessions NATed to it were flushed so they move too",
+                    taking(&self.plan, family)
+                );
+                ("failover", reason, Some(moved as u64))
+            }
             (Some(Condition::Down), Condition::Up | Condition::Degraded) => (
                 "failback",
                 "it takes new flows again; flows elsewhere stay where they are".to_owned(),
+                None,
             ),
             _ => return,
         };
+        let (event_name, reason, sessions) = follow_up;
         self.events.emit(Event {
             event: event_name.to_owned(),
             reason,
+            sessions,
             ..event
         });
     }

@@ -31,6 +31,9 @@ pub struct Event {
     /// The figures behind it: the best target's RTT and loss.
     pub rtt_ms: Option<f64>,
     pub loss_percent: Option<f64>,
+    /// A failover's sessions that move with it (their conntrack entries flushed).
+    #[serde(default)]
+    pub sessions: Option<u64>,
 }
 
 impl Event {
@@ -48,6 +51,7 @@ impl Event {
             address: None,
             rtt_ms: None,
             loss_percent: None,
+            sessions: None,
         }
     }
 

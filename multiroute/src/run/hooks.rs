@@ -283,3 +283,42 @@ pub fn check_programs(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    fn config(exec: &str) -> Config {
+        let text = format!(
+            "lan = [\"lan0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"wan0\"\n[[hook]]\nexec = [\"{exec}\"]\n"
+        );
+        Config::parse(&text, Path::new("/etc/multiroute/test.toml")).unwrap()
+    }
+
+    #[test]
+    fn an_exec_hook_must_be_an_executable_file() {
+        let file = Path::new("/etc/multiroute/test.toml");
+        assert!(super::check_programs(&config("/bin/sh"), file).is_ok());
+        let missing = super::check_programs(&config("/nonexistent/notify"), file).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("/etc/multiroute/test.toml: hook[0].exec: /nonexistent/notify: "),
+            "{missing}"
+        );
+        let directory = super::check_programs(&config("/etc"), file).unwrap_err();
+        assert!(
+            directory.to_string().ends_with("/etc is not a file"),
+            "{directory}"
+        );
+        let text = std::env::temp_dir().join(format!("multiroute-hook-{}", std::process::id()));
+        std::fs::write(&text, "not a program").unwrap();
+        std::fs::set_permissions(&text, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let plain = super::check_programs(&config(&text.display().to_string()), file).unwrap_err();
+        std::fs::remove_file(&text).unwrap();
+        assert!(plain.to_string().ends_with("is not executable"), "{plain}");
+    }
+}

@@ -348,7 +348,7 @@ impl Daemon {
             fast_path.follow_plan(&self.plan);
         }
         let transitions = self.record_transitions(change.as_ref(), elapsed);
-        self.announce(&old, &transitions);
+        self.announce(&old, &transitions, &updated.flushed);
         for flush in updated.flushed {
             info!(
                 uplink = %flush.uplink,
