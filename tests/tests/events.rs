@@ -132,6 +132,7 @@ exec = ["/bin/sh", "-c", "echo $MULTIROUTE_EVENT >> {dir}/debounced.log"]
         started.elapsed().as_secs_f64() * 1000.0
     );
     assert_eq!(down["family"], "ipv4");
+    assert_eq!(down["target"], SERVER.to_string());
     assert_eq!(
         (&down["previous"], &down["state"]),
         (&Value::from("up"), &Value::from("down"))

@@ -85,7 +85,14 @@ impl Daemon {
 
     fn announce_transition(&mut self, t: &Transition, flushed: &[Flushed]) {
         let (name, family) = side_of(&t.uplink);
-        let (rtt_ms, loss_percent) = health::best(&self.health.report(&t.uplink));
+        let probes = self.health.report(&t.uplink);
+        let (rtt_ms, loss_percent) = health::best(&probes);
+        // The target the figures are about: the best answering one, or the first.
+        let target = probes
+            .iter()
+            .find(|p| p.up && p.rtt_ms.is_some() && p.rtt_ms == rtt_ms)
+            .or(probes.first())
+            .map(|p| p.target.to_string());
         let address = self
             .plan
             .uplink(name)
@@ -98,6 +105,7 @@ impl Daemon {
             address,
             rtt_ms,
             loss_percent,
+            target,
             ..Event::about(t.condition.as_str(), name, t.reason.clone())
         };
         self.events.emit(event.clone());

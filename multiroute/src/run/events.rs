@@ -28,7 +28,9 @@ pub struct Event {
     pub reason: String,
     /// The uplink's address of the family, when it has one.
     pub address: Option<String>,
-    /// The figures behind it: the best target's RTT and loss.
+    /// The figures behind it: the probe target, its RTT and loss.
+    #[serde(default)]
+    pub target: Option<String>,
     pub rtt_ms: Option<f64>,
     pub loss_percent: Option<f64>,
     /// A failover's sessions that move with it (their conntrack entries flushed).
@@ -49,6 +51,7 @@ impl Event {
             state: None,
             reason: reason.into(),
             address: None,
+            target: None,
             rtt_ms: None,
             loss_percent: None,
             sessions: None,

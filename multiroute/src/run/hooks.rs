@@ -203,6 +203,7 @@ fn input(event: &Event, context: &Context) -> Input<'static> {
             ("MULTIROUTE_PREVIOUS", text(&event.previous)),
             ("MULTIROUTE_REASON", event.reason.clone()),
             ("MULTIROUTE_ADDRESS", text(&event.address)),
+            ("MULTIROUTE_TARGET", text(&event.target)),
             ("MULTIROUTE_RTT_MS", number(event.rtt_ms)),
             ("MULTIROUTE_LOSS_PERCENT", number(event.loss_percent)),
         ]
