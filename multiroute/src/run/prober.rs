@@ -138,8 +138,84 @@ const BURST_SPACING: Duration = Duration::from_millis(5);
 /// Answers whose round trips set how long a silence and a burst probe wait.
 const RTT_MEMORY: usize = 20;
 
+type Probes = Vec<(Target, std::sync::Arc<dyn probe::Probe>)>;
+type Outcomes = mpsc::UnboundedSender<(Target, Cadence, Outcome)>;
+
+/// One probe at the interval to every target. Each reports once at its timeout,
+/// and again if a late answer comes.
+fn at_interval(
+    probes: &Probes,
+    sequence: &mut u16,
+    timeout: Duration,
+    outcomes: &Outcomes,
+    in_flight: &mut JoinSet<()>,
+) {
+    for (target, probe) in probes {
+        *sequence = sequence.wrapping_add(1);
+        let (target, probe, sequence) = (*target, probe.clone(), *sequence);
+        let outcomes = outcomes.clone();
+        in_flight.spawn(async move {
+            let reply = probe.probe(sequence, timeout * LATE_FACTOR);
+            tokio::pin!(reply);
+            let report = |result| outcomes.send((target, Cadence::Interval, result)).is_ok();
+            match tokio::time::timeout(timeout, &mut reply).await {
+                Ok(rtt) => report(rtt.map_or(Outcome::Lost, Outcome::Answered)),
+                Err(_) => {
+                    report(Outcome::Lost)
+                        && reply.await.is_some_and(|rtt| report(Outcome::Late(rtt)))
+                }
+            };
+        });
+    }
+}
+
+/// `count` probes to every target, 5 ms apart, each waiting `wait`. A burst is
+/// one question — is the line dead? — so it reports as one: `count` losses
+/// when none answered, else one answer. (Reported one by one, the losses of
+/// short timeouts would overtake the answers in between and make a run.)
+fn burst(
+    probes: &Probes,
+    sequence: &mut u16,
+    count: u32,
+    wait: Duration,
+    outcomes: &Outcomes,
+    in_flight: &mut JoinSet<()>,
+) {
+    for (target, probe) in probes {
+        let first = sequence.wrapping_add(1);
+        *sequence = sequence.wrapping_add(count as u16);
+        let (target, probe) = (*target, probe.clone());
+        let outcomes = outcomes.clone();
+        in_flight.spawn(async move {
+            let answers = (0..count).map(|i| {
+                let probe = probe.clone();
+                async move {
+                    tokio::time::sleep(BURST_SPACING * i).await;
+                    probe.probe(first.wrapping_add(i as u16), wait).await
+                }
+            });
+            let fastest = futures::future::join_all(answers)
+                .await
+                .into_iter()
+                .flatten()
+                .min();
+            let report = |result| outcomes.send((target, Cadence::Burst, result)).is_ok();
+            match fastest {
+                Some(rtt) => {
+                    report(Outcome::Answered(rtt));
+                }
+                None => {
+                    for _ in 0..count {
+                        report(Outcome::Lost);
+                    }
+                }
+            }
+        });
+    }
+}
+
 async fn probe_loop(
-    probes: Vec<(Target, std::sync::Arc<dyn probe::Probe>)>,
+    probes: Probes,
     spec: ProbeSpec,
     timing: Timing,
     results: mpsc::Sender<ProbeResult>,
@@ -150,35 +226,14 @@ async fn probe_loop(
     sampler.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut line = Silence::default();
     let mut rtts: VecDeque<Duration> = VecDeque::with_capacity(RTT_MEMORY);
-    // Probes outlive a tick when the timeout is longer than the interval; each
-    // reports once at its timeout, and again if a late answer comes.
+    // Probes outlive a tick when the timeout is longer than the interval.
     let mut in_flight = JoinSet::new();
     let (outcomes, mut outcome) = mpsc::unbounded_channel();
     let mut sequence: u16 = 0;
-    let mut send = |in_flight: &mut JoinSet<_>, cadence, delay: Duration, timeout: Duration| {
-        for (target, probe) in &probes {
-            sequence = sequence.wrapping_add(1);
-            let (target, probe, sequence) = (*target, probe.clone(), sequence);
-            let outcomes = outcomes.clone();
-            in_flight.spawn(async move {
-                tokio::time::sleep(delay).await;
-                let reply = probe.probe(sequence, timeout * LATE_FACTOR);
-                tokio::pin!(reply);
-                let report = |result| outcomes.send((target, cadence, result)).is_ok();
-                match tokio::time::timeout(timeout, &mut reply).await {
-                    Ok(rtt) => report(rtt.map_or(Outcome::Lost, Outcome::Answered)),
-                    Err(_) => {
-                        report(Outcome::Lost)
-                            && reply.await.is_some_and(|rtt| report(Outcome::Late(rtt)))
-                    }
-                };
-            });
-        }
-    };
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                send(&mut in_flight, Cadence::Interval, Duration::ZERO, timing.timeout)
+                at_interval(&probes, &mut sequence, timing.timeout, &outcomes, &mut in_flight);
             }
             _ = sampler.tick() => {
                 // A few of the line's slowest recent round trips, at least the floor.
@@ -194,9 +249,7 @@ async fn probe_loop(
                         silent_ms = wait.as_millis() as u64,
                         "the line sends and receives nothing: probing at once"
                     );
-                    for i in 0..timing.burst {
-                        send(&mut in_flight, Cadence::Burst, BURST_SPACING * i, wait);
-                    }
+                    burst(&probes, &mut sequence, timing.burst, wait, &outcomes, &mut in_flight);
                 }
             }
             Some(_) = in_flight.join_next() => {}
