@@ -3,6 +3,7 @@
 //! destinations, as the plan takes them ([`Observed`]); whether its own nftables
 //! ruleset source-NATs each uplink ([`nat`]).
 pub mod host;
+pub mod link;
 pub mod nat;
 
 use std::{

@@ -12,7 +12,10 @@ use std::{
 use jiff::{Span, Timestamp, Zoned, civil::Date, tz::TimeZone};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Budget, Config, Period, format_size};
+use crate::{
+    config::{Budget, Config, Period, format_size},
+    observe::link,
+};
 
 /// How often the counters are read.
 pub const READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -266,18 +269,11 @@ impl Meters {
 
 /// The interface's byte counter now, from sysfs and procfs.
 pub fn read(interface: &str) -> Option<Reading> {
-    let sys = |name: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/sys/class/net/{interface}/{name}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     Some(Reading {
         boot_id: boot_id.trim().to_owned(),
-        ifindex: u32::try_from(sys("ifindex")?).ok()?,
-        bytes: sys("statistics/rx_bytes")?.saturating_add(sys("statistics/tx_bytes")?),
+        ifindex: u32::try_from(link::number(interface, "ifindex")?).ok()?,
+        bytes: link::bytes(interface)?,
     })
 }
 

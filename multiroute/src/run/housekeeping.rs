@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     config::AtQuota,
+    observe::link,
     plan::{Condition, Verdicts},
 };
 
@@ -45,7 +46,7 @@ impl Daemon {
             .retain(|name| self.config.uplinks.iter().any(|u| u.name == name));
         for uplink in &self.config.uplinks {
             let (rtt, loss) = super::health::best(&self.health.report(&uplink.name));
-            let bytes = budget::read(&uplink.interface).map_or(0, |r| r.bytes);
+            let bytes = link::bytes(&uplink.interface).unwrap_or(0);
             self.history
                 .sample(&uplink.name, rtt, loss.unwrap_or(0.0), bytes);
         }

@@ -4,8 +4,10 @@
 //! probes at once, with a short timeout, instead of waiting for the interval. A
 //! saturated line is never "silent": its replies, ACKs and downloads keep
 //! arriving, however late. The rules are pure (counts and times passed in); only
-//! [`read_counters`] touches the host.
+//! [`read_counters`] reads the host.
 use std::time::{Duration, Instant};
+
+use crate::observe::link;
 
 /// Packets out with nothing back that make a line suspect.
 pub const UNANSWERED: u64 = 3;
@@ -62,19 +64,12 @@ impl Silence {
     }
 }
 
-/// The interface's packet counters, from sysfs (the namespace's own under
-/// `ip netns exec`).
+/// The interface's packet counters now.
 pub fn read_counters(interface: &str) -> Option<Counters> {
-    let read = |name: &str| {
-        std::fs::read_to_string(format!("/sys/class/net/{interface}/statistics/{name}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
+    let packets = |name| link::number(interface, name);
     Some(Counters {
-        tx: read("tx_packets")?,
-        rx: read("rx_packets")?,
+        tx: packets("statistics/tx_packets")?,
+        rx: packets("statistics/rx_packets")?,
     })
 }
 
