@@ -92,42 +92,39 @@ impl Daemon {
                 changed = true;
                 let used = meter.describe(budget);
                 let name = uplink.name.as_str();
-                let told = match &event {
-                    BudgetEvent::NewPeriod => None,
-                    BudgetEvent::Warning { percent } => Some((
-                        "budget_warning",
-                        format!("{percent} % of the quota used: {used}"),
-                    )),
-                    BudgetEvent::Exhausted => Some((
-                        "exhausted",
-                        format!("quota used up: {used}; at_quota = {:?}", budget.at_quota),
-                    )),
-                };
-                if let Some((name, reason)) = told {
-                    self.events.emit(Event::about(name, &uplink.name, reason));
-                }
-                match event {
+                // Each crossing is logged and told to the event stream alike.
+                let (event, reason) = match event {
                     BudgetEvent::NewPeriod => {
                         info!(
                             uplink = name,
                             "budget: a new period begins, counting from 0"
-                        )
+                        );
+                        continue;
                     }
                     BudgetEvent::Warning { percent } => {
-                        warn!(uplink = name, %used, "budget warning: {percent} % of the quota used")
+                        warn!(uplink = name, %used, "budget warning: {percent} % of the quota used");
+                        (
+                            "budget_warning",
+                            format!("{percent} % of the quota used: {used}"),
+                        )
                     }
-                    BudgetEvent::Exhausted => warn!(
-                        uplink = name,
-                        %used,
-                        "budget EXHAUSTED: {}",
-                        match budget.at_quota {
-                            AtQuota::Standby =>
-                                "standby: it carries traffic only while no other uplink is alive",
-                            AtQuota::Stop => "stopped: it carries nothing until `budget reset` or the next period",
+                    BudgetEvent::Exhausted => {
+                        let action = match budget.at_quota {
+                            AtQuota::Standby => {
+                                "standby: it carries traffic only while no other uplink is alive"
+                            }
+                            AtQuota::Stop => {
+                                "stopped: it carries nothing until `budget reset` or the next period"
+                            }
                             AtQuota::Warn => "warn only: it carries on",
-                        }
-                    ),
-                }
+                        };
+                        warn!(uplink = name, %used, "budget EXHAUSTED: {action}");
+                        let reason =
+                            format!("quota used up: {used}; at_quota = {:?}", budget.at_quota);
+                        ("exhausted", reason)
+                    }
+                };
+                self.events.emit(Event::about(event, name, reason));
             }
         }
         // The first reading after a start is kept at once: what passed while no
