@@ -2,6 +2,8 @@
 //! when it is used up.
 use serde::Deserialize;
 
+use super::reference as key;
+
 /// A validated budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
@@ -68,7 +70,7 @@ pub(super) fn validate(raw: RawBudget) -> Result<Budget, (&'static str, String)>
         Period::Daily => 1..=1,
     };
     let reset_day = match raw.reset_day {
-        None => 1,
+        None => key::RESET_DAY.default_number() as u8,
         Some(day) if days.contains(&day) => day as u8,
         Some(day) => {
             return Err((
@@ -95,15 +97,10 @@ pub(super) fn validate(raw: RawBudget) -> Result<Budget, (&'static str, String)>
     let standby_interval_ms = raw
         .standby_interval_ms
         .map(|ms| {
-            u64::try_from(ms)
-                .ok()
-                .filter(|ms| (1..=3_600_000).contains(ms))
-                .ok_or_else(|| {
-                    (
-                        "standby_interval_ms",
-                        format!("{ms} must be between 1 and 3600000"),
-                    )
-                })
+            key::STANDBY_INTERVAL_MS
+                .number(ms)
+                .map(u64::from)
+                .map_err(|problem| ("standby_interval_ms", problem))
         })
         .transpose()?;
     Ok(Budget {

@@ -1,6 +1,8 @@
 //! `[[hook]]`: a program to run or a URL to POST to when events happen.
 use serde::Deserialize;
 
+use super::reference::{self as key, Key};
+
 /// Every event name the daemon emits (`[[hook]] on`, `multiroute events`).
 pub const EVENT_NAMES: [&str; 15] = [
     "up",
@@ -127,19 +129,16 @@ pub(super) fn validate(raw: RawHook) -> Result<Hook, (&'static str, String)> {
         (None, Some(url)) => HookAction::Url(url.parse().map_err(|problem| ("url", problem))?),
         _ => return Err(("exec", "give exactly one of exec or url".into())),
     };
-    let ranged = |field: &'static str, value: Option<i64>, default: u64, max: u64| match value {
-        None => Ok(default),
-        Some(v) => u64::try_from(v)
-            .ok()
-            .filter(|v| *v <= max)
-            .ok_or_else(|| (field, format!("{v} must be between 0 and {max}"))),
+    let ranged = |spec: &'static Key, value: Option<i64>| {
+        spec.number(value.unwrap_or(spec.default_number()))
+            .map_err(|problem| (spec.name, problem))
     };
     Ok(Hook {
         on: raw.on,
         action,
-        timeout_ms: ranged("timeout_ms", raw.timeout_ms, 5000, 600_000)?.max(1),
-        debounce_ms: ranged("debounce_ms", raw.debounce_ms, 0, 3_600_000)?,
-        retries: ranged("retries", raw.retries, 2, 10)? as u32,
+        timeout_ms: u64::from(ranged(&key::HOOK_TIMEOUT_MS, raw.timeout_ms)?.max(1)),
+        debounce_ms: ranged(&key::HOOK_DEBOUNCE_MS, raw.debounce_ms)?.into(),
+        retries: ranged(&key::HOOK_RETRIES, raw.retries)?,
     })
 }
 

@@ -11,6 +11,7 @@ mod on_dead;
 mod policy;
 mod probe_target;
 mod raw;
+pub mod reference;
 mod validate;
 pub use budget::{AtQuota, Budget, Period, format_size, parse_size};
 pub use hook::{EVENT_NAMES, Hook, HookAction, HttpUrl};
@@ -19,7 +20,7 @@ pub use numbering::Numbering;
 pub use on_dead::{DeadAction, OnDead};
 pub use policy::{MAX_ROUTER_RULES, MAX_RULES, PolicyRule, PortRange, families, proto_name};
 pub use probe_target::{ProbeTarget, Target};
-pub use raw::MAX_TIER;
+pub use reference::{MAX_TIER, MAX_WEIGHT};
 
 pub const DEFAULT_PATH: &str = "/etc/multiroute/multiroute.toml";
 

@@ -6,7 +6,9 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{numbering::Numbering, policy::PolicyRule, probe_target::ProbeTarget};
+use super::{
+    numbering::Numbering, policy::PolicyRule, probe_target::ProbeTarget, reference as key,
+};
 use crate::net::{Ipv6Net, PerFamily};
 
 /// A config problem, always naming the file, the key and what is wrong.
@@ -138,16 +140,21 @@ pub struct Quality {
     pub min_state_ms: u32,
 }
 
+/// A key's default as the model's number (every quality default fits).
+fn number(key: &key::Key) -> u32 {
+    key.default_number() as u32
+}
+
 impl Default for Quality {
     fn default() -> Self {
         Self {
-            max_loss_percent: 20,
-            max_rtt_ms: 500,
-            recover_loss_percent: 5,
-            recover_rtt_ms: 250,
-            window: 20,
-            targets_needed: 1,
-            min_state_ms: 5000,
+            max_loss_percent: number(&key::MAX_LOSS_PERCENT),
+            max_rtt_ms: number(&key::MAX_RTT_MS),
+            recover_loss_percent: number(&key::RECOVER_LOSS_PERCENT),
+            recover_rtt_ms: number(&key::RECOVER_RTT_MS),
+            window: number(&key::WINDOW),
+            targets_needed: number(&key::TARGETS_NEEDED),
+            min_state_ms: number(&key::MIN_STATE_MS),
         }
     }
 }
@@ -191,8 +198,6 @@ pub struct UnknownUplink {
     pub known: String,
 }
 
-/// Weights above this are refused: the kernel's nexthop weight is one byte.
-pub const MAX_WEIGHT: u32 = 256;
 /// Rule priorities multiroute may use above `rule_priority`.
 pub const RULE_PRIORITY_SPAN: u32 = 1000;
 

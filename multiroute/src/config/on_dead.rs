@@ -3,6 +3,8 @@
 //! renewed or its link reset.
 use serde::Deserialize;
 
+use super::reference as key;
+
 /// A validated `on_dead`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnDead {
@@ -41,9 +43,6 @@ pub(super) fn absolute_argv(argv: Vec<String>) -> Result<Vec<String>, String> {
     }
 }
 
-/// Dead this long before `on_dead` acts, unless `on_dead_after_ms` says.
-const DEFAULT_AFTER_MS: u64 = 30_000;
-
 /// Validates `on_dead` and `on_dead_after_ms`; errors are (field, problem).
 pub(super) fn validate(
     raw: Option<RawOnDead>,
@@ -60,9 +59,7 @@ pub(super) fn validate(
             other => {
                 return Err((
                     "on_dead",
-                    format!(
-                        "{other:?} must be \"renew\", \"bounce\" or a command such as [\"/usr/local/bin/reset-modem\", \"lte\"]"
-                    ),
+                    format!("{other:?} must be {}", key::ON_DEAD_FORM),
                 ));
             }
         },
@@ -70,17 +67,9 @@ pub(super) fn validate(
             DeadAction::Command(absolute_argv(argv).map_err(|problem| ("on_dead", problem))?)
         }
     };
-    let after_ms = match after_ms {
-        None => DEFAULT_AFTER_MS,
-        Some(ms) => u64::try_from(ms)
-            .ok()
-            .filter(|ms| (1_000..=86_400_000).contains(ms))
-            .ok_or_else(|| {
-                (
-                    "on_dead_after_ms",
-                    format!("{ms} must be between 1000 and 86400000"),
-                )
-            })?,
-    };
+    let after_ms = key::ON_DEAD_AFTER_MS
+        .number(after_ms.unwrap_or(key::ON_DEAD_AFTER_MS.default_number()))
+        .map_err(|problem| ("on_dead_after_ms", problem))?
+        .into();
     Ok(Some(OnDead { action, after_ms }))
 }

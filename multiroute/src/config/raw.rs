@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::{
     model::{BalanceBy, Failback},
     policy,
+    reference::{self as key, Kind},
 };
 
 #[derive(Deserialize)]
@@ -51,12 +52,27 @@ pub(super) struct RawDatapath {
 
 impl Default for RawDatapath {
     fn default() -> Self {
-        Self { fast_path: true }
+        Self { fast_path: yes() }
     }
 }
 
 fn yes() -> bool {
-    true
+    flag_default(&key::FAST_PATH)
+}
+
+fn flag_default(key: &key::Key) -> bool {
+    matches!(key.kind, Kind::Flag { default: true })
+}
+
+/// A text key's default; every caller names a key that has one.
+fn text_default(key: &key::Key) -> &'static str {
+    match key.kind {
+        Kind::Text {
+            default: Some(text),
+            ..
+        } => text,
+        _ => "",
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -101,15 +117,12 @@ pub(super) struct RawUplink {
 }
 
 fn default_weight() -> i64 {
-    1
+    key::WEIGHT.default_number()
 }
 
 fn default_tier() -> i64 {
-    1
+    key::TIER.default_number()
 }
-
-/// Tiers 1 (preferred, the default) to this.
-pub const MAX_TIER: u32 = 255;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -128,10 +141,10 @@ impl Default for RawHealth {
     fn default() -> Self {
         Self {
             targets: vec!["gateway".into()],
-            interval_ms: 500,
-            timeout_ms: 1000,
-            down: 3,
-            up: 3,
+            interval_ms: key::INTERVAL_MS.default_number(),
+            timeout_ms: key::TIMEOUT_MS.default_number(),
+            down: key::DOWN.default_number(),
+            up: key::UP.default_number(),
             quality: RawQuality::default(),
         }
     }
@@ -163,11 +176,11 @@ pub(super) struct RawRouting {
 impl Default for RawRouting {
     fn default() -> Self {
         Self {
-            table_base: 100,
-            rule_priority: 10_000,
-            fwmark_mask: 0xff00,
-            main_default: true,
-            pin_path: "/sys/fs/bpf/multiroute".into(),
+            table_base: key::TABLE_BASE.default_number(),
+            rule_priority: key::RULE_PRIORITY.default_number(),
+            fwmark_mask: key::FWMARK_MASK.default_number(),
+            main_default: flag_default(&key::MAIN_DEFAULT),
+            pin_path: text_default(&key::PIN_PATH).into(),
         }
     }
 }
@@ -182,8 +195,8 @@ pub(super) struct RawControl {
 impl Default for RawControl {
     fn default() -> Self {
         Self {
-            socket: "/run/multiroute/control.sock".into(),
-            state_dir: "/var/lib/multiroute".into(),
+            socket: text_default(&key::SOCKET).into(),
+            state_dir: text_default(&key::STATE_DIR).into(),
         }
     }
 }

@@ -216,7 +216,7 @@ interface = "wan0""#,
         (
             &MINIMAL.replace("\"lan0\"", "\"a/b\""),
             "lan[0]",
-            "not a valid interface name",
+            "is not an interface name: 1-15 characters",
         ),
         (
             &format!(
@@ -507,4 +507,130 @@ fn the_status_page_needs_a_token_off_loopback_and_never_shows_it() {
         assert!(!err.contains("short secret"), "{err}");
     }
     assert_eq!(parse(MINIMAL).unwrap().web.listen, None, "off by default");
+}
+
+/// The keys a section of `text` accepts, as serde lists them when it meets an
+/// unknown one (`section` is where the stray key goes, e.g. "[web]").
+fn accepted_keys(text: &str) -> Vec<String> {
+    let message = error(text);
+    let listed = message
+        .split_once("expected one of ")
+        .map(|(_, list)| list)
+        .or_else(|| message.split_once("expected ").map(|(_, list)| list))
+        .unwrap_or_else(|| panic!("no list of keys in {message:?}"));
+    // "`a`, `b` or `c`": the quoted words.
+    listed
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_reference_names_exactly_the_keys_the_parser_accepts() {
+    let uplink = "[[uplink]]\nname = \"a\"\ninterface = \"wan0\"\n";
+    let probes = [
+        ("", format!("lan = [\"lan0\"]\nstray = 1\n{uplink}")),
+        ("uplink", format!("lan = [\"lan0\"]\n{uplink}stray = 1\n")),
+        (
+            "uplink.budget",
+            format!(
+                "lan = [\"lan0\"]\n{uplink}[uplink.budget]\nquota = \"1GB\"\nperiod = \"daily\"\nstray = 1\n"
+            ),
+        ),
+        (
+            "routing",
+            format!("lan = [\"lan0\"]\n{uplink}[routing]\nstray = 1\n"),
+        ),
+        (
+            "control",
+            format!("lan = [\"lan0\"]\n{uplink}[control]\nstray = 1\n"),
+        ),
+        (
+            "metrics",
+            format!("lan = [\"lan0\"]\n{uplink}[metrics]\nstray = 1\n"),
+        ),
+        (
+            "web",
+            format!("lan = [\"lan0\"]\n{uplink}[web]\nstray = 1\n"),
+        ),
+        (
+            "balance",
+            format!("lan = [\"lan0\"]\n{uplink}[balance]\nstray = 1\n"),
+        ),
+        (
+            "datapath",
+            format!("lan = [\"lan0\"]\n{uplink}[datapath]\nstray = 1\n"),
+        ),
+        (
+            "rule",
+            format!("lan = [\"lan0\"]\n{uplink}[[rule]]\nuplinks = [\"a\"]\nstray = 1\n"),
+        ),
+        (
+            "hook",
+            format!("lan = [\"lan0\"]\n{uplink}[[hook]]\nurl = \"http://x/\"\nstray = 1\n"),
+        ),
+    ];
+    let documented = |section: &str| -> Vec<String> {
+        let mut names: Vec<String> = reference::ALL
+            .iter()
+            .filter(|key| key.section == section)
+            .map(|key| key.name.to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    for (section, text) in probes {
+        let mut accepted = accepted_keys(&text);
+        // Tables inside a table are sections of their own.
+        accepted.retain(|name| {
+            !matches!(
+                (section, name.as_str()),
+                (
+                    "",
+                    "uplink" | "health" | "routing" | "control" | "metrics" | "web"
+                ) | ("", "balance" | "datapath" | "rule" | "hook")
+                    | ("uplink", "health" | "budget")
+            )
+        });
+        accepted.sort();
+        assert_eq!(accepted, documented(section), "section {section:?}");
+    }
+    // [health] flattens the quality keys, so serde lists none; each documented key
+    // must parse there, in [uplink.health] too for the quality ones, and a stray
+    // one must not.
+    for key in reference::ALL.iter().filter(|key| key.section == "health") {
+        let value = match key.name {
+            "targets" => "[\"gateway\"]".to_owned(),
+            _ => key.default_number().to_string(),
+        };
+        let text = format!(
+            "lan = [\"lan0\"]\n{uplink}[health]\n{} = {value}\n",
+            key.name
+        );
+        assert!(parse(&text).is_ok(), "[health] {} = {value}", key.name);
+        if reference::QUALITY.iter().any(|q| q.name == key.name) {
+            let text = format!(
+                "lan = [\"lan0\"]\n{uplink}[uplink.health]\n{} = {value}\n",
+                key.name
+            );
+            assert!(parse(&text).is_ok(), "[uplink.health] {}", key.name);
+        }
+    }
+    assert!(parse(&format!("lan = [\"lan0\"]\n{uplink}[health]\nstray = 1\n")).is_err());
+}
+
+#[test]
+fn every_number_default_is_within_its_range() {
+    for key in reference::ALL {
+        if let reference::Kind::Number {
+            default: Some(value),
+            min,
+            max,
+        } = key.kind
+        {
+            assert!((min..=max).contains(&value), "{}.{}", key.section, key.name);
+        }
+    }
 }

@@ -13,6 +13,7 @@ use super::{
     policy::{self, PolicyRule},
     probe_target::ProbeTarget,
     raw::*,
+    reference::{self as key, Key},
 };
 use crate::net::{Address, Ipv6Net, PerFamily};
 
@@ -213,8 +214,8 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
                 .map(IpAddr::V6),
         };
         let nat6 = self.nat6(&key, raw.nat6.as_deref(), raw.npt_prefix)?;
-        let weight = self.ranged(&key("weight"), raw.weight, 0..=MAX_WEIGHT, "")?;
-        let tier = self.ranged(&key("tier"), raw.tier, 1..=MAX_TIER, " (preferred)")?;
+        let weight = self.ranged(&key("weight"), raw.weight, &key::WEIGHT)?;
+        let tier = self.ranged(&key("tier"), raw.tier, &key::TIER)?;
         let prefixes = |field: &str, list: &[String]| {
             list.iter()
                 .map(|text| {
@@ -280,53 +281,51 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         raw: RawQuality,
         inherited: Quality,
     ) -> Result<Quality, ConfigError> {
-        let key = |field: &str| format!("{section}.{field}");
-        let value = |field: &str, set: Option<i64>, had: u32, range| match set {
-            Some(value) => self.ranged(&key(field), value, range, ""),
-            None => Ok(had),
+        // A recover limit's range ends at its max (`max` narrows the key's own).
+        let value = |spec: &Key, set: Option<i64>, had: u32, max: Option<u32>| match set {
+            Some(value) => {
+                let (min, own_max) = spec.range();
+                spec.number_within(value, min, max.map_or(own_max, i64::from))
+                    .map_err(|problem| (self.fail)(&format!("{section}.{}", spec.name), problem))
+            }
+            None => Ok(max.map_or(had, |max| had.min(max))),
         };
         let max_loss_percent = value(
-            "max_loss_percent",
+            &key::MAX_LOSS_PERCENT,
             raw.max_loss_percent,
             inherited.max_loss_percent,
-            1..=100,
+            None,
         )?;
-        let max_rtt_ms = value(
-            "max_rtt_ms",
-            raw.max_rtt_ms,
-            inherited.max_rtt_ms,
-            1..=3_600_000,
-        )?;
-        let quality = Quality {
+        let max_rtt_ms = value(&key::MAX_RTT_MS, raw.max_rtt_ms, inherited.max_rtt_ms, None)?;
+        Ok(Quality {
             max_loss_percent,
             max_rtt_ms,
             recover_loss_percent: value(
-                "recover_loss_percent",
+                &key::RECOVER_LOSS_PERCENT,
                 raw.recover_loss_percent,
-                inherited.recover_loss_percent.min(max_loss_percent),
-                0..=max_loss_percent,
+                inherited.recover_loss_percent,
+                Some(max_loss_percent),
             )?,
             recover_rtt_ms: value(
-                "recover_rtt_ms",
+                &key::RECOVER_RTT_MS,
                 raw.recover_rtt_ms,
-                inherited.recover_rtt_ms.min(max_rtt_ms),
-                1..=max_rtt_ms,
+                inherited.recover_rtt_ms,
+                Some(max_rtt_ms),
             )?,
-            window: value("window", raw.window, inherited.window, 1..=1000)?,
+            window: value(&key::WINDOW, raw.window, inherited.window, None)?,
             targets_needed: value(
-                "targets_needed",
+                &key::TARGETS_NEEDED,
                 raw.targets_needed,
                 inherited.targets_needed,
-                1..=64,
+                None,
             )?,
             min_state_ms: value(
-                "min_state_ms",
+                &key::MIN_STATE_MS,
                 raw.min_state_ms,
                 inherited.min_state_ms,
-                0..=3_600_000,
+                None,
             )?,
-        };
-        Ok(quality)
+        })
     }
 
     /// 1-15 characters (an interface name's limit, as the datapath stores it).
@@ -340,7 +339,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         } else {
             Err((self.fail)(
                 key,
-                format!("{name:?} must be 1-15 characters of a-z, 0-9, _ or -"),
+                format!("{name:?} must be {}", key::UPLINK_NAME_FORM),
             ))
         }
     }
@@ -367,12 +366,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             None | Some("masquerade") => Nat6::Masquerade,
             Some("npt") => Nat6::Npt { prefix: npt_prefix },
             Some("none") => Nat6::None,
-            Some(other) => {
-                return Err(fail(
-                    &key("nat6"),
-                    format!("{other:?} must be \"masquerade\", \"npt\" or \"none\""),
-                ));
-            }
+            Some(other) => return Err(fail(&key("nat6"), key::NAT6.not_a_choice(other))),
         };
         if npt_prefix.is_some() && !matches!(nat6, Nat6::Npt { .. }) {
             return Err(fail(
@@ -383,31 +377,15 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         Ok(nat6)
     }
 
-    /// A whole number within `range`; `low_means` explains the lower end.
-    fn ranged(
-        &self,
-        key: &str,
-        value: i64,
-        range: std::ops::RangeInclusive<u32>,
-        low_means: &str,
-    ) -> Result<u32, ConfigError> {
-        u32::try_from(value)
-            .ok()
-            .filter(|v| range.contains(v))
-            .ok_or_else(|| {
-                (self.fail)(
-                    key,
-                    format!(
-                        "{value} must be between {}{low_means} and {}",
-                        range.start(),
-                        range.end()
-                    ),
-                )
-            })
+    /// A whole number within the range of `spec`, written at `key`.
+    fn ranged(&self, key: &str, value: i64, spec: &Key) -> Result<u32, ConfigError> {
+        spec.number(value)
+            .map_err(|problem| (self.fail)(key, problem))
     }
 
     fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
-        let positive = |key: &str, value: i64, max: u32| self.ranged(key, value, 1..=max, "");
+        let positive =
+            |spec: &Key, value: i64| self.ranged(&format!("health.{}", spec.name), value, spec);
         let targets = self.probe_targets("health.targets", &raw.targets)?;
         if targets.is_empty() {
             return Err((self.fail)(
@@ -417,10 +395,10 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         }
         Ok(HealthConfig {
             targets,
-            interval_ms: positive("health.interval_ms", raw.interval_ms, 3_600_000)?.into(),
-            timeout_ms: positive("health.timeout_ms", raw.timeout_ms, 3_600_000)?.into(),
-            down: positive("health.down", raw.down, 1000)?,
-            up: positive("health.up", raw.up, 1000)?,
+            interval_ms: positive(&key::INTERVAL_MS, raw.interval_ms)?.into(),
+            timeout_ms: positive(&key::TIMEOUT_MS, raw.timeout_ms)?.into(),
+            down: positive(&key::DOWN, raw.down)?,
+            up: positive(&key::UP, raw.up)?,
             quality: self.quality("health", raw.quality, Quality::default())?,
         })
     }
@@ -521,9 +499,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         } else {
             Err((self.fail)(
                 key,
-                format!(
-                    "{name:?} is not a valid interface name (1-15 characters, no '/' or spaces)"
-                ),
+                format!("{name:?} is not {}", key::INTERFACE_FORM),
             ))
         }
     }
