@@ -16,7 +16,7 @@ use std::{
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope},
     link::{LinkAttribute, LinkFlags},
-    route::RouteMessage,
+    route::{RouteMessage, RouteProtocol},
 };
 
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
         Netlink, NetlinkError, USER_HZ, is_own_route, parse_route, route_destination,
         route_expires, route_metric, route_table,
     },
-    plan::{Interface, MAIN_TABLE, Observed, RouteNext},
+    plan::{Interface, MAIN_TABLE, Observed, RouteNext, RouteOrigin},
 };
 
 /// Interfaces with their addresses and the gateway of any default route
@@ -131,7 +131,16 @@ fn learn_gateways(observed: &mut Observed, routes: &[RouteMessage], saved_table:
             RouteNext::Multipath(hops) => hops.into_iter().map(|h| (h.gateway, h.dev)).collect(),
             RouteNext::Dev { dev, .. } => vec![(None, dev)],
         };
+        let origin = match route.header.protocol {
+            RouteProtocol::Dhcp => RouteOrigin::Dhcp,
+            RouteProtocol::Ra => RouteOrigin::RouterAdvertisement,
+            _ => RouteOrigin::Other,
+        };
+        let family = parsed.dst.family();
         for (gateway, dev) in hops {
+            if let Some(iface) = observed.get_mut(&dev) {
+                iface.default_origin[family].get_or_insert(origin);
+            }
             match gateway {
                 Some(gateway) => {
                     let best = gateways
@@ -143,7 +152,7 @@ fn learn_gateways(observed: &mut Observed, routes: &[RouteMessage], saved_table:
                 }
                 None => {
                     if let Some(iface) = observed.get_mut(&dev) {
-                        iface.default_dev[parsed.dst.family()] = true;
+                        iface.default_dev[family] = true;
                     }
                 }
             }

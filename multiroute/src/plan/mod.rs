@@ -22,7 +22,7 @@ pub use model::{
 
 pub use datapath::DatapathPlan;
 pub use firewall::FirewallPlan;
-pub use observed::{Interface, Observed};
+pub use observed::{Interface, Observed, RouteOrigin};
 pub use policy::{Policy, RuleUse};
 pub use routing::RoutingPlan;
 pub use uplink::{Condition, EXHAUSTED_TIER, Hop, Readiness, UplinkPlan, Verdicts, health_name};

@@ -26,6 +26,19 @@ pub struct Interface {
     /// A default route through this interface without a gateway (`default dev
     /// ppp0`): the link itself is the way out.
     pub default_dev: PerFamily<bool>,
+    /// Who installed the default through this interface, as its route says.
+    pub default_origin: PerFamily<Option<RouteOrigin>>,
+}
+
+/// Who installed a route, by its protocol: what `init` tells the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOrigin {
+    /// `proto dhcp`: dhcpcd, systemd-networkd, NetworkManager.
+    Dhcp,
+    /// `proto ra`: the kernel, from router advertisements.
+    RouterAdvertisement,
+    /// Anything else: `ip route` by the admin or a script (udhcpc's, pppd's).
+    Other,
 }
 
 impl Interface {

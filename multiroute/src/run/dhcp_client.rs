@@ -146,6 +146,15 @@ fn read_argv(dir: &Path) -> Option<Vec<String>> {
     (!argv.is_empty()).then_some(argv)
 }
 
+/// The DHCP client started for `interface` ("udhcpc", "dhcpcd"), if one runs
+/// here; a manager serving every interface says nothing about this one.
+pub fn client_of(interface: &str) -> Option<&'static str> {
+    match choose(&processes(), interface)? {
+        Ask::Signal { client, .. } => Some(client),
+        Ask::Run(_) => None,
+    }
+}
+
 /// Asks `interface`'s DHCP client for its lease again; says what was done.
 pub async fn renew(interface: &str) -> Result<String, String> {
     match choose(&processes(), interface) {

@@ -11,7 +11,7 @@ mod announce;
 mod answers;
 mod budget;
 pub mod control;
-mod dhcp_client;
+pub mod dhcp_client;
 mod error;
 pub mod events;
 pub mod fast_path;
