@@ -41,6 +41,14 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // the status page is tested in a real browser
     "chromium",
+    // the package: built, checked by lintian, installed into a fresh Debian 12
+    // root booted by systemd-nspawn; the ARM build, and qemu to run it
+    "lintian",
+    "debootstrap",
+    "systemd-container",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
 ];
 
 pub fn is_root() -> bool {
@@ -55,6 +63,19 @@ pub fn ensure() -> Result<()> {
     ensure_apt()?;
     ensure_ebpf_toolchain()?;
     ensure_bpf_linker()
+}
+
+/// The Rust standard library for `triple` (Debian's cross toolchain comes with
+/// the apt packages).
+pub fn ensure_cross(triple: &str) -> Result<()> {
+    let installed = quiet("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if installed.lines().any(|line| line.trim() == triple) {
+        return Ok(());
+    }
+    step(
+        &format!("adding the Rust target {triple}"),
+        Command::new("rustup").args(["target", "add", triple]),
+    )
 }
 
 fn quiet(program: &str, args: &[&str]) -> Option<String> {

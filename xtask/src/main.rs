@@ -2,6 +2,7 @@
 //! test`, `cargo xtask bench`. xtask depends on no multiroute crate, so it can install the eBPF toolchain
 //! before anything that needs it is compiled.
 mod deps;
+mod dist;
 mod layers;
 
 use std::{
@@ -53,6 +54,15 @@ enum Task {
     },
     /// Only install what is missing (apt packages, the eBPF nightly, bpf-linker).
     Deps,
+    /// Build the Debian package, target/dist/multiroute_<version>-1_<arch>.deb.
+    Dist {
+        /// Another architecture: aarch64-unknown-linux-gnu (Debian's cross linker).
+        #[arg(long)]
+        target: Option<String>,
+        /// Cargo profile of the binary (the tests package their dev build).
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
     /// Check the library's module graph: no circle between files, no arrow from a
     /// lower room to a higher one (net → config → plan → netlink → observe → apply →
     /// run).
@@ -76,6 +86,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Deps => deps::ensure(),
+        Task::Dist { target, profile } => {
+            deps::ensure()?;
+            dist::build(target.as_deref(), &profile).map(drop)
+        }
         Task::Layers { root } => layers::check(&root.unwrap_or_else(workspace_root)),
         Task::Bench {
             quick,

@@ -634,3 +634,11 @@ fn every_number_default_is_within_its_range() {
         }
     }
 }
+
+#[test]
+fn the_packaged_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/multiroute.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = parse(&text).unwrap();
+    assert_eq!(config.uplinks.len(), 3);
+}
