@@ -127,6 +127,14 @@ impl Datapath {
         // An upgrade from layout 2: one counter more per family.
         drop_if_resized(pin_path, map_names::COUNTERS, COUNTER_COUNT * family::COUNT)?;
         let mut ebpf = EbpfLoader::new()
+            // Many router kernels have no BTF (/sys/kernel/btf/vmlinux): the
+            // programs have no CO-RE relocations and call no kfunc, so it is
+            // never read, and every datapath test proves they load without it.
+            .btf_source(|_| {
+                Err(aya::EbpfError::BtfSourceError(std::io::Error::other(
+                    "multiroute's datapath must load without kernel BTF",
+                )))
+            })
             .default_map_pin_directory(pin_path)
             .map_max_entries(map_names::FLOWS, capacity.flows)
             .map_max_entries(map_names::FLOWS6, capacity.flows6)
