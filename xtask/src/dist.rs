@@ -18,7 +18,7 @@ use crate::{cargo, deps, status, workspace_root};
 const MAINTAINER: &str = "multiroute developers <multiroute@example.org>";
 /// Debian's revision of our upstream version: the first packaging.
 const REVISION: &str = "1";
-const AARCH64: &str = "aarch64-unknown-linux-gnu";
+pub const AARCH64: &str = "aarch64-unknown-linux-gnu";
 
 /// A target the package can be built for.
 struct Target {
@@ -328,8 +328,8 @@ fn changelog(root: &Path, version: &str) -> Result<String> {
     ))
 }
 
-/// The control file: what the binary links against, what multiroute runs, and
-/// the kernel it needs.
+/// The control file: what the binary links against, what multiroute runs (nft,
+/// ip; the unit's kill from procps), and the kernel it needs.
 fn control(stage: &Path, sbin: &Path, target: &Target, version: &str) -> Result<String> {
     let depends = library_depends(sbin, target)?;
     let size_kib = tree_size(stage)?.div_ceil(1024);
@@ -339,7 +339,7 @@ fn control(stage: &Path, sbin: &Path, target: &Target, version: &str) -> Result<
          Architecture: {arch}\n\
          Maintainer: {MAINTAINER}\n\
          Installed-Size: {size_kib}\n\
-         Depends: {depends}, nftables, iproute2\n\
+         Depends: {depends}, nftables, iproute2, procps\n\
          Suggests: keepalived, conntrackd\n\
          Section: net\n\
          Priority: optional\n\
