@@ -4,6 +4,20 @@ use anyhow::{Context as _, Result, ensure};
 
 use crate::{Lab, status_in, stdout};
 
+/// Multiroute classifiers in the kernel that use one of the maps `map_ids`.
+pub fn classifiers_using(map_ids: &std::collections::BTreeSet<u32>) -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|info| info.name_as_str() == Some(multiroute_ebpf::PROGRAM_NAME))
+        .filter(|info| {
+            info.map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.iter().any(|id| map_ids.contains(id)))
+        })
+        .count()
+}
+
 impl Lab {
     /// Multiroute classifiers in the kernel that use this lab's flow tables; other
     /// labs' and the host's own are not counted. The tables' ids are remembered,
@@ -19,16 +33,7 @@ impl Lab {
                 seen.insert(info.id());
             }
         }
-        aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|info| info.name_as_str() == Some(multiroute_ebpf::PROGRAM_NAME))
-            .filter(|info| {
-                info.map_ids()
-                    .ok()
-                    .flatten()
-                    .is_some_and(|ids| ids.iter().any(|id| seen.contains(id)))
-            })
-            .count()
+        classifiers_using(&seen)
     }
 
     /// `multiroute status --json`, parsed.

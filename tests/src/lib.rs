@@ -15,8 +15,10 @@
 //! topology, runs the services and runs multiroute in it; `traffic` is what the
 //! client sends and measures, `faults` what the lab breaks, `kernel` what the
 //! router shows, `pair` the two-router variant, `datapath` the classifier on its
-//! own, `isp` and `ipv6` what ISPs speak.
+//! own, `isp` and `ipv6` what ISPs speak, `container` a fresh Debian booted in the
+//! router for the package.
 mod cleanup;
+pub mod container;
 pub mod datapath;
 mod faults;
 pub mod fixtures;
@@ -29,6 +31,7 @@ mod traffic;
 
 pub use cleanup::{handle_signals, interrupted, stop_requested};
 pub use faults::{FORWARDED_PORT, ROUTER_PORT};
+pub use kernel::classifiers_using;
 pub use traffic::{
     Attempt, Connections, Outage, RunningSessions, Session, SessionsReport, measure_outage,
     wall_clock,

@@ -163,6 +163,10 @@ fn test() -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The e2e tests run the `multiroute` binary inside namespaces.
     cargo(&["build", "--package", "multiroute"])?;
+    // The package tests install these (built from the same dev build, so no
+    // second compile of the host's binary).
+    dist::build(None, "dev")?;
+    dist::build(Some(dist::AARCH64), "dev")?;
     cargo_test(&[
         "test",
         "--workspace",
