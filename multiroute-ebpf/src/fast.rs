@@ -112,25 +112,8 @@ fn end(key: &FlowKey, flow: *mut FastFlow, side: Side) {
     // SAFETY: `flow` points into a fast-path table's value for this key.
     let bound = unsafe { *flow };
     let other = match side {
-        // The uplink side: from the LAN side's destination to the address it
-        // leaves from.
-        Side::Outbound => FlowKey {
-            src: key.dst,
-            dst: bound.addr,
-            src_port: key.dst_port,
-            dst_port: bound.port,
-            proto: key.proto,
-            pad: [0; 3],
-        },
-        // The LAN side: from the LAN host to where the uplink side came from.
-        Side::Reply => FlowKey {
-            src: bound.addr,
-            dst: key.src,
-            src_port: bound.port,
-            dst_port: key.src_port,
-            proto: key.proto,
-            pad: [0; 3],
-        },
+        Side::Outbound => bound.reply_key(key),
+        Side::Reply => bound.lan_key(key),
     };
     let (own, theirs) = match side {
         Side::Outbound => (&FAST, &FAST_REPLY),

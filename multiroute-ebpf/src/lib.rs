@@ -171,6 +171,30 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The key of a flow from `src`:`src_port` to `dst`:`dst_port` (octets as on
+    /// the wire, ports in host order).
+    pub const fn new(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16, proto: u8) -> Self {
+        Self::wire(
+            u32::from_ne_bytes(src),
+            src_port.to_be(),
+            u32::from_ne_bytes(dst),
+            dst_port.to_be(),
+            proto,
+        )
+    }
+
+    /// The key of fields already in wire order (another key's, a binding's).
+    pub const fn wire(src: u32, src_port: u16, dst: u32, dst_port: u16, proto: u8) -> Self {
+        Self {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            pad: [0; 3],
+        }
+    }
+
     /// Source address octets, as on the wire.
     pub fn src_octets(&self) -> [u8; 4] {
         self.src.to_ne_bytes()
@@ -377,6 +401,28 @@ pub struct FastFlow {
     pub inbound: u32,
     pub pad: u32,
     pub packets: u64,
+}
+
+impl FastFlow {
+    /// The other direction's key of a session one of whose directions is `key`,
+    /// bound as `self` (`key` being the LAN side): from `key`'s destination to the
+    /// address the binding rewrites to.
+    pub const fn reply_key(&self, key: &FlowKey) -> FlowKey {
+        FlowKey::wire(key.dst, key.dst_port, self.addr, self.port, key.proto)
+    }
+
+    /// The LAN side's key of a session whose uplink side is `wan_side`, bound as
+    /// `self` (the reply binding): from the LAN host to where the uplink side came
+    /// from.
+    pub const fn lan_key(&self, wan_side: &FlowKey) -> FlowKey {
+        FlowKey::wire(
+            self.addr,
+            self.port,
+            wan_side.src,
+            wan_side.src_port,
+            wan_side.proto,
+        )
+    }
 }
 
 /// Per-uplink, per-CPU traffic the datapath steered.

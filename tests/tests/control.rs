@@ -430,14 +430,13 @@ fn a_full_flow_table_scraped_in_a_loop_causes_no_false_transition() {
     let mut maps = multiroute::apply::datapath::Maps::open(&lab.pin_path()).unwrap();
     let flows = multiroute_ebpf::FLOW_TABLE_SIZE;
     for i in 0..flows {
-        let key = multiroute_ebpf::FlowKey {
-            src: u32::from_ne_bytes([192, 0, 2, (i % 250) as u8]),
-            dst: u32::from_ne_bytes([198, 51, 100, 7]),
-            src_port: (i >> 8) as u16,
-            dst_port: 443u16.to_be(),
-            proto: 6,
-            pad: [0; 3],
-        };
+        let key = multiroute_ebpf::FlowKey::wire(
+            u32::from_ne_bytes([192, 0, 2, (i % 250) as u8]),
+            (i >> 8) as u16,
+            u32::from_ne_bytes([198, 51, 100, 7]),
+            443u16.to_be(),
+            6,
+        );
         let flow = multiroute_ebpf::Flow {
             uplink: (i % 2) as u16,
             ..Default::default()

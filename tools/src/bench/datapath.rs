@@ -147,14 +147,13 @@ fn flow_packet6(i: u32) -> Vec<u8> {
 
 fn flow_key(i: u32) -> FlowKey {
     let src = Ipv4Addr::from(0x6440_0000 | (i >> 14));
-    FlowKey {
-        src: u32::from_ne_bytes(src.octets()),
-        dst: u32::from_ne_bytes([203, 0, 113, 10]),
-        src_port: (1024 + (i & 0x3fff) as u16).to_be(),
-        dst_port: 443u16.to_be(),
-        proto: 6,
-        pad: [0; 3],
-    }
+    FlowKey::new(
+        src.octets(),
+        1024 + (i & 0x3fff) as u16,
+        [203, 0, 113, 10],
+        443,
+        6,
+    )
 }
 
 /// Median over `runs` of the per-packet time of `repeat` runs of `packet`.

@@ -70,14 +70,13 @@ pub fn run(flows: u32, connections: usize) -> Result<Measured> {
     let map_memory_mib = {
         let mut dp = LoadedDatapath::load_with("memory", Capacity { flows, ..defaults })?;
         for i in 0..flows {
-            let key = FlowKey {
-                src: 0x6440_0000 | i,
-                dst: u32::from_ne_bytes([203, 0, 113, 10]),
-                src_port: 443,
-                dst_port: 443,
-                proto: 6,
-                pad: [0; 3],
-            };
+            let key = FlowKey::wire(
+                0x6440_0000 | i,
+                443,
+                u32::from_ne_bytes([203, 0, 113, 10]),
+                443,
+                6,
+            );
             dp.maps.v4.insert(&key, &Flow::default())?;
         }
         map_memory(&dp.pin_path())? as f64 / MIB

@@ -88,14 +88,13 @@ pub(super) fn tuple_key(tuple: &[Tuple]) -> Option<FlowKey> {
         return None;
     };
     let (proto, src_port, dst_port) = tuple_ports(tuple, IPPROTO_ICMP);
-    Some(FlowKey {
-        src: u32::from_ne_bytes(src.octets()),
-        dst: u32::from_ne_bytes(dst.octets()),
+    Some(FlowKey::wire(
+        u32::from_ne_bytes(src.octets()),
         src_port,
+        u32::from_ne_bytes(dst.octets()),
         dst_port,
         proto,
-        pad: [0; 3],
-    })
+    ))
 }
 
 /// [`tuple_key`] for an IPv6 direction.

@@ -301,14 +301,7 @@ mod tests {
     const UPLINK: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
     fn direction(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowKey {
-        FlowKey {
-            src: u32::from_ne_bytes(src.octets()),
-            dst: u32::from_ne_bytes(dst.octets()),
-            src_port: sport.to_be(),
-            dst_port: dport.to_be(),
-            proto,
-            pad: [0; 3],
-        }
+        FlowKey::new(src.octets(), sport, dst.octets(), dport, proto)
     }
 
     /// A LAN host's session to the server, masqueraded to the uplink's address

@@ -87,9 +87,9 @@ impl FastTables {
     /// uplink side); `false` when it was not bound.
     pub fn unbind(&mut self, direction: &FlowKey) -> Result<bool, DatapathError> {
         let (lan_side, wan_side) = if let Ok(out) = self.out.get(direction, 0) {
-            (*direction, reply_key(direction, &out))
+            (*direction, out.reply_key(direction))
         } else if let Ok(reply) = self.reply.get(direction, 0) {
-            (lan_key(direction, &reply), *direction)
+            (reply.lan_key(direction), *direction)
         } else {
             return Ok(false);
         };
@@ -106,10 +106,7 @@ impl FastTables {
             .iter()
             .filter_map(Result::ok)
             .map(|(key, out)| {
-                let reply = self
-                    .reply
-                    .get(&reply_key(&key, &out), 0)
-                    .unwrap_or_default();
+                let reply = self.reply.get(&out.reply_key(&key), 0).unwrap_or_default();
                 let seen = out.seen_s.max(reply.seen_s);
                 (key, seen, out.packets + reply.packets, out.inbound != 0)
             })
@@ -131,7 +128,7 @@ impl FastTables {
         let out = self.out.get(original, 0).ok()?;
         let reply = self
             .reply
-            .get(&reply_key(original, &out), 0)
+            .get(&out.reply_key(original), 0)
             .unwrap_or_default();
         Some(out.packets + reply.packets)
     }
@@ -144,32 +141,6 @@ impl FastTables {
             self.unbind(key)?;
         }
         Ok(keys.len())
-    }
-}
-
-/// The other direction's key of a session one of whose directions is `key`,
-/// bound as `bound`: from `key`'s destination to the address `bound` rewrites to.
-fn reply_key(key: &FlowKey, bound: &FastFlow) -> FlowKey {
-    FlowKey {
-        src: key.dst,
-        dst: bound.addr,
-        src_port: key.dst_port,
-        dst_port: bound.port,
-        proto: key.proto,
-        pad: [0; 3],
-    }
-}
-
-/// The LAN side's key of a session whose uplink side is `wan_side`, bound as
-/// `reply`: from the LAN host to where the uplink side came from.
-fn lan_key(wan_side: &FlowKey, reply: &FastFlow) -> FlowKey {
-    FlowKey {
-        src: reply.addr,
-        dst: wan_side.src,
-        src_port: reply.port,
-        dst_port: wan_side.src_port,
-        proto: wan_side.proto,
-        pad: [0; 3],
     }
 }
 
