@@ -139,14 +139,7 @@ impl Drop for Router {
 }
 
 fn key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        src: u32::from_ne_bytes(src.octets()),
-        dst: u32::from_ne_bytes(dst.octets()),
-        src_port: sport.to_be(),
-        dst_port: dport.to_be(),
-        proto,
-        pad: [0; 3],
-    }
+    FlowKey::new(src.octets(), sport, dst.octets(), dport, proto)
 }
 
 /// Uplink slot 0 carries; the session of `proto` is known to the classifier on
@@ -175,13 +168,15 @@ fn bind(dp: &mut LoadedDatapath, proto: u8) {
         nat_address: UPLINK,
         inbound: false,
     };
-    let route = multiroute::apply::datapath::fast::Route {
-        slot: 0,
-        uplink_table: TABLE,
-        lan_table: 254,
-    };
-    dp.maps.fast.bind(&session, route).unwrap();
+    dp.maps.fast.bind(&session, ROUTE).unwrap();
 }
+
+/// Every binding's way: uplink slot 0 and its table, the LAN through main.
+const ROUTE: multiroute::apply::datapath::fast::Route = multiroute::apply::datapath::fast::Route {
+    slot: 0,
+    uplink_table: TABLE,
+    lan_table: 254,
+};
 
 /// A packet of the session, built field by field; `edit` changes the headers.
 fn packet(
@@ -412,12 +407,7 @@ fn a_port_forward_takes_the_fast_path_both_ways() {
         nat_address: UPLINK,
         inbound: true,
     };
-    let route = multiroute::apply::datapath::fast::Route {
-        slot: 0,
-        uplink_table: TABLE,
-        lan_table: 254,
-    };
-    dp.maps.fast.bind(&forward, route).unwrap();
+    dp.maps.fast.bind(&forward, ROUTE).unwrap();
     // The LAN side's flow is known to the classifier, hashed wherever.
     dp.maps.v4.insert(&forward.reply, &Flow::default()).unwrap();
     let frame = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
