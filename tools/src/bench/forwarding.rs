@@ -169,24 +169,45 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
             detach_classifier(lab)?;
             lab.ns(&router, "nft", &[NFT_MARK_RULESET])?;
         }
-        Variant::RoutingOnly => {
-            without_daemon(lab)?;
-            detach_classifier(lab)?;
-            lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
-        }
+        Variant::RoutingOnly => rules_only(lab)?,
         Variant::NoInboundChain => {
             without_daemon(lab)?;
             lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
         }
-        Variant::Ecmp => {
-            lab.ns(
-                &router,
-                "sysctl",
-                &["-qw", "net.ipv4.fib_multipath_hash_policy=1"],
-            )?;
-            lab.ns(&router, "ip", &ECMP_DEFAULT)?;
-        }
+        Variant::Ecmp => ecmp(lab, true)?,
     }
+    Ok(())
+}
+
+/// multiroute's tables and rules alone: no classifier, no nftables table.
+pub(super) fn rules_only(lab: &mut Lab) -> Result<()> {
+    without_daemon(lab)?;
+    detach_classifier(lab)?;
+    lab.ns(
+        &lab.router(),
+        "nft",
+        &["delete", "table", "inet", "multiroute"],
+    )?;
+    Ok(())
+}
+
+/// The kernel's own ECMP default (hashing the 5-tuple) instead of the plain
+/// default, or back (`on` false).
+pub(super) fn ecmp(lab: &Lab, on: bool) -> Result<()> {
+    let router = lab.router();
+    let (policy, default) = match on {
+        true => ("1", &ECMP_DEFAULT[..]),
+        false => ("0", &PLAIN_DEFAULT[..]),
+    };
+    lab.ns(&router, "ip", default)?;
+    lab.ns(
+        &router,
+        "sysctl",
+        &[
+            "-qw",
+            &format!("net.ipv4.fib_multipath_hash_policy={policy}"),
+        ],
+    )?;
     Ok(())
 }
 
@@ -198,7 +219,7 @@ fn without_daemon(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
-fn unload(lab: &Lab) -> Result<()> {
+pub(super) fn unload(lab: &Lab) -> Result<()> {
     let out = lab.multiroute(&["unload"]);
     if !out.status.success() {
         bail!("unload: {}", String::from_utf8_lossy(&out.stderr));
@@ -223,14 +244,7 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
             lab.ns(&router, "nft", &["delete", "table", "ip", "nftmark"])?;
             unload(lab)?;
         }
-        Variant::Ecmp => {
-            lab.ns(&router, "ip", &PLAIN_DEFAULT)?;
-            lab.ns(
-                &router,
-                "sysctl",
-                &["-qw", "net.ipv4.fib_multipath_hash_policy=0"],
-            )?;
-        }
+        Variant::Ecmp => ecmp(lab, false)?,
     }
     Ok(())
 }
