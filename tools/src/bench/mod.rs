@@ -2,6 +2,7 @@
 //! same machine in the same run, reported as ratios (absolute figures on shared
 //! machines are noise). Each suite is its own module; this one holds the options,
 //! runs them and writes `target/bench/results.json` and `BENCHMARKS.md`.
+pub mod connections;
 pub mod datapath;
 pub mod failover;
 pub mod forwarding;
@@ -77,6 +78,8 @@ pub struct Results {
     pub forwarding: Vec<forwarding::Measured>,
     #[serde(default)]
     pub saturation: Vec<saturation::Measured>,
+    #[serde(default)]
+    pub connections: Vec<connections::Measured>,
     pub failover: Vec<failover::Measured>,
     pub memory: memory::Measured,
 }
@@ -132,6 +135,13 @@ pub fn run_saturation(options: &Options) -> Result<Vec<saturation::Measured>> {
     })
 }
 
+/// Only the connection suite (new connections, the router's own CPU).
+pub fn run_connections(options: &Options) -> Result<Vec<connections::Measured>> {
+    suite("new connections at saturation (32 in parallel)", || {
+        connections::run(options)
+    })
+}
+
 /// Only the forwarding suite, for iterating on the per-packet path.
 pub fn run_forwarding(options: &Options) -> Result<Vec<forwarding::Measured>> {
     suite(
@@ -149,6 +159,7 @@ pub fn run(options: &Options, command: String) -> Result<Results> {
     let datapath = run_datapath(options)?;
     let forwarding = run_forwarding(options)?;
     let saturation = run_saturation(options)?;
+    let connections = run_connections(options)?;
     let failover = run_failover(options)?;
     let memory = suite("memory", || {
         memory::run(options.memory_flows, options.connections)
@@ -166,6 +177,7 @@ pub fn run(options: &Options, command: String) -> Result<Results> {
         datapath,
         forwarding,
         saturation,
+        connections,
         failover,
         memory,
     })

@@ -124,6 +124,7 @@ pub fn markdown(results: &Results) -> String {
     }
 
     saturation_section(&mut md, results);
+    connections_section(&mut md, results);
     let _ = writeln!(
         md,
         "\n## 5. Failover and recovery ({} trial(s) each, median)\n\n\
@@ -191,6 +192,50 @@ pub fn markdown(results: &Results) -> String {
 
 /// Suite 4: packets per second of the router's CPU, paired ratios against the
 /// baseline and the slow path.
+fn connections_section(md: &mut String, results: &Results) {
+    if results.connections.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n## 5. New connections at saturation: the router's own CPU (median of {} rounds)\n\n\
+         Short request/response TCP connections, a fresh one per request, {} in parallel, \
+         from the LAN client to the server. RPS steers the router's receive work on `lan0` \
+         and the uplinks to CPU 1; the clients, the server and the ISPs run on CPU 0. The \
+         figure is connections completed per second of CPU 1's busy time; the wall-clock \
+         rate the clients saw is beside it. The routers take turns as in suite 4.\n\n\
+         | router | connections per router CPU second | per second | rounds |\n|---|---:|---:|---|",
+        results.options.forwarding_runs,
+        super::connections::PARALLEL
+    );
+    for m in &results.connections {
+        let rounds: Vec<_> = m.rounds.iter().map(|r| format!("{r:.0}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {} |",
+            m.variant.label(),
+            m.per_cpu_s,
+            m.per_s,
+            rounds.join(", ")
+        );
+    }
+    let find = |variant| results.connections.iter().find(|m| m.variant == variant);
+    let (Some(fast), Some(base)) = (
+        find(saturation::Variant::FastPath),
+        find(saturation::Variant::Baseline),
+    ) else {
+        return;
+    };
+    let ratio = fast.paired_ratio(base);
+    let _ = writeln!(
+        md,
+        "\n| ratio | measured | target | |\n|---|---:|---:|---|\n\
+         | multiroute vs plain forwarding + masquerade, {} in parallel | {ratio:.2}× | ≥ 0.95× | {} |",
+        super::connections::PARALLEL,
+        verdict(ratio >= 0.95)
+    );
+}
+
 fn saturation_section(md: &mut String, results: &Results) {
     if results.saturation.is_empty() {
         return;

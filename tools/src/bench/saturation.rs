@@ -23,7 +23,7 @@ use etherparse::PacketBuilder;
 use multiroute_ebpf::bench::{self, FIRST_PORT, FLOWS};
 use serde::{Deserialize, Serialize};
 
-use super::{Options, median};
+use super::{Options, forwarding, median};
 use multiroute_tests::{CLIENT, Lab, LabOptions, SERVER, datapath::LoadedDatapath, stdout};
 
 /// The flows: this client port to [`FLOWS`] server ports from [`FIRST_PORT`].
@@ -72,14 +72,13 @@ pub struct Measured {
 impl Measured {
     /// The median of `self / other`, round by round.
     pub fn paired_ratio(&self, other: &Measured) -> f64 {
-        median(
-            self.rounds
-                .iter()
-                .zip(&other.rounds)
-                .map(|(ours, theirs)| ours / theirs)
-                .collect(),
-        )
+        paired(&self.rounds, &other.rounds)
     }
+}
+
+/// The median of `ours / theirs`, round by round.
+pub(super) fn paired(ours: &[f64], theirs: &[f64]) -> f64 {
+    median(ours.iter().zip(theirs).map(|(a, b)| a / b).collect())
 }
 
 /// Echoes one datagram on each flow's server port, then exits.
@@ -116,8 +115,7 @@ for port in range(first, first + n):
 print(answered)
 ";
 
-fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
-    let router = lab.router();
+pub(super) fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     match variant {
         Variant::Baseline => {}
         Variant::FastPath => lab.start_router()?,
@@ -126,26 +124,13 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
             lab.write_config_with(&blocks, "\n[datapath]\nfast_path = false\n")?;
             lab.start_router()?;
         }
-        Variant::RulesOnly => {
-            lab.start_router()?;
-            lab.stop_router(libc::SIGKILL)?;
-            std::fs::remove_file(lab.pin_path().join("link-lan0"))
-                .context("detaching the classifier")?;
-            lab.ns(&router, "nft", &["delete", "table", "inet", "multiroute"])?;
-        }
-        Variant::Ecmp => {
-            lab.ns(
-                &router,
-                "sysctl",
-                &["-qw", "net.ipv4.fib_multipath_hash_policy=1"],
-            )?;
-            lab.ns(&router, "ip", &super::forwarding::ECMP_DEFAULT)?;
-        }
+        Variant::RulesOnly => forwarding::rules_only(lab)?,
+        Variant::Ecmp => forwarding::ecmp(lab, true)?,
     }
     Ok(())
 }
 
-fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
+pub(super) fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
@@ -155,20 +140,8 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
             let blocks = Lab::uplink_block(0, 1) + &Lab::uplink_block(1, 1);
             lab.write_config_with(&blocks, "")?;
         }
-        Variant::RulesOnly => {
-            let out = lab.multiroute(&["unload"]);
-            if !out.status.success() {
-                bail!("unload: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
-        Variant::Ecmp => {
-            lab.ns(&router, "ip", &super::forwarding::PLAIN_DEFAULT)?;
-            lab.ns(
-                &router,
-                "sysctl",
-                &["-qw", "net.ipv4.fib_multipath_hash_policy=0"],
-            )?;
-        }
+        Variant::RulesOnly => forwarding::unload(lab)?,
+        Variant::Ecmp => forwarding::ecmp(lab, false)?,
     }
     // The flows' entries go with the router: the next variant answers them anew.
     lab.ns(&router, "conntrack", &["-F"])?;
@@ -185,7 +158,7 @@ fn mac(lab: &Lab, ns: &str, dev: &str) -> Result<String> {
 }
 
 /// Runs `work` on a thread inside namespace `ns` (setns affects that thread only).
-fn in_netns<T: Send>(ns: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(super) fn in_netns<T: Send>(ns: &str, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -203,7 +176,7 @@ fn in_netns<T: Send>(ns: &str, work: impl FnOnce() -> Result<T> + Send) -> Resul
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_to_cpu(cpu: usize) -> Result<()> {
+pub(super) fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity act on
     // this thread's set only.
     unsafe {
@@ -337,7 +310,7 @@ fn measure_once(lab: &Lab, flood: &mut Flood, packets: u32) -> Result<f64> {
 
 /// Seconds the router's CPU (CPU 1) has spent busy since boot: everything but
 /// idle and I/O wait, from `/proc/stat` (in USER_HZ ticks).
-fn router_cpu_busy() -> Result<f64> {
+pub(super) fn router_cpu_busy() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = stat
         .lines()

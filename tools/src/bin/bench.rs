@@ -50,6 +50,12 @@ fn run() -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(());
     }
+    if std::env::args().any(|a| a == "--connections-only") {
+        // Iterating on the new-connection path: connections per router CPU second.
+        let results = bench::run_connections(&Options::new(quick))?;
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
     let command = if quick {
         "cargo xtask bench --quick"
     } else {
