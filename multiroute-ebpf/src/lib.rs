@@ -127,6 +127,7 @@ pub mod map_names {
     pub const FAST: &str = "MR_FAST";
     pub const FAST_REPLY: &str = "MR_FAST_REPLY";
     pub const FAST_TRAFFIC: &str = "MR_FAST_TRAFFIC";
+    pub const OFFERS: &str = "MR_OFFERS";
 }
 
 /// Name of the classifier function inside the object file.
@@ -375,6 +376,19 @@ pub struct Uplink {
 /// conntrack has established and userspace bound. An LRU: a session pushed out
 /// goes back to the slow path, which is always correct.
 pub const FAST_TABLE_SIZE: u32 = 65_536;
+/// An unbound flow is offered to the fast path at its `OFFER_AFTER`th LAN
+/// packet, then at every power of two: a short connection (a request and its
+/// answer) never costs a binding, and one that keeps going is asked about again
+/// until conntrack holds it established.
+pub const OFFER_AFTER: u64 = 8;
+/// Bytes of the ring the offers (flow keys) go through to userspace.
+pub const OFFER_RING_BYTES: u32 = 64 * 1024;
+
+/// Whether a flow at its `packets`th packet is offered (see [`OFFER_AFTER`]).
+#[inline(always)]
+pub const fn is_offered(packets: u64) -> bool {
+    packets >= OFFER_AFTER && packets & (packets - 1) == 0
+}
 
 /// An established session as the fast path forwards it, written by userspace from
 /// conntrack's entry: `MR_FAST` is keyed by the LAN side's flow key (as the

@@ -25,12 +25,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use maps::{
-    BALANCE, COUNTERS, FAST, FAST_REPLY, FAST_TRAFFIC, Family, RULES, RULESET, TRAFFIC, UPLINKS,
-    V4, V6,
+    BALANCE, COUNTERS, FAST, FAST_REPLY, FAST_TRAFFIC, Family, OFFERS, RULES, RULESET, TRAFFIC,
+    UPLINKS, V4, V6,
 };
 use multiroute_ebpf::{
     Counter, DIRECT_UPLINK, Flow, FlowIdentity, FlowKey, MAX_RULE_UPLINKS, MAX_RULES,
-    PENDING_UPLINK, PolicyRule, Uplink, balance, chosen_by, ring_slot,
+    PENDING_UPLINK, PolicyRule, Uplink, balance, chosen_by, is_offered, ring_slot,
 };
 use parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ethertype, flow_key, flow_key6};
 
@@ -40,9 +40,9 @@ pub fn multiroute(ctx: TcContext) -> i32 {
         Ok((ETH_P_IP, l3)) => match flow_key(&ctx, l3) {
             Ok(key) => {
                 let hit = steer::<V4>(&ctx, &key);
-                if let Some(slot) = hit
+                if let Some((slot, flow)) = hit
                     && l3 == ETH_HLEN
-                    && let Some(verdict) = fast_out(&ctx, &key, slot)
+                    && let Some(verdict) = fast_out(&ctx, &key, slot, flow)
                 {
                     return verdict;
                 }
@@ -62,11 +62,19 @@ pub fn multiroute(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// A LAN packet of a known flow on its uplink `slot`: the fast path, when its
-/// session is bound to that uplink.
+/// A LAN packet of a known flow (`known`) on its uplink `slot`: the fast path,
+/// when its session is bound to that uplink; an unbound flow that keeps going is
+/// offered to userspace for binding.
 #[inline(always)]
-fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32) -> Option<i32> {
-    let flow = FAST.get_ptr_mut(key)?;
+fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32, known: *mut Flow) -> Option<i32> {
+    let Some(flow) = FAST.get_ptr_mut(key) else {
+        // SAFETY: `known` points into the flow table's value for this key.
+        if is_offered(unsafe { (*known).packets }) {
+            // A full ring loses the offer; the flow is offered again later.
+            let _ = OFFERS.output(key, 0);
+        }
+        return None;
+    };
     // SAFETY: the pointer comes from a successful lookup.
     let (bound, inbound) = unsafe { (u32::from((*flow).slot), (*flow).inbound != 0) };
     // A port forward's replies leave through the uplink their connection arrived
@@ -119,16 +127,16 @@ struct Choice {
 }
 
 /// Marks the packet with its flow's uplink, choosing and remembering one for a new
-/// flow. Returns the uplink of a known flow that keeps it (what the fast path may
-/// take), `None` otherwise.
+/// flow. Returns the uplink of a known flow that keeps it, with its entry (what the
+/// fast path may take), `None` otherwise.
 #[inline(always)]
-fn steer<F: Family>(ctx: &TcContext, key: &F::Key) -> Option<u32> {
+fn steer<F: Family>(ctx: &TcContext, key: &F::Key) -> Option<(u32, *mut Flow)> {
     let mut hit = None;
     let choice = match F::flows().get_ptr_mut(key) {
         Some(flow) => match remembered_uplink::<F>(flow) {
             Some(found) => {
                 count::<F>(Counter::FlowHit);
-                hit = Some(found.index);
+                hit = Some((found.index, flow));
                 found
             }
             None => {

@@ -4,15 +4,15 @@
 use aya_ebpf::{
     macros::map,
     maps::{
-        Array, LruHashMap, PerCpuArray,
+        Array, LruHashMap, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use multiroute_ebpf::{
     AFFINITY_TABLE_SIZE, COUNTER_COUNT, FAST_TABLE_SIZE, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE,
     FastFlow, Flow, FlowIdentity, FlowKey, FlowKey6, MAX_DIRECT_PREFIXES, MAX_RULE_PREFIXES,
-    MAX_RULES, MAX_UPLINKS, PolicyRule, RING_SIZE, RuleAddress, RuleAddress6, RuleSet, SlotName,
-    Traffic, Uplink, family,
+    MAX_RULES, MAX_UPLINKS, OFFER_RING_BYTES, PolicyRule, RING_SIZE, RuleAddress, RuleAddress6,
+    RuleSet, SlotName, Traffic, Uplink, family,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -80,6 +80,11 @@ pub(crate) static FAST: LruHashMap<FlowKey, FastFlow> = LruHashMap::pinned(FAST_
 #[map(name = "MR_FAST_REPLY")]
 pub(crate) static FAST_REPLY: LruHashMap<FlowKey, FastFlow> =
     LruHashMap::pinned(FAST_TABLE_SIZE, 0);
+
+/// Flows worth the fast path (see `multiroute_ebpf::OFFER_AFTER`), by their LAN
+/// side's key: userspace binds those conntrack holds established.
+#[map(name = "MR_OFFERS")]
+pub(crate) static OFFERS: RingBuf = RingBuf::pinned(OFFER_RING_BYTES, 0);
 
 /// Packets the fast path forwarded per uplink (both directions), per CPU.
 #[map(name = "MR_FAST_TRAFFIC")]

@@ -145,6 +145,19 @@ fn key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowK
 /// Uplink slot 0 carries; the session of `proto` is known to the classifier on
 /// it and bound both ways, NATed to the uplink's address and `NAT_PORT`.
 fn bind(dp: &mut LoadedDatapath, proto: u8) {
+    let original = known(dp, proto);
+    let session = multiroute::netlink::conntrack::Established {
+        original,
+        reply: key(SERVER, 443, UPLINK, NAT_PORT, proto),
+        nat_address: UPLINK,
+        inbound: false,
+    };
+    dp.maps.fast.bind(&session, ROUTE).unwrap();
+}
+
+/// Uplink slot 0 carries, and the classifier knows the LAN host's flow of
+/// `proto` on it (not bound); its key.
+fn known(dp: &mut LoadedDatapath, proto: u8) -> FlowKey {
     dp.maps
         .set_uplink(
             0,
@@ -162,13 +175,7 @@ fn bind(dp: &mut LoadedDatapath, proto: u8) {
         .unwrap();
     let original = key(LAN_HOST, LAN_PORT, SERVER, 443, proto);
     dp.maps.v4.insert(&original, &Flow::default()).unwrap();
-    let session = multiroute::netlink::conntrack::Established {
-        original,
-        reply: key(SERVER, 443, UPLINK, NAT_PORT, proto),
-        nat_address: UPLINK,
-        inbound: false,
-    };
-    dp.maps.fast.bind(&session, ROUTE).unwrap();
+    original
 }
 
 /// Every binding's way: uplink slot 0 and its table, the LAN through main.
@@ -442,4 +449,31 @@ fn a_port_forward_takes_the_fast_path_both_ways() {
     // Ended by conntrack (named by its original direction): both ways unbound.
     assert!(dp.maps.fast.unbind(&forward.original).unwrap());
     assert!(!dp.maps.fast.is_bound(&forward.reply));
+}
+
+#[test]
+fn an_unbound_flow_that_keeps_going_is_offered_for_binding() {
+    if !require_root!() {
+        return;
+    }
+    let router = Router::new(test_name!());
+    let lan0 = router.ifindex("lan0");
+    let mut dp = LoadedDatapath::load(test_name!()).unwrap();
+    let original = known(&mut dp, IPPROTO_UDP);
+    let mut offers = multiroute::apply::datapath::fast::Offers::open(&dp.pin_path()).unwrap();
+    let frame = packet(IPPROTO_UDP, true, |_, _| {});
+    let mut offered_at = Vec::new();
+    router.inside(|| {
+        for n in 1..=40 {
+            let (verdict, _) = dp.run_on(Program::Classifier, &frame, lan0).unwrap();
+            assert_ne!(verdict.return_code, TC_ACT_REDIRECT, "unbound: the slow path");
+            let offered = offers.take();
+            if !offered.is_empty() {
+                assert_eq!(offered, [original], "the LAN side's key");
+                offered_at.push(n);
+            }
+        }
+    });
+    // A short connection (a request and its answer) is never offered.
+    assert_eq!(offered_at, [8, 16, 32], "the 8th packet, then powers of two");
 }

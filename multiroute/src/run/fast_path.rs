@@ -1,9 +1,11 @@
 //! Keeps the fast path's tables in step with conntrack, on a thread of its own
-//! (blocking netlink, off the daemon's loop): a session conntrack establishes on
-//! an uplink that carries is bound (and told to be liberal about TCP windows), one
-//! that ends, closes or is deleted (`conntrack -D`, the failover flush) is unbound
-//! at once, and every bound session that carried traffic gets its conntrack
-//! timeout refreshed, since its packets no longer reach conntrack.
+//! (blocking netlink, off the daemon's loop): a flow the datapath offers (one that
+//! keeps going) is looked up in conntrack and bound when it is established on an
+//! uplink that carries (and told to be liberal about TCP windows); one that ends
+//! or is deleted (`conntrack -D`, the failover flush) is unbound at once; and
+//! every bound session that carried traffic gets its conntrack timeout refreshed,
+//! since its packets no longer reach conntrack. Short connections are never
+//! bound, and cost the router no conntrack event but their end.
 //!
 //! When the daemon stops, every session goes back to the slow path (conntrack
 //! still has them all, so none breaks) — nothing would follow conntrack without
@@ -20,13 +22,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use multiroute_ebpf::IPPROTO_TCP;
+use std::os::fd::AsRawFd as _;
+
+use multiroute_ebpf::{FlowKey, IPPROTO_TCP};
 use tracing::{debug, info, warn};
 
 use crate::{
     apply::datapath::{
         Maps,
-        fast::{FastTables, Route},
+        fast::{FastTables, Offers, Route},
         monotonic_seconds,
     },
     net::Family,
@@ -120,9 +124,9 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
     if let Some(why) = unavailable() {
         return warn!("fast path off, every session takes the slow path: {why}");
     }
-    let tables = match Maps::open(pin_path) {
-        Ok(maps) => maps.fast,
-        Err(err) => return warn!("fast path off: {err}"),
+    let (tables, mut offers) = match (Maps::open(pin_path), Offers::open(pin_path)) {
+        (Ok(maps), Ok(offers)) => (maps.fast, offers),
+        (Err(err), _) | (_, Err(err)) => return warn!("fast path off: {err}"),
     };
     let (mut events, updates) = match (Events::subscribe(WAIT), Updates::open()) {
         (Ok(events), Ok(updates)) => (events, updates),
@@ -142,17 +146,25 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
         if !synced {
             synced = follower.resync();
         }
-        match events.read() {
-            Ok(events) => {
-                for event in events {
-                    follower.apply(event);
-                }
+        let (ended, offered) = readable(&events, &offers);
+        if offered {
+            for key in offers.take() {
+                follower.offered(&key);
             }
-            // Events were lost: start over from what conntrack holds.
-            Err(None) => synced = false,
-            Err(Some(err)) => {
-                warn!("following conntrack: {err}");
-                std::thread::sleep(WAIT);
+        }
+        if ended {
+            match events.read() {
+                Ok(events) => {
+                    for event in events {
+                        follower.apply(event);
+                    }
+                }
+                // Events were lost: start over from what conntrack holds.
+                Err(None) => synced = false,
+                Err(Some(err)) => {
+                    warn!("following conntrack: {err}");
+                    std::thread::sleep(WAIT);
+                }
             }
         }
         if refreshed.0.elapsed() >= follower.timeouts.refresh_every {
@@ -169,6 +181,23 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
         ),
         Err(err) => warn!("emptying the fast path: {err}"),
     }
+}
+
+/// Waits at most [`WAIT`] for conntrack's events or the datapath's offers:
+/// (events readable, offers readable).
+fn readable(events: &Events, offers: &Offers) -> (bool, bool) {
+    let mut fds = [events.as_raw_fd(), offers.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: poll(2) on two valid descriptors this thread owns, for WAIT at most.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, WAIT.as_millis() as libc::c_int) };
+    if ready <= 0 {
+        return (false, false);
+    }
+    let is_ready = |fd: &libc::pollfd| fd.revents & (libc::POLLIN | libc::POLLERR) != 0;
+    (is_ready(&fds[0]), is_ready(&fds[1]))
 }
 
 /// The thread's state: the tables it writes, the uplinks sessions may be bound
@@ -205,6 +234,19 @@ impl Follower<'_> {
             self.apply(Event::Established(session));
         }
         true
+    }
+
+    /// Binds the session of a flow the datapath offered, if conntrack holds it
+    /// established on an uplink that carries.
+    fn offered(&mut self, lan_side: &FlowKey) {
+        if self.tables.is_bound(lan_side) {
+            return;
+        }
+        match self.updates.established(lan_side) {
+            Ok(Some(session)) => self.apply(Event::Established(session)),
+            Ok(None) => {}
+            Err(err) => debug!("looking up an offered flow in conntrack: {err}"),
+        }
     }
 
     fn apply(&mut self, event: Event) {

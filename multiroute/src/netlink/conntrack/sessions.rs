@@ -29,9 +29,7 @@ const IPS_DST_NAT: u32 = 1 << 5;
 const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
 /// `IP_CT_TCP_FLAG_BE_LIBERAL`.
 const TCP_BE_LIBERAL: u8 = 0x08;
-/// Conntrack's multicast groups: new entries, changed ones, destroyed ones.
-const NFNLGRP_CONNTRACK_NEW: u32 = 1;
-const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
+/// Conntrack's multicast group of destroyed entries.
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 const ENOBUFS: i32 = 105;
 
@@ -107,7 +105,10 @@ pub fn established() -> Result<Vec<Established>, ConntrackError> {
     Ok(sessions)
 }
 
-/// Conntrack's event stream (IPv4 entries only matter to the fast path).
+/// Conntrack's destroy events (IPv4 entries only matter to the fast path): a
+/// session that ended or was deleted leaves the fast path at once. New and
+/// changed entries are not followed: every new connection would cost the router
+/// several events, and the datapath offers the flows worth binding instead.
 pub struct Events {
     socket: Socket,
 }
@@ -118,15 +119,9 @@ impl Events {
     pub fn subscribe(wait: Duration) -> Result<Self, ConntrackError> {
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(ConntrackError::Socket)?;
         socket.bind_auto().map_err(ConntrackError::Socket)?;
-        for group in [
-            NFNLGRP_CONNTRACK_NEW,
-            NFNLGRP_CONNTRACK_UPDATE,
-            NFNLGRP_CONNTRACK_DESTROY,
-        ] {
-            socket
-                .add_membership(group)
-                .map_err(ConntrackError::Socket)?;
-        }
+        socket
+            .add_membership(NFNLGRP_CONNTRACK_DESTROY)
+            .map_err(ConntrackError::Socket)?;
         let timeout = libc::timeval {
             tv_sec: wait.as_secs() as libc::time_t,
             tv_usec: wait.subsec_micros() as libc::suseconds_t,
@@ -183,6 +178,12 @@ impl Events {
     }
 }
 
+impl AsRawFd for Events {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
 fn event(message: ConntrackMessage) -> Option<Event> {
     let (attributes, destroyed) = match message {
         ConntrackMessage::New(attributes) => (attributes, false),
@@ -216,6 +217,44 @@ impl Updates {
         Ok(Self {
             ct: Ctnetlink::open()?,
         })
+    }
+
+    /// The session whose LAN side sends `lan_side`, if conntrack holds it and the
+    /// fast path may carry it: looked up as the original direction (a LAN host's
+    /// connection), then as the reply (a port forward's). Blocking.
+    pub fn established(
+        &mut self,
+        lan_side: &FlowKey,
+    ) -> Result<Option<Established>, ConntrackError> {
+        for named in [
+            ConntrackAttribute::CtaTupleOrig(tuple(lan_side)),
+            ConntrackAttribute::CtaTupleReply(tuple(lan_side)),
+        ] {
+            self.ct.send(
+                NLM_F_REQUEST | NLM_F_ACK,
+                Family::V4,
+                ConntrackMessage::Get(vec![named]),
+            )?;
+            let mut found = None;
+            let code = self.ct.receive(|message| {
+                if let ConntrackMessage::New(attributes) = message {
+                    found = Some(Entry::from_attributes(attributes));
+                }
+            })?;
+            match (found, code) {
+                (Some(entry), _) => {
+                    return Ok(entry.established().filter(|s| s.lan_side() == *lan_side));
+                }
+                (None, None | Some(0) | Some(ENOENT)) => {}
+                (None, Some(code)) => {
+                    return Err(ConntrackError::Kernel {
+                        what: "a conntrack lookup",
+                        source: std::io::Error::from_raw_os_error(code),
+                    });
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Sets the timeout of each session (named by `key` in `direction`) to

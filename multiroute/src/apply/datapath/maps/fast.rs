@@ -1,8 +1,12 @@
 //! The fast path's two tables as userspace writes them: a session conntrack has
-//! established goes in by both of its directions, and out when conntrack ends it.
-use std::path::Path;
+//! established goes in by both of its directions, and out when conntrack ends it;
+//! and the offers the datapath makes of flows worth binding.
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    path::Path,
+};
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use multiroute_ebpf::{FastFlow, FlowKey, map_names};
 
 use crate::{
@@ -152,5 +156,41 @@ fn remove(
     match map.remove(key) {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
         Err(err) => Err(map_error(name)(err)),
+    }
+}
+
+/// The flows the datapath offers for binding (`MR_OFFERS`): unbound ones that
+/// keep going (see `multiroute_ebpf::OFFER_AFTER`), by their LAN side's key.
+pub struct Offers {
+    ring: RingBuf<MapData>,
+}
+
+impl Offers {
+    pub fn open(pin_path: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            ring: open_map(pin_path, map_names::OFFERS)?,
+        })
+    }
+
+    /// What was offered since the last call, each flow once.
+    pub fn take(&mut self) -> Vec<FlowKey> {
+        let mut keys = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<FlowKey>() {
+                // SAFETY: the datapath writes whole `FlowKey`s (plain integers);
+                // the read is unaligned-safe.
+                let key = unsafe { item.as_ptr().cast::<FlowKey>().read_unaligned() };
+                keys.push(key);
+            }
+        }
+        keys.sort_unstable_by_key(|key| (key.src, key.dst, key.src_port, key.dst_port, key.proto));
+        keys.dedup();
+        keys
+    }
+}
+
+impl AsRawFd for Offers {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
     }
 }
