@@ -38,6 +38,7 @@ const TCP_CHECKSUM: usize = 16;
 const UDP_CHECKSUM: usize = 6;
 const TCP_FIN_RST: u8 = 0x05;
 const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Which side of the session the packet is on: the LAN host's (its source becomes
 /// the NAT address) or the reply's (its destination becomes the LAN host).
@@ -103,6 +104,23 @@ pub fn forward(ctx: &TcContext, key: &FlowKey, flow: *mut FastFlow, side: Side) 
     }
     // SAFETY: helper without preconditions.
     Some(unsafe { bpf_redirect(next.ifindex, 0) } as i32)
+}
+
+/// Whether the LAN packet `key` was read from opens a TCP connection (a SYN
+/// without ACK): on a reused client port, the flow's count starts again there.
+#[inline(always)]
+pub fn opens_connection(ctx: &TcContext, key: &FlowKey) -> bool {
+    if key.proto != IPPROTO_TCP {
+        return false;
+    }
+    // SAFETY: `header` checks each read lies inside the packet.
+    let version_ihl = unsafe { header::<u8>(ctx, ETH_HLEN).map(|p| p.read_unaligned()) };
+    if version_ihl != Ok(IPV4_NO_OPTIONS) {
+        return false;
+    }
+    // SAFETY: as above.
+    let flags = unsafe { header::<u8>(ctx, ETH_HLEN + 20 + TCP_FLAGS).map(|p| p.read_unaligned()) };
+    flags.is_ok_and(|flags| flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
 }
 
 /// Unbinds the session `key` (of `side`) belongs to, both directions, as

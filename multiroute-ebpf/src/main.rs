@@ -69,9 +69,14 @@ pub fn multiroute(ctx: TcContext) -> i32 {
 fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32, known: *mut Flow) -> Option<i32> {
     let Some(flow) = FAST.get_ptr_mut(key) else {
         // SAFETY: `known` points into the flow table's value for this key.
-        if is_offered(unsafe { (*known).packets }) {
-            // A full ring loses the offer; the flow is offered again later.
-            let _ = OFFERS.output(key, 0);
+        unsafe {
+            if fast::opens_connection(ctx, key) {
+                // A new connection on a reused port counts its own packets.
+                (*known).packets = 1;
+            } else if is_offered((*known).packets) {
+                // A full ring loses the offer; the flow is offered again later.
+                let _ = OFFERS.output(key, 0);
+            }
         }
         return None;
     };

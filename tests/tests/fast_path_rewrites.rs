@@ -459,14 +459,26 @@ fn an_unbound_flow_that_keeps_going_is_offered_for_binding() {
     let router = Router::new(test_name!());
     let lan0 = router.ifindex("lan0");
     let mut dp = LoadedDatapath::load(test_name!()).unwrap();
-    let original = known(&mut dp, IPPROTO_UDP);
+    let original = known(&mut dp, IPPROTO_TCP);
     let mut offers = multiroute::apply::datapath::fast::Offers::open(&dp.pin_path()).unwrap();
-    let frame = packet(IPPROTO_UDP, true, |_, _| {});
+    let data = packet(IPPROTO_TCP, true, |_, _| {});
+    let syn = packet(IPPROTO_TCP, true, |_, tcp| {
+        tcp.syn = true;
+        tcp.ack = false;
+    });
     let mut offered_at = Vec::new();
     router.inside(|| {
-        for n in 1..=40 {
-            let (verdict, _) = dp.run_on(Program::Classifier, &frame, lan0).unwrap();
-            assert_ne!(verdict.return_code, TC_ACT_REDIRECT, "unbound: the slow path");
+        // 40 packets of one connection, then a new one on the same port (a SYN
+        // first) with 10 more.
+        let frames = std::iter::repeat_n(&data, 40)
+            .chain(std::iter::once(&syn))
+            .chain(std::iter::repeat_n(&data, 10));
+        for (n, frame) in (1..).zip(frames) {
+            let (verdict, _) = dp.run_on(Program::Classifier, frame, lan0).unwrap();
+            assert_ne!(
+                verdict.return_code, TC_ACT_REDIRECT,
+                "unbound: the slow path"
+            );
             let offered = offers.take();
             if !offered.is_empty() {
                 assert_eq!(offered, [original], "the LAN side's key");
@@ -474,6 +486,11 @@ fn an_unbound_flow_that_keeps_going_is_offered_for_binding() {
             }
         }
     });
-    // A short connection (a request and its answer) is never offered.
-    assert_eq!(offered_at, [8, 16, 32], "the 8th packet, then powers of two");
+    // A short connection (a request and its answer) is never offered, nor one
+    // that reuses the port of a longer one.
+    assert_eq!(
+        offered_at,
+        [8, 16, 32, 48],
+        "the 8th packet, then powers of two; the new connection's 8th"
+    );
 }
