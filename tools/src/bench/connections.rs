@@ -112,14 +112,39 @@ fn measure_once(lab: &Lab, seconds: f64) -> Result<(f64, f64)> {
     for n in 0..lab.isps {
         lab.ns(&lab.isp(n), "conntrack", &["-F"])?;
     }
-    let (busy, start) = (router_cpu_busy()?, Instant::now());
+    let daemon = || lab.router_pid().map_or(0.0, process_cpu_s);
+    let (busy, start, daemon_before) = (router_cpu_busy()?, Instant::now(), daemon());
     let (done, failed) = drive(lab, seconds)?;
     let (busy, elapsed) = (router_cpu_busy()? - busy, start.elapsed().as_secs_f64());
+    if lab.router_pid().is_some() {
+        eprintln!(
+            "bench: the daemon used {:.2} s of CPU for {done} connections",
+            daemon() - daemon_before
+        );
+    }
     // A few refused in a round of thousands is the server's backlog, not the router.
     if failed * 100 > done {
         bail!("{failed} of {} connections failed", done + failed);
     }
     Ok((done as f64 / busy, done as f64 / elapsed))
+}
+
+/// CPU seconds process `pid` has used (user and system, all its threads).
+fn process_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the
+    // 12th and 13th of them.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// The lab: the router's receive work on CPU 1 both ways, and the clients'

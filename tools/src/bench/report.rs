@@ -127,7 +127,7 @@ pub fn markdown(results: &Results) -> String {
     connections_section(&mut md, results);
     let _ = writeln!(
         md,
-        "\n## 5. Failover and recovery ({} trial(s) each, median)\n\n\
+        "\n## 6. Failover and recovery ({} trial(s) each, median)\n\n\
          A new connection every 20 ms; failover = until every new connection succeeds again, \
          recovery = until new flows use the uplink again (for a restart: until the new `load` is ready). \
          Probe target beyond the ISP's gateway.\n\n\
@@ -171,7 +171,7 @@ pub fn markdown(results: &Results) -> String {
     let mem = &results.memory;
     let _ = writeln!(
         md,
-        "\n## 6. Memory\n\n| what | measured | target | |\n|---|---:|---:|---|\n\
+        "\n## 7. Memory\n\n| what | measured | target | |\n|---|---:|---:|---|\n\
          | BPF maps with {} IPv4 flows (kernel memlock; the IPv6 table at its default) | {:.1} MiB | ≤ 100 MiB | {} |\n\
          | BPF maps with {} IPv6 flows (the IPv4 table at its default) | {:.1} MiB | report | |\n\
          | daemon RSS, idle | {:.1} MiB | ≤ 20 MiB | {} |\n\
