@@ -1,7 +1,8 @@
 //! Suite 5, new connections at saturation: short request/response TCP
 //! connections, a fresh one per request, 32 in parallel, from the LAN client to the
 //! server. The router's receive work is steered to CPU 1 (RPS on `lan0` and the
-//! uplinks); the clients, the server and the ISPs run on CPU 0. The figure is
+//! uplinks); the clients and the server run on CPU 0 (what the router sends the
+//! ISPs is received on CPU 1, as in suite 4). The figure is
 //! connections completed per second of CPU 1's busy time: what a new connection
 //! costs the router (its SYN, the classifier's new-flow path, conntrack, NAT, the
 //! rule walk for each of its packets). The routers are suite 4's, and take turns

@@ -201,7 +201,8 @@ fn connections_section(md: &mut String, results: &Results) {
         "\n## 5. New connections at saturation: the router's own CPU (median of {} rounds)\n\n\
          Short request/response TCP connections, a fresh one per request, {} in parallel, \
          from the LAN client to the server. RPS steers the router's receive work on `lan0` \
-         and the uplinks to CPU 1; the clients, the server and the ISPs run on CPU 0. The \
+         and the uplinks to CPU 1; the clients and the server run on CPU 0 (the ISPs' \
+         receive work for what the router sends them runs on CPU 1 with it). The \
          figure is connections completed per second of CPU 1's busy time; the wall-clock \
          rate the clients saw is beside it. The routers take turns as in suite 4.\n\n\
          | router | connections per router CPU second | per second | rounds |\n|---|---:|---:|---|",
