@@ -145,23 +145,13 @@ fn propose(interfaces: &BTreeMap<String, Host>) -> String {
         "\n# How the uplinks are probed: their gateways (or peers), by ICMP echo. An uplink\n\
          # is dead after `down` lost probes in a row, alive again after `up` answered.\n\
          [health]\ntargets = {}\n{}\n{}\n{}\n{}\n",
-        text_default(&key::TARGETS),
+        key::TARGETS.default_text(),
         shown(&key::INTERVAL_MS),
         shown(&key::TIMEOUT_MS),
         shown(&key::DOWN),
         shown(&key::UP),
     );
     text
-}
-
-fn text_default(key: &Key) -> &'static str {
-    match key.kind {
-        key::Kind::Text {
-            default: Some(text),
-            ..
-        } => text,
-        _ => "",
-    }
 }
 
 /// One `[[uplink]]` with the comments that say why.

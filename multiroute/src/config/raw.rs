@@ -64,17 +64,6 @@ fn flag_default(key: &key::Key) -> bool {
     matches!(key.kind, Kind::Flag { default: true })
 }
 
-/// A text key's default; every caller names a key that has one.
-fn text_default(key: &key::Key) -> &'static str {
-    match key.kind {
-        Kind::Text {
-            default: Some(text),
-            ..
-        } => text,
-        _ => "",
-    }
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBalance {
@@ -180,7 +169,7 @@ impl Default for RawRouting {
             rule_priority: key::RULE_PRIORITY.default_number(),
             fwmark_mask: key::FWMARK_MASK.default_number(),
             main_default: flag_default(&key::MAIN_DEFAULT),
-            pin_path: text_default(&key::PIN_PATH).into(),
+            pin_path: key::PIN_PATH.default_text().into(),
         }
     }
 }
@@ -195,8 +184,8 @@ pub(super) struct RawControl {
 impl Default for RawControl {
     fn default() -> Self {
         Self {
-            socket: text_default(&key::SOCKET).into(),
-            state_dir: text_default(&key::STATE_DIR).into(),
+            socket: key::SOCKET.default_text().into(),
+            state_dir: key::STATE_DIR.default_text().into(),
         }
     }
 }

@@ -48,6 +48,17 @@ impl Key {
         }
     }
 
+    /// The default of a [`Kind::Text`] key as the file writes it ("" for none).
+    pub const fn default_text(&self) -> &'static str {
+        match self.kind {
+            Kind::Text {
+                default: Some(text),
+                ..
+            } => text,
+            _ => "",
+        }
+    }
+
     /// `value` if it is within the key's range, else the problem as `check` says it.
     pub fn number(&self, value: i64) -> Result<u32, String> {
         let (min, max) = self.range();
