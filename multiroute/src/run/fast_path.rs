@@ -13,6 +13,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
+    os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -21,8 +22,6 @@ use std::{
     thread::JoinHandle,
     time::{Duration, Instant},
 };
-
-use std::os::fd::AsRawFd as _;
 
 use multiroute_ebpf::{FlowKey, IPPROTO_TCP};
 use tracing::{debug, info, warn};

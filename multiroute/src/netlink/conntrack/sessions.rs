@@ -184,19 +184,15 @@ impl AsRawFd for Events {
     }
 }
 
+/// The session a destroy event ends (the socket hears no other kind).
 fn event(message: ConntrackMessage) -> Option<Event> {
-    let (attributes, destroyed) = match message {
-        ConntrackMessage::New(attributes) => (attributes, false),
-        ConntrackMessage::Delete(attributes) => (attributes, true),
-        _ => return None,
+    let ConntrackMessage::Delete(attributes) = message else {
+        return None;
     };
     let entry = Entry::from_attributes(attributes);
-    match entry.established() {
-        Some(session) if !destroyed => Some(Event::Established(session)),
-        _ => Some(Event::Ended {
-            original: tuple_key(&entry.original)?,
-        }),
-    }
+    Some(Event::Ended {
+        original: tuple_key(&entry.original)?,
+    })
 }
 
 /// How a session is named to conntrack: by one of its directions.
