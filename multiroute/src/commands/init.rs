@@ -36,12 +36,14 @@ pub fn run(write: Option<&Path>) -> CommandResult {
             .await
             .context("reading the host's interfaces and routes")
     })?;
+    // One look at /proc for every interface's DHCP client.
+    let processes = dhcp_client::processes();
     let interfaces: BTreeMap<String, Host> = observed
         .iter()
         .map(|(name, iface)| {
             let host = Host {
                 iface: iface.clone(),
-                dhcp_client: dhcp_client::client_of(name),
+                dhcp_client: dhcp_client::client_of(&processes, name),
             };
             (name.clone(), host)
         })

@@ -107,7 +107,7 @@ pub fn choose(processes: &[Process], interface: &str) -> Option<Ask> {
 
 /// The processes in this network namespace (the DHCP clients of other
 /// namespaces' interfaces of the same name are not ours).
-fn processes() -> Vec<Process> {
+pub fn processes() -> Vec<Process> {
     let ours = std::fs::read_link("/proc/self/ns/net").ok();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -146,10 +146,10 @@ fn read_argv(dir: &Path) -> Option<Vec<String>> {
     (!argv.is_empty()).then_some(argv)
 }
 
-/// The DHCP client started for `interface` ("udhcpc", "dhcpcd"), if one runs
-/// here; a manager serving every interface says nothing about this one.
-pub fn client_of(interface: &str) -> Option<&'static str> {
-    match choose(&processes(), interface)? {
+/// The DHCP client started for `interface` ("udhcpc", "dhcpcd") among
+/// `processes`; a manager serving every interface says nothing about this one.
+pub fn client_of(processes: &[Process], interface: &str) -> Option<&'static str> {
+    match choose(processes, interface)? {
         Ask::Signal { client, .. } => Some(client),
         Ask::Run(_) => None,
     }
