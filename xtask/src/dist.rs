@@ -77,7 +77,7 @@ pub fn build(triple: Option<&str>, profile: &str) -> Result<PathBuf> {
                 .args(["build", "--profile", profile, "--package", "multiroute"])
                 .args(["--target", triple]);
             if std::env::var_os(&linker_var).is_none() {
-                build.env(&linker_var, "aarch64-linux-gnu-gcc");
+                build.env(&linker_var, target.tool("gcc"));
             }
             status(&mut build)?;
             root.join("target")
