@@ -91,11 +91,11 @@ macro_rules! require_root {
     };
 }
 
-/// [`require_tool`] for the test it is used in.
+/// [`require_tool`] for the test it is used in, for each program given.
 #[macro_export]
 macro_rules! require_tool {
-    ($program:expr) => {
-        $crate::require_tool($crate::test_name!(), $program)
+    ($($program:expr),+) => {
+        true $(&& $crate::require_tool($crate::test_name!(), $program))+
     };
 }
 

@@ -50,12 +50,6 @@ fn depends(deb: &Path) -> Vec<String> {
         .collect()
 }
 
-fn tools(test: &str, programs: &[&str]) -> bool {
-    programs
-        .iter()
-        .all(|program| multiroute_tests::require_tool(test, program))
-}
-
 /// `deb` again as version `version`: the same files, a newer package to upgrade to.
 fn repackaged(deb: &Path, version: &str, dir: &Path) -> PathBuf {
     let tree = dir.join("repack");
@@ -89,7 +83,7 @@ fn repackaged(deb: &Path, version: &str, dir: &Path) -> PathBuf {
 
 #[test]
 fn lintian_finds_no_error_in_either_package() {
-    if !tools(multiroute_tests::test_name!(), &["lintian"]) {
+    if !require_tool!("lintian") {
         return;
     }
     for arch in ["amd64", "arm64"] {
@@ -105,12 +99,7 @@ fn lintian_finds_no_error_in_either_package() {
 
 #[test]
 fn the_package_installs_upgrades_and_removes_cleanly_on_a_router() {
-    if !require_root!()
-        || !tools(
-            multiroute_tests::test_name!(),
-            &["debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb"],
-        )
-    {
+    if !require_root!() || !require_tool!("debootstrap", "systemd-nspawn", "nsenter", "dpkg-deb") {
         return;
     }
     let deb = package("amd64");
