@@ -401,15 +401,18 @@ fn a_dead_uplink_gets_its_on_dead_action_renewal_or_command() {
         "dead uplinks: leases renewed and the command run {:.1} s after the failure",
         started.elapsed().as_secs_f64()
     );
-    let log = lab.router_log();
-    for line in [
+    // Each action is logged once it has returned: a moment after its effect.
+    let lines = [
         "uplink still dead: renewing its DHCP lease",
         "asked dhcpcd (pid",
         "asked udhcpc (pid",
         "on_dead: /bin/sh -c",
-    ] {
-        assert!(log.contains(line), "{line:?} missing:\n{log}");
-    }
+    ];
+    wait_until(Duration::from_secs(1), || {
+        let log = lab.router_log();
+        lines.iter().all(|line| log.contains(line))
+    })
+    .unwrap_or_else(|_| panic!("{lines:?} not all logged:\n{}", lab.router_log()));
     // Backing off: the second attempt comes 2 s after the first, not every tick.
     sleep(Duration::from_millis(1500));
     let attempts = std::fs::read_to_string(&ran).unwrap().lines().count();
