@@ -35,8 +35,10 @@ const APT_PACKAGES: &[&str] = &[
     // the HA pair (contrib/ha): VRRP and conntrack sync, run by the tests only
     "keepalived",
     "conntrackd",
-    // benchmarks and the fast path's tests
+    // benchmarks and the fast path's tests; the bench's mwan3 model
     "iperf3",
+    "iptables",
+    "ipset",
     // `systemd-analyze verify` checks the shipped unit
     "systemd",
     // the status page is tested in a real browser

@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod failover;
 pub mod forwarding;
 pub mod memory;
+mod mwan3;
 mod report;
 pub mod saturation;
 

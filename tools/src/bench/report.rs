@@ -264,11 +264,12 @@ fn saturation_section(md: &mut String, results: &Results) {
         );
     }
     let find = |variant| results.saturation.iter().find(|m| m.variant == variant);
-    let (Some(fast), Some(slow), Some(base), Some(rules)) = (
+    let (Some(fast), Some(slow), Some(base), Some(rules), Some(mwan3)) = (
         find(saturation::Variant::FastPath),
         find(saturation::Variant::SlowPath),
         find(saturation::Variant::Baseline),
         find(saturation::Variant::RulesOnly),
+        find(saturation::Variant::Mwan3),
     ) else {
         return;
     };
@@ -280,6 +281,7 @@ fn saturation_section(md: &mut String, results: &Results) {
             base,
             1.5,
         ),
+        ("fast path vs the mwan3 2.12 model", fast, mwan3, 2.0),
         ("slow path alone vs the rules-only row", slow, rules, 0.97),
     ] {
         let ratio = ours.paired_ratio(theirs);

@@ -23,7 +23,7 @@ use etherparse::PacketBuilder;
 use multiroute_ebpf::bench::{self, FIRST_PORT, FLOWS};
 use serde::{Deserialize, Serialize};
 
-use super::{Options, forwarding, median};
+use super::{Options, forwarding, median, mwan3};
 use multiroute_tests::{CLIENT, Lab, LabOptions, SERVER, datapath::LoadedDatapath, stdout};
 
 /// The flows: this client port to [`FLOWS`] server ports from [`FIRST_PORT`].
@@ -38,15 +38,17 @@ pub enum Variant {
     SlowPath,
     RulesOnly,
     Ecmp,
+    Mwan3,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Baseline,
         Variant::FastPath,
         Variant::SlowPath,
         Variant::RulesOnly,
         Variant::Ecmp,
+        Variant::Mwan3,
     ];
 
     pub fn label(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Variant {
             Variant::SlowPath => "multiroute (slow path only)",
             Variant::RulesOnly => "(multiroute's rules and tables only)",
             Variant::Ecmp => "kernel ECMP, L4 hash",
+            Variant::Mwan3 => "mwan3 2.12 model (iptables-nft, ipset)",
         }
     }
 }
@@ -126,6 +129,7 @@ pub(super) fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
         }
         Variant::RulesOnly => forwarding::rules_only(lab)?,
         Variant::Ecmp => forwarding::ecmp(lab, true)?,
+        Variant::Mwan3 => mwan3::set_up(lab)?,
     }
     Ok(())
 }
@@ -142,6 +146,7 @@ pub(super) fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
         }
         Variant::RulesOnly => forwarding::unload(lab)?,
         Variant::Ecmp => forwarding::ecmp(lab, false)?,
+        Variant::Mwan3 => mwan3::tear_down(lab)?,
     }
     // The flows' entries go with the router: the next variant answers them anew.
     lab.ns(&router, "conntrack", &["-F"])?;
