@@ -99,6 +99,19 @@ impl Key {
     pub fn not_a_choice(&self, value: &str) -> String {
         format!("{value:?} must be {}", self.choices())
     }
+
+    /// The shape a [`Kind::Text`] key's value must have ("" for any other kind).
+    pub const fn form(&self) -> &'static str {
+        match self.kind {
+            Kind::Text { form, .. } => form,
+            _ => "",
+        }
+    }
+
+    /// What `check` says of `value`, which is not of the key's form.
+    pub fn not_of_form(&self, value: &str) -> String {
+        format!("{value:?} is not {}", self.form())
+    }
 }
 
 const fn number(

@@ -141,12 +141,8 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         let listen: Option<std::net::SocketAddr> = raw
             .listen
             .map(|text| {
-                text.parse().map_err(|_| {
-                    fail(
-                        "web.listen",
-                        format!("{text:?} is not an address:port such as \"192.168.0.1:9751\""),
-                    )
-                })
+                text.parse()
+                    .map_err(|_| fail("web.listen", key::WEB_LISTEN.not_of_form(&text)))
             })
             .transpose()?;
         // The token never appears in an error: it is a secret.
@@ -158,7 +154,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
         {
             return Err(fail(
                 "web.token",
-                "must be at least 16 characters of A-Z, a-z, 0-9, - or _".into(),
+                format!("must be {}", key::WEB_TOKEN.form()),
             ));
         }
         if let Some(address) = listen
@@ -183,10 +179,7 @@ impl<F: Fn(&str, String) -> ConfigError> Validator<'_, F> {
             .listen
             .map(|text| {
                 text.parse().map_err(|_| {
-                    (self.fail)(
-                        "metrics.listen",
-                        format!("{text:?} is not an address:port such as \"127.0.0.1:9750\""),
-                    )
+                    (self.fail)("metrics.listen", key::METRICS_LISTEN.not_of_form(&text))
                 })
             })
             .transpose()?;
