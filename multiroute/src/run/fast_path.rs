@@ -38,8 +38,8 @@ use crate::{
     plan::{MAIN_TABLE, Plan},
 };
 
-/// How long one read of conntrack's events may wait: the stop flag and the
-/// timeout refresh are looked at this often.
+/// How long one wait for conntrack's events or the datapath's offers may last:
+/// the stop flag and the timeout refresh are looked at this often.
 const WAIT: Duration = Duration::from_millis(500);
 /// How often carried sessions get their conntrack timeout refreshed at most: a
 /// third of the shortest timeout such a session has (UDP's), within these bounds.
@@ -127,7 +127,7 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
         (Ok(maps), Ok(offers)) => (maps.fast, offers),
         (Err(err), _) | (_, Err(err)) => return warn!("fast path off: {err}"),
     };
-    let (mut events, updates) = match (Events::subscribe(WAIT), Updates::open()) {
+    let (mut events, updates) = match (Events::subscribe(), Updates::open()) {
         (Ok(events), Ok(updates)) => (events, updates),
         (Err(err), _) | (_, Err(err)) => {
             return warn!("fast path off: cannot follow conntrack: {err}");

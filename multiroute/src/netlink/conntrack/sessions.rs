@@ -4,7 +4,7 @@
 //! alive while the fast path carries them: its packets never reach conntrack, so
 //! the timeout is refreshed from userspace and TCP window tracking is told to be
 //! liberal (a FIN after fast-pathed data must not look out of window).
-use std::{net::Ipv4Addr, os::fd::AsRawFd, time::Duration};
+use std::{net::Ipv4Addr, os::fd::AsRawFd};
 
 use multiroute_ebpf::FlowKey;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
@@ -113,69 +113,64 @@ pub struct Events {
     socket: Socket,
 }
 
+/// Datagrams one [`Events::read`] takes at most, so a flood of ends cannot keep
+/// the caller from its other work.
+const READ_BATCH: usize = 256;
+
 impl Events {
-    /// Subscribes; `wait` bounds each [`Events::read`], so the caller can do
-    /// periodic work between events.
-    pub fn subscribe(wait: Duration) -> Result<Self, ConntrackError> {
+    /// Subscribes, non-blocking: the caller polls the socket (see `AsRawFd`).
+    pub fn subscribe() -> Result<Self, ConntrackError> {
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(ConntrackError::Socket)?;
         socket.bind_auto().map_err(ConntrackError::Socket)?;
         socket
             .add_membership(NFNLGRP_CONNTRACK_DESTROY)
             .map_err(ConntrackError::Socket)?;
-        let timeout = libc::timeval {
-            tv_sec: wait.as_secs() as libc::time_t,
-            tv_usec: wait.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: setsockopt on our own socket with a correctly sized timeval.
-        let set = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            return Err(ConntrackError::Socket(std::io::Error::last_os_error()));
-        }
+        socket
+            .set_non_blocking(true)
+            .map_err(ConntrackError::Socket)?;
         Ok(Self { socket })
     }
 
-    /// The events of one read; empty when `wait` passed without any. Err(None)
-    /// when the kernel dropped events (the reader fell behind): the caller then
-    /// starts over from a dump.
+    /// The events queued now (each a datagram of its own), up to [`READ_BATCH`]
+    /// of them. Err(None) when the kernel dropped events (the reader fell
+    /// behind): the caller then starts over from a dump.
     pub fn read(&mut self) -> Result<Vec<Event>, Option<ConntrackError>> {
-        let bytes = match self.socket.recv_from_full() {
-            Ok((bytes, _)) => bytes,
-            Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock) => {
-                return Ok(Vec::new());
-            }
-            Err(err) if err.raw_os_error() == Some(ENOBUFS) => return Err(None),
-            Err(err) => return Err(Some(ConntrackError::Socket(err))),
-        };
         let mut events = Vec::new();
-        let mut offset = 0;
-        while offset < bytes.len() {
-            let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[offset..])
-            else {
-                break;
+        for _ in 0..READ_BATCH {
+            let bytes = match self.socket.recv_from_full() {
+                Ok((bytes, _)) => bytes,
+                Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock) => break,
+                Err(err) if err.raw_os_error() == Some(ENOBUFS) => return Err(None),
+                Err(err) => return Err(Some(ConntrackError::Socket(err))),
             };
-            let length = message.header.length as usize;
-            if let NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::Conntrack(conntrack),
-                ..
-            }) = message.payload
-            {
-                events.extend(event(conntrack));
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
+            events.extend(parse_events(&bytes));
         }
         Ok(events)
     }
+}
+
+/// The destroy events in one datagram.
+fn parse_events(bytes: &[u8]) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(&bytes[offset..]) else {
+            break;
+        };
+        let length = message.header.length as usize;
+        if let NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::Conntrack(conntrack),
+            ..
+        }) = message.payload
+        {
+            events.extend(event(conntrack));
+        }
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    events
 }
 
 impl AsRawFd for Events {
