@@ -2,6 +2,7 @@
 //! established goes in by both of its directions, and out when conntrack ends it;
 //! and the offers the datapath makes of flows worth binding.
 use std::{
+    collections::HashSet,
     os::fd::{AsRawFd, RawFd},
     path::Path,
 };
@@ -30,6 +31,11 @@ pub struct FastTables {
     out: HashMap<MapData, FlowKey, FastFlow>,
     reply: HashMap<MapData, FlowKey, FastFlow>,
     traffic: PerCpuArray<MapData, u64>,
+    /// Both keys of every session bound (a superset: the datapath unbinds a
+    /// closing one itself): conntrack's end of a session never bound, most of
+    /// them, then costs no map lookup. Read from the table when first needed
+    /// (a daemon that did not stop cleanly leaves sessions bound).
+    bound: Option<HashSet<FlowKey>>,
 }
 
 impl FastTables {
@@ -38,6 +44,17 @@ impl FastTables {
             out: open_map(pin_path, map_names::FAST)?,
             reply: open_map(pin_path, map_names::FAST_REPLY)?,
             traffic: open_map(pin_path, map_names::FAST_TRAFFIC)?,
+            bound: None,
+        })
+    }
+
+    fn bound(&mut self) -> &mut HashSet<FlowKey> {
+        self.bound.get_or_insert_with(|| {
+            self.out
+                .iter()
+                .filter_map(Result::ok)
+                .flat_map(|(key, flow)| [key, flow.reply_key(&key)])
+                .collect()
         })
     }
 
@@ -78,6 +95,7 @@ impl FastTables {
         };
         // The uplink side first: by the time the LAN side is fast, its answers are
         // too.
+        self.bound().extend([lan_side, wan_side]);
         self.reply
             .insert(&wan_side, &reply, 0)
             .map_err(map_error(map_names::FAST_REPLY))?;
@@ -90,13 +108,20 @@ impl FastTables {
     /// original of an outbound session is its LAN side, of a port forward its
     /// uplink side); `false` when it was not bound.
     pub fn unbind(&mut self, direction: &FlowKey) -> Result<bool, DatapathError> {
+        if !self.bound().contains(direction) {
+            return Ok(false);
+        }
         let (lan_side, wan_side) = if let Ok(out) = self.out.get(direction, 0) {
             (*direction, out.reply_key(direction))
         } else if let Ok(reply) = self.reply.get(direction, 0) {
             (reply.lan_key(direction), *direction)
         } else {
+            self.bound().remove(direction);
             return Ok(false);
         };
+        let bound = self.bound();
+        bound.remove(&lan_side);
+        bound.remove(&wan_side);
         remove(&mut self.out, &lan_side, map_names::FAST)?;
         remove(&mut self.reply, &wan_side, map_names::FAST_REPLY)?;
         Ok(true)
