@@ -235,6 +235,21 @@ fn connections_section(md: &mut String, results: &Results) {
         super::connections::PARALLEL,
         verdict(ratio >= 0.95)
     );
+    if let Some(mwan3) = find(saturation::Variant::Mwan3) {
+        let ratio = fast.paired_ratio(mwan3);
+        let _ = writeln!(
+            md,
+            "| multiroute vs the mwan3 2.12 model | {ratio:.2}× | | |"
+        );
+    }
+    // What the fast path's conntrack subscription alone costs plain forwarding.
+    if let Some(listening) = find(saturation::Variant::DestroyListener) {
+        let ratio = listening.paired_ratio(base);
+        let _ = writeln!(
+            md,
+            "| plain forwarding with vs without a conntrack destroy listener | {ratio:.2}× | | |"
+        );
+    }
 }
 
 fn saturation_section(md: &mut String, results: &Results) {

@@ -28,6 +28,8 @@ use multiroute_tests::{CLIENT, Lab, LabOptions, SERVER, datapath::LoadedDatapath
 
 /// The flows: this client port to [`FLOWS`] server ports from [`FIRST_PORT`].
 const CLIENT_PORT: u16 = 10000;
+/// The service name of [`Variant::DestroyListener`]'s `conntrack -E`.
+const LISTENER: &str = "conntrack-destroy-listener";
 /// Frames the generator hands the kernel at a time.
 const BATCH: u32 = 64;
 
@@ -39,16 +41,18 @@ pub enum Variant {
     RulesOnly,
     Ecmp,
     Mwan3,
+    DestroyListener,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::Baseline,
         Variant::FastPath,
         Variant::SlowPath,
         Variant::RulesOnly,
         Variant::Ecmp,
         Variant::Mwan3,
+        Variant::DestroyListener,
     ];
 
     pub fn label(self) -> &'static str {
@@ -59,6 +63,7 @@ impl Variant {
             Variant::RulesOnly => "(multiroute's rules and tables only)",
             Variant::Ecmp => "kernel ECMP, L4 hash",
             Variant::Mwan3 => "mwan3 2.12 model (iptables-nft, ipset)",
+            Variant::DestroyListener => "(plain forwarding + a conntrack destroy listener)",
         }
     }
 }
@@ -130,6 +135,12 @@ pub(super) fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
         Variant::RulesOnly => forwarding::rules_only(lab)?,
         Variant::Ecmp => forwarding::ecmp(lab, true)?,
         Variant::Mwan3 => mwan3::set_up(lab)?,
+        // What the fast path's one subscription costs the kernel by itself.
+        Variant::DestroyListener => {
+            let router = lab.router();
+            lab.start_service(LISTENER, &router, "conntrack", &["-E", "-e", "DESTROY"])?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     Ok(())
 }
@@ -147,6 +158,7 @@ pub(super) fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
         Variant::RulesOnly => forwarding::unload(lab)?,
         Variant::Ecmp => forwarding::ecmp(lab, false)?,
         Variant::Mwan3 => mwan3::tear_down(lab)?,
+        Variant::DestroyListener => lab.stop_service(LISTENER, libc::SIGTERM)?,
     }
     // The flows' entries go with the router: the next variant answers them anew.
     lab.ns(&router, "conntrack", &["-F"])?;
