@@ -140,6 +140,11 @@ pub mod bench {
     pub const GEN_PROGRAM: &str = "multiroute_bench_gen";
     pub const DROP_PROGRAM: &str = "multiroute_bench_drop";
     pub const MAP: &str = "MR_BENCH";
+    /// The generator's frame headers (Ethernet, IPv4, UDP): written over every
+    /// frame before it is sent, since live frames are recycled with whatever the
+    /// router's rewrites (NAT, TTL, MACs) left in them.
+    pub const FRAME_MAP: &str = "MR_BENCH_FRAME";
+    pub const HEADERS: usize = PAYLOAD_OFFSET;
     /// Index in `MR_BENCH` of the sink's count.
     pub const DROPPED: u32 = 1;
     /// The generator's flows: destination ports `FIRST_PORT..FIRST_PORT + FLOWS`.

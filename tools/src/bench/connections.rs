@@ -153,7 +153,7 @@ fn process_cpu_s(pid: u32) -> f64 {
 fn connections_lab() -> Result<Lab> {
     let lab = Lab::new(&LabOptions {
         weights: vec![1, 1],
-        extra_config: String::new(),
+        extra_config: saturation::FLOOD_HEALTH.into(),
     })?;
     let steer: String = std::iter::once("lan0".to_owned())
         .chain((0..lab.isps).map(|n| format!("wan{n}")))

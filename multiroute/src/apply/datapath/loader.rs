@@ -193,8 +193,8 @@ impl Datapath {
     }
 
     /// A map of the object that is not pinned (the benchmark's), by name.
-    pub fn own_map(&self, name: &str) -> Option<&aya::maps::Map> {
-        self.ebpf.map(name)
+    pub fn own_map(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
     }
 
     /// The fast path's reply program, verified on first use.
