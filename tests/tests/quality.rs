@@ -58,6 +58,10 @@ fn random_loss_degrades_the_uplink_without_flapping_and_it_recovers() {
     lab.start_router().expect("starting multiroute");
     sleep(Duration::from_secs(5));
     assert_eq!(isp0(&lab)["state"], "up", "{}", isp0(&lab));
+    // Sessions on both uplinks from before the loss to after the recovery:
+    // degrading an uplink keeps its sessions where they are.
+    let sessions = lab.start_sessions(20, 10, 110.0, 1000).unwrap();
+    sleep(Duration::from_secs(2));
 
     lab.lose_upstream(0, 30).unwrap();
     let took = until_isp0(&lab, "degraded", Duration::from_secs(12));
@@ -104,6 +108,28 @@ fn random_loss_degrades_the_uplink_without_flapping_and_it_recovers() {
     );
     let total = isp0(&lab)["state_changes"].as_u64().unwrap_or(0);
     assert!(total >= 2, "up → degraded (→ …) → up: {total}");
+    let report = sessions.finish().unwrap();
+    let isp1 = Lab::uplink_address(1).to_string();
+    let on_isp1: Vec<_> = report
+        .all()
+        .filter(|s| s.addresses == [isp1.clone()])
+        .collect();
+    println!(
+        "sessions across up → degraded → up: {} moved, {} of {} on isp1 broken",
+        report.moved(),
+        on_isp1
+            .iter()
+            .filter(|s| s.error.is_some() || s.answered == 0)
+            .count(),
+        on_isp1.len()
+    );
+    assert_eq!(report.moved(), 0, "no session changes uplink: {report:?}");
+    assert!(!on_isp1.is_empty(), "{report:?}");
+    // isp0's own sessions cross 30 % loss (a TCP one may time out); isp1's none.
+    assert!(
+        on_isp1.iter().all(|s| s.error.is_none() && s.answered > 0),
+        "{on_isp1:?}"
+    );
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
