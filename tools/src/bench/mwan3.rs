@@ -186,8 +186,7 @@ pub fn set_up(lab: &Lab) -> Result<()> {
 /// Takes mwan3 away again: the plain router is left.
 pub fn tear_down(lab: &Lab) -> Result<()> {
     let router = lab.router();
-    lab.ns(&router, "iptables", &["-t", "mangle", "-F"])?;
-    lab.ns(&router, "iptables", &["-t", "mangle", "-X"])?;
+    // iptables-nft's mangle table, its chains and rules with it.
     lab.ns(&router, "nft", &["delete", "table", "ip", "mangle"])?;
     for set in SETS {
         lab.ns(&router, "ipset", &["destroy", &format!("mwan3_{set}_ipv4")])?;
