@@ -38,6 +38,13 @@ pub struct SessionsReport {
     pub udp: Vec<Session>,
 }
 
+impl Session {
+    /// A TCP session that broke, or any session that never got an answer.
+    pub fn broke(&self) -> bool {
+        self.error.is_some() || self.answered == 0
+    }
+}
+
 impl SessionsReport {
     pub fn all(&self) -> impl Iterator<Item = &Session> {
         self.tcp.iter().chain(&self.udp)
@@ -48,9 +55,7 @@ impl SessionsReport {
     }
     /// TCP sessions that broke, or any session that never got an answer.
     pub fn broken(&self) -> usize {
-        self.all()
-            .filter(|s| s.error.is_some() || s.answered == 0)
-            .count()
+        self.all().filter(|s| s.broke()).count()
     }
     /// UDP messages without an answer.
     pub fn udp_lost(&self) -> u64 {
