@@ -95,12 +95,14 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// counter).
 /// Layout 4: the fast path (`MR_FAST`, `MR_FAST_REPLY`, `MR_FAST_TRAFFIC`, two
 /// counters more).
-pub const MAP_LAYOUT: u32 = 4;
+/// Layout 5: the IPv6 fast path (`MR_FAST6`, `MR_FAST6_REPLY`; IPv6 flow keys
+/// in `MR_OFFERS` beside IPv4's, told apart by their length).
+pub const MAP_LAYOUT: u32 = 5;
 
 /// Older layouts a `load` upgrades in place, keeping the flow table: their maps
-/// are layout 4's but for the counters (more per family: recreated, they restart
-/// from zero) and the maps added since (created).
-pub const UPGRADABLE_LAYOUTS: [u32; 2] = [2, 3];
+/// are layout 5's but for the counters (fewer per family before layout 4:
+/// recreated, they restart from zero) and the maps added since (created).
+pub const UPGRADABLE_LAYOUTS: [u32; 3] = [2, 3, 4];
 
 /// Pin and map names, shared so userspace opens exactly what the program declares.
 pub mod map_names {
@@ -127,6 +129,8 @@ pub mod map_names {
     pub const FAST: &str = "MR_FAST";
     pub const FAST_REPLY: &str = "MR_FAST_REPLY";
     pub const FAST_TRAFFIC: &str = "MR_FAST_TRAFFIC";
+    pub const FAST6: &str = "MR_FAST6";
+    pub const FAST6_REPLY: &str = "MR_FAST6_REPLY";
     pub const OFFERS: &str = "MR_OFFERS";
 }
 
@@ -260,6 +264,14 @@ fn words_to_octets(words: [u32; 4]) -> [u8; 16] {
 
 /// What the datapath needs of a flow key of either family.
 pub trait FlowIdentity: Copy {
+    /// An address of the family, in wire order.
+    type Addr: Address;
+    /// The key of fields already in wire order.
+    fn wire(src: Self::Addr, src_port: u16, dst: Self::Addr, dst_port: u16, proto: u8) -> Self;
+    fn src(&self) -> Self::Addr;
+    fn dst(&self) -> Self::Addr;
+    /// Ports in wire order.
+    fn wire_ports(&self) -> (u16, u16);
     fn proto(&self) -> u8;
     /// Ports in host order (the ICMP echo identifier for ICMP).
     fn ports(&self) -> (u16, u16);
@@ -271,6 +283,23 @@ pub trait FlowIdentity: Copy {
 }
 
 impl FlowIdentity for FlowKey {
+    type Addr = u32;
+    #[inline(always)]
+    fn wire(src: u32, src_port: u16, dst: u32, dst_port: u16, proto: u8) -> Self {
+        FlowKey::wire(src, src_port, dst, dst_port, proto)
+    }
+    #[inline(always)]
+    fn src(&self) -> u32 {
+        self.src
+    }
+    #[inline(always)]
+    fn dst(&self) -> u32 {
+        self.dst
+    }
+    #[inline(always)]
+    fn wire_ports(&self) -> (u16, u16) {
+        (self.src_port, self.dst_port)
+    }
     #[inline(always)]
     fn proto(&self) -> u8 {
         self.proto
@@ -294,6 +323,30 @@ impl FlowIdentity for FlowKey {
 }
 
 impl FlowIdentity for FlowKey6 {
+    type Addr = [u32; 4];
+    #[inline(always)]
+    fn wire(src: [u32; 4], src_port: u16, dst: [u32; 4], dst_port: u16, proto: u8) -> Self {
+        FlowKey6 {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            pad: [0; 3],
+        }
+    }
+    #[inline(always)]
+    fn src(&self) -> [u32; 4] {
+        self.src
+    }
+    #[inline(always)]
+    fn dst(&self) -> [u32; 4] {
+        self.dst
+    }
+    #[inline(always)]
+    fn wire_ports(&self) -> (u16, u16) {
+        (self.src_port, self.dst_port)
+    }
     #[inline(always)]
     fn proto(&self) -> u8 {
         self.proto
@@ -381,6 +434,9 @@ pub struct Uplink {
 /// conntrack has established and userspace bound. An LRU: a session pushed out
 /// goes back to the slow path, which is always correct.
 pub const FAST_TABLE_SIZE: u32 = 65_536;
+/// The same for IPv6 (`MR_FAST6`, `MR_FAST6_REPLY`): fewer, as its flow table
+/// is smaller (see [`FLOW6_TABLE_SIZE`]); 16 384 entries of 88 bytes each way.
+pub const FAST6_TABLE_SIZE: u32 = 16_384;
 /// An unbound flow is offered to the fast path at its `OFFER_AFTER`th LAN
 /// packet, then at every power of two: a short connection (a request and its
 /// answer) never costs a binding, and one that keeps going is asked about again
@@ -395,17 +451,31 @@ pub const fn is_offered(packets: u64) -> bool {
     packets >= OFFER_AFTER && packets & (packets - 1) == 0
 }
 
+/// An address as a fast-path binding holds it (wire order), and the padding that
+/// keeps the binding's `packets` 8-aligned with no implicit hole.
+pub trait Address: Copy + Default + PartialEq + Eq + core::fmt::Debug + 'static {
+    type Pad: Copy + Default + PartialEq + Eq + core::fmt::Debug;
+}
+
+impl Address for u32 {
+    type Pad = u32;
+}
+
+impl Address for [u32; 4] {
+    type Pad = ();
+}
+
 /// An established session as the fast path forwards it, written by userspace from
-/// conntrack's entry: `MR_FAST` is keyed by the LAN side's flow key (as the
-/// classifier reads it), `MR_FAST_REPLY` by the reply's as it arrives on the
-/// uplink. The packet's source (outbound) or destination (replies) becomes
-/// `addr`:`port` — the NAT conntrack bound — and the next hop comes from route
-/// table `table` without the rule walk.
+/// conntrack's entry: `MR_FAST` (`MR_FAST6`) is keyed by the LAN side's flow key
+/// (as the classifier reads it), `MR_FAST_REPLY` (`MR_FAST6_REPLY`) by the
+/// reply's as it arrives on the uplink. The packet's source (outbound) or
+/// destination (replies) becomes `addr`:`port` — the NAT conntrack bound — and
+/// the next hop comes from route table `table` without the rule walk.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FastFlow {
+pub struct FastFlow<A: Address = u32> {
     /// Network byte order, as on the wire.
-    pub addr: u32,
+    pub addr: A,
     pub port: u16,
     /// The uplink slot (outbound: forwarded only while its flow uses it and it
     /// carries; replies: counted on it).
@@ -418,28 +488,39 @@ pub struct FastFlow {
     /// LAN side's packets are the replies, which follow the arrival uplink
     /// whatever the classifier hashed them to.
     pub inbound: u32,
-    pub pad: u32,
+    pub pad: A::Pad,
     pub packets: u64,
 }
 
-impl FastFlow {
+/// IPv6's binding (NAT66).
+pub type FastFlow6 = FastFlow<[u32; 4]>;
+
+impl<A: Address> FastFlow<A> {
     /// The other direction's key of a session one of whose directions is `key`,
     /// bound as `self` (`key` being the LAN side): from `key`'s destination to the
     /// address the binding rewrites to.
-    pub const fn reply_key(&self, key: &FlowKey) -> FlowKey {
-        FlowKey::wire(key.dst, key.dst_port, self.addr, self.port, key.proto)
+    #[inline(always)]
+    pub fn reply_key<K: FlowIdentity<Addr = A>>(&self, key: &K) -> K {
+        K::wire(
+            key.dst(),
+            key.wire_ports().1,
+            self.addr,
+            self.port,
+            key.proto(),
+        )
     }
 
     /// The LAN side's key of a session whose uplink side is `wan_side`, bound as
     /// `self` (the reply binding): from the LAN host to where the uplink side came
     /// from.
-    pub const fn lan_key(&self, wan_side: &FlowKey) -> FlowKey {
-        FlowKey::wire(
+    #[inline(always)]
+    pub fn lan_key<K: FlowIdentity<Addr = A>>(&self, wan_side: &K) -> K {
+        K::wire(
             self.addr,
             self.port,
-            wan_side.src,
-            wan_side.src_port,
-            wan_side.proto,
+            wan_side.src(),
+            wan_side.wire_ports().0,
+            wan_side.proto(),
         )
     }
 }
@@ -483,5 +564,7 @@ mod pod {
     unsafe impl aya::Pod for super::Uplink {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::SlotName {}
-    unsafe impl aya::Pod for super::FastFlow {}
+    // `Address` is implemented for `u32` and `[u32; 4]` only, with pads that
+    // leave no implicit padding.
+    unsafe impl<A: super::Address> aya::Pod for super::FastFlow<A> {}
 }

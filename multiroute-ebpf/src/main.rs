@@ -24,13 +24,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use fast::FastFamily;
 use maps::{
-    BALANCE, COUNTERS, FAST, FAST_REPLY, FAST_TRAFFIC, Family, OFFERS, RULES, RULESET, TRAFFIC,
-    UPLINKS, V4, V6,
+    BALANCE, COUNTERS, FAST_TRAFFIC, Family, OFFERS, RULES, RULESET, TRAFFIC, UPLINKS, V4, V6,
 };
 use multiroute_ebpf::{
-    Counter, DIRECT_UPLINK, Flow, FlowIdentity, FlowKey, MAX_RULE_UPLINKS, MAX_RULES,
-    PENDING_UPLINK, PolicyRule, Uplink, balance, chosen_by, is_offered, ring_slot,
+    Counter, DIRECT_UPLINK, Flow, FlowIdentity, MAX_RULE_UPLINKS, MAX_RULES, PENDING_UPLINK,
+    PolicyRule, Uplink, balance, chosen_by, is_offered, ring_slot,
 };
 use parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ethertype, flow_key, flow_key6};
 
@@ -42,7 +42,7 @@ pub fn multiroute(ctx: TcContext) -> i32 {
                 let hit = steer::<V4>(&ctx, &key);
                 if let Some((slot, flow)) = hit
                     && l3 == ETH_HLEN
-                    && let Some(verdict) = fast_out(&ctx, &key, slot, flow)
+                    && let Some(verdict) = fast_out::<V4>(&ctx, &key, slot, flow)
                 {
                     return verdict;
                 }
@@ -51,7 +51,13 @@ pub fn multiroute(ctx: TcContext) -> i32 {
         },
         Ok((ETH_P_IPV6, l3)) => match flow_key6(&ctx, l3) {
             Ok(key) => {
-                steer::<V6>(&ctx, &key);
+                let hit = steer::<V6>(&ctx, &key);
+                if let Some((slot, flow)) = hit
+                    && l3 == ETH_HLEN
+                    && let Some(verdict) = fast_out::<V6>(&ctx, &key, slot, flow)
+                {
+                    return verdict;
+                }
             }
             Err(reason) => count::<V6>(reason),
         },
@@ -66,15 +72,21 @@ pub fn multiroute(ctx: TcContext) -> i32 {
 /// when its session is bound to that uplink; an unbound flow that keeps going is
 /// offered to userspace for binding.
 #[inline(always)]
-fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32, known: *mut Flow) -> Option<i32> {
-    let Some(flow) = FAST.get_ptr_mut(key) else {
+fn fast_out<F: FastFamily>(
+    ctx: &TcContext,
+    key: &F::Key,
+    slot: u32,
+    known: *mut Flow,
+) -> Option<i32> {
+    let Some(flow) = F::fast().get_ptr_mut(key) else {
         // SAFETY: `known` points into the flow table's value for this key.
         unsafe {
-            if fast::opens_connection(ctx, key) {
+            if fast::opens_connection::<F>(ctx, key) {
                 // A new connection on a reused port counts its own packets.
                 (*known).packets = 1;
             } else if is_offered((*known).packets) {
                 // A full ring loses the offer; the flow is offered again later.
+                // Userspace tells the families' keys apart by their length.
                 let _ = OFFERS.output(key, 0);
             }
         }
@@ -85,15 +97,15 @@ fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32, known: *mut Flow) -> Opti
     // A port forward's replies leave through the uplink their connection arrived
     // on, while it carries; any other session only through its flow's uplink.
     let fits = if inbound {
-        UPLINKS.get(bound).is_some_and(V4::carries)
+        UPLINKS.get(bound).is_some_and(F::carries)
     } else {
         bound == slot
     };
     if !fits {
         return None;
     }
-    let verdict = fast::forward(ctx, key, flow, fast::Side::Outbound)?;
-    count::<V4>(Counter::FastOut);
+    let verdict = fast::forward::<F>(ctx, key, flow, fast::Side::Outbound)?;
+    count::<F>(Counter::FastOut);
     count_fast(bound);
     Some(verdict)
 }
@@ -102,17 +114,27 @@ fn fast_out(ctx: &TcContext, key: &FlowKey, slot: u32, known: *mut Flow) -> Opti
 /// session goes straight to its LAN host; everything else passes untouched.
 #[classifier]
 pub fn multiroute_reply(ctx: TcContext) -> i32 {
-    if let Ok((ETH_P_IP, ETH_HLEN)) = ethertype(&ctx)
-        && let Ok(key) = flow_key(&ctx, ETH_HLEN)
-        && let Some(flow) = FAST_REPLY.get_ptr_mut(&key)
-        && let Some(verdict) = fast::forward(&ctx, &key, flow, fast::Side::Reply)
-    {
-        count::<V4>(Counter::FastReply);
-        // SAFETY: the pointer comes from a successful lookup.
-        count_fast(u32::from(unsafe { (*flow).slot }));
-        return verdict;
-    }
-    TC_ACT_UNSPEC
+    let verdict = match ethertype(&ctx) {
+        Ok((ETH_P_IP, ETH_HLEN)) => flow_key(&ctx, ETH_HLEN)
+            .ok()
+            .and_then(|key| fast_reply::<V4>(&ctx, &key)),
+        Ok((ETH_P_IPV6, ETH_HLEN)) => flow_key6(&ctx, ETH_HLEN)
+            .ok()
+            .and_then(|key| fast_reply::<V6>(&ctx, &key)),
+        _ => None,
+    };
+    verdict.unwrap_or(TC_ACT_UNSPEC)
+}
+
+/// A reply of a bound session, forwarded to its LAN host.
+#[inline(always)]
+fn fast_reply<F: FastFamily>(ctx: &TcContext, key: &F::Key) -> Option<i32> {
+    let flow = F::fast_reply().get_ptr_mut(key)?;
+    let verdict = fast::forward::<F>(ctx, key, flow, fast::Side::Reply)?;
+    count::<F>(Counter::FastReply);
+    // SAFETY: the pointer comes from a successful lookup.
+    count_fast(u32::from(unsafe { (*flow).slot }));
+    Some(verdict)
 }
 
 /// An empty classifier: the floor `cargo xtask bench` measures the real one against

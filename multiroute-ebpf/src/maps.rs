@@ -9,10 +9,10 @@ use aya_ebpf::{
     },
 };
 use multiroute_ebpf::{
-    AFFINITY_TABLE_SIZE, COUNTER_COUNT, FAST_TABLE_SIZE, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE,
-    FastFlow, Flow, FlowIdentity, FlowKey, FlowKey6, MAX_DIRECT_PREFIXES, MAX_RULE_PREFIXES,
-    MAX_RULES, MAX_UPLINKS, OFFER_RING_BYTES, PolicyRule, RING_SIZE, RuleAddress, RuleAddress6,
-    RuleSet, SlotName, Traffic, Uplink, family,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, FAST_TABLE_SIZE, FAST6_TABLE_SIZE, FLOW_TABLE_SIZE,
+    FLOW6_TABLE_SIZE, FastFlow, FastFlow6, Flow, FlowIdentity, FlowKey, FlowKey6,
+    MAX_DIRECT_PREFIXES, MAX_RULE_PREFIXES, MAX_RULES, MAX_UPLINKS, OFFER_RING_BYTES, PolicyRule,
+    RING_SIZE, RuleAddress, RuleAddress6, RuleSet, SlotName, Traffic, Uplink, family,
 };
 
 #[map(name = "MR_FLOWS")]
@@ -101,6 +101,13 @@ pub(crate) static RING6: Array<u32> = Array::pinned(RING_SIZE, 0);
 #[map(name = "MR_AFFINITY6")]
 pub(crate) static AFFINITY6: LruHashMap<FlowKey6, u32> = LruHashMap::pinned(AFFINITY_TABLE_SIZE, 0);
 
+#[map(name = "MR_FAST6")]
+pub(crate) static FAST6: LruHashMap<FlowKey6, FastFlow6> = LruHashMap::pinned(FAST6_TABLE_SIZE, 0);
+
+#[map(name = "MR_FAST6_REPLY")]
+pub(crate) static FAST6_REPLY: LruHashMap<FlowKey6, FastFlow6> =
+    LruHashMap::pinned(FAST6_TABLE_SIZE, 0);
+
 #[map(name = "MR_RULE_SRC6")]
 pub(crate) static RULE_SRC6: LpmTrie<RuleAddress6, u64> = LpmTrie::pinned(MAX_RULE_PREFIXES, 0);
 
@@ -118,12 +125,18 @@ pub(crate) trait Family {
     fn flows() -> &'static LruHashMap<Self::Key, Flow>;
     fn affinity() -> &'static LruHashMap<Self::Key, u32>;
     fn ring() -> &'static Array<u32>;
+    /// The fast path's bindings by the LAN side's key, and by the replies'.
+    fn fast() -> &'static LruHashMap<Self::Key, Binding<Self>>;
+    fn fast_reply() -> &'static LruHashMap<Self::Key, Binding<Self>>;
     fn carries(uplink: &Uplink) -> bool;
     /// The rule bitmaps of the key's source and destination prefixes.
     fn rule_prefixes(key: &Self::Key) -> (u64, u64);
     /// The main table routes the key's destination specifically.
     fn direct(key: &Self::Key) -> bool;
 }
+
+/// A family's fast-path binding.
+pub(crate) type Binding<F> = FastFlow<<<F as Family>::Key as FlowIdentity>::Addr>;
 
 pub(crate) struct V4;
 pub(crate) struct V6;
@@ -142,6 +155,14 @@ impl Family for V4 {
     #[inline(always)]
     fn ring() -> &'static Array<u32> {
         &RING
+    }
+    #[inline(always)]
+    fn fast() -> &'static LruHashMap<FlowKey, FastFlow> {
+        &FAST
+    }
+    #[inline(always)]
+    fn fast_reply() -> &'static LruHashMap<FlowKey, FastFlow> {
+        &FAST_REPLY
     }
     #[inline(always)]
     fn carries(uplink: &Uplink) -> bool {
@@ -176,6 +197,14 @@ impl Family for V6 {
     #[inline(always)]
     fn ring() -> &'static Array<u32> {
         &RING6
+    }
+    #[inline(always)]
+    fn fast() -> &'static LruHashMap<FlowKey6, FastFlow6> {
+        &FAST6
+    }
+    #[inline(always)]
+    fn fast_reply() -> &'static LruHashMap<FlowKey6, FastFlow6> {
+        &FAST6_REPLY
     }
     #[inline(always)]
     fn carries(uplink: &Uplink) -> bool {

@@ -3,7 +3,7 @@
 //! sends its session back to the slow path).
 use std::time::Duration;
 
-use multiroute_tests::{Lab, LabOptions, SERVER, require_root, stdout, wait_until};
+use multiroute_tests::{Lab, LabOptions, SERVER, ipv6::SERVER6, require_root, stdout, wait_until};
 use serde_json::Value;
 
 const IPERF_PORT: u16 = 5201;
@@ -32,6 +32,16 @@ fn counter(status: &Value, name: &str) -> u64 {
     status["counters"][name].as_u64().unwrap_or(0)
 }
 
+/// The counters of `status --json` for the server's family.
+fn counter_of(server: &str, status: &Value, name: &str) -> u64 {
+    let family = if server.contains(':') {
+        "counters_ipv6"
+    } else {
+        "counters"
+    };
+    status[family][name].as_u64().unwrap_or(0)
+}
+
 /// Packets steered to every uplink (slow and fast path alike).
 fn steered(status: &Value) -> u64 {
     status["uplinks"]
@@ -43,8 +53,12 @@ fn steered(status: &Value) -> u64 {
 /// Runs iperf3 from the client for `seconds` (`udp`: at 20 Mbit/s); returns its
 /// JSON report.
 fn iperf(lab: &Lab, seconds: u32, udp: bool) -> Value {
+    iperf_to(lab, &SERVER.to_string(), seconds, udp)
+}
+
+fn iperf_to(lab: &Lab, server: &str, seconds: u32, udp: bool) -> Value {
     let (server, port, time) = (
-        SERVER.to_string(),
+        server.to_owned(),
         IPERF_PORT.to_string(),
         seconds.to_string(),
     );
@@ -65,17 +79,46 @@ fn a_bulk_transfer_takes_the_fast_path_both_ways() {
     }
     let mut lab = lab("");
     lab.start_router().expect("starting multiroute");
+    bulk_transfers(&lab, &SERVER.to_string(), "");
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+#[test]
+fn a_bulk_ipv6_transfer_takes_the_fast_path_both_ways_through_nat66() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    let blocks: String = (0..2).map(|n| Lab::dual_stack_block(n, 1)).collect();
+    lab.write_config_with(&blocks, "").unwrap();
+    let (inet, server) = (lab.inet(), SERVER6.to_string());
+    lab.start_in(
+        &inet,
+        "iperf3",
+        &["-s", "-B", &server, "-p", &IPERF_PORT.to_string()],
+    )
+    .expect("starting iperf3 -s on IPv6");
+    lab.start_router().expect("starting multiroute");
+    bulk_transfers(&lab, &server, "-f ipv6");
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+/// A TCP and a UDP transfer to `server`: at least 99 % of the LAN side's packets
+/// take the fast path, TCP's ACKs come back on it, and conntrack (`conntrack -L`
+/// with `family`) saw the close.
+fn bulk_transfers(lab: &Lab, server: &str, family: &str) {
     for udp in [false, true] {
         let before = lab.status().unwrap();
-        let report = iperf(&lab, 3, udp);
+        let report = iperf_to(lab, server, 3, udp);
         let after = lab.status().unwrap();
-        let out = counter(&after, "fast_out") - counter(&before, "fast_out");
-        let replies = counter(&after, "fast_reply") - counter(&before, "fast_reply");
+        let count = |name| counter_of(server, &after, name) - counter_of(server, &before, name);
+        let (out, replies) = (count("fast_out"), count("fast_reply"));
         let total = steered(&after) - steered(&before);
         let share = 100.0 * out as f64 / total.max(1) as f64;
         let kind = if udp { "UDP" } else { "TCP" };
         println!(
-            "{kind}: {out} of {total} LAN packets on the fast path ({share:.2}%), {replies} replies"
+            "{kind} to {server}: {out} of {total} LAN packets on the fast path ({share:.2}%), {replies} replies"
         );
         assert!(
             report["error"].is_null(),
@@ -90,10 +133,9 @@ fn a_bulk_transfer_takes_the_fast_path_both_ways() {
                 "TCP's ACKs come back on the fast path: {replies}"
             );
             // The close took the slow path: conntrack saw the FINs.
-            let tcp = stdout(
-                &lab.ns(&lab.router(), "conntrack", &["-L", "-p", "tcp"])
-                    .unwrap(),
-            );
+            let mut args = vec!["-L", "-p", "tcp"];
+            args.extend(family.split_whitespace());
+            let tcp = stdout(&lab.ns(&lab.router(), "conntrack", &args).unwrap());
             assert!(
                 tcp.lines()
                     .any(|l| l.contains("dport=5201") && l.contains("TIME_WAIT")),
@@ -101,7 +143,6 @@ fn a_bulk_transfer_takes_the_fast_path_both_ways() {
             );
         }
     }
-    lab.stop_and_unload().expect("stopping multiroute");
 }
 
 #[test]

@@ -1,22 +1,27 @@
 //! The fast path's rewrites through BPF_PROG_TEST_RUN, run inside a namespace that
 //! has the uplink's table, the LAN's route and their neighbours (the programs look
 //! next hops up in the namespace they run in). Each packet's output is parsed:
-//! addresses and ports rewritten to the NAT conntrack bound, the TTL one less,
-//! the checksums valid, the MACs of the next hop. Every slow-path case passes
-//! without a redirect.
-use std::{net::Ipv4Addr, os::fd::AsRawFd};
+//! addresses and ports rewritten to the NAT conntrack bound (masquerade, NAT66),
+//! the TTL or hop limit one less, the checksums valid, the MACs of the next hop.
+//! Every slow-path case passes without a redirect. Each case runs for IPv4 and
+//! IPv6.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+};
 
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use multiroute_ebpf::{Flow, FlowKey, IPPROTO_TCP, IPPROTO_UDP, RING_SIZE, Uplink};
+use etherparse::{IpHeaders, NetSlice, SlicedPacket, TransportSlice};
+use multiroute::apply::datapath::{
+    fast::{Bindable, FastTables, Route},
+    maps::flows::FlowTables,
+};
+use multiroute::netlink::conntrack::{Established, SessionKey};
+use multiroute_ebpf::{Flow, FlowKey, FlowKey6, IPPROTO_TCP, IPPROTO_UDP, RING_SIZE, Uplink};
 use multiroute_tests::{
     datapath::{LoadedDatapath, Program},
     require_root, run, test_name,
 };
 
-const LAN_HOST: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
-const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const UPLINK: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const GATEWAY_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
 const LAN_HOST_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
 const LAN_PORT: u16 = 40000;
@@ -25,9 +30,94 @@ const TABLE: u32 = 101;
 const TC_ACT_REDIRECT: i32 = 7;
 const TC_ACT_UNSPEC: i32 = -1;
 
-/// A namespace with a LAN (`lan0`, 100.64.0.1/24, the host's neighbour entry) and
-/// an uplink (`wan0`, 198.18.0.2/24, table 101's default via the gateway, whose
-/// neighbour entry is there too); removed on drop.
+/// The session's addresses in one family: the LAN host's, the server's, the
+/// uplink's (its NAT) and the uplink's gateway.
+struct Ends {
+    lan_host: IpAddr,
+    server: IpAddr,
+    uplink: IpAddr,
+    gateway: IpAddr,
+}
+
+/// What differs between the families here: the addresses, the key type, the
+/// tables.
+trait Family {
+    type Key: Bindable + Sync;
+    const ENDS: Ends;
+    const COUNTERS: u32;
+    fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> Self::Key;
+    fn flows(dp: &mut LoadedDatapath) -> &mut FlowTables<Self::Key>;
+    fn fast(dp: &mut LoadedDatapath) -> &mut FastTables<Self::Key>;
+}
+
+struct V4;
+struct V6;
+
+fn v4(ip: IpAddr) -> [u8; 4] {
+    match ip {
+        IpAddr::V4(ip) => ip.octets(),
+        IpAddr::V6(_) => panic!("{ip} is not IPv4"),
+    }
+}
+
+fn v6(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V6(ip) => ip.octets(),
+        IpAddr::V4(_) => panic!("{ip} is not IPv6"),
+    }
+}
+
+impl Family for V4 {
+    type Key = FlowKey;
+    const ENDS: Ends = Ends {
+        lan_host: IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)),
+        server: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10)),
+        uplink: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
+        gateway: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+    };
+    const COUNTERS: u32 = multiroute_ebpf::family::IPV4;
+    fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
+        FlowKey::new(v4(src), sport, v4(dst), dport, proto)
+    }
+    fn flows(dp: &mut LoadedDatapath) -> &mut FlowTables<FlowKey> {
+        &mut dp.maps.v4
+    }
+    fn fast(dp: &mut LoadedDatapath) -> &mut FastTables<FlowKey> {
+        &mut dp.maps.fast.v4
+    }
+}
+
+impl Family for V6 {
+    type Key = FlowKey6;
+    const ENDS: Ends = Ends {
+        lan_host: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 2)),
+        server: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10)),
+        uplink: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2)),
+        gateway: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 1)),
+    };
+    const COUNTERS: u32 = multiroute_ebpf::family::IPV6;
+    fn key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey6 {
+        use multiroute_ebpf::FlowIdentity as _;
+        FlowKey6::wire(
+            FlowKey6::words(v6(src)),
+            sport.to_be(),
+            FlowKey6::words(v6(dst)),
+            dport.to_be(),
+            proto,
+        )
+    }
+    fn flows(dp: &mut LoadedDatapath) -> &mut FlowTables<FlowKey6> {
+        &mut dp.maps.v6
+    }
+    fn fast(dp: &mut LoadedDatapath) -> &mut FastTables<FlowKey6> {
+        &mut dp.maps.fast.v6
+    }
+}
+
+/// A namespace with a LAN (`lan0`, 100.64.0.1/24 and fd00:64::1/64, the host's
+/// neighbour entries) and an uplink (`wan0`, 198.18.0.2/24 and
+/// 2001:db8:18::2/64, table 101's defaults via the gateway, whose neighbour
+/// entries are there too); removed on drop.
 struct Router {
     name: String,
 }
@@ -49,27 +139,27 @@ impl Router {
         }
         ip("addr add 100.64.0.1/24 dev lan0");
         ip("addr add 198.18.0.2/24 dev wan0");
-        ip(&format!(
-            "route add default via {GATEWAY} dev wan0 table {TABLE}"
-        ));
-        ip(&format!(
-            "neigh replace {GATEWAY} lladdr 02:00:00:00:01:01 dev wan0 nud permanent"
-        ));
-        ip(&format!(
-            "neigh replace {LAN_HOST} lladdr 02:00:00:00:02:02 dev lan0 nud permanent"
-        ));
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &router.name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )
-        .expect("forwarding on");
+        ip("addr add fd00:64::1/64 dev lan0 nodad");
+        ip("addr add 2001:db8:18::2/64 dev wan0 nodad");
+        for ends in [V4::ENDS, V6::ENDS] {
+            let (gateway, host) = (ends.gateway, ends.lan_host);
+            ip(&format!(
+                "route add default via {gateway} dev wan0 table {TABLE}"
+            ));
+            ip(&format!(
+                "neigh replace {gateway} lladdr 02:00:00:00:01:01 dev wan0 nud permanent"
+            ));
+            ip(&format!(
+                "neigh replace {host} lladdr 02:00:00:00:02:02 dev lan0 nud permanent"
+            ));
+        }
+        for forwarding in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            run(
+                "ip",
+                &["netns", "exec", &router.name, "sysctl", "-qw", forwarding],
+            )
+            .expect("forwarding on");
+        }
         router
     }
 
@@ -138,26 +228,23 @@ impl Drop for Router {
     }
 }
 
-fn key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
-    FlowKey::new(src.octets(), sport, dst.octets(), dport, proto)
-}
-
 /// Uplink slot 0 carries; the session of `proto` is known to the classifier on
 /// it and bound both ways, NATed to the uplink's address and `NAT_PORT`.
-fn bind(dp: &mut LoadedDatapath, proto: u8) {
-    let original = known(dp, proto);
-    let session = multiroute::netlink::conntrack::Established {
+fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) {
+    let original = known::<F>(dp, proto);
+    let e = F::ENDS;
+    let session = Established {
         original,
-        reply: key(SERVER, 443, UPLINK, NAT_PORT, proto),
-        nat_address: UPLINK,
+        reply: F::key(e.server, 443, e.uplink, NAT_PORT, proto),
+        nat_address: e.uplink,
         inbound: false,
     };
-    dp.maps.fast.bind(&session, ROUTE).unwrap();
+    F::fast(dp).bind(&session, ROUTE).unwrap();
 }
 
-/// Uplink slot 0 carries, and the classifier knows the LAN host's flow of
-/// `proto` on it (not bound); its key.
-fn known(dp: &mut LoadedDatapath, proto: u8) -> FlowKey {
+/// Uplink slot 0 carries (both families), and the classifier knows the LAN
+/// host's flow of `proto` on it (not bound); its key.
+fn known<F: Family>(dp: &mut LoadedDatapath, proto: u8) -> F::Key {
     dp.maps
         .set_uplink(
             0,
@@ -165,7 +252,7 @@ fn known(dp: &mut LoadedDatapath, proto: u8) -> FlowKey {
                 mark: 0x100,
                 mask: 0xff00,
                 carries: 1,
-                carries6: 0,
+                carries6: 1,
             },
         )
         .unwrap();
@@ -173,96 +260,197 @@ fn known(dp: &mut LoadedDatapath, proto: u8) -> FlowKey {
     dp.maps
         .write_rings(&multiroute::net::PerFamily::from_fn(|_| ring.clone()))
         .unwrap();
-    let original = key(LAN_HOST, LAN_PORT, SERVER, 443, proto);
-    dp.maps.v4.insert(&original, &Flow::default()).unwrap();
+    let e = F::ENDS;
+    let original = F::key(e.lan_host, LAN_PORT, e.server, 443, proto);
+    F::flows(dp).insert(&original, &Flow::default()).unwrap();
     original
 }
 
 /// Every binding's way: uplink slot 0 and its table, the LAN through main.
-const ROUTE: multiroute::apply::datapath::fast::Route = multiroute::apply::datapath::fast::Route {
+const ROUTE: Route = Route {
     slot: 0,
     uplink_table: TABLE,
     lan_table: 254,
 };
 
-/// A packet of the session, built field by field; `edit` changes the headers.
-fn packet(
+/// The network header of a packet from `src` to `dst` in their family.
+fn ip_header(proto: u8, src: IpAddr, dst: IpAddr) -> IpHeaders {
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => IpHeaders::Ipv4(
+            etherparse::Ipv4Header::new(0, 64, proto.into(), src.octets(), dst.octets())
+                .expect("an IPv4 header"),
+            Default::default(),
+        ),
+        _ => IpHeaders::Ipv6(
+            etherparse::Ipv6Header {
+                next_header: proto.into(),
+                hop_limit: 64,
+                source: v6(src),
+                destination: v6(dst),
+                ..Default::default()
+            },
+            Default::default(),
+        ),
+    }
+}
+
+/// Sets the TTL or hop limit.
+fn hops(ip: &mut IpHeaders, hops: u8) {
+    match ip {
+        IpHeaders::Ipv4(ip, _) => ip.time_to_live = hops,
+        IpHeaders::Ipv6(ip, _) => ip.hop_limit = hops,
+    }
+}
+
+/// Makes the packet a first fragment.
+fn first_fragment(ip: &mut IpHeaders) {
+    match ip {
+        IpHeaders::Ipv4(ip, _) => ip.more_fragments = true,
+        IpHeaders::Ipv6(ip, extensions) => {
+            extensions.fragment = Some(etherparse::Ipv6FragmentHeader::new(
+                ip.next_header,
+                etherparse::IpFragOffset::ZERO,
+                true,
+                7,
+            ));
+        }
+    }
+}
+
+/// A packet of the session in `F`'s family with 100 bytes of payload, built
+/// field by field; `edit` changes the headers.
+fn packet<F: Family>(
     proto: u8,
     outbound: bool,
-    edit: impl FnOnce(&mut etherparse::Ipv4Header, &mut etherparse::TcpHeader),
+    edit: impl FnOnce(&mut IpHeaders, &mut etherparse::TcpHeader),
 ) -> Vec<u8> {
+    packet_sized::<F>(proto, outbound, 100, edit)
+}
+
+fn packet_sized<F: Family>(
+    proto: u8,
+    outbound: bool,
+    payload: usize,
+    edit: impl FnOnce(&mut IpHeaders, &mut etherparse::TcpHeader),
+) -> Vec<u8> {
+    let e = F::ENDS;
     let (src, sport, dst, dport) = if outbound {
-        (LAN_HOST, LAN_PORT, SERVER, 443)
+        (e.lan_host, LAN_PORT, e.server, 443)
     } else {
-        (SERVER, 443, UPLINK, NAT_PORT)
+        (e.server, 443, e.uplink, NAT_PORT)
     };
-    let mut ip = etherparse::Ipv4Header::new(0, 64, proto.into(), src.octets(), dst.octets())
-        .expect("an IPv4 header");
+    let mut ip = ip_header(proto, src, dst);
     let mut tcp = etherparse::TcpHeader::new(sport, dport, 1000, 65535);
     tcp.ack = true;
     tcp.psh = true;
     tcp.acknowledgment_number = 2000;
     edit(&mut ip, &mut tcp);
-    let payload = [0x5a; 100];
+    let payload = vec![0x5a; payload];
     let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8]);
     let mut out = Vec::new();
     if proto == IPPROTO_TCP {
-        let b = builder
-            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
-            .tcp_header(tcp);
-        b.write(&mut out, &payload).unwrap();
+        builder
+            .ip(ip)
+            .tcp_header(tcp)
+            .write(&mut out, &payload)
+            .unwrap();
     } else {
-        let b = builder
-            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
-            .udp(sport, dport);
-        b.write(&mut out, &payload).unwrap();
+        builder
+            .ip(ip)
+            .udp(sport, dport)
+            .write(&mut out, &payload)
+            .unwrap();
     }
     out
 }
 
-/// Parses a rewritten frame: (destination MAC, source MAC, IP header, source and
-/// destination port), checking both checksums on the way.
-fn parse(frame: &[u8]) -> ([u8; 6], [u8; 6], etherparse::Ipv4Header, u16, u16) {
+/// A rewritten frame as parsed, its checksums checked on the way.
+struct Parsed {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    hops: u8,
+    ports: (u16, u16),
+}
+
+fn parse(frame: &[u8]) -> Parsed {
     let sliced = SlicedPacket::from_ethernet(frame).expect("a parsable frame");
     let Some(etherparse::LinkSlice::Ethernet2(eth)) = &sliced.link else {
         panic!("not Ethernet");
     };
-    let Some(NetSlice::Ipv4(ipv4)) = &sliced.net else {
-        panic!("not IPv4");
+    let (src, dst, hops): (IpAddr, IpAddr, u8) = match &sliced.net {
+        Some(NetSlice::Ipv4(ipv4)) => {
+            let header = ipv4.header().to_header();
+            assert_eq!(
+                header.header_checksum,
+                header.calc_header_checksum(),
+                "IP checksum"
+            );
+            (
+                header.source.into(),
+                header.destination.into(),
+                header.time_to_live,
+            )
+        }
+        Some(NetSlice::Ipv6(ipv6)) => {
+            let header = ipv6.header().to_header();
+            (
+                header.source.into(),
+                header.destination.into(),
+                header.hop_limit,
+            )
+        }
+        _ => panic!("not IP"),
     };
-    let header = ipv4.header().to_header();
-    assert_eq!(
-        header.header_checksum,
-        header.calc_header_checksum(),
-        "IP checksum"
-    );
-    let (sport, dport) = match &sliced.transport {
+    let ports = match &sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => {
-            let checksum = tcp
-                .to_header()
-                .calc_checksum_ipv4(&header, tcp.payload())
-                .expect("a TCP checksum");
-            assert_eq!(tcp.checksum(), checksum, "TCP checksum");
+            let header = tcp.to_header();
+            let checksum = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    header.calc_checksum_ipv4_raw(s.octets(), d.octets(), tcp.payload())
+                }
+                _ => header.calc_checksum_ipv6_raw(v6(src), v6(dst), tcp.payload()),
+            };
+            assert_eq!(
+                tcp.checksum(),
+                checksum.expect("a checksum"),
+                "TCP checksum"
+            );
             (tcp.source_port(), tcp.destination_port())
         }
         Some(TransportSlice::Udp(udp)) => {
-            let checksum = udp
-                .to_header()
-                .calc_checksum_ipv4(&header, udp.payload())
-                .expect("a UDP checksum");
-            assert_eq!(udp.checksum(), checksum, "UDP checksum");
+            let header = udp.to_header();
+            let checksum = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    header.calc_checksum_ipv4_raw(s.octets(), d.octets(), udp.payload())
+                }
+                _ => header.calc_checksum_ipv6_raw(v6(src), v6(dst), udp.payload()),
+            };
+            assert_eq!(
+                udp.checksum(),
+                checksum.expect("a checksum"),
+                "UDP checksum"
+            );
             (udp.source_port(), udp.destination_port())
         }
         _ => panic!("not TCP or UDP"),
     };
-    (eth.destination(), eth.source(), header, sport, dport)
+    Parsed {
+        dmac: eth.destination(),
+        smac: eth.source(),
+        src,
+        dst,
+        hops,
+        ports,
+    }
 }
 
-/// The fast path's two counters: (outbound, replies).
-fn fast_counters(dp: &LoadedDatapath) -> (u64, u64) {
+/// The fast path's two counters of `F`'s family: (outbound, replies).
+fn fast_counters<F: Family>(dp: &LoadedDatapath) -> (u64, u64) {
     let counters: std::collections::HashMap<_, _> = dp
         .maps
-        .counters(multiroute_ebpf::family::IPV4)
+        .counters(F::COUNTERS)
         .expect("reading the counters")
         .into_iter()
         .collect();
@@ -279,47 +467,54 @@ fn fast_path_rewrites_both_ways_and_leaves_the_unusual_to_the_slow_path() {
         return;
     }
     let router = Router::new(test_name!());
+    rewrites_both_ways::<V4>(&router, "v4");
+    rewrites_both_ways::<V6>(&router, "v6");
+}
+
+fn rewrites_both_ways<F: Family>(router: &Router, family: &str) {
     let (lan0, wan0) = (router.ifindex("lan0"), router.ifindex("wan0"));
     let (lan_mac, wan_mac) = (router.mac("lan0"), router.mac("wan0"));
+    let e = F::ENDS;
     for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-        let mut dp = LoadedDatapath::load(&format!("{}-{proto}", test_name!())).unwrap();
-        bind(&mut dp, proto);
+        let what = format!("{family} proto {proto}");
+        let mut dp = LoadedDatapath::load(&format!("{}-{family}-{proto}", test_name!())).unwrap();
+        bind::<F>(&mut dp, proto);
         router.inside(|| {
             // Outbound: the source becomes the NAT, out of wan0 to the gateway.
-            let (verdict, out) = dp
-                .run_on(Program::Classifier, &packet(proto, true, |_, _| {}), lan0)
-                .unwrap();
+            let frame = packet::<F>(proto, true, |_, _| {});
+            let (verdict, out) = dp.run_on(Program::Classifier, &frame, lan0).unwrap();
             assert_eq!(
                 verdict.return_code, TC_ACT_REDIRECT,
-                "proto {proto}: outbound redirected"
+                "{what}: outbound redirected"
             );
-            let (dmac, smac, ip, sport, dport) = parse(&out);
+            let out = parse(&out);
             assert_eq!(
-                (dmac, smac),
+                (out.dmac, out.smac),
                 (GATEWAY_MAC, wan_mac),
-                "the gateway's MAC, from wan0's"
+                "{what}: the gateway's MAC, from wan0's"
             );
-            assert_eq!(Ipv4Addr::from(ip.source), UPLINK);
-            assert_eq!(Ipv4Addr::from(ip.destination), SERVER);
-            assert_eq!((sport, dport), (NAT_PORT, 443));
-            assert_eq!(ip.time_to_live, 63);
+            assert_eq!((out.src, out.dst), (e.uplink, e.server), "{what}");
+            assert_eq!(out.ports, (NAT_PORT, 443), "{what}");
+            assert_eq!(out.hops, 63, "{what}");
             // Replies: the destination becomes the LAN host, out of lan0 to it.
-            let (verdict, out) = dp
-                .run_on(Program::Reply, &packet(proto, false, |_, _| {}), wan0)
-                .unwrap();
+            let frame = packet::<F>(proto, false, |_, _| {});
+            let (verdict, out) = dp.run_on(Program::Reply, &frame, wan0).unwrap();
             assert_eq!(
                 verdict.return_code, TC_ACT_REDIRECT,
-                "proto {proto}: reply redirected"
+                "{what}: reply redirected"
             );
-            let (dmac, smac, ip, sport, dport) = parse(&out);
-            assert_eq!((dmac, smac), (LAN_HOST_MAC, lan_mac));
-            assert_eq!(Ipv4Addr::from(ip.source), SERVER);
-            assert_eq!(Ipv4Addr::from(ip.destination), LAN_HOST);
-            assert_eq!((sport, dport), (443, LAN_PORT));
-            assert_eq!(ip.time_to_live, 63);
+            let out = parse(&out);
+            assert_eq!((out.dmac, out.smac), (LAN_HOST_MAC, lan_mac), "{what}");
+            assert_eq!((out.src, out.dst), (e.server, e.lan_host), "{what}");
+            assert_eq!(out.ports, (443, LAN_PORT), "{what}");
+            assert_eq!(out.hops, 63, "{what}");
         });
-        assert_eq!(fast_counters(&dp), (1, 1), "one each way");
-        assert_eq!(dp.maps.fast.packets(0).unwrap(), 2, "counted on the uplink");
+        assert_eq!(fast_counters::<F>(&dp), (1, 1), "{what}: one each way");
+        assert_eq!(
+            dp.maps.fast.packets(0).unwrap(),
+            2,
+            "{what}: counted on the uplink"
+        );
     }
 }
 
@@ -329,70 +524,109 @@ fn unusual_packets_of_a_bound_session_take_the_slow_path() {
         return;
     }
     let router = Router::new(test_name!());
+    unusual_packets::<V4>(&router, "v4");
+    unusual_packets::<V6>(&router, "v6");
+}
+
+fn unusual_packets<F: Family>(router: &Router, family: &str) {
     let (lan0, router_wan0) = (router.ifindex("lan0"), router.ifindex("wan0"));
-    let mut dp = LoadedDatapath::load(test_name!()).unwrap();
-    let fragment = |ip: &mut etherparse::Ipv4Header, _: &mut etherparse::TcpHeader| {
-        ip.more_fragments = true;
-    };
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("SYN", packet(IPPROTO_TCP, true, |_, tcp| tcp.syn = true)),
-        ("FIN", packet(IPPROTO_TCP, true, |_, tcp| tcp.fin = true)),
-        ("RST", packet(IPPROTO_TCP, true, |_, tcp| tcp.rst = true)),
+    let mut dp = LoadedDatapath::load(&format!("{}-{family}", test_name!())).unwrap();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
         (
-            "TTL 1",
-            packet(IPPROTO_TCP, true, |ip, _| ip.time_to_live = 1),
+            "SYN",
+            packet::<F>(IPPROTO_TCP, true, |_, tcp| tcp.syn = true),
         ),
-        ("a first fragment", packet(IPPROTO_TCP, true, fragment)),
         (
-            "IP options",
-            packet(IPPROTO_TCP, true, |ip, _| {
-                ip.options = [1, 1, 1, 0].as_slice().try_into().expect("options");
-            }),
+            "FIN",
+            packet::<F>(IPPROTO_TCP, true, |_, tcp| tcp.fin = true),
+        ),
+        (
+            "RST",
+            packet::<F>(IPPROTO_TCP, true, |_, tcp| tcp.rst = true),
+        ),
+        (
+            "one hop left",
+            packet::<F>(IPPROTO_TCP, true, |ip, _| hops(ip, 1)),
+        ),
+        (
+            "a first fragment",
+            packet::<F>(IPPROTO_TCP, true, |ip, _| first_fragment(ip)),
         ),
         (
             "another session",
-            packet(IPPROTO_TCP, true, |_, tcp| tcp.source_port = LAN_PORT + 1),
+            packet::<F>(IPPROTO_TCP, true, |_, tcp| tcp.source_port = LAN_PORT + 1),
         ),
     ];
+    cases.push(match F::COUNTERS {
+        multiroute_ebpf::family::IPV4 => (
+            "IP options",
+            packet::<F>(IPPROTO_TCP, true, |ip, _| {
+                if let IpHeaders::Ipv4(ip, _) = ip {
+                    ip.options = [1, 1, 1, 0].as_slice().try_into().expect("options");
+                }
+            }),
+        ),
+        _ => (
+            "an extension header",
+            packet::<F>(IPPROTO_TCP, true, |ip, _| {
+                if let IpHeaders::Ipv6(_, extensions) = ip {
+                    extensions.destination_options = Some(
+                        etherparse::Ipv6RawExtHeader::new_raw(IPPROTO_TCP.into(), &[0; 6])
+                            .expect("an extension header"),
+                    );
+                }
+            }),
+        ),
+    });
+    let e = F::ENDS;
     router.inside(|| {
-        let original = key(LAN_HOST, LAN_PORT, SERVER, 443, IPPROTO_TCP);
+        let original = F::key(e.lan_host, LAN_PORT, e.server, 443, IPPROTO_TCP);
         for (what, frame) in &cases {
             // Bound afresh for each case: a FIN or RST unbinds it.
-            bind(&mut dp, IPPROTO_TCP);
+            bind::<F>(&mut dp, IPPROTO_TCP);
             let (verdict, out) = dp.run_on(Program::Classifier, frame, lan0).unwrap();
-            assert_eq!(verdict.return_code, TC_ACT_UNSPEC, "{what}: the slow path");
-            assert_eq!(&out, frame, "{what}: not rewritten");
+            assert_eq!(
+                verdict.return_code, TC_ACT_UNSPEC,
+                "{family} {what}: the slow path"
+            );
+            assert_eq!(&out, frame, "{family} {what}: not rewritten");
             let closes = matches!(*what, "FIN" | "RST");
             assert_eq!(
-                dp.maps.fast.is_bound(&original),
+                F::fast(&mut dp).is_bound(&original),
                 !closes,
-                "{what}: a close ends the fast path, nothing else does"
+                "{family} {what}: a close ends the fast path, nothing else does"
             );
         }
         // The reply side's FIN ends it too, both ways.
-        bind(&mut dp, IPPROTO_TCP);
-        let reply_fin = packet(IPPROTO_TCP, false, |_, tcp| tcp.fin = true);
+        bind::<F>(&mut dp, IPPROTO_TCP);
+        let reply_fin = packet::<F>(IPPROTO_TCP, false, |_, tcp| tcp.fin = true);
         let (verdict, _) = dp.run_on(Program::Reply, &reply_fin, router_wan0).unwrap();
         assert_eq!(
             verdict.return_code, TC_ACT_UNSPEC,
-            "a reply's FIN: the slow path"
+            "{family}: a reply's FIN: the slow path"
         );
         assert!(
-            !dp.maps.fast.is_bound(&original),
-            "a reply's FIN unbinds both ways"
+            !F::fast(&mut dp).is_bound(&original),
+            "{family}: a reply's FIN unbinds both ways"
         );
-        bind(&mut dp, IPPROTO_TCP);
-        // Larger than wan0's MTU: the kernel must send "fragmentation needed".
-        run("ip", &["link", "set", "wan0", "mtu", "120"]).unwrap();
-        let frame = packet(IPPROTO_TCP, true, |_, _| {});
-        let (verdict, out) = dp.run_on(Program::Classifier, &frame, lan0).unwrap();
+        bind::<F>(&mut dp, IPPROTO_TCP);
+        // Larger than wan0's MTU: the kernel must send "fragmentation needed"
+        // (IPv6's minimum MTU is 1280: the frame grows past it instead).
+        run("ip", &["link", "set", "wan0", "mtu", "1280"]).unwrap();
+        let big = packet_sized::<F>(IPPROTO_TCP, true, 1300, |_, _| {});
+        let (verdict, out) = dp.run_on(Program::Classifier, &big, lan0).unwrap();
         assert_eq!(
             verdict.return_code, TC_ACT_UNSPEC,
-            "over the MTU: the slow path"
+            "{family}: over the MTU: the slow path"
         );
-        assert_eq!(out, frame);
+        assert_eq!(out, big);
+        run("ip", &["link", "set", "wan0", "mtu", "1500"]).unwrap();
     });
-    assert_eq!(fast_counters(&dp).0, 0, "none took the fast path");
+    assert_eq!(
+        fast_counters::<F>(&dp).0,
+        0,
+        "{family}: none took the fast path"
+    );
 }
 
 #[test]
@@ -404,22 +638,23 @@ fn a_port_forward_takes_the_fast_path_both_ways() {
     let (lan0, wan0) = (router.ifindex("lan0"), router.ifindex("wan0"));
     let wan_mac = router.mac("wan0");
     let mut dp = LoadedDatapath::load(test_name!()).unwrap();
-    bind(&mut dp, IPPROTO_TCP);
+    bind::<V4>(&mut dp, IPPROTO_TCP);
     // A connection from the server to the uplink's port 8080, forwarded to the LAN
     // host's port 80: conntrack's original is the arrival, its reply the LAN's.
     let (external, internal, remote) = (8080, 80, 5555);
-    let forward = multiroute::netlink::conntrack::Established {
-        original: key(SERVER, remote, UPLINK, external, IPPROTO_TCP),
-        reply: key(LAN_HOST, internal, SERVER, remote, IPPROTO_TCP),
-        nat_address: UPLINK,
+    let e = V4::ENDS;
+    let forward = Established {
+        original: V4::key(e.server, remote, e.uplink, external, IPPROTO_TCP),
+        reply: V4::key(e.lan_host, internal, e.server, remote, IPPROTO_TCP),
+        nat_address: e.uplink,
         inbound: true,
     };
-    dp.maps.fast.bind(&forward, ROUTE).unwrap();
+    dp.maps.fast.v4.bind(&forward, ROUTE).unwrap();
     // The LAN side's flow is known to the classifier, hashed wherever.
     dp.maps.v4.insert(&forward.reply, &Flow::default()).unwrap();
-    let frame = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16| {
+    let frame = |src: IpAddr, sport: u16, dst: IpAddr, dport: u16| {
         let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
-            .ipv4(src.octets(), dst.octets(), 64)
+            .ipv4(v4(src), v4(dst), 64)
             .tcp(sport, dport, 1000, 65535)
             .ack(2000);
         let mut out = Vec::new();
@@ -428,27 +663,27 @@ fn a_port_forward_takes_the_fast_path_both_ways() {
     };
     router.inside(|| {
         // Arriving on the uplink: to the LAN host's port.
-        let arriving = frame(SERVER, remote, UPLINK, external);
+        let arriving = frame(e.server, remote, e.uplink, external);
         let (verdict, out) = dp.run_on(Program::Reply, &arriving, wan0).unwrap();
         assert_eq!(verdict.return_code, TC_ACT_REDIRECT, "arrival redirected");
-        let (dmac, _, ip, sport, dport) = parse(&out);
-        assert_eq!(dmac, LAN_HOST_MAC);
-        assert_eq!(Ipv4Addr::from(ip.destination), LAN_HOST);
-        assert_eq!((sport, dport), (remote, internal));
+        let out = parse(&out);
+        assert_eq!(out.dmac, LAN_HOST_MAC);
+        assert_eq!(out.dst, e.lan_host);
+        assert_eq!(out.ports, (remote, internal));
         // The LAN host's answer: from the uplink's address and the external port,
         // out of the uplink it arrived on.
-        let answer = frame(LAN_HOST, internal, SERVER, remote);
+        let answer = frame(e.lan_host, internal, e.server, remote);
         let (verdict, out) = dp.run_on(Program::Classifier, &answer, lan0).unwrap();
         assert_eq!(verdict.return_code, TC_ACT_REDIRECT, "answer redirected");
-        let (dmac, smac, ip, sport, dport) = parse(&out);
-        assert_eq!((dmac, smac), (GATEWAY_MAC, wan_mac));
-        assert_eq!(Ipv4Addr::from(ip.source), UPLINK);
-        assert_eq!((sport, dport), (external, remote));
+        let out = parse(&out);
+        assert_eq!((out.dmac, out.smac), (GATEWAY_MAC, wan_mac));
+        assert_eq!(out.src, e.uplink);
+        assert_eq!(out.ports, (external, remote));
     });
-    assert_eq!(fast_counters(&dp), (1, 1), "one each way");
+    assert_eq!(fast_counters::<V4>(&dp), (1, 1), "one each way");
     // Ended by conntrack (named by its original direction): both ways unbound.
-    assert!(dp.maps.fast.unbind(&forward.original).unwrap());
-    assert!(!dp.maps.fast.is_bound(&forward.reply));
+    assert!(dp.maps.fast.v4.unbind(&forward.original).unwrap());
+    assert!(!dp.maps.fast.v4.is_bound(&forward.reply));
 }
 
 #[test]
@@ -457,12 +692,17 @@ fn an_unbound_flow_that_keeps_going_is_offered_for_binding() {
         return;
     }
     let router = Router::new(test_name!());
+    offered::<V4>(&router, "v4", SessionKey::V4);
+    offered::<V6>(&router, "v6", SessionKey::V6);
+}
+
+fn offered<F: Family>(router: &Router, family: &str, named: fn(F::Key) -> SessionKey) {
     let lan0 = router.ifindex("lan0");
-    let mut dp = LoadedDatapath::load(test_name!()).unwrap();
-    let original = known(&mut dp, IPPROTO_TCP);
+    let mut dp = LoadedDatapath::load(&format!("{}-{family}", test_name!())).unwrap();
+    let original = known::<F>(&mut dp, IPPROTO_TCP);
     let mut offers = multiroute::apply::datapath::fast::Offers::open(&dp.pin_path()).unwrap();
-    let data = packet(IPPROTO_TCP, true, |_, _| {});
-    let syn = packet(IPPROTO_TCP, true, |_, tcp| {
+    let data = packet::<F>(IPPROTO_TCP, true, |_, _| {});
+    let syn = packet::<F>(IPPROTO_TCP, true, |_, tcp| {
         tcp.syn = true;
         tcp.ack = false;
     });
@@ -477,11 +717,11 @@ fn an_unbound_flow_that_keeps_going_is_offered_for_binding() {
             let (verdict, _) = dp.run_on(Program::Classifier, frame, lan0).unwrap();
             assert_ne!(
                 verdict.return_code, TC_ACT_REDIRECT,
-                "unbound: the slow path"
+                "{family} unbound: the slow path"
             );
             let offered = offers.take();
             if !offered.is_empty() {
-                assert_eq!(offered, [original], "the LAN side's key");
+                assert_eq!(offered, [named(original)], "{family}: the LAN side's key");
                 offered_at.push(n);
             }
         }
@@ -491,6 +731,6 @@ fn an_unbound_flow_that_keeps_going_is_offered_for_binding() {
     assert_eq!(
         offered_at,
         [8, 16, 32, 48],
-        "the 8th packet, then powers of two; the new connection's 8th"
+        "{family}: the 8th packet, then powers of two; the new connection's 8th"
     );
 }

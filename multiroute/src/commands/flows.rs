@@ -175,7 +175,7 @@ fn rows(config: &Config, maps: &Maps) -> anyhow::Result<Vec<FlowRow>> {
     };
     let ipv4 = maps.v4.all().into_iter().map(|(key, flow)| {
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
-        let fast = maps.fast.session_packets(&key).unwrap_or(0);
+        let fast = maps.fast.v4.session_packets(&key).unwrap_or(0);
         row(
             src,
             dst,
@@ -189,7 +189,8 @@ fn rows(config: &Config, maps: &Maps) -> anyhow::Result<Vec<FlowRow>> {
     let ipv6 = maps.v6.all().into_iter().map(|(key, flow)| {
         let (src, dst) = (key.src_octets().into(), key.dst_octets().into());
         let ports = multiroute_ebpf::FlowIdentity::ports(&key);
-        row(src, dst, key.proto, ports, inbound6.get(&key), &flow, 0)
+        let fast = maps.fast.v6.session_packets(&key).unwrap_or(0);
+        row(src, dst, key.proto, ports, inbound6.get(&key), &flow, fast)
     });
     Ok(ipv4.chain(ipv6).collect())
 }

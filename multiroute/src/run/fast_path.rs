@@ -11,8 +11,8 @@
 //! still has them all, so none breaks) — nothing would follow conntrack without
 //! it. The next `load` binds them again.
 use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
     os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{
@@ -23,17 +23,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use multiroute_ebpf::{FlowKey, IPPROTO_TCP};
+use multiroute_ebpf::{FlowKey, FlowKey6, IPPROTO_TCP};
 use tracing::{debug, info, warn};
 
 use crate::{
     apply::datapath::{
         Maps,
-        fast::{FastTables, Offers, Route},
+        fast::{Bindable, FastPathMaps, Offers, Route},
         monotonic_seconds,
     },
     net::Family,
-    netlink::conntrack::{self, Direction, Established, Event, Events, Updates},
+    netlink::conntrack::{self, Direction, Established, Events, SessionKey, Updates},
     observe::host::read_sysctl_u32,
     plan::{MAIN_TABLE, Plan},
 };
@@ -45,8 +45,9 @@ const WAIT: Duration = Duration::from_millis(500);
 /// third of the shortest timeout such a session has (UDP's), within these bounds.
 const REFRESH_BOUNDS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
 
-/// The uplinks' IPv4 addresses that carry, and where their sessions go.
-type Routes = BTreeMap<Ipv4Addr, Route>;
+/// The uplinks' addresses (of each family that carries), and where their
+/// sessions go.
+type Routes = BTreeMap<IpAddr, Route>;
 
 pub struct FastPath {
     routes: Arc<Mutex<Routes>>,
@@ -92,21 +93,22 @@ impl Drop for FastPath {
 }
 
 fn routes(plan: &Plan) -> Routes {
-    plan.uplinks
-        .iter()
-        .filter(|u| u.carries(Family::V4))
-        .filter_map(|u| {
-            let std::net::IpAddr::V4(address) = u.address(Family::V4)? else {
-                return None;
-            };
-            let route = Route {
-                slot: u.slot as u16,
-                uplink_table: u.table,
-                lan_table: MAIN_TABLE,
-            };
-            Some((address, route))
-        })
-        .collect()
+    let mut routes = Routes::new();
+    for u in &plan.uplinks {
+        let route = Route {
+            slot: u.slot as u16,
+            uplink_table: u.table,
+            lan_table: MAIN_TABLE,
+        };
+        for family in [Family::V4, Family::V6] {
+            if u.carries(family)
+                && let Some(address) = u.address(family)
+            {
+                routes.insert(address, route);
+            }
+        }
+    }
+    routes
 }
 
 /// Why the fast path cannot follow conntrack on this host, if it cannot: without
@@ -143,19 +145,22 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
     let mut refreshed = (Instant::now(), monotonic_seconds());
     while !stop.load(Ordering::Relaxed) {
         if !synced {
-            synced = follower.resync();
+            synced = follower.resync::<FlowKey>() & follower.resync::<FlowKey6>();
         }
         let (ended, offered) = readable(&events, &offers);
         if offered {
             for key in offers.take() {
-                follower.offered(&key);
+                match key {
+                    SessionKey::V4(key) => follower.offered(&key),
+                    SessionKey::V6(key) => follower.offered(&key),
+                }
             }
         }
         if ended {
             match events.read() {
-                Ok(events) => {
-                    for event in events {
-                        follower.apply(event);
+                Ok(ends) => {
+                    for key in ends {
+                        follower.ended(key);
                     }
                 }
                 // Events were lost: start over from what conntrack holds.
@@ -167,7 +172,8 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
             }
         }
         if refreshed.0.elapsed() >= follower.timeouts.refresh_every {
-            follower.refresh_carried(refreshed.1);
+            follower.refresh_carried::<FlowKey>(refreshed.1);
+            follower.refresh_carried::<FlowKey6>(refreshed.1);
             refreshed = (Instant::now(), monotonic_seconds());
             // A changed sysctl counts from the next round on.
             follower.timeouts = Timeouts::read();
@@ -202,84 +208,98 @@ fn readable(events: &Events, offers: &Offers) -> (bool, bool) {
 /// The thread's state: the tables it writes, the uplinks sessions may be bound
 /// to, its socket for conntrack updates, and conntrack's timeouts.
 struct Follower<'a> {
-    tables: FastTables,
+    tables: FastPathMaps,
     routes: &'a Mutex<Routes>,
     updates: Updates,
     timeouts: Timeouts,
 }
 
 impl Follower<'_> {
-    fn route_of(&self, session: &Established) -> Option<Route> {
+    fn route_of<K>(&self, session: &Established<K>) -> Option<Route> {
         self.routes.lock().ok()?.get(&session.nat_address).copied()
     }
 
-    /// Binds what conntrack holds established now and unbinds the rest; `false`
-    /// when conntrack could not be read (tried again on the next round).
-    fn resync(&mut self) -> bool {
-        let sessions = match conntrack::established() {
+    /// Binds what conntrack holds established of `K`'s family now and unbinds
+    /// the rest; `false` when conntrack could not be read (tried again on the
+    /// next round).
+    fn resync<K: Bindable>(&mut self) -> bool {
+        let sessions = match conntrack::established::<K>() {
             Ok(sessions) => sessions,
             Err(err) => {
                 warn!("reading conntrack for the fast path: {err}");
                 return false;
             }
         };
-        let live: std::collections::HashSet<_> = sessions.iter().map(|s| s.lan_side()).collect();
-        for (key, ..) in self.tables.sessions() {
+        let live: HashSet<K> = sessions.iter().map(Established::lan_side).collect();
+        let tables = K::tables(&mut self.tables);
+        for (key, ..) in tables.sessions() {
             if !live.contains(&key) {
-                let _ = self.tables.unbind(&key);
+                let _ = tables.unbind(&key);
             }
         }
         for session in sessions {
-            self.apply(Event::Established(session));
+            self.established(&session);
         }
         true
     }
 
     /// Binds the session of a flow the datapath offered, if conntrack holds it
     /// established on an uplink that carries.
-    fn offered(&mut self, lan_side: &FlowKey) {
-        if self.tables.is_bound(lan_side) {
+    fn offered<K: Bindable>(&mut self, lan_side: &K) {
+        if K::tables(&mut self.tables).is_bound(lan_side) {
             return;
         }
         match self.updates.established(lan_side) {
-            Ok(Some(session)) => self.apply(Event::Established(session)),
+            Ok(Some(session)) => self.established(&session),
             Ok(None) => {}
             Err(err) => debug!("looking up an offered flow in conntrack: {err}"),
         }
     }
 
-    fn apply(&mut self, event: Event) {
-        let result = match event {
-            Event::Established(session) => match self.route_of(&session) {
-                Some(route) => self.bind(&session, route),
-                // Not (or no longer) an uplink that carries: the slow path decides.
-                None => self.tables.unbind(&session.original).map(drop),
-            },
-            Event::Ended { original } => self.tables.unbind(&original).map(drop),
+    /// A session conntrack holds established: bound when its uplink carries,
+    /// else back to the slow path, which decides.
+    fn established<K: Bindable>(&mut self, session: &Established<K>) {
+        let result = match self.route_of(session) {
+            Some(route) => self.bind(session, route),
+            None => K::tables(&mut self.tables)
+                .unbind(&session.original)
+                .map(drop),
         };
         if let Err(err) = result {
             debug!("fast path table: {err}");
         }
     }
 
-    fn bind(
+    /// A session conntrack destroyed: back to the slow path.
+    fn ended(&mut self, original: SessionKey) {
+        let result = match original {
+            SessionKey::V4(key) => self.tables.v4.unbind(&key),
+            SessionKey::V6(key) => self.tables.v6.unbind(&key),
+        };
+        if let Err(err) = result {
+            debug!("fast path table: {err}");
+        }
+    }
+
+    fn bind<K: Bindable>(
         &mut self,
-        session: &Established,
+        session: &Established<K>,
         route: Route,
     ) -> Result<(), crate::apply::datapath::DatapathError> {
         // Every change we make to an entry comes back as an event: a bound session
         // is left alone, or each refresh would answer the last one's event.
         let lan_side = session.lan_side();
-        if self.tables.is_bound(&lan_side) {
+        let tables = K::tables(&mut self.tables);
+        if tables.is_bound(&lan_side) {
             return Ok(());
         }
-        if lan_side.proto == IPPROTO_TCP {
+        if lan_side.proto() == IPPROTO_TCP {
             // Before its data skips conntrack: its window tracking must accept the
             // FIN that follows.
             let named = (
                 lan_side,
                 direction(session.inbound),
-                self.timeouts.of(lan_side.proto),
+                self.timeouts.of(IPPROTO_TCP),
             );
             match self.updates.refresh(&[named]) {
                 Ok(1) => {}
@@ -290,19 +310,18 @@ impl Follower<'_> {
                 }
             }
         }
-        self.tables.bind(session, route)
+        K::tables(&mut self.tables).bind(session, route)
     }
 
-    /// Refreshes conntrack's timeout of every session the fast path carried since
-    /// `since` (monotonic seconds).
-    fn refresh_carried(&mut self, since: u32) {
+    /// Refreshes conntrack's timeout of every session of `K`'s family the fast
+    /// path carried since `since` (monotonic seconds).
+    fn refresh_carried<K: Bindable>(&mut self, since: u32) {
         let timeouts = self.timeouts;
-        let carried: Vec<_> = self
-            .tables
+        let carried: Vec<_> = K::tables(&mut self.tables)
             .sessions()
             .into_iter()
             .filter(|(_, seen, ..)| *seen >= since)
-            .map(|(key, _, _, inbound)| (key, direction(inbound), timeouts.of(key.proto)))
+            .map(|(key, _, _, inbound)| (key, direction(inbound), timeouts.of(key.proto())))
             .collect();
         if carried.is_empty() {
             return;

@@ -156,6 +156,7 @@ pub struct NatedSession<K> {
 pub trait Keyed: Sized {
     const FAMILY: Family;
     fn from_tuple(tuple: &[Tuple]) -> Option<Self>;
+    fn source(&self) -> IpAddr;
     fn destination(&self) -> IpAddr;
 }
 
@@ -163,6 +164,9 @@ impl Keyed for FlowKey {
     const FAMILY: Family = Family::V4;
     fn from_tuple(tuple: &[Tuple]) -> Option<Self> {
         tuple_key(tuple)
+    }
+    fn source(&self) -> IpAddr {
+        self.src_octets().into()
     }
     fn destination(&self) -> IpAddr {
         self.dst_octets().into()
@@ -173,6 +177,9 @@ impl Keyed for FlowKey6 {
     const FAMILY: Family = Family::V6;
     fn from_tuple(tuple: &[Tuple]) -> Option<Self> {
         tuple_key6(tuple)
+    }
+    fn source(&self) -> IpAddr {
+        self.src_octets().into()
     }
     fn destination(&self) -> IpAddr {
         self.dst_octets().into()

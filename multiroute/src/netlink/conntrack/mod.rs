@@ -23,7 +23,7 @@ use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage};
 use crate::net::Family;
 use entry::Entry;
 pub use entry::{Keyed, NatedSession};
-pub use sessions::{Direction, Established, Event, Events, Updates, established};
+pub use sessions::{Direction, Established, Events, SessionKey, Updates, established};
 pub use socket::ConntrackError;
 use socket::{Ctnetlink, ENOENT};
 

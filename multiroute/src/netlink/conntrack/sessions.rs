@@ -4,9 +4,9 @@
 //! alive while the fast path carries them: its packets never reach conntrack, so
 //! the timeout is refreshed from userspace and TCP window tracking is told to be
 //! liberal (a FIN after fast-pathed data must not look out of window).
-use std::{net::Ipv4Addr, os::fd::AsRawFd};
+use std::{net::IpAddr, os::fd::AsRawFd};
 
-use multiroute_ebpf::FlowKey;
+use multiroute_ebpf::{FlowIdentity, FlowKey, FlowKey6};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::{
     NetfilterMessage, NetfilterMessageInner,
@@ -18,10 +18,9 @@ use netlink_packet_netfilter::{
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::{
-    entry::{Entry, IPPROTO_TCP, IPPROTO_UDP, tuple_key},
+    entry::{Entry, IPPROTO_TCP, IPPROTO_UDP, Keyed},
     socket::{ConntrackError, Ctnetlink, ENOENT},
 };
-use crate::net::Family;
 
 const IPS_SEEN_REPLY: u32 = 1 << 1;
 const IPS_SRC_NAT: u32 = 1 << 4;
@@ -34,19 +33,20 @@ const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 const ENOBUFS: i32 = 105;
 
 /// A session the fast path may carry: its two directions as the datapath keys
-/// them, and the uplink address it is NATed to (or arrived at).
+/// them (`K`, of IPv4 or IPv6), and the uplink address it is NATed to (or
+/// arrived at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Established {
-    pub original: FlowKey,
-    pub reply: FlowKey,
-    pub nat_address: Ipv4Addr,
+pub struct Established<K = FlowKey> {
+    pub original: K,
+    pub reply: K,
+    pub nat_address: IpAddr,
     /// A port forward: it arrived on the uplink, its replies come from the LAN.
     pub inbound: bool,
 }
 
-impl Established {
+impl<K: Copy> Established<K> {
     /// The direction the LAN side sends, as the classifier keys it.
-    pub fn lan_side(&self) -> FlowKey {
+    pub fn lan_side(&self) -> K {
         if self.inbound {
             self.reply
         } else {
@@ -55,23 +55,22 @@ impl Established {
     }
 }
 
-/// What an event says of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// Established (or still so): the fast path may carry it.
-    Established(Established),
-    /// Gone, closing, or no longer fit: back to the slow path.
-    Ended { original: FlowKey },
+/// A session's key of either family, as conntrack's events and the datapath's
+/// offers name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKey {
+    V4(FlowKey),
+    V6(FlowKey6),
 }
 
 impl Entry {
-    fn established(&self) -> Option<Established> {
+    fn established<K: Keyed + FlowIdentity>(&self) -> Option<Established<K>> {
         let (snat, dnat) = (
             self.status & IPS_SRC_NAT != 0,
             self.status & IPS_DST_NAT != 0,
         );
-        let original = tuple_key(&self.original)?;
-        let ready = match original.proto {
+        let original = K::from_tuple(&self.original)?;
+        let ready = match original.proto() {
             IPPROTO_TCP => self.tcp_state == Some(TCP_CONNTRACK_ESTABLISHED),
             IPPROTO_UDP => self.status & IPS_SEEN_REPLY != 0,
             _ => false,
@@ -79,15 +78,12 @@ impl Entry {
         if snat == dnat || !ready || self.helper {
             return None;
         }
-        let reply = tuple_key(&self.reply)?;
+        let reply = K::from_tuple(&self.reply)?;
         let nat_address = if dnat {
             // Arrived at the uplink's address, forwarded to the LAN host.
-            Ipv4Addr::from(original.dst_octets())
+            original.destination()
         } else {
-            let std::net::IpAddr::V4(address) = self.nat_address()? else {
-                return None;
-            };
-            address
+            self.nat_address()?
         };
         Some(Established {
             original,
@@ -96,16 +92,23 @@ impl Entry {
             inbound: dnat,
         })
     }
+
+    /// The key of the session a destroy event names, of whichever family.
+    fn ended(&self) -> Option<SessionKey> {
+        FlowKey::from_tuple(&self.original)
+            .map(SessionKey::V4)
+            .or_else(|| FlowKey6::from_tuple(&self.original).map(SessionKey::V6))
+    }
 }
 
-/// Every IPv4 session the fast path may carry now. Blocking.
-pub fn established() -> Result<Vec<Established>, ConntrackError> {
+/// Every session of `K`'s family the fast path may carry now. Blocking.
+pub fn established<K: Keyed + FlowIdentity>() -> Result<Vec<Established<K>>, ConntrackError> {
     let mut sessions = Vec::new();
-    Ctnetlink::open()?.dump(Family::V4, |entry| sessions.extend(entry.established()))?;
+    Ctnetlink::open()?.dump(K::FAMILY, |entry| sessions.extend(entry.established()))?;
     Ok(sessions)
 }
 
-/// Conntrack's destroy events (IPv4 entries only matter to the fast path): a
+/// Conntrack's destroy events, of both families: a
 /// session that ended or was deleted leaves the fast path at once. New and
 /// changed entries are not followed: every new connection would cost the router
 /// several events, and the datapath offers the flows worth binding instead.
@@ -134,7 +137,7 @@ impl Events {
     /// The events queued now (each a datagram of its own), up to [`READ_BATCH`]
     /// of them. Err(None) when the kernel dropped events (the reader fell
     /// behind): the caller then starts over from a dump.
-    pub fn read(&mut self) -> Result<Vec<Event>, Option<ConntrackError>> {
+    pub fn read(&mut self) -> Result<Vec<SessionKey>, Option<ConntrackError>> {
         let mut events = Vec::new();
         for _ in 0..READ_BATCH {
             let bytes = match self.socket.recv_from_full() {
@@ -149,8 +152,8 @@ impl Events {
     }
 }
 
-/// The destroy events in one datagram.
-fn parse_events(bytes: &[u8]) -> Vec<Event> {
+/// The sessions the destroy events in one datagram end.
+fn parse_events(bytes: &[u8]) -> Vec<SessionKey> {
     let mut events = Vec::new();
     let mut offset = 0;
     while offset < bytes.len() {
@@ -180,14 +183,11 @@ impl AsRawFd for Events {
 }
 
 /// The session a destroy event ends (the socket hears no other kind).
-fn event(message: ConntrackMessage) -> Option<Event> {
+fn event(message: ConntrackMessage) -> Option<SessionKey> {
     let ConntrackMessage::Delete(attributes) = message else {
         return None;
     };
-    let entry = Entry::from_attributes(attributes);
-    Some(Event::Ended {
-        original: tuple_key(&entry.original)?,
-    })
+    Entry::from_attributes(attributes).ended()
 }
 
 /// How a session is named to conntrack: by one of its directions.
@@ -213,17 +213,17 @@ impl Updates {
     /// The session whose LAN side sends `lan_side`, if conntrack holds it and the
     /// fast path may carry it: looked up as the original direction (a LAN host's
     /// connection), then as the reply (a port forward's). Blocking.
-    pub fn established(
+    pub fn established<K: Keyed + FlowIdentity + PartialEq>(
         &mut self,
-        lan_side: &FlowKey,
-    ) -> Result<Option<Established>, ConntrackError> {
+        lan_side: &K,
+    ) -> Result<Option<Established<K>>, ConntrackError> {
         for named in [
             ConntrackAttribute::CtaTupleOrig(tuple(lan_side)),
             ConntrackAttribute::CtaTupleReply(tuple(lan_side)),
         ] {
             self.ct.send(
                 NLM_F_REQUEST | NLM_F_ACK,
-                Family::V4,
+                K::FAMILY,
                 ConntrackMessage::Get(vec![named]),
             )?;
             let mut found = None;
@@ -252,17 +252,17 @@ impl Updates {
     /// `timeout_s` seconds, and marks TCP ones be-liberal: what conntrack would
     /// have done had it seen the fast-pathed packets. Returns how many were still
     /// there. Blocking.
-    pub fn refresh(
+    pub fn refresh<K: Keyed + FlowIdentity>(
         &mut self,
-        sessions: &[(FlowKey, Direction, u32)],
+        sessions: &[(K, Direction, u32)],
     ) -> Result<usize, ConntrackError> {
         refresh(&mut self.ct, sessions)
     }
 }
 
-fn refresh(
+fn refresh<K: Keyed + FlowIdentity>(
     ct: &mut Ctnetlink,
-    sessions: &[(FlowKey, Direction, u32)],
+    sessions: &[(K, Direction, u32)],
 ) -> Result<usize, ConntrackError> {
     let mut refreshed = 0;
     for (key, direction, timeout_s) in sessions {
@@ -271,12 +271,12 @@ fn refresh(
             Direction::Reply => ConntrackAttribute::CtaTupleReply(tuple(key)),
         };
         let mut attributes = vec![named, ConntrackAttribute::CtaTimeout(*timeout_s)];
-        if key.proto == IPPROTO_TCP {
+        if key.proto() == IPPROTO_TCP {
             attributes.push(liberal());
         }
         ct.send(
             NLM_F_REQUEST | NLM_F_ACK,
-            Family::V4,
+            K::FAMILY,
             ConntrackMessage::New(attributes),
         )?;
         match ct.receive(drop)? {
@@ -306,22 +306,25 @@ fn liberal() -> ConntrackAttribute {
 }
 
 /// The conntrack tuple of a direction keyed as the datapath keys it.
-fn tuple(key: &FlowKey) -> Vec<Tuple> {
+fn tuple<K: Keyed + FlowIdentity>(key: &K) -> Vec<Tuple> {
+    let (src_port, dst_port) = key.ports();
     vec![
         Tuple::Ip(vec![
-            IPTuple::SourceAddress(Ipv4Addr::from(key.src_octets()).into()),
-            IPTuple::DestinationAddress(Ipv4Addr::from(key.dst_octets()).into()),
+            IPTuple::SourceAddress(key.source()),
+            IPTuple::DestinationAddress(key.destination()),
         ]),
         Tuple::Proto(vec![
-            ProtoTuple::Protocol(Protocol::from(key.proto)),
-            ProtoTuple::SourcePort(u16::from_be(key.src_port)),
-            ProtoTuple::DestinationPort(u16::from_be(key.dst_port)),
+            ProtoTuple::Protocol(Protocol::from(key.proto())),
+            ProtoTuple::SourcePort(src_port),
+            ProtoTuple::DestinationPort(dst_port),
         ]),
     ]
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use netlink_packet_netfilter::conntrack::Status;
 
     use super::*;
@@ -361,8 +364,8 @@ mod tests {
             Some(TCP_CONNTRACK_ESTABLISHED),
             vec![],
         );
-        let session = tcp.established().expect("fit for the fast path");
-        assert_eq!(session.nat_address, UPLINK);
+        let session: Established = tcp.established().expect("fit for the fast path");
+        assert_eq!(session.nat_address, IpAddr::V4(UPLINK));
         assert_eq!(
             session.original,
             direction(LAN_HOST, SERVER, 40000, 443, IPPROTO_TCP)
@@ -372,7 +375,7 @@ mod tests {
             direction(SERVER, UPLINK, 443, 61000, IPPROTO_TCP)
         );
         let udp = entry(IPPROTO_UDP, IPS_SRC_NAT | IPS_SEEN_REPLY, None, vec![]);
-        assert!(udp.established().is_some(), "answered UDP");
+        assert!(udp.established::<FlowKey>().is_some(), "answered UDP");
         // A port forward: arrived at the uplink's address, its LAN side the reply.
         let arrived = entry(
             IPPROTO_TCP,
@@ -380,10 +383,14 @@ mod tests {
             Some(TCP_CONNTRACK_ESTABLISHED),
             vec![],
         );
-        let forward = arrived.established().expect("a port forward is fit too");
+        let forward: Established = arrived.established().expect("a port forward is fit too");
         assert!(forward.inbound);
         assert_eq!(forward.lan_side(), forward.reply);
-        assert_eq!(forward.nat_address, SERVER, "its original's destination");
+        assert_eq!(
+            forward.nat_address,
+            IpAddr::V4(SERVER),
+            "its original's destination"
+        );
     }
 
     #[test]
@@ -413,7 +420,7 @@ mod tests {
             ("not NATed", not_nated),
             ("with a helper", helped),
         ] {
-            assert_eq!(entry.established(), None, "{what}");
+            assert_eq!(entry.established::<FlowKey>(), None, "{what}");
         }
     }
 
@@ -431,9 +438,43 @@ mod tests {
         ];
         assert_eq!(
             event(ConntrackMessage::Delete(attributes)),
-            Some(Event::Ended {
-                original: direction(LAN_HOST, SERVER, 40000, 443, IPPROTO_TCP)
-            })
+            Some(SessionKey::V4(direction(
+                LAN_HOST,
+                SERVER,
+                40000,
+                443,
+                IPPROTO_TCP
+            )))
         );
+    }
+
+    #[test]
+    fn an_ipv6_session_masqueraded_by_nat66_is_keyed_and_ended_as_ipv6() {
+        let v6 = |text: &str| text.parse::<Ipv6Addr>().expect("an address").octets();
+        let key = |src, sport, dst, dport| {
+            FlowKey6::wire(
+                FlowKey6::words(v6(src)),
+                u16::to_be(sport),
+                FlowKey6::words(v6(dst)),
+                u16::to_be(dport),
+                IPPROTO_UDP,
+            )
+        };
+        let original = key("fd00:64::2", 40000, "2001:db8:ff::10", 443);
+        let reply = key("2001:db8:ff::10", 443, "2001:db8:18::2", 61000);
+        let entry = Entry::from_attributes(vec![
+            ConntrackAttribute::CtaTupleOrig(tuple(&original)),
+            ConntrackAttribute::CtaTupleReply(tuple(&reply)),
+            ConntrackAttribute::CtaStatus(Status::from_bits_retain(IPS_SRC_NAT | IPS_SEEN_REPLY)),
+        ]);
+        let session: Established<FlowKey6> = entry.established().expect("fit for the fast path");
+        assert_eq!((session.original, session.reply), (original, reply));
+        assert_eq!(
+            session.nat_address,
+            IpAddr::from(v6("2001:db8:18::2")),
+            "NAT66's address"
+        );
+        assert_eq!(entry.established::<FlowKey>(), None, "not an IPv4 session");
+        assert_eq!(entry.ended(), Some(SessionKey::V6(original)));
     }
 }

@@ -26,7 +26,7 @@ use crate::{
     plan::{Plan, health_name, slots::Slots},
 };
 use direct::{DirectChange, DirectTries};
-use fast::FastTables;
+use fast::FastPathMaps;
 use flows::FlowTables;
 pub use flows::Seeding;
 use ring::Ring;
@@ -49,7 +49,7 @@ pub struct Maps {
     rules: RuleMaps,
     direct: DirectTries,
     /// The fast path's bound sessions.
-    pub fast: FastTables,
+    pub fast: FastPathMaps,
 }
 
 /// The slot assignment a loaded datapath holds; empty when nothing is pinned.
@@ -131,7 +131,7 @@ impl Maps {
             balance: open_map(pin_path, map_names::BALANCE)?,
             rules: RuleMaps::open(pin_path)?,
             direct: DirectTries::open(pin_path)?,
-            fast: FastTables::open(pin_path)?,
+            fast: FastPathMaps::open(pin_path)?,
         })
     }
 
