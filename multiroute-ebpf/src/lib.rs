@@ -144,11 +144,13 @@ pub mod bench {
     pub const GEN_PROGRAM: &str = "multiroute_bench_gen";
     pub const DROP_PROGRAM: &str = "multiroute_bench_drop";
     pub const MAP: &str = "MR_BENCH";
-    /// The generator's frame headers (Ethernet, IPv4, UDP): written over every
-    /// frame before it is sent, since live frames are recycled with whatever the
-    /// router's rewrites (NAT, TTL, MACs) left in them.
+    /// The generator's frame headers (Ethernet, IPv4 or IPv6, UDP): written over
+    /// every frame before it is sent, since live frames are recycled with
+    /// whatever the router's rewrites (NAT, TTL, MACs) left in them. The map
+    /// holds [`HEADERS6`] bytes; an IPv4 frame uses the first [`HEADERS`].
     pub const FRAME_MAP: &str = "MR_BENCH_FRAME";
     pub const HEADERS: usize = PAYLOAD_OFFSET;
+    pub const HEADERS6: usize = PAYLOAD_OFFSET6;
     /// Index in `MR_BENCH` of the sink's count.
     pub const DROPPED: u32 = 1;
     /// The generator's flows: destination ports `FIRST_PORT..FIRST_PORT + FLOWS`.
@@ -159,6 +161,9 @@ pub mod bench {
     pub const DST_PORT_OFFSET: usize = 14 + 20 + 2;
     /// The generator's frames carry [`MARK`] as their first payload byte here.
     pub const PAYLOAD_OFFSET: usize = 14 + 20 + 8;
+    /// The same in an IPv6 frame.
+    pub const DST_PORT_OFFSET6: usize = 14 + 40 + 2;
+    pub const PAYLOAD_OFFSET6: usize = 14 + 40 + 8;
     pub const MARK: u8 = 0xf1;
 }
 

@@ -198,7 +198,7 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
         }
         let samples = super::take_turns(
             &mut lab,
-            &Variant::ALL,
+            &Variant::IPV4,
             options.forwarding_runs,
             Variant::label,
             saturation::set_up,
@@ -216,7 +216,7 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
         });
         samples
     })?;
-    Ok(Variant::ALL
+    Ok(Variant::IPV4
         .into_iter()
         .zip(samples)
         .map(|(variant, rounds)| Measured {

@@ -115,7 +115,7 @@ const NFT_MARK_RULESET: &str = "table ip nftmark {
 ";
 
 /// The plain router's NAT66 for the IPv6 baseline (multiroute brings its own).
-const NAT66_RULESET: &str = "table ip6 nat66 {
+pub(super) const NAT66_RULESET: &str = "table ip6 nat66 {
     chain post {
         type nat hook postrouting priority srcnat; policy accept;
         oifname \"wan*\" masquerade

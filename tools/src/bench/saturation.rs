@@ -9,7 +9,8 @@
 //! (Debian's xdp-tools 1.3 cannot load on this kernel: their objects name a
 //! tracepoint it renamed.) Every flow is answered first, so conntrack holds it
 //! (and the fast path has bound it) before the flood. Variants take turns, round
-//! after round; the comparisons are medians of paired ratios.
+//! after round; the comparisons are medians of paired ratios. The IPv6 rows
+//! flood the same way over IPv6, against plain forwarding + NAT66.
 use std::time::Duration;
 
 use std::os::fd::AsRawFd;
@@ -24,7 +25,12 @@ use multiroute_ebpf::bench::{self, FIRST_PORT, FLOWS};
 use serde::{Deserialize, Serialize};
 
 use super::{Options, forwarding, median, mwan3};
-use multiroute_tests::{CLIENT, Lab, LabOptions, SERVER, datapath::LoadedDatapath, stdout};
+use multiroute_tests::{
+    CLIENT, Lab, LabOptions, SERVER,
+    datapath::LoadedDatapath,
+    ipv6::{CLIENT6, SERVER6},
+    stdout,
+};
 
 /// The flows: this client port to [`FLOWS`] server ports from [`FIRST_PORT`].
 const CLIENT_PORT: u16 = 10000;
@@ -47,10 +53,13 @@ pub enum Variant {
     Ecmp,
     Mwan3,
     DestroyListener,
+    Baseline6,
+    FastPath6,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 7] = [
+    /// The IPv4 routers (suite 5 measures these).
+    pub const IPV4: [Variant; 7] = [
         Variant::Baseline,
         Variant::FastPath,
         Variant::SlowPath,
@@ -59,6 +68,22 @@ impl Variant {
         Variant::Mwan3,
         Variant::DestroyListener,
     ];
+    pub const ALL: [Variant; 9] = [
+        Variant::Baseline,
+        Variant::FastPath,
+        Variant::SlowPath,
+        Variant::RulesOnly,
+        Variant::Ecmp,
+        Variant::Mwan3,
+        Variant::DestroyListener,
+        Variant::Baseline6,
+        Variant::FastPath6,
+    ];
+
+    /// Whether the flood is IPv6.
+    pub fn ipv6(self) -> bool {
+        matches!(self, Variant::Baseline6 | Variant::FastPath6)
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -69,6 +94,8 @@ impl Variant {
             Variant::Ecmp => "kernel ECMP, L4 hash",
             Variant::Mwan3 => "mwan3 2.12 model (iptables-nft, ipset)",
             Variant::DestroyListener => "(plain forwarding + a conntrack destroy listener)",
+            Variant::Baseline6 => "IPv6: plain forwarding + NAT66",
+            Variant::FastPath6 => "IPv6: multiroute (fast path)",
         }
     }
 }
@@ -94,13 +121,14 @@ pub(super) fn paired(ours: &[f64], theirs: &[f64]) -> f64 {
     median(ours.iter().zip(theirs).map(|(a, b)| a / b).collect())
 }
 
-/// Echoes one datagram on each flow's server port, then exits.
+/// Echoes every datagram on each flow's server port.
 const ECHO: &str = "
 import select, socket, sys
 first, n = int(sys.argv[1]), int(sys.argv[2])
+family = socket.AF_INET6 if ':' in sys.argv[3] else socket.AF_INET
 socks = []
 for port in range(first, first + n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family, socket.SOCK_DGRAM)
     s.bind((sys.argv[3], port))
     socks.append(s)
 while True:
@@ -116,7 +144,7 @@ while True:
 const ANSWERED: &str = "
 import socket, sys
 first, n, each = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[6])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[3] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[4], int(sys.argv[5])))
 s.settimeout(2)
 answered = 0
@@ -133,14 +161,19 @@ for port in range(first, first + n):
 print(answered)
 ";
 
+/// What the slow-path variant adds to the lab's config.
+const SLOW_PATH_ONLY: &str = "\n[datapath]\nfast_path = false\n";
+
 pub(super) fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     match variant {
         Variant::Baseline => {}
-        Variant::FastPath => lab.start_router()?,
+        Variant::Baseline6 => {
+            lab.ns(&lab.router(), "nft", &[forwarding::NAT66_RULESET])?;
+        }
+        Variant::FastPath | Variant::FastPath6 => lab.start_router()?,
         Variant::SlowPath => {
-            let blocks = Lab::uplink_block(0, 1) + &Lab::uplink_block(1, 1);
-            let extra = format!("{FLOOD_HEALTH}\n[datapath]\nfast_path = false\n");
-            lab.write_config_with(&blocks, &extra)?;
+            let config = std::fs::read_to_string(&lab.config)?;
+            std::fs::write(&lab.config, config + SLOW_PATH_ONLY)?;
             lab.start_router()?;
         }
         Variant::RulesOnly => forwarding::rules_only(lab)?,
@@ -160,11 +193,15 @@ pub(super) fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
-        Variant::FastPath => lab.stop_and_unload()?,
+        Variant::Baseline6 => {
+            lab.ns(&router, "nft", &["delete", "table", "ip6", "nat66"])?;
+        }
+        Variant::FastPath | Variant::FastPath6 => lab.stop_and_unload()?,
         Variant::SlowPath => {
             lab.stop_and_unload()?;
-            let blocks = Lab::uplink_block(0, 1) + &Lab::uplink_block(1, 1);
-            lab.write_config_with(&blocks, FLOOD_HEALTH)?;
+            let config = std::fs::read_to_string(&lab.config)?;
+            let config = config.strip_suffix(SLOW_PATH_ONLY).unwrap_or(&config);
+            std::fs::write(&lab.config, config)?;
         }
         Variant::RulesOnly => forwarding::unload(lab)?,
         Variant::Ecmp => forwarding::ecmp(lab, false)?,
@@ -256,16 +293,17 @@ impl Flood {
             .trim()
             .parse()
             .context("lan0's ifindex")?;
-        let headers: [u8; bench::HEADERS] = frame
-            .get(..bench::HEADERS)
-            .and_then(|h| h.try_into().ok())
-            .context("a frame shorter than its headers")?;
+        // An IPv4 frame is shorter than the map's IPv6 headers: the generator
+        // copies only its own.
+        let mut headers = [0u8; bench::HEADERS6];
+        let len = frame.len().min(bench::HEADERS6);
+        headers[..len].copy_from_slice(&frame[..len]);
         let map = self
             .loaded
             .datapath
             .own_map(bench::FRAME_MAP)
             .context("no benchmark frame map")?;
-        Array::<_, [u8; bench::HEADERS]>::try_from(map)?.set(0, &headers, 0)?;
+        Array::<_, [u8; bench::HEADERS6]>::try_from(map)?.set(0, &headers, 0)?;
         let generator: &mut Xdp = self.loaded.datapath.xdp_program(bench::GEN_PROGRAM)?;
         in_netns(&router, || {
             pin_to_cpu(0)?;
@@ -288,16 +326,24 @@ impl Flood {
 }
 
 /// A 64-byte frame (with the FCS) from the client to the server, UDP checksum 0
-/// so the generator may change the port.
-fn frame(client_mac: [u8; 6], router_mac: [u8; 6]) -> Result<Vec<u8>> {
-    let builder = PacketBuilder::ethernet2(client_mac, router_mac)
-        .ipv4(CLIENT.octets(), SERVER.octets(), 64)
-        .udp(CLIENT_PORT, FIRST_PORT);
+/// so the generator may change the port; over IPv6 (which requires a UDP
+/// checksum, fixed by the generator for the port) the smallest frame with the
+/// same payload, 84 bytes.
+fn frame(client_mac: [u8; 6], router_mac: [u8; 6], ipv6: bool) -> Result<Vec<u8>> {
+    let builder = PacketBuilder::ethernet2(client_mac, router_mac);
+    let builder = if ipv6 {
+        builder.ipv6(CLIENT6.octets(), SERVER6.octets(), 64)
+    } else {
+        builder.ipv4(CLIENT.octets(), SERVER.octets(), 64)
+    };
+    let builder = builder.udp(CLIENT_PORT, FIRST_PORT);
     let mut frame = Vec::with_capacity(builder.size(18));
     let mut payload = [0; 18];
     payload[0] = bench::MARK;
     builder.write(&mut frame, &payload)?;
-    frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    if !ipv6 {
+        frame[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+    }
     Ok(frame)
 }
 
@@ -310,9 +356,13 @@ fn mac_bytes(text: &str) -> Result<[u8; 6]> {
 }
 
 /// One flood through the router as it is set up: packets forwarded per second.
-fn measure_once(lab: &Lab, flood: &mut Flood, packets: u32) -> Result<f64> {
+fn measure_once(lab: &Lab, flood: &mut Flood, packets: u32, ipv6: bool) -> Result<f64> {
     let client = lab.client();
-    let (server, client_ip) = (SERVER.to_string(), CLIENT.to_string());
+    let (server, client_ip) = if ipv6 {
+        (SERVER6.to_string(), CLIENT6.to_string())
+    } else {
+        (SERVER.to_string(), CLIENT.to_string())
+    };
     let (first, flows) = (FIRST_PORT.to_string(), FLOWS.to_string());
     let answered = lab.ns(
         &client,
@@ -337,6 +387,7 @@ fn measure_once(lab: &Lab, flood: &mut Flood, packets: u32) -> Result<f64> {
     let frame = frame(
         mac_bytes(&mac(lab, &client, "eth0")?)?,
         mac_bytes(&mac(lab, &lab.router(), "lan0")?)?,
+        ipv6,
     )?;
     let before = (flood.sunk()?, router_cpu_busy()?);
     flood.send(lab, &frame, packets)?;
@@ -349,8 +400,8 @@ fn measure_once(lab: &Lab, flood: &mut Flood, packets: u32) -> Result<f64> {
 
 /// How much of what the classifier saw took the fast path (the flows were bound
 /// before the flood, so anything else means they were not).
-fn say_fast_share(lab: &Lab) -> Result<()> {
-    let counters = &lab.status()?["counters"];
+fn say_fast_share(lab: &Lab, ipv6: bool) -> Result<()> {
+    let counters = &lab.status()?[if ipv6 { "counters_ipv6" } else { "counters" }];
     let count = |name: &str| counters[name].as_u64().unwrap_or(0);
     let seen = count("flow_hit") + count("flow_new");
     eprintln!(
@@ -380,13 +431,16 @@ pub(super) fn router_cpu_busy() -> Result<f64> {
     Ok((ticks.iter().sum::<u64>() - idle) as f64 / hz)
 }
 
-/// The lab for the flood: the router's receive work on CPU 1, and the server
-/// answering each flow once.
+/// The lab for the flood, dual-stack: the router's receive work on CPU 1, and
+/// the server answering each flow of both families.
 fn flood_lab() -> Result<Lab> {
     let mut lab = Lab::new(&LabOptions {
         weights: vec![1, 1],
         extra_config: FLOOD_HEALTH.into(),
     })?;
+    lab.add_ipv6()?;
+    let blocks = Lab::dual_stack_block(0, 1) + &Lab::dual_stack_block(1, 1);
+    lab.write_config_with(&blocks, FLOOD_HEALTH)?;
     let router = lab.router();
     lab.ns(
         &router,
@@ -394,18 +448,19 @@ fn flood_lab() -> Result<Lab> {
         &["-c", "echo 2 > /sys/class/net/lan0/queues/rx-0/rps_cpus"],
     )?;
     let inet = lab.inet();
-    let server = SERVER.to_string();
-    lab.start_in(
-        &inet,
-        "python3",
-        &[
-            "-c",
-            ECHO,
-            &FIRST_PORT.to_string(),
-            &FLOWS.to_string(),
-            &server,
-        ],
-    )?;
+    for server in [SERVER.to_string(), SERVER6.to_string()] {
+        lab.start_in(
+            &inet,
+            "python3",
+            &[
+                "-c",
+                ECHO,
+                &FIRST_PORT.to_string(),
+                &FLOWS.to_string(),
+                &server,
+            ],
+        )?;
+    }
     std::thread::sleep(Duration::from_millis(300));
     Ok(lab)
 }
@@ -421,9 +476,9 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
         Variant::label,
         set_up,
         |lab, variant| {
-            let forwarded = measure_once(lab, &mut flood, packets)?;
-            if variant == Variant::FastPath {
-                say_fast_share(lab)?;
+            let forwarded = measure_once(lab, &mut flood, packets, variant.ipv6())?;
+            if matches!(variant, Variant::FastPath | Variant::FastPath6) {
+                say_fast_share(lab, variant.ipv6())?;
             }
             Ok(forwarded)
         },
