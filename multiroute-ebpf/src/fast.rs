@@ -233,7 +233,7 @@ pub fn opens_connection<F: FastFamily>(ctx: &TcContext, key: &F::Key) -> bool {
 /// Unbinds the session `key` (of `side`) belongs to, both directions, as
 /// userspace's `FastTables::unbind` does.
 #[inline(always)]
-fn end<F: FastFamily>(key: &F::Key, flow: *mut Binding<F>, side: Side) {
+pub fn end<F: FastFamily>(key: &F::Key, flow: *mut Binding<F>, side: Side) {
     // SAFETY: `flow` points into a fast-path table's value for this key.
     let bound = unsafe { *flow };
     let (own, theirs, other) = match side {

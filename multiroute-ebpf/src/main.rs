@@ -102,6 +102,11 @@ fn fast_out<F: FastFamily>(
         bound == slot
     };
     if !fits {
+        if !inbound {
+            // Its flow moved to another uplink: the binding is stale for good,
+            // and the session may be offered and bound there anew.
+            fast::end::<F>(key, flow, fast::Side::Outbound);
+        }
         return None;
     }
     let verdict = fast::forward::<F>(ctx, key, flow, fast::Side::Outbound)?;

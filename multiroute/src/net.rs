@@ -88,6 +88,16 @@ impl<A: Address> Net<A> {
         addr.bits() & self.mask() == self.network().addr.bits()
     }
 
+    /// `addr` of this prefix with its prefix bits replaced by `onto`'s (prefix
+    /// translation, RFC 6296's mapping without its checksum neutrality); `None`
+    /// when `addr` lies outside this prefix. `onto`'s length decides which bits
+    /// are the prefix.
+    pub fn translate(self, addr: A, onto: Self) -> Option<A> {
+        let prefix = onto.mask();
+        self.contains(addr)
+            .then(|| A::from_bits((onto.addr.bits() & prefix) | (addr.bits() & !prefix)))
+    }
+
     pub fn is_default(self) -> bool {
         self.prefix_len == 0 && self.addr == A::UNSPECIFIED
     }
@@ -362,6 +372,22 @@ mod tests {
         let addr = Ipv4Net::new(Ipv4Addr::new(142, 154, 64, 7), 24);
         assert_eq!(addr.network().to_string(), "142.154.64.0/24");
         assert_eq!(Ipv4Net::DEFAULT.to_string(), "default");
+    }
+
+    #[test]
+    fn a_prefix_translation_keeps_the_interface_identifier() {
+        let lan: Ipv6Net = "fd00:64::/64".parse().unwrap();
+        let outside: Ipv6Net = "2001:db8:18:100::/64".parse().unwrap();
+        let host = "fd00:64::2:3".parse().unwrap();
+        assert_eq!(
+            lan.translate(host, outside),
+            Some("2001:db8:18:100::2:3".parse().unwrap())
+        );
+        assert_eq!(
+            lan.translate("fd00:65::2".parse().unwrap(), outside),
+            None,
+            "outside the LAN's prefix"
+        );
     }
 
     #[test]

@@ -104,6 +104,35 @@ fn a_bulk_ipv6_transfer_takes_the_fast_path_both_ways_through_nat66() {
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
+#[test]
+fn a_bulk_ipv6_transfer_takes_the_fast_path_through_prefix_translation() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = lab("");
+    lab.add_ipv6().expect("making the lab dual-stack");
+    // Each uplink maps the LAN's prefix onto its own: conntrack sees the LAN
+    // host's address, the fast path writes the mapped one.
+    let prefixes = ["2001:db8:18:100::/64", "2001:db8:18:200::/64"];
+    let mut blocks = String::new();
+    for (n, prefix) in prefixes.iter().enumerate() {
+        lab.route_ipv6_prefix(n, prefix).unwrap();
+        blocks += &(Lab::dual_stack_block(n, 1)
+            + &format!("nat6 = \"npt\"\nnpt_prefix = \"{prefix}\"\n"));
+    }
+    lab.write_config_with(&blocks, "").unwrap();
+    let (inet, server) = (lab.inet(), SERVER6.to_string());
+    lab.start_in(
+        &inet,
+        "iperf3",
+        &["-s", "-B", &server, "-p", &IPERF_PORT.to_string()],
+    )
+    .expect("starting iperf3 -s on IPv6");
+    lab.start_router().expect("starting multiroute");
+    bulk_transfers(&lab, &server, "-f ipv6");
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
 /// A TCP and a UDP transfer to `server`: at least 99 % of the LAN side's packets
 /// take the fast path, TCP's ACKs come back on it, and conntrack (`conntrack -L`
 /// with `family`) saw the close.

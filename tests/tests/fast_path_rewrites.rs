@@ -238,6 +238,7 @@ fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) {
         reply: F::key(e.server, 443, e.uplink, NAT_PORT, proto),
         nat_address: e.uplink,
         inbound: false,
+        nated: true,
     };
     F::fast(dp).bind(&session, ROUTE).unwrap();
 }
@@ -648,6 +649,7 @@ fn a_port_forward_takes_the_fast_path_both_ways() {
         reply: V4::key(e.lan_host, internal, e.server, remote, IPPROTO_TCP),
         nat_address: e.uplink,
         inbound: true,
+        nated: true,
     };
     dp.maps.fast.v4.bind(&forward, ROUTE).unwrap();
     // The LAN side's flow is known to the classifier, hashed wherever.

@@ -1,7 +1,9 @@
 //! Keeps the fast path's tables in step with conntrack, on a thread of its own
 //! (blocking netlink, off the daemon's loop): a flow the datapath offers (one that
 //! keeps going) is looked up in conntrack and bound when it is established on an
-//! uplink that carries (and told to be liberal about TCP windows); one that ends
+//! uplink that carries (and told to be liberal about TCP windows) — NATed to
+//! that uplink's address, or, for IPv6 that conntrack does not NAT, on the
+//! uplink its flow uses, with that uplink's prefix translation; one that ends
 //! or is deleted (`conntrack -D`, the failover flush) is unbound at once; and
 //! every bound session that carried traffic gets its conntrack timeout refreshed,
 //! since its packets no longer reach conntrack. Short connections are never
@@ -12,7 +14,7 @@
 //! it. The next `load` binds them again.
 use std::{
     collections::{BTreeMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::PathBuf,
     sync::{
@@ -30,12 +32,14 @@ use crate::{
     apply::datapath::{
         Maps,
         fast::{Bindable, FastPathMaps, Offers, Route},
+        maps::flows::FlowTables,
         monotonic_seconds,
     },
-    net::Family,
+    config::Nat6,
+    net::{Family, Ipv6Net},
     netlink::conntrack::{self, Direction, Established, Events, SessionKey, Updates},
     observe::host::read_sysctl_u32,
-    plan::{MAIN_TABLE, Plan},
+    plan::{MAIN_TABLE, Plan, nft::Translation},
 };
 
 /// How long one wait for conntrack's events or the datapath's offers may last:
@@ -45,9 +49,33 @@ const WAIT: Duration = Duration::from_millis(500);
 /// third of the shortest timeout such a session has (UDP's), within these bounds.
 const REFRESH_BOUNDS: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(5));
 
-/// The uplinks' addresses (of each family that carries), and where their
-/// sessions go.
-type Routes = BTreeMap<IpAddr, Route>;
+/// Where the sessions of the uplinks that carry go: by the address conntrack
+/// NATs them to (of each family), and by uplink slot for IPv6 that leaves
+/// without conntrack's NAT.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Routes {
+    nated: BTreeMap<IpAddr, Route>,
+    stateless: BTreeMap<u16, (Route, Stateless)>,
+}
+
+/// How an uplink's IPv6 leaves when conntrack does not NAT it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stateless {
+    /// Routed, the LAN's addresses as they are (`nat6 = "none"`).
+    AsIs,
+    /// The LAN prefix mapped onto the uplink's (`nat6 = "npt"`).
+    Prefix { lan: Ipv6Net, outside: Ipv6Net },
+}
+
+impl Stateless {
+    /// The LAN host's address on the wire, `None` when it is not the LAN's.
+    fn map(self, host: Ipv6Addr) -> Option<Ipv6Addr> {
+        match self {
+            Stateless::AsIs => Some(host),
+            Stateless::Prefix { lan, outside } => lan.translate(host, outside),
+        }
+    }
+}
 
 pub struct FastPath {
     routes: Arc<Mutex<Routes>>,
@@ -93,7 +121,7 @@ impl Drop for FastPath {
 }
 
 fn routes(plan: &Plan) -> Routes {
-    let mut routes = Routes::new();
+    let mut routes = Routes::default();
     for u in &plan.uplinks {
         let route = Route {
             slot: u.slot as u16,
@@ -104,8 +132,29 @@ fn routes(plan: &Plan) -> Routes {
             if u.carries(family)
                 && let Some(address) = u.address(family)
             {
-                routes.insert(address, route);
+                routes.nated.insert(address, route);
             }
+        }
+        let prefix = || {
+            plan.firewall
+                .nat6
+                .iter()
+                .find_map(|nat| match nat.translation {
+                    Translation::Prefix { lan, outside } if nat.interface == u.interface => {
+                        Some(Stateless::Prefix { lan, outside })
+                    }
+                    _ => None,
+                })
+        };
+        let stateless = match u.nat6 {
+            Nat6::None => Some(Stateless::AsIs),
+            Nat6::Npt { .. } => prefix(),
+            Nat6::Masquerade => None,
+        };
+        if u.carries(Family::V6)
+            && let Some(stateless) = stateless
+        {
+            routes.stateless.insert(route.slot, (route, stateless));
         }
     }
     routes
@@ -125,8 +174,8 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
     if let Some(why) = unavailable() {
         return warn!("fast path off, every session takes the slow path: {why}");
     }
-    let (tables, mut offers) = match (Maps::open(pin_path), Offers::open(pin_path)) {
-        (Ok(maps), Ok(offers)) => (maps.fast, offers),
+    let (tables, flows6, mut offers) = match (Maps::open(pin_path), Offers::open(pin_path)) {
+        (Ok(maps), Ok(offers)) => (maps.fast, maps.v6, offers),
         (Err(err), _) | (_, Err(err)) => return warn!("fast path off: {err}"),
     };
     let (mut events, updates) = match (Events::subscribe(), Updates::open()) {
@@ -137,7 +186,9 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
     };
     let mut follower = Follower {
         tables,
+        flows6,
         routes,
+        stateless: BTreeMap::new(),
         updates,
         timeouts: Timeouts::read(),
     };
@@ -147,6 +198,7 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
         if !synced {
             synced = follower.resync::<FlowKey>() & follower.resync::<FlowKey6>();
         }
+        follower.follow_stateless();
         let (ended, offered) = readable(&events, &offers);
         if offered {
             for key in offers.take() {
@@ -205,24 +257,91 @@ fn readable(events: &Events, offers: &Offers) -> (bool, bool) {
     (is_ready(&fds[0]), is_ready(&fds[1]))
 }
 
-/// The thread's state: the tables it writes, the uplinks sessions may be bound
-/// to, its socket for conntrack updates, and conntrack's timeouts.
+/// The thread's state: the tables it writes, the IPv6 flow table (which uplink
+/// a session conntrack does not NAT uses), the uplinks sessions may be bound to
+/// (and the stateless translations its IPv6 bindings were made with), its
+/// socket for conntrack updates, and conntrack's timeouts.
 struct Follower<'a> {
     tables: FastPathMaps,
+    flows6: FlowTables<FlowKey6>,
     routes: &'a Mutex<Routes>,
+    stateless: BTreeMap<u16, (Route, Stateless)>,
     updates: Updates,
     timeouts: Timeouts,
 }
 
+/// What the thread does differently per family: where a session conntrack does
+/// not NAT goes.
+trait Followed: Bindable {
+    /// The session as its packets look on the wire, and its route; `None` for
+    /// IPv4, which leaves only by conntrack's NAT here.
+    fn stateless(
+        follower: &Follower,
+        session: &Established<Self>,
+    ) -> Option<(Established<Self>, Route)>;
+}
+
+impl Followed for FlowKey {
+    fn stateless(_: &Follower, _: &Established<Self>) -> Option<(Established<Self>, Route)> {
+        None
+    }
+}
+
+impl Followed for FlowKey6 {
+    fn stateless(
+        follower: &Follower,
+        session: &Established<Self>,
+    ) -> Option<(Established<Self>, Route)> {
+        let lan_side = session.lan_side();
+        let uplink = follower.flows6.get(&lan_side)?.uplink;
+        let (route, stateless) = *follower.routes.lock().ok()?.stateless.get(&uplink)?;
+        let mapped = stateless.map(Ipv6Addr::from(lan_side.src_octets()))?;
+        // Its replies arrive addressed to the mapped address.
+        let mut reply = session.reply;
+        reply.dst = FlowKey6::words(mapped.octets());
+        let wire = Established {
+            reply,
+            nat_address: mapped.into(),
+            ..*session
+        };
+        Some((wire, route))
+    }
+}
+
 impl Follower<'_> {
     fn route_of<K>(&self, session: &Established<K>) -> Option<Route> {
-        self.routes.lock().ok()?.get(&session.nat_address).copied()
+        self.routes
+            .lock()
+            .ok()?
+            .nated
+            .get(&session.nat_address)
+            .copied()
+    }
+
+    /// When an uplink's stateless IPv6 translation changed (a new prefix, an
+    /// uplink that stopped carrying), the IPv6 sessions bound with the old one
+    /// go back to the slow path and are bound anew from conntrack.
+    fn follow_stateless(&mut self) {
+        let Some(now) = self.routes.lock().ok().map(|r| r.stateless.clone()) else {
+            return;
+        };
+        if now == self.stateless {
+            return;
+        }
+        let had_any = !self.stateless.is_empty();
+        self.stateless = now;
+        if had_any {
+            if let Err(err) = self.tables.v6.clear() {
+                warn!("emptying the IPv6 fast path: {err}");
+            }
+            self.resync::<FlowKey6>();
+        }
     }
 
     /// Binds what conntrack holds established of `K`'s family now and unbinds
     /// the rest; `false` when conntrack could not be read (tried again on the
     /// next round).
-    fn resync<K: Bindable>(&mut self) -> bool {
+    fn resync<K: Followed>(&mut self) -> bool {
         let sessions = match conntrack::established::<K>() {
             Ok(sessions) => sessions,
             Err(err) => {
@@ -245,7 +364,7 @@ impl Follower<'_> {
 
     /// Binds the session of a flow the datapath offered, if conntrack holds it
     /// established on an uplink that carries.
-    fn offered<K: Bindable>(&mut self, lan_side: &K) {
+    fn offered<K: Followed>(&mut self, lan_side: &K) {
         if K::tables(&mut self.tables).is_bound(lan_side) {
             return;
         }
@@ -258,9 +377,14 @@ impl Follower<'_> {
 
     /// A session conntrack holds established: bound when its uplink carries,
     /// else back to the slow path, which decides.
-    fn established<K: Bindable>(&mut self, session: &Established<K>) {
-        let result = match self.route_of(session) {
-            Some(route) => self.bind(session, route),
+    fn established<K: Followed>(&mut self, session: &Established<K>) {
+        let bound = if session.nated {
+            self.route_of(session).map(|route| (*session, route))
+        } else {
+            K::stateless(self, session)
+        };
+        let result = match bound {
+            Some((session, route)) => self.bind(&session, route),
             None => K::tables(&mut self.tables)
                 .unbind(&session.original)
                 .map(drop),

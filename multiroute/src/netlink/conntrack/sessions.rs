@@ -21,6 +21,7 @@ use super::{
     entry::{Entry, IPPROTO_TCP, IPPROTO_UDP, Keyed},
     socket::{ConntrackError, Ctnetlink, ENOENT},
 };
+use crate::net::Family;
 
 const IPS_SEEN_REPLY: u32 = 1 << 1;
 const IPS_SRC_NAT: u32 = 1 << 4;
@@ -39,9 +40,14 @@ const ENOBUFS: i32 = 105;
 pub struct Established<K = FlowKey> {
     pub original: K,
     pub reply: K,
+    /// The LAN host's own address for an IPv6 session conntrack does not NAT.
     pub nat_address: IpAddr,
     /// A port forward: it arrived on the uplink, its replies come from the LAN.
     pub inbound: bool,
+    /// Conntrack NATs it. An IPv6 session it does not is routed as it is
+    /// (`nat6 = "none"`) or prefix-translated outside conntrack (`"npt"`): the
+    /// uplink its flow uses tells its addresses on the wire.
+    pub nated: bool,
 }
 
 impl<K: Copy> Established<K> {
@@ -75,21 +81,23 @@ impl Entry {
             IPPROTO_UDP => self.status & IPS_SEEN_REPLY != 0,
             _ => false,
         };
-        if snat == dnat || !ready || self.helper {
+        if !ready || self.helper {
             return None;
         }
         let reply = K::from_tuple(&self.reply)?;
-        let nat_address = if dnat {
+        let nat_address = match (snat, dnat) {
+            (true, false) => self.nat_address()?,
             // Arrived at the uplink's address, forwarded to the LAN host.
-            original.destination()
-        } else {
-            self.nat_address()?
+            (false, true) => original.destination(),
+            (false, false) if K::FAMILY == Family::V6 => original.source(),
+            _ => return None,
         };
         Some(Established {
             original,
             reply,
             nat_address,
             inbound: dnat,
+            nated: snat || dnat,
         })
     }
 
@@ -404,6 +412,7 @@ mod tests {
             Some(TCP_CONNTRACK_ESTABLISHED),
             vec![],
         );
+        // An IPv4 session conntrack does not NAT is the router's own, or routed.
         let not_nated = entry(IPPROTO_TCP, 0, Some(TCP_CONNTRACK_ESTABLISHED), vec![]);
         let helper = netlink_packet_core::DefaultNla::new(5, vec![0; 4]);
         let helped = entry(
@@ -476,5 +485,21 @@ mod tests {
         );
         assert_eq!(entry.established::<FlowKey>(), None, "not an IPv4 session");
         assert_eq!(entry.ended(), Some(SessionKey::V6(original)));
+        assert!(session.nated);
+        // Prefix translation happens outside conntrack: it sees the LAN host both
+        // ways, and the session is the LAN host's own.
+        let routed = Entry::from_attributes(vec![
+            ConntrackAttribute::CtaTupleOrig(tuple(&original)),
+            ConntrackAttribute::CtaTupleReply(tuple(&key(
+                "2001:db8:ff::10",
+                443,
+                "fd00:64::2",
+                40000,
+            ))),
+            ConntrackAttribute::CtaStatus(Status::from_bits_retain(IPS_SEEN_REPLY)),
+        ]);
+        let session: Established<FlowKey6> = routed.established().expect("fit too");
+        assert!(!session.nated);
+        assert_eq!(session.nat_address, IpAddr::from(v6("fd00:64::2")));
     }
 }
