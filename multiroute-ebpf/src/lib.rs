@@ -436,12 +436,15 @@ pub struct Uplink {
 }
 
 /// Capacity of each fast-path table (`MR_FAST`, `MR_FAST_REPLY`): sessions
-/// conntrack has established and userspace bound. An LRU: a session pushed out
-/// goes back to the slow path, which is always correct.
-pub const FAST_TABLE_SIZE: u32 = 65_536;
-/// The same for IPv6 (`MR_FAST6`, `MR_FAST6_REPLY`): fewer, as its flow table
-/// is smaller (see [`FLOW6_TABLE_SIZE`]); 16 384 entries of 88 bytes each way.
-pub const FAST6_TABLE_SIZE: u32 = 16_384;
+/// conntrack has established and userspace bound — only those that keep going,
+/// far fewer than the flows. An LRU: a session pushed out goes back to the slow
+/// path, which is always correct, and is offered again. Sized (112 bytes an
+/// entry, 0.9 MiB each) so a million IPv4 flows keep every map under 100 MiB:
+/// the flow table takes 96 of them.
+pub const FAST_TABLE_SIZE: u32 = 8_192;
+/// The same for IPv6 (`MR_FAST6`, `MR_FAST6_REPLY`; 144 bytes an entry): fewer,
+/// as its flow table is smaller (see [`FLOW6_TABLE_SIZE`]).
+pub const FAST6_TABLE_SIZE: u32 = 2_048;
 /// An unbound flow is offered to the fast path at its `OFFER_AFTER`th LAN
 /// packet, then at every power of two: a short connection (a request and its
 /// answer) never costs a binding, and one that keeps going is asked about again

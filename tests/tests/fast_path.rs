@@ -88,19 +88,8 @@ fn a_bulk_ipv6_transfer_takes_the_fast_path_both_ways_through_nat66() {
     if !require_root!() {
         return;
     }
-    let mut lab = lab("");
-    lab.add_ipv6().expect("making the lab dual-stack");
-    let blocks: String = (0..2).map(|n| Lab::dual_stack_block(n, 1)).collect();
-    lab.write_config_with(&blocks, "").unwrap();
-    let (inet, server) = (lab.inet(), SERVER6.to_string());
-    lab.start_in(
-        &inet,
-        "iperf3",
-        &["-s", "-B", &server, "-p", &IPERF_PORT.to_string()],
-    )
-    .expect("starting iperf3 -s on IPv6");
-    lab.start_router().expect("starting multiroute");
-    bulk_transfers(&lab, &server, "-f ipv6");
+    let mut lab = ipv6_lab(None);
+    bulk_transfers(&lab, &SERVER6.to_string(), "-f ipv6");
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
@@ -109,16 +98,26 @@ fn a_bulk_ipv6_transfer_takes_the_fast_path_through_prefix_translation() {
     if !require_root!() {
         return;
     }
-    let mut lab = lab("");
-    lab.add_ipv6().expect("making the lab dual-stack");
     // Each uplink maps the LAN's prefix onto its own: conntrack sees the LAN
     // host's address, the fast path writes the mapped one.
-    let prefixes = ["2001:db8:18:100::/64", "2001:db8:18:200::/64"];
+    let mut lab = ipv6_lab(Some(["2001:db8:18:100::/64", "2001:db8:18:200::/64"]));
+    bulk_transfers(&lab, &SERVER6.to_string(), "-f ipv6");
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
+/// The lab made dual-stack (NAT66, or each uplink mapping the LAN onto its
+/// prefix of `npt`, routed to it), an iperf3 server on the IPv6 server, and
+/// multiroute started.
+fn ipv6_lab(npt: Option<[&str; 2]>) -> Lab {
+    let mut lab = lab("");
+    lab.add_ipv6().expect("making the lab dual-stack");
     let mut blocks = String::new();
-    for (n, prefix) in prefixes.iter().enumerate() {
-        lab.route_ipv6_prefix(n, prefix).unwrap();
-        blocks += &(Lab::dual_stack_block(n, 1)
-            + &format!("nat6 = \"npt\"\nnpt_prefix = \"{prefix}\"\n"));
+    for n in 0..lab.isps {
+        blocks += &Lab::dual_stack_block(n, 1);
+        if let Some(prefix) = npt.map(|prefixes| prefixes[n]) {
+            lab.route_ipv6_prefix(n, prefix).unwrap();
+            blocks += &format!("nat6 = \"npt\"\nnpt_prefix = \"{prefix}\"\n");
+        }
     }
     lab.write_config_with(&blocks, "").unwrap();
     let (inet, server) = (lab.inet(), SERVER6.to_string());
@@ -129,8 +128,7 @@ fn a_bulk_ipv6_transfer_takes_the_fast_path_through_prefix_translation() {
     )
     .expect("starting iperf3 -s on IPv6");
     lab.start_router().expect("starting multiroute");
-    bulk_transfers(&lab, &server, "-f ipv6");
-    lab.stop_and_unload().expect("stopping multiroute");
+    lab
 }
 
 /// A TCP and a UDP transfer to `server`: at least 99 % of the LAN side's packets
