@@ -29,8 +29,8 @@ use maps::{
     BALANCE, COUNTERS, FAST_TRAFFIC, Family, OFFERS, RULES, RULESET, TRAFFIC, UPLINKS, V4, V6,
 };
 use multiroute_ebpf::{
-    Counter, DIRECT_UPLINK, Flow, FlowIdentity, MAX_RULE_UPLINKS, MAX_RULES, PENDING_UPLINK,
-    PolicyRule, Uplink, balance, chosen_by, is_offered, ring_slot,
+    Counter, DIRECT_UPLINK, Flow, FlowIdentity, MAX_RULE_UPLINKS, MAX_RULES, OFFER_AFTER,
+    PENDING_UPLINK, PolicyRule, Uplink, balance, chosen_by, is_offered, ring_slot,
 };
 use parse::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, ethertype, flow_key, flow_key6};
 
@@ -70,7 +70,8 @@ pub fn multiroute(ctx: TcContext) -> i32 {
 
 /// A LAN packet of a known flow (`known`) on its uplink `slot`: the fast path,
 /// when its session is bound to that uplink; an unbound flow that keeps going is
-/// offered to userspace for binding.
+/// offered to userspace for binding. A flow's first [`OFFER_AFTER`] packets,
+/// and every SYN, take the slow path.
 #[inline(always)]
 fn fast_out<F: FastFamily>(
     ctx: &TcContext,
@@ -78,17 +79,24 @@ fn fast_out<F: FastFamily>(
     slot: u32,
     known: *mut Flow,
 ) -> Option<i32> {
+    // SAFETY: `known` points into the flow table's value for this key.
+    let packets = unsafe { &mut (*known).packets };
+    if fast::opens_connection::<F>(ctx, key) {
+        // A new connection on a reused port counts its own packets.
+        *packets = 1;
+        return None;
+    }
+    if *packets < OFFER_AFTER {
+        // Not offered yet, so (nearly always) not bound: a short connection's
+        // packets cost no fast-path lookup. A session bound from conntrack's
+        // dump waits for its flow's count too.
+        return None;
+    }
     let Some(flow) = F::fast().get_ptr_mut(key) else {
-        // SAFETY: `known` points into the flow table's value for this key.
-        unsafe {
-            if fast::opens_connection::<F>(ctx, key) {
-                // A new connection on a reused port counts its own packets.
-                (*known).packets = 1;
-            } else if is_offered((*known).packets) {
-                // A full ring loses the offer; the flow is offered again later.
-                // Userspace tells the families' keys apart by their length.
-                let _ = OFFERS.output(key, 0);
-            }
+        if is_offered(*packets) {
+            // A full ring loses the offer; the flow is offered again later.
+            // Userspace tells the families' keys apart by their length.
+            let _ = OFFERS.output(key, 0);
         }
         return None;
     };

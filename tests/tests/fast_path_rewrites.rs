@@ -231,7 +231,7 @@ impl Drop for Router {
 /// Uplink slot 0 carries; the session of `proto` is known to the classifier on
 /// it and bound both ways, NATed to the uplink's address and `NAT_PORT`.
 fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) {
-    let original = known::<F>(dp, proto);
+    let original = offered_flow::<F>(dp, proto);
     let e = F::ENDS;
     let session = Established {
         original,
@@ -264,6 +264,18 @@ fn known<F: Family>(dp: &mut LoadedDatapath, proto: u8) -> F::Key {
     let e = F::ENDS;
     let original = F::key(e.lan_host, LAN_PORT, e.server, 443, proto);
     F::flows(dp).insert(&original, &Flow::default()).unwrap();
+    original
+}
+
+/// [`known`], with the count of a flow offered for binding (the fast path
+/// takes none of a flow's first `OFFER_AFTER` packets).
+fn offered_flow<F: Family>(dp: &mut LoadedDatapath, proto: u8) -> F::Key {
+    let original = known::<F>(dp, proto);
+    let flow = Flow {
+        packets: multiroute_ebpf::OFFER_AFTER,
+        ..Flow::default()
+    };
+    F::flows(dp).insert(&original, &flow).unwrap();
     original
 }
 
@@ -602,6 +614,18 @@ fn unusual_packets<F: Family>(router: &Router, family: &str) {
                 "{family} {what}: a close ends the fast path, nothing else does"
             );
         }
+        // A flow's first packets take the slow path, bound or not.
+        bind::<F>(&mut dp, IPPROTO_TCP);
+        F::flows(&mut dp)
+            .insert(&original, &Flow::default())
+            .unwrap();
+        let frame = packet::<F>(IPPROTO_TCP, true, |_, _| {});
+        let (verdict, out) = dp.run_on(Program::Classifier, &frame, lan0).unwrap();
+        assert_eq!(
+            (verdict.return_code, out == frame),
+            (TC_ACT_UNSPEC, true),
+            "{family}: a flow's first packet: the slow path, untouched"
+        );
         // The reply side's FIN ends it too, both ways.
         bind::<F>(&mut dp, IPPROTO_TCP);
         let reply_fin = packet::<F>(IPPROTO_TCP, false, |_, tcp| tcp.fin = true);
@@ -657,7 +681,11 @@ fn a_port_forward_takes_the_fast_path_both_ways() {
     };
     dp.maps.fast.v4.bind(&forward, ROUTE).unwrap();
     // The LAN side's flow is known to the classifier, hashed wherever.
-    dp.maps.v4.insert(&forward.reply, &Flow::default()).unwrap();
+    let counted = Flow {
+        packets: multiroute_ebpf::OFFER_AFTER,
+        ..Flow::default()
+    };
+    dp.maps.v4.insert(&forward.reply, &counted).unwrap();
     let frame = |src: IpAddr, sport: u16, dst: IpAddr, dport: u16| {
         let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
             .ipv4(v4(src), v4(dst), 64)
