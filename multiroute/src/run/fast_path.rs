@@ -188,17 +188,19 @@ fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool)
         tables,
         flows6,
         routes,
-        stateless: BTreeMap::new(),
+        seen: Routes::default(),
         updates,
         timeouts: Timeouts::read(),
     };
     let mut synced = false;
     let mut refreshed = (Instant::now(), monotonic_seconds());
     while !stop.load(Ordering::Relaxed) {
+        if !follower.follow_routes() {
+            synced = false;
+        }
         if !synced {
             synced = follower.resync::<FlowKey>() & follower.resync::<FlowKey6>();
         }
-        follower.follow_stateless();
         let (ended, offered) = readable(&events, &offers);
         if offered {
             for key in offers.take() {
@@ -259,13 +261,13 @@ fn readable(events: &Events, offers: &Offers) -> (bool, bool) {
 
 /// The thread's state: the tables it writes, the IPv6 flow table (which uplink
 /// a session conntrack does not NAT uses), the uplinks sessions may be bound to
-/// (and the stateless translations its IPv6 bindings were made with), its
-/// socket for conntrack updates, and conntrack's timeouts.
+/// (the daemon's, and the copy the bindings follow), its socket for conntrack
+/// updates, and conntrack's timeouts.
 struct Follower<'a> {
     tables: FastPathMaps,
     flows6: FlowTables<FlowKey6>,
     routes: &'a Mutex<Routes>,
-    stateless: BTreeMap<u16, (Route, Stateless)>,
+    seen: Routes,
     updates: Updates,
     timeouts: Timeouts,
 }
@@ -294,7 +296,7 @@ impl Followed for FlowKey6 {
     ) -> Option<(Established<Self>, Route)> {
         let lan_side = session.lan_side();
         let uplink = follower.flows6.get(&lan_side)?.uplink;
-        let (route, stateless) = *follower.routes.lock().ok()?.stateless.get(&uplink)?;
+        let (route, stateless) = *follower.seen.stateless.get(&uplink)?;
         let mapped = stateless.map(Ipv6Addr::from(lan_side.src_octets()))?;
         // Its replies arrive addressed to the mapped address.
         let mut reply = session.reply;
@@ -310,32 +312,27 @@ impl Followed for FlowKey6 {
 
 impl Follower<'_> {
     fn route_of<K>(&self, session: &Established<K>) -> Option<Route> {
-        self.routes
-            .lock()
-            .ok()?
-            .nated
-            .get(&session.nat_address)
-            .copied()
+        self.seen.nated.get(&session.nat_address).copied()
     }
 
-    /// When an uplink's stateless IPv6 translation changed (a new prefix, an
-    /// uplink that stopped carrying), the IPv6 sessions bound with the old one
-    /// go back to the slow path and are bound anew from conntrack.
-    fn follow_stateless(&mut self) {
-        let Some(now) = self.routes.lock().ok().map(|r| r.stateless.clone()) else {
-            return;
+    /// Takes the daemon's routes when they changed (an uplink began or stopped
+    /// carrying, an address or prefix changed); `false` then, since what
+    /// conntrack holds must be bound anew: a session offered while its uplink
+    /// did not carry yet was left unbound. IPv6 bound with a prefix translation
+    /// that changed goes back to the slow path first.
+    fn follow_routes(&mut self) -> bool {
+        let Some(now) = self.routes.lock().ok().map(|routes| routes.clone()) else {
+            return true;
         };
-        if now == self.stateless {
-            return;
+        if now == self.seen {
+            return true;
         }
-        let had_any = !self.stateless.is_empty();
-        self.stateless = now;
-        if had_any {
-            if let Err(err) = self.tables.v6.clear() {
-                warn!("emptying the IPv6 fast path: {err}");
-            }
-            self.resync::<FlowKey6>();
+        let renumbered = !self.seen.stateless.is_empty() && now.stateless != self.seen.stateless;
+        self.seen = now;
+        if renumbered && let Err(err) = self.tables.v6.clear() {
+            warn!("emptying the IPv6 fast path: {err}");
         }
+        false
     }
 
     /// Binds what conntrack holds established of `K`'s family now and unbinds
