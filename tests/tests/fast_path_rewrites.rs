@@ -664,60 +664,72 @@ fn a_port_forward_takes_the_fast_path_both_ways() {
         return;
     }
     let router = Router::new(test_name!());
+    port_forward::<V4>(&router, "v4");
+    port_forward::<V6>(&router, "v6");
+}
+
+fn port_forward<F: Family>(router: &Router, family: &str) {
     let (lan0, wan0) = (router.ifindex("lan0"), router.ifindex("wan0"));
     let wan_mac = router.mac("wan0");
-    let mut dp = LoadedDatapath::load(test_name!()).unwrap();
-    bind::<V4>(&mut dp, IPPROTO_TCP);
+    let mut dp = LoadedDatapath::load(&format!("{}-{family}", test_name!())).unwrap();
+    bind::<F>(&mut dp, IPPROTO_TCP);
     // A connection from the server to the uplink's port 8080, forwarded to the LAN
     // host's port 80: conntrack's original is the arrival, its reply the LAN's.
     let (external, internal, remote) = (8080, 80, 5555);
-    let e = V4::ENDS;
+    let e = F::ENDS;
     let forward = Established {
-        original: V4::key(e.server, remote, e.uplink, external, IPPROTO_TCP),
-        reply: V4::key(e.lan_host, internal, e.server, remote, IPPROTO_TCP),
+        original: F::key(e.server, remote, e.uplink, external, IPPROTO_TCP),
+        reply: F::key(e.lan_host, internal, e.server, remote, IPPROTO_TCP),
         nat_address: e.uplink,
         inbound: true,
         nated: true,
     };
-    dp.maps.fast.v4.bind(&forward, ROUTE).unwrap();
+    F::fast(&mut dp).bind(&forward, ROUTE).unwrap();
     // The LAN side's flow is known to the classifier, hashed wherever.
     let counted = Flow {
         packets: multiroute_ebpf::OFFER_AFTER,
         ..Flow::default()
     };
-    dp.maps.v4.insert(&forward.reply, &counted).unwrap();
+    F::flows(&mut dp).insert(&forward.reply, &counted).unwrap();
     let frame = |src: IpAddr, sport: u16, dst: IpAddr, dport: u16| {
-        let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
-            .ipv4(v4(src), v4(dst), 64)
-            .tcp(sport, dport, 1000, 65535)
-            .ack(2000);
         let mut out = Vec::new();
-        builder.write(&mut out, &[0x5a; 100]).unwrap();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8])
+            .ip(ip_header(IPPROTO_TCP, src, dst))
+            .tcp(sport, dport, 1000, 65535)
+            .ack(2000)
+            .write(&mut out, &[0x5a; 100])
+            .unwrap();
         out
     };
     router.inside(|| {
         // Arriving on the uplink: to the LAN host's port.
         let arriving = frame(e.server, remote, e.uplink, external);
         let (verdict, out) = dp.run_on(Program::Reply, &arriving, wan0).unwrap();
-        assert_eq!(verdict.return_code, TC_ACT_REDIRECT, "arrival redirected");
+        assert_eq!(
+            verdict.return_code, TC_ACT_REDIRECT,
+            "{family}: arrival redirected"
+        );
         let out = parse(&out);
-        assert_eq!(out.dmac, LAN_HOST_MAC);
-        assert_eq!(out.dst, e.lan_host);
-        assert_eq!(out.ports, (remote, internal));
+        assert_eq!(out.dmac, LAN_HOST_MAC, "{family}");
+        assert_eq!(out.dst, e.lan_host, "{family}");
+        assert_eq!(out.ports, (remote, internal), "{family}");
         // The LAN host's answer: from the uplink's address and the external port,
         // out of the uplink it arrived on.
         let answer = frame(e.lan_host, internal, e.server, remote);
         let (verdict, out) = dp.run_on(Program::Classifier, &answer, lan0).unwrap();
-        assert_eq!(verdict.return_code, TC_ACT_REDIRECT, "answer redirected");
+        assert_eq!(
+            verdict.return_code, TC_ACT_REDIRECT,
+            "{family}: answer redirected"
+        );
         let out = parse(&out);
-        assert_eq!((out.dmac, out.smac), (GATEWAY_MAC, wan_mac));
-        assert_eq!(out.src, e.uplink);
-        assert_eq!(out.ports, (external, remote));
+        assert_eq!((out.dmac, out.smac), (GATEWAY_MAC, wan_mac), "{family}");
+        assert_eq!(out.src, e.uplink, "{family}");
+        assert_eq!(out.ports, (external, remote), "{family}");
     });
-    assert_eq!(fast_counters::<V4>(&dp), (1, 1), "one each way");
+    assert_eq!(fast_counters::<F>(&dp), (1, 1), "{family}: one each way");
     // Ended by conntrack (named by its original direction): both ways unbound.
-    assert!(dp.maps.fast.v4.unbind(&forward.original).unwrap());
-    assert!(!dp.maps.fast.v4.is_bound(&forward.reply));
+    assert!(F::fast(&mut dp).unbind(&forward.original).unwrap());
+    assert!(!F::fast(&mut dp).is_bound(&forward.reply));
 }
 
 #[test]

@@ -117,7 +117,9 @@ fn system_problems(config: &Config) -> Vec<String> {
     match (config.datapath.fast_path, fast_path::unavailable()) {
         (false, _) => println!("note: fast path off ([datapath] fast_path = false)"),
         (true, None) => {
-            println!("ok: fast path: established IPv4 sessions skip the rule walk and netfilter")
+            println!(
+                "ok: fast path: established IPv4 and IPv6 sessions skip the rule walk and netfilter"
+            )
         }
         (true, Some(why)) => {
             println!("warning: fast path unavailable, every session takes the slow path: {why}")
