@@ -77,8 +77,12 @@ impl Stateless {
     }
 }
 
+/// The routes of the newest plan, until the thread takes them: it copies
+/// nothing while no plan comes.
+type NewRoutes = Mutex<Option<Routes>>;
+
 pub struct FastPath {
-    routes: Arc<Mutex<Routes>>,
+    routes: Arc<NewRoutes>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -86,7 +90,7 @@ pub struct FastPath {
 impl FastPath {
     /// Starts following conntrack for the datapath pinned at `pin_path`.
     pub fn start(pin_path: PathBuf, plan: &Plan) -> Self {
-        let routes = Arc::new(Mutex::new(routes(plan)));
+        let routes = Arc::new(Mutex::new(Some(routes(plan))));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (routes, stop) = (routes.clone(), stop.clone());
@@ -106,7 +110,7 @@ impl FastPath {
     /// The uplinks of a new plan: sessions are bound only on those that carry.
     pub fn follow_plan(&self, plan: &Plan) {
         if let Ok(mut routes) = self.routes.lock() {
-            *routes = self::routes(plan);
+            *routes = Some(self::routes(plan));
         }
     }
 }
@@ -170,7 +174,7 @@ pub fn unavailable() -> Option<&'static str> {
     }
 }
 
-fn follow(pin_path: &std::path::Path, routes: &Mutex<Routes>, stop: &AtomicBool) {
+fn follow(pin_path: &std::path::Path, routes: &NewRoutes, stop: &AtomicBool) {
     if let Some(why) = unavailable() {
         return warn!("fast path off, every session takes the slow path: {why}");
     }
@@ -266,7 +270,7 @@ fn readable(events: &Events, offers: &Offers) -> (bool, bool) {
 struct Follower<'a> {
     tables: FastPathMaps,
     flows6: FlowTables<FlowKey6>,
-    routes: &'a Mutex<Routes>,
+    routes: &'a NewRoutes,
     seen: Routes,
     updates: Updates,
     timeouts: Timeouts,
@@ -315,13 +319,13 @@ impl Follower<'_> {
         self.seen.nated.get(&session.nat_address).copied()
     }
 
-    /// Takes the daemon's routes when they changed (an uplink began or stopped
-    /// carrying, an address or prefix changed); `false` then, since what
+    /// Takes the routes of a new plan; `false` when they changed (an uplink
+    /// began or stopped carrying, an address or prefix changed), since what
     /// conntrack holds must be bound anew: a session offered while its uplink
     /// did not carry yet was left unbound. IPv6 bound with a prefix translation
     /// that changed goes back to the slow path first.
     fn follow_routes(&mut self) -> bool {
-        let Some(now) = self.routes.lock().ok().map(|routes| routes.clone()) else {
+        let Some(now) = self.routes.lock().ok().and_then(|mut routes| routes.take()) else {
             return true;
         };
         if now == self.seen {
