@@ -115,13 +115,24 @@ const NFT_MARK_RULESET: &str = "table ip nftmark {
 ";
 
 /// The plain router's NAT66 for the IPv6 baseline (multiroute brings its own).
-pub(super) const NAT66_RULESET: &str = "table ip6 nat66 {
+const NAT66_RULESET: &str = "table ip6 nat66 {
     chain post {
         type nat hook postrouting priority srcnat; policy accept;
         oifname \"wan*\" masquerade
     }
 }
 ";
+
+/// Adds (`on`) or removes the plain router's NAT66.
+pub(super) fn nat66(lab: &Lab, on: bool) -> Result<()> {
+    let router = lab.router();
+    if on {
+        lab.ns(&router, "nft", &[NAT66_RULESET])?;
+    } else {
+        lab.ns(&router, "nft", &["delete", "table", "ip6", "nat66"])?;
+    }
+    Ok(())
+}
 
 /// The seed's multipath default, hashed on the 5-tuple.
 pub(super) const ECMP_DEFAULT: [&str; 17] = [
@@ -160,7 +171,7 @@ fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     match variant {
         Variant::Baseline => {}
         Variant::Baseline6 => {
-            lab.ns(&router, "nft", &[NAT66_RULESET])?;
+            nat66(lab, true)?;
         }
         Variant::Multiroute | Variant::Multiroute6 => lab.start_router()?,
         Variant::NftMark => {
@@ -236,7 +247,7 @@ fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     match variant {
         Variant::Baseline => {}
         Variant::Baseline6 => {
-            lab.ns(&router, "nft", &["delete", "table", "ip6", "nat66"])?;
+            nat66(lab, false)?;
         }
         Variant::Multiroute | Variant::Multiroute6 => lab.stop_and_unload()?,
         Variant::RoutingOnly | Variant::NoInboundChain => unload(lab)?,

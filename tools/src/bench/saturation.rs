@@ -167,9 +167,7 @@ const SLOW_PATH_ONLY: &str = "\n[datapath]\nfast_path = false\n";
 pub(super) fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
     match variant {
         Variant::Baseline => {}
-        Variant::Baseline6 => {
-            lab.ns(&lab.router(), "nft", &[forwarding::NAT66_RULESET])?;
-        }
+        Variant::Baseline6 => forwarding::nat66(lab, true)?,
         Variant::FastPath | Variant::FastPath6 => lab.start_router()?,
         Variant::SlowPath => {
             let config = std::fs::read_to_string(&lab.config)?;
@@ -193,9 +191,7 @@ pub(super) fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
         Variant::Baseline => {}
-        Variant::Baseline6 => {
-            lab.ns(&router, "nft", &["delete", "table", "ip6", "nat66"])?;
-        }
+        Variant::Baseline6 => forwarding::nat66(lab, false)?,
         Variant::FastPath | Variant::FastPath6 => lab.stop_and_unload()?,
         Variant::SlowPath => {
             lab.stop_and_unload()?;
