@@ -231,7 +231,9 @@ impl Drop for Router {
 /// Uplink slot 0 carries; the session of `proto` is known to the classifier on
 /// it and bound both ways, NATed to the uplink's address and `NAT_PORT`.
 fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) {
-    let original = offered_flow::<F>(dp, proto);
+    // Counted as offered: the fast path takes none of a flow's first
+    // `OFFER_AFTER` packets.
+    let original = known::<F>(dp, proto, multiroute_ebpf::OFFER_AFTER);
     let e = F::ENDS;
     let session = Established {
         original,
@@ -244,8 +246,8 @@ fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) {
 }
 
 /// Uplink slot 0 carries (both families), and the classifier knows the LAN
-/// host's flow of `proto` on it (not bound); its key.
-fn known<F: Family>(dp: &mut LoadedDatapath, proto: u8) -> F::Key {
+/// host's flow of `proto` on it, at `packets` (not bound); its key.
+fn known<F: Family>(dp: &mut LoadedDatapath, proto: u8, packets: u64) -> F::Key {
     dp.maps
         .set_uplink(
             0,
@@ -263,16 +265,8 @@ fn known<F: Family>(dp: &mut LoadedDatapath, proto: u8) -> F::Key {
         .unwrap();
     let e = F::ENDS;
     let original = F::key(e.lan_host, LAN_PORT, e.server, 443, proto);
-    F::flows(dp).insert(&original, &Flow::default()).unwrap();
-    original
-}
-
-/// [`known`], with the count of a flow offered for binding (the fast path
-/// takes none of a flow's first `OFFER_AFTER` packets).
-fn offered_flow<F: Family>(dp: &mut LoadedDatapath, proto: u8) -> F::Key {
-    let original = known::<F>(dp, proto);
     let flow = Flow {
-        packets: multiroute_ebpf::OFFER_AFTER,
+        packets,
         ..Flow::default()
     };
     F::flows(dp).insert(&original, &flow).unwrap();
@@ -745,7 +739,7 @@ fn an_unbound_flow_that_keeps_going_is_offered_for_binding() {
 fn offered<F: Family>(router: &Router, family: &str, named: fn(F::Key) -> SessionKey) {
     let lan0 = router.ifindex("lan0");
     let mut dp = LoadedDatapath::load(&format!("{}-{family}", test_name!())).unwrap();
-    let original = known::<F>(&mut dp, IPPROTO_TCP);
+    let original = known::<F>(&mut dp, IPPROTO_TCP, 0);
     let mut offers = multiroute::apply::datapath::fast::Offers::open(&dp.pin_path()).unwrap();
     let data = packet::<F>(IPPROTO_TCP, true, |_, _| {});
     let syn = packet::<F>(IPPROTO_TCP, true, |_, tcp| {
