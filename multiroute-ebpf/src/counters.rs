@@ -1,6 +1,7 @@
-//! Why a packet went the way it did: one per-CPU counter each, per address family.
+//! Why a packet (or a session's end) went the way it did: one per-CPU counter
+//! each, per address family.
 
-/// Why a packet went the way it did: one per-CPU counter each.
+/// Why a packet (or a session's end) went the way it did: one per-CPU counter each.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Counter {
@@ -35,9 +36,15 @@ pub enum Counter {
     /// A reply arriving on an uplink, rewritten and sent to the LAN host by the
     /// fast path.
     FastReply = 12,
+    /// A session conntrack ended that the fast path carried: its destroy event
+    /// went to the daemon, which unbinds it (see `multiroute_ends`).
+    EndBound = 13,
+    /// A session conntrack ended that was never bound: its destroy event was
+    /// dropped before the daemon's socket.
+    EndUnbound = 14,
 }
 
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 15;
 
 /// The address families the datapath counts apart: `MR_COUNTERS` holds
 /// [`COUNTER_COUNT`] counters per family, IPv4's first. Packets that are neither
@@ -64,6 +71,8 @@ impl Counter {
         Counter::PassDirect,
         Counter::FastOut,
         Counter::FastReply,
+        Counter::EndBound,
+        Counter::EndUnbound,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -81,6 +90,8 @@ impl Counter {
             Counter::PassDirect => "pass_direct",
             Counter::FastOut => "fast_out",
             Counter::FastReply => "fast_reply",
+            Counter::EndBound => "end_bound",
+            Counter::EndUnbound => "end_unbound",
         }
     }
 }

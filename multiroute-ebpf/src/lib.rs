@@ -138,6 +138,9 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "multiroute";
 /// The fast path for replies, on the ingress of each uplink interface.
 pub const REPLY_PROGRAM_NAME: &str = "multiroute_reply";
+/// The filter on the daemon's conntrack destroy-event socket: only the ends of
+/// sessions the fast path carries reach it.
+pub const ENDS_PROGRAM_NAME: &str = "multiroute_ends";
 /// What the benchmark's XDP generator and sink share with it (never attached by
 /// multiroute itself).
 pub mod bench {

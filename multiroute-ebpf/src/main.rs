@@ -13,6 +13,7 @@
 #![no_main]
 
 mod bench;
+mod ends;
 mod fast;
 mod maps;
 mod parse;

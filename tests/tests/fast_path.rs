@@ -303,6 +303,14 @@ fn a_deleted_conntrack_entry_sends_its_session_back_to_the_slow_path() {
         "back on the slow path within a packet or two: {}",
         after_delete - deleted
     );
+    // The daemon heard of it through its filtered socket (the ends of unbound
+    // sessions, such as the health probes', stop in the kernel).
+    let status = lab.status().unwrap();
+    assert!(
+        counter(&status, "end_bound") >= 1,
+        "the deleted session's end passed the filter: {}",
+        status["counters"]
+    );
     lab.stop_and_unload().expect("stopping multiroute");
 }
 

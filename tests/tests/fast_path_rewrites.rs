@@ -774,3 +774,142 @@ fn offered<F: Family>(router: &Router, family: &str, named: fn(F::Key) -> Sessio
         "{family}: the 8th packet, then powers of two; the new connection's 8th"
     );
 }
+
+#[test]
+fn only_the_ends_of_bound_sessions_pass_the_destroy_event_filter() {
+    if !require_root!() {
+        return;
+    }
+    let router = Router::new(test_name!());
+    ends::<V4>(&router, "v4", SessionKey::V4);
+    ends::<V6>(&router, "v6", SessionKey::V6);
+}
+
+/// Real conntrack entries made and deleted in the namespace: the filter on the
+/// destroy-event socket lets through the ends of the bound sessions (outbound,
+/// by the LAN side; a port forward, by its arrival) and none of the others.
+fn ends<F: Family>(router: &Router, family: &str, named: fn(F::Key) -> SessionKey) {
+    let mut dp = LoadedDatapath::load(&format!("{}-{family}", test_name!())).unwrap();
+    bind::<F>(&mut dp, IPPROTO_TCP);
+    let e = F::ENDS;
+    let forward = Established {
+        original: F::key(e.server, 5555, e.uplink, 8080, IPPROTO_TCP),
+        reply: F::key(e.lan_host, 80, e.server, 5555, IPPROTO_TCP),
+        nat_address: e.uplink,
+        inbound: true,
+        nated: true,
+    };
+    F::fast(&mut dp).bind(&forward, ROUTE).unwrap();
+    let filter = dp.datapath.ends_filter().unwrap();
+    let (lan, server, uplink) = (
+        e.lan_host.to_string(),
+        e.server.to_string(),
+        e.uplink.to_string(),
+    );
+    // conntrack takes the family from the addresses.
+    let icmp = match e.lan_host {
+        IpAddr::V4(_) => [
+            "icmp",
+            "--icmp-type",
+            "8",
+            "--icmp-code",
+            "0",
+            "--icmp-id",
+            "77",
+        ],
+        IpAddr::V6(_) => [
+            "icmpv6",
+            "--icmpv6-type",
+            "128",
+            "--icmpv6-code",
+            "0",
+            "--icmpv6-id",
+            "77",
+        ],
+    };
+    let tcp = |src: &str, sport: &str, dst: &str, dport: &str| -> Vec<String> {
+        [
+            "-p", "tcp", "-s", src, "-d", dst, "--sport", sport, "--dport", dport,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let entries: Vec<Vec<String>> = vec![
+        // The bound session and the port forward.
+        tcp(&lan, &LAN_PORT.to_string(), &server, "443"),
+        tcp(&server, "5555", &uplink, "8080"),
+        // Another LAN port's session, a UDP one and a ping: never bound.
+        tcp(&lan, &(LAN_PORT + 1).to_string(), &server, "443"),
+        [
+            "-p", "udp", "-s", &lan, "-d", &server, "--sport", "5353", "--dport", "53",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ["-p", icmp[0], "-s", &lan, "-d", &server]
+            .into_iter()
+            .chain(icmp[1..].iter().copied())
+            .map(str::to_owned)
+            .collect(),
+    ];
+    let conntrack = |verb: &str, entry: &[String], extra: &[&str]| {
+        let mut args = vec!["netns", "exec", &router.name, "conntrack", verb];
+        args.extend(entry.iter().map(String::as_str));
+        args.extend(extra);
+        run("ip", &args)
+            .unwrap_or_else(|err| panic!("{family}: conntrack {verb} {entry:?}: {err}"));
+    };
+    let ended = router.inside(|| {
+        let mut events = multiroute::netlink::conntrack::Events::subscribe().unwrap();
+        events.filter(std::os::fd::AsFd::as_fd(&filter)).unwrap();
+        for entry in &entries {
+            let tcp_state: &[&str] = if entry[1] == "tcp" {
+                &["--state", "ESTABLISHED"]
+            } else {
+                &[]
+            };
+            conntrack("-I", entry, &[tcp_state, &["-t", "120"]].concat());
+        }
+        for entry in &entries {
+            conntrack("-D", entry, &[]);
+        }
+        // Every end is sent as the entry is deleted; a quiet half second after
+        // the last is all of them.
+        let mut ended = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            let mut poll = libc::pollfd {
+                fd: events.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on the socket this thread holds, 500 ms at most.
+            if unsafe { libc::poll(&mut poll, 1, 500) } <= 0 {
+                break;
+            }
+            ended.extend(events.read().unwrap());
+        }
+        ended
+    });
+    assert_eq!(
+        ended,
+        [named(bound_original::<F>()), named(forward.original)],
+        "{family}: the ends of the two bound sessions, in order, and no other"
+    );
+    let counters: std::collections::HashMap<_, _> =
+        dp.maps.counters(F::COUNTERS).unwrap().into_iter().collect();
+    let count = |counter| counters.get(&counter).copied().unwrap_or(0);
+    assert_eq!(
+        (
+            count(multiroute_ebpf::Counter::EndBound),
+            count(multiroute_ebpf::Counter::EndUnbound)
+        ),
+        (2, 3),
+        "{family}: counted"
+    );
+}
+
+/// The original direction of the session [`bind`] binds.
+fn bound_original<F: Family>() -> F::Key {
+    let e = F::ENDS;
+    F::key(e.lan_host, LAN_PORT, e.server, 443, IPPROTO_TCP)
+}

@@ -7,7 +7,8 @@
 //! or is deleted (`conntrack -D`, the failover flush) is unbound at once; and
 //! every bound session that carried traffic gets its conntrack timeout refreshed,
 //! since its packets no longer reach conntrack. Short connections are never
-//! bound, and cost the router no conntrack event but their end.
+//! bound, and their ends never reach this thread: the socket's filter
+//! (`multiroute_ends`) lets through only those of bound sessions.
 //!
 //! When the daemon stops, every session goes back to the slow path (conntrack
 //! still has them all, so none breaks) — nothing would follow conntrack without
@@ -15,7 +16,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv6Addr},
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -25,6 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::ProgramFd;
 use multiroute_ebpf::{FlowKey, FlowKey6, IPPROTO_TCP};
 use tracing::{debug, info, warn};
 
@@ -88,15 +90,16 @@ pub struct FastPath {
 }
 
 impl FastPath {
-    /// Starts following conntrack for the datapath pinned at `pin_path`.
-    pub fn start(pin_path: PathBuf, plan: &Plan) -> Self {
+    /// Starts following conntrack for the datapath pinned at `pin_path`, its
+    /// destroy events passed through `filter` (see `Datapath::ends_filter`).
+    pub fn start(pin_path: PathBuf, plan: &Plan, filter: Option<ProgramFd>) -> Self {
         let routes = Arc::new(Mutex::new(Some(routes(plan))));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (routes, stop) = (routes.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("fast-path".into())
-                .spawn(move || follow(&pin_path, &routes, &stop))
+                .spawn(move || follow(&pin_path, &routes, &stop, filter))
                 .map_err(|err| warn!("fast path off: cannot start its thread: {err}"))
                 .ok()
         };
@@ -174,7 +177,12 @@ pub fn unavailable() -> Option<&'static str> {
     }
 }
 
-fn follow(pin_path: &std::path::Path, routes: &NewRoutes, stop: &AtomicBool) {
+fn follow(
+    pin_path: &std::path::Path,
+    routes: &NewRoutes,
+    stop: &AtomicBool,
+    filter: Option<ProgramFd>,
+) {
     if let Some(why) = unavailable() {
         return warn!("fast path off, every session takes the slow path: {why}");
     }
@@ -188,6 +196,11 @@ fn follow(pin_path: &std::path::Path, routes: &NewRoutes, stop: &AtomicBool) {
             return warn!("fast path off: cannot follow conntrack: {err}");
         }
     };
+    if let Some(filter) = filter
+        && let Err(err) = events.filter(filter.as_fd())
+    {
+        warn!("the ends of every session reach the fast path's thread: {err}");
+    }
     let mut follower = Follower {
         tables,
         flows6,
@@ -414,28 +427,28 @@ impl Follower<'_> {
         // Every change we make to an entry comes back as an event: a bound session
         // is left alone, or each refresh would answer the last one's event.
         let lan_side = session.lan_side();
-        let tables = K::tables(&mut self.tables);
-        if tables.is_bound(&lan_side) {
+        if K::tables(&mut self.tables).is_bound(&lan_side) {
             return Ok(());
         }
-        if lan_side.proto() == IPPROTO_TCP {
-            // Before its data skips conntrack: its window tracking must accept the
-            // FIN that follows.
-            let named = (
-                lan_side,
-                direction(session.inbound),
-                self.timeouts.of(IPPROTO_TCP),
-            );
-            match self.updates.refresh(&[named]) {
-                Ok(1) => {}
-                Ok(_) => return Ok(()),
-                Err(err) => {
-                    debug!("marking a session be-liberal: {err}");
-                    return Ok(());
+        K::tables(&mut self.tables).bind(session, route)?;
+        // Conntrack is told after the binding exists: an entry it destroyed before
+        // sent the daemon no end (`multiroute_ends` keeps back those of unbound
+        // sessions), and this update is what finds it gone. It also marks TCP
+        // be-liberal, so the window tracking accepts the FIN after fast data.
+        let named = (
+            lan_side,
+            direction(session.inbound),
+            self.timeouts.of(lan_side.proto()),
+        );
+        match self.updates.refresh(&[named]) {
+            Ok(1) => Ok(()),
+            result => {
+                if let Err(err) = result {
+                    debug!("telling conntrack of a binding: {err}");
                 }
+                K::tables(&mut self.tables).unbind(&lan_side).map(drop)
             }
         }
-        K::tables(&mut self.tables).bind(session, route)
     }
 
     /// Refreshes conntrack's timeout of every session of `K`'s family the fast

@@ -69,7 +69,11 @@ impl Daemon {
         match (self.config.datapath.fast_path, self.fast_path.is_some()) {
             (true, false) => {
                 let pin_path = self.config.routing.pin_path.clone();
-                self.fast_path = Some(FastPath::start(pin_path, &self.plan));
+                let filter = self.kernel.datapath.ends_filter();
+                let filter = filter
+                    .map_err(|err| warn!("the fast path's thread reads every session's end: {err}"))
+                    .ok();
+                self.fast_path = Some(FastPath::start(pin_path, &self.plan, filter));
             }
             (false, true) => self.fast_path = None,
             _ => {}

@@ -11,14 +11,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        SchedClassifier, TcAttachType, Xdp,
+        ProgramFd, SchedClassifier, SocketFilter, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
     },
 };
 use multiroute_ebpf::{
-    AFFINITY_TABLE_SIZE, COUNTER_COUNT, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE, FLOW6_TABLE_SIZE,
-    MAP_LAYOUT, PROGRAM_NAME, REPLY_PROGRAM_NAME, UPGRADABLE_LAYOUTS, balance, family, map_names,
+    AFFINITY_TABLE_SIZE, COUNTER_COUNT, ENDS_PROGRAM_NAME, FLOOR_PROGRAM_NAME, FLOW_TABLE_SIZE,
+    FLOW6_TABLE_SIZE, MAP_LAYOUT, PROGRAM_NAME, REPLY_PROGRAM_NAME, UPGRADABLE_LAYOUTS, balance,
+    family, map_names,
 };
 use tracing::{debug, info};
 
@@ -190,6 +191,32 @@ impl Datapath {
             program.load().map_err(verifying(name))?;
         }
         Ok(program)
+    }
+
+    /// The filter for the fast path's conntrack destroy-event socket (see
+    /// `multiroute_ebpf::ENDS_PROGRAM_NAME`), verified on first use: a
+    /// descriptor of its own, for the thread that attaches it.
+    pub fn ends_filter(&mut self) -> Result<ProgramFd, DatapathError> {
+        let failed = |what: &str| {
+            let what = format!("{what} {ENDS_PROGRAM_NAME}");
+            move |source: aya::programs::ProgramError| DatapathError::Program {
+                what,
+                source: Box::new(source),
+            }
+        };
+        let program: &mut SocketFilter = self
+            .ebpf
+            .program_mut(ENDS_PROGRAM_NAME)
+            .ok_or(aya::programs::ProgramError::NotLoaded)
+            .map_err(failed("the object has no"))?
+            .try_into()
+            .map_err(failed("not a socket filter:"))?;
+        if program.fd().is_err() {
+            program.load().map_err(verifying(ENDS_PROGRAM_NAME))?;
+        }
+        let fd = program.fd().map_err(failed("no descriptor of"))?;
+        fd.try_clone()
+            .map_err(|err| failed("duplicating")(aya::programs::ProgramError::IOError(err)))
     }
 
     /// A map of the object that is not pinned (the benchmark's), by name.

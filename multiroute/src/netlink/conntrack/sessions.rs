@@ -4,7 +4,10 @@
 //! alive while the fast path carries them: its packets never reach conntrack, so
 //! the timeout is refreshed from userspace and TCP window tracking is told to be
 //! liberal (a FIN after fast-pathed data must not look out of window).
-use std::{net::IpAddr, os::fd::AsRawFd};
+use std::{
+    net::IpAddr,
+    os::fd::{AsRawFd, BorrowedFd},
+};
 
 use multiroute_ebpf::{FlowIdentity, FlowKey, FlowKey6};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
@@ -140,6 +143,27 @@ impl Events {
             .set_non_blocking(true)
             .map_err(ConntrackError::Socket)?;
         Ok(Self { socket })
+    }
+
+    /// Lets only the events `filter` (a socket filter program) keeps reach this
+    /// socket.
+    pub fn filter(&self, filter: BorrowedFd) -> Result<(), ConntrackError> {
+        let fd = filter.as_raw_fd();
+        // SAFETY: setsockopt(2) on the socket this owns, reading one c_int.
+        let result = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_BPF,
+                (&raw const fd).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(ConntrackError::Socket(std::io::Error::last_os_error()))
+        }
     }
 
     /// The events queued now (each a datagram of its own), up to [`READ_BATCH`]
