@@ -424,8 +424,7 @@ impl Follower<'_> {
         session: &Established<K>,
         route: Route,
     ) -> Result<(), crate::apply::datapath::DatapathError> {
-        // Every change we make to an entry comes back as an event: a bound session
-        // is left alone, or each refresh would answer the last one's event.
+        // A bound session offered again, or read again from a dump, is left alone.
         let lan_side = session.lan_side();
         if K::tables(&mut self.tables).is_bound(&lan_side) {
             return Ok(());
