@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        ProgramFd, SchedClassifier, SocketFilter, TcAttachType, Xdp,
+        Program, ProgramError, ProgramFd, SchedClassifier, SocketFilter, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
     },
@@ -174,19 +174,7 @@ impl Datapath {
     /// One of the object's XDP programs (the benchmark's generator and sink),
     /// verified on first use; multiroute attaches none.
     pub fn xdp_program(&mut self, name: &str) -> Result<&mut Xdp, DatapathError> {
-        let missing = || DatapathError::Program {
-            what: format!("the object has no XDP program named {name}"),
-            source: Box::new(aya::programs::ProgramError::NotLoaded),
-        };
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(missing)?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                what: format!("{name} is not an XDP program"),
-                source: Box::new(source),
-            })?;
+        let program: &mut Xdp = program(&mut self.ebpf, name, "XDP program")?;
         if program.fd().is_err() {
             program.load().map_err(verifying(name))?;
         }
@@ -197,26 +185,16 @@ impl Datapath {
     /// `multiroute_ebpf::ENDS_PROGRAM_NAME`), verified on first use: a
     /// descriptor of its own, for the thread that attaches it.
     pub fn ends_filter(&mut self) -> Result<ProgramFd, DatapathError> {
-        let failed = |what: &str| {
-            let what = format!("{what} {ENDS_PROGRAM_NAME}");
-            move |source: aya::programs::ProgramError| DatapathError::Program {
-                what,
-                source: Box::new(source),
-            }
-        };
-        let program: &mut SocketFilter = self
-            .ebpf
-            .program_mut(ENDS_PROGRAM_NAME)
-            .ok_or(aya::programs::ProgramError::NotLoaded)
-            .map_err(failed("the object has no"))?
-            .try_into()
-            .map_err(failed("not a socket filter:"))?;
+        let program: &mut SocketFilter =
+            program(&mut self.ebpf, ENDS_PROGRAM_NAME, "socket filter")?;
         if program.fd().is_err() {
             program.load().map_err(verifying(ENDS_PROGRAM_NAME))?;
         }
-        let fd = program.fd().map_err(failed("no descriptor of"))?;
-        fd.try_clone()
-            .map_err(|err| failed("duplicating")(aya::programs::ProgramError::IOError(err)))
+        let duplicated = program.fd().and_then(|fd| Ok(fd.try_clone()?));
+        duplicated.map_err(|source| DatapathError::Program {
+            what: format!("duplicating the descriptor of {ENDS_PROGRAM_NAME}"),
+            source: Box::new(source),
+        })
     }
 
     /// A map of the object that is not pinned (the benchmark's), by name.
@@ -303,7 +281,7 @@ impl Datapath {
     /// The classifier `name` of the object, verified on first use (the
     /// classifier proper is at load).
     pub fn tc_program(&mut self, name: &str) -> Result<&mut SchedClassifier, DatapathError> {
-        let program = program(&mut self.ebpf, name)?;
+        let program: &mut SchedClassifier = program(&mut self.ebpf, name, "TC classifier")?;
         if program.fd().is_err() {
             program.load().map_err(verifying(name))?;
         }
@@ -323,7 +301,7 @@ impl Datapath {
 }
 
 /// The error of a program the verifier refused.
-fn verifying(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> DatapathError {
+fn verifying(name: &str) -> impl FnOnce(ProgramError) -> DatapathError {
     let what = format!("verifying {name}");
     move |source| DatapathError::Program {
         what,
@@ -332,17 +310,21 @@ fn verifying(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Datapath
 }
 
 fn classifier(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
-    program(ebpf, PROGRAM_NAME)
+    program(ebpf, PROGRAM_NAME, "TC classifier")
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
+/// The object's program `name`, which must be a `kind` (`T`).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str, kind: &str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     let missing = || DatapathError::Program {
-        what: format!("the object has no classifier named {name}"),
-        source: Box::new(aya::programs::ProgramError::NotLoaded),
+        what: format!("the object has no {kind} named {name}"),
+        source: Box::new(ProgramError::NotLoaded),
     };
     let program = ebpf.program_mut(name).ok_or_else(missing)?;
     program.try_into().map_err(|source| DatapathError::Program {
-        what: format!("{name} is not a TC classifier"),
+        what: format!("{name} is of another program type than a {kind}"),
         source: Box::new(source),
     })
 }
