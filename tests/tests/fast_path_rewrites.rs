@@ -229,8 +229,9 @@ impl Drop for Router {
 }
 
 /// Uplink slot 0 carries; the session of `proto` is known to the classifier on
-/// it and bound both ways, NATed to the uplink's address and `NAT_PORT`.
-fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) {
+/// it and bound both ways, NATed to the uplink's address and `NAT_PORT`; its
+/// original direction.
+fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) -> F::Key {
     // Counted as offered: the fast path takes none of a flow's first
     // `OFFER_AFTER` packets.
     let original = known::<F>(dp, proto, multiroute_ebpf::OFFER_AFTER);
@@ -243,6 +244,7 @@ fn bind<F: Family>(dp: &mut LoadedDatapath, proto: u8) {
         nated: true,
     };
     F::fast(dp).bind(&session, ROUTE).unwrap();
+    original
 }
 
 /// Uplink slot 0 carries (both families), and the classifier knows the LAN
@@ -790,7 +792,7 @@ fn only_the_ends_of_bound_sessions_pass_the_destroy_event_filter() {
 /// by the LAN side; a port forward, by its arrival) and none of the others.
 fn ends<F: Family>(router: &Router, family: &str, named: fn(F::Key) -> SessionKey) {
     let mut dp = LoadedDatapath::load(&format!("{}-{family}", test_name!())).unwrap();
-    bind::<F>(&mut dp, IPPROTO_TCP);
+    let bound = bind::<F>(&mut dp, IPPROTO_TCP);
     let e = F::ENDS;
     let forward = Established {
         original: F::key(e.server, 5555, e.uplink, 8080, IPPROTO_TCP),
@@ -892,7 +894,7 @@ fn ends<F: Family>(router: &Router, family: &str, named: fn(F::Key) -> SessionKe
     });
     assert_eq!(
         ended,
-        [named(bound_original::<F>()), named(forward.original)],
+        [named(bound), named(forward.original)],
         "{family}: the ends of the two bound sessions, in order, and no other"
     );
     let counters: std::collections::HashMap<_, _> =
@@ -906,10 +908,4 @@ fn ends<F: Family>(router: &Router, family: &str, named: fn(F::Key) -> SessionKe
         (2, 3),
         "{family}: counted"
     );
-}
-
-/// The original direction of the session [`bind`] binds.
-fn bound_original<F: Family>() -> F::Key {
-    let e = F::ENDS;
-    F::key(e.lan_host, LAN_PORT, e.server, 443, IPPROTO_TCP)
 }
