@@ -184,7 +184,8 @@ pub struct Lab {
     /// A second router sharing the LAN and the ISPs' links (see [`pair`]).
     pair: bool,
     router_b: Option<Child>,
-    _serial: MutexGuard<'static, ()>,
+    /// One lab at a time in a process; the others of [`Lab::side_by_side`] hold none.
+    _serial: Option<MutexGuard<'static, ()>>,
 }
 
 impl Lab {

@@ -14,6 +14,26 @@ impl Lab {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         cleanup::remove_stale();
+        Self::assemble(options, pair, Some(serial))
+    }
+
+    /// `n` labs side by side, alike but for their namespaces: the bench's (a
+    /// plain router measured where multiroute ran would pay for its rules).
+    /// Only the last holds the process's turn, so it goes last.
+    pub fn side_by_side(options: &LabOptions, n: usize) -> Result<Vec<Lab>> {
+        let holder = Self::create(options, false)?;
+        let mut labs = (1..n)
+            .map(|_| Self::assemble(options, false, None))
+            .collect::<Result<Vec<_>>>()?;
+        labs.push(holder);
+        Ok(labs)
+    }
+
+    fn assemble(
+        options: &LabOptions,
+        pair: bool,
+        serial: Option<MutexGuard<'static, ()>>,
+    ) -> Result<Lab> {
         let prefix = format!(
             "mrt{}x{}",
             std::process::id() % 100_000,

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{Options, median};
+use super::{Contender, Labs, Options, median};
 use multiroute_tests::{Lab, LabOptions, SERVER, ipv6::SERVER6, lab_script};
 
 /// The IPv6 iperf3 server's port (the IPv4 one keeps iperf3's default).
@@ -49,8 +49,10 @@ impl Variant {
     pub fn ipv6(self) -> bool {
         matches!(self, Variant::Baseline6 | Variant::Multiroute6)
     }
+}
 
-    pub fn label(self) -> &'static str {
+impl Contender for Variant {
+    fn label(self) -> &'static str {
         match self {
             Variant::Baseline => "plain forwarding + masquerade",
             Variant::Multiroute => "multiroute",
@@ -61,6 +63,10 @@ impl Variant {
             Variant::Baseline6 => "IPv6: plain forwarding + NAT66",
             Variant::Multiroute6 => "IPv6: multiroute",
         }
+    }
+
+    fn adds_rules(self) -> bool {
+        !matches!(self, Variant::Baseline | Variant::Ecmp | Variant::Baseline6)
     }
 }
 
@@ -333,14 +339,8 @@ fn measure_once(lab: &Lab, variant: Variant, options: &Options) -> Result<[f64; 
     Ok([tcp1, tcp8, udp, options.connections as f64 / elapsed])
 }
 
-/// All variants take turns in one lab, round after round, so drift on a shared
-/// machine (it is there: the same router measured minutes apart differs by ~10 %)
-/// falls on every variant alike; medians over the rounds.
-pub fn run(options: &Options) -> Result<Vec<Measured>> {
-    let mut lab = Lab::new(&LabOptions {
-        weights: vec![1, 1],
-        extra_config: String::new(),
-    })?;
+/// The dual-stack lab with its iperf3 servers listening.
+fn iperf_lab(lab: &mut Lab) -> Result<()> {
     lab.add_ipv6()?;
     let blocks = Lab::dual_stack_block(0, 1) + &Lab::dual_stack_block(1, 1);
     lab.write_config_with(&blocks, "")?;
@@ -356,15 +356,26 @@ pub fn run(options: &Options) -> Result<Vec<Measured>> {
     // variants have.
     let isp = lab.isp(0);
     multiroute_tests::wait_until(std::time::Duration::from_secs(5), || {
-        iperf_from(&lab, &isp, false, &["-n", "1K"]).is_ok()
-            && iperf_from(&lab, &isp, true, &["-n", "1K"]).is_ok()
+        iperf_from(lab, &isp, false, &["-n", "1K"]).is_ok()
+            && iperf_from(lab, &isp, true, &["-n", "1K"]).is_ok()
     })
     .context("iperf3 servers did not come up")?;
+    Ok(())
+}
+
+/// All variants take turns, round after round, so drift on a shared machine (it
+/// is there: the same router measured minutes apart differs by ~10 %) falls on
+/// every variant alike; medians over the rounds.
+pub fn run(options: &Options) -> Result<Vec<Measured>> {
+    let two_isps = LabOptions {
+        weights: vec![1, 1],
+        extra_config: String::new(),
+    };
+    let mut labs = Labs::new(&two_isps, iperf_lab, false)?;
     let samples = super::take_turns(
-        &mut lab,
+        &mut labs,
         &Variant::ALL,
         options.forwarding_runs,
-        Variant::label,
         set_up,
         |lab, variant| measure_once(lab, variant, options),
         tear_down,

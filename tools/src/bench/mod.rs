@@ -85,19 +85,78 @@ pub struct Results {
     pub memory: memory::Measured,
 }
 
-/// Every variant in turn, round after round, in one lab, so drift on a shared
-/// machine falls on every variant alike: each variant's figures, round by round.
-/// Each round starts one variant later than the last, so no variant always
-/// follows the same one or goes first (round 0's first variant met a fresh
-/// lab: the fast path, always second, read 0.69–0.82× plain there and
-/// 0.86–1.18× in later rounds of suite 5). `measure` runs between `set_up` and
-/// `tear_down`; a failed measurement fails the suite after the lab is turned
-/// back.
-pub(crate) fn take_turns<V: Copy, T: std::fmt::Debug>(
-    lab: &mut multiroute_tests::Lab,
+/// One router a suite measures.
+pub(crate) trait Contender: Copy {
+    fn label(self) -> &'static str;
+    /// Whether its set-up adds `ip rule`s, and so takes its turns in
+    /// [`Labs::ruled`].
+    fn adds_rules(self) -> bool;
+}
+
+/// The two identical labs the routers take turns in. Once a namespace has had
+/// an `ip rule`, the kernel walks the rules for every forwarded packet there,
+/// and takes `fib_validate_source`'s full reverse lookup, for good: it never
+/// clears `fib_has_custom_rules` (nor IPv6's). A plain router measured where
+/// multiroute once ran would pay for rules it does not have (suite 5's plain
+/// forwarding read 0.91–1.37× in its first round, the only one before any
+/// rule, what it read in the rest), so the routers without rules have a lab
+/// that never had one.
+pub(crate) struct Labs {
+    pub rule_free: multiroute_tests::Lab,
+    pub ruled: multiroute_tests::Lab,
+    /// Suite 5's third: plain forwarding, measured alongside each other router.
+    pub plain: Option<multiroute_tests::Lab>,
+}
+
+impl Labs {
+    /// The labs built with `options`, then made ready by `prepare`; with
+    /// `plain`, the third.
+    pub fn new(
+        options: &multiroute_tests::LabOptions,
+        prepare: impl Fn(&mut multiroute_tests::Lab) -> Result<()>,
+        plain: bool,
+    ) -> Result<Self> {
+        let mut labs = multiroute_tests::Lab::side_by_side(options, 2 + usize::from(plain))?;
+        for lab in &mut labs {
+            prepare(lab)?;
+        }
+        let mut labs = labs.into_iter();
+        let (Some(rule_free), Some(ruled)) = (labs.next(), labs.next()) else {
+            anyhow::bail!("fewer labs than asked for");
+        };
+        Ok(Labs {
+            rule_free,
+            ruled,
+            plain: labs.next(),
+        })
+    }
+
+    pub fn all(&self) -> Vec<&multiroute_tests::Lab> {
+        [&self.rule_free, &self.ruled]
+            .into_iter()
+            .chain(&self.plain)
+            .collect()
+    }
+
+    /// The lab `variant` takes its turns in.
+    pub fn of(&mut self, variant: impl Contender) -> &mut multiroute_tests::Lab {
+        match variant.adds_rules() {
+            true => &mut self.ruled,
+            false => &mut self.rule_free,
+        }
+    }
+}
+
+/// Every variant in turn, round after round, so drift on a shared machine falls
+/// on every variant alike: each variant's figures, round by round. Each round
+/// starts one variant later than the last, so no variant always follows the
+/// same one or goes first. `measure` runs between `set_up` and `tear_down`, in
+/// the variant's lab; a failed measurement fails the suite after the lab is
+/// turned back.
+pub(crate) fn take_turns<V: Contender, T: std::fmt::Debug>(
+    labs: &mut Labs,
     variants: &[V],
     runs: u32,
-    label: impl Fn(V) -> &'static str,
     mut set_up: impl FnMut(&mut multiroute_tests::Lab, V) -> Result<()>,
     mut measure: impl FnMut(&multiroute_tests::Lab, V) -> Result<T>,
     mut tear_down: impl FnMut(&mut multiroute_tests::Lab, V) -> Result<()>,
@@ -108,11 +167,12 @@ pub(crate) fn take_turns<V: Copy, T: std::fmt::Debug>(
             let i = (round + step) % variants.len();
             let variant = variants[i];
             interrupted()?;
+            let lab = labs.of(variant);
             set_up(lab, variant)?;
             let measured = measure(lab, variant);
             tear_down(lab, variant)?;
             let measured = measured?;
-            eprintln!("bench: round {round}, {}: {measured:.2?}", label(variant));
+            eprintln!("bench: round {round}, {}: {measured:.2?}", variant.label());
             samples[i].push(measured);
         }
     }

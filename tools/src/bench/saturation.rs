@@ -24,7 +24,7 @@ use etherparse::PacketBuilder;
 use multiroute_ebpf::bench::{self, FIRST_PORT, FLOWS};
 use serde::{Deserialize, Serialize};
 
-use super::{Options, forwarding, median, mwan3};
+use super::{Contender, Labs, Options, forwarding, median, mwan3};
 use multiroute_tests::{
     CLIENT, Lab, LabOptions, SERVER,
     datapath::LoadedDatapath,
@@ -53,13 +53,15 @@ pub enum Variant {
     Ecmp,
     Mwan3,
     DestroyListener,
+    /// Plain forwarding where an `ip rule` once was (see [`super::Labs`]).
+    PlainAfterRules,
     Baseline6,
     FastPath6,
 }
 
 impl Variant {
     /// The IPv4 routers (suite 5 measures these).
-    pub const IPV4: [Variant; 7] = [
+    pub const IPV4: [Variant; 8] = [
         Variant::Baseline,
         Variant::FastPath,
         Variant::SlowPath,
@@ -67,16 +69,17 @@ impl Variant {
         Variant::Ecmp,
         Variant::Mwan3,
         Variant::DestroyListener,
+        Variant::PlainAfterRules,
     ];
     /// Suite 4's: the IPv4 routers, then IPv6's.
-    pub const ALL: [Variant; 9] = {
-        let mut all = [Variant::Baseline6; 9];
+    pub const ALL: [Variant; 10] = {
+        let mut all = [Variant::Baseline6; 10];
         let mut at = 0;
         while at < Self::IPV4.len() {
             all[at] = Self::IPV4[at];
             at += 1;
         }
-        all[8] = Variant::FastPath6;
+        all[9] = Variant::FastPath6;
         all
     };
 
@@ -84,8 +87,10 @@ impl Variant {
     pub fn ipv6(self) -> bool {
         matches!(self, Variant::Baseline6 | Variant::FastPath6)
     }
+}
 
-    pub fn label(self) -> &'static str {
+impl Contender for Variant {
+    fn label(self) -> &'static str {
         match self {
             Variant::Baseline => "plain forwarding + masquerade",
             Variant::FastPath => "multiroute (fast path)",
@@ -94,9 +99,17 @@ impl Variant {
             Variant::Ecmp => "kernel ECMP, L4 hash",
             Variant::Mwan3 => "mwan3 2.12 model (iptables-nft, ipset)",
             Variant::DestroyListener => "(plain forwarding + a conntrack destroy listener)",
+            Variant::PlainAfterRules => "(plain forwarding where an ip rule once was)",
             Variant::Baseline6 => "IPv6: plain forwarding + NAT66",
             Variant::FastPath6 => "IPv6: multiroute (fast path)",
         }
+    }
+
+    fn adds_rules(self) -> bool {
+        !matches!(
+            self,
+            Variant::Baseline | Variant::Ecmp | Variant::DestroyListener | Variant::Baseline6
+        )
     }
 }
 
@@ -183,6 +196,18 @@ pub(super) fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
             lab.start_service(LISTENER, &router, "conntrack", &["-E", "-e", "DESTROY"])?;
             std::thread::sleep(Duration::from_millis(200));
         }
+        // Its lab has had multiroute's rules by now; one more makes it certain.
+        Variant::PlainAfterRules => {
+            let router = lab.router();
+            for family in ["-4", "-6"] {
+                lab.ns(
+                    &router,
+                    "ip",
+                    &[family, "rule", "add", "pref", "1", "lookup", "main"],
+                )?;
+                lab.ns(&router, "ip", &[family, "rule", "del", "pref", "1"])?;
+            }
+        }
     }
     Ok(())
 }
@@ -190,7 +215,7 @@ pub(super) fn set_up(lab: &mut Lab, variant: Variant) -> Result<()> {
 pub(super) fn tear_down(lab: &mut Lab, variant: Variant) -> Result<()> {
     let router = lab.router();
     match variant {
-        Variant::Baseline => {}
+        Variant::Baseline | Variant::PlainAfterRules => {}
         Variant::Baseline6 => forwarding::nat66(lab, false)?,
         Variant::FastPath | Variant::FastPath6 => lab.stop_and_unload()?,
         Variant::SlowPath => {
@@ -251,21 +276,24 @@ pub(super) fn pin_to_cpu(cpu: usize) -> Result<()> {
 }
 
 /// The generator and the sinks: the object's benchmark programs, loaded apart
-/// from any router (their own bpffs), the sinks attached to every ISP's `cpe`.
+/// from any router (their own bpffs), the sinks attached to every ISP's `cpe`
+/// in both labs.
 struct Flood {
     loaded: LoadedDatapath,
 }
 
 impl Flood {
-    fn attach(lab: &Lab) -> Result<Self> {
+    fn attach(labs: &Labs) -> Result<Self> {
         let mut loaded = LoadedDatapath::load("saturation")?;
-        for n in 0..lab.isps {
-            let sink = loaded.datapath.tc_program(bench::DROP_PROGRAM)?;
-            in_netns(&lab.isp(n), || {
-                sink.attach(c"cpe", TcAttachType::Ingress)
-                    .context("attaching the sink")?;
-                Ok(())
-            })?;
+        for lab in labs.all() {
+            for n in 0..lab.isps {
+                let sink = loaded.datapath.tc_program(bench::DROP_PROGRAM)?;
+                in_netns(&lab.isp(n), || {
+                    sink.attach(c"cpe", TcAttachType::Ingress)
+                        .context("attaching the sink")?;
+                    Ok(())
+                })?;
+            }
         }
         Ok(Self { loaded })
     }
@@ -427,13 +455,17 @@ pub(super) fn router_cpu_busy() -> Result<f64> {
     Ok((ticks.iter().sum::<u64>() - idle) as f64 / hz)
 }
 
-/// The lab for the flood, dual-stack: the router's receive work on CPU 1, and
-/// the server answering each flow of both families.
-fn flood_lab() -> Result<Lab> {
-    let mut lab = Lab::new(&LabOptions {
+/// Two ISPs of equal weight, and health that tolerates the flood.
+pub(super) fn flood_options() -> LabOptions {
+    LabOptions {
         weights: vec![1, 1],
         extra_config: FLOOD_HEALTH.into(),
-    })?;
+    }
+}
+
+/// The lab for the flood, dual-stack: the router's receive work on CPU 1, and
+/// the server answering each flow of both families.
+fn flood_lab(lab: &mut Lab) -> Result<()> {
     lab.add_ipv6()?;
     let blocks = Lab::dual_stack_block(0, 1) + &Lab::dual_stack_block(1, 1);
     lab.write_config_with(&blocks, FLOOD_HEALTH)?;
@@ -458,18 +490,17 @@ fn flood_lab() -> Result<Lab> {
         )?;
     }
     std::thread::sleep(Duration::from_millis(300));
-    Ok(lab)
+    Ok(())
 }
 
 pub fn run(options: &Options) -> Result<Vec<Measured>> {
-    let mut lab = flood_lab()?;
-    let mut flood = Flood::attach(&lab)?;
+    let mut labs = Labs::new(&flood_options(), flood_lab, false)?;
+    let mut flood = Flood::attach(&labs)?;
     let packets: u32 = if options.quick { 3_000_000 } else { 10_000_000 };
     let samples = super::take_turns(
-        &mut lab,
+        &mut labs,
         &Variant::ALL,
         options.forwarding_runs,
-        Variant::label,
         set_up,
         |lab, variant| {
             let forwarded = measure_once(lab, &mut flood, packets, variant.ipv6())?;
