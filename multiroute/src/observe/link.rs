@@ -4,11 +4,16 @@
 /// `/sys/class/net/<interface>/<name>` as a number (`ifindex`,
 /// `statistics/rx_packets`, …); `None` when the interface or the file is gone.
 pub fn number(interface: &str, name: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/sys/class/net/{interface}/{name}"))
+    std::fs::read_to_string(path(interface, name))
         .ok()?
         .trim()
         .parse()
         .ok()
+}
+
+/// Where sysfs keeps `name` of `interface`.
+pub fn path(interface: &str, name: &str) -> String {
+    format!("/sys/class/net/{interface}/{name}")
 }
 
 /// Bytes received and sent, together.

@@ -225,6 +225,7 @@ async fn probe_loop(
     let mut sampler = tokio::time::interval(silence::SAMPLE_EVERY);
     sampler.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut line = Silence::default();
+    let mut counter_files = silence::CounterFiles::new(&spec.interface);
     let mut rtts: VecDeque<Duration> = VecDeque::with_capacity(RTT_MEMORY);
     // Probes outlive a tick when the timeout is longer than the interval.
     let mut in_flight = JoinSet::new();
@@ -242,7 +243,7 @@ async fn probe_loop(
                     .max()
                     .map_or(silence::MIN_SILENCE, |&slowest| (slowest * 3).max(silence::MIN_SILENCE))
                     .min(timing.timeout);
-                let counters = silence::read_counters(&spec.interface);
+                let counters = counter_files.read();
                 if counters.is_some_and(|c| line.observe(c, Instant::now(), wait)) {
                     info!(
                         uplink = %spec.uplink,
