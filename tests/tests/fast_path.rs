@@ -105,6 +105,56 @@ fn a_bulk_ipv6_transfer_takes_the_fast_path_through_prefix_translation() {
     lab.stop_and_unload().expect("stopping multiroute");
 }
 
+/// IPv6 sessions on the fast path through a restart (two seconds without a
+/// daemon, which sends every session back to the slow path): none moves or
+/// breaks, and the restarted daemon binds them again.
+#[test]
+fn ipv6_fast_path_sessions_survive_a_restart() {
+    if !require_root!() {
+        return;
+    }
+    let mut lab = ipv6_lab(None);
+    let server = SERVER6.to_string();
+    let sessions = lab
+        .start_sessions_to(&server, 40, 10, 9.0, 50)
+        .expect("opening the IPv6 sessions");
+    let fast = |lab: &Lab| counter_of(&server, &lab.status().unwrap(), "fast_out");
+    let bound = wait_until(Duration::from_secs(4), || fast(&lab) > 500);
+    assert!(
+        bound.is_ok(),
+        "the IPv6 sessions took the fast path: {}\n{}",
+        fast(&lab),
+        lab.router_log()
+    );
+    lab.stop_router(libc::SIGTERM).expect("stopping multiroute");
+    std::thread::sleep(Duration::from_secs(2));
+    lab.start_router().expect("restarting multiroute");
+    let restarted = fast(&lab);
+    let bound_again = wait_until(Duration::from_secs(4), || fast(&lab) > restarted + 500);
+    assert!(
+        bound_again.is_ok(),
+        "the restarted daemon bound the IPv6 sessions again: {} then {}\n{}",
+        restarted,
+        fast(&lab),
+        lab.router_log()
+    );
+    let report = sessions.finish().expect("the sessions");
+    println!(
+        "IPv6 restart: {} sessions: {} moved, {} broken, {} UDP messages lost",
+        report.tcp.len() + report.udp.len(),
+        report.moved(),
+        report.broken(),
+        report.udp_lost()
+    );
+    assert_eq!(report.tcp.len() + report.udp.len(), 50);
+    assert!(
+        report.moved() == 0 && report.broken() == 0,
+        "IPv6 sessions moved or broke across the restart\n{}",
+        lab.router_log()
+    );
+    lab.stop_and_unload().expect("stopping multiroute");
+}
+
 /// The lab made dual-stack (NAT66, or each uplink mapping the LAN onto its
 /// prefix of `npt`, routed to it), an iperf3 server on the IPv6 server, and
 /// multiroute started.
