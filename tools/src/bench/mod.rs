@@ -93,14 +93,13 @@ pub(crate) trait Contender: Copy {
     fn adds_rules(self) -> bool;
 }
 
-/// The two identical labs the routers take turns in. Once a namespace has had
-/// an `ip rule`, the kernel walks the rules for every forwarded packet there,
-/// and takes `fib_validate_source`'s full reverse lookup, for good: it never
-/// clears `fib_has_custom_rules` (nor IPv6's). A plain router measured where
-/// multiroute once ran would pay for rules it does not have (suite 5's plain
-/// forwarding read 0.91–1.37× in its first round, the only one before any
-/// rule, what it read in the rest), so the routers without rules have a lab
-/// that never had one.
+/// The identical labs the routers take turns in. Once a namespace has had an
+/// `ip rule`, the kernel walks the rules for every forwarded packet there, and
+/// takes `fib_validate_source`'s full reverse lookup, for good: it never clears
+/// `fib_has_custom_rules` (nor IPv6's). A plain router measured where
+/// multiroute once ran pays for rules it does not have (about 7 % of a new
+/// connection in suite 5), so the routers without rules have a lab that never
+/// had one.
 pub(crate) struct Labs {
     pub rule_free: multiroute_tests::Lab,
     pub ruled: multiroute_tests::Lab,
